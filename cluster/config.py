@@ -1,0 +1,392 @@
+"""The cluster's configuration: one TOML file, read by bscluster and clients.
+
+How this works
+--------------
+``load_config(path, flags, env)`` reads the file once and returns a frozen
+``ClusterConfig`` holding one ``NodeSpec`` per node.  Every setting is taken
+from the first place that has it: a command-line flag, then the environment
+(``BSCLUSTER_<KEY>``), then the file, then the default below.  Nothing else
+in bscluster reads the file or the environment.
+
+The file's shape (clients read the same file, so it stays this shape)::
+
+    [cluster]
+    nodes = 4              # nodes are named node1..node4
+    host = "127.0.0.1"     # -l for every node
+    base_port = 11300      # nodeI listens on base_port + I - 1
+    data_dir = "./bscluster-data"   # relative to the file's directory
+    binlog = true          # -b DATA_DIR/nodeI
+    fsync_ms = 50          # -f MS; -1 means never fsync (-F)
+    max_job_size = 65535   # -z
+    binlog_size = 10485760 # -s
+
+    [nodes.node2]          # optional per-node overrides
+    host = "10.0.0.2"
+    port = 11300
+    weight = 2             # share of tubes in the client's ring
+    data_dir = "/srv/bs2"  # this node's own binlog directory
+
+Unknown keys are errors that name the key and suggest the nearest valid
+one; every value is checked here so a bad one is reported with where it
+came from, before any process starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
+
+# --- defaults and names (the one place they live) -------------------------
+DEFAULT_CONFIG_PATH = "bscluster.toml"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DATA_DIR = "bscluster-data"
+DEFAULT_NODES = 4  # the cluster the README starts
+DEFAULT_FSYNC_MS = 50
+DEFAULT_BINLOG_SIZE = 10485760
+DEFAULT_NODE_COMMAND = "bsnode"
+DEFAULT_WEIGHT = 1
+ENV_PREFIX = "BSCLUSTER_"
+ENV_CONFIG = "BSCLUSTER_CONFIG"
+NEVER_FSYNC = -1
+MAX_NODES = 1000
+
+CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "nodes": DEFAULT_NODES,
+    "host": DEFAULT_HOST,
+    "base_port": DEFAULT_PORT,
+    "data_dir": DEFAULT_DATA_DIR,
+    "binlog": True,
+    "fsync_ms": DEFAULT_FSYNC_MS,
+    "max_job_size": DEFAULT_MAX_JOB_SIZE,
+    "binlog_size": DEFAULT_BINLOG_SIZE,
+    "node_command": DEFAULT_NODE_COMMAND,
+})
+# keys a [nodes.nodeI] table may hold: the node's own address and weight,
+# plus any node option (these default to the [cluster] value)
+NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_dir")
+NODE_KEYS = ("host", "port", "weight") + NODE_OPTION_KEYS
+TOP_LEVEL_KEYS = ("cluster", "nodes")
+NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, misspelt or out of range; the message says which."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Everything needed to start, find and route to one node."""
+
+    name: str
+    host: str
+    port: int
+    weight: int
+    data_dir: Path  # this node's binlog directory
+    binlog: bool
+    fsync_ms: int
+    max_job_size: int
+    binlog_size: int
+
+    @property
+    def index(self) -> int:
+        return int(self.name[4:])
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def argv(self, command: tuple[str, ...]) -> list[str]:
+        """The node command line; the flags are beanstalkd's."""
+        args = [*command, "-l", self.host, "-p", str(self.port), "-z", str(self.max_job_size)]
+        if self.binlog:
+            args += ["-b", str(self.data_dir), "-s", str(self.binlog_size)]
+            args += ["-F"] if self.fsync_ms == NEVER_FSYNC else ["-f", str(self.fsync_ms)]
+        return args
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "host": self.host, "port": self.port, "weight": self.weight,
+            "data_dir": str(self.data_dir), "binlog": self.binlog, "fsync_ms": self.fsync_ms,
+            "max_job_size": self.max_job_size, "binlog_size": self.binlog_size,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> NodeSpec:
+        return cls(**{**d, "data_dir": Path(d["data_dir"])})
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The resolved configuration; ``sources`` says where each setting came from."""
+
+    nodes: tuple[NodeSpec, ...]
+    host: str
+    base_port: int
+    data_dir: Path
+    binlog: bool
+    fsync_ms: int
+    max_job_size: int
+    binlog_size: int
+    node_command: tuple[str, ...]
+    path: Path | None = None  # the config file read, if any
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def node(self, name: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.name == name:
+                return spec
+        names = [n.name for n in self.nodes]
+        raise ConfigError(f"no node named {name!r}; this cluster has {', '.join(names)}"
+                          + _suggest(name, names))
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """``{"node1": "host:port", ...}``: what ``ClusterClient`` takes."""
+        return {n.name: n.address for n in self.nodes}
+
+    def to_dict(self) -> dict:
+        return {
+            "nodes": [n.to_dict() for n in self.nodes], "host": self.host,
+            "base_port": self.base_port, "data_dir": str(self.data_dir), "binlog": self.binlog,
+            "fsync_ms": self.fsync_ms, "max_job_size": self.max_job_size,
+            "binlog_size": self.binlog_size, "node_command": list(self.node_command),
+            "path": str(self.path) if self.path else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ClusterConfig:
+        return cls(
+            nodes=tuple(NodeSpec.from_dict(n) for n in d["nodes"]), host=d["host"],
+            base_port=d["base_port"], data_dir=Path(d["data_dir"]), binlog=d["binlog"],
+            fsync_ms=d["fsync_ms"], max_job_size=d["max_job_size"],
+            binlog_size=d["binlog_size"], node_command=tuple(d["node_command"]),
+            path=Path(d["path"]) if d.get("path") else None,
+        )
+
+
+# --- loading ---------------------------------------------------------------
+def config_path(flag: str | None, env: Mapping[str, str]) -> tuple[Path, bool]:
+    """Which file to read, and whether the user named it (then it must exist)."""
+    if flag:
+        return Path(flag), True
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG]), True
+    return Path(DEFAULT_CONFIG_PATH), False
+
+
+def read_file(path: Path, required: bool) -> dict:
+    """The parsed TOML document, or {} when an unnamed default file is absent."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist; create one with "
+                              f"`bscluster init {path}`") from None
+        return {}
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable by this user") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    _check_shape(doc, path)
+    return doc
+
+
+def load_config(path: str | os.PathLike | None = None, flags: Mapping[str, Any] | None = None,
+                env: Mapping[str, str] | None = None) -> ClusterConfig:
+    """Resolve the configuration: flag, then environment, then file, then default.
+
+    ``flags`` maps cluster keys to command-line values (None means "not given").
+    ``env`` defaults to ``os.environ``.  ``path`` None means ``BSCLUSTER_CONFIG``
+    or ./bscluster.toml if it exists.
+    """
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    for key in flags:
+        if key not in CLUSTER_DEFAULTS:
+            raise ConfigError(f"unknown setting {key!r}" + _suggest(key, CLUSTER_DEFAULTS))
+    file_path, required = config_path(str(path) if path else None, env)
+    doc = read_file(file_path, required)
+    file_cluster = doc.get("cluster", {})
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, default in CLUSTER_DEFAULTS.items():
+        env_name = ENV_PREFIX + key.upper()
+        if key in flags:
+            values[key], sources[key] = flags[key], "flag --" + key.replace("_", "-")
+        elif env.get(env_name, "") != "":
+            values[key] = _from_env(key, env[env_name], env_name)
+            sources[key] = "env " + env_name
+        elif key in file_cluster:
+            values[key], sources[key] = file_cluster[key], f"file {file_path}"
+        else:
+            values[key], sources[key] = default, "default"
+        _check_value(key, values[key], sources[key])
+    # paths from the file (and the default, when there is a file) are relative
+    # to the file's directory; paths given as a flag or in the environment, to
+    # the current directory
+    file_dir = file_path.resolve().parent if doc else Path.cwd()
+    from_user = sources["data_dir"].startswith(("flag", "env"))
+    values["data_dir"] = _abs(values["data_dir"], Path.cwd() if from_user else file_dir)
+    return _build(values, doc.get("nodes", {}), sources, file_dir, file_path if doc else None)
+
+
+def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
+           path: Path | None) -> ClusterConfig:
+    count = values["nodes"]
+    for name in node_tables:
+        if NODE_NAME.match(name) and int(name[4:]) > count:
+            raise ConfigError(f"[nodes.{name}] is configured but the cluster has {count} nodes "
+                              f"(nodes = {count}, from {sources['nodes']}); raise nodes or "
+                              f"remove the table")
+    data_dir = values["data_dir"]
+    command = values["node_command"]
+    command = tuple(shlex.split(command)) if isinstance(command, str) else tuple(command)
+    if not command:
+        raise ConfigError("node_command is empty; it names the program that runs a node "
+                          "(default: bsnode)")
+    specs = []
+    for i in range(1, count + 1):
+        name = f"node{i}"
+        over = node_tables.get(name, {})
+        where = f"[nodes.{name}] in {path}"
+        for key, value in over.items():
+            _check_value(key, value, where)
+        port = over.get("port", values["base_port"] + i - 1)
+        if port > 65535:
+            raise ConfigError(f"{name} would listen on port {port}: base_port "
+                              f"{values['base_port']} + {count} nodes runs past 65535; "
+                              f"lower base_port")
+        specs.append(NodeSpec(
+            name=name, host=over.get("host", values["host"]), port=port,
+            weight=over.get("weight", DEFAULT_WEIGHT),
+            data_dir=_abs(over["data_dir"], base) if "data_dir" in over else data_dir / name,
+            **{k: over.get(k, values[k]) for k in NODE_OPTION_KEYS if k != "data_dir"},
+        ))
+    _check_unique(specs)
+    return ClusterConfig(
+        nodes=tuple(specs), data_dir=data_dir, node_command=command, path=path,
+        sources=MappingProxyType(sources),
+        **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
+                                  "binlog_size")},
+    )
+
+
+def _abs(value: str, base: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _check_unique(specs: list[NodeSpec]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for spec in specs:
+        key = (spec.host, spec.port)
+        if key in seen:
+            raise ConfigError(f"{seen[key]} and {spec.name} would both listen on "
+                              f"{spec.address}; give one a different port")
+        seen[key] = spec.name
+    dirs: dict[Path, str] = {}
+    for spec in specs:
+        if spec.binlog and spec.data_dir in dirs:
+            raise ConfigError(f"{dirs[spec.data_dir]} and {spec.name} share the binlog "
+                              f"directory {spec.data_dir}; each node needs its own")
+        dirs[spec.data_dir] = spec.name
+
+
+# --- checking ----------------------------------------------------------------
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_shape(doc: Mapping, path: Path) -> None:
+    for key, value in doc.items():
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{path}: unknown table [{key}]" + _suggest(key, TOP_LEVEL_KEYS)
+                              + "; valid tables are [cluster] and [nodes.nodeN]")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {key} must be a table ([{key}]), not a value")
+    for key in doc.get("cluster", {}):
+        if key not in CLUSTER_DEFAULTS:
+            hint = " (port, weight and host for one node go in [nodes.nodeN])" \
+                if key in ("port", "weight") else _suggest(key, CLUSTER_DEFAULTS)
+            raise ConfigError(f"{path}: unknown key {key!r} in [cluster]{hint}")
+    for name, table in doc.get("nodes", {}).items():
+        if not NODE_NAME.match(name):
+            raise ConfigError(f"{path}: [nodes.{name}]: nodes are named node1, node2, ..."
+                              + _suggest(name, [f"node{i}" for i in range(1, 10)]))
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: nodes.{name} must be a table ([nodes.{name}])")
+        for key in table:
+            if key not in NODE_KEYS:
+                hint = " (nodes, base_port and node_command are [cluster] settings)" \
+                    if key in CLUSTER_DEFAULTS else _suggest(key, NODE_KEYS)
+                raise ConfigError(f"{path}: unknown key {key!r} in [nodes.{name}]{hint}")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_env(key: str, raw: str, env_name: str) -> Any:
+    kind = type(CLUSTER_DEFAULTS[key])
+    if kind is bool:
+        word = raw.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise ConfigError(f"{env_name}={raw!r}: expected true or false (or 1/0, yes/no, on/off)")
+    if kind is int:
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{env_name}={raw!r}: expected a whole number") from None
+    return raw
+
+
+# (key) -> (type name, check, what a good value looks like)
+def _port_ok(v: int) -> bool:
+    return 1 <= v <= 65535
+
+
+_RULES = {
+    "nodes": (int, lambda v: 1 <= v <= MAX_NODES, f"between 1 and {MAX_NODES}"),
+    "host": (str, lambda v: v.strip() != "" and not v.startswith("unix:"),
+             "an IP address or host name to listen on (e.g. 127.0.0.1)"),
+    "base_port": (int, _port_ok, "a TCP port between 1 and 65535"),
+    "port": (int, _port_ok, "a TCP port between 1 and 65535"),
+    "weight": (int, lambda v: v >= 1, "a whole number >= 1"),
+    "data_dir": (str, lambda v: v.strip() != "", "a directory path"),
+    "binlog": (bool, lambda v: True, "true or false"),
+    "fsync_ms": (int, lambda v: v >= NEVER_FSYNC,
+                 "a number of milliseconds >= 0, or -1 to never fsync"),
+    "max_job_size": (int, lambda v: 1 <= v <= MAX_JOB_SIZE_LIMIT,
+                     f"between 1 and {MAX_JOB_SIZE_LIMIT} bytes"),
+    "binlog_size": (int, lambda v: v >= 1, "a number of bytes >= 1"),
+    "node_command": ((str, list, tuple), lambda v: True, "a command line such as \"bsnode\""),
+}
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+    kind, ok, want = _RULES[key]
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    type_ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not type_ok or not ok(value):
+        raise ConfigError(f"{key} = {value!r} (from {where}) is not valid: expected {want}")

@@ -1,0 +1,181 @@
+"""One supervised node: its process, its state and its output.
+
+How this works
+--------------
+A ``NodeProc`` is the supervisor's record of one node.  It starts the node
+command in a session of its own (so a Ctrl-C at the terminal reaches only
+the supervisor, which then stops the nodes in order), with its output either
+on a pipe that the supervisor reads and prefixes with the node's name
+(foreground) or appended to ``nodeI.log`` (detached, so a node outlives a
+supervisor that is killed and can be adopted by the next one).  It keeps
+the last lines the node wrote, which become the reason shown when the node
+cannot start.  It never waits for or reaps anything itself: the
+supervisor's loop does that for every node at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
+from bscluster.config import NodeSpec
+from bscluster.runtime import open_private, pid_alive, process_start_time
+from bscluster.states import HAS_PROCESS, Event, State, next_state
+
+TAIL_LINES = 20
+REASON_LINES = 3
+_READ = 65536
+
+
+class NodeProc:
+    def __init__(self, spec: NodeSpec, command: tuple[str, ...], log_path: Path | None):
+        self.spec = spec
+        self.command = command
+        self.log_path = log_path  # None: output goes to a pipe we read
+        self.state = State.STOPPED
+        self.since = time.time()
+        self.pid: int | None = None
+        self.pid_start: int | None = None
+        self.popen: subprocess.Popen | None = None
+        self.adopted = False
+        self.started: float | None = None  # wall clock of the last spawn
+        self.failed_starts = 0
+        self.crashes: deque[float] = deque(maxlen=16)  # monotonic times
+        self.restarts = 0
+        self.reason: str | None = None
+        self.wake_at: float | None = None  # monotonic: backoff end / deadline
+        self.restart_requested = False
+        self.fd: int | None = None
+        self._buf = b""
+        self._log_offset = 0
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def fire(self, event: Event) -> State:
+        new = next_state(self.state, event)
+        if new is not self.state:
+            self.state, self.since = new, time.time()
+        return new
+
+    # --- processes -------------------------------------------------------------
+    def spawn(self, env: dict[str, str]) -> None:
+        """Start the node; raises OSError if the command cannot be run."""
+        argv = self.spec.argv(self.command)
+        self.tail.clear()
+        if self.log_path is None:
+            out: int = subprocess.PIPE
+        else:
+            out = open_private(self.log_path)
+            self._log_offset = os.lseek(out, 0, os.SEEK_END)
+            os.write(out, f"--- bscluster: starting {self.name}: {' '.join(argv)}\n".encode())
+        try:
+            self.popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )
+        finally:
+            if self.log_path is not None:
+                os.close(out)
+        self.pid = self.popen.pid
+        self.pid_start = process_start_time(self.pid)
+        self.adopted = False
+        self.started = time.time()
+        if self.popen.stdout is not None:
+            self.fd = self.popen.stdout.fileno()
+            os.set_blocking(self.fd, False)
+
+    def adopt(self, pid: int, pid_start: int | None, started: float | None) -> None:
+        """Take over a node an earlier supervisor started and left running."""
+        self.pid, self.pid_start, self.adopted = pid, pid_start, True
+        self.started = started
+        self.fire(Event.ADOPT)
+
+    def send(self, sig: int) -> None:
+        if self.pid and pid_alive(self.pid, self.pid_start):
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, deadline: float) -> None:
+        """Ask the node to exit (SIGTERM); the loop escalates after ``deadline``."""
+        if self.state in HAS_PROCESS:
+            self.send(signal.SIGTERM)
+            self.wake_at = deadline
+        self.fire(Event.STOP)
+
+    def exited(self, returncode: int | None) -> list[str]:
+        """The process is gone (reaped by the loop, or found dead if adopted);
+        returns the last lines it wrote that were not read yet."""
+        lines: list[str] = []
+        if self.popen is not None:
+            self.popen.returncode = returncode  # reaped by us, not by Popen
+            if self.popen.stdout is not None:
+                lines = self.read_output()
+                self.popen.stdout.close()
+        self.popen, self.fd, self.pid, self.pid_start = None, None, None, None
+        return lines
+
+    def alive(self) -> bool:
+        return self.pid is not None and pid_alive(self.pid, self.pid_start)
+
+    # --- output ----------------------------------------------------------------
+    def read_output(self) -> list[str]:
+        """Whole lines the node wrote since the last call (pipe mode)."""
+        if self.fd is None:
+            return []
+        chunks = []
+        while True:
+            try:
+                data = os.read(self.fd, _READ)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:  # EOF: the node closed its output; stop watching it
+                if self._buf:
+                    chunks.append(b"\n")
+                self.fd = None
+                break
+            chunks.append(data)
+        text = self._buf + b"".join(chunks)
+        *lines, self._buf = text.split(b"\n")
+        out = [ln.decode(errors="replace").rstrip("\r") for ln in lines]
+        self.tail.extend(out)
+        return out
+
+    def last_words(self) -> str:
+        """The last lines the node wrote in this run, for error messages."""
+        if self.log_path is not None:
+            self._tail_log()
+        lines = [ln for ln in self.tail if ln.strip()]
+        return " / ".join(lines[-REASON_LINES:])
+
+    def _tail_log(self) -> None:
+        try:
+            with open(self.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_offset, size - 4096))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return
+        self.tail.clear()
+        self.tail.extend(ln for ln in text.splitlines() if not ln.startswith("--- bscluster:"))
+
+    # --- reporting -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "state": self.state.value, "since": self.since, "pid": self.pid,
+            "pid_start": self.pid_start, "adopted": self.adopted, "started": self.started,
+            "host": self.spec.host, "port": self.spec.port, "restarts": self.restarts,
+            "reason": self.reason, "data_dir": str(self.spec.data_dir),
+            "binlog": self.spec.binlog,
+            "log": str(self.log_path) if self.log_path else None,
+        }

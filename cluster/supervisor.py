@@ -1,0 +1,467 @@
+"""The supervisor: keeps every node of the configuration running.
+
+How this works
+--------------
+One process, one loop, in the style of gunicorn's arbiter.  Signal handlers
+do nothing but append the signal to a queue (and Python's wakeup fd makes
+the sleeping ``select`` return); all the work happens in the loop, which
+each turn:
+
+1. handles queued signals: TERM/INT/QUIT stop everything (a second one
+   kills), HUP re-reads ``wanted.json`` and the request mailbox (that is how
+   `bscluster up` adds nodes and `bscluster restart` restarts one), CHLD
+   only wakes us;
+2. reaps every exited child with ``waitpid(-1, WNOHANG)`` and checks adopted
+   nodes (not our children) by pid and start time;
+3. moves timers: a STARTING node that accepts connections is RUNNING, one
+   that is too slow is killed; a BACKOFF delay that ran out spawns again; a
+   STOPPING node past its deadline gets SIGKILL;
+4. reconciles wanted against running: every wanted node that is STOPPED is
+   spawned (FATAL ones are not);
+5. publishes ``bscluster.json`` if anything changed, then sleeps in
+   ``select`` on the wakeup fd and the nodes' output pipes.
+
+Node states and the retry policy are in ``states.py``.  The supervisor
+never blocks on one node, so a slow or dead node never holds up the others.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TextIO
+
+from bscluster.config import ClusterConfig, NodeSpec
+from bscluster.nodeproc import NodeProc
+from bscluster.probe import connectable
+from bscluster.runtime import (
+    STATE_VERSION,
+    Lock,
+    Paths,
+    make_private_dir,
+    pid_alive,
+    read_json,
+    write_json,
+)
+from bscluster.states import (
+    CRASH_WINDOW,
+    SETTLED,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    Event,
+    State,
+    crash_delay,
+    start_retry_delay,
+)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
+PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
+IDLE_INTERVAL = 1.0
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, config: ClusterConfig, *, detached: bool = False,
+                 out: TextIO | None = None,
+                 on_settled: Callable[[Supervisor], None] | None = None):
+        self.config = config
+        self.paths = Paths(config.data_dir)
+        self.detached = detached
+        self.out = out or sys.stdout
+        self.on_settled = on_settled
+        self.nodes: dict[str, NodeProc] = {}
+        self.signals: deque[int] = deque()
+        self.stopping = False
+        self.awaiting_settle = True
+        self.started = time.time()
+        self.lock = Lock(self.paths.lock)
+        self._published: dict | None = None
+        self._wake_r = self._wake_w = -1
+        self._width = max(len("bscluster"), *(len(n.name) for n in config.nodes))
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    # --- life ------------------------------------------------------------------
+    def run(self) -> int:
+        """Supervise until stopped; returns the exit status."""
+        make_private_dir(self.config.data_dir)
+        if not self.lock.acquire():
+            raise AlreadyRunning(f"a supervisor is already running for {self.config.data_dir}")
+        clean = False
+        try:
+            self._install_signals()
+            make_private_dir(self.paths.requests)
+            write_json(self.paths.wanted, self.config.to_dict())
+            self._set_nodes(self.config)
+            self._adopt_leftovers()
+            self.say(f"supervising {len(self.nodes)} nodes (pid {os.getpid()}, "
+                     f"data in {self.config.data_dir})")
+            self._loop()
+            clean = True
+        finally:
+            if not clean:
+                self._kill_all()
+            self._cleanup()
+        return 0
+
+    def _loop(self) -> None:
+        while True:
+            self._handle_signals()
+            self._reap()
+            self._tick(time.monotonic())
+            if not self.stopping:
+                self._reconcile()
+            self._publish()
+            self._check_settled()
+            if self.stopping and not any(n.state in (State.STOPPING,) or n.alive()
+                                         for n in self.nodes.values()):
+                self.say("all nodes stopped")
+                return
+            self._sleep(self._timeout(time.monotonic()))
+
+    # --- signals: handlers only enqueue ------------------------------------------
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, self._enqueue)
+
+    def _enqueue(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            sig = self.signals.popleft()
+            if sig in STOP_SIGNALS:
+                self._stop_all(kill=self.stopping)
+            elif sig == signal.SIGHUP and not self.stopping:
+                self._reload()
+
+    # --- reaping -----------------------------------------------------------------
+    def _reap(self) -> None:
+        by_pid = {n.pid: n for n in self.nodes.values() if n.pid and not n.adopted}
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            node = by_pid.get(pid)
+            if node is not None:
+                self._on_exit(node, os.waitstatus_to_exitcode(status))
+        for node in self.nodes.values():
+            if node.adopted and node.pid and not node.alive():
+                self._on_exit(node, None)
+
+    def _on_exit(self, node: NodeProc, code: int | None) -> None:
+        self._echo_output(node, node.exited(code))
+        how = _describe_exit(code)
+        now = time.monotonic()
+        if node.state is State.STOPPING:
+            node.fire(Event.EXIT)
+            node.wake_at = None
+            if not node.restart_requested:
+                self.say(f"{node.name} stopped ({how})")
+            return
+        if node.state is State.STARTING:
+            node.failed_starts += 1
+            words = node.last_words()
+            node.reason = node.reason or f"{how} while starting" + (f": {words}" if words else "")
+            node.fire(Event.EXIT)
+            delay = start_retry_delay(node.failed_starts)
+            if delay is None:
+                node.fire(Event.GIVE_UP)
+                self.say(f"{node.name} FATAL: could not start after {node.failed_starts} "
+                         f"attempts; last: {node.reason}")
+                return
+            node.wake_at = now + delay
+            self.say(f"{node.name} failed to start ({node.reason}); retry in {delay:.2g}s")
+            return
+        # it was RUNNING: restart it, at once unless it keeps doing this
+        recent = sum(1 for t in node.crashes if now - t < CRASH_WINDOW)
+        node.crashes.append(now)
+        node.fire(Event.EXIT)
+        node.reason = f"{how} unexpectedly"
+        delay = crash_delay(recent)
+        node.wake_at = now + delay
+        self.say(f"{node.name} {node.reason}; restarting" +
+                 (f" in {delay:.2g}s (crash loop)" if delay else ""))
+
+    # --- timers ----------------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        for node in self.nodes.values():
+            self._echo_output(node, node.read_output())
+            if node.state is State.STARTING:
+                if connectable(node.spec.host, node.spec.port) and node.alive():
+                    node.fire(Event.READY)
+                    node.failed_starts, node.wake_at = 0, None
+                    node.reason = None
+                    node.restart_requested = False
+                    self.say(f"{node.name} RUNNING on {node.spec.address} (pid {node.pid})")
+                elif node.wake_at is not None and now >= node.wake_at:
+                    node.reason = f"did not accept connections within {START_TIMEOUT:g}s"
+                    node.send(signal.SIGKILL)
+                    node.wake_at = None
+            elif node.state is State.BACKOFF and not self.stopping:
+                if node.wake_at is None or now >= node.wake_at:
+                    self._spawn(node)
+            elif node.state is State.STOPPING and node.wake_at is not None \
+                    and now >= node.wake_at:
+                self.say(f"{node.name} did not stop within {STOP_TIMEOUT:g}s; killing it")
+                node.send(signal.SIGKILL)
+                node.wake_at = None
+
+    def _reconcile(self) -> None:
+        for node in self.nodes.values():
+            if node.state is State.STOPPED:
+                self._spawn(node)
+
+    def _spawn(self, node: NodeProc) -> None:
+        problem = self._cannot_start(node.spec)
+        if problem:
+            node.reason = problem
+            node.fire(Event.GIVE_UP)
+            self.say(f"{node.name} FATAL: {problem}")
+            return
+        previous = node.started
+        try:
+            node.spawn(self.env)
+        except OSError as e:
+            node.reason = (f"cannot run node command {node.command[0]!r}: "
+                           f"{e.strerror or e}; install it or set node_command "
+                           f"(BSCLUSTER_NODE_COMMAND)")
+            node.fire(Event.GIVE_UP)
+            self.say(f"{node.name} FATAL: {node.reason}")
+            return
+        if previous is not None:
+            node.restarts += 1
+        node.reason = None
+        node.fire(Event.SPAWN)
+        node.wake_at = time.monotonic() + START_TIMEOUT
+
+    def _cannot_start(self, spec: NodeSpec) -> str | None:
+        """Why a node cannot start at all, so it goes FATAL without retrying."""
+        if connectable(spec.host, spec.port):
+            return (f"{spec.address} is already in use by another program; stop it, or "
+                    f"give {spec.name} another port (base_port, or port in "
+                    f"[nodes.{spec.name}])")
+        if spec.binlog:
+            try:
+                make_private_dir(spec.data_dir)
+            except FileExistsError:
+                return f"data dir {spec.data_dir} exists and is not a directory"
+            except OSError as e:
+                return f"cannot create data dir {spec.data_dir}: {e.strerror}"
+            if not os.access(spec.data_dir, os.W_OK | os.X_OK):
+                return (f"data dir {spec.data_dir} is not writable by this user; fix its "
+                        f"permissions or set data_dir")
+        return None
+
+    # --- stopping ------------------------------------------------------------------
+    def _stop_all(self, kill: bool) -> None:
+        if kill:
+            self.say("stopping now (second signal): killing every node")
+            for node in self.nodes.values():
+                node.send(signal.SIGKILL)
+            return
+        self.stopping = True
+        self.say("stopping all nodes")
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for node in self.nodes.values():
+            node.stop(deadline)
+
+    def _kill_all(self) -> None:
+        """Last resort when the loop itself failed: leave no node behind."""
+        for node in self.nodes.values():
+            node.send(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(n.alive() for n in self.nodes.values()) and time.monotonic() < deadline:
+            self._reap_quietly()
+            time.sleep(0.02)
+        for node in self.nodes.values():
+            node.send(signal.SIGKILL)
+        self._reap_quietly()
+
+    def _reap_quietly(self) -> None:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+
+    def _cleanup(self) -> None:
+        for path in self.paths.runtime_files():
+            if path != self.paths.lock:
+                _unlink(path)
+        if self.paths.requests.is_dir():
+            for p in self.paths.requests.iterdir():
+                _unlink(p)
+            self.paths.requests.rmdir()
+        if self._wake_w >= 0:
+            signal.set_wakeup_fd(-1)
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+        self.lock.release()
+
+    # --- configuration and requests --------------------------------------------------
+    def _set_nodes(self, config: ClusterConfig) -> None:
+        self.config = config
+        for spec in config.nodes:
+            node = self.nodes.get(spec.name)
+            if node is None:
+                log = self.paths.node_log(spec.name) if self.detached else None
+                self.nodes[spec.name] = NodeProc(spec, config.node_command, log)
+                self.awaiting_settle = True
+            elif node.spec != spec or node.command != config.node_command:
+                node.spec, node.command = spec, config.node_command
+                self.say(f"{spec.name}: new settings apply when it next restarts "
+                         f"(bscluster restart {spec.name})")
+        self._width = max(self._width, *(len(n) for n in self.nodes))
+
+    def _reload(self) -> None:
+        doc = read_json(self.paths.wanted)
+        if doc is not None:
+            try:
+                wanted = ClusterConfig.from_dict(doc)
+            except (KeyError, TypeError, ValueError) as e:
+                self.say(f"ignoring {self.paths.wanted}: {e}")
+            else:
+                added = [s.name for s in wanted.nodes if s.name not in self.nodes]
+                self._set_nodes(wanted)
+                if added:
+                    self.say(f"adding {', '.join(added)}")
+        if self.paths.requests.is_dir():
+            for path in sorted(self.paths.requests.iterdir()):
+                request = read_json(path)
+                _unlink(path)
+                if request and request.get("op") == "restart":
+                    self._restart(request.get("node", ""))
+
+    def _restart(self, name: str) -> None:
+        node = self.nodes.get(name)
+        if node is None:
+            self.say(f"restart: no node named {name!r}")
+            return
+        self.say(f"restarting {name} (requested)")
+        node.restart_requested = True
+        node.failed_starts = 0
+        node.crashes.clear()
+        self.awaiting_settle = True
+        if node.state in (State.STARTING, State.RUNNING):
+            node.stop(time.monotonic() + STOP_TIMEOUT)
+        elif node.state in (State.BACKOFF, State.FATAL):
+            self._spawn(node)
+
+    def _adopt_leftovers(self) -> None:
+        """Take over nodes a killed supervisor left running, so none is started twice."""
+        old = read_json(self.paths.state) or {}
+        for name, entry in (old.get("nodes") or {}).items():
+            pid, start = entry.get("pid"), entry.get("pid_start")
+            if not pid_alive(pid, start):
+                continue
+            node = self.nodes.get(name)
+            if node is None or (entry.get("host"), entry.get("port")) != \
+                    (node.spec.host, node.spec.port):
+                self.say(f"{name} (pid {pid}) from an earlier run is still running on "
+                         f"{entry.get('host')}:{entry.get('port')} but is not in this "
+                         f"configuration; stop it with: kill {pid}")
+                continue
+            node.adopt(pid, start, entry.get("started"))
+            node.restarts = entry.get("restarts", 0)
+            self.say(f"{name} adopted: already running on {node.spec.address} (pid {pid})")
+
+    # --- output and state ----------------------------------------------------------------
+    def say(self, message: str) -> None:
+        self._line("bscluster", message)
+
+    def _line(self, who: str, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S ") if self.detached else ""
+        try:
+            self.out.write(f"{stamp}{who:<{self._width}} | {text}\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # our terminal went away; keep supervising
+
+    def _echo_output(self, node: NodeProc, lines) -> None:
+        for line in lines or ():
+            self._line(node.name, line)
+
+    def snapshot(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "supervisor": {
+                "pid": os.getpid(), "started": self.started, "detached": self.detached,
+                "stopping": self.stopping, "config": str(self.config.path or ""),
+                "log": str(self.paths.log) if self.detached else None,
+            },
+            "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
+        }
+
+    def _publish(self) -> None:
+        doc = self.snapshot()
+        if doc != self._published:
+            write_json(self.paths.state, doc)
+            self._published = doc
+
+    def _check_settled(self) -> None:
+        if self.awaiting_settle and not self.stopping and \
+                all(n.state in SETTLED for n in self.nodes.values()):
+            self.awaiting_settle = False
+            if self.on_settled is not None:
+                self.on_settled(self)
+
+    # --- sleeping -------------------------------------------------------------------
+    def _timeout(self, now: float) -> float:
+        timeout = IDLE_INTERVAL
+        for node in self.nodes.values():
+            if node.state is State.STARTING or node.adopted:
+                timeout = min(timeout, PROBE_INTERVAL if not node.adopted else 0.2)
+            if node.wake_at is not None:
+                timeout = min(timeout, max(0.0, node.wake_at - now))
+        return timeout
+
+    def _sleep(self, timeout: float) -> None:
+        fds = [self._wake_r] + [n.fd for n in self.nodes.values() if n.fd is not None]
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _unlink(path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

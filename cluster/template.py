@@ -1,0 +1,62 @@
+"""The commented config file that ``bscluster init`` writes."""
+
+from __future__ import annotations
+
+from bscluster.config import CLUSTER_DEFAULTS
+
+_TEMPLATE = """\
+# bscluster configuration. bscluster and ClusterClient.from_config() read
+# this same file, so every client routes each tube to the same node.
+# Precedence: command-line flag, then environment (BSCLUSTER_<KEY>, e.g.
+# BSCLUSTER_BASE_PORT=11400), then this file, then the built-in default.
+
+[cluster]
+# How many nodes; they are named node1..node{nodes}. Names, not addresses,
+# place tubes on the ring, so a node can move without moving its tubes.
+nodes = {nodes}
+
+# Address every node listens on (bsnode -l). 127.0.0.1 keeps the cluster
+# private to this machine; use 0.0.0.0 or a LAN address only behind a firewall:
+# the beanstalkd protocol has no authentication.
+host = "{host}"
+
+# nodeI listens on base_port + I - 1 (bsnode -p).
+base_port = {base_port}
+
+# State (pids, ports, logs) and one binlog directory per node (data_dir/nodeI).
+# A relative path is relative to the directory of this file.
+data_dir = "{data_dir}"
+
+# Write-ahead log (bsnode -b): jobs survive a node crash or restart.
+binlog = {binlog}
+
+# fsync the binlog at most once every fsync_ms milliseconds (bsnode -f);
+# 0 = fsync every write, -1 = never fsync (bsnode -F).
+fsync_ms = {fsync_ms}
+
+# Largest job body in bytes (bsnode -z); beanstalkd's limit is 1073741824.
+max_job_size = {max_job_size}
+
+# Size of each binlog file in bytes (bsnode -s).
+binlog_size = {binlog_size}
+
+# The program that runs one node. It must take beanstalkd's flags, so
+# "beanstalkd" works too.
+# node_command = "{node_command}"
+
+# Per-node overrides. Any of host, port, weight (share of tubes in the
+# client's ring, default 1), data_dir (this node's own binlog directory),
+# binlog, fsync_ms, max_job_size, binlog_size.
+#
+# [nodes.node2]
+# host = "10.0.0.12"
+# port = 11300
+# weight = 2
+"""
+
+
+def render_config(**overrides) -> str:
+    """The config file text, with the defaults or the given values filled in."""
+    values = {**CLUSTER_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    values["binlog"] = "true" if values["binlog"] else "false"
+    return _TEMPLATE.format(**values)
