@@ -1,0 +1,508 @@
+"""Client for one beanstalkd-protocol server (beanstalkd itself or bsnode).
+
+How this works
+--------------
+One ``Client`` owns one TCP (or unix) socket and speaks doc/protocol.txt of
+beanstalkd 1.12: every command is a method, sent as one write, and exactly
+one reply is read back with ``protocol.ReplyReader`` before the method
+returns.  Error reply words become the exception classes of ``errors``.
+
+* Plain blocking sockets, nothing else: under gevent's monkey-patching the
+  ``socket`` and ``select`` modules this module looks up at call time are the
+  cooperative ones, so the client works in threads and in greenlets alike.
+  A Client is not thread-safe: use one per thread or greenlet.
+* The connection state the server keeps for us (the used tube and the
+  watch list) is mirrored client-side in ``using`` and ``watching``.  If the
+  connection is lost it is closed; the next command reconnects and replays
+  ``use``/``watch``/``ignore`` first.  The failed command itself is never
+  retried: ``ConnectionLostError.sent`` tells whether it may have run.
+  Jobs reserved on a lost connection are released by the server.
+* Before a command is sent on an idle connection, a zero-timeout
+  ``select`` checks that the server has not closed it meanwhile (a restarted
+  server leaves such a stale socket behind); a stale socket is replaced
+  first, so that case never turns into an ambiguous failure.
+* ``timeout`` bounds the wait for every reply (``reserve-with-timeout N``
+  waits N seconds longer); on expiry the connection is closed, since a late
+  reply would otherwise be read as the answer to the next command.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import select
+import socket
+from dataclasses import dataclass
+
+from . import protocol as p
+from .errors import (
+    ConnectionLostError,
+    SocketTimeoutError,
+    UnexpectedReplyError,
+    reply_error,
+)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 30.0
+RECV_SIZE = 65536
+DEFAULT_TUBE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as a server returned it: ``id``, ``body`` and the ``node`` it is on.
+
+    ``node`` is the cluster node name, or the single client's ``name``
+    (its address unless given).  ``handle`` ("node2/17") is printable and
+    accepted back by every ClusterClient method that takes a job.
+    """
+
+    id: int
+    body: bytes | str
+    node: str = ""
+
+    @property
+    def handle(self) -> str:
+        return f"{self.node}/{self.id}" if self.node else str(self.id)
+
+
+JobRef = Job | int
+
+
+def parse_address(address: str | tuple[str, int]) -> tuple[str, int] | str:
+    """``"host:port"``, ``"host"``, ``(host, port)`` or ``"unix:/path"``.
+
+    Returns ``(host, port)`` for TCP, or the socket path for a unix socket.
+    """
+    if isinstance(address, tuple):
+        host, port = address
+        return (host, int(port))
+    if address.startswith("unix:"):
+        return address[len("unix:"):]
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return (address, p.DEFAULT_PORT)
+    return (host.strip("[]") or DEFAULT_HOST, int(port))
+
+
+def format_address(addr: tuple[str, int] | str) -> str:
+    return f"unix:{addr}" if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
+
+
+# --- beanstalkd's flat YAML -----------------------------------------------
+# stats replies are "---\n" then "key: value" lines; list replies "- name"
+# lines.  Values are ints, floats, true/false or strings (some quoted).
+# Keys whose value is always a string, per reply, so that a hostname or tube
+# called "123" stays a string.
+STATS_STR_KEYS = frozenset({"version", "id", "hostname", "os", "platform"})
+STATS_TUBE_STR_KEYS = frozenset({"name"})
+STATS_JOB_STR_KEYS = frozenset({"tube", "state"})
+
+
+def _scalar(text: str):
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return text[1:-1]
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_yaml_dict(body: bytes, str_keys: frozenset = frozenset()) -> dict:
+    """Parse a stats-style body into a dict; numbers become int/float."""
+    out: dict = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        key, sep, value = line.partition(": ")
+        if not sep:
+            continue  # "---" and blank lines
+        if key in str_keys:
+            out[key] = value[1:-1] if value[:1] == '"' == value[-1:] else value
+        else:
+            out[key] = _scalar(value)
+    return out
+
+
+def parse_yaml_list(body: bytes) -> list[str]:
+    """Parse a list-tubes body ("- name" lines) into a list of str."""
+    return [
+        line[2:] for line in body.decode("utf-8", "replace").splitlines()
+        if line.startswith("- ")
+    ]
+
+
+def _u(value) -> int:
+    """An integer argument; rejects anything that is not an int (no injection)."""
+    return operator.index(value)
+
+
+def _tube(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"tube name must be str, not {type(name).__name__}")
+    if "\r" in name or "\n" in name or " " in name:
+        raise ValueError(f"invalid tube name {name!r}")
+    return name
+
+
+class Client:
+    """A connection to one server; every protocol command is a method.
+
+    ``address`` is ``"host:port"``, ``(host, port)`` or ``"unix:/path"``.
+    ``encoding`` set (e.g. "utf-8") makes job bodies come back as str.
+    ``use``/``watch`` set the initial tubes.  With ``lazy=True`` nothing is
+    connected until the first command.
+    """
+
+    def __init__(
+        self,
+        address: str | tuple[str, int] = f"{DEFAULT_HOST}:{p.DEFAULT_PORT}",
+        *,
+        name: str | None = None,
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        encoding: str | None = None,
+        use: str | None = None,
+        watch: str | list[str] | tuple[str, ...] | None = None,
+        lazy: bool = False,
+    ) -> None:
+        self._addr = parse_address(address)
+        self.address = format_address(self._addr)
+        self.name = name or self.address
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.encoding = encoding
+        self._sock: socket.socket | None = None
+        self._sock_timeout: float | None = -1.0
+        self._reader = p.ReplyReader()
+        self._using = DEFAULT_TUBE
+        self._watching = [DEFAULT_TUBE]
+        if not lazy:
+            self.connect()
+        if use is not None:
+            self.use(use)
+        if watch is not None:
+            self._watch_exactly([watch] if isinstance(watch, str) else list(watch))
+
+    # --- connection -------------------------------------------------------
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self._sock is not None else "disconnected"
+        return f"<Client {self.name} {state}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def connect(self) -> None:
+        """Open the connection now (commands also do this when needed)."""
+        if self._sock is None:
+            self._connect()
+
+    def close(self) -> None:
+        """Close the connection; jobs it had reserved go back to ready."""
+        sock, self._sock = self._sock, None
+        self._reader = p.ReplyReader()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def quit(self) -> None:
+        """Send ``quit`` and close."""
+        if self._sock is not None:
+            try:
+                self._sock.sendall(p.encode_command(p.CMD_QUIT))
+            except OSError:
+                pass
+        self.close()
+
+    def _connect(self) -> socket.socket:
+        addr = self._addr
+        try:
+            if isinstance(addr, str):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self.connect_timeout)
+                try:
+                    sock.connect(addr)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(addr, timeout=self.connect_timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except TimeoutError as e:
+            raise SocketTimeoutError(
+                f"connect to {self.address} timed out", address=self.address, sent=False
+            ) from e
+        except OSError as e:
+            raise ConnectionLostError(
+                f"cannot connect to {self.address}: {e}", address=self.address, sent=False
+            ) from e
+        self._sock = sock
+        self._sock_timeout = -1.0
+        self._reader = p.ReplyReader()
+        try:
+            self._replay()
+        except ConnectionLostError as e:
+            e.sent = False
+            raise
+        return sock
+
+    def _replay(self) -> None:
+        """Restore the used tube and the watch list on a fresh connection."""
+        if self._using != DEFAULT_TUBE:
+            self._expect(p.encode_command(p.CMD_USE, self._using), b"USING")
+        for tube in self._watching:
+            if tube != DEFAULT_TUBE:
+                self._expect(p.encode_command(p.CMD_WATCH, tube), b"WATCHING")
+        if DEFAULT_TUBE not in self._watching:
+            self._expect(p.encode_command(p.CMD_IGNORE, DEFAULT_TUBE), b"WATCHING")
+
+    def _stale(self, sock: socket.socket) -> bool:
+        """True if the server closed (or wrote to) an idle connection."""
+        try:
+            return bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def _call(self, data: bytes, wait: float | None | bool = True) -> tuple[list, bytes | None]:
+        """Send one command, return its reply ``(words, body)``.
+
+        ``wait`` is the reply timeout: True means ``self.timeout``.
+        """
+        sock = self._sock
+        if sock is None:
+            sock = self._connect()
+        elif self._stale(sock):
+            self.close()
+            sock = self._connect()
+        if wait is True:
+            wait = self.timeout
+        try:
+            if wait != self._sock_timeout:
+                sock.settimeout(wait)
+                self._sock_timeout = wait
+            sock.sendall(data)
+            reader = self._reader
+            while True:
+                chunk = sock.recv(RECV_SIZE)
+                if not chunk:
+                    raise ConnectionLostError(
+                        f"{self.address} closed the connection", address=self.address
+                    )
+                replies = reader.feed(chunk)
+                if replies:
+                    if len(replies) > 1:
+                        raise UnexpectedReplyError(f"{self.address} sent an extra reply")
+                    return replies[0]
+        except TimeoutError as e:
+            self.close()
+            raise SocketTimeoutError(
+                f"no reply from {self.address} within {wait} s", address=self.address
+            ) from e
+        except OSError as e:
+            self.close()
+            raise ConnectionLostError(
+                f"connection to {self.address} lost: {e}", address=self.address
+            ) from e
+        except BaseException:
+            # ConnectionLostError, or an interrupt (KeyboardInterrupt,
+            # gevent.Timeout) mid-reply: the stream is out of step.
+            self.close()
+            raise
+
+    def _expect(self, data: bytes, ok: bytes, wait: float | None | bool = True) -> tuple:
+        """Send, and return the reply if its word is ``ok``; else raise."""
+        words, body = self._call(data, wait)
+        if words[0] == ok:
+            return words, body
+        raise self._error(words)
+
+    def _error(self, words: list):
+        err = reply_error(words)
+        if isinstance(err, UnexpectedReplyError):
+            self.close()
+        return err
+
+    def execute(self, line: bytes, body: bytes | None = None) -> tuple[list[bytes], bytes | None]:
+        """Low level: send a raw command line (no CRLF) and maybe a body.
+
+        Returns the reply as ``(words, body)``; error words raise.  Meant for
+        tests and for commands this class does not know.
+        """
+        words, data = self._call(line + p.CRLF + (b"" if body is None else body + p.CRLF))
+        if words[0].decode("ascii", "replace") in p.ERROR_WORDS:
+            raise self._error(words)
+        return words, data
+
+    # --- producer -----------------------------------------------------------
+    def put(
+        self,
+        body: bytes | str,
+        priority: int = p.DEFAULT_PRIORITY,
+        delay: int = p.DEFAULT_DELAY,
+        ttr: int = p.DEFAULT_TTR,
+    ) -> int:
+        """Put a job into the used tube; returns its id."""
+        if isinstance(body, str):
+            body = body.encode(self.encoding or "utf-8")
+        words, _ = self._call(p.encode_command(
+            p.CMD_PUT, _u(priority), _u(delay), _u(ttr), len(body), body=body,
+        ))
+        if words[0] == b"INSERTED":
+            return int(words[1])
+        raise self._error(words)
+
+    def use(self, tube: str) -> str:
+        """Use ``tube`` for later puts; returns the tube name."""
+        words, _ = self._expect(p.encode_command(p.CMD_USE, _tube(tube)), b"USING")
+        self._using = words[1].decode("ascii")
+        return self._using
+
+    @property
+    def using(self) -> str:
+        """The tube puts go to (tracked client-side)."""
+        return self._using
+
+    # --- consumer -----------------------------------------------------------
+    def reserve(self, timeout: float | None = None) -> Job:
+        """Reserve a job from the watched tubes.
+
+        ``timeout`` None waits forever; otherwise seconds (fractions round up;
+        0 polls).  Raises TimedOutError or DeadlineSoonError.
+        """
+        if timeout is None:
+            return self._job(self._expect(p.encode_command(p.CMD_RESERVE), b"RESERVED", None))
+        if timeout < 0:
+            raise ValueError("timeout must be >= 0 (None waits forever)")
+        secs = math.ceil(timeout)
+        wait = None if self.timeout is None else secs + self.timeout
+        reply = self._expect(
+            p.encode_command(p.CMD_RESERVE_WITH_TIMEOUT, secs), b"RESERVED", wait
+        )
+        return self._job(reply)
+
+    def reserve_job(self, job: JobRef) -> Job:
+        """Reserve a specific job by id."""
+        return self._job(self._expect(
+            p.encode_command(p.CMD_RESERVE_JOB, _job_id(job)), b"RESERVED"
+        ))
+
+    def _job(self, reply: tuple) -> Job:
+        words, body = reply
+        if self.encoding is not None:
+            body = body.decode(self.encoding)
+        return Job(int(words[1]), body, self.name)
+
+    def delete(self, job: JobRef) -> None:
+        self._expect(p.encode_command(p.CMD_DELETE, _job_id(job)), b"DELETED")
+
+    def release(
+        self, job: JobRef, priority: int = p.DEFAULT_PRIORITY, delay: int = p.DEFAULT_DELAY
+    ) -> None:
+        """Release a reserved job (BuriedError if the server had to bury it)."""
+        words, _ = self._call(p.encode_command(
+            p.CMD_RELEASE, _job_id(job), _u(priority), _u(delay)
+        ))
+        if words[0] != b"RELEASED":
+            raise self._error(words)
+
+    def bury(self, job: JobRef, priority: int = p.DEFAULT_PRIORITY) -> None:
+        self._expect(p.encode_command(p.CMD_BURY, _job_id(job), _u(priority)), b"BURIED")
+
+    def touch(self, job: JobRef) -> None:
+        self._expect(p.encode_command(p.CMD_TOUCH, _job_id(job)), b"TOUCHED")
+
+    def watch(self, tube: str) -> int:
+        """Watch ``tube``; returns how many tubes are watched."""
+        words, _ = self._expect(p.encode_command(p.CMD_WATCH, _tube(tube)), b"WATCHING")
+        if tube not in self._watching:
+            self._watching.append(tube)
+        return int(words[1])
+
+    def ignore(self, tube: str) -> int:
+        """Stop watching ``tube``; NotIgnoredError for the last one."""
+        words, _ = self._expect(p.encode_command(p.CMD_IGNORE, _tube(tube)), b"WATCHING")
+        if tube in self._watching:
+            self._watching.remove(tube)
+        return int(words[1])
+
+    def _watch_exactly(self, tubes: list[str]) -> None:
+        for tube in tubes:
+            self.watch(tube)
+        for tube in list(self._watching):
+            if tube not in tubes:
+                self.ignore(tube)
+
+    @property
+    def watching(self) -> list[str]:
+        """The watched tubes, in watch order (tracked client-side)."""
+        return list(self._watching)
+
+    # --- other commands -----------------------------------------------------
+    def peek(self, job: JobRef) -> Job:
+        return self._job(self._expect(p.encode_command(p.CMD_PEEK, _job_id(job)), b"FOUND"))
+
+    def peek_ready(self) -> Job:
+        return self._job(self._expect(p.encode_command(p.CMD_PEEK_READY), b"FOUND"))
+
+    def peek_delayed(self) -> Job:
+        return self._job(self._expect(p.encode_command(p.CMD_PEEK_DELAYED), b"FOUND"))
+
+    def peek_buried(self) -> Job:
+        return self._job(self._expect(p.encode_command(p.CMD_PEEK_BURIED), b"FOUND"))
+
+    def kick(self, bound: int) -> int:
+        """Kick up to ``bound`` buried (else delayed) jobs of the used tube."""
+        words, _ = self._expect(p.encode_command(p.CMD_KICK, _u(bound)), b"KICKED")
+        return int(words[1])
+
+    def kick_job(self, job: JobRef) -> None:
+        self._expect(p.encode_command(p.CMD_KICK_JOB, _job_id(job)), b"KICKED")
+
+    def stats(self) -> dict:
+        _, body = self._expect(p.encode_command(p.CMD_STATS), b"OK")
+        return parse_yaml_dict(body, STATS_STR_KEYS)
+
+    def stats_job(self, job: JobRef) -> dict:
+        _, body = self._expect(p.encode_command(p.CMD_STATS_JOB, _job_id(job)), b"OK")
+        return parse_yaml_dict(body, STATS_JOB_STR_KEYS)
+
+    def stats_tube(self, tube: str) -> dict:
+        _, body = self._expect(p.encode_command(p.CMD_STATS_TUBE, _tube(tube)), b"OK")
+        return parse_yaml_dict(body, STATS_TUBE_STR_KEYS)
+
+    def list_tubes(self) -> list[str]:
+        _, body = self._expect(p.encode_command(p.CMD_LIST_TUBES), b"OK")
+        return parse_yaml_list(body)
+
+    def list_tube_used(self) -> str:
+        """Ask the server which tube is used (``using`` is the local copy)."""
+        words, _ = self._expect(p.encode_command(p.CMD_LIST_TUBE_USED), b"USING")
+        return words[1].decode("ascii")
+
+    def list_tubes_watched(self) -> list[str]:
+        """Ask the server which tubes are watched (``watching`` is the local copy)."""
+        _, body = self._expect(p.encode_command(p.CMD_LIST_TUBES_WATCHED), b"OK")
+        return parse_yaml_list(body)
+
+    def pause_tube(self, tube: str, delay: int) -> None:
+        """Hold back reserves from ``tube`` for ``delay`` seconds."""
+        self._expect(p.encode_command(p.CMD_PAUSE_TUBE, _tube(tube), _u(delay)), b"PAUSED")
+
+
+def _job_id(job: JobRef) -> int:
+    return job.id if isinstance(job, Job) else _u(job)
+

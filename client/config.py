@@ -1,0 +1,198 @@
+"""Where the cluster's nodes are: from a dict, the bscluster TOML file, or the environment.
+
+How this works
+--------------
+Each source is read once into a tuple of frozen ``NodeAddress`` (stable name,
+address, ring weight); nothing else in bsclient reads files or the
+environment.  Only what a client needs is read; other keys bscluster keeps
+in the same file (data_dir, fsync_ms, ...) are ignored here, and validated
+by bscluster itself.
+
+The file (shared with ``bscluster``)::
+
+    [cluster]
+    nodes = 4             # nodes are node1..node4 (required)
+    host = "127.0.0.1"    # default 127.0.0.1
+    base_port = 11300     # nodeI listens on base_port + I - 1 (default 11300)
+
+    [nodes.node2]         # optional overrides, each key optional
+    host = "10.0.0.2"
+    port = 11400
+    weight = 2            # default 1
+
+The environment: ``BSCLUSTER_NODES="node1=127.0.0.1:11300,node2=10.0.0.2:11300@2"``
+(``@W`` is an optional weight).  bscluster reads ``BSCLUSTER_NODES`` as a
+node *count*; a plain integer is therefore accepted too and means
+node1..nodeN at ``BSCLUSTER_HOST`` (127.0.0.1) and ``BSCLUSTER_BASE_PORT``
+(11300) upward.  With ``BSCLUSTER_NODES`` unset, ``BSCLUSTER_CONFIG`` names
+a config file to read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .client import format_address, parse_address
+from .protocol import DEFAULT_PORT
+
+DEFAULT_HOST = "127.0.0.1"
+ENV_NODES = "BSCLUSTER_NODES"
+ENV_CONFIG = "BSCLUSTER_CONFIG"
+ENV_HOST = "BSCLUSTER_HOST"
+ENV_BASE_PORT = "BSCLUSTER_BASE_PORT"
+NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
+MAX_PORT = 65535
+
+
+class ConfigError(ValueError):
+    """The node list is missing or malformed; the message says where."""
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    """One node as a client sees it: its stable name, where it listens, its weight."""
+
+    name: str
+    address: str  # "host:port" or "unix:/path"
+    weight: int = 1
+
+
+def _weight(name: str, value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: weight of {name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _port(name: str, value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_PORT:
+        raise ConfigError(f"{where}: port of {name} must be 1..{MAX_PORT}, got {value!r}")
+    return value
+
+
+def nodes_from_mapping(nodes: Mapping, where: str = "nodes") -> tuple[NodeAddress, ...]:
+    """``{"node1": "127.0.0.1:11300", "node2": {"address": "...", "weight": 2}, ...}``.
+
+    A value is an address string, a ``(host, port)`` tuple, or a dict with
+    ``address`` (or ``host``/``port``) and optional ``weight``.
+    """
+    if not nodes:
+        raise ConfigError(f"{where}: no nodes")
+    out = []
+    for name, value in nodes.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(f"{where}: invalid node name {name!r} (non-empty, no '/')")
+        weight = 1
+        if isinstance(value, Mapping):
+            weight = _weight(name, value.get("weight", 1), where)
+            if "address" in value:
+                value = value["address"]
+            else:
+                value = (value.get("host", DEFAULT_HOST),
+                         _port(name, value.get("port", DEFAULT_PORT), where))
+        try:
+            address = format_address(parse_address(value))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: bad address for {name}: {value!r}") from e
+        out.append(NodeAddress(name, address, weight))
+    return tuple(out)
+
+
+def _int_setting(table: Mapping, key: str, default: int, where: str) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: [cluster] {key} must be an integer, got {value!r}")
+    return value
+
+
+def read_config_file(path: str | os.PathLike) -> tuple[NodeAddress, ...]:
+    """The nodes of a bscluster TOML config file."""
+    where = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read cluster config {where}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from e
+    cluster = data.get("cluster")
+    if not isinstance(cluster, Mapping) or "nodes" not in cluster:
+        raise ConfigError(f"{where}: needs a [cluster] table with nodes = N")
+    count = _int_setting(cluster, "nodes", 0, where)
+    if count < 1:
+        raise ConfigError(f"{where}: [cluster] nodes must be >= 1, got {count}")
+    host = cluster.get("host", DEFAULT_HOST)
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"{where}: [cluster] host must be a non-empty string")
+    base_port = _int_setting(cluster, "base_port", DEFAULT_PORT, where)
+    overrides = data.get("nodes", {})
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{where}: nodes must be tables like [nodes.node2]")
+    for name in overrides:
+        m = NODE_NAME.match(name)
+        if m is None or int(m.group(1)) > count:
+            raise ConfigError(
+                f"{where}: [nodes.{name}] does not name one of node1..node{count}"
+            )
+    nodes = {}
+    for i in range(1, count + 1):
+        name = f"node{i}"
+        over = overrides.get(name, {})
+        if not isinstance(over, Mapping):
+            raise ConfigError(f"{where}: [nodes.{name}] must be a table")
+        node_host = over.get("host", host)
+        if not isinstance(node_host, str) or not node_host:
+            raise ConfigError(f"{where}: host of {name} must be a non-empty string")
+        port = _port(name, over.get("port", base_port + i - 1), where)
+        nodes[name] = {"host": node_host, "port": port,
+                       "weight": _weight(name, over.get("weight", 1), where)}
+    return nodes_from_mapping(nodes, where)
+
+
+def _parse_env_nodes(text: str, env: Mapping[str, str]) -> tuple[NodeAddress, ...]:
+    text = text.strip()
+    if text.isdigit():  # bscluster's meaning: a node count
+        host = env.get(ENV_HOST) or DEFAULT_HOST
+        try:
+            base = int(env.get(ENV_BASE_PORT) or DEFAULT_PORT)
+        except ValueError as e:
+            raise ConfigError(f"{ENV_BASE_PORT} must be an integer") from e
+        count = int(text)
+        if count < 1:
+            raise ConfigError(f"{ENV_NODES}={text}: need at least one node")
+        return tuple(
+            NodeAddress(f"node{i}", format_address((host, base + i - 1))) for i in range(1, count + 1)
+        )
+    nodes: dict = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, rest = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{ENV_NODES}: {item!r} is not name=host:port")
+        address, at, weight = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        try:
+            nodes[name.strip()] = {"address": address.strip(),
+                                   "weight": int(weight) if at else 1}
+        except ValueError as e:
+            raise ConfigError(f"{ENV_NODES}: bad weight in {item!r}") from e
+    return nodes_from_mapping(nodes, ENV_NODES)
+
+
+def nodes_from_env(env: Mapping[str, str] | None = None) -> tuple[NodeAddress, ...]:
+    """The nodes named by ``BSCLUSTER_NODES``, else the ``BSCLUSTER_CONFIG`` file."""
+    env = os.environ if env is None else env
+    text = env.get(ENV_NODES)
+    if text:
+        return _parse_env_nodes(text, env)
+    path = env.get(ENV_CONFIG)
+    if path:
+        return read_config_file(Path(path))
+    raise ConfigError(f"set {ENV_NODES} (node1=host:port,...) or {ENV_CONFIG} (a config file)")
