@@ -59,10 +59,10 @@ class NodeProc:
         return self.spec.name
 
     def fire(self, event: Event) -> State:
-        new = next_state(self.state, event)
-        if new is not self.state:
-            self.state, self.since = new, time.time()
-        return new
+        # ``since`` moves on every event, so a watcher can tell "FATAL again"
+        # from "still FATAL"
+        self.state, self.since = next_state(self.state, event), time.time()
+        return self.state
 
     # --- processes -------------------------------------------------------------
     def spawn(self, env: dict[str, str]) -> None:

@@ -82,6 +82,7 @@ class Supervisor:
         self.signals: deque[int] = deque()
         self.stopping = False
         self.awaiting_settle = True
+        self.exit_status = 0
         self.started = time.time()
         self.lock = Lock(self.paths.lock)
         self._published: dict | None = None
@@ -110,7 +111,7 @@ class Supervisor:
             if not clean:
                 self._kill_all()
             self._cleanup()
-        return 0
+        return self.exit_status
 
     def _loop(self) -> None:
         while True:
@@ -424,6 +425,10 @@ class Supervisor:
             self.awaiting_settle = False
             if self.on_settled is not None:
                 self.on_settled(self)
+            if all(n.state is State.FATAL for n in self.nodes.values()):
+                self.say("no node could start; nothing to supervise")
+                self.exit_status = 1
+                self._stop_all(kill=False)
 
     # --- sleeping -------------------------------------------------------------------
     def _timeout(self, now: float) -> float:

@@ -1,0 +1,5 @@
+"""`python -m bscluster` is the `bscluster` command."""
+
+from bscluster.cli import main
+
+main()

@@ -1,0 +1,386 @@
+"""The `bscluster` command: init, up, status, stats, restart, down, config.
+
+How this works
+--------------
+Every option defaults to None, so "not given" is visible and
+``config.load_config`` can apply the precedence flag > environment > file >
+default in one place (pip-tools' trick).  Commands that start things hand
+the resolved ``ClusterConfig`` to the supervisor (in this process, or a
+detached one via ``control``); commands that look at things read the data
+dir and ask the nodes over their protocol (``probe``).  Every error a user
+can cause ends as a ``click.ClickException`` with a sentence to act on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+from bscluster import control
+from bscluster.config import (
+    DEFAULT_CONFIG_PATH,
+    ENV_CONFIG,
+    ClusterConfig,
+    ConfigError,
+    config_path,
+    load_config,
+)
+from bscluster.probe import connect_host, probe_all
+from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
+from bscluster.runtime import Paths, read_json
+from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
+from bscluster.supervisor import AlreadyRunning, Supervisor
+from bscluster.template import render_config
+
+NOT_ALL_UP = 3  # `status` exit code when some node is not answering (as systemctl)
+
+
+# --- options ---------------------------------------------------------------------
+def config_option(f):
+    return click.option(
+        "--config", "-c", "config_file", metavar="PATH",
+        help=f"Config file [env {ENV_CONFIG}; default ./{DEFAULT_CONFIG_PATH} if present].",
+    )(f)
+
+
+def data_dir_option(f):
+    return click.option("--data-dir", metavar="DIR",
+                        help="Where state, logs and binlogs live [env BSCLUSTER_DATA_DIR].")(f)
+
+
+_NODE_OPTIONS = [
+    click.option("--nodes", "-n", type=int, help="Number of nodes, named node1..nodeN."),
+    click.option("--host", metavar="ADDR", help="Address the nodes listen on (127.0.0.1)."),
+    click.option("--base-port", type=int, metavar="PORT",
+                 help="nodeI listens on base-port + I - 1 (11300)."),
+    click.option("--binlog/--no-binlog", default=None,
+                 help="Keep a write-ahead log so jobs survive restarts (on)."),
+    click.option("--fsync-ms", type=int, metavar="MS",
+                 help="fsync the binlog at most every MS ms; -1 = never (50)."),
+    click.option("--max-job-size", type=int, metavar="BYTES", help="Largest job body (65535)."),
+    click.option("--binlog-size", type=int, metavar="BYTES",
+                 help="Size of each binlog file (10485760)."),
+    click.option("--node-command", metavar="CMD",
+                 help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] (bsnode)."),
+]
+
+
+def node_options(f):
+    for option in reversed(_NODE_OPTIONS):
+        f = option(f)
+    return data_dir_option(f)
+
+
+def _load(config_file: str | None, flags: dict) -> ClusterConfig:
+    try:
+        return load_config(config_file, flags)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _fail(e: Exception):
+    raise click.ClickException(str(e)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bscluster")
+def cli() -> None:
+    """Run and inspect a cluster of beanstalkd-compatible bsnode processes.
+
+    Start with `bscluster up --nodes 4`, look with `bscluster status`, stop with
+    `bscluster down`. Settings come from flags, then BSCLUSTER_* environment
+    variables, then the config file (`bscluster init` writes one), then defaults.
+    """
+
+
+# --- init ------------------------------------------------------------------------
+@cli.command()
+@click.argument("path", required=False, metavar="[PATH]")
+@click.option("--nodes", "-n", type=int)
+@click.option("--host", metavar="ADDR")
+@click.option("--base-port", type=int, metavar="PORT")
+@click.option("--data-dir", metavar="DIR")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path, force, **values) -> None:
+    """Write a commented config file (./bscluster.toml by default)."""
+    target, _ = config_path(path, os.environ)
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} already exists; edit it, or overwrite it "
+                                   f"with `bscluster init --force`")
+    text = render_config(**values)
+    try:
+        target.write_text(text)
+        config = load_config(target, {}, env={})
+    except ConfigError as e:
+        target.unlink()
+        _fail(e)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {target}: {e.strerror}") from None
+    first, last = config.nodes[0], config.nodes[-1]
+    click.echo(f"wrote {target}: {len(config.nodes)} nodes on {first.host}, ports "
+               f"{first.port}-{last.port}, data in {config.data_dir}")
+    hint = "" if str(target) == DEFAULT_CONFIG_PATH else f" --config {target}"
+    click.echo(f"start the cluster with: bscluster up{hint}")
+
+
+# --- up ----------------------------------------------------------------------------
+@cli.command()
+@config_option
+@node_options
+@click.option("--detach", "-d", is_flag=True, help="Run in the background.")
+def up(config_file, detach, **flags) -> None:
+    """Start the cluster and keep every node running.
+
+    In the foreground (the default) node output is prefixed with the node's
+    name and Ctrl-C stops every node. With --detach the supervisor runs in the
+    background; `status`, `stats`, `restart` and `down` find it through the
+    data dir. Against a running cluster, a larger --nodes adds nodes.
+    """
+    config = _load(config_file, flags)
+    paths = Paths(config.data_dir)
+    try:
+        control.prepare_data_dir(config.data_dir)
+    except control.ClusterError as e:
+        _fail(e)
+    state = control.running_state(paths)
+    if state is not None:
+        _up_running(config_file, flags, config, paths, state)
+        return
+    if detach:
+        pid = control.start_detached(config)
+        try:
+            state = control.wait_settled(paths, pid)
+        except control.ClusterError as e:
+            _fail(e)
+        click.echo(banner(config, state))
+        if any(e["state"] == State.FATAL.value for e in state["nodes"].values()):
+            sys.exit(1)
+        return
+    supervisor = Supervisor(config, on_settled=lambda s: click.echo(banner(config, s.snapshot())))
+    try:
+        sys.exit(supervisor.run())
+    except AlreadyRunning as e:
+        _fail(e)
+
+
+def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: dict) -> None:
+    running = list(state["nodes"])
+    current = control.running_config(paths)
+    if current is not None:
+        # what the user did not set keeps the running cluster's value
+        kept = {k: _flag_value(current, k) for k, src in config.sources.items()
+                if src == "default"}
+        config = _load(config_file, {**kept, **{k: v for k, v in flags.items() if v is not None}})
+    if len(config.nodes) < len(running):
+        raise click.ClickException(
+            f"the running cluster has {len(running)} nodes and `up` only adds nodes: taking "
+            f"away {', '.join(running[len(config.nodes):])} would strand the jobs "
+            f"they hold. Drain them, then `bscluster down` and `bscluster up --nodes {len(config.nodes)}`.")
+    if len(config.nodes) == len(running):
+        click.echo(f"the cluster is already running (supervisor pid {state['supervisor']['pid']})")
+        click.echo(banner(config, state))
+        return
+    added = control.grow(paths, state, config)
+    click.echo(f"adding {', '.join(added)} to the running cluster")
+    try:
+        state = control.wait_settled(paths, control.supervisor_pid(state),
+                                     [n.name for n in config.nodes])
+    except control.ClusterError as e:
+        _fail(e)
+    click.echo(banner(config, state))
+    if any(state["nodes"][n]["state"] == State.FATAL.value for n in added):
+        sys.exit(1)
+
+
+def _flag_value(config: ClusterConfig, key: str):
+    value = getattr(config, key)
+    if key == "nodes":
+        return len(value)
+    if key == "node_command":
+        return shlex.join(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def banner(config: ClusterConfig, state: dict) -> str:
+    """Where every node listens and how to connect."""
+    nodes = state["nodes"]
+    sup = state["supervisor"]
+    up_count = sum(1 for e in nodes.values() if e["state"] == State.RUNNING.value)
+    mode = f"detached, log {sup['log']}" if sup.get("detached") else "Ctrl-C stops all"
+    lines = [f"bscluster: {up_count} of {len(nodes)} nodes running "
+             f"(supervisor pid {sup['pid']}, {mode})"]
+    width = max(len(n) for n in nodes)
+    for name, e in nodes.items():
+        addr = f"{e['host']}:{e['port']}"
+        extra = f"pid {e['pid']}" if e["state"] == State.RUNNING.value else (e["reason"] or "")
+        lines.append(f"  {name:<{width}}  {addr:<21}  {e['state']:<8}  {extra}")
+    addresses = {n: f"{connect_host(e['host'])}:{e['port']}" for n, e in nodes.items()}
+    lines += ["", "connect from Python:", "    from bsclient import ClusterClient"]
+    if _file_matches(config, addresses):
+        lines.append(f'    client = ClusterClient.from_config("{config.path}")')
+    else:
+        lines.append(f"    client = ClusterClient({json.dumps(addresses)})")
+        if config.path:
+            lines.append(f"  ({config.path} describes a different cluster because of flags or "
+                         f"environment: clients reading it would route tubes elsewhere)")
+    first = next(iter(addresses.values()))
+    host, port = first.rsplit(":", 1)
+    lines += ["talk to one node by hand:", f"    telnet {host} {port}",
+              "look: bscluster status | bscluster stats      stop: bscluster down"]
+    return "\n".join(lines)
+
+
+def _file_matches(config: ClusterConfig, addresses: dict[str, str]) -> bool:
+    """Would a client reading the config file alone see these nodes?"""
+    if config.path is None:
+        return False
+    try:
+        alone = load_config(config.path, {}, env={})
+    except ConfigError:
+        return False
+    return {n.name: f"{connect_host(n.host)}:{n.port}" for n in alone.nodes} == addresses
+
+
+# --- looking ------------------------------------------------------------------------
+def _nodes_to_probe(config: ClusterConfig, state: dict | None) -> dict[str, dict]:
+    if state is not None:
+        return {name: {"address": f"{e['host']}:{e['port']}", "host": e["host"],
+                       "port": e["port"], "state": e["state"], "pid": e["pid"],
+                       "restarts": e["restarts"], "reason": e["reason"]}
+                for name, e in state["nodes"].items()}
+    return {n.name: {"address": n.address, "host": n.host, "port": n.port}
+            for n in config.nodes}
+
+
+def _look(config_file, data_dir):
+    config = _load(config_file, {"data_dir": data_dir})
+    state = control.running_state(Paths(config.data_dir))
+    nodes = _nodes_to_probe(config, state)
+    reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()})
+    return config, state, nodes, reports
+
+
+@cli.command()
+@config_option
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_file, data_dir, as_json) -> None:
+    """Each node: state, pid, address, uptime, jobs ready/reserved/delayed/buried.
+
+    Exits with status 3 if any node does not answer.
+    """
+    config, state, nodes, reports = _look(config_file, data_dir)
+    rows = status_rows(nodes, reports)
+    if as_json:
+        click.echo(json.dumps({"supervisor": state["supervisor"] if state else None,
+                               "nodes": rows}, indent=2))
+    else:
+        if state is None:
+            click.echo(f"supervisor: not running for {config.data_dir} (showing the nodes "
+                       f"of the config)")
+        else:
+            sup = state["supervisor"]
+            click.echo(f"supervisor: pid {sup['pid']}, up "
+                       f"{human_duration(time.time() - sup['started'])}"
+                       + (f", log {sup['log']}" if sup.get("log") else ""))
+        click.echo(render_status(rows))
+    if not all(r["up"] for r in rows):
+        sys.exit(NOT_ALL_UP)
+
+
+@cli.command()
+@config_option
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stats(config_file, data_dir, as_json) -> None:
+    """Cluster-wide totals and per-tube rows, summed over the nodes."""
+    _, _, nodes, reports = _look(config_file, data_dir)
+    result = cluster_stats({n: i["address"] for n, i in nodes.items()}, reports)
+    click.echo(json.dumps(result, indent=2) if as_json else render_stats(result))
+
+
+# --- changing ------------------------------------------------------------------------
+@cli.command()
+@config_option
+@data_dir_option
+@click.argument("names", nargs=-1, metavar="[NODE]...")
+@click.option("--force", is_flag=True, help="Restart nodes that run without a binlog.")
+def restart(config_file, data_dir, names, force) -> None:
+    """Restart nodes one at a time (all of them if none is named).
+
+    Each node is stopped and started again by the supervisor; with its binlog
+    it comes back with every job it held.
+    """
+    config = _load(config_file, {"data_dir": data_dir})
+    paths = Paths(config.data_dir)
+    state = control.running_state(paths)
+    if state is None:
+        raise click.ClickException(f"no cluster is running for {config.data_dir}; start it "
+                                   f"with `bscluster up`")
+    known = list(state["nodes"])
+    targets = list(names) or known
+    for name in targets:
+        if name not in known:
+            raise click.ClickException(f"no node named {name!r}; the cluster has "
+                                       f"{', '.join(known)}")
+        if not state["nodes"][name].get("binlog", True) and not force:
+            raise click.ClickException(f"{name} runs without a binlog, so a restart loses its "
+                                       f"jobs; restart it anyway with --force")
+    for name in targets:
+        old = read_json(paths.state)["nodes"][name]
+        try:
+            new = control.request_restart(paths, read_json(paths.state), name,
+                                          START_TIMEOUT + STOP_TIMEOUT + 5)
+        except control.ClusterError as e:
+            _fail(e)
+        click.echo(f"{name} restarted on {new['host']}:{new['port']} "
+                   f"(pid {old['pid'] or '-'} -> {new['pid']})")
+
+
+@cli.command()
+@config_option
+@data_dir_option
+def down(config_file, data_dir) -> None:
+    """Stop every node and the supervisor. Binlogs and logs stay."""
+    config = _load(config_file, {"data_dir": data_dir})
+    try:
+        click.echo(control.down(Paths(config.data_dir)))
+    except control.ClusterError as e:
+        _fail(e)
+
+
+@cli.command("config")
+@config_option
+@node_options
+def show_config(config_file, **flags) -> None:
+    """Show the settings in effect and where each one came from."""
+    config = _load(config_file, flags)
+    click.echo(f"# config file: {config.path or 'none'}")
+    for key, source in config.sources.items():
+        click.echo(f"{key} = {json.dumps(_flag_value(config, key))}  # {source}")
+    for n in config.nodes:
+        click.echo(f"# {n.name}: {n.address} weight {n.weight} data {n.data_dir}")
+
+
+@cli.command(hidden=True)
+@click.option("--data-dir", required=True)
+def supervise(data_dir) -> None:
+    """Run the supervisor for `up --detach` (reads wanted.json in the data dir)."""
+    paths = Paths(Path(data_dir))
+    doc = read_json(paths.wanted)
+    if doc is None:
+        raise click.ClickException(f"{paths.wanted} is missing: start with `bscluster up -d`")
+    os.umask(0o077)
+    try:
+        sys.exit(Supervisor(ClusterConfig.from_dict(doc), detached=True).run())
+    except AlreadyRunning as e:
+        _fail(e)
+
+
+def main() -> None:
+    cli(prog_name="bscluster")

@@ -1,0 +1,197 @@
+"""The CLI's side of a running cluster: start it detached, change it, stop it.
+
+How this works
+--------------
+The supervisor is told things only through its data dir and signals (see
+``runtime.py``): ``wanted.json`` + SIGHUP adds nodes, a file in
+``requests/`` + SIGHUP restarts one, SIGTERM stops everything.  What it
+did is read back from ``bscluster.json``, polled with a deadline.  A
+supervisor that died (kill -9) leaves its nodes running; ``down`` then
+stops them itself, and the next ``up`` adopts them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bscluster.config import ClusterConfig
+from bscluster.runtime import (
+    Paths,
+    make_private_dir,
+    open_private,
+    pid_alive,
+    read_json,
+    stop_pids,
+    supervisor_alive,
+    wait_gone,
+    write_json,
+)
+from bscluster.states import SETTLED, START_TIMEOUT, STOP_TIMEOUT, State
+
+SETTLE_TIMEOUT = START_TIMEOUT + 15.0
+POLL = 0.05
+
+
+class ClusterError(Exception):
+    """Something the user can act on; the message says what."""
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create the data dir owner-only, or say plainly why it cannot be used."""
+    try:
+        make_private_dir(data_dir)
+    except FileExistsError:
+        raise ClusterError(f"data dir {data_dir} exists and is not a directory; "
+                           f"set data_dir (or --data-dir) to a directory") from None
+    except PermissionError:
+        raise ClusterError(f"cannot create data dir {data_dir}: permission denied; "
+                           f"choose a data_dir you can write (--data-dir)") from None
+    except OSError as e:
+        raise ClusterError(f"cannot use data dir {data_dir}: {e.strerror}") from None
+    if not os.access(data_dir, os.W_OK | os.X_OK):
+        raise ClusterError(f"data dir {data_dir} is not writable by this user; fix its "
+                           f"permissions or choose another (--data-dir)")
+
+
+def running_state(paths: Paths) -> dict | None:
+    """The live supervisor's state, or None when no supervisor runs."""
+    if not supervisor_alive(paths):
+        return None
+    deadline = time.monotonic() + 5.0
+    while True:  # a supervisor that just started may not have written it yet
+        state = read_json(paths.state)
+        if state is not None or time.monotonic() > deadline:
+            return state
+        time.sleep(POLL)
+
+
+def running_config(paths: Paths) -> ClusterConfig | None:
+    doc = read_json(paths.wanted)
+    return ClusterConfig.from_dict(doc) if doc else None
+
+
+def supervisor_pid(state: dict) -> int:
+    return int(state["supervisor"]["pid"])
+
+
+# --- starting ------------------------------------------------------------------
+def start_detached(config: ClusterConfig) -> int:
+    """Start ``bscluster supervise`` in a session of its own; returns its pid."""
+    paths = Paths(config.data_dir)
+    write_json(paths.wanted, config.to_dict())
+    log = open_private(paths.log)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bscluster", "supervise", "--data-dir", str(config.data_dir)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=config.data_dir, start_new_session=True,
+        )
+    finally:
+        os.close(log)
+    proc.returncode = 0  # not ours to wait for: it outlives this command
+    return proc.pid
+
+
+def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = None,
+                 timeout: float = SETTLE_TIMEOUT) -> dict:
+    """Poll until every node (or ``names``) is RUNNING or FATAL."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_json(paths.state)
+        if state and (sup_pid is None or state["supervisor"]["pid"] == sup_pid):
+            nodes = state["nodes"]
+            want = names if names is not None else list(nodes)
+            if all(n in nodes and nodes[n]["state"] in SETTLED for n in want):
+                return state
+        if sup_pid is not None and not pid_alive(sup_pid):
+            raise ClusterError("the supervisor exited before the cluster was up" + log_tail(paths))
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the cluster did not come up within {timeout:g}s" + log_tail(paths))
+        time.sleep(POLL)
+
+
+def log_tail(paths: Paths, lines: int = 8) -> str:
+    try:
+        text = paths.log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return f"; last lines of {paths.log}:\n  " + "\n  ".join(text) if text else ""
+
+
+# --- changing ------------------------------------------------------------------
+def grow(paths: Paths, state: dict, config: ClusterConfig) -> list[str]:
+    """Hand the running supervisor a larger configuration; returns the new names."""
+    added = [n.name for n in config.nodes if n.name not in state["nodes"]]
+    write_json(paths.wanted, config.to_dict())
+    os.kill(supervisor_pid(state), signal.SIGHUP)
+    return added
+
+
+def request_restart(paths: Paths, state: dict, name: str, timeout: float) -> dict:
+    """Restart one node and wait until it runs again; returns its new entry."""
+    old = state["nodes"][name]
+    asked = time.time()
+    make_private_dir(paths.requests)
+    write_json(paths.requests / f"{time.time_ns()}-{os.getpid()}.json",
+               {"op": "restart", "node": name})
+    os.kill(supervisor_pid(state), signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = read_json(paths.state)
+        entry = (doc or {}).get("nodes", {}).get(name)
+        if entry and entry["state"] == State.RUNNING.value and entry["pid"] != old["pid"]:
+            return entry
+        if entry and entry["state"] == State.FATAL.value and entry["since"] > asked:
+            raise ClusterError(f"{name} did not come back: {entry['reason']}")
+        if not supervisor_alive(paths):
+            raise ClusterError("the supervisor exited during the restart" + log_tail(paths))
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{name} was not running again within {timeout:g}s"
+                               + log_tail(paths))
+        time.sleep(POLL)
+
+
+# --- stopping ------------------------------------------------------------------
+def node_pids(state: dict | None) -> dict[int, int | None]:
+    return {e["pid"]: e.get("pid_start") for e in (state or {}).get("nodes", {}).values()
+            if e.get("pid")}
+
+
+def down(paths: Paths) -> str:
+    """Stop the supervisor and every node; returns what was done."""
+    state = read_json(paths.state)
+    pids = node_pids(state)
+    if supervisor_alive(paths) and state:
+        sup = supervisor_pid(state)
+        os.kill(sup, signal.SIGTERM)
+        if not _wait_unlocked(paths, STOP_TIMEOUT + 10.0):
+            raise ClusterError(f"the supervisor (pid {sup}) did not stop; "
+                               f"kill it with: kill -9 {sup}")
+        leftover = {p: t for p, t in pids.items() if pid_alive(p, t)}
+        stop_pids(leftover, STOP_TIMEOUT)  # only if it failed to: it should have
+        wait_gone(pids, STOP_TIMEOUT)
+        return f"stopped {len(state['nodes'])} nodes and the supervisor (pid {sup})"
+    alive = {p: t for p, t in pids.items() if pid_alive(p, t)}
+    if alive:  # the supervisor died (kill -9) and left its nodes
+        stop_pids(alive, STOP_TIMEOUT)
+        for path in (paths.state, paths.wanted):
+            path.unlink(missing_ok=True)
+        return (f"the supervisor was not running; stopped {len(alive)} leftover "
+                f"node process(es): {', '.join(map(str, alive))}")
+    for path in (paths.state, paths.wanted):
+        path.unlink(missing_ok=True)
+    return f"no cluster is running in {paths.data_dir}"
+
+
+def _wait_unlocked(paths: Paths, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while supervisor_alive(paths):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True

@@ -1,0 +1,140 @@
+"""Turn node reports into what `status` and `stats` print.
+
+Pure functions of plain data (no sockets, no clock), so the formatting is
+tested with made-up numbers.  Job counts use beanstalkd's ``stats`` and
+``stats-tube`` field names (protocol.txt, "Other Commands").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from bscluster.probe import NodeReport
+
+JOB_STATES = ("ready", "reserved", "delayed", "buried")
+JOB_FIELDS = tuple(f"current-jobs-{s}" for s in JOB_STATES)
+# cluster-wide totals are sums of these node ``stats`` fields
+SUMMED_STATS = (
+    "current-jobs-urgent", *JOB_FIELDS, "total-jobs", "current-connections",
+    "current-producers", "current-workers", "current-waiting", "total-connections",
+    "cmd-put", "cmd-reserve", "cmd-reserve-with-timeout", "cmd-delete", "cmd-release",
+    "cmd-bury", "cmd-kick", "cmd-touch", "job-timeouts",
+)
+SUMMED_TUBE_STATS = (
+    "current-jobs-urgent", *JOB_FIELDS, "total-jobs", "current-using",
+    "current-watching", "current-waiting", "cmd-delete", "cmd-pause-tube",
+)
+
+
+def human_duration(seconds: float | int | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def table(headers: list[str], rows: Iterable[list]) -> str:
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+# --- status ----------------------------------------------------------------------
+def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport]) -> list[dict]:
+    """One row per node: what the supervisor says merged with what the node says.
+
+    ``nodes`` maps a name to ``{"address", "state"?, "pid"?, "restarts"?, "reason"?}``.
+    """
+    rows = []
+    for name, info in nodes.items():
+        rep = reports[name]
+        row = {
+            "node": name, "address": info["address"], "up": rep.up,
+            "state": info.get("state") or ("UP" if rep.up else "DOWN"),
+            "pid": rep.stats.get("pid", info.get("pid")) if rep.up else info.get("pid"),
+            "uptime": rep.stats.get("uptime") if rep.up else None,
+            "restarts": info.get("restarts"),
+            "reason": info.get("reason") or (None if rep.up else rep.error),
+        }
+        for state, key in zip(JOB_STATES, JOB_FIELDS, strict=True):
+            row[state] = rep.stats.get(key) if rep.up else None
+        rows.append(row)
+    return rows
+
+
+def render_status(rows: list[dict]) -> str:
+    headers = ["NODE", "STATE", "PID", "ADDRESS", "UPTIME", *(s.upper() for s in JOB_STATES),
+               "RESTARTS"]
+    body = [[r["node"], r["state"] if r["up"] or r["state"] != "RUNNING" else "NO ANSWER",
+             r["pid"] or "-", r["address"], human_duration(r["uptime"]),
+             *(_n(r[s]) for s in JOB_STATES), _n(r["restarts"])] for r in rows]
+    out = [table(headers, body)]
+    for r in rows:
+        if r["reason"] and (not r["up"] or r["state"] not in ("RUNNING", "UP")):
+            out.append(f"  {r['node']}: {r['reason']}")
+    return "\n".join(out)
+
+
+def _n(v) -> str:
+    return "-" if v is None else str(v)
+
+
+# --- stats ------------------------------------------------------------------------
+def cluster_stats(addresses: Mapping[str, str], reports: Mapping[str, NodeReport]) -> dict:
+    """Totals and per-tube rows across nodes, as one JSON-able dict."""
+    totals = dict.fromkeys(SUMMED_STATS, 0)
+    tubes: dict[str, dict] = {}
+    nodes = {}
+    for name, address in addresses.items():
+        rep = reports[name]
+        nodes[name] = {"address": address, "up": rep.up, "error": rep.error,
+                       "stats": rep.stats}
+        if not rep.up:
+            continue
+        for key in SUMMED_STATS:
+            totals[key] += _int(rep.stats.get(key))
+        for tube, st in rep.tubes.items():
+            row = tubes.setdefault(tube, {**dict.fromkeys(SUMMED_TUBE_STATS, 0), "nodes": {}})
+            for key in SUMMED_TUBE_STATS:
+                row[key] += _int(st.get(key))
+            row["nodes"][name] = {k: st.get(k) for k in JOB_FIELDS}
+    totals["current-tubes"] = len(tubes)
+    totals["nodes-up"] = sum(1 for n in nodes.values() if n["up"])
+    totals["nodes"] = len(nodes)
+    return {"totals": totals, "tubes": dict(sorted(tubes.items())), "nodes": nodes}
+
+
+def render_stats(stats: dict) -> str:
+    t = stats["totals"]
+    head = (f"{t['nodes-up']}/{t['nodes']} nodes up, {t['current-tubes']} tubes, "
+            f"{t['total-jobs']} jobs put since start")
+    jobs = table(["", *(s.upper() for s in JOB_STATES), "URGENT", "CONNECTIONS", "WORKERS",
+                  "WAITING"],
+                 [["total", *(t[k] for k in JOB_FIELDS), t["current-jobs-urgent"],
+                   t["current-connections"], t["current-workers"], t["current-waiting"]]])
+    rows = []
+    for name, row in stats["tubes"].items():
+        rows.append([name, *(row[k] for k in JOB_FIELDS), row["total-jobs"],
+                     row["current-watching"], ",".join(row["nodes"])])
+    tubes = table(["TUBE", *(s.upper() for s in JOB_STATES), "TOTAL", "WATCHING", "NODES"],
+                  rows)
+    down = [f"  {name} ({n['address']}): {n['error']}"
+            for name, n in stats["nodes"].items() if not n["up"]]
+    parts = [head, "", jobs, "", tubes]
+    if down:
+        parts += ["", "not answering:", *down]
+    return "\n".join(parts)
+
+
+def _int(v) -> int:
+    return v if isinstance(v, int) else 0
