@@ -264,11 +264,15 @@ class Client:
         """Restore the used tube and the watch list on a fresh connection."""
         if self._using != DEFAULT_TUBE:
             self._expect(p.encode_command(p.CMD_USE, self._using), b"USING")
+        watching = [DEFAULT_TUBE]
         for tube in self._watching:
             if tube != DEFAULT_TUBE:
                 self._expect(p.encode_command(p.CMD_WATCH, tube), b"WATCHING")
+                watching.append(tube)
         if DEFAULT_TUBE not in self._watching:
             self._expect(p.encode_command(p.CMD_IGNORE, DEFAULT_TUBE), b"WATCHING")
+            _ms_remove(watching, DEFAULT_TUBE)
+        self._watching = watching
 
     def _stale(self, sock: socket.socket) -> bool:
         """True if the server closed (or wrote to) an idle connection."""
@@ -305,7 +309,7 @@ class Client:
                 replies = reader.feed(chunk)
                 if replies:
                     if len(replies) > 1:
-                        raise UnexpectedReplyError(f"{self.address} sent an extra reply")
+                        self.close()  # more replies than commands: out of step
                     return replies[0]
         except TimeoutError as e:
             self.close()
@@ -435,8 +439,7 @@ class Client:
     def ignore(self, tube: str) -> int:
         """Stop watching ``tube``; NotIgnoredError for the last one."""
         words, _ = self._expect(p.encode_command(p.CMD_IGNORE, _tube(tube)), b"WATCHING")
-        if tube in self._watching:
-            self._watching.remove(tube)
+        _ms_remove(self._watching, tube)
         return int(words[1])
 
     def _watch_exactly(self, tubes: list[str]) -> None:
@@ -448,7 +451,7 @@ class Client:
 
     @property
     def watching(self) -> list[str]:
-        """The watched tubes, in watch order (tracked client-side)."""
+        """The watched tubes, in the server's order (tracked client-side)."""
         return list(self._watching)
 
     # --- other commands -----------------------------------------------------
@@ -501,6 +504,14 @@ class Client:
     def pause_tube(self, tube: str, delay: int) -> None:
         """Hold back reserves from ``tube`` for ``delay`` seconds."""
         self._expect(p.encode_command(p.CMD_PAUSE_TUBE, _tube(tube), _u(delay)), b"PAUSED")
+
+
+def _ms_remove(tubes: list[str], tube: str) -> None:
+    """Remove as beanstalkd's watch set does: the last entry fills the hole."""
+    if tube in tubes:
+        i = tubes.index(tube)
+        tubes[i] = tubes[-1]
+        tubes.pop()
 
 
 def _job_id(job: JobRef) -> int:
