@@ -356,7 +356,9 @@ def _from_env(key: str, raw: str, env_name: str) -> Any:
         try:
             return int(raw.strip())
         except ValueError:
-            raise ConfigError(f"{env_name}={raw!r}: expected a whole number") from None
+            hint = (" (the name=host:port list form of BSCLUSTER_NODES is for clients; "
+                    "bscluster needs a node count)") if "=" in raw else ""
+            raise ConfigError(f"{env_name}={raw!r}: expected a whole number{hint}") from None
     return raw
 
 
