@@ -12,9 +12,8 @@ import argparse
 import sys
 import time
 
-from servers import start
-
 from .dsl import load_all
+from .pool import STARTERS
 from .runner import compare, run
 from .suite import TRANSCRIPT_DIR
 
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in chosen:
         runs = {}
         for kind in kinds:
-            with start(kind, *t.flags) as server:
+            with STARTERS[kind](*t.flags) as server:
                 runs[kind] = r = run(t, server.host, server.port, server.pid)
             for p in r.problems:
                 print(f"[{kind}] {p}")

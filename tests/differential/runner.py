@@ -245,9 +245,8 @@ class _Player:
         self.record(i, s.conn, got, data)
         if got is not EOF:
             self.problem(i, "the server to close the connection", got)
-        if isinstance(s, Close):
-            c.close()
-            del self.conns[s.conn]
+        c.close()  # a connection is done once its end is asserted
+        del self.conns[s.conn]
 
     def do_hup(self, i: int, s: Hup) -> None:
         try:
