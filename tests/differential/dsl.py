@@ -155,7 +155,9 @@ def _parse_subset(body: str, where: str) -> tuple[tuple[str, str], ...]:
         key, sep, value = item.partition(":")
         if not sep or not key.strip():
             raise TranscriptError(f"{where}: bad OK {{...}} item {item!r}")
-        pairs.append((key.strip(), value.strip()))
+        text = decode_text(value.strip())
+        pairs.append((key.strip(), b"".join(
+            b"#%d" % p.n if isinstance(p, IdRef) else p for p in text).decode("latin-1")))
     return tuple(pairs)
 
 
