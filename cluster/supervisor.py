@@ -87,6 +87,8 @@ class Supervisor:
         self.lock = Lock(self.paths.lock)
         self._published: dict | None = None
         self._wake_r = self._wake_w = -1
+        self._old_wakeup = -1
+        self._old_handlers: dict = {}
         self._width = max(len("bscluster"), *(len(n.name) for n in config.nodes))
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -134,9 +136,8 @@ class Supervisor:
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
-        signal.set_wakeup_fd(self._wake_w)
-        for sig in HANDLED_SIGNALS:
-            signal.signal(sig, self._enqueue)
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        self._old_handlers = {sig: signal.signal(sig, self._enqueue) for sig in HANDLED_SIGNALS}
 
     def _enqueue(self, signum, frame) -> None:
         self.signals.append(signum)
@@ -311,9 +312,9 @@ class Supervisor:
                 _unlink(p)
             self.paths.requests.rmdir()
         if self._wake_w >= 0:
-            signal.set_wakeup_fd(-1)
-            for sig in HANDLED_SIGNALS:
-                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(self._old_wakeup)
+            for sig, handler in self._old_handlers.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
