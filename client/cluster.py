@@ -52,7 +52,7 @@ from .errors import (
     NotIgnoredError,
     TimedOutError,
 )
-from .ring import Ring, natural_key
+from .ring import OWNER_CACHE_SIZE, Ring, natural_key
 
 FAILOVER = "failover"
 FAIL_FAST = "fail_fast"
@@ -137,6 +137,7 @@ class ClusterClient:
         self._ring = Ring({n.name: n.weight for n in self._nodes.values()},
                           ketama=ketama, vnodes=vnodes)
         self._order = list(self._ring.nodes)  # members in natural order
+        self._owner_of: dict[str, _Node] = {}  # tube -> owner node, a cache of the ring
         self._using = DEFAULT_TUBE
         self._watching = [DEFAULT_TUBE]
         self._watch_gen = 0
@@ -190,6 +191,7 @@ class ClusterClient:
         if name in self._nodes:
             raise ValueError(f"node {name} is already a member")
         self._ring = self._ring.with_node(name, weight)
+        self._owner_of.clear()
         self._nodes[name] = self._make_node(name, address, weight)
         self._order = sorted(self._nodes, key=natural_key)
 
@@ -204,6 +206,7 @@ class ClusterClient:
             raise KeyError(name)
         if name in self._ring.weights:
             self._ring = self._ring.without_node(name)
+            self._owner_of.clear()
         if not drain:
             self._nodes.pop(name).client.close()
             self._order.remove(name)
@@ -304,17 +307,37 @@ class ClusterClient:
     ) -> str:
         """Put into the used tube on its owner (or failover node); returns "node/id"."""
         tube = self._using
+        node = self._owner_of.get(tube)
+        if node is None:
+            if len(self._owner_of) >= OWNER_CACHE_SIZE:
+                self._owner_of.clear()
+            node = self._owner_of[tube] = self._nodes[self._ring.node_for(tube)]
+        if node.dead_until == 0.0 and node.client._using == tube:  # the hot path
+            try:
+                job_id = node.client.put(body, priority, delay, ttr)
+            except ConnectionLostError as e:
+                self._failed(node)
+                if e.sent or self.policy == FAIL_FAST:
+                    raise NoNodeAvailableError(node.name, str(e), sent=e.sent) from e
+                return self._put_failover(tube, body, priority, delay, ttr, [f"{node.name}: {e}"])
+            if node.failures:
+                self._ok(node)
+            return f"{node.name}/{job_id}"
+        return self._put_failover(tube, body, priority, delay, ttr, [])
+
+    def _put_failover(self, tube, body, priority, delay, ttr, reasons: list[str]) -> str:
+        """Put on the first node, in the tube's ring order, that takes it."""
         owner = self._ring.node_for(tube)
         node = self._nodes[owner]
-        if node.dead_until == 0.0 or self.policy == FAIL_FAST:  # the common case
+        if not reasons and (node.dead_until == 0.0 or self.policy == FAIL_FAST):
             try:
                 return self._put_on(node, tube, body, priority, delay, ttr)
             except NoNodeAvailableError as e:
                 if e.sent or self.policy == FAIL_FAST:
                     raise
                 reasons = [f"{owner}: {e.reason}"]
-        else:
-            reasons = []
+        if self.policy == FAIL_FAST:
+            raise NoNodeAvailableError(owner, "; ".join(reasons))
         for name in self._ring.preference(tube):
             node = self._nodes[name]
             if name == owner and reasons:
