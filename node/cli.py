@@ -1,0 +1,269 @@
+"""The ``bsnode`` command: beanstalkd 1.12's flags, parsed the way it parses them.
+
+Flags may be glued to their value (``-p11300``) or separate (``-p 11300``),
+and bare flags combine (``-VV``).  Unknown flags and stray arguments print
+the usage and exit with status 5, as beanstalkd does.  Options are parsed
+once into a frozen ``NodeOptions``; nothing reads argv after that.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import sys
+from dataclasses import dataclass
+
+from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
+
+from .commands import PROTOCOL_VERSION, VERSION
+
+log = logging.getLogger("bsnode")
+
+DEFAULT_FSYNC_MS = 50
+DEFAULT_BINLOG_SIZE = 10485760
+
+USAGE = """\
+Use: {prog} [OPTIONS]
+
+Options:
+ -b DIR   write-ahead log directory
+ -f MS    fsync at most once every MS milliseconds (default is {fsync}ms);
+          use -f0 for "always fsync"
+ -F       never fsync
+ -l ADDR  listen on address (default is 0.0.0.0); unix:PATH for a UNIX socket
+ -p PORT  listen on port (default is {port}); 0 picks a free port
+ -u USER  become user and group
+ -z BYTES set the maximum job size in bytes (default is {maxjob});
+          max allowed is {maxlimit} bytes
+ -s BYTES set the size of each write-ahead log file (default is {binlog});
+          will be rounded up to a multiple of 4096 bytes
+ -v       show version information
+ -V       increase verbosity
+ -h       show this help
+
+bsnode speaks the beanstalkd {proto} protocol.  Once listening it writes
+"listening on ADDR:PORT" to stderr.  Under systemd socket activation
+(LISTEN_FDS) it serves the socket it is given and ignores -l and -p.
+The protocol has no authentication: bind to 127.0.0.1 (-l 127.0.0.1) or a
+private network unless every host that can reach the port is trusted.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    listen: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    binlog_dir: str | None = None
+    fsync_ms: int | None = DEFAULT_FSYNC_MS  # None: never fsync
+    max_job_size: int = DEFAULT_MAX_JOB_SIZE
+    binlog_size: int = DEFAULT_BINLOG_SIZE
+    user: str | None = None
+    verbose: int = 0
+    listen_given: bool = False
+    port_given: bool = False
+
+
+def _size(text: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"invalid size: {text}")
+    return int(text)
+
+
+def parse_args(argv: list[str]) -> NodeOptions | str:
+    """Parse flags; returns NodeOptions, or "help"/"version" for -h/-v."""
+    o: dict = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg == "-":
+            raise UsageError(f"unknown argument: {arg}")
+        i += 1
+        j = 1
+        while j < len(arg):
+            c = arg[j]
+            j += 1
+            if c in "plzsfub":
+                if j < len(arg):
+                    value, j = arg[j:], len(arg)
+                elif i < len(args):
+                    value = args[i]
+                    i += 1
+                else:
+                    raise UsageError(f"flag requires an argument: -{c}")
+                _set_valued(o, c, value)
+            elif c in "cn":
+                log.warning("-%s flag was removed. binlog is always compacted.", c)
+            elif c == "F":
+                o["fsync_ms"] = None
+            elif c == "V":
+                o["verbose"] = o.get("verbose", 0) + 1
+            elif c == "h":
+                return "help"
+            elif c == "v":
+                return "version"
+            else:
+                raise UsageError(f"unknown flag: -{c}")
+    return NodeOptions(**o)
+
+
+def _set_valued(o: dict, c: str, value: str) -> None:
+    if c == "p":
+        if not value.isdigit() or int(value) > 65535:
+            raise UsageError(f"invalid port: {value}")
+        o["port"] = int(value)
+        o["port_given"] = True
+    elif c == "l":
+        o["listen"] = value
+        o["listen_given"] = True
+    elif c == "z":
+        size = _size(value)
+        if size > MAX_JOB_SIZE_LIMIT:
+            log.warning("maximum job size was set to %d", MAX_JOB_SIZE_LIMIT)
+            size = MAX_JOB_SIZE_LIMIT
+        o["max_job_size"] = size
+    elif c == "s":
+        o["binlog_size"] = _size(value)
+    elif c == "f":
+        o["fsync_ms"] = _size(value)
+    elif c == "u":
+        o["user"] = value
+    elif c == "b":
+        o["binlog_dir"] = value
+
+
+# --- the listening socket -----------------------------------------------------
+def systemd_socket() -> socket.socket | None:
+    """The socket systemd passed us (LISTEN_FDS), if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    try:
+        count = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        return None
+    if count < 1:
+        return None
+    if count > 1:
+        log.warning("systemd passed %d sockets; serving the first", count)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    return socket.socket(fileno=3)
+
+
+def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
+    """Bind the listening socket; returns it and a printable address."""
+    sock = systemd_socket()
+    if sock is not None:
+        if opts.listen_given or opts.port_given:
+            log.warning("inherited a socket from systemd: -l and -p are ignored")
+        return sock, _describe(sock)
+    if opts.listen.startswith("unix:"):
+        path = opts.listen[5:]
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(1024)
+        return sock, f"unix:{path}"
+    infos = socket.getaddrinfo(opts.listen, opts.port, socket.AF_UNSPEC,
+                               socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    family, type_, proto, _, addr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(addr)
+    sock.listen(1024)
+    return sock, _describe(sock)
+
+
+def _describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        host = name[0]
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+    return f"unix:{name}"
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` and its group, as beanstalkd's -u does."""
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise SystemExit(f'bsnode: getpwnam("{user}"): no such user') from None
+    os.setgroups([g.gr_gid for g in grp.getgrall() if user in g.gr_mem] + [pw.pw_gid])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+
+
+def attach_binlog(opts: NodeOptions, store) -> None:
+    """Open the binlog in -b DIR, replay it into the store and keep it attached."""
+    from . import binlog
+
+    binlog.attach(store, opts.binlog_dir, segment_size=opts.binlog_size,
+                  fsync_ms=opts.fsync_ms)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .server import setup_logging
+
+    prog = "bsnode"
+    setup_logging(0)
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        print(_usage(prog), file=sys.stderr, end="")
+        raise SystemExit(5) from None
+    if opts == "help":
+        print(_usage(prog), file=sys.stderr, end="")
+        raise SystemExit(0)
+    if opts == "version":
+        print(f"bsnode {VERSION} (beanstalkd {PROTOCOL_VERSION} protocol)")
+        raise SystemExit(0)
+    run(opts)
+
+
+def _usage(prog: str) -> str:
+    return USAGE.format(prog=prog, fsync=DEFAULT_FSYNC_MS, port=DEFAULT_PORT,
+                        maxjob=DEFAULT_MAX_JOB_SIZE, maxlimit=MAX_JOB_SIZE_LIMIT,
+                        binlog=DEFAULT_BINLOG_SIZE, proto=PROTOCOL_VERSION)
+
+
+def run(opts: NodeOptions) -> None:
+    from .commands import Commands
+    from .server import NodeServer, install_signal_handlers
+    from .store import Store
+
+    if opts.verbose:
+        log.info("pid %d", os.getpid())
+    try:
+        listener, where = make_listener(opts)
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", opts.listen, opts.port, e.strerror or e)
+        raise SystemExit(111) from None
+    if opts.user:
+        drop_privileges(opts.user)
+    os.umask(0o077)  # binlog files are the owner's alone
+    store = Store()
+    commands = Commands(store, opts.max_job_size, opts.binlog_size)
+    if opts.binlog_dir:
+        attach_binlog(opts, store)
+    server = NodeServer(listener, store, commands, opts.verbose)
+    install_signal_handlers(server)
+    log.info("listening on %s", where)
+    try:
+        server.serve_forever()
+    finally:
+        close = getattr(store.wal, "close", None)
+        if close is not None:
+            close()

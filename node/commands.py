@@ -1,0 +1,272 @@
+"""Command dispatch: protocol events in, reply bytes out.
+
+How this works
+--------------
+``Commands.execute(session, event)`` counts the command as beanstalkd does
+(after its arguments parsed), runs the matching ``_cmd_*`` handler against
+the store and returns the reply bytes, ``None`` when the session now blocks
+in a reserve (the reply comes later through ``session.wake``), or ``CLOSE``
+for quit.  Reply texts and the YAML of stats/list replies follow
+beanstalkd 1.12's prot.c byte for byte (doc/protocol.txt, "Other Commands").
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import secrets
+
+from bsclient import protocol as P
+
+from .store import Job, Session, Store
+
+VERSION = "0.1.0"
+PROTOCOL_VERSION = "1.12"  # what `stats` reports as version
+CLOSE = object()
+
+_STATS_COUNTED = (
+    P.CMD_PUT, P.CMD_PEEK, P.CMD_PEEK_READY, P.CMD_PEEK_DELAYED, P.CMD_PEEK_BURIED,
+    P.CMD_RESERVE, P.CMD_RESERVE_WITH_TIMEOUT, P.CMD_DELETE, P.CMD_RELEASE, P.CMD_USE,
+    P.CMD_WATCH, P.CMD_IGNORE, P.CMD_BURY, P.CMD_KICK, P.CMD_TOUCH, P.CMD_STATS,
+    P.CMD_STATS_JOB, P.CMD_STATS_TUBE, P.CMD_LIST_TUBES, P.CMD_LIST_TUBE_USED,
+    P.CMD_LIST_TUBES_WATCHED, P.CMD_PAUSE_TUBE,
+)
+
+
+def job_reply(word: bytes, job: Job) -> bytes:
+    body = job.body
+    return b"%s %d %d\r\n%s\r\n" % (word, job.id, len(body), body)
+
+
+def reserved_reply(job: Job) -> bytes:
+    body = job.body
+    return b"RESERVED %d %d\r\n%s\r\n" % (job.id, len(body), body)
+
+
+def _ok(text: str) -> bytes:
+    data = text.encode()
+    return b"OK %d\r\n%s\r\n" % (len(data), data)
+
+
+def _yaml_list(names) -> bytes:
+    return _ok("---\n" + "".join(f"- {n}\n" for n in names))
+
+
+class Commands:
+    def __init__(self, store: Store, max_job_size: int = P.DEFAULT_MAX_JOB_SIZE,
+                 binlog_max_size: int = 10485760) -> None:
+        self.store = store
+        self.max_job_size = max_job_size
+        self.binlog_max_size = binlog_max_size
+        self.counts = dict.fromkeys(
+            _STATS_COUNTED + (P.CMD_RESERVE_JOB, P.CMD_KICK_JOB, P.CMD_QUIT), 0)
+        self.instance_id = secrets.token_hex(8)
+        self.uname = os.uname()
+        self.started = store.clock()
+        d = self._dispatch = {}
+        for op in self.counts:
+            d[op] = getattr(self, "_cmd_" + op.replace("-", "_"))
+
+    def execute(self, s: Session, ev: tuple):
+        op = ev[0]
+        if op is P.ERROR:
+            return self._error(s, ev)
+        self.counts[op] += 1
+        return self._dispatch[op](s, ev)
+
+    def _error(self, s: Session, ev: tuple) -> bytes:
+        _, reply, counted = ev
+        if counted == P.CommandReader.PUT_PRODUCER:
+            self.counts[P.CMD_PUT] += 1
+            self.store.set_producer(s)
+        elif counted is not None:
+            self.counts[counted] += 1
+        return reply
+
+    # --- jobs -------------------------------------------------------------
+    def _cmd_put(self, s: Session, ev: tuple) -> bytes:
+        store = self.store
+        if store.draining:
+            store.set_producer(s)
+            return P.DRAINING
+        job = store.put(s, ev[1], ev[2], ev[3], ev[4])
+        if job is None:
+            return P.OUT_OF_MEMORY
+        return b"INSERTED %d\r\n" % job.id
+
+    def _cmd_reserve(self, s: Session, ev: tuple):
+        return self._reserved(self.store.reserve(s, None))
+
+    def _cmd_reserve_with_timeout(self, s: Session, ev: tuple):
+        t = ev[1]
+        return self._reserved(self.store.reserve(s, t if t >= 0 else None))
+
+    @staticmethod
+    def _reserved(r):
+        if r is None or r.__class__ is bytes:
+            return r
+        return reserved_reply(r)
+
+    def _cmd_reserve_job(self, s: Session, ev: tuple) -> bytes:
+        job = self.store.reserve_job(s, ev[1])
+        return P.NOT_FOUND if job is None else reserved_reply(job)
+
+    def _cmd_delete(self, s: Session, ev: tuple) -> bytes:
+        return P.DELETED if self.store.delete(s, ev[1]) else P.NOT_FOUND
+
+    def _cmd_release(self, s: Session, ev: tuple) -> bytes:
+        return P.RELEASED if self.store.release(s, ev[1], ev[2], ev[3]) else P.NOT_FOUND
+
+    def _cmd_bury(self, s: Session, ev: tuple) -> bytes:
+        return P.BURIED if self.store.bury(s, ev[1], ev[2]) else P.NOT_FOUND
+
+    def _cmd_touch(self, s: Session, ev: tuple) -> bytes:
+        return P.TOUCHED if self.store.touch(s, ev[1]) else P.NOT_FOUND
+
+    def _cmd_kick(self, s: Session, ev: tuple) -> bytes:
+        return b"KICKED %d\r\n" % self.store.kick(s, ev[1])
+
+    def _cmd_kick_job(self, s: Session, ev: tuple) -> bytes:
+        return P.KICKED if self.store.kick_job(ev[1]) else P.NOT_FOUND
+
+    def _found(self, job: Job | None) -> bytes:
+        return P.NOT_FOUND if job is None else job_reply(b"FOUND", job)
+
+    def _cmd_peek(self, s: Session, ev: tuple) -> bytes:
+        return self._found(self.store.peek(ev[1]))
+
+    def _cmd_peek_ready(self, s: Session, ev: tuple) -> bytes:
+        return self._found(self.store.peek_ready(s))
+
+    def _cmd_peek_delayed(self, s: Session, ev: tuple) -> bytes:
+        return self._found(self.store.peek_delayed(s))
+
+    def _cmd_peek_buried(self, s: Session, ev: tuple) -> bytes:
+        return self._found(self.store.peek_buried(s))
+
+    # --- tubes ------------------------------------------------------------
+    def _cmd_use(self, s: Session, ev: tuple) -> bytes:
+        return b"USING %s\r\n" % self.store.use(s, ev[1]).name.encode()
+
+    def _cmd_watch(self, s: Session, ev: tuple) -> bytes:
+        return b"WATCHING %d\r\n" % self.store.watch(s, ev[1])
+
+    def _cmd_ignore(self, s: Session, ev: tuple) -> bytes:
+        n = self.store.ignore(s, ev[1])
+        return P.NOT_IGNORED if n is None else b"WATCHING %d\r\n" % n
+
+    def _cmd_list_tubes(self, s: Session, ev: tuple) -> bytes:
+        return _yaml_list(t.name for t in self.store.tube_list)
+
+    def _cmd_list_tube_used(self, s: Session, ev: tuple) -> bytes:
+        return b"USING %s\r\n" % s.use.name.encode()
+
+    def _cmd_list_tubes_watched(self, s: Session, ev: tuple) -> bytes:
+        return _yaml_list(t.name for t in s.watch)
+
+    def _cmd_pause_tube(self, s: Session, ev: tuple) -> bytes:
+        return P.PAUSED if self.store.pause(ev[1], ev[2]) else P.NOT_FOUND
+
+    def _cmd_quit(self, s: Session, ev: tuple):
+        return CLOSE
+
+    # --- stats ------------------------------------------------------------
+    def _cmd_stats_job(self, s: Session, ev: tuple) -> bytes:
+        job = self.store.jobs.get(ev[1])
+        if job is None:
+            return P.NOT_FOUND
+        now = self.store.clock()
+        state = job.state
+        left = int(job.deadline - now) if state in ("reserved", "delayed") else 0
+        return _ok(
+            "---\n"
+            f"id: {job.id}\n"
+            f"tube: {job.tube.name}\n"
+            f"state: {state}\n"
+            f"pri: {job.pri}\n"
+            f"age: {int(now - job.created)}\n"
+            f"delay: {job.delay}\n"
+            f"ttr: {job.ttr}\n"
+            f"time-left: {left}\n"
+            f"file: {self.store.wal.file_of(job)}\n"
+            f"reserves: {job.reserves}\n"
+            f"timeouts: {job.timeouts}\n"
+            f"releases: {job.releases}\n"
+            f"buries: {job.buries}\n"
+            f"kicks: {job.kicks}\n"
+        )
+
+    def _cmd_stats_tube(self, s: Session, ev: tuple) -> bytes:
+        t = self.store.find_tube(ev[1])
+        if t is None:
+            return P.NOT_FOUND
+        now = self.store.clock()
+        left = int(t.paused_until - now) if t.paused_until else 0
+        return _ok(
+            "---\n"
+            f"name: {t.name}\n"
+            f"current-jobs-urgent: {t.urgent}\n"
+            f"current-jobs-ready: {t.ready.count}\n"
+            f"current-jobs-reserved: {t.reserved}\n"
+            f"current-jobs-delayed: {t.delayed_count}\n"
+            f"current-jobs-buried: {len(t.buried)}\n"
+            f"total-jobs: {t.total_jobs}\n"
+            f"current-using: {t.using}\n"
+            f"current-watching: {t.watching}\n"
+            f"current-waiting: {len(t.waiters)}\n"
+            f"cmd-delete: {t.deletes}\n"
+            f"cmd-pause-tube: {t.pause_count}\n"
+            f"pause: {t.pause_secs}\n"
+            f"pause-time-left: {max(left, 0)}\n"
+        )
+
+    def stats_fields(self) -> list[tuple[str, object]]:
+        """Every field of `stats`, in beanstalkd's order."""
+        store = self.store
+        tot = store.totals()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        wal = store.wal.stats()
+        u = self.uname
+        fields = [
+            ("current-jobs-urgent", tot["urgent"]),
+            ("current-jobs-ready", tot["ready"]),
+            ("current-jobs-reserved", tot["reserved"]),
+            ("current-jobs-delayed", tot["delayed"]),
+            ("current-jobs-buried", tot["buried"]),
+        ]
+        fields += [("cmd-" + op, self.counts[op]) for op in _STATS_COUNTED]
+        fields += [
+            ("job-timeouts", store.job_timeouts),
+            ("total-jobs", store.total_jobs),
+            ("max-job-size", self.max_job_size),
+            ("current-tubes", len(store.tube_list)),
+            ("current-connections", store.cur_conns),
+            ("current-producers", store.producers),
+            ("current-workers", store.workers),
+            ("current-waiting", store.waiting),
+            ("total-connections", store.total_conns),
+            ("pid", os.getpid()),
+            ("version", f'"{PROTOCOL_VERSION}"'),
+            ("rusage-utime", _secs(ru.ru_utime)),
+            ("rusage-stime", _secs(ru.ru_stime)),
+            ("uptime", int(store.clock() - self.started)),
+            ("binlog-oldest-index", wal.get("oldest_index", 0)),
+            ("binlog-current-index", wal.get("current_index", 0)),
+            ("binlog-records-migrated", wal.get("records_migrated", 0)),
+            ("binlog-records-written", wal.get("records_written", 0)),
+            ("binlog-max-size", wal.get("max_size", self.binlog_max_size)),
+            ("draining", "true" if store.draining else "false"),
+            ("id", self.instance_id),
+            ("hostname", u.nodename),
+            ("os", u.version),
+            ("platform", u.machine),
+        ]
+        return fields
+
+    def _cmd_stats(self, s: Session, ev: tuple) -> bytes:
+        return _ok("---\n" + "".join(f"{k}: {v}\n" for k, v in self.stats_fields()))
+
+
+def _secs(t: float) -> str:
+    whole = int(t)
+    return "%d.%06d" % (whole, int(round((t - whole) * 1e6)) % 1000000)

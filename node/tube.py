@@ -1,0 +1,164 @@
+"""A tube: its ready queue, delayed heap, buried list and waiting reservers.
+
+How this works
+--------------
+Ready jobs leave a tube by (priority, id) — beanstalkd's job_pri_less, so
+jobs of equal priority come out oldest id first, even a job released back
+after newer ones were put.  ``ReadyQueue`` keeps one bucket per priority in
+use; a bucket is a deque that new jobs are appended to (ids only grow, so it
+stays sorted) plus a small heap for the rare job that arrives out of id
+order (released, kicked, promoted from delay).  Put and reserve are O(1) in
+the common case and O(log n) otherwise, with no Python-level comparisons.
+
+Removal from the middle (delete of a ready job, reserve-job) is lazy: the
+store changes the job's state and the entry is dropped when it surfaces.
+An entry is live while its job is READY at the bucket's priority; a job
+that left and came back may be listed twice, and taking either copy is the
+same job in the same place, so order stays exact.
+
+Delayed jobs sit in a heap ordered by (deadline, id), also lazily cleaned.
+Buried jobs are an insertion-ordered dict: kick and peek-buried take the
+oldest burial first, as beanstalkd's list does.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+
+READY = "ready"
+RESERVED = "reserved"
+DELAYED = "delayed"
+BURIED = "buried"
+INVALID = "invalid"  # deleted
+
+_MAX_IDLE_BUCKETS = 64
+
+
+class ReadyQueue:
+    __slots__ = ("count", "_buckets", "_prios")
+
+    def __init__(self) -> None:
+        self.count = 0
+        # pri -> [fifo deque, out-of-order heap of (id, job), listed in _prios]
+        self._buckets: dict[int, list] = {}
+        self._prios: list[int] = []
+
+    def push(self, job) -> None:
+        pri = job.pri
+        b = self._buckets.get(pri)
+        if b is None:
+            if len(self._buckets) >= _MAX_IDLE_BUCKETS:
+                self._drop_idle()
+            b = self._buckets[pri] = [deque(), [], False]
+        fifo = b[0]
+        if not fifo or fifo[-1].id < job.id:
+            fifo.append(job)
+        else:
+            heapq.heappush(b[1], (job.id, job))
+        if not b[2]:
+            b[2] = True
+            heapq.heappush(self._prios, pri)
+        self.count += 1
+
+    def discard(self, job) -> None:
+        """The job leaves the queue; the caller changes its state."""
+        self.count -= 1
+
+    def peek(self):
+        return self._head(False)
+
+    def pop(self):
+        job = self._head(True)
+        if job is not None:
+            self.count -= 1
+        return job
+
+    def _head(self, take: bool):
+        prios = self._prios
+        buckets = self._buckets
+        while prios:
+            pri = prios[0]
+            b = buckets[pri]
+            fifo, early = b[0], b[1]
+            while fifo and (fifo[0].state is not READY or fifo[0].pri != pri):
+                fifo.popleft()
+            while early and (early[0][1].state is not READY or early[0][1].pri != pri):
+                heapq.heappop(early)
+            if fifo:
+                if early and early[0][0] < fifo[0].id:
+                    return heapq.heappop(early)[1] if take else early[0][1]
+                return fifo.popleft() if take else fifo[0]
+            if early:
+                return heapq.heappop(early)[1] if take else early[0][1]
+            heapq.heappop(prios)
+            b[2] = False
+        return None
+
+    def _drop_idle(self) -> None:
+        for pri in [p for p, b in self._buckets.items() if not b[2]]:
+            del self._buckets[pri]
+
+    def jobs(self):
+        """Live jobs, unordered (for stats and compaction)."""
+        seen = set()
+        for pri, (fifo, early, _) in self._buckets.items():
+            for job in list(fifo) + [j for _, j in early]:
+                if job.state is READY and job.pri == pri and job.id not in seen:
+                    seen.add(job.id)
+                    yield job
+
+
+class Tube:
+    __slots__ = (
+        "name", "ready", "delayed", "delayed_count", "buried", "waiters", "refs",
+        "using", "watching", "reserved", "urgent", "total_jobs", "deletes",
+        "pause_count", "pause_secs", "paused_until", "pause_entry", "delay_entry",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ready = ReadyQueue()
+        self.delayed: list[tuple] = []  # heap of (deadline, id, job)
+        self.delayed_count = 0
+        self.buried: OrderedDict = OrderedDict()
+        self.waiters: dict = {}  # sessions blocked in reserve, oldest first
+        self.refs = 0  # jobs, users and watchers holding the tube alive
+        self.using = 0
+        self.watching = 0
+        self.reserved = 0
+        self.urgent = 0
+        self.total_jobs = 0
+        self.deletes = 0
+        self.pause_count = 0
+        self.pause_secs = 0
+        self.paused_until = 0.0  # > now while paused
+        self.pause_entry = None
+        self.delay_entry = None  # scheduler entry for the earliest delayed job
+
+    def is_paused(self, now: float) -> bool:
+        return self.paused_until > now
+
+    # delayed heap ------------------------------------------------------
+    def push_delayed(self, job) -> None:
+        heapq.heappush(self.delayed, (job.deadline, job.id, job))
+        self.delayed_count += 1
+
+    def _clean_delayed(self) -> None:
+        d = self.delayed
+        while d and (d[0][2].state is not DELAYED or d[0][2].deadline != d[0][0]):
+            heapq.heappop(d)
+
+    def peek_delayed(self):
+        self._clean_delayed()
+        return self.delayed[0][2] if self.delayed else None
+
+    def pop_delayed(self):
+        self._clean_delayed()
+        if not self.delayed:
+            return None
+        self.delayed_count -= 1
+        return heapq.heappop(self.delayed)[2]
+
+    def delayed_jobs(self):
+        return [j for w, _, j in self.delayed if j.state is DELAYED and j.deadline == w]
