@@ -245,7 +245,8 @@ def load_config(path: str | os.PathLike | None = None, flags: Mapping[str, Any] 
     file_dir = file_path.resolve().parent if doc else Path.cwd()
     from_user = sources["data_dir"].startswith(("flag", "env"))
     values["data_dir"] = _abs(values["data_dir"], Path.cwd() if from_user else file_dir)
-    return _build(values, doc.get("nodes", {}), sources, file_dir, file_path if doc else None)
+    return _build(values, doc.get("nodes", {}), sources, file_dir,
+                  file_path.resolve() if doc else None)
 
 
 def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,

@@ -269,4 +269,4 @@ class Commands:
 
 def _secs(t: float) -> str:
     whole = int(t)
-    return "%d.%06d" % (whole, int(round((t - whole) * 1e6)) % 1000000)
+    return f"{whole}.{int(round((t - whole) * 1e6)) % 1000000:06d}"

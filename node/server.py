@@ -28,10 +28,9 @@ import socket
 import sys
 
 import gevent
+from bsclient.protocol import TIMED_OUT, CommandReader
 from gevent.event import Event
 from gevent.server import StreamServer
-
-from bsclient.protocol import TIMED_OUT, CommandReader
 
 from .commands import CLOSE, Commands, reserved_reply
 from .store import Job, Store

@@ -170,7 +170,6 @@ class Store:
         self.cur_conns -= 1
         self._stop_waiting(s)
         if s.reserved:
-            now = self.clock()
             for job in list(s.reserved.values()):
                 self._unreserve(s, job)
                 self._ready(job)  # back to ready at once, whatever its delay
