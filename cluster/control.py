@@ -169,7 +169,9 @@ def down(paths: Paths) -> str:
     if supervisor_alive(paths) and state:
         sup = supervisor_pid(state)
         os.kill(sup, signal.SIGTERM)
-        if not _wait_unlocked(paths, STOP_TIMEOUT + 10.0):
+        sup_start = state["supervisor"].get("pid_start")
+        if not (_wait_unlocked(paths, STOP_TIMEOUT + 10.0)
+                and wait_gone({sup: sup_start}, STOP_TIMEOUT)):
             raise ClusterError(f"the supervisor (pid {sup}) did not stop; "
                                f"kill it with: kill -9 {sup}")
         leftover = {p: t for p, t in pids.items() if pid_alive(p, t)}

@@ -45,6 +45,7 @@ from bscluster.runtime import (
     Paths,
     make_private_dir,
     pid_alive,
+    process_start_time,
     read_json,
     write_json,
 )
@@ -84,6 +85,7 @@ class Supervisor:
         self.awaiting_settle = True
         self.exit_status = 0
         self.started = time.time()
+        self._pid_start = process_start_time(os.getpid())
         self.lock = Lock(self.paths.lock)
         self._published: dict | None = None
         self._wake_r = self._wake_w = -1
@@ -407,7 +409,7 @@ class Supervisor:
         return {
             "version": STATE_VERSION,
             "supervisor": {
-                "pid": os.getpid(), "started": self.started, "detached": self.detached,
+                "pid": os.getpid(), "pid_start": self._pid_start, "started": self.started, "detached": self.detached,
                 "stopping": self.stopping, "config": str(self.config.path or ""),
                 "log": str(self.paths.log) if self.detached else None,
             },

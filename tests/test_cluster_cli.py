@@ -1,0 +1,198 @@
+"""`bscluster` parsing, precedence and error messages, through click's CliRunner.
+
+Nothing here starts a node: either the command fails before it would, or the
+node cannot start (its port is taken) and the supervisor gives up at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+from bscluster.cli import cli
+from bscluster.config import load_config
+from click.testing import CliRunner
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("BSCLUSTER_"):
+            monkeypatch.delenv(key)
+    return CliRunner()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lines_of(output: str) -> dict[str, str]:
+    """`bscluster config` output as {key: "value  # source"}."""
+    out = {}
+    for line in output.splitlines():
+        if " = " in line and not line.startswith("#"):
+            key, _, rest = line.partition(" = ")
+            out[key] = rest
+    return out
+
+
+# --- init ---------------------------------------------------------------------------
+def test_init_writes_a_config_that_loads_and_refuses_to_overwrite(runner, tmp_path):
+    r = runner.invoke(cli, ["init", "--nodes", "6", "--base-port", "30000"])
+    assert r.exit_code == 0, r.output
+    assert "wrote bscluster.toml: 6 nodes on 127.0.0.1, ports 30000-30005" in r.output
+    assert "bscluster up" in r.output
+    text = (tmp_path / "bscluster.toml").read_text()
+    assert text.count("\n#") > 10  # commented
+    c = load_config(tmp_path / "bscluster.toml", env={})
+    assert len(c.nodes) == 6 and c.base_port == 30000
+    r = runner.invoke(cli, ["init"])
+    assert r.exit_code == 1 and "already exists" in r.output and "--force" in r.output
+    r = runner.invoke(cli, ["init", "--force"])
+    assert r.exit_code == 0 and len(load_config(env={}).nodes) == 4
+
+
+def test_init_to_a_named_path(runner, tmp_path):
+    r = runner.invoke(cli, ["init", "etc.toml"])
+    assert r.exit_code == 0
+    assert "bscluster up --config etc.toml" in r.output
+    assert (tmp_path / "etc.toml").exists()
+
+
+def test_init_rejects_bad_values_and_leaves_no_file(runner, tmp_path):
+    r = runner.invoke(cli, ["init", "--nodes", "0"])
+    assert r.exit_code == 1 and "nodes = 0" in r.output
+    assert not (tmp_path / "bscluster.toml").exists()
+
+
+# --- precedence, as `bscluster config` shows it ------------------------------------------
+def test_precedence_flag_env_file_default(runner, tmp_path):
+    (tmp_path / "bscluster.toml").write_text(
+        "[cluster]\nnodes = 3\nbase_port = 21000\nfsync_ms = 7\nmax_job_size = 1000\n")
+    env = {"BSCLUSTER_BASE_PORT": "22000", "BSCLUSTER_FSYNC_MS": "8"}
+    r = runner.invoke(cli, ["config", "--fsync-ms", "9"], env=env)
+    assert r.exit_code == 0, r.output
+    got = lines_of(r.output)
+    assert got["fsync_ms"] == "9  # flag --fsync-ms"
+    assert got["base_port"] == "22000  # env BSCLUSTER_BASE_PORT"
+    assert got["max_job_size"].startswith("1000  # file ")
+    assert got["binlog_size"] == "10485760  # default"
+    assert got["nodes"].startswith("3  # file")
+    assert "# node3: 127.0.0.1:22002" in r.output
+
+
+def test_config_option_and_env_name_the_file(runner, tmp_path):
+    (tmp_path / "a.toml").write_text("[cluster]\nnodes = 2\n")
+    r = runner.invoke(cli, ["config"], env={"BSCLUSTER_CONFIG": "a.toml"})
+    assert lines_of(r.output)["nodes"].startswith("2  # file a.toml")
+    r = runner.invoke(cli, ["config", "-c", "a.toml", "--nodes", "5"])
+    assert lines_of(r.output)["nodes"] == "5  # flag --nodes"
+
+
+def test_binlog_switch(runner):
+    r = runner.invoke(cli, ["config", "--no-binlog"], env={"BSCLUSTER_BINLOG": "yes"})
+    assert lines_of(r.output)["binlog"] == "false  # flag --binlog"
+    r = runner.invoke(cli, ["config"], env={"BSCLUSTER_BINLOG": "no"})
+    assert lines_of(r.output)["binlog"] == "false  # env BSCLUSTER_BINLOG"
+
+
+# --- errors a user can cause ------------------------------------------------------------
+def test_typo_in_config_names_the_key(runner, tmp_path):
+    (tmp_path / "bscluster.toml").write_text("[cluster]\nfsync_msec = 5\n")
+    for command in (["up"], ["status"], ["stats"], ["down"], ["config"]):
+        r = runner.invoke(cli, command)
+        assert r.exit_code == 1, command
+        assert "unknown key 'fsync_msec' in [cluster] (did you mean 'fsync_ms'?)" in r.output
+
+
+def test_bad_flag_value_is_a_usage_error(runner):
+    r = runner.invoke(cli, ["up", "--nodes", "four"])
+    assert r.exit_code == 2 and "Invalid value for '--nodes'" in r.output
+
+
+def test_bad_env_value_names_the_variable(runner):
+    r = runner.invoke(cli, ["up"], env={"BSCLUSTER_BASE_PORT": "eleven"})
+    assert r.exit_code == 1 and "BSCLUSTER_BASE_PORT='eleven': expected a whole number" in r.output
+
+
+def test_missing_named_config(runner):
+    r = runner.invoke(cli, ["up", "--config", "nope.toml"])
+    assert r.exit_code == 1
+    assert "config file nope.toml does not exist; create one with `bscluster init nope.toml`" \
+        in r.output
+
+
+def test_data_dir_that_is_a_file(runner, tmp_path):
+    (tmp_path / "data").write_text("x")
+    r = runner.invoke(cli, ["up", "--data-dir", "data"])
+    assert r.exit_code == 1 and "exists and is not a directory" in r.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_data_dir_not_writable(runner, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    r = runner.invoke(cli, ["up", "--data-dir", str(ro / "data")])
+    assert r.exit_code == 1 and "permission denied" in r.output
+
+
+def test_port_taken_for_every_node_fails_fast_with_the_reason(runner, tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        port = squatter.getsockname()[1]
+        r = runner.invoke(cli, ["up", "--nodes", "1", "--base-port", str(port),
+                                "--node-command", "/bin/false"])
+    assert r.exit_code == 1
+    assert f"127.0.0.1:{port} is already in use by another program" in r.output
+    assert "no node could start" in r.output
+    data = tmp_path / "bscluster-data"
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+    assert sorted(p.name for p in data.iterdir()) == []  # state, lock, wanted: gone
+
+
+def test_missing_node_command_is_fatal_with_a_hint(runner, tmp_path):
+    r = runner.invoke(cli, ["up", "--nodes", "1", "--base-port", str(free_port()),
+                            "--node-command", "no-such-bsnode-program"])
+    assert r.exit_code == 1
+    assert "cannot run node command 'no-such-bsnode-program'" in r.output
+    assert "BSCLUSTER_NODE_COMMAND" in r.output
+
+
+# --- commands with no cluster running ----------------------------------------------------
+def test_status_with_nothing_running(runner):
+    port = free_port()
+    r = runner.invoke(cli, ["status", "--json"], env={"BSCLUSTER_BASE_PORT": str(port),
+                                                     "BSCLUSTER_NODES": "2"})
+    assert r.exit_code == 3
+    doc = json.loads(r.output)
+    assert doc["supervisor"] is None
+    assert [(n["node"], n["up"]) for n in doc["nodes"]] == [("node1", False), ("node2", False)]
+    r = runner.invoke(cli, ["status"], env={"BSCLUSTER_BASE_PORT": str(port)})
+    assert "supervisor: not running" in r.output and "DOWN" in r.output
+
+
+def test_stats_json_with_nothing_running(runner):
+    r = runner.invoke(cli, ["stats", "--json"], env={"BSCLUSTER_BASE_PORT": str(free_port())})
+    assert r.exit_code == 0
+    doc = json.loads(r.output)
+    assert doc["totals"]["nodes-up"] == 0 and doc["totals"]["nodes"] == 4
+
+
+def test_down_and_restart_with_nothing_running(runner, tmp_path):
+    r = runner.invoke(cli, ["down"])
+    assert r.exit_code == 0 and "no cluster is running in" in r.output
+    r = runner.invoke(cli, ["restart", "node1"])
+    assert r.exit_code == 1 and "no cluster is running" in r.output and "bscluster up" in r.output
+
+
+def test_help_lists_every_command(runner):
+    r = runner.invoke(cli, ["--help"])
+    for command in ("init", "up", "status", "stats", "restart", "down", "config"):
+        assert f"  {command} " in r.output
+    assert "supervise" not in r.output  # internal
