@@ -467,8 +467,8 @@ class ClusterClient:
         self._block_next += 1
         try:
             return self._call(node, self._reserve_on, node, secs)
-        except TimedOutError:
-            return None
+        except (TimedOutError, DeadlineSoonError):
+            return None  # the poll round that follows decides: a ready job wins
         except NoNodeAvailableError:
             if self.policy == FAIL_FAST:
                 raise
