@@ -434,3 +434,34 @@ def test_all_nodes_down_is_a_clear_error():
         with pytest.raises(NoNodeAvailableError):
             cc.reserve(timeout=1)
         cc.close()
+
+
+GEVENT_SCRIPT = """
+from gevent import monkey; monkey.patch_all()
+import json, sys, time, gevent
+from bsclient import ClusterClient
+nodes = json.loads(sys.argv[1])
+tube = sys.argv[2]
+consumer, producer = ClusterClient(nodes, watch=tube), ClusterClient(nodes, use=tube)
+started = time.monotonic()
+waiter = gevent.spawn(consumer.reserve, 10)
+while producer.stats()["current-waiting"] < 1:  # the consumer blocks in a slice
+    gevent.sleep(0.01)
+producer.put(b"from another greenlet")
+job = waiter.get(timeout=10)
+assert job.body == b"from another greenlet", job
+assert time.monotonic() - started < 5
+print("ok")
+"""
+
+
+def test_cluster_client_under_gevent(cluster3):
+    import json
+    import sys
+    nodes = cluster3[1]
+    with ClusterClient(nodes) as cc:
+        tube = tube_owned_by(cc, "node3")
+    out = subprocess.run([sys.executable, "-c", GEVENT_SCRIPT, json.dumps(nodes), tube],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
