@@ -42,26 +42,68 @@ PARKED_BACKLOG = 1 << 20  # unrun bytes we accept from a parked connection
 
 
 class _Wakeup(BaseException):
-    """Interrupts a parked connection's read: its reserve has an answer."""
+    """Interrupts a parked connection's wait: its reserve has an answer."""
 
 
 class _Conn:
-    __slots__ = ("sock", "glet", "reply", "in_recv", "session")
+    """One client socket, driven with raw non-blocking calls and two
+    persistent libev watchers (cheaper than gevent's socket wrapper)."""
+
+    __slots__ = ("sock", "raw", "glet", "reply", "in_wait", "session", "_hub",
+                 "_read_ev", "_write_ev")
 
     def __init__(self, sock) -> None:
         self.sock = sock
+        self.raw = getattr(sock, "_sock", sock)
         self.glet = gevent.getcurrent()
         self.reply = None  # the answer to a parked reserve
-        self.in_recv = False
+        self.in_wait = False  # parked and interruptible
         self.session = None
+        self._hub = gevent.get_hub()
+        self._read_ev = self._hub.loop.io(sock.fileno(), 1)
+        self._write_ev = None
+
+    def recv(self) -> bytes:
+        """Wait until readable, then read; b"" at end of stream."""
+        raw = self.raw
+        while True:
+            self._hub.wait(self._read_ev)
+            try:
+                return raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+
+    def send(self, data: bytes) -> None:
+        raw = self.raw
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        if self._write_ev is None:
+            self._write_ev = self._hub.loop.io(self.raw.fileno(), 2)
+        while view:
+            self._hub.wait(self._write_ev)
+            try:
+                view = view[raw.send(view):]
+            except BlockingIOError:
+                continue
+
+    def close(self) -> None:
+        self._read_ev.close()
+        if self._write_ev is not None:
+            self._write_ev.close()
+        self.sock.close()
 
     def wake(self, value) -> None:
         self.reply = reserved_reply(value) if value.__class__ is Job else value
-        if self.in_recv:
-            gevent.get_hub().loop.run_callback(self._interrupt)
+        if self.in_wait:
+            self._hub.loop.run_callback(self._interrupt)
 
     def _interrupt(self) -> None:
-        if self.in_recv and self.reply is not None:
+        if self.in_wait and self.reply is not None:
             self.glet.throw(_Wakeup)
 
 
@@ -115,83 +157,92 @@ class NodeServer:
         if self.verbose:
             log.info("accept %s", address or "unix")
         try:
-            self._serve(conn, sock)
-        except (ConnectionError, OSError, _Wakeup):
+            self._serve(conn)
+        except (OSError, _Wakeup):
             pass
         finally:
             self.store.disconnect(conn.session)
-            sock.close()
+            conn.close()
             if self.verbose:
                 log.info("close %s", address or "unix")
 
-    def _serve(self, conn: _Conn, sock) -> None:
+    def _serve(self, conn: _Conn) -> None:
         reader = CommandReader(self.commands.max_job_size)
         execute = self.commands.execute
         session = conn.session
-        recv = sock.recv
-        sendall = sock.sendall
+        recv = conn.recv
+        send = conn.send
         while True:
-            data = recv(RECV_SIZE)
+            data = recv()
             if not data:
                 return
             events = reader.feed(data)
-            if not events:
-                continue
-            out = []
-            i = 0
-            n = len(events)
-            quit_ = False
-            while i < n:
-                r = execute(session, events[i])
-                i += 1
-                if r is None:  # parked in reserve
-                    if out:
-                        sendall(out[0] if len(out) == 1 else b"".join(out))
-                        out = []
-                    reply, more, closed = self._park(conn, reader)
-                    out.append(reply)
-                    if more:
-                        events = events[i:] + more
-                        i, n = 0, len(events)
-                    if closed:
-                        self._run_rest(conn, events[i:], out)
-                        return
-                elif r is CLOSE:
-                    quit_ = True
-                    break
-                else:
-                    out.append(r)
-            if out:
-                sendall(out[0] if len(out) == 1 else b"".join(out))
-            if quit_:
+            if len(events) == 1:  # the common case: one command, one reply
+                r = execute(session, events[0])
+                if r.__class__ is bytes:
+                    send(r)
+                    continue
+                if not self._run(conn, reader, events, r):
+                    return
+            elif events and not self._run(conn, reader, events):
                 return
+
+    def _run(self, conn: _Conn, reader: CommandReader, events: list, first=b"") -> bool:
+        """Run commands in order, answering them in one send.  ``first`` is
+        the result of ``events[0]`` when the caller already ran it.
+        Returns False when the connection is to be closed."""
+        execute = self.commands.execute
+        session = conn.session
+        out: list[bytes] = []
+        if first != b"":
+            i, r = 1, first
+        else:
+            i, r = 1, execute(session, events[0])
+        while True:
+            if r is None:  # parked in reserve: flush, then wait for its answer
+                if out:
+                    conn.send(b"".join(out))
+                    out = []
+                reply, more, closed = self._park(conn, reader)
+                out.append(reply)
+                events = events[i:] + more
+                i = 0
+                if closed:
+                    self._run_rest(conn, events, out)
+                    return False
+            elif r is CLOSE:
+                if out:
+                    conn.send(b"".join(out))
+                return False
+            else:
+                out.append(r)
+            if i >= len(events):
+                break
+            r = execute(session, events[i])
+            i += 1
+        if out:
+            conn.send(out[0] if len(out) == 1 else b"".join(out))
+        return True
 
     def _park(self, conn: _Conn, reader: CommandReader):
         """Wait for the parked reserve's answer, reading meanwhile.
 
         Returns (reply, events read meanwhile, client hung up)."""
         more: list = []
-        sock = conn.sock
         while conn.reply is None:
-            if reader.buffered + len(more) * 32 > PARKED_BACKLOG:
-                # stop reading: wait for the wake-up alone
-                conn.in_recv = True
-                try:
-                    gevent.get_hub().switch()
-                except _Wakeup:
-                    pass
-                finally:
-                    conn.in_recv = False
-                continue
-            conn.in_recv = True
+            conn.in_wait = True
             try:
-                data = sock.recv(RECV_SIZE)
+                if reader.buffered + len(more) * 32 > PARKED_BACKLOG:
+                    # stop reading: wait for the wake-up alone
+                    gevent.get_hub().switch()
+                    continue
+                data = conn.recv()
             except _Wakeup:
                 break
             except OSError:
                 data = b""
             finally:
-                conn.in_recv = False
+                conn.in_wait = False
             if not data:
                 # beanstalkd answers a hung-up waiter TIMED_OUT
                 self.store._stop_waiting(conn.session)
@@ -208,7 +259,7 @@ class NodeServer:
                 break
             out.append(r)
         try:
-            conn.sock.sendall(b"".join(out))
+            conn.send(b"".join(out))
         except OSError:
             pass
 
