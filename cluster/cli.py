@@ -147,6 +147,11 @@ def up(config_file, detach, **flags) -> None:
         control.prepare_data_dir(config.data_dir)
     except control.ClusterError as e:
         _fail(e)
+    exposed = sorted({n.host for n in config.nodes if not _loopback(n.host)})
+    if exposed:
+        click.echo(f"warning: nodes listen on {', '.join(exposed)}; the beanstalkd protocol "
+                   f"has no authentication, so anyone who can reach these ports can read and "
+                   f"delete jobs. Firewall them or use 127.0.0.1.", err=True)
     state = control.running_state(paths)
     if state is not None:
         _up_running(config_file, flags, config, paths, state)
@@ -206,6 +211,19 @@ def _flag_value(config: ClusterConfig, key: str):
     return str(value) if isinstance(value, Path) else value
 
 
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _where_flags(config: ClusterConfig) -> str:
+    """The flags that let `status` and friends find this cluster again."""
+    if config.sources.get("data_dir", "").startswith("flag"):
+        return f" --data-dir {shlex.quote(str(config.data_dir))}"
+    if config.path is not None and config.path != Path(DEFAULT_CONFIG_PATH).resolve():
+        return f" --config {shlex.quote(str(config.path))}"
+    return ""
+
+
 def banner(config: ClusterConfig, state: dict) -> str:
     """Where every node listens and how to connect."""
     nodes = state["nodes"]
@@ -230,8 +248,10 @@ def banner(config: ClusterConfig, state: dict) -> str:
                          f"environment: clients reading it would route tubes elsewhere)")
     first = next(iter(addresses.values()))
     host, port = first.rsplit(":", 1)
+    where = _where_flags(config)
     lines += ["talk to one node by hand:", f"    telnet {host} {port}",
-              "look: bscluster status | bscluster stats      stop: bscluster down"]
+              f"look: bscluster status{where} | bscluster stats{where}",
+              f"stop: bscluster down{where}"]
     return "\n".join(lines)
 
 

@@ -263,6 +263,10 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
     if not command:
         raise ConfigError("node_command is empty; it names the program that runs a node "
                           "(default: bsnode)")
+    if "/" in command[0] and not os.path.isabs(command[0]):
+        # a relative program path means the same wherever the supervisor runs
+        origin = base if sources["node_command"].startswith("file") else Path.cwd()
+        command = (str(_abs(command[0], origin)), *command[1:])
     specs = []
     for i in range(1, count + 1):
         name = f"node{i}"

@@ -196,3 +196,15 @@ def test_help_lists_every_command(runner):
     for command in ("init", "up", "status", "stats", "restart", "down", "config"):
         assert f"  {command} " in r.output
     assert "supervise" not in r.output  # internal
+
+
+def test_listening_beyond_loopback_warns(runner):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        port = squatter.getsockname()[1]
+        r = runner.invoke(cli, ["up", "--nodes", "1", "--host", "0.0.0.0", "--base-port",
+                                str(port), "--node-command", "/bin/false"])
+    assert r.exit_code == 1
+    assert "warning: nodes listen on 0.0.0.0; the beanstalkd protocol has no authentication" \
+        in r.output

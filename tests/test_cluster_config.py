@@ -249,3 +249,9 @@ def test_round_trip_through_dict():
     c = load_config(flags={"nodes": 2, "fsync_ms": 0, "node_command": "beanstalkd -V"}, env={})
     back = ClusterConfig.from_dict(c.to_dict())
     assert back == c
+
+
+def test_relative_node_command_path_is_made_absolute(tmp_path):
+    c = load_config(env={"BSCLUSTER_NODE_COMMAND": "./bin/node -V"})
+    assert c.node_command == (str(tmp_path / "bin" / "node"), "-V")
+    assert load_config(env={"BSCLUSTER_NODE_COMMAND": "bsnode"}).node_command == ("bsnode",)
