@@ -182,12 +182,18 @@ class Client:
         self._reader = p.ReplyReader()
         self._using = DEFAULT_TUBE
         self._watching = [DEFAULT_TUBE]
-        if not lazy:
-            self.connect()
+        watch = [watch] if isinstance(watch, str) else watch
+        if lazy:  # the first connect replays these
+            if use is not None:
+                self._using = _tube(use)
+            if watch:
+                self._watching = list(dict.fromkeys(_tube(t) for t in watch))
+            return
+        self.connect()
         if use is not None:
             self.use(use)
-        if watch is not None:
-            self._watch_exactly([watch] if isinstance(watch, str) else list(watch))
+        if watch:
+            self._watch_exactly(list(watch))
 
     # --- connection -------------------------------------------------------
     def __enter__(self) -> Client:
@@ -256,7 +262,10 @@ class Client:
         try:
             self._replay()
         except ConnectionLostError as e:
-            e.sent = False
+            e.sent = False  # the caller's command was not sent yet
+            raise
+        except BaseException:
+            self.close()
             raise
         return sock
 

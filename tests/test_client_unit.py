@@ -297,3 +297,21 @@ def test_parse_address_forms():
 
 def test_job_handle():
     assert Job(17, b"", "node2").handle == "node2/17"
+
+
+def test_lazy_client_applies_initial_tubes_on_connect():
+    def handler(line, n):
+        if line.startswith(b"use"):
+            return b"USING " + line.split()[1] + b"\r\n"
+        if line.startswith((b"watch", b"ignore")):
+            return b"WATCHING 1\r\n"
+        return b"INSERTED 1\r\n"
+
+    with FakeServer(handler) as srv:
+        c = Client(srv.address, lazy=True, use="u", watch=["a", "b"])
+        assert not c.connected and c.using == "u"
+        c.put(b"x")
+        assert [line for _, line in srv.received] == [
+            b"use u", b"watch a", b"watch b", b"ignore default", b"put 1024 0 60 1"]
+        assert c.watching == ["b", "a"]  # beanstalkd's order after ignoring default
+        c.close()
