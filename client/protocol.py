@@ -410,14 +410,15 @@ class CommandReader:
         if tail:
             events.append((ERROR, BAD_FORMAT, CMD_PUT))
             return pos
-        self._put = (pri, delay, ttr if ttr else 1)
         need = size + 2
         if len(buf) - pos >= need:  # the common case: body already here
-            body = buf[pos:pos + need]
-            self._chunks = [body]
-            self._need = 0
-            self._finish_put(events)
+            end = pos + size
+            if buf[end] == 13 and buf[end + 1] == 10:
+                events.append((CMD_PUT, pri, delay, ttr if ttr else 1, buf[pos:end]))
+            else:
+                events.append((ERROR, EXPECTED_CRLF, self.PUT_PRODUCER))
             return pos + need
+        self._put = (pri, delay, ttr if ttr else 1)
         self._need = need
         self._chunks = []
         self._state = _BODY

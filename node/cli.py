@@ -12,6 +12,7 @@ import grp
 import logging
 import os
 import pwd
+import resource
 import socket
 import stat
 import sys
@@ -205,6 +206,16 @@ def drop_privileges(user: str) -> None:
     os.setuid(pw.pw_uid)
 
 
+def raise_fd_limit() -> None:
+    """One descriptor per client: allow as many as the hard limit does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def attach_binlog(opts: NodeOptions, store) -> None:
     """Open the binlog in -b DIR, replay it into the store and keep it attached."""
     from . import binlog
@@ -253,6 +264,7 @@ def run(opts: NodeOptions) -> None:
         raise SystemExit(111) from None
     if opts.user:
         drop_privileges(opts.user)
+    raise_fd_limit()
     os.umask(0o077)  # binlog files are the owner's alone
     store = Store()
     commands = Commands(store, opts.max_job_size, opts.binlog_size)
