@@ -164,9 +164,13 @@ def node_pids(state: dict | None) -> dict[int, int | None]:
 
 def down(paths: Paths) -> str:
     """Stop the supervisor and every node; returns what was done."""
-    state = read_json(paths.state)
+    alive_supervisor = supervisor_alive(paths)
+    state = running_state(paths) if alive_supervisor else read_json(paths.state)
+    if alive_supervisor and state is None:
+        raise ClusterError(f"a supervisor holds {paths.lock} but has written no state yet; "
+                           f"try again in a moment")
     pids = node_pids(state)
-    if supervisor_alive(paths) and state:
+    if alive_supervisor and state:
         sup = supervisor_pid(state)
         os.kill(sup, signal.SIGTERM)
         sup_start = state["supervisor"].get("pid_start")
