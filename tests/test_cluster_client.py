@@ -465,3 +465,25 @@ def test_cluster_client_under_gevent(cluster3):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_removed_node_is_drained_not_stranded(cc):
+    tube = tube_owned_by(cc, "node1")
+    cc.use(tube)
+    cc.watch(tube)
+    old = cc.put(b"left on node1")
+    cc.remove_node("node1")
+    assert "node1" not in cc.ring.nodes and "node1" in cc.nodes
+    new = cc.put(b"after removal")
+    assert old.startswith("node1/") and not new.startswith("node1/")
+    got = {cc.reserve(timeout=0).body for _ in range(2)}
+    assert got == {b"left on node1", b"after removal"}
+    cc.remove_node("node1", drain=False)
+    assert cc.nodes == ("node2", "node3")
+
+
+def test_encoding_reaches_cluster_jobs(cluster3):
+    with ClusterClient(cluster3[1], encoding="utf-8", use="enc", watch="enc") as cc:
+        handle = cc.put("naïve")
+        job = cc.reserve(timeout=0)
+        assert job.body == "naïve" and job.handle == handle
