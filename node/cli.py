@@ -46,6 +46,9 @@ Options:
  -V       increase verbosity
  -h       show this help
 
+Extension (not in beanstalkd; off unless given):
+ --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics
+
 bsnode speaks the beanstalkd {proto} protocol.  Once listening it writes
 "listening on ADDR:PORT" to stderr.  Under systemd socket activation
 (LISTEN_FDS) it serves the socket it is given and ignores -l and -p.
@@ -70,6 +73,7 @@ class NodeOptions:
     verbose: int = 0
     listen_given: bool = False
     port_given: bool = False
+    metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT (an extension)
 
 
 def _size(text: str) -> int:
@@ -88,6 +92,9 @@ def parse_args(argv: list[str]) -> NodeOptions | str:
         if not arg.startswith("-") or arg == "-":
             raise UsageError(f"unknown argument: {arg}")
         i += 1
+        if arg.startswith("--"):
+            i = _long_option(o, arg, args, i)
+            continue
         j = 1
         while j < len(arg):
             c = arg[j]
@@ -114,6 +121,24 @@ def parse_args(argv: list[str]) -> NodeOptions | str:
             else:
                 raise UsageError(f"unknown flag: -{c}")
     return NodeOptions(**o)
+
+
+def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
+    """Our extensions are long options, so no beanstalkd flag can clash."""
+    from .metrics import parse_listen
+
+    name, eq, value = arg.partition("=")
+    if name != "--metrics":
+        raise UsageError(f"unknown option: {name}")
+    if not eq:
+        if i >= len(args):
+            raise UsageError("option requires an argument: --metrics")
+        value, i = args[i], i + 1
+    try:
+        o["metrics"] = parse_listen(value)
+    except ValueError as e:
+        raise UsageError(f"--metrics: {e}") from None
+    return i
 
 
 def _set_valued(o: dict, c: str, value: str) -> None:
@@ -195,6 +220,17 @@ def _describe(sock: socket.socket) -> str:
     return f"unix:{name}"
 
 
+def _metrics_listener(opts: NodeOptions) -> socket.socket:
+    from .metrics import bind
+
+    host, port = opts.metrics
+    try:
+        return bind(host, port)
+    except OSError as e:
+        log.error("cannot listen for metrics on %s:%s: %s", host, port, e.strerror or e)
+        raise SystemExit(111) from None
+
+
 def drop_privileges(user: str) -> None:
     """Become ``user`` and its group, as beanstalkd's -u does."""
     try:
@@ -262,6 +298,7 @@ def run(opts: NodeOptions) -> None:
     except OSError as e:
         log.error("cannot listen on %s:%s: %s", opts.listen, opts.port, e.strerror or e)
         raise SystemExit(111) from None
+    metrics_listener = _metrics_listener(opts) if opts.metrics else None
     if opts.user:
         drop_privileges(opts.user)
     raise_fd_limit()
@@ -272,6 +309,11 @@ def run(opts: NodeOptions) -> None:
         attach_binlog(opts, store)
     server = NodeServer(listener, store, commands, opts.verbose)
     install_signal_handlers(server)
+    if metrics_listener is not None:
+        from . import metrics
+
+        metrics.serve(metrics_listener, commands, store, opts.binlog_dir)
+        log.info("metrics on http://%s/metrics", _describe(metrics_listener))
     log.info("listening on %s", where)
     try:
         server.serve_forever()
