@@ -116,10 +116,22 @@ def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = No
 
 
 def log_tail(paths: Paths, lines: int = 8) -> str:
+    """Why it failed, from the supervisor's log: each node's FATAL reason if
+    there are any, else the last lines."""
     try:
-        text = paths.log.read_text(errors="replace").splitlines()[-lines:]
+        text = paths.log.read_text(errors="replace").splitlines()
     except OSError:
         return ""
+    fatal: dict[str, str] = {}
+    for line in text:
+        _, bar, message = line.partition(" | ")
+        name, sep, reason = message.partition(" FATAL: ")
+        if bar and sep:
+            fatal[name] = reason
+    if fatal:
+        return "; the nodes could not start:\n" + "\n".join(
+            f"  {name}: {reason}" for name, reason in fatal.items()) + f"\n(log: {paths.log})"
+    text = text[-lines:]
     return f"; last lines of {paths.log}:\n  " + "\n  ".join(text) if text else ""
 
 

@@ -228,7 +228,8 @@ def test_node_that_cannot_start_goes_fatal_after_retries_not_forever(fake):
     r = c.run("up", "--detach")
     assert r.returncode == 1
     # the supervisor gave up, said why, and stopped: nothing left to supervise
-    assert "Permission denied" in r.stdout + r.stderr
+    assert "the nodes could not start:\n  node1: could not start after" in r.stderr
+    assert "fake: cannot open binlog in /nowhere: Permission denied" in r.stderr
     assert len(spawns(c.dir)) == START_RETRIES + 1
     log = (c.data_dir / "bscluster.log").read_text()
     assert "node1 FATAL: could not start after" in log
