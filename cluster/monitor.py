@@ -1,0 +1,383 @@
+"""Watch every node at once: what `bscluster top`, `web` and the cluster /metrics show.
+
+How this works
+--------------
+``Monitor.poll()`` asks every node, in parallel, for ``stats``,
+``list-tubes`` and one ``stats-tube`` per tube (``probe.node_report``; any
+beanstalkd-speaking server will do) and turns the answers into a *view*: a
+plain JSON-able dict of cluster totals, one row per node and one row per
+tube summed over the nodes that have it.  Rates (ops/s) come from the
+difference of cumulative counters between two polls divided by the time
+between them; a counter that went backwards, or a node whose ``id``
+changed, was restarted, so its rate is unknown (None) for that poll.
+"ops" counts the job commands (put, reserve, delete, release, bury, kick,
+touch), not the stats commands the monitor itself sends.
+
+Every poll also appends a point to a bounded history (cluster totals and
+each tube's depth and rates) for the dashboard's charts.  The view-making
+functions are pure; only ``Monitor`` has a clock and sockets, and both are
+injected so tests can drive it with made-up reports.
+
+``inspect_tube`` and ``inspect_job`` are the read-only look inside a tube
+for the dashboard: the protocol lets a client see only the next job of each
+state (peek-ready/-delayed/-buried) or a job by id (peek), so that is what
+they return, with ``stats-job`` and a body preview.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from bsclient import Client, ConnectionLostError, NotFoundError, ReplyError
+from bsclient.client import parse_address
+from bsclient.config import ConfigError as ClientConfigError
+from bsclient.config import NodeAddress, nodes_from_mapping
+from bscluster.probe import NodeReport, connect_host, probe_all
+from bsnode.metrics import Collector
+
+POLL_INTERVAL = 1.0  # seconds between polls in top and web
+POLL_TIMEOUT = 1.5  # a node that takes longer counts as down for that poll
+HISTORY_SECONDS = 600  # how far back the charts go
+PREVIEW_BYTES = 200  # body preview length in the dashboard
+STATES = ("ready", "reserved", "delayed", "buried")
+# job commands: their per-second sum is a node's "ops/s"
+OPS_COMMANDS = ("cmd-put", "cmd-reserve", "cmd-reserve-with-timeout", "cmd-delete",
+                "cmd-release", "cmd-bury", "cmd-kick", "cmd-touch")
+NODE_RATES = {"puts": ("cmd-put",), "reserves": ("cmd-reserve", "cmd-reserve-with-timeout"),
+              "deletes": ("cmd-delete",), "ops": OPS_COMMANDS}
+TUBE_RATES = {"puts": ("total-jobs",), "deletes": ("cmd-delete",),
+              "ops": ("total-jobs", "cmd-delete")}
+CLUSTER_METRICS_PREFIX = "beanstalkd"
+
+# attention levels, highest first: why a tube is at the top of the list
+ATTENTION = {3: "buried jobs", 2: "ready jobs but no worker watching", 1: "paused", 0: ""}
+
+
+class MonitorError(Exception):
+    """The list of nodes to watch could not be worked out; the message says why."""
+
+
+# --- which nodes ---------------------------------------------------------------------
+def parse_node_flags(flags: Sequence[str]) -> tuple[NodeAddress, ...]:
+    """``--node name=host:port[@weight]`` (or bare ``host:port``, named nodeI)."""
+    nodes: dict = {}
+    for i, item in enumerate(flags, 1):
+        name, sep, rest = item.partition("=")
+        if not sep:
+            name, rest = f"node{i}", item
+        address, at, weight = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if at and not weight.isdigit():
+            raise MonitorError(f"--node {item}: the weight after @ must be a whole number")
+        nodes[name.strip()] = {"address": address.strip(), "weight": int(weight) if at else 1}
+    try:
+        return nodes_from_mapping(nodes, "--node")
+    except ClientConfigError as e:
+        raise MonitorError(str(e)) from None
+
+
+def cluster_nodes(config_file: str | None, data_dir: str | None) -> tuple[NodeAddress, ...]:
+    """The running cluster's nodes (from its data dir), else the config's."""
+    from bscluster import control
+    from bscluster.config import ConfigError, load_config
+    from bscluster.runtime import Paths
+
+    try:
+        config = load_config(config_file, {"data_dir": data_dir})
+    except ConfigError as e:
+        raise MonitorError(str(e)) from None
+    paths = Paths(Path(config.data_dir))
+    state = control.running_state(paths)
+    running = control.running_config(paths) if state is not None else None
+    weights = {n.name: n.weight for n in (running or config).nodes}
+    if state is not None:
+        return tuple(NodeAddress(name, f"{connect_host(e['host'])}:{e['port']}",
+                                 weights.get(name, 1))
+                     for name, e in state["nodes"].items())
+    return tuple(NodeAddress(n.name, f"{connect_host(n.host)}:{n.port}", n.weight)
+                 for n in config.nodes)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    addr = parse_address(address)
+    if isinstance(addr, str):
+        raise MonitorError(f"{address}: the monitor watches TCP nodes only")
+    return addr
+
+
+# --- making the view (pure) ------------------------------------------------------------
+def _num(v) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
+
+
+def _rate(prev: Mapping | None, cur: Mapping, fields: Iterable[str], dt: float) -> float | None:
+    if prev is None or dt <= 0:
+        return None
+    delta = sum(_num(cur.get(f)) - _num(prev.get(f)) for f in fields)
+    return None if delta < 0 else delta / dt
+
+
+def _restarted(prev: NodeReport | None, cur: NodeReport) -> bool:
+    return (prev is None or not prev.up or not cur.up
+            or prev.stats.get("id") != cur.stats.get("id")
+            or prev.stats.get("pid") != cur.stats.get("pid"))
+
+
+def node_row(node: NodeAddress, cur: NodeReport, prev: NodeReport | None, dt: float) -> dict:
+    s = cur.stats
+    row = {"name": node.name, "address": node.address, "up": cur.up, "error": cur.error}
+    before = None if _restarted(prev, cur) else prev.stats
+    row.update({k: (_rate(before, s, f, dt) if cur.up else None) for k, f in NODE_RATES.items()})
+    if not cur.up:
+        row.update({k: None for k in (*STATES, "urgent", "connections", "producers",
+                                      "workers", "waiting", "tubes", "uptime", "version",
+                                      "total_jobs", "draining", "pid")})
+        return row
+    for state in STATES:
+        row[state] = s.get(f"current-jobs-{state}", 0)
+    row.update(urgent=s.get("current-jobs-urgent", 0), connections=s.get("current-connections", 0),
+               producers=s.get("current-producers", 0), workers=s.get("current-workers", 0),
+               waiting=s.get("current-waiting", 0), tubes=len(cur.tubes),
+               uptime=s.get("uptime"), version=s.get("version"), pid=s.get("pid"),
+               total_jobs=s.get("total-jobs", 0), draining=s.get("draining") == "true")
+    return row
+
+
+def attention(row: Mapping) -> int:
+    """How much a tube needs an operator (see ATTENTION)."""
+    if row["buried"]:
+        return 3
+    if row["ready"] and not row["watching"]:
+        return 2
+    if row["paused"]:
+        return 1
+    return 0
+
+
+def tube_sort_key(row: Mapping) -> tuple:
+    return (-row["attention"], -row["buried"], -row["ready"], -row["delayed"], row["name"])
+
+
+def tube_rows(nodes: Sequence[NodeAddress], cur: Mapping[str, NodeReport],
+              prev: Mapping[str, NodeReport] | None, dt: float) -> list[dict]:
+    rows: dict[str, dict] = {}
+    for node in nodes:
+        rep = cur[node.name]
+        if not rep.up:
+            continue
+        old = None if prev is None else prev.get(node.name)
+        old_tubes = None if old is None or _restarted(old, rep) else old.tubes
+        for name, st in rep.tubes.items():
+            row = rows.get(name)
+            if row is None:
+                row = rows[name] = {"name": name, **dict.fromkeys(STATES, 0), "urgent": 0,
+                                    "waiting": 0, "watching": 0, "using": 0, "total_jobs": 0,
+                                    "paused": 0, "nodes": [],
+                                    **dict.fromkeys(TUBE_RATES, None)}
+            row["nodes"].append(node.name)
+            for state in STATES:
+                row[state] += st.get(f"current-jobs-{state}", 0)
+            row["urgent"] += st.get("current-jobs-urgent", 0)
+            row["waiting"] += st.get("current-waiting", 0)
+            row["watching"] += st.get("current-watching", 0)
+            row["using"] += st.get("current-using", 0)
+            row["total_jobs"] += st.get("total-jobs", 0)
+            row["paused"] = max(row["paused"], st.get("pause-time-left", 0))
+            # a tube new since the last poll started from zero
+            before = None if old_tubes is None else old_tubes.get(name, {})
+            for key, fields in TUBE_RATES.items():
+                r = _rate(before, st, fields, dt)
+                if r is not None:
+                    row[key] = (row[key] or 0.0) + r
+    for row in rows.values():
+        row["attention"] = attention(row)
+        row["why"] = ATTENTION[row["attention"]]
+    return sorted(rows.values(), key=tube_sort_key)
+
+
+def totals(node_rows: Sequence[Mapping], tubes: Sequence[Mapping]) -> dict:
+    up = [r for r in node_rows if r["up"]]
+    out = {"nodes": len(node_rows), "nodes_up": len(up), "tubes": len(tubes)}
+    for key in (*STATES, "urgent", "connections", "producers", "workers", "waiting",
+                "total_jobs"):
+        out[key] = sum(r[key] for r in up)
+    for key in NODE_RATES:
+        rates = [r[key] for r in up if r[key] is not None]
+        out[key] = sum(rates) if rates else None
+    return out
+
+
+def make_view(nodes: Sequence[NodeAddress], cur: Mapping[str, NodeReport],
+              prev: Mapping[str, NodeReport] | None, dt: float, now: float) -> dict:
+    """The whole picture of one poll, JSON-able (docs/MONITORING.md, GET /api/overview)."""
+    node_rows = [node_row(n, cur[n.name], None if prev is None else prev.get(n.name), dt)
+                 for n in nodes]
+    tubes = tube_rows(nodes, cur, prev, dt)
+    return {"time": now, "interval": dt if prev is not None else None,
+            "totals": totals(node_rows, tubes), "nodes": node_rows, "tubes": tubes}
+
+
+def history_point(view: Mapping) -> dict:
+    t = view["totals"]
+    return {"t": view["time"], **{k: t[k] for k in (*STATES, *NODE_RATES)}}
+
+
+def tube_point(view: Mapping, row: Mapping) -> dict:
+    return {"t": view["time"], **{k: row[k] for k in (*STATES, *TUBE_RATES)}}
+
+
+def cluster_metrics(nodes: Sequence[NodeAddress], reports: Mapping[str, NodeReport]) -> str:
+    """Every node's stats and stats-tube as Prometheus text, labelled by node (and tube)."""
+    c = Collector(CLUSTER_METRICS_PREFIX)
+    up = c.family("up", "gauge", "1 if the node answered the last poll, else 0")
+    for node in nodes:
+        up.add({"node": node.name}, 1 if reports[node.name].up else 0)
+    for node in nodes:
+        rep = reports[node.name]
+        if rep.up:
+            c.stats(rep.stats.items(), {"node": node.name})
+    for node in nodes:
+        rep = reports[node.name]
+        for tube, st in rep.tubes.items() if rep.up else ():
+            c.tube(st.items(), {"node": node.name, "tube": tube})
+    return c.render()
+
+
+# --- the poller -------------------------------------------------------------------------
+class Monitor:
+    """Polls the nodes and keeps the latest view and a bounded history. Thread-safe."""
+
+    def __init__(self, nodes: Sequence[NodeAddress],
+                 probe: Callable[[dict], dict[str, NodeReport]] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 history_seconds: float = HISTORY_SECONDS,
+                 interval: float = POLL_INTERVAL) -> None:
+        self.nodes = tuple(nodes)
+        self.interval = interval
+        self._addresses = {n.name: _host_port(n.address) for n in self.nodes}
+        self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT))
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._keep = max(2, int(history_seconds / interval))
+        self._history: deque = deque(maxlen=self._keep)
+        self._tube_history: dict[str, deque] = {}
+        self._prev: tuple[float, dict[str, NodeReport]] | None = None
+        self.view: dict | None = None
+        self.reports: dict[str, NodeReport] = {}
+
+    def poll(self) -> dict:
+        """Ask every node now; returns the new view."""
+        with self._poll_lock:
+            reports = self._probe(self._addresses)
+            now = self._clock()
+            prev = self._prev
+            dt = now - prev[0] if prev else 0.0
+            view = make_view(self.nodes, reports, prev[1] if prev else None, dt, self._wall())
+            with self._lock:
+                self._prev = (now, reports)
+                self.reports = reports
+                self.view = view
+                self._history.append(history_point(view))
+                self._record_tubes(view)
+            return view
+
+    def _record_tubes(self, view: dict) -> None:
+        seen = set()
+        for row in view["tubes"]:
+            seen.add(row["name"])
+            h = self._tube_history.get(row["name"])
+            if h is None:
+                h = self._tube_history[row["name"]] = deque(maxlen=self._keep)
+            h.append(tube_point(view, row))
+        for name in [n for n in self._tube_history if n not in seen]:
+            h = self._tube_history[name]
+            if not h or view["time"] - h[-1]["t"] > self._keep * self.interval:
+                del self._tube_history[name]  # gone for a whole window
+
+    def history(self, tube: str | None = None) -> list[dict]:
+        with self._lock:
+            if tube is None:
+                return list(self._history)
+            return list(self._tube_history.get(tube, ()))
+
+    def latest(self) -> dict | None:
+        with self._lock:
+            return self.view
+
+    def metrics(self) -> str:
+        with self._lock:
+            reports = self.reports
+        if not reports:
+            self.poll()
+            reports = self.reports
+        return cluster_metrics(self.nodes, reports)
+
+    def client(self, name: str, timeout: float = 5.0) -> Client:
+        """A fresh connection to one node (the caller closes it)."""
+        for n in self.nodes:
+            if n.name == name:
+                return Client(n.address, connect_timeout=2.0, timeout=timeout, name=name)
+        raise MonitorError(f"no node named {name!r}; watching "
+                           f"{', '.join(n.name for n in self.nodes)}")
+
+
+# --- looking inside a tube (read-only) ---------------------------------------------------------
+def preview(body: bytes, limit: int = PREVIEW_BYTES) -> dict:
+    """The start of a job body, as text if it is UTF-8, else as escaped bytes."""
+    head = body[:limit]
+    try:
+        text, binary = head.decode("utf-8"), False
+    except UnicodeDecodeError as e:
+        if e.start >= len(head) - 3 and len(body) > limit:  # a character cut at the limit
+            text, binary = head[:e.start].decode("utf-8", "replace"), False
+        else:
+            text, binary = head.decode("latin-1").encode("unicode_escape").decode(), True
+    return {"text": text, "binary": binary, "size": len(body), "truncated": len(body) > limit}
+
+
+def _job_info(c: Client, job, node: str) -> dict:
+    try:
+        stats = c.stats_job(job.id)
+    except NotFoundError:  # gone between the peek and the stats-job
+        stats = None
+    return {"node": node, "id": job.id, "handle": f"{node}/{job.id}",
+            "stats": stats, "body": preview(job.body)}
+
+
+def inspect_tube(monitor: Monitor, tube: str) -> dict:
+    """Per node that has the tube: its stats-tube and the next ready, delayed and buried job."""
+    out = {"name": tube, "nodes": {}}
+    for node in monitor.nodes:
+        entry: dict = {"up": True, "stats": None, "next": {}}
+        try:
+            with monitor.client(node.name) as c:
+                try:
+                    entry["stats"] = c.stats_tube(tube)
+                except NotFoundError:
+                    continue  # the tube does not exist there
+                c.use(tube)
+                for state, peek in (("ready", c.peek_ready), ("delayed", c.peek_delayed),
+                                    ("buried", c.peek_buried)):
+                    try:
+                        entry["next"][state] = _job_info(c, peek(), node.name)
+                    except NotFoundError:
+                        entry["next"][state] = None
+        except (OSError, ConnectionLostError, ReplyError) as e:
+            entry = {"up": False, "error": str(e) or type(e).__name__}
+        out["nodes"][node.name] = entry
+    return out
+
+
+def inspect_job(monitor: Monitor, node: str, job_id: int) -> dict | None:
+    """stats-job and a body preview of one job, or None if the node has no such job."""
+    with monitor.client(node) as c:
+        try:
+            return _job_info(c, c.peek(job_id), node)
+        except NotFoundError:
+            return None
