@@ -101,6 +101,26 @@ def cluster_nodes(config_file: str | None, data_dir: str | None) -> tuple[NodeAd
                  for n in config.nodes)
 
 
+def watch_options(f):
+    """The options of commands that watch a cluster: which nodes to look at."""
+    import click
+
+    f = click.option("--node", "node_flags", multiple=True, metavar="NAME=HOST:PORT",
+                     help="Watch this node instead of the cluster's (repeatable); any "
+                          "beanstalkd-speaking server will do.")(f)
+    f = click.option("--data-dir", metavar="DIR",
+                     help="The running cluster's data dir [env BSCLUSTER_DATA_DIR].")(f)
+    return click.option("--config", "-c", "config_file", metavar="PATH",
+                        help="Config file [env BSCLUSTER_CONFIG; default ./bscluster.toml "
+                             "if present].")(f)
+
+
+def resolve_nodes(config_file: str | None, data_dir: str | None,
+                  node_flags: Sequence[str]) -> tuple[NodeAddress, ...]:
+    """What ``watch_options`` asked for: --node flags, else the cluster's nodes."""
+    return parse_node_flags(node_flags) if node_flags else cluster_nodes(config_file, data_dir)
+
+
 def _host_port(address: str) -> tuple[str, int]:
     addr = parse_address(address)
     if isinstance(addr, str):
