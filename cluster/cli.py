@@ -36,6 +36,7 @@ from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
 from bscluster.supervisor import AlreadyRunning, Supervisor
 from bscluster.template import render_config
+from bscluster.top import top
 
 NOT_ALL_UP = 3  # `status` exit code when some node is not answering (as systemctl)
 
@@ -400,6 +401,9 @@ def supervise(data_dir) -> None:
         sys.exit(Supervisor(ClusterConfig.from_dict(doc), detached=True).run())
     except AlreadyRunning as e:
         _fail(e)
+
+
+cli.add_command(top)
 
 
 def main() -> None:
