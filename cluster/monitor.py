@@ -74,9 +74,13 @@ def parse_node_flags(flags: Sequence[str]) -> tuple[NodeAddress, ...]:
             raise MonitorError(f"--node {item}: the weight after @ must be a whole number")
         nodes[name.strip()] = {"address": address.strip(), "weight": int(weight) if at else 1}
     try:
-        return nodes_from_mapping(nodes, "--node")
+        parsed = nodes_from_mapping(nodes, "--node")
     except ClientConfigError as e:
         raise MonitorError(str(e)) from None
+    for n in parsed:
+        if not 0 < _host_port(n.address)[1] <= 65535:
+            raise MonitorError(f"--node {n.name}={n.address}: the port must be 1..65535")
+    return parsed
 
 
 def cluster_nodes(config_file: str | None, data_dir: str | None) -> tuple[NodeAddress, ...]:
