@@ -1,0 +1,225 @@
+"""Shared plumbing for the benchmark script: servers, pinning, the load generator.
+
+How this works
+--------------
+Servers are started with tests/servers.py (free 127.0.0.1 ports, readiness
+with a deadline) and then pinned to one core with ``sched_setaffinity`` on
+every thread of the process.  The compiled load generator
+(``/work/shared/tools/loadgen``, or ``$LOADGEN``) is found, or built with its
+``build.sh`` when missing, and run under ``taskset`` with a wall-clock bound;
+its one JSON line is returned as a dict.  Every subprocess started here is
+waited for or killed before the function that started it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from servers import (  # noqa: E402
+    HAVE_BEANSTALKD,
+    Server,
+    start_beanstalkd,
+    start_bsnode,
+)
+
+LOADGEN_DIR = Path(os.environ.get("LOADGEN_DIR", "/work/shared/tools/loadgen"))
+LOADGEN_BUILT = Path(os.environ.get("CARGO_TARGET_DIR", "/tmp/loadgen-target")) / "release/loadgen"
+SERVER_CORE = 0
+CLIENT_CORE = 1
+GRACE = 20.0  # seconds a loadgen run may take beyond --seconds to finish in-flight work
+KINDS = ("beanstalkd", "bsnode")
+
+
+class BenchError(RuntimeError):
+    """A run could not be done; the message says why."""
+
+
+def have_beanstalkd() -> bool:
+    return HAVE_BEANSTALKD
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+# --- the load generator ----------------------------------------------------------
+def find_loadgen(build: bool = True) -> str:
+    """Path of the compiled load generator, building it if needed."""
+    env = os.environ.get("LOADGEN")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise BenchError(f"LOADGEN={env} is not an executable")
+        return env
+    if os.access(LOADGEN_BUILT, os.X_OK):
+        return str(LOADGEN_BUILT)
+    script = LOADGEN_DIR / "build.sh"
+    if not build or not script.exists():
+        raise BenchError(f"no load generator at {LOADGEN_BUILT} and no {script} to build one")
+    print(f"building the load generator with {script} ...", file=sys.stderr)
+    try:
+        out = subprocess.run(["sh", str(script)], capture_output=True, text=True,
+                             timeout=900, check=True)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"{script} failed: {getattr(e, 'stderr', '') or e}") from None
+    path = out.stdout.strip().splitlines()[-1]
+    if not os.access(path, os.X_OK):
+        raise BenchError(f"{script} printed {path!r}, which is not an executable")
+    return path
+
+
+def loadgen_argv(loadgen: str, port: int, mode: str, *, conns: int, pipeline: int = 1,
+                 size: int = 100, seconds: float | None = None, jobs: int | None = None,
+                 tubes: int = 1, server_pid: int | None = None, core: int | None = CLIENT_CORE,
+                 extra: Sequence[str] = ()) -> list[str]:
+    argv = [] if core is None else ["taskset", "-c", str(core)]
+    argv += [loadgen, "--host", "127.0.0.1", "--port", str(port), "--mode", mode,
+             "--conns", str(conns), "--pipeline", str(pipeline), "--size", str(size),
+             "--tubes", str(tubes), "--grace", str(GRACE)]
+    if seconds is not None:
+        argv += ["--seconds", str(seconds)]
+    if jobs is not None:
+        argv += ["--jobs", str(jobs)]
+    if server_pid is not None:
+        argv += ["--server-pid", str(server_pid)]
+    return argv + list(extra)
+
+
+def parse_loadgen(stdout: str, stderr: str, argv: list[str]) -> dict:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise BenchError(f"loadgen printed no result: {' '.join(argv)}\n{stderr.strip()}")
+    result = json.loads(lines[-1])
+    if result.get("errors") or result.get("incomplete"):
+        samples = "; ".join(result.get("error_samples", []))
+        raise BenchError(f"loadgen reported {result.get('errors')} errors "
+                         f"(incomplete={result.get('incomplete')}): {samples}")
+    return result
+
+
+def run_loadgen(loadgen: str, port: int, mode: str, *, timeout: float | None = None,
+                **kw) -> dict:
+    """One loadgen run, bounded in time; returns its JSON result."""
+    argv = loadgen_argv(loadgen, port, mode, **kw)
+    limit = timeout or (kw.get("seconds") or 600) + GRACE + 15
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"loadgen did not finish in {limit:.0f}s: {' '.join(argv)}") from None
+    return parse_loadgen(out.stdout, out.stderr, argv)
+
+
+@contextmanager
+def loadgen_running(loadgen: str, port: int, mode: str, **kw):
+    """Start a loadgen in the background; yields a function that waits for its result."""
+    argv = loadgen_argv(loadgen, port, mode, **kw)
+    limit = (kw.get("seconds") or 600) + GRACE + 15
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result() -> dict:
+        try:
+            out, err = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"loadgen did not finish in {limit:.0f}s: {' '.join(argv)}") from None
+        return parse_loadgen(out, err, argv)
+
+    try:
+        yield result
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+# --- servers ----------------------------------------------------------------------
+def pin(pid: int, core: int | None) -> None:
+    """Pin every thread of ``pid`` to ``core`` (None: leave it be)."""
+    if core is None:
+        return
+    tids = os.listdir(f"/proc/{pid}/task")
+    for tid in tids:
+        try:
+            os.sched_setaffinity(int(tid), {core})
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def start_server(kind: str, core: int | None = SERVER_CORE, *flags: str) -> Server:
+    """Start ``kind`` ("bsnode" or "beanstalkd") on a free loopback port, pinned."""
+    if kind == "beanstalkd":
+        if not HAVE_BEANSTALKD:
+            raise BenchError("/usr/bin/beanstalkd is not installed")
+        server = start_beanstalkd(*flags)
+    elif kind == "bsnode":
+        server = start_bsnode(*flags)
+    else:
+        raise ValueError(f"unknown server kind {kind!r}")
+    pin(server.pid, core)
+    return server
+
+
+@contextmanager
+def servers(kinds: Iterable[str], core: int | None = SERVER_CORE, count: int = 1):
+    """Start ``count`` servers of each kind; yields {kind: [Server, ...]}; stops them all."""
+    started: dict[str, list[Server]] = {}
+    try:
+        for kind in kinds:
+            started[kind] = [start_server(kind, core) for _ in range(count)]
+        yield started
+    finally:
+        for group in started.values():
+            for server in group:
+                server.stop()
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile(want: int) -> int:
+    """Raise our RLIMIT_NOFILE soft limit toward ``want``; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def wait_until(predicate, deadline_s: float, what: str, step: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > end:
+            raise BenchError(f"timed out after {deadline_s:.0f}s waiting for {what}")
+        time.sleep(step)
+
+
+def which(cmd: str) -> str | None:
+    return shutil.which(cmd)
