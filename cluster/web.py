@@ -1,0 +1,492 @@
+"""`bscluster web`: the dashboard, its JSON API, and the cluster's /metrics.
+
+How this works
+--------------
+One ``ThreadingHTTPServer`` (stdlib, a thread per request) serves the
+static dashboard from cluster/static/ and a small JSON API (documented in
+docs/MONITORING.md).  A poller thread calls ``Monitor.poll()`` every
+interval; GET requests read its latest view and history, so any number of
+open dashboards cost the nodes one poll per interval.
+
+Reading is open to whoever can reach the port (bound to 127.0.0.1 unless
+told otherwise).  Changing data (kick, delete a job, clear a tube, move
+jobs, pause/resume) needs the token given with ``--token`` or
+``BSCLUSTER_WEB_TOKEN``, sent as ``Authorization: Bearer TOKEN``; without a
+configured token those endpoints answer 403 and the UI says why.  The
+custom header (no cookies) means a page on another site cannot make a
+browser send an action; the Host check stops DNS-rebinding pages from
+reading a loopback dashboard.  Actions talk to the nodes over the
+protocol with fresh connections, then trigger a poll so the answer shows
+at once.  Every loop over jobs is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import mimetypes
+import secrets
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import click
+from bsclient import (
+    BeanstalkError,
+    Client,
+    ClusterClient,
+    ConnectionLostError,
+    NotFoundError,
+)
+from bsclient.protocol import valid_tube_name
+from bscluster.monitor import (
+    POLL_INTERVAL,
+    Monitor,
+    MonitorError,
+    inspect_job,
+    inspect_tube,
+    resolve_nodes,
+    watch_options,
+)
+from bsnode.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_LISTEN = "127.0.0.1:11380"
+ENV_TOKEN = "BSCLUSTER_WEB_TOKEN"
+MAX_REQUEST_BODY = 65536
+ACTION_LIMIT = 100_000  # jobs one clear/move request handles at most
+ACTION_DEADLINE = 30.0  # seconds one clear/move request runs at most
+MAX_PAUSE = 2**32 - 1
+CLEARABLE = ("ready", "delayed", "buried")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+_GENERATE = "\0generate"  # `--token` given without a value
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- the actions ------------------------------------------------------------------------
+def _tube(name: str) -> str:
+    if not valid_tube_name(name.encode()):
+        raise ApiError(400, f"{name!r} is not a valid tube name")
+    return name
+
+
+def _count(value, name: str, low: int = 0, high: int = MAX_PAUSE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, f"{name} must be a whole number from {low} to {high}")
+    return value
+
+
+class Actions:
+    """The data-changing operations, each against every node that has the tube."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def _holding(self, tube: str):
+        """(name, client) for each node that has ``tube``; the caller closes nothing."""
+        for node in self.monitor.nodes:
+            try:
+                c = self.monitor.client(node.name)
+            except (OSError, ConnectionLostError):
+                continue  # a down node holds nothing we can reach
+            with c:
+                try:
+                    c.stats_tube(tube)
+                except NotFoundError:
+                    continue
+                c.use(tube)
+                yield node.name, c
+
+    def kick(self, tube: str, bound: int) -> dict:
+        left, per_node = bound, {}
+        for name, c in self._holding(tube):
+            if left <= 0:
+                break
+            per_node[name] = n = c.kick(left)
+            left -= n
+        return {"kicked": bound - left, "nodes": per_node}
+
+    def pause(self, tube: str, seconds: int) -> dict:
+        nodes = []
+        for name, c in self._holding(tube):
+            c.pause_tube(tube, seconds)
+            nodes.append(name)
+        if not nodes:
+            raise ApiError(404, f"no node has a tube named {tube!r}")
+        return {"paused": seconds, "nodes": nodes}
+
+    def clear(self, tube: str, states: list[str]) -> dict:
+        deadline = time.monotonic() + ACTION_DEADLINE
+        deleted, complete = 0, True
+        for _, c in self._holding(tube):
+            for state in states:
+                peek = getattr(c, f"peek_{state}")
+                while True:
+                    if deleted >= ACTION_LIMIT or time.monotonic() > deadline:
+                        complete = False
+                        break
+                    try:
+                        job = peek()
+                    except NotFoundError:
+                        break
+                    try:
+                        c.delete(job.id)
+                        deleted += 1
+                    except NotFoundError:
+                        pass  # a worker took it between the peek and the delete
+        return {"deleted": deleted, "complete": complete}
+
+    def move(self, tube: str, to: str, state: str, limit: int) -> dict:
+        """Put the jobs in ``state`` into tube ``to`` (on its owner node), then delete them.
+
+        Each job is reserved first (reserve-job), so no worker runs it while
+        it moves; if the put fails it goes back where it was.
+        """
+        if to == tube:
+            raise ApiError(400, "the target tube is the tube itself")
+        deadline = time.monotonic() + ACTION_DEADLINE
+        moved, complete = 0, True
+        target = ClusterClient(self.monitor.nodes, connect_timeout=2.0, timeout=5.0, use=to)
+        try:
+            for _, c in self._holding(tube):
+                peek = getattr(c, f"peek_{state}")
+                while moved < limit:
+                    if time.monotonic() > deadline:
+                        complete = False
+                        break
+                    try:
+                        job = peek()
+                        info = c.stats_job(job.id)
+                        c.reserve_job(job.id)
+                    except NotFoundError:
+                        if self._empty(peek):
+                            break
+                        continue  # taken by a worker meanwhile: try the next one
+                    self._move_one(c, target, job, info, state)
+                    moved += 1
+        finally:
+            target.close()
+        return {"moved": moved, "complete": complete, "to": to}
+
+    @staticmethod
+    def _empty(peek) -> bool:
+        try:
+            peek()
+            return False
+        except NotFoundError:
+            return True
+
+    @staticmethod
+    def _move_one(c: Client, target: ClusterClient, job, info: dict, state: str) -> None:
+        pri, ttr = info["pri"], info["ttr"]
+        delay = info["time-left"] if state == "delayed" else 0
+        try:
+            target.put(job.body, priority=pri, delay=delay, ttr=ttr)
+        except BeanstalkError:
+            if state == "buried":
+                c.bury(job.id, pri)
+            else:
+                c.release(job.id, pri, delay)
+            raise
+        c.delete(job.id)
+
+    def delete_job(self, node: str, job_id: int) -> dict:
+        with self.monitor.client(node) as c:
+            c.delete(job_id)
+        return {"deleted": f"{node}/{job_id}"}
+
+    def kick_job(self, node: str, job_id: int) -> dict:
+        with self.monitor.client(node) as c:
+            c.kick_job(job_id)
+        return {"kicked": f"{node}/{job_id}"}
+
+
+# --- the HTTP side -------------------------------------------------------------------------
+class Dashboard:
+    """The monitor, its poller thread, the actions and the token."""
+
+    def __init__(self, monitor: Monitor, token: str | None) -> None:
+        self.monitor = monitor
+        self.actions = Actions(monitor)
+        self.token = token or None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
+
+    def start(self) -> None:
+        self.monitor.poll()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.monitor.interval):
+            self.monitor.poll()
+
+    def authorized(self, header: str | None) -> bool:
+        if self.token is None or not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].encode(), self.token.encode())
+
+
+def _segments(path: str) -> list[str]:
+    """Split before unquoting, so a tube name may contain '/' (as %2F)."""
+    return [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "bscluster-web"
+    dashboard: Dashboard  # set on the subclass made by make_server
+    allowed_hosts: frozenset[str] | None = None
+    quiet = True
+
+    def log_message(self, fmt, *args) -> None:
+        if not self.quiet:
+            super().log_message(fmt, *args)
+
+    # responses
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Security-Policy",
+                         "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, doc) -> None:
+        self._send(status, json.dumps(doc, default=str).encode(), "application/json")
+
+    def _error(self, status: int, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _host_ok(self) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        host = (self.headers.get("Host") or "").lower()
+        return host in self.allowed_hosts
+
+    # dispatch
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._dispatch(self._get)
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch(self._post)
+
+    def _dispatch(self, fn) -> None:
+        if not self._host_ok():
+            self._error(421, "unexpected Host header; open the dashboard by its address")
+            return
+        url = urlsplit(self.path)
+        try:
+            fn(_segments(url.path), parse_qs(url.query))
+        except ApiError as e:
+            self._error(e.status, str(e))
+        except NotFoundError:
+            self._error(404, "no such job (or it is reserved by a worker)")
+        except MonitorError as e:
+            self._error(404, str(e))
+        except (OSError, ConnectionLostError) as e:
+            self._error(502, f"a node did not answer: {e}")
+        except BeanstalkError as e:
+            self._error(502, f"a node refused: {e}")
+
+    def _get(self, seg: list[str], query: dict) -> None:
+        d = self.dashboard
+        if not seg:
+            return self._static("index.html")
+        if seg[0] == "static" and len(seg) == 2:
+            return self._static(seg[1])
+        if seg == ["metrics"]:
+            body = d.monitor.metrics().encode()
+            return self._send(200, body, METRICS_CONTENT_TYPE)
+        if seg[0] != "api" or len(seg) < 2:
+            raise ApiError(404, "not found")
+        if seg[1:] == ["overview"]:
+            view = d.monitor.latest() or d.monitor.poll()
+            return self._json(200, {**view, "actions": d.token is not None,
+                                    "poll_interval": d.monitor.interval})
+        if seg[1:] == ["history"]:
+            tube = query.get("tube", [None])[0]
+            return self._json(200, {"tube": tube, "points": d.monitor.history(tube)})
+        if seg[1] == "tubes" and len(seg) == 3:
+            return self._json(200, inspect_tube(d.monitor, _tube(seg[2])))
+        if seg[1] == "jobs" and len(seg) == 4:
+            job = inspect_job(d.monitor, seg[2], _job_id(seg[3]))
+            if job is None:
+                raise ApiError(404, f"{seg[2]} has no job {seg[3]}")
+            return self._json(200, job)
+        raise ApiError(404, "not found")
+
+    def _post(self, seg: list[str], query: dict) -> None:
+        d = self.dashboard
+        if d.token is None:
+            raise ApiError(403, "actions are disabled: start `bscluster web` with --token "
+                                f"(or set {ENV_TOKEN}) to enable them")
+        if not d.authorized(self.headers.get("Authorization")):
+            raise ApiError(401, "wrong or missing token (Authorization: Bearer TOKEN)")
+        args = self._body()
+        if len(seg) == 4 and seg[:2] == ["api", "tubes"]:
+            result = self._tube_action(_tube(seg[2]), seg[3], args)
+        elif len(seg) == 5 and seg[:2] == ["api", "jobs"]:
+            result = self._job_action(seg[2], _job_id(seg[3]), seg[4])
+        else:
+            raise ApiError(404, "not found")
+        d.monitor.poll()  # the next overview shows the change
+        self._json(200, result)
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_REQUEST_BODY:
+            raise ApiError(413, "request body too large")
+        if not length:
+            return {}
+        if not (self.headers.get("Content-Type") or "").startswith("application/json"):
+            raise ApiError(415, "send a JSON body (Content-Type: application/json)")
+        try:
+            doc = json.loads(self.rfile.read(length))
+        except ValueError:
+            raise ApiError(400, "the body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return doc
+
+    def _tube_action(self, tube: str, action: str, args: dict) -> dict:
+        a = self.dashboard.actions
+        if action == "kick":
+            return a.kick(tube, _count(args.get("bound", MAX_PAUSE), "bound", 1))
+        if action == "pause":
+            return a.pause(tube, _count(args.get("seconds"), "seconds"))
+        if action == "resume":
+            return a.pause(tube, 0)
+        if action == "clear":
+            states = args.get("states", list(CLEARABLE))
+            if not isinstance(states, list) or not states or not set(states) <= set(CLEARABLE):
+                raise ApiError(400, f"states must be a list drawn from {', '.join(CLEARABLE)}")
+            return a.clear(tube, states)
+        if action == "move":
+            state = args.get("state", "buried")
+            if state not in CLEARABLE:
+                raise ApiError(400, f"state must be one of {', '.join(CLEARABLE)}")
+            to = _tube(str(args.get("to", "")))
+            return a.move(tube, to, state, _count(args.get("limit", ACTION_LIMIT), "limit", 1,
+                                                  ACTION_LIMIT))
+        raise ApiError(404, f"no tube action {action!r}")
+
+    def _job_action(self, node: str, job_id: int, action: str) -> dict:
+        a = self.dashboard.actions
+        if action == "delete":
+            return a.delete_job(node, job_id)
+        if action == "kick":
+            return a.kick_job(node, job_id)
+        raise ApiError(404, f"no job action {action!r}")
+
+    def _static(self, name: str) -> None:
+        path = (STATIC_DIR / name).resolve()
+        if path.parent != STATIC_DIR.resolve() or not path.is_file():
+            raise ApiError(404, "not found")
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype.endswith("javascript"):
+            ctype += "; charset=utf-8"
+        self._send(200, path.read_bytes(), ctype)
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 2**64:
+        raise ApiError(400, f"{text!r} is not a job id")
+    return int(text)
+
+
+def make_server(dashboard: Dashboard, host: str, port: int,
+                quiet: bool = True) -> ThreadingHTTPServer:
+    """Bind the dashboard; the caller runs ``serve_forever`` and ``server_close``."""
+    loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
+    handler = type("DashboardHandler", (Handler,), {"dashboard": dashboard, "quiet": quiet})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    if loopback:
+        bound = server.server_address[1]
+        handler.allowed_hosts = frozenset(f"{h}:{bound}" for h in LOOPBACK_HOSTS)
+    return server
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected ADDR:PORT, got {text!r}", param_hint="--listen")
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+@click.command()
+@watch_options
+@click.option("--listen", "-l", default=DEFAULT_LISTEN, show_default=True, metavar="ADDR:PORT",
+              help="Where the dashboard listens; port 0 picks a free one.")
+@click.option("--token", is_flag=False, flag_value=_GENERATE, default=None, metavar="[TOKEN]",
+              envvar=ENV_TOKEN, help=f"Enable actions that change data for requests bearing "
+              f"this token [env {ENV_TOKEN}]; --token alone makes one up and prints it.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=POLL_INTERVAL,
+              show_default=True, metavar="SECONDS", help="Time between polls of the nodes.")
+@click.option("--verbose", "-v", is_flag=True, help="Log every request.")
+def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> None:
+    """Serve the dashboard, its JSON API and the cluster's /metrics.
+
+    Read-only unless a token is set; see docs/MONITORING.md.
+    """
+    host, port = _listen(listen)
+    try:
+        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval)
+    except MonitorError as e:
+        raise click.ClickException(str(e)) from None
+    if token == _GENERATE:
+        token = secrets.token_urlsafe(18)
+        click.echo(f"token: {token}")
+    dashboard = Dashboard(monitor, token)
+    try:
+        server = make_server(dashboard, host, port, quiet=not verbose)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    if handler_open_to_others(host):
+        click.echo(f"warning: the dashboard listens on {host}: anyone who can reach it sees "
+                   f"job bodies{' and, with the token, can change data' if token else ''}.",
+                   err=True)
+    bound_host, bound_port = server.server_address[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    click.echo(f"dashboard on http://{shown}:{bound_port}/ watching "
+               f"{', '.join(n.name for n in monitor.nodes)}")
+    click.echo("actions enabled (token required)" if token else
+               f"read-only: set --token or {ENV_TOKEN} to enable kick/delete/clear/move/pause")
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    dashboard.start()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dashboard.stop()
+        server.server_close()
+
+
+def handler_open_to_others(host: str) -> bool:
+    return not (host in LOOPBACK_HOSTS or host.startswith("127."))
+
