@@ -37,6 +37,7 @@ from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
 from bscluster.supervisor import AlreadyRunning, Supervisor
 from bscluster.template import render_config
 from bscluster.top import top
+from bscluster.web import DEFAULT_LISTEN, web
 
 NOT_ALL_UP = 3  # `status` exit code when some node is not answering (as systemctl)
 
@@ -251,7 +252,8 @@ def banner(config: ClusterConfig, state: dict) -> str:
     host, port = first.rsplit(":", 1)
     where = _where_flags(config)
     lines += ["talk to one node by hand:", f"    telnet {host} {port}",
-              f"look: bscluster status{where} | bscluster stats{where}",
+              f"look: bscluster status{where} | bscluster stats{where} | bscluster top{where}",
+              f"dashboard: bscluster web{where}  (then open http://{DEFAULT_LISTEN}/)",
               f"stop: bscluster down{where}"]
     return "\n".join(lines)
 
@@ -404,6 +406,7 @@ def supervise(data_dir) -> None:
 
 
 cli.add_command(top)
+cli.add_command(web)
 
 
 def main() -> None:
