@@ -256,8 +256,12 @@ def attach_binlog(opts: NodeOptions, store) -> None:
     """Open the binlog in -b DIR, replay it into the store and keep it attached."""
     from . import binlog
 
-    binlog.attach(store, opts.binlog_dir, segment_size=opts.binlog_size,
-                  fsync_ms=opts.fsync_ms)
+    try:
+        binlog.attach(store, opts.binlog_dir, segment_size=opts.binlog_size,
+                      fsync_ms=opts.fsync_ms)
+    except binlog.BinlogError as e:
+        log.error("%s", e)
+        raise SystemExit(e.exit_code) from None
 
 
 def main(argv: list[str] | None = None) -> None:
