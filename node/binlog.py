@@ -1,0 +1,728 @@
+"""bsnode's binlog (``-b DIR``): every job on disk, in a log that stays bounded.
+
+How this works
+--------------
+The log is a directory of segment files ``binlog.N``; the format (a header
+with magic and version, then msgpack records framed with length and CRC-32)
+is documented in ``binlog_format`` and docs/BINLOG.md.  Records are only ever
+appended, to the newest segment (``cur``); a put writes the job's FULL
+record, a state change (release, bury, kick, reserve-job) a small UPDATE, a
+delete a DELETE.  Each record is written (``pwrite``) before the store
+answers, so a killed process loses nothing; fsync follows beanstalkd 1.12:
+``-f 0`` syncs before the reply, ``-f MS`` at most every MS ms on a timer
+(so the last write before a quiet spell is synced within MS), ``-F`` never.
+
+Space.  Segments are allocated whole when created (``posix_fallocate``), so
+a write inside one cannot meet a full disk.  Every live job owns a *slot*:
+room for its DELETE record, counted in whole ``SLOT``-byte pieces of the
+free space of ``cur`` and of *spare* segments allocated ahead.  Invariant:
+free slots >= live jobs.  A put first makes room for its record plus one
+more slot (allocating a spare if needed); if the disk refuses, the put is
+answered OUT_OF_MEMORY and nothing is acknowledged.  A delete only spends
+its own slot, so it never needs new space.  A failed update or delete write
+is retried on a timer until it lands; failures are logged, never hidden.
+
+Bounded disk.  A job's *home* is the segment of its latest FULL record; a
+segment is needed while it is home to a live job, or while an older one is
+(its DELETE records must outlive the FULL records they cancel).  So
+segments are removed from the oldest (the *head*) once it is home to no
+live job, and compaction empties the head by writing its live jobs' FULL
+records again into ``cur`` (beanstalkd's migration).  It runs while disk
+use exceeds ``2 x live + 2 segments`` (live = the jobs' latest records plus
+their slots), spending a migration budget of ``COMPACT_CREDIT`` bytes per
+byte of new records, plus a background timer when writes stop; each step
+is a few records, so no command waits on a big rewrite.  A segment is
+unlinked only once the records that replaced it are synced, and ``cur``
+always carries the highest id issued (a MARK record) before older segments
+go, so ids are never reused.
+
+On start (``attach``) the directory is locked, the log replayed (see
+``binlog_replay``: torn tails cut and saved beside the log, corruption in
+the middle refused with its file and offset), the jobs handed to the store
+and a new segment started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from collections.abc import Callable
+
+import msgpack
+
+from . import binlog_format as F
+from .binlog_io import DirLock, DirLockedError, OsIO
+from .binlog_replay import CorruptLog, Damage, Replay, replay
+
+log = logging.getLogger("bsnode")
+
+DEFAULT_SEGMENT_SIZE = 10485760
+MIN_SEGMENT_SIZE = 1024  # smaller -s values are raised to this
+SLOT = F.SMALL_RECORD_MAX  # disk kept per live job for its DELETE record
+COMPACT_CREDIT = 2  # bytes migrated per byte of new records, while over the bound
+COMPACT_CREDIT_MAX = 4 << 20
+COMPACT_TICK = 0.05  # seconds between background compaction steps
+COMPACT_TICK_BYTES = 1 << 20
+RETRY_EVERY = 1.0  # seconds between retries of a failed write
+ERROR_LOG_EVERY = 10.0  # seconds between repeats of the same complaint
+RECOVER_ENV = "BSNODE_BINLOG_RECOVER"
+
+_FRAME_PACK = F.FRAME.pack
+_TAG = F.FRAME_TAG
+_crc32 = zlib.crc32
+_STATE = F.STATE_CODES
+_DELAYED = F.STATE_DELAYED
+_INVALID = "invalid"  # the store's state of a deleted job
+
+
+class BinlogError(Exception):
+    """The binlog cannot be opened; the message says what to do.
+
+    ``exit_code`` is what beanstalkd exits with in the same case: 10 when
+    the directory is locked by another process, 1 otherwise."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Segment:
+    __slots__ = ("num", "path", "fd", "size", "used", "order", "cursor", "live", "max_id")
+
+    def __init__(self, num: int, path: str, fd: int, size: int, used: int) -> None:
+        self.num = num
+        self.path = path
+        self.fd = fd  # -1 once closed
+        self.size = size  # bytes the file takes on disk
+        self.used = used  # bytes written
+        self.order: list = []  # jobs homed here, in write order (None once gone)
+        self.cursor = 0  # order[:cursor] are all None
+        self.live = 0  # jobs homed here
+        self.max_id = 0  # highest id a record here names
+
+
+class Binlog:
+    """The store's write-ahead log (``store.wal``).
+
+    ``job.wal`` is ``[home segment, FULL frame size, last UPDATE frame size,
+    index in home.order]``.
+    """
+
+    enabled = True
+
+    def __init__(self, dirpath: str, segment_size: int, fsync_ms: int | None,
+                 clock: Callable[[], float], sched, io: OsIO | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.dir = dirpath
+        self.max_size = segment_size
+        self.seg_size = max(segment_size, MIN_SEGMENT_SIZE)
+        self.fsync_ms = fsync_ms
+        self.clock = clock
+        self.sched = sched
+        self.io = io or OsIO()
+        self.wall = wall
+        self.lock: DirLock | None = None
+        self.segments: list[Segment] = []  # oldest first; the last one is cur
+        self.cur: Segment | None = None
+        self.spares: list[Segment] = []
+        self.spare_slots = 0
+        self.next_num = 1
+        self.disk = 0  # bytes of segment files on disk
+        self.live_count = 0  # jobs owning a slot
+        self.live_bytes = 0  # their FULL + last UPDATE frames
+        self.max_id = 0
+        self.records_written = 0
+        self.records_migrated = 0
+        self.credit = 0
+        self._compacting = False
+        self._doomed: list[Segment] = []  # removed from the log, unlinked after a sync
+        self._retry: dict[int, object] = {}  # jobs whose latest change is not on disk
+        self._sync_entry = None
+        self._compact_entry = None
+        self._retry_entry = None
+        self._last_sync = float("-inf")
+        self._failures = 0
+        self._last_complaint = float("-inf")
+        self._pack = msgpack.Packer().pack
+
+    # --- the store's interface ------------------------------------------------
+    def put(self, job, now: float) -> bool:
+        frame = self._full_frame(job, now)
+        n = len(frame)
+        if not self._room(n, self.live_count + 1) or not self._write(frame, "put"):
+            return False
+        cur = self.cur
+        order = cur.order
+        job.wal = [cur, n, 0, len(order)]
+        order.append(job)
+        cur.live += 1
+        jid = job.id
+        if jid > cur.max_id:
+            cur.max_id = jid
+            if jid > self.max_id:
+                self.max_id = jid
+        self.live_count += 1
+        self.live_bytes += n
+        self._grow(n)
+        return True
+
+    def update(self, job, now: float) -> bool:
+        w = job.wal
+        if w is None:
+            return True
+        if self._write_update(job, now):
+            self._retry.pop(job.id, None)
+            return True
+        self._keep_for_retry(job)
+        return False
+
+    def delete(self, job) -> bool:
+        if job.wal is None:
+            return True
+        if self._write_delete(job):
+            self._retry.pop(job.id, None)
+            return True
+        self._keep_for_retry(job)
+        return False
+
+    def file_of(self, job) -> int:
+        w = job.wal
+        return w[0].num if w is not None else 0
+
+    def stats(self) -> dict:
+        return {
+            "oldest_index": self.segments[0].num if self.segments else 0,
+            "current_index": self.cur.num if self.cur else 0,
+            "records_migrated": self.records_migrated,
+            "records_written": self.records_written,
+            "max_size": self.max_size,
+        }
+
+    def usage(self) -> dict:
+        """Figures for tests and operators: what is on disk and what is needed."""
+        return {"disk": self.disk, "live": self._live(), "live_jobs": self.live_count,
+                "segments": len(self.segments) + len(self._doomed) + len(self.spares),
+                "bound": self._bound(), "pending": len(self._retry)}
+
+    def close(self) -> None:
+        """Sync, finish removals, drop spares, unlock."""
+        if self.cur is not None and self.cur.fd >= 0:
+            try:
+                if self.fsync_ms is not None:
+                    self.io.fdatasync(self.cur.fd)
+                self._unlink_doomed()
+            except OSError as e:
+                log.error("binlog: closing %s: %s", self.cur.path, e)
+        for seg in self.spares:
+            self._discard(seg)
+        self.spares = []
+        for seg in self.segments:
+            if seg.fd >= 0:
+                self.io.close(seg.fd)
+                seg.fd = -1
+        for entry in (self._sync_entry, self._compact_entry, self._retry_entry):
+            self.sched.cancel(entry)
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    # --- records ----------------------------------------------------------------
+    def _full_frame(self, job, now: float) -> bytes:
+        wall = self.wall()
+        state = _STATE[job.state]
+        deadline = int((wall + job.deadline - now) * 1000) if state == _DELAYED else 0
+        payload = self._pack((
+            F.FULL, job.id, job.tube.name, job.pri, job.delay, job.ttr, job.body, state,
+            deadline, int((wall - now + job.created) * 1000),
+            job.reserves, job.timeouts, job.releases, job.buries, job.kicks))
+        return _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
+
+    def _update_frame(self, job, now: float) -> bytes:
+        state = _STATE[job.state]
+        deadline = int((self.wall() + job.deadline - now) * 1000) if state == _DELAYED else 0
+        payload = self._pack((
+            F.UPDATE, job.id, job.pri, job.delay, state, deadline,
+            job.reserves, job.timeouts, job.releases, job.buries, job.kicks))
+        return _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
+
+    def _write_update(self, job, now: float) -> bool:
+        w = job.wal
+        frame = self._update_frame(job, now)
+        n = len(frame)
+        if not self._room(n, self.live_count) or not self._write(frame, "update"):
+            return False
+        self.live_bytes += n - w[2]
+        w[2] = n
+        if job.id > self.cur.max_id:
+            self.cur.max_id = job.id
+        self._grow(n)
+        return True
+
+    def _write_delete(self, job) -> bool:
+        frame = F.delete(job.id)
+        if not self._room(len(frame), self.live_count - 1) or not self._write(frame, "delete"):
+            return False
+        if job.id > self.cur.max_id:
+            self.cur.max_id = job.id
+        home = self._forget(job)
+        self._grow(len(frame))
+        if home is self.segments[0]:
+            self._collect()
+        return True
+
+    def _forget(self, job) -> Segment:
+        home, full, upd, index = job.wal
+        job.wal = None
+        home.order[index] = None
+        home.live -= 1
+        self.live_count -= 1
+        self.live_bytes -= full + upd
+        return home
+
+    def _write(self, frame: bytes, what: str) -> bool:
+        """Append a frame to cur (room already made); False if the disk says no."""
+        cur = self.cur
+        at = cur.used
+        try:
+            self.io.pwrite(cur.fd, frame, at)
+            if self.fsync_ms == 0:
+                self.io.fdatasync(cur.fd)
+        except OSError as e:
+            self._complain(f"cannot write a {what} record to {cur.path}", e)
+            try:  # leave no half frame behind; the next write goes here anyway
+                self.io.pwrite(cur.fd, bytes(len(frame)), at)
+            except OSError:
+                pass
+            return False
+        cur.used = at + len(frame)
+        self.records_written += 1
+        if self._failures:
+            log.warning("binlog: writing again after %d failed attempts", self._failures)
+            self._failures = 0
+        if self.fsync_ms and self._sync_entry is None:
+            now = self.clock()
+            self._sync_entry = self.sched.add(
+                max(now, self._last_sync + self.fsync_ms / 1000), self._sync_due, None)
+        if self._retry and self._retry_entry is None:
+            self._retry_entry = self.sched.add(self.clock(), self._retry_due, None)
+        return True
+
+    def _complain(self, what: str, err: OSError) -> None:
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._last_complaint >= ERROR_LOG_EVERY:
+            self._last_complaint = now
+            log.error("binlog: %s: %s; puts are answered OUT_OF_MEMORY and writes retried "
+                      "until the disk takes them (%d failures so far)",
+                      what, err.strerror or err, self._failures)
+
+    def _keep_for_retry(self, job) -> None:
+        self._retry[job.id] = job
+        if self._retry_entry is None:
+            self._retry_entry = self.sched.add(self.clock() + RETRY_EVERY, self._retry_due, None)
+
+    def _retry_due(self, _arg, now: float) -> None:
+        self._retry_entry = None
+        for jid, job in list(self._retry.items()):
+            if job.wal is None:
+                ok = True
+            elif job.state == _INVALID:
+                ok = self._write_delete(job)
+            else:
+                ok = self._write_update(job, now)
+            if not ok:
+                break
+            del self._retry[jid]
+        if self._retry and self._retry_entry is None:
+            self._retry_entry = self.sched.add(now + RETRY_EVERY, self._retry_due, None)
+
+    # --- space ------------------------------------------------------------------
+    def _room(self, n: int, keep: int) -> bool:
+        """Make cur able to take ``n`` bytes now and still leave ``keep`` slots free."""
+        while True:
+            cur = self.cur
+            free = cur.size - cur.used
+            if free >= n:
+                if (free - n) // SLOT + self.spare_slots >= keep:
+                    return True
+            elif self.spares and self.spares[0].size - self.spares[0].used >= n:
+                nxt = self.spares[0]
+                nfree = nxt.size - nxt.used
+                if (nfree - n) // SLOT + self.spare_slots - nfree // SLOT >= keep:
+                    self._roll()
+                    return True
+            else:  # a record bigger than a segment gets a segment of its own
+                if not self._add_spare(F.HEADER_SIZE + n + SLOT, front=True):
+                    return False
+                continue
+            if not self._add_spare(self.seg_size):
+                return False
+
+    def _add_spare(self, size: int, front: bool = False) -> bool:
+        try:
+            seg = self._open_segment(max(size, self.seg_size))
+        except OSError as e:
+            self._complain("cannot allocate a new segment", e)
+            return False
+        if front:
+            self.spares.insert(0, seg)
+        else:
+            self.spares.append(seg)
+        self.spare_slots += (seg.size - seg.used) // SLOT
+        return True
+
+    def _open_segment(self, size: int) -> Segment:
+        num = self.next_num
+        path = os.path.join(self.dir, f"binlog.{num}")
+        io = self.io
+        fd = io.create(path)
+        try:
+            io.allocate(fd, size)
+            io.pwrite(fd, F.header(num), 0)
+            if self.fsync_ms is not None:
+                io.fdatasync(fd)
+                io.sync_dir(self.dir)
+        except OSError:
+            io.close(fd)
+            try:
+                io.unlink(path)
+            except OSError:
+                pass
+            raise
+        self.next_num = num + 1
+        self.disk += size
+        return Segment(num, path, fd, size, F.HEADER_SIZE)
+
+    def _roll(self) -> None:
+        """cur is full: close it and continue in the first spare."""
+        old = self.cur
+        nxt = self.spares.pop(0)
+        self.spare_slots -= (nxt.size - nxt.used) // SLOT
+        self._close(old)
+        self.segments.append(nxt)
+        self.cur = nxt
+
+    def _close(self, seg: Segment) -> None:
+        """Sync a finished segment and give back its unused tail."""
+        io = self.io
+        try:
+            if self.fsync_ms is not None:
+                io.fdatasync(seg.fd)
+            io.truncate(seg.fd, seg.used)
+            self.disk -= seg.size - seg.used
+            seg.size = seg.used
+        except OSError as e:
+            log.error("binlog: closing %s: %s", seg.path, e)
+        io.close(seg.fd)
+        seg.fd = -1
+
+    def _discard(self, seg: Segment) -> None:
+        """Remove an unused spare."""
+        try:
+            self.io.close(seg.fd)
+            self.io.unlink(seg.path)
+            self.disk -= seg.size
+        except OSError as e:
+            log.error("binlog: removing spare %s: %s", seg.path, e)
+
+    # --- compaction ---------------------------------------------------------------
+    def _live(self) -> int:
+        return self.live_bytes + self.live_count * SLOT
+
+    def _bound(self) -> int:
+        return 2 * (self.live_bytes + self.live_count * SLOT) + 2 * self.seg_size
+
+    def _grow(self, n: int) -> None:
+        """``n`` new bytes of records were written: compact if over the bound."""
+        if self.disk > 2 * (self.live_bytes + self.live_count * SLOT) + 2 * self.seg_size:
+            self.credit = min(self.credit + COMPACT_CREDIT * n, COMPACT_CREDIT_MAX)
+            self._compact()
+
+    def _compact(self) -> None:
+        """Empty the head segment, a budget's worth at a time."""
+        if self._compacting:
+            return
+        self._compacting = True
+        try:
+            self._compact_steps()
+        finally:
+            self._compacting = False
+
+    def _compact_steps(self) -> None:
+        segments = self.segments
+        while self.credit > 0 and len(segments) > 1 and self.disk > self._bound():
+            head = segments[0]
+            if head.live == 0:
+                if not self._collect():
+                    return
+                continue
+            order = head.order
+            i = head.cursor
+            while order[i] is None:
+                i += 1
+            head.cursor = i
+            if not self._migrate(order[i]):
+                return
+        if len(segments) > 1 and self.disk > self._bound() and self._compact_entry is None:
+            self._compact_entry = self.sched.add(
+                self.clock() + COMPACT_TICK, self._compact_due, None)
+
+    def _compact_due(self, _arg, now: float) -> None:
+        self._compact_entry = None
+        self.credit = max(self.credit, COMPACT_TICK_BYTES)
+        self._compact()
+
+    def _migrate(self, job) -> bool:
+        """Write ``job``'s FULL record again, in cur; its old home can then go."""
+        if job.state == _INVALID:  # deleted, its DELETE not written yet
+            if not self._write_delete(job):
+                return False
+            self._retry.pop(job.id, None)
+            return True
+        frame = self._full_frame(job, self.clock())
+        n = len(frame)
+        if not self._room(n, self.live_count) or not self._write(frame, "migrated"):
+            return False
+        w = job.wal
+        old = w[0]
+        old.order[w[3]] = None
+        old.live -= 1
+        cur = self.cur
+        self.live_bytes += n - w[1] - w[2]
+        w[0] = cur
+        w[1] = n
+        w[2] = 0
+        w[3] = len(cur.order)
+        cur.order.append(job)
+        cur.live += 1
+        if job.id > cur.max_id:
+            cur.max_id = job.id
+        self._retry.pop(job.id, None)
+        self.records_migrated += 1
+        self.credit -= n
+        return True
+
+    def _collect(self) -> bool:
+        """Remove head segments home to no live job.  False if that must wait."""
+        segments = self.segments
+        if len(segments) < 2 or segments[0].live:
+            return True
+        cur = self.cur
+        if cur.max_id < self.max_id:  # keep the highest id issued in the log
+            frame = F.mark(self.max_id + 1)
+            if not self._room(len(frame), self.live_count) or not self._write(frame, "mark"):
+                return False
+            self.cur.max_id = self.max_id
+        while len(segments) > 1 and not segments[0].live:
+            self._doomed.append(segments.pop(0))
+        if self.fsync_ms:  # after the next sync, when what replaced them is on disk
+            if self._sync_entry is None:
+                self._sync_entry = self.sched.add(self.clock(), self._sync_due, None)
+        else:
+            self._unlink_doomed()
+        return True
+
+    def _unlink_doomed(self) -> None:
+        if not self._doomed:
+            return
+        for seg in self._doomed:
+            try:
+                if seg.fd >= 0:
+                    self.io.close(seg.fd)
+                    seg.fd = -1
+                self.io.unlink(seg.path)
+                self.disk -= seg.size
+            except FileNotFoundError:
+                self.disk -= seg.size
+            except OSError as e:
+                log.error("binlog: cannot remove %s: %s", seg.path, e)
+        self._doomed = []
+        if self.fsync_ms is not None:
+            try:
+                self.io.sync_dir(self.dir)
+            except OSError as e:
+                log.error("binlog: syncing %s: %s", self.dir, e)
+
+    # --- fsync ----------------------------------------------------------------------
+    def _sync_due(self, _arg, now: float) -> None:
+        self._sync_entry = None
+        self._last_sync = now
+        try:
+            self.io.fdatasync(self.cur.fd)
+        except OSError as e:
+            self._complain(f"cannot sync {self.cur.path}", e)
+            self._sync_entry = self.sched.add(now + RETRY_EVERY, self._sync_due, None)
+            return
+        self._unlink_doomed()
+
+    # --- start-up ---------------------------------------------------------------------
+    def adopt(self, r: Replay, store) -> int:
+        """Hand the replayed jobs to the store, then start a new segment.
+
+        Returns the number of jobs restored."""
+        wall = self.wall()
+        kept = {d.index for d in r.torn if d.whole_file}
+        segs = []
+        by_index = {}
+        for index, info in enumerate(r.segments):
+            self.next_num = max(self.next_num, info.num + 1)
+            if index in kept:
+                continue
+            seg = Segment(info.num, info.path, -1, info.size, info.end)
+            seg.max_id = info.max_id
+            by_index[index] = seg
+            segs.append(seg)
+        restore = store.restore
+        names = F.STATE_NAMES
+        live_bytes = 0
+        for jid, (rec, index, full, upd) in r.live.items():
+            state = names[rec[7]]
+            remaining = 0.0
+            if state == "delayed":
+                remaining = rec[8] / 1000 - wall
+                if remaining <= 0:
+                    state = "ready"
+            elif state == "reserved":
+                state = "ready"
+            job = restore(jid, rec[2], rec[3], rec[4], rec[5], rec[6], state, remaining,
+                          tuple(rec[10:15]), max(0.0, wall - rec[9] / 1000))
+            seg = by_index[index]
+            job.wal = [seg, full, upd, len(seg.order)]
+            seg.order.append(job)
+            seg.live += 1
+            live_bytes += full + upd
+        self.live_count = len(r.live)
+        self.live_bytes = live_bytes
+        self.max_id = r.max_id
+        self._shrink_old(segs)
+        self.segments = segs
+        self.disk += sum(s.size for s in segs)
+        self._start_segment()
+        return self.live_count
+
+    def _shrink_old(self, segs: list[Segment]) -> None:
+        """Give back the unused (zero) tail of the segment the last run was writing."""
+        for seg in segs:
+            if seg.size > seg.used:
+                fd = os.open(seg.path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, seg.used)
+                finally:
+                    os.close(fd)
+                seg.size = seg.used
+
+    def _start_segment(self) -> None:
+        try:
+            cur = self._open_segment(self.seg_size)
+        except OSError as e:
+            raise BinlogError(f"cannot create a binlog segment in {self.dir}: {e}") from None
+        self.segments.append(cur)
+        self.cur = cur
+        frame = F.mark(self.max_id + 1)
+        if not self._room(len(frame), self.live_count) or not self._write(frame, "mark"):
+            raise BinlogError(
+                f"not enough disk in {self.dir} to start a segment and reserve room for "
+                f"deleting {self.live_count} jobs")
+        self.cur.max_id = self.max_id
+        if self.fsync_ms:
+            self.io.fdatasync(self.cur.fd)
+        self._collect()
+        self._unlink_doomed()
+        self.credit = 0
+        self._compact()
+
+    def rewrite_all(self) -> None:
+        """Move every live job into cur and drop every older segment (after recovery)."""
+        while len(self.segments) > 1:
+            head = self.segments[0]
+            for job in head.order:
+                if job is not None and not self._migrate(job):
+                    raise BinlogError(f"cannot rewrite the binlog in {self.dir}")
+            head.cursor = len(head.order)
+            if self.fsync_ms:
+                self.io.fdatasync(self.cur.fd)
+            self._collect()
+        self._unlink_doomed()
+
+
+# --- attaching to a store -----------------------------------------------------------
+def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
+           fsync_ms: int | None = 50, recover: bool | None = None,
+           io: OsIO | None = None, wall: Callable[[], float] = time.time) -> Binlog:
+    """Lock ``dirpath``, replay its binlog into ``store`` and set ``store.wal``.
+
+    ``recover`` (default: the BSNODE_BINLOG_RECOVER environment variable)
+    skips damage in the middle of the log instead of refusing to start.
+    Raises BinlogError with a sentence an operator can act on.
+    """
+    if recover is None:
+        recover = os.environ.get(RECOVER_ENV, "") not in ("", "0")
+    started = time.monotonic()
+    try:
+        os.makedirs(dirpath, mode=0o700, exist_ok=True)
+        lock = DirLock(dirpath)
+    except DirLockedError as e:
+        raise BinlogError(str(e), exit_code=10) from None
+    except OSError as e:
+        raise BinlogError(f"cannot use binlog directory {dirpath}: {e}") from None
+    try:
+        try:
+            r = replay(dirpath, recover)
+        except CorruptLog as e:
+            raise BinlogError(
+                f"{e}. To start anyway, skipping the damaged bytes (jobs in them are lost "
+                f"and deleted jobs may come back), set {RECOVER_ENV}=1") from None
+        _cut(r.torn, "torn", truncate=True)
+        _cut(r.skipped, "damaged", truncate=False)
+        wal = Binlog(dirpath, segment_size, fsync_ms, store.clock, store.sched, io, wall)
+        wal.lock = lock
+        count = wal.adopt(r, store)
+        if r.skipped:
+            wal.rewrite_all()
+        if r.max_id >= store.next_id:
+            store.next_id = r.max_id + 1
+    except BaseException:
+        lock.release()
+        raise
+    store.wal = wal
+    if r.records or count:
+        log.info("binlog: %d jobs restored from %d records in %d files (%.2f s)",
+                 count, r.records, len(r.segments), time.monotonic() - started)
+    return wal
+
+
+def _cut(damage: list[Damage], kind: str, truncate: bool) -> None:
+    """Save damaged bytes beside the log; for a torn tail, cut it off."""
+    for d in damage:
+        saved = f"{d.path}.{kind}-at-{d.offset}"
+        n = 0
+        while os.path.exists(saved):
+            n += 1
+            saved = f"{d.path}.{kind}-at-{d.offset}.{n}"
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, d.data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if truncate:
+            if d.whole_file:
+                os.unlink(d.path)
+            else:
+                fd = os.open(d.path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, d.offset)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            log.warning("binlog: %s ends in a torn record at offset %d (a crash mid-write): "
+                        "cut %d bytes, saved in %s", d.path, d.offset, len(d.data), saved)
+        else:
+            log.warning("binlog: %d damaged bytes of %s at offset %d saved in %s",
+                        len(d.data), d.path, d.offset, saved)
+    if damage:
+        dirs = {os.path.dirname(d.path) for d in damage}
+        for dirpath in dirs:
+            OsIO().sync_dir(dirpath)

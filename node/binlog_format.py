@@ -1,0 +1,292 @@
+"""The on-disk format of bsnode's binlog: segment headers, framed msgpack records.
+
+How this works
+--------------
+A binlog is a directory of segment files ``binlog.N`` (N = 1, 2, ...), read in
+order of N.  Every segment starts with a 16-byte header::
+
+    magic  8 bytes  b"BSNWAL\\r\\n"   (the CRLF catches text-mode mangling)
+    u16    version  FORMAT_VERSION, big-endian
+    u16    flags    0
+    u32    N        the segment's own number
+
+followed by records, each one frame::
+
+    0xCE  u32 length   (big-endian; msgpack's own uint32 encoding)
+    0xCE  u32 crc32    (zlib CRC-32 of the payload)
+    payload            one msgpack array, ``length`` bytes
+
+so a segment after its header is a plain msgpack stream (length, crc,
+record, length, crc, record, ...) that msgpack's C unpacker reads at full
+speed once the CRCs are checked.  The two 0xCE bytes also let a scan
+re-synchronise after damage.  A segment may end in zeros (space the writer
+allocated and has not used yet): a zero byte where a frame should start is
+the end of the data, provided nothing valid follows.
+
+Records (the first element says which):
+
+    FULL    [1, id, tube, pri, delay, ttr, body, state, deadline_ms,
+             created_ms, reserves, timeouts, releases, buries, kicks]
+    UPDATE  [2, id, pri, delay, state, deadline_ms,
+             reserves, timeouts, releases, buries, kicks]
+    DELETE  [3, id]
+    MARK    [4, next_id]        ids below next_id have been issued
+
+``deadline_ms`` is the wall-clock time (ms since the epoch) at which a
+delayed job becomes ready, 0 otherwise; ``created_ms`` the wall-clock time
+the job was put.  ``state`` is a STATE_* code.  A FULL record is written when
+a job is put and again when compaction moves it; UPDATE after each state
+change; DELETE when it goes.  Replay applies them in order: an UPDATE or
+DELETE for an id with no FULL record seen is ignored (its FULL record was in
+a segment already removed, so the job was moved or deleted since).
+
+Nothing here touches files or the store: bytes in, records out.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+
+import msgpack
+from bsclient.protocol import MAX_JOB_SIZE_LIMIT, MAX_TUBE_NAME
+
+MAGIC = b"BSNWAL\r\n"
+FORMAT_VERSION = 1
+HEADER = struct.Struct(">8sHHI")
+HEADER_SIZE = HEADER.size  # 16
+FRAME = struct.Struct(">BIBI")
+FRAME_SIZE = FRAME.size  # 10
+FRAME_TAG = 0xCE
+
+FULL, UPDATE, DELETE, MARK = 1, 2, 3, 4
+RECORD_NAMES = {FULL: "full", UPDATE: "update", DELETE: "delete", MARK: "mark"}
+RECORD_LENGTHS = {FULL: 15, UPDATE: 11, DELETE: 2, MARK: 2}
+
+STATE_READY, STATE_DELAYED, STATE_BURIED, STATE_RESERVED = 1, 2, 3, 4
+STATE_CODES = {"ready": STATE_READY, "delayed": STATE_DELAYED,
+               "buried": STATE_BURIED, "reserved": STATE_RESERVED}
+STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
+
+# Largest DELETE (or MARK) frame: [3, id] with id a uint64.
+SMALL_RECORD_MAX = FRAME_SIZE + 1 + 1 + 9
+# No payload is larger than the biggest job body plus its fields.
+MAX_PAYLOAD = MAX_JOB_SIZE_LIMIT + 4096
+
+_UNPACK_LIMITS = dict(
+    raw=False,
+    max_bin_len=MAX_JOB_SIZE_LIMIT,
+    max_str_len=MAX_TUBE_NAME * 4,
+    max_array_len=16,
+    max_map_len=0,
+    max_ext_len=0,
+)
+
+
+class FormatError(Exception):
+    """Bytes that are not a valid record where one should be."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+# --- writing ------------------------------------------------------------------
+def header(num: int) -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, 0, num)
+
+
+def frame(payload: bytes) -> bytes:
+    return FRAME.pack(FRAME_TAG, len(payload), FRAME_TAG, zlib.crc32(payload)) + payload
+
+
+def mark(next_id: int) -> bytes:
+    return frame(msgpack.packb((MARK, next_id)))
+
+
+def delete(job_id: int) -> bytes:
+    return frame(msgpack.packb((DELETE, job_id)))
+
+
+# --- reading ------------------------------------------------------------------
+def parse_header(data: bytes) -> int:
+    """The segment number in ``data``'s header; FormatError if it has none."""
+    if len(data) < HEADER_SIZE:
+        raise FormatError(0, f"short header ({len(data)} bytes)")
+    magic, version, _flags, num = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FormatError(0, "not a bsnode binlog segment (bad magic)")
+    if version != FORMAT_VERSION:
+        raise FormatError(0, f"unsupported format version {version}")
+    return num
+
+
+def frame_end(data, pos: int, end: int) -> int:
+    """End offset of a valid frame starting at ``pos``, or -1."""
+    if pos + FRAME_SIZE > end:
+        return -1
+    tag1, length, tag2, crc = FRAME.unpack_from(data, pos)
+    if tag1 != FRAME_TAG or tag2 != FRAME_TAG or not 0 < length <= MAX_PAYLOAD:
+        return -1
+    stop = pos + FRAME_SIZE + length
+    if stop > end or zlib.crc32(memoryview(data)[pos + FRAME_SIZE:stop]) != crc:
+        return -1
+    return stop
+
+
+def scan_frames(data, start: int = HEADER_SIZE) -> tuple[list[int], int]:
+    """Check frames from ``start``; returns (frame sizes, offset where they stop).
+
+    They stop at the end of ``data`` or at the first bytes that are not a
+    valid frame (zeros, a torn write, damage).
+    """
+    sizes = []
+    add = sizes.append
+    unpack_from = FRAME.unpack_from
+    crc32 = zlib.crc32
+    view = memoryview(data)
+    end = len(data)
+    pos = start
+    limit = end - FRAME_SIZE
+    while pos <= limit:
+        tag1, length, tag2, crc = unpack_from(data, pos)
+        body = pos + FRAME_SIZE
+        stop = body + length
+        if (tag1 != FRAME_TAG or tag2 != FRAME_TAG or length == 0 or stop > end
+                or crc32(view[body:stop]) != crc):
+            break
+        add(stop - pos)
+        pos = stop
+    return sizes, pos
+
+
+def next_frame(data, start: int) -> int:
+    """Offset of the first valid frame at or after ``start``, or -1."""
+    end = len(data)
+    pos = data.find(FRAME_TAG, start)
+    while pos != -1:
+        if frame_end(data, pos, end) != -1:
+            return pos
+        pos = data.find(FRAME_TAG, pos + 1)
+    return -1
+
+
+def decode(data, start: int, sizes: list[int]) -> list:
+    """The records of the checked frames of ``sizes`` from ``start``, in order.
+
+    Fast path: those frames are one msgpack stream of (length, crc, record)
+    triples.  Raises FormatError naming the first frame whose payload is not
+    one well-formed record.
+    """
+    if not sizes:
+        return []
+    stop = start + sum(sizes)
+    up = msgpack.Unpacker(max_buffer_size=stop - start, **_UNPACK_LIMITS)
+    try:
+        up.feed(memoryview(data)[start:stop])
+        objs = list(up)
+    except Exception:  # noqa: BLE001 - any decoding failure: find the frame below
+        objs = None
+    if objs is not None and len(objs) == 3 * len(sizes):
+        records = objs[2::3]
+        if _shapes_ok(records):
+            return records
+    return [decode_one(data, pos) for pos in offsets(start, sizes)]
+
+
+def offsets(start: int, sizes: list[int]) -> list[int]:
+    """Frame offsets from the first one and the sizes."""
+    out = [start]
+    for size in sizes[:-1]:
+        out.append(out[-1] + size)
+    return out
+
+
+def decode_one(data, pos: int) -> list:
+    """The record in the (checked) frame at ``pos``; FormatError if malformed."""
+    _, length, _, _ = FRAME.unpack_from(data, pos)
+    payload = bytes(memoryview(data)[pos + FRAME_SIZE:pos + FRAME_SIZE + length])
+    try:
+        rec = msgpack.unpackb(payload, **_UNPACK_LIMITS)
+    except Exception as e:  # noqa: BLE001
+        raise FormatError(pos, f"record does not decode: {e}") from None
+    if not _shape_ok(rec):
+        raise FormatError(pos, f"malformed record {rec!r:.80}")
+    return rec
+
+
+def _shape_ok(rec) -> bool:
+    """The careful check: every field of the right type."""
+    if not isinstance(rec, list) or not rec or not isinstance(rec[0], int):
+        return False
+    kind = rec[0]
+    if RECORD_LENGTHS.get(kind) != len(rec):
+        return False
+    if kind == FULL:
+        ints = [rec[i] for i in (1, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14)]
+        typed = isinstance(rec[2], str) and isinstance(rec[6], bytes) and rec[7] in STATE_NAMES
+    elif kind == UPDATE:
+        ints = rec[1:]
+        typed = rec[4] in STATE_NAMES
+    else:
+        ints, typed = rec[1:], True
+    return typed and all(type(x) is int and x >= 0 for x in ints)
+
+
+def _shapes_ok(records: list) -> bool:
+    """The quick check replay relies on: kinds, lengths, and a FULL's tube and body."""
+    lengths = RECORD_LENGTHS
+    try:
+        for rec in records:
+            if rec.__class__ is not list or lengths.get(rec[0]) != len(rec):
+                return False
+            kind = rec[0]
+            if kind == FULL:
+                if (rec[2].__class__ is not str or rec[6].__class__ is not bytes
+                        or rec[7] not in STATE_NAMES):
+                    return False
+            elif kind == UPDATE and rec[4] not in STATE_NAMES:
+                return False
+    except (TypeError, IndexError):
+        return False
+    return True
+
+
+# --- damage -------------------------------------------------------------------
+def nonzero_end(data, start: int) -> int:
+    """Offset just past the last non-zero byte at or after ``start`` (or ``start``)."""
+    end = len(data)
+    while end > start:
+        chunk = bytes(memoryview(data)[max(start, end - 65536):end])
+        stripped = chunk.rstrip(b"\0")
+        if stripped:
+            return end - len(chunk) + len(stripped)
+        end -= len(chunk)
+    return start
+
+
+def iter_frames(data, start: int = HEADER_SIZE) -> Iterator[tuple[int, int, object]]:
+    """Every frame for a reader that wants to see damage too (the dump tool).
+
+    Yields (offset, size, record) for valid frames and (offset, size,
+    FormatError) for each damaged stretch, re-synchronising after it; zeros
+    at the end are not reported.
+    """
+    end = nonzero_end(data, start)
+    pos = start
+    while pos < end:
+        stop = frame_end(data, pos, len(data))
+        if stop != -1:
+            try:
+                rec = decode_one(data, pos)
+            except FormatError as e:
+                rec = e
+            yield pos, stop - pos, rec
+            pos = stop
+            continue
+        nxt = next_frame(data, pos + 1)
+        bad_end = end if nxt == -1 else nxt
+        yield pos, bad_end - pos, FormatError(pos, "damaged or torn bytes")
+        pos = bad_end
