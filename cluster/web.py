@@ -469,16 +469,17 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
         click.echo(f"warning: the dashboard listens on {host}: anyone who can reach it sees "
                    f"job bodies{' and, with the token, can change data' if token else ''}.",
                    err=True)
-    bound_host, bound_port = server.server_address[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    click.echo(f"dashboard on http://{shown}:{bound_port}/ watching "
-               f"{', '.join(n.name for n in monitor.nodes)}")
-    click.echo("actions enabled (token required)" if token else
-               f"read-only: set --token or {ENV_TOKEN} to enable kick/delete/clear/move/pause")
-    sys.stdout.flush()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    dashboard.start()
     try:
+        dashboard.start()  # the first poll: the URL below is ready when printed
+        bound_host, bound_port = server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        click.echo(f"dashboard on http://{shown}:{bound_port}/ watching "
+                   f"{', '.join(n.name for n in monitor.nodes)}")
+        click.echo("actions enabled (token required)" if token else
+                   f"read-only: set --token or {ENV_TOKEN} to enable "
+                   f"kick/delete/clear/move/pause")
+        sys.stdout.flush()
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
