@@ -140,7 +140,7 @@ function drawChart(svgEl, legendEl, points, keys) {
   let max = 1;
   for (const p of points) for (const k of keys) if (p[k] > max) max = p[k];
   const t1 = points.length ? points[points.length - 1].t : 0;
-  const t0 = points.length ? Math.min(points[0].t, t1 - 60) : 0;
+  const t0 = points.length ? Math.min(points[0].t, t1 - 10) : 0;
   const x = (t) => L + (W - L - 4) * (t - t0) / Math.max(t1 - t0, 1);
   const y = (v) => T + (H - T - B) * (1 - v / max);
   svgEl.append(svg("line", {x1: L, y1: H - B, x2: W, y2: H - B, class: "axis"}));
