@@ -39,6 +39,7 @@ log = logging.getLogger("bsnode")
 
 RECV_SIZE = 65536
 PARKED_BACKLOG = 1 << 20  # unrun bytes we accept from a parked connection
+SEND_BATCH = 1 << 18  # replies held before a send, when one read asks for many
 
 
 class _Wakeup(BaseException):
@@ -194,6 +195,7 @@ class NodeServer:
         execute = self.commands.execute
         session = conn.session
         out: list[bytes] = []
+        pending = 0  # bytes in out: sent once past SEND_BATCH, so unread replies stay bounded
         if first != b"":
             i, r = 1, first
         else:
@@ -216,6 +218,11 @@ class NodeServer:
                 return False
             else:
                 out.append(r)
+                pending += len(r)
+                if pending > SEND_BATCH:
+                    conn.send(b"".join(out))
+                    out = []
+                    pending = 0
             if i >= len(events):
                 break
             r = execute(session, events[i])
