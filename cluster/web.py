@@ -91,13 +91,17 @@ class Actions:
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
 
-    def _holding(self, tube: str):
-        """(name, client) for each node that has ``tube``; the caller closes nothing."""
+    def _holding(self, tube: str, unreachable: list[str]):
+        """(name, client) for each node that has ``tube``, in use of it.
+
+        Nodes that cannot be reached are skipped and named in ``unreachable``.
+        """
         for node in self.monitor.nodes:
             try:
                 c = self.monitor.client(node.name)
             except (OSError, ConnectionLostError):
-                continue  # a down node holds nothing we can reach
+                unreachable.append(node.name)
+                continue
             with c:
                 try:
                     c.stats_tube(tube)
@@ -107,27 +111,27 @@ class Actions:
                 yield node.name, c
 
     def kick(self, tube: str, bound: int) -> dict:
-        left, per_node = bound, {}
-        for name, c in self._holding(tube):
+        left, per_node, down = bound, {}, []
+        for name, c in self._holding(tube, down):
             if left <= 0:
                 break
             per_node[name] = n = c.kick(left)
             left -= n
-        return {"kicked": bound - left, "nodes": per_node}
+        return _with_down({"kicked": bound - left, "nodes": per_node}, down)
 
     def pause(self, tube: str, seconds: int) -> dict:
-        nodes = []
-        for name, c in self._holding(tube):
+        nodes, down = [], []
+        for name, c in self._holding(tube, down):
             c.pause_tube(tube, seconds)
             nodes.append(name)
         if not nodes:
             raise ApiError(404, f"no node has a tube named {tube!r}")
-        return {"paused": seconds, "nodes": nodes}
+        return _with_down({"paused": seconds, "nodes": nodes}, down)
 
     def clear(self, tube: str, states: list[str]) -> dict:
         deadline = time.monotonic() + ACTION_DEADLINE
-        deleted, complete = 0, True
-        for _, c in self._holding(tube):
+        deleted, complete, down = 0, True, []
+        for _, c in self._holding(tube, down):
             for state in states:
                 peek = getattr(c, f"peek_{state}")
                 while True:
@@ -143,7 +147,7 @@ class Actions:
                         deleted += 1
                     except NotFoundError:
                         pass  # a worker took it between the peek and the delete
-        return {"deleted": deleted, "complete": complete}
+        return _with_down({"deleted": deleted, "complete": complete}, down)
 
     def move(self, tube: str, to: str, state: str, limit: int) -> dict:
         """Put the jobs in ``state`` into tube ``to`` (on its owner node), then delete them.
@@ -154,10 +158,10 @@ class Actions:
         if to == tube:
             raise ApiError(400, "the target tube is the tube itself")
         deadline = time.monotonic() + ACTION_DEADLINE
-        moved, complete = 0, True
+        moved, complete, down = 0, True, []
         target = ClusterClient(self.monitor.nodes, connect_timeout=2.0, timeout=5.0, use=to)
         try:
-            for _, c in self._holding(tube):
+            for _, c in self._holding(tube, down):
                 peek = getattr(c, f"peek_{state}")
                 while moved < limit:
                     if time.monotonic() > deadline:
@@ -175,7 +179,7 @@ class Actions:
                     moved += 1
         finally:
             target.close()
-        return {"moved": moved, "complete": complete, "to": to}
+        return _with_down({"moved": moved, "complete": complete, "to": to}, down)
 
     @staticmethod
     def _empty(peek) -> bool:
@@ -208,6 +212,13 @@ class Actions:
         with self.monitor.client(node) as c:
             c.kick_job(job_id)
         return {"kicked": f"{node}/{job_id}"}
+
+
+def _with_down(result: dict, down: list[str]) -> dict:
+    """Name the nodes an action could not reach (it did what it could elsewhere)."""
+    if down:
+        result["unreachable"] = down
+    return result
 
 
 # --- the HTTP side -------------------------------------------------------------------------

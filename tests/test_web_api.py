@@ -25,11 +25,15 @@ TOKEN = "s3cret-token"
 DEADLINE = 10.0
 
 
-@pytest.fixture
+def _pair(a, b) -> tuple[NodeAddress, NodeAddress]:
+    return (NodeAddress("node1", f"{a.host}:{a.port}"), NodeAddress("node2", f"{b.host}:{b.port}"))
+
+
+@pytest.fixture(scope="module")
 def nodes():
+    """Two nodes shared by the module's tests; each test uses tubes of its own."""
     with start_bsnode() as a, start_bsnode() as b:
-        yield (NodeAddress("node1", f"{a.host}:{a.port}"),
-               NodeAddress("node2", f"{b.host}:{b.port}"))
+        yield _pair(a, b)
 
 
 class Web:
@@ -117,7 +121,16 @@ def _tube_row(view, name):
     return next((t for t in view["tubes"] if t["name"] == name), None)
 
 
-def test_overview_follows_puts(web, nodes):
+def test_overview_follows_puts():
+    with start_bsnode() as a, start_bsnode() as b:
+        web = Web(_pair(a, b), TOKEN)
+        try:
+            _overview_follows_puts(web, web.nodes)
+        finally:
+            web.close()
+
+
+def _overview_follows_puts(web, nodes):
     view = web.until(lambda v: v["totals"]["nodes_up"] == 2)
     assert view["actions"] is True and view["poll_interval"] == 0.2
     with _client(nodes[0], "jobs") as c1, _client(nodes[1], "jobs") as c2:
@@ -296,7 +309,8 @@ def test_metrics_endpoint(web, nodes):
                for fam in parser.text_string_to_metric_families(body.decode())
                for s in fam.samples}
     assert samples[("beanstalkd_up", (("node", "node2"),))] == 1
-    assert samples[("beanstalkd_current_jobs_ready", (("node", "node2"),))] == 1
+    assert samples[("beanstalkd_current_jobs_ready", (("node", "node2"),))] == \
+        stats["current-jobs-ready"]
     assert samples[("beanstalkd_cmd_put_total", (("node", "node2"),))] == stats["cmd-put"]
     assert samples[("beanstalkd_tube_current_jobs_ready",
                     (("node", "node2"), ("tube", "m")))] == 1
@@ -371,3 +385,23 @@ def test_web_command_read_only_without_token(nodes, monkeypatch):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_a_down_node_is_shown_and_named_by_actions():
+    with start_bsnode() as a, start_bsnode() as b:
+        nodes = _pair(a, b)
+        w = Web(nodes, TOKEN)
+        try:
+            with _client(nodes[0], "half") as c:
+                _bury(c, 2)
+            b.kill()
+            view = w.until(lambda v: v["totals"]["nodes_up"] == 1)
+            down = next(n for n in view["nodes"] if n["name"] == "node2")
+            assert down["up"] is False and down["error"] and down["ready"] is None
+            status, doc = w.post("/api/tubes/half/kick", {"bound": 5})
+            assert status == 200 and doc == {"kicked": 2, "nodes": {"node1": 2},
+                                             "unreachable": ["node2"]}
+            status, doc = w.get("/api/tubes/half")
+            assert status == 200 and doc["nodes"]["node2"]["up"] is False
+        finally:
+            w.close()
