@@ -162,6 +162,15 @@ def _read_keys(fd: int, timeout: float) -> str:
     return data.decode(errors="ignore") if data else "q"  # EOF: the terminal went away
 
 
+def _terminal_size() -> tuple[int, int]:
+    """The terminal's size now (it may have been resized), ignoring $COLUMNS/$LINES."""
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+    except OSError:
+        size = shutil.get_terminal_size()
+    return size.columns, size.lines
+
+
 def run(monitor: Monitor, sort: str = "attention", interval: float = POLL_INTERVAL) -> None:
     """The interactive loop; returns when a quit key is pressed."""
     fd = sys.stdin.fileno()
@@ -176,8 +185,8 @@ def run(monitor: Monitor, sort: str = "attention", interval: float = POLL_INTERV
             if now >= next_poll:
                 view = monitor.poll()
                 next_poll = now + interval
-            size = shutil.get_terminal_size()
-            _draw(render(view, sort, size.columns, size.lines))
+            columns, lines = _terminal_size()
+            _draw(render(view, sort, columns, lines))
             keys = _read_keys(fd, next_poll - time.monotonic())
             for key in keys:
                 if key in QUIT_KEYS:

@@ -114,7 +114,7 @@ def test_top_in_a_pty_renders_refreshes_and_quits(two_nodes):
     a, b = two_nodes
     cmd = _bscluster() + ["top", "--node", f"node1={a.host}:{a.port}",
                           "--node", f"node2={b.host}:{b.port}", "--interval", "0.3"]
-    env = {**os.environ, "TERM": "xterm", "COLUMNS": "160", "LINES": "40"}
+    env = {**os.environ, "TERM": "xterm"}
     child = pexpect.spawn(cmd[0], cmd[1:], env=env, dimensions=(40, 160), timeout=15,
                           encoding="utf-8", codec_errors="replace")
     try:
@@ -129,6 +129,15 @@ def test_top_in_a_pty_renders_refreshes_and_quits(two_nodes):
         frames_before = child.before.count(HOME_CLEAR)
         child.expect_exact(HOME_CLEAR)
         assert frames_before >= 1
+        # a resized terminal gets frames of its new width
+        child.setwinsize(30, 90)
+        deadline_frames = 10
+        for _ in range(deadline_frames):
+            child.expect("\x1b\\[7m(bscluster top[^\x1b]*)\x1b\\[0m")
+            if len(child.match.group(1)) == 90:
+                break
+        else:
+            raise AssertionError("no frame of the new width")
         child.send("b")
         child.expect_exact("sort: buried")
         child.send("q")
