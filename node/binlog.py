@@ -674,8 +674,9 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
             raise BinlogError(
                 f"{e}. To start anyway, skipping the damaged bytes (jobs in them are lost "
                 f"and deleted jobs may come back), set {RECOVER_ENV}=1") from None
-        _cut(r.torn, "torn", truncate=True)
-        _cut(r.skipped, "damaged", truncate=False)
+        sync = fsync_ms is not None
+        _cut(r.torn, "torn", truncate=True, sync=sync)
+        _cut(r.skipped, "damaged", truncate=False, sync=sync)
         wal = Binlog(dirpath, segment_size, fsync_ms, store.clock, store.sched, io, wall)
         wal.lock = lock
         count = wal.adopt(r, store)
@@ -693,9 +694,13 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
     return wal
 
 
-def _cut(damage: list[Damage], kind: str, truncate: bool) -> None:
+def _cut(damage: list[Damage], kind: str, truncate: bool, sync: bool) -> None:
     """Save damaged bytes beside the log; for a torn tail, cut it off."""
     for d in damage:
+        if not d.data:  # a segment created, then the crash: nothing to keep
+            if truncate and d.whole_file:
+                os.unlink(d.path)
+            continue
         saved = f"{d.path}.{kind}-at-{d.offset}"
         n = 0
         while os.path.exists(saved):
@@ -704,7 +709,8 @@ def _cut(damage: list[Damage], kind: str, truncate: bool) -> None:
         fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, d.data)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if truncate:
@@ -714,7 +720,8 @@ def _cut(damage: list[Damage], kind: str, truncate: bool) -> None:
                 fd = os.open(d.path, os.O_RDWR | os.O_CLOEXEC)
                 try:
                     os.ftruncate(fd, d.offset)
-                    os.fsync(fd)
+                    if sync:
+                        os.fsync(fd)
                 finally:
                     os.close(fd)
             log.warning("binlog: %s ends in a torn record at offset %d (a crash mid-write): "
@@ -722,7 +729,7 @@ def _cut(damage: list[Damage], kind: str, truncate: bool) -> None:
         else:
             log.warning("binlog: %d damaged bytes of %s at offset %d saved in %s",
                         len(d.data), d.path, d.offset, saved)
-    if damage:
+    if damage and sync:
         dirs = {os.path.dirname(d.path) for d in damage}
         for dirpath in dirs:
             OsIO().sync_dir(dirpath)

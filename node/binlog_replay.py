@@ -109,7 +109,7 @@ def replay(dirpath: str, recover: bool = False) -> Replay:
                 if pending:
                     _corrupt(r, pending, recover)
                 _apply(r, info, index, data, start, sizes)
-                info.end = start + sum(sizes)
+            info.end = max(info.end, start + sum(sizes))
             if damage is not None:
                 pending.append(damage)
         if progress is not None:
@@ -121,7 +121,8 @@ def replay(dirpath: str, recover: bool = False) -> Replay:
 def _runs(data: bytes, num: int, index: int, path: str):
     """Yield (start, frame sizes, damage after them or None) for one segment."""
     try:
-        F.parse_header(data)
+        if F.parse_header(data) != num:
+            raise F.FormatError(0, f"header does not say segment {num}")
         pos = F.HEADER_SIZE
     except F.FormatError as e:
         nz = F.nonzero_end(data, 0)
