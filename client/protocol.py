@@ -441,38 +441,54 @@ class ReplyReader:
     """Frames server replies: ``feed(data)`` returns ``[(line_words, body)]``.
 
     ``line_words`` is the reply line split on spaces (bytes); ``body`` is the
-    data block for RESERVED/FOUND/OK replies, otherwise None.
+    data block for RESERVED/FOUND/OK replies, otherwise None.  A large body
+    is gathered in chunks and joined once, so feeding it costs O(size).
     """
 
-    __slots__ = ("_buf", "_pending")
+    __slots__ = ("_buf", "_pending", "_chunks", "_have")
 
     def __init__(self) -> None:
         self._buf = b""
         self._pending = None  # (words, size) waiting for a body
+        self._chunks: list[bytes] = []
+        self._have = 0
 
     def feed(self, data: bytes) -> list:
-        buf = self._buf + data
         out = []
+        if self._pending is not None:
+            words, size = self._pending
+            need = size + 2 - self._have
+            if len(data) < need:
+                self._chunks.append(data)
+                self._have += len(data)
+                return out
+            self._chunks.append(data[:need])
+            body = b"".join(self._chunks)[:size]
+            self._chunks, self._have, self._pending = [], 0, None
+            out.append((words, body))
+            data = data[need:]
+        buf = self._buf + data if self._buf else data
         pos = 0
-        while True:
-            if self._pending is not None:
-                words, size = self._pending
-                if len(buf) - pos < size + 2:
-                    break
-                out.append((words, buf[pos:pos + size]))
-                pos += size + 2
-                self._pending = None
-                continue
+        n = len(buf)
+        while pos < n:
             end = buf.find(b"\r\n", pos)
             if end < 0:
                 break
             words = buf[pos:end].split(b" ")
             pos = end + 2
-            if words[0] in REPLY_WORDS_WITH_BODY:
-                self._pending = (words, int(words[-1]))
-            else:
+            if words[0] not in REPLY_WORDS_WITH_BODY:
                 out.append((words, None))
-        self._buf = buf[pos:]
+                continue
+            size = int(words[-1])
+            if n - pos >= size + 2:
+                out.append((words, buf[pos:pos + size]))
+                pos += size + 2
+                continue
+            self._pending = (words, size)
+            self._chunks = [buf[pos:]]
+            self._have = n - pos
+            pos = n
+        self._buf = buf[pos:] if pos < n else b""
         return out
 
 
