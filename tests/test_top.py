@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
+import select
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 
-import pexpect
 import pytest
 from bsclient import Client
 from bscluster.top import HOME_CLEAR, LEAVE, render
@@ -110,58 +116,131 @@ def two_nodes():
         yield a, b
 
 
+class Terminal:
+    """A program on a pseudo-terminal (stdlib pty; what pexpect does, in a few lines)."""
+
+    def __init__(self, argv: list[str], rows: int, cols: int, timeout: float = 15.0) -> None:
+        env = {**os.environ, "TERM": "xterm"}
+        env.pop("COLUMNS", None)
+        env.pop("LINES", None)
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: size the terminal, then become the program
+            try:
+                _set_size(0, rows, cols)
+                os.execvpe(argv[0], argv, env)
+            finally:
+                os._exit(127)
+        self.pid, self.fd, self.timeout = pid, fd, timeout
+        self.buf = ""  # output not yet consumed by expect
+        self.before = ""  # what came before the last match
+        self.status: int | None = None
+
+    def _read(self, deadline: float) -> bool:
+        """Read what is there; False at end of output."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out; the screen so far ends with: " + self.buf[-2000:])
+        ready, _, _ = select.select([self.fd], [], [], left)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.fd, 65536)
+        except OSError:  # EIO: the program closed the terminal
+            data = b""
+        self.buf += data.decode("utf-8", "replace")
+        return bool(data)
+
+    def expect(self, pattern: str) -> re.Match:
+        deadline = time.monotonic() + self.timeout
+        rx = re.compile(pattern)
+        while True:
+            m = rx.search(self.buf)
+            if m:
+                self.before, self.buf = self.buf[:m.start()], self.buf[m.end():]
+                return m
+            if not self._read(deadline):
+                raise AssertionError(f"output ended before {pattern!r}: {self.buf[-2000:]}")
+
+    def send(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def resize(self, rows: int, cols: int) -> None:
+        _set_size(self.fd, rows, cols)  # the kernel sends SIGWINCH
+
+    def wait_exit(self) -> int:
+        """Read to the end of output, then reap; returns the exit status."""
+        deadline = time.monotonic() + self.timeout
+        while self._read(deadline):
+            pass
+        self.before = self.buf
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() > deadline:
+                raise AssertionError("the program closed its terminal but did not exit")
+            else:
+                time.sleep(0.02)
+        return self.status
+
+    def close(self) -> None:
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        os.close(self.fd)
+
+
+def _set_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
 def test_top_in_a_pty_renders_refreshes_and_quits(two_nodes):
     a, b = two_nodes
-    cmd = _bscluster() + ["top", "--node", f"node1={a.host}:{a.port}",
-                          "--node", f"node2={b.host}:{b.port}", "--interval", "0.3"]
-    env = {**os.environ, "TERM": "xterm"}
-    child = pexpect.spawn(cmd[0], cmd[1:], env=env, dimensions=(40, 160), timeout=15,
-                          encoding="utf-8", codec_errors="replace")
+    term = Terminal(_bscluster() + ["top", "--node", f"node1={a.host}:{a.port}",
+                                    "--node", f"node2={b.host}:{b.port}", "--interval", "0.3"],
+                    rows=40, cols=160)
     try:
-        child.expect_exact("2/2 nodes up")
-        child.expect("node1 +127\\.0\\.0\\.1")
+        term.expect(re.escape("2/2 nodes up"))
+        term.expect(r"node1 +127\.0\.0\.1")
         with Client(a.address) as c:
             c.use("fresh-tube")
             for i in range(3):
                 c.put(b"job %d" % i)
         # a later frame shows the new tube and its jobs: the screen refreshes
-        child.expect(re.compile(r"fresh-tube +node1 +3 "))
-        frames_before = child.before.count(HOME_CLEAR)
-        child.expect_exact(HOME_CLEAR)
-        assert frames_before >= 1
+        term.expect(r"fresh-tube +node1 +3 ")
+        assert HOME_CLEAR in term.before
+        term.expect(re.escape(HOME_CLEAR))
         # a resized terminal gets frames of its new width
-        child.setwinsize(30, 90)
-        deadline_frames = 10
-        for _ in range(deadline_frames):
-            child.expect("\x1b\\[7m(bscluster top[^\x1b]*)\x1b\\[0m")
-            if len(child.match.group(1)) == 90:
+        term.resize(30, 90)
+        for _ in range(10):
+            m = term.expect("\x1b\\[7m(bscluster top[^\x1b]*)\x1b\\[0m")
+            if len(m.group(1)) == 90:
                 break
         else:
             raise AssertionError("no frame of the new width")
-        child.send("b")
-        child.expect_exact("sort: buried")
-        child.send("q")
-        child.expect(pexpect.EOF)
-        assert LEAVE in child.before
+        term.send("b")
+        term.expect(re.escape("sort: buried"))
+        term.send("q")
+        assert term.wait_exit() == 0, term.before
+        assert term.before.endswith(LEAVE), term.before[-200:]
     finally:
-        child.close(force=True)
-    assert child.exitstatus == 0, child.before
+        term.close()
 
 
 def test_top_ctrl_c_restores_and_exits(two_nodes):
     a, _ = two_nodes
-    cmd = _bscluster() + ["top", "--node", f"node1={a.host}:{a.port}"]
-    child = pexpect.spawn(cmd[0], cmd[1:], env={**os.environ, "TERM": "xterm"},
-                          dimensions=(30, 120), timeout=15, encoding="utf-8",
-                          codec_errors="replace")
+    term = Terminal(_bscluster() + ["top", "--node", f"node1={a.host}:{a.port}"],
+                    rows=30, cols=120)
     try:
-        child.expect_exact("1/1 nodes up")
-        child.sendintr()
-        child.expect(pexpect.EOF)
-        assert LEAVE in child.before
+        term.expect(re.escape("1/1 nodes up"))
+        term.send("\x03")  # the terminal turns it into SIGINT
+        assert term.wait_exit() == 0
+        assert LEAVE in term.before
     finally:
-        child.close(force=True)
-    assert child.exitstatus == 0
+        term.close()
 
 
 def test_top_once_without_a_terminal(two_nodes):
