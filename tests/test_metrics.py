@@ -313,3 +313,22 @@ def test_without_the_flag_nothing_extra_listens():
 def test_bad_metrics_address_is_a_usage_error():
     with pytest.raises(RuntimeError):
         start_bsnode("--metrics", "nonsense")
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["--metrics", "127.0.0.1:9311"], ("127.0.0.1", 9311)),
+    (["-p0", "--metrics=[::1]:9311", "-V"], ("::1", 9311)),
+    (["-l", "127.0.0.1"], None),
+])
+def test_metrics_flag_parses(argv, want):
+    from bsnode.cli import parse_args
+
+    assert parse_args(argv).metrics == want
+
+
+@pytest.mark.parametrize("argv", [["--metrics"], ["--metrics", "9311"], ["--metric", "h:1"]])
+def test_metrics_flag_errors(argv):
+    from bsnode.cli import UsageError, parse_args
+
+    with pytest.raises(UsageError):
+        parse_args(argv)
