@@ -17,7 +17,9 @@ difference does not hide the next.
 
 from __future__ import annotations
 
+import difflib
 import os
+import select
 import signal as signals
 import socket
 import time
@@ -40,7 +42,7 @@ from .normalise import EOF, SKIPPED, TIMEOUT, Normaliser, Reply, frame, has_line
 
 REPLY_TIMEOUT = 3.0  # longest wait for one reply; transcripts wait at most ~2 s
 MAX_TIMEOUTS = 3  # after this many missing replies the rest of a run is skipped
-LEFTOVER_WINDOW = 0.05
+LEFTOVER_WINDOW = 0.02  # one wait for stray bytes on all connections at the end
 BYTEWISE_GAP = 0.001
 NONE = Reply("none")
 
@@ -134,25 +136,37 @@ def _expected_reply(text: tuple) -> Reply:
     return Reply("reply", head)
 
 
-def _signal_taken(pid: int, signum: int, timeout: float = 2.0) -> None:
-    """Wait until the process no longer has the signal pending (Linux)."""
-    bit = 1 << (signum - 1)
+def _signal_masks(pid: int) -> dict[str, int]:
+    with open(f"/proc/{pid}/status") as f:
+        return {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in f)
+                if k in ("SigPnd", "ShdPnd", "SigCgt")}
+
+
+def _poll_signal(pid: int, bit: int, done, timeout: float = 2.0) -> None:
+    """Poll /proc (Linux) until done(masks, bit), or the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/status") as f:
-                pending = [int(line.split()[1], 16) for line in f
-                           if line.startswith(("SigPnd:", "ShdPnd:"))]
+            if done(_signal_masks(pid), bit):
+                return
         except OSError:
-            return
-        if not any(p & bit for p in pending):
             return
         time.sleep(0.001)
 
 
+def _caught(m: dict, bit: int) -> bool:
+    return bool(m.get("SigCgt", bit) & bit)
+
+
+def _not_pending(m: dict, bit: int) -> bool:
+    return not (m.get("SigPnd", 0) | m.get("ShdPnd", 0)) & bit
+
+
 class _Player:
-    def __init__(self, t: Transcript, host: str, port: int, pid: int) -> None:
+    def __init__(self, t: Transcript, host: str, port: int, pid: int,
+                 reply_timeout: float) -> None:
         self.run = Run(t)
+        self.reply_timeout = reply_timeout
         self.host, self.port, self.pid = host, port, pid
         self.conns: dict[str, _Conn] = {}
         self.norm = Normaliser()
@@ -174,7 +188,8 @@ class _Player:
         return reply
 
     def problem(self, index: int, want: str, got: Reply) -> None:
-        self.run.problems.append(f"{self.run.where(index)}: expected {want}, got {got.text}")
+        self.run.problems.append(
+            f"{self.run.where(index)}: expected {_short(want)}, got {_short(got.text)}")
 
     def render(self, index: int, text: tuple) -> bytes:
         out = []
@@ -209,7 +224,7 @@ class _Player:
         if self.timeouts >= MAX_TIMEOUTS:
             self.record(i, e.conn, SKIPPED)
             return
-        reply, raw = c.read_reply(REPLY_TIMEOUT)
+        reply, raw = c.read_reply(self.reply_timeout)
         got = self.record(i, e.conn, reply, raw)
         if e.subset is not None:
             if not has_lines(got, e.subset):
@@ -240,7 +255,7 @@ class _Player:
                 c.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-        data = c.read_until_eof(REPLY_TIMEOUT)
+        data = c.read_until_eof(self.reply_timeout)
         got = Reply("unexpected", data) if data else (EOF if c.eof else TIMEOUT)
         self.record(i, s.conn, got, data)
         if got is not EOF:
@@ -258,15 +273,21 @@ class _Player:
         time.sleep(s.seconds)
 
     def do_signal(self, i: int, s: Signal) -> None:
+        # beanstalkd listens before it installs its handlers: wait until the
+        # process catches the signal, send it, wait until it was taken.
         signum = getattr(signals, "SIG" + s.name)
+        bit = 1 << (signum - 1)
+        _poll_signal(self.pid, bit, _caught)
         os.kill(self.pid, signum)
-        _signal_taken(self.pid, signum)
+        _poll_signal(self.pid, bit, _not_pending)
 
     def leftovers(self) -> None:
         base = len(self.run.transcript.steps)
+        live = [c.sock for c in self.conns.values() if not c.eof]
+        readable = select.select(live, [], [], LEFTOVER_WINDOW)[0] if live else []
         for k, name in enumerate(sorted(self.conns, key=lambda n: int(n[1:]))):
             c = self.conns[name]
-            data = c.read_until_eof(LEFTOVER_WINDOW) if not c.eof else c.buf
+            data = c.read_until_eof(LEFTOVER_WINDOW) if c.sock in readable else c.buf
             got = Reply("unexpected", data) if data else (EOF if c.eof else NONE)
             self.run.outcomes.append(Outcome(base + k, name, got, data))
             if got is not NONE:
@@ -290,9 +311,10 @@ _DISPATCH = {
 }
 
 
-def run(t: Transcript, host: str, port: int, pid: int) -> Run:
+def run(t: Transcript, host: str, port: int, pid: int,
+        reply_timeout: float = REPLY_TIMEOUT) -> Run:
     """Play transcript t against the server at host:port (process pid)."""
-    p = _Player(t, host, port, pid)
+    p = _Player(t, host, port, pid, reply_timeout)
     try:
         for i, step in enumerate(t.steps):
             _DISPATCH[type(step)](p, i, step)
@@ -302,16 +324,30 @@ def run(t: Transcript, host: str, port: int, pid: int) -> Run:
     return p.run
 
 
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def describe(reference: Reply, candidate: Reply) -> str:
+    """The difference between two replies, short enough to read."""
+    if reference.body is not None and candidate.body is not None:
+        ra = reference.body.decode("latin-1").split("\n")
+        ca = candidate.body.decode("latin-1").split("\n")
+        lines = [f"    beanstalkd: {reference.head!r}   candidate: {candidate.head!r}"]
+        for line in difflib.unified_diff(ra, ca, "beanstalkd", "candidate", n=0, lineterm=""):
+            if not line.startswith(("---", "+++", "@@")):
+                lines.append(f"      {line!r}")
+        return "\n".join(lines)
+    return (f"    beanstalkd: {_short(reference.text)}\n"
+            f"    candidate:  {_short(candidate.text)}")
+
+
 def compare(reference: Run, candidate: Run) -> list[str]:
     """Where candidate's replies differ from reference's, step by step."""
     diffs = []
     for a, b in zip(reference.outcomes, candidate.outcomes, strict=False):
         if not same(a.reply, b.reply):
-            diffs.append(
-                f"{reference.where(a.index)} on {a.conn}:\n"
-                f"    beanstalkd: {a.reply.text}   raw {a.raw!r}\n"
-                f"    candidate:  {b.reply.text}   raw {b.raw!r}"
-            )
+            diffs.append(f"{reference.where(a.index)} on {a.conn}:\n{describe(a.reply, b.reply)}")
     if len(reference.outcomes) != len(candidate.outcomes):
         diffs.append(f"{len(reference.outcomes)} outcomes vs {len(candidate.outcomes)}")
     return diffs

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from servers import HAVE_BEANSTALKD
 
 from .runner import Run, compare, run
 from .suite import transcripts
@@ -25,34 +24,30 @@ TRANSCRIPTS = transcripts()
 HAVE_BSNODE = importlib.util.find_spec("bsnode.cli") is not None
 
 
-def play(pools, kind: str, t) -> Run:
-    server = pools(kind).take(t.flags)
+def play(pool, t) -> Run:
+    server = pool.take(t.flags)
     try:
         return run(t, server.host, server.port, server.pid)
     finally:
-        server.stop()
+        pool.give_back(server)
 
 
 @pytest.mark.parametrize(
     "kind,transcript",
     [pytest.param(k, t, id=f"{k}:{t.name}") for t in TRANSCRIPTS for k in KINDS],
 )
-def test_transcript(kind, transcript, pools, reference_runs):
-    if not HAVE_BEANSTALKD:
-        pytest.skip("/usr/bin/beanstalkd is not installed")
-    reference = reference_runs.get(transcript.name)
-    if reference is None or kind == "beanstalkd":
-        reference = reference_runs[transcript.name] = play(pools, "beanstalkd", transcript)
+def test_transcript(kind, transcript, reference, bsnode_pool):
+    recorded = reference.get(transcript)
     if kind == "beanstalkd":
-        assert not reference.problems, (
+        assert not recorded.problems, (
             f"beanstalkd disagrees with transcript {transcript.name} ({transcript.where}):\n"
-            + "\n".join(reference.problems)
+            + "\n".join(recorded.problems)
         )
         return
     if not HAVE_BSNODE:
         pytest.skip("bsnode is not built yet (no bsnode.cli)")
-    candidate = play(pools, "bsnode", transcript)
-    diffs = compare(reference, candidate)
+    candidate = play(bsnode_pool, transcript)
+    diffs = compare(recorded, candidate)
     assert not diffs, (
         f"bsnode differs from beanstalkd in {transcript.name} ({transcript.where}):\n"
         + "\n".join(diffs)
