@@ -75,6 +75,7 @@ _crc32 = zlib.crc32
 _STATE = F.STATE_CODES
 _DELAYED = F.STATE_DELAYED
 _INVALID = "invalid"  # the store's state of a deleted job
+_RESERVED = "reserved"
 
 
 class BinlogError(Exception):
@@ -169,8 +170,10 @@ class Binlog:
         return True
 
     def update(self, job, now: float) -> bool:
-        w = job.wal
-        if w is None:
+        if job.wal is None or job.state == _RESERVED:
+            # A reservation is not logged (as in beanstalkd): a reserved job
+            # comes back in the state of its last record, so only the
+            # reserves counter could change, and the next record carries it.
             return True
         if self._write_update(job, now):
             self._retry.pop(job.id, None)

@@ -117,6 +117,9 @@ def test_restart_restores_every_state_tube_counter_and_the_id_counter(tmp_path):
     assert set(after) == set(before) == {ready.id, delayed.id, buried.id, reserved.id,
                                          rel.id, kicked.id}
     for jid in before:
+        if jid == reserved.id:  # a reservation is not logged: its counter is not either
+            *fields, (reserves, *counters) = before[jid]
+            before[jid] = (*fields, (reserves - 1, *counters))
         assert after[jid] == before[jid], jid
     assert store2.jobs[delayed.id].deadline == pytest.approx(clock.now - 3 + 100, abs=0.01)
     assert store2.jobs[reserved.id].state == "ready"  # reserved comes back ready
@@ -361,7 +364,8 @@ def test_replay_of_a_log_cut_at_every_byte_is_a_prefix_of_what_was_committed(tmp
             elif starts[num] < cut:  # the segment being written: zeros after the cut
                 keep = cut - starts[num]
                 (d / f"binlog.{num}").write_bytes(data[:keep] + bytes(len(data) - keep))
-        expect = max((i for i, w in enumerate(whole) if w <= cut), default=0)
+        last = max((w for w in whole if w <= cut), default=whole[0])
+        expect = whole.index(last)  # a reserve-job writes nothing: the state before it
         store2, wal2, _ = open_store(d, Clock(clock.now), segment_size=1024)
         assert snapshot(store2) == marks[expect][2], cut
         assert store2.next_id == marks[expect][3], cut
