@@ -147,12 +147,20 @@ class Binlog:
         self._failures = 0
         self._last_complaint = float("-inf")
         self._pack = msgpack.Packer().pack
+        self._pwrite = self.io.pwrite
+        self._wall_at = float("-inf")
+        self._wall_off = 0.0
 
     # --- the store's interface ------------------------------------------------
     def put(self, job, now: float) -> bool:
         frame = self._full_frame(job, now)
         n = len(frame)
-        if not self._room(n, self.live_count + 1) or not self._write(frame, "put"):
+        cur = self.cur
+        left = cur.size - cur.used - n
+        if left < 0 or left // SLOT + self.spare_slots <= self.live_count:
+            if not self._room(n, self.live_count + 1):
+                return False
+        if not self._write(frame, "put"):
             return False
         cur = self.cur
         order = cur.order
@@ -232,19 +240,27 @@ class Binlog:
             self.lock = None
 
     # --- records ----------------------------------------------------------------
+    def _wall_offset(self, now: float) -> float:
+        """Wall-clock time minus store-clock time, sampled at most once a second."""
+        if not 0 <= now - self._wall_at < 1.0:
+            self._wall_at = now
+            self._wall_off = self.wall() - now
+        return self._wall_off
+
     def _full_frame(self, job, now: float) -> bytes:
-        wall = self.wall()
+        off = self._wall_offset(now)
         state = _STATE[job.state]
-        deadline = int((wall + job.deadline - now) * 1000) if state == _DELAYED else 0
+        deadline = int((off + job.deadline) * 1000) if state == _DELAYED else 0
         payload = self._pack((
             F.FULL, job.id, job.tube.name, job.pri, job.delay, job.ttr, job.body, state,
-            deadline, int((wall - now + job.created) * 1000),
+            deadline, int((off + job.created) * 1000),
             job.reserves, job.timeouts, job.releases, job.buries, job.kicks))
         return _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
 
     def _update_frame(self, job, now: float) -> bytes:
         state = _STATE[job.state]
-        deadline = int((self.wall() + job.deadline - now) * 1000) if state == _DELAYED else 0
+        deadline = int((self._wall_offset(now) + job.deadline) * 1000) \
+            if state == _DELAYED else 0
         payload = self._pack((
             F.UPDATE, job.id, job.pri, job.delay, state, deadline,
             job.reserves, job.timeouts, job.releases, job.buries, job.kicks))
@@ -264,7 +280,8 @@ class Binlog:
         return True
 
     def _write_delete(self, job) -> bool:
-        frame = F.delete(job.id)
+        payload = self._pack((F.DELETE, job.id))
+        frame = _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
         if not self._room(len(frame), self.live_count - 1) or not self._write(frame, "delete"):
             return False
         if job.id > self.cur.max_id:
@@ -289,7 +306,7 @@ class Binlog:
         cur = self.cur
         at = cur.used
         try:
-            self.io.pwrite(cur.fd, frame, at)
+            self._pwrite(cur.fd, frame, at)
             if self.fsync_ms == 0:
                 self.io.fdatasync(cur.fd)
         except OSError as e:
@@ -301,6 +318,11 @@ class Binlog:
             return False
         cur.used = at + len(frame)
         self.records_written += 1
+        if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
+            self._after_write()
+        return True
+
+    def _after_write(self) -> None:
         if self._failures:
             log.warning("binlog: writing again after %d failed attempts", self._failures)
             self._failures = 0
@@ -310,7 +332,6 @@ class Binlog:
                 max(now, self._last_sync + self.fsync_ms / 1000), self._sync_due, None)
         if self._retry and self._retry_entry is None:
             self._retry_entry = self.sched.add(self.clock(), self._retry_due, None)
-        return True
 
     def _complain(self, what: str, err: OSError) -> None:
         self._failures += 1

@@ -34,7 +34,11 @@ class OsIO:
                 os.pwrite(fd, _ZEROS[:min(len(_ZEROS), size - off)], off)
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> None:
-        view = memoryview(data)
+        n = os.pwrite(fd, data, offset)
+        if n == len(data):
+            return
+        view = memoryview(data)[n:]
+        offset += n
         while view:
             n = os.pwrite(fd, view, offset)
             view = view[n:]
