@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from .dsl import Transcript, load_all
@@ -9,5 +10,10 @@ from .dsl import Transcript, load_all
 TRANSCRIPT_DIR = Path(__file__).parent / "transcripts"
 
 
+@cache
+def _load() -> tuple[Transcript, ...]:
+    return tuple(load_all(TRANSCRIPT_DIR))
+
+
 def transcripts() -> list[Transcript]:
-    return load_all(TRANSCRIPT_DIR)
+    return list(_load())
