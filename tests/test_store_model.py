@@ -357,6 +357,6 @@ class QueueMachine(RuleBasedStateMachine):
 
 TestQueueModel = QueueMachine.TestCase
 TestQueueModel.settings = settings(
-    max_examples=150, stateful_step_count=50, deadline=None,
+    max_examples=120, stateful_step_count=50, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
