@@ -71,6 +71,7 @@ CMD_LIST_TUBES_WATCHED = "list-tubes-watched"
 CMD_PAUSE_TUBE = "pause-tube"
 CMD_QUIT = "quit"
 ERROR = "error"  # pseudo-op: the codec answered the command itself
+PUT_BODY = "put-body"  # pseudo-op: a put whose line was counted in an earlier read
 
 # --- reply words ---------------------------------------------------------
 OUT_OF_MEMORY = b"OUT_OF_MEMORY\r\n"
@@ -329,6 +330,11 @@ class CommandReader:
     counts as a put come back as ``(ERROR, reply, CMD_PUT)``; a body with a
     bad trailer is ``(ERROR, EXPECTED_CRLF, "put-producer")`` since the
     connection became a producer before its body was checked.
+
+    beanstalkd counts a put (and marks a producer) as soon as its command
+    line is read.  When the body is still to come at the end of a read, the
+    reader says so at once with ``(ERROR, b"", counted)`` (no reply), and the
+    finished job later arrives as ``(PUT_BODY, ...)`` or an uncounted error.
     """
 
     __slots__ = ("max_job_size", "_buf", "_state", "_need", "_chunks", "_put")
@@ -388,7 +394,7 @@ class CommandReader:
                 pos += take
                 if self._need == 0:
                     self._state = _LINE
-                    events.append((ERROR, JOB_TOO_BIG, CMD_PUT))
+                    events.append((ERROR, JOB_TOO_BIG, None))
             else:  # _SKIPLINE
                 end = buf.find(b"\r\n", pos)
                 if end < 0:  # keep a trailing CR: its LF may come next
@@ -404,7 +410,12 @@ class CommandReader:
     def _start_put(self, ev, buf, pos, events) -> int:
         _, pri, delay, ttr, size, tail = ev
         if size > self.max_job_size:
-            self._need = size + 2
+            need = size + 2
+            if len(buf) - pos >= need:
+                events.append((ERROR, JOB_TOO_BIG, CMD_PUT))
+                return pos + need
+            events.append((ERROR, b"", CMD_PUT))
+            self._need = need
             self._state = _DISCARD
             return pos
         if tail:
@@ -418,6 +429,7 @@ class CommandReader:
             else:
                 events.append((ERROR, EXPECTED_CRLF, self.PUT_PRODUCER))
             return pos + need
+        events.append((ERROR, b"", self.PUT_PRODUCER))
         self._put = (pri, delay, ttr if ttr else 1)
         self._need = need
         self._chunks = []
@@ -430,10 +442,10 @@ class CommandReader:
         self._chunks = []
         self._state = _LINE
         if body[-2:] != b"\r\n":
-            events.append((ERROR, EXPECTED_CRLF, self.PUT_PRODUCER))
+            events.append((ERROR, EXPECTED_CRLF, None))
             return
         pri, delay, ttr = self._put
-        events.append((CMD_PUT, pri, delay, ttr, body[:-2]))
+        events.append((PUT_BODY, pri, delay, ttr, body[:-2]))
 
 
 # --- client side ----------------------------------------------------------

@@ -59,13 +59,15 @@ class Commands:
         self.max_job_size = max_job_size
         self.binlog_max_size = binlog_max_size
         self.counts = dict.fromkeys(
-            _STATS_COUNTED + (P.CMD_RESERVE_JOB, P.CMD_KICK_JOB, P.CMD_QUIT), 0)
+            _STATS_COUNTED + (P.CMD_RESERVE_JOB, P.CMD_KICK_JOB, P.CMD_QUIT, P.PUT_BODY), 0)
         self.instance_id = secrets.token_hex(8)
         self.uname = os.uname()
         self.started = store.clock()
         d = self._dispatch = {}
         for op in self.counts:
-            d[op] = getattr(self, "_cmd_" + op.replace("-", "_"))
+            if op != P.PUT_BODY:
+                d[op] = getattr(self, "_cmd_" + op.replace("-", "_"))
+        d[P.PUT_BODY] = self._cmd_put  # counted when its line was read
 
     def execute(self, s: Session, ev: tuple):
         op = ev[0]

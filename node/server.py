@@ -181,7 +181,8 @@ class NodeServer:
             if len(events) == 1:  # the common case: one command, one reply
                 r = execute(session, events[0])
                 if r.__class__ is bytes:
-                    send(r)
+                    if r:
+                        send(r)
                     continue
                 if not self._run(conn, reader, events, r):
                     return
@@ -216,7 +217,7 @@ class NodeServer:
                 if out:
                     conn.send(b"".join(out))
                 return False
-            else:
+            elif r:
                 out.append(r)
                 pending += len(r)
                 if pending > SEND_BATCH:
