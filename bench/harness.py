@@ -155,14 +155,21 @@ def pin(pid: int, core: int | None) -> None:
             pass
 
 
-def start_server(kind: str, core: int | None = SERVER_CORE, *flags: str) -> Server:
-    """Start ``kind`` ("bsnode" or "beanstalkd") on a free loopback port, pinned."""
+def start_server(kind: str, core: int | None = SERVER_CORE, *flags: str,
+                 pythonpath: str | None = None) -> Server:
+    """Start ``kind`` ("bsnode" or "beanstalkd") on a free loopback port, pinned.
+
+    ``pythonpath`` runs bsnode from another copy of the package (a directory
+    holding a ``bsnode`` package), for trying a change without touching node/."""
     if kind == "beanstalkd":
         if not HAVE_BEANSTALKD:
             raise BenchError("/usr/bin/beanstalkd is not installed")
         server = start_beanstalkd(*flags)
     elif kind == "bsnode":
-        server = start_bsnode(*flags)
+        env = None
+        if pythonpath:
+            env = {**os.environ, "PYTHONPATH": pythonpath}
+        server = start_bsnode(*flags, env=env)
     else:
         raise ValueError(f"unknown server kind {kind!r}")
     pin(server.pid, core)

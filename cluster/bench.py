@@ -84,6 +84,19 @@ class ConnSpec:
     tube: str
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where the load goes: node name -> address, and the ring weights."""
+
+    nodes: dict
+    weights: dict | None = None
+
+    def describe(self) -> str:
+        if len(self.nodes) == 1:
+            return next(iter(self.nodes.values()))
+        return f"cluster of {len(self.nodes)} nodes ({', '.join(self.nodes.values())})"
+
+
 @dataclass
 class Result:
     target: str
@@ -122,9 +135,11 @@ class Result:
 
 
 # --- where the load goes -------------------------------------------------------------
-def plan_conns(load: Load, nodes: dict[str, str]) -> list[ConnSpec]:
-    """One ConnSpec per connection; tubes go to the node that owns them on the ring."""
-    ring = Ring(nodes) if len(nodes) > 1 else None
+def plan_conns(load: Load, nodes: dict[str, str],
+               weights: dict[str, int] | None = None) -> list[ConnSpec]:
+    """One ConnSpec per connection; tubes go to the node that owns them on the
+    ring (the default ring of ClusterClient, with the config's weights)."""
+    ring = Ring(weights or dict.fromkeys(nodes, 1)) if len(nodes) > 1 else None
     only = next(iter(nodes.values()))
     specs = []
     producers = load.conns // 2 if load.mode == "produce-consume" else load.conns
@@ -295,7 +310,6 @@ class _Worker:
         return True
 
     def run(self, go) -> tuple[float, float]:
-        go.wait()
         start = time.perf_counter()
         end = start + self.load.seconds
         now = start
@@ -330,6 +344,8 @@ def _worker_main(load: Load, specs: list[ConnSpec], slot, index: int, ready, go,
         ready.put((index, f"{type(e).__name__}: {e}"))
         return
     ready.put((index, None))
+    if not go.wait(SETUP_TIMEOUT * 3):  # the parent gave up on the run
+        return
     start, end = w.run(go)
     for c in w.conns:
         c.sock.close()
@@ -352,11 +368,11 @@ def _progress(label: str, load: Load, slot, started: float, live: bool) -> None:
         click.echo(text, err=True)
 
 
-def run_load(load: Load, nodes: dict[str, str], label: str | None = None) -> Result:
-    """Run the load once against ``nodes`` ({name: address}); returns the merged result.
+def run_load(load: Load, target: Target, label: str | None = None) -> Result:
+    """Run the load once against ``target``; returns the merged result.
 
     ``label`` names the run in the progress line."""
-    specs = plan_conns(load, nodes)
+    specs = plan_conns(load, target.nodes, target.weights)
     procs = max(1, min(load.procs, len(specs)))
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     slot = ctx.Array("q", procs, lock=False)
@@ -366,7 +382,7 @@ def run_load(load: Load, nodes: dict[str, str], label: str | None = None) -> Res
                for i in range(procs)]
     for w in workers:
         w.start()
-    result = Result(_describe(nodes))
+    result = Result(target.describe())
     label = label or result.target
     for spec in specs:
         result.per_node[spec.address] = result.per_node.get(spec.address, 0) + 1
@@ -450,11 +466,11 @@ def drain(address: str, tube: str, deadline: float) -> int:
     return deleted
 
 
-def clean_up(load: Load, nodes: dict[str, str]) -> int:
+def clean_up(load: Load, target: Target) -> int:
     deadline = time.monotonic() + DRAIN_LIMIT
     seen = set()
     total = 0
-    for spec in plan_conns(load, nodes):
+    for spec in plan_conns(load, target.nodes, target.weights):
         if (spec.address, spec.tube) not in seen:
             seen.add((spec.address, spec.tube))
             total += drain(spec.address, spec.tube, deadline)
@@ -465,8 +481,8 @@ def clean_up(load: Load, nodes: dict[str, str]) -> int:
 
 
 # --- targets and output --------------------------------------------------------------
-def resolve_nodes(host: str | None, port: int | None, config: str | None) -> dict[str, str]:
-    """{name: address} from --host/--port, --config, $BSCLUSTER_CONFIG, ./bscluster.toml."""
+def resolve_nodes(host: str | None, port: int | None, config: str | None) -> Target:
+    """The nodes named by --host/--port, --config, $BSCLUSTER_CONFIG or ./bscluster.toml."""
     if config is None and host is None and port is None:
         env = os.environ.get("BSCLUSTER_CONFIG")
         if env or Path(DEFAULT_CONFIG).exists():
@@ -475,16 +491,11 @@ def resolve_nodes(host: str | None, port: int | None, config: str | None) -> dic
         if host is not None or port is not None:
             raise click.UsageError("give --config or --host/--port, not both")
         try:
-            return {n.name: n.address for n in read_config_file(config)}
+            found = read_config_file(config)
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-    return {"node": format_address((host or "127.0.0.1", port or 11300))}
-
-
-def _describe(nodes: dict[str, str]) -> str:
-    if len(nodes) == 1:
-        return next(iter(nodes.values()))
-    return f"cluster of {len(nodes)} nodes ({', '.join(nodes.values())})"
+        return Target({n.name: n.address for n in found}, {n.name: n.weight for n in found})
+    return Target({"node": format_address((host or "127.0.0.1", port or 11300))})
 
 
 def _line(r: Result) -> str:
@@ -554,7 +565,7 @@ def bench(mode, size, conns, pipeline, tubes, seconds, procs, host, port, config
     targets = [("target", resolve_nodes(host, port, config))]
     if compare:
         try:
-            targets.append(("compare", {"node": format_address(parse_address(compare))}))
+            targets.append(("compare", Target({"node": format_address(parse_address(compare))})))
         except ValueError:
             raise click.BadParameter(f"{compare!r} is not HOST:PORT",
                                      param_hint="--compare") from None
@@ -562,11 +573,11 @@ def bench(mode, size, conns, pipeline, tubes, seconds, procs, host, port, config
                f"{tubes} tube(s), {seconds:g} s, {load.procs} load process(es)", err=True)
     runs: dict[str, list[Result]] = {name: [] for name, _ in targets}
     for r in range(rounds if compare else 1):
-        for name, nodes in targets:
-            label = f"{name} {_describe(nodes)}" if len(targets) > 1 else _describe(nodes)
+        for name, target in targets:
+            label = f"{name} {target.describe()}" if len(targets) > 1 else target.describe()
             if rounds > 1:
                 label += f" #{r + 1}"
-            result = run_load(load, nodes, label)
+            result = run_load(load, target, label)
             runs[name].append(result)
             if not as_json:
                 click.echo(_line(result))
@@ -577,7 +588,7 @@ def bench(mode, size, conns, pipeline, tubes, seconds, procs, host, port, config
             for sample in result.error_samples:
                 click.echo(f"  error: {sample}", err=True)
             if not keep_jobs:
-                clean_up(load, nodes)
+                clean_up(load, target)
     summary = {name: _summary(rs) for name, rs in runs.items()}
     ratio = None
     if compare:
