@@ -44,6 +44,7 @@ and a new segment started.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -587,36 +588,44 @@ class Binlog:
 
         Returns the number of jobs restored."""
         wall = self.wall()
-        kept = {d.index for d in r.torn if d.whole_file}
+        dropped = {d.index for d in r.torn if d.whole_file}
         segs = []
-        by_index = {}
+        by_index: list[Segment | None] = []
         for index, info in enumerate(r.segments):
             self.next_num = max(self.next_num, info.num + 1)
-            if index in kept:
-                continue
-            seg = Segment(info.num, info.path, -1, info.size, info.end)
-            seg.max_id = info.max_id
-            by_index[index] = seg
-            segs.append(seg)
+            seg = None
+            if index not in dropped:
+                seg = Segment(info.num, info.path, -1, info.size, info.end)
+                seg.max_id = info.max_id
+                segs.append(seg)
+            by_index.append(seg)
         restore = store.restore
-        names = F.STATE_NAMES
+        # by state code: reserved comes back ready; delayed is decided below
+        names = [None, "ready", "delayed", "buried", "ready"]
+        delayed = F.STATE_DELAYED
         live_bytes = 0
-        for jid, (rec, index, full, upd) in r.live.items():
-            state = names[rec[7]]
+        for jid, e in r.live.items():
+            rec, index, full, upd = e
+            code = rec[7]
             remaining = 0.0
-            if state == "delayed":
+            state = names[code]
+            if code == delayed:
                 remaining = rec[8] / 1000 - wall
                 if remaining <= 0:
                     state = "ready"
-            elif state == "reserved":
-                state = "ready"
+            age = wall - rec[9] / 1000
             job = restore(jid, rec[2], rec[3], rec[4], rec[5], rec[6], state, remaining,
-                          tuple(rec[10:15]), max(0.0, wall - rec[9] / 1000))
-            seg = by_index[index]
-            job.wal = [seg, full, upd, len(seg.order)]
-            seg.order.append(job)
-            seg.live += 1
+                          rec[10:15], age if age > 0 else 0.0)
+            order = by_index[index].order
+            e[0] = by_index[index]  # e becomes job.wal: [home, full, update, index]
+            e[1] = full
+            e[2] = upd
+            e[3] = len(order)
+            job.wal = e
+            order.append(job)
             live_bytes += full + upd
+        for seg in segs:
+            seg.live = len(seg.order)
         self.live_count = len(r.live)
         self.live_bytes = live_bytes
         self.max_id = r.max_id
@@ -691,6 +700,8 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
         raise BinlogError(str(e), exit_code=10) from None
     except OSError as e:
         raise BinlogError(f"cannot use binlog directory {dirpath}: {e}") from None
+    gc_was_on = gc.isenabled()
+    gc.disable()  # a million new objects would trigger ever longer collections
     try:
         try:
             r = replay(dirpath, recover)
@@ -711,6 +722,10 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
     except BaseException:
         lock.release()
         raise
+    finally:
+        if gc_was_on:
+            gc.freeze()  # what was restored lives long: keep it out of later collections
+            gc.enable()
     store.wal = wal
     if r.records or count:
         log.info("binlog: %d jobs restored from %d records in %d files (%.2f s)",

@@ -74,7 +74,7 @@ SMALL_RECORD_MAX = FRAME_SIZE + 1 + 1 + 9
 # No payload is larger than the biggest job body plus its fields.
 MAX_PAYLOAD = MAX_JOB_SIZE_LIMIT + 4096
 
-_UNPACK_LIMITS = dict(
+UNPACK_LIMITS = dict(
     raw=False,
     max_bin_len=MAX_JOB_SIZE_LIMIT,
     max_str_len=MAX_TUBE_NAME * 4,
@@ -183,7 +183,7 @@ def decode(data, start: int, sizes: list[int]) -> list:
     if not sizes:
         return []
     stop = start + sum(sizes)
-    up = msgpack.Unpacker(max_buffer_size=stop - start, **_UNPACK_LIMITS)
+    up = msgpack.Unpacker(max_buffer_size=stop - start, **UNPACK_LIMITS)
     try:
         up.feed(memoryview(data)[start:stop])
         objs = list(up)
@@ -209,7 +209,7 @@ def decode_one(data, pos: int) -> list:
     _, length, _, _ = FRAME.unpack_from(data, pos)
     payload = bytes(memoryview(data)[pos + FRAME_SIZE:pos + FRAME_SIZE + length])
     try:
-        rec = msgpack.unpackb(payload, **_UNPACK_LIMITS)
+        rec = msgpack.unpackb(payload, **UNPACK_LIMITS)
     except Exception as e:  # noqa: BLE001
         raise FormatError(pos, f"record does not decode: {e}") from None
     if not _shape_ok(rec):

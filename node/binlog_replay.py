@@ -2,10 +2,10 @@
 
 How this works
 --------------
-Segments are read whole, in order of their number.  For each one the frames
-are checked (length and CRC) up to the first bytes that are not a valid
-frame, and the checked run is decoded in one go by msgpack's C unpacker
-(``binlog_format.decode``).  Records are applied to a dict ``live``: id ->
+Segments are read whole, in order of their number.  One pass over each
+checks every frame (length, CRC) on the bytes while msgpack's C unpacker,
+fed the rest of the segment, decodes the same frames as (length, crc,
+record) triples (``_read``).  Records are applied to a dict ``live``: id ->
 ``[full record (updated in place), segment index, full frame size, last
 update frame size]``, kept in the order of each job's latest record, so
 buried jobs come back in the order they were buried.
@@ -26,7 +26,10 @@ import logging
 import os
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
+
+import msgpack
 
 from . import binlog_format as F
 
@@ -104,22 +107,17 @@ def replay(dirpath: str, recover: bool = False) -> Replay:
             data = f.read()
         info = SegmentInfo(num, path, len(data), 0)
         r.segments.append(info)
-        for start, sizes, damage in _runs(data, num, index, path):
-            if sizes:
-                if pending:
-                    _corrupt(r, pending, recover)
-                _apply(r, info, index, data, start, sizes)
-            info.end = max(info.end, start + sum(sizes))
-            if damage is not None:
-                pending.append(damage)
+        _segment(r, info, index, data, pending, recover)
         if progress is not None:
             progress.advance(len(data), r.records)
     r.torn = pending
     return r
 
 
-def _runs(data: bytes, num: int, index: int, path: str):
-    """Yield (start, frame sizes, damage after them or None) for one segment."""
+def _segment(r: Replay, info: SegmentInfo, index: int, data: bytes, pending: list[Damage],
+             recover: bool) -> None:
+    """Apply one segment's records; note its damage in ``pending``."""
+    num, path = info.num, info.path
     try:
         if F.parse_header(data) != num:
             raise F.FormatError(0, f"header does not say segment {num}")
@@ -127,24 +125,26 @@ def _runs(data: bytes, num: int, index: int, path: str):
     except F.FormatError as e:
         nz = F.nonzero_end(data, 0)
         torn_header = nz < F.HEADER_SIZE and data[:nz] == F.header(num)[:nz]
-        if not torn_header and F.next_frame(data, 0) == -1:
+        nxt = F.next_frame(data, 0)
+        if not torn_header and nxt == -1:
             # not ours at all (a beanstalkd binlog, say): never treat as a torn tail
             raise CorruptLog(path, 0, e.reason) from None
-        nxt = F.next_frame(data, 0)
-        yield 0, [], Damage(index, path, 0, nxt if nxt != -1 else nz,
-                            data[:nxt if nxt != -1 else nz], whole_file=True)
+        end = nxt if nxt != -1 else nz
+        pending.append(Damage(index, path, 0, end, data[:end], whole_file=True))
         if nxt == -1:
             return
         pos = nxt
     while True:
-        sizes, stop = F.scan_frames(data, pos)
-        nz = F.nonzero_end(data, stop)
-        if nz == stop:  # clean end (possibly zeros)
-            yield pos, sizes, None
+        if pending and F.frame_end(data, pos, len(data)) != -1:
+            _corrupt(r, pending, recover)  # valid records after the damage
+        pos = _read(r, info, index, data, pos)
+        info.end = max(info.end, pos)
+        nz = F.nonzero_end(data, pos)
+        if nz == pos:  # a clean end (zeros are space not written yet)
             return
-        nxt = F.next_frame(data, stop + 1)
+        nxt = F.next_frame(data, pos + 1)
         end = nxt if nxt != -1 else nz
-        yield pos, sizes, Damage(index, path, stop, end, data[stop:end])
+        pending.append(Damage(index, path, pos, end, data[pos:end]))
         if nxt == -1:
             return
         pos = nxt
@@ -162,43 +162,94 @@ def _corrupt(r: Replay, pending: list[Damage], recover: bool) -> None:
     pending.clear()
 
 
-def _apply(r: Replay, info: SegmentInfo, index: int, data: bytes, start: int,
-           sizes: list[int]) -> None:
-    try:
-        records = F.decode(data, start, sizes)
-    except F.FormatError as e:
-        raise CorruptLog(info.path, e.offset, e.reason) from None
+def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> int:
+    """Apply the valid frames from ``pos`` on; returns the offset where they stop.
+
+    One pass: each frame's length and CRC are checked on the bytes while
+    msgpack's C unpacker, fed the whole rest of the segment, decodes the same
+    frames as (length, crc, record) triples; the two must agree.  A frame
+    whose CRC is right but whose record is not well formed is corruption.
+    """
+    end = len(data)
+    limit = end - F.FRAME_SIZE
+    view = memoryview(data)
+    unpack_from = F.FRAME.unpack_from
+    crc32 = zlib.crc32
+    tag = F.FRAME_TAG
+    start = pos
+    up = msgpack.Unpacker(max_buffer_size=max(end - pos, 1), **F.UNPACK_LIMITS)
+    up.feed(view[pos:])
+    nxt = up.__next__
+    skip_header = up.read_bytes
     live = r.live
     pop = live.pop
-    max_id = 0
-    full, update, delete = F.FULL, F.UPDATE, F.DELETE
-    for rec, size in zip(records, sizes, strict=True):
-        kind = rec[0]
-        jid = rec[1]
-        if kind == full:
-            pop(jid, None)
-            live[jid] = [rec, index, size, 0]
-        elif kind == update:
-            e = pop(jid, None)
-            if e is not None:
-                job = e[0]
-                job[3] = rec[2]
-                job[4] = rec[3]
-                job[7] = rec[4]
-                job[8] = rec[5]
-                job[10:15] = rec[6:11]
-                e[3] = size
-                live[jid] = e
-        elif kind == delete:
-            pop(jid, None)
-        else:  # MARK: ids below rec[1] were issued
-            jid -= 1
-        if jid > max_id:
-            max_id = jid
-    info.records += len(records)
-    info.max_id = max(info.max_id, max_id)
-    r.records += len(records)
+    states = F.STATE_NAMES
+    full, update, delete, mark = F.FULL, F.UPDATE, F.DELETE, F.MARK
+    max_id = info.max_id
+    count = 0
+    while pos <= limit:
+        tag1, length, tag2, crc = unpack_from(data, pos)
+        body = pos + F.FRAME_SIZE
+        stop = body + length
+        if (tag1 != tag or tag2 != tag or length == 0 or stop > end
+                or crc32(view[body:stop]) != crc):
+            break
+        try:
+            skip_header(F.FRAME_SIZE)
+            rec = nxt()
+            kind = rec[0]
+            jid = rec[1]
+            if kind == full:
+                if (len(rec) != 15 or rec[2].__class__ is not str
+                        or rec[6].__class__ is not bytes or rec[7] not in states):
+                    raise ValueError("malformed full record")
+                pop(jid, None)
+                live[jid] = [rec, index, stop - pos, 0]
+            elif kind == update:
+                if len(rec) != 11 or rec[4] not in states:
+                    raise ValueError("malformed update record")
+                e = pop(jid, None)
+                if e is not None:
+                    job = e[0]
+                    job[3] = rec[2]
+                    job[4] = rec[3]
+                    job[7] = rec[4]
+                    job[8] = rec[5]
+                    job[10:15] = rec[6:11]
+                    e[3] = stop - pos
+                    live[jid] = e
+            elif kind == delete and len(rec) == 2:
+                pop(jid, None)
+            elif kind == mark and len(rec) == 2:
+                jid -= 1  # ids below rec[1] were issued
+            else:
+                raise ValueError("unknown record")
+            if jid > max_id:
+                max_id = jid
+        except Exception:  # noqa: BLE001 - whatever it was, name the frame
+            _name_bad_frame(info.path, data, start, stop)
+        count += 1
+        pos = stop
+    if up.tell() != pos - start:  # a record that was not exactly its frame
+        _name_bad_frame(info.path, data, start, pos)
+    info.records += count
+    info.max_id = max_id
+    r.records += count
     r.max_id = max(r.max_id, max_id)
+    return pos
+
+
+def _name_bad_frame(path: str, data: bytes, start: int, stop: int) -> None:
+    """Raise CorruptLog for the first frame in [start, stop) whose record is malformed."""
+    sizes, _ = F.scan_frames(data, start)
+    for at in F.offsets(start, sizes):
+        if at >= stop:
+            break
+        try:
+            F.decode_one(data, at)
+        except F.FormatError as e:
+            raise CorruptLog(path, at, e.reason) from None
+    raise CorruptLog(path, start, "records do not line up with their frames")
 
 
 class _Progress:

@@ -516,3 +516,19 @@ def test_dump_prints_every_record_and_flags_damage(tmp_path, capsys):
     assert dump_main(["--json", str(path)]) == 1
     items = [i for i in describe(bytes(data))]
     assert [i["kind"] for i in items][:3] == ["header", "mark", "damaged"]
+
+
+@pytest.mark.parametrize("payload", [
+    msgpack.packb([F.FULL, 9, "t"]),  # too short
+    msgpack.packb([F.DELETE, 9]) + msgpack.packb([F.DELETE, 10]),  # two records in one frame
+    msgpack.packb([F.UPDATE, 9, 1, 0, 99, 0, 0, 0, 0, 0, 0]),  # no such state
+    msgpack.packb([7, 9]),  # no such record
+])
+def test_a_well_framed_but_malformed_record_is_corruption_named_by_offset(tmp_path, payload):
+    write_log(tmp_path, n=3)
+    path = tmp_path / "binlog.1"
+    data = path.read_bytes()
+    _, end = F.scan_frames(data)
+    path.write_bytes(data[:end] + F.frame(payload) + data[:end][F.HEADER_SIZE:])
+    with pytest.raises(binlog.BinlogError, match=f"binlog.1 is damaged at offset {end} "):
+        open_store(tmp_path)
