@@ -32,6 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 BAD = (ERROR, BAD_FORMAT, None)
+PUT_PRODUCER = CommandReader.PUT_PRODUCER
 UNKNOWN = (ERROR, UNKNOWN_COMMAND, None)
 
 
@@ -60,12 +61,42 @@ def feed_chunks(data: bytes, seed: int, max_job_size: int = P.DEFAULT_MAX_JOB_SI
     return events
 
 
+_EARLY = {
+    # a put whose body is still to come is counted at once (ERROR, b"", who),
+    # then completed by one more event; together they mean what the single
+    # event of a put read whole means
+    (PUT_PRODUCER, P.PUT_BODY): lambda ev: (P.CMD_PUT,) + ev[1:],
+    (PUT_PRODUCER, ERROR): lambda ev: (ERROR, ev[1], PUT_PRODUCER),
+    (P.CMD_PUT, ERROR): lambda ev: (ERROR, ev[1], P.CMD_PUT),
+}
+
+
+def normalise(events: list) -> list:
+    """Fold each early-counted put into the event it would be if read whole."""
+    out: list = []
+    i = 0
+    while i < len(events):
+        ev = events[i]
+        if ev[0] == ERROR and ev[1] == b"":
+            assert i + 1 < len(events), "an early put event with nothing after it"
+            nxt = events[i + 1]
+            assert nxt[0] == P.PUT_BODY or nxt[2] is None, nxt
+            out.append(_EARLY[(ev[2], nxt[0])](nxt))
+            i += 2
+        else:
+            assert ev[0] != P.PUT_BODY, "a put body with no early event before it"
+            out.append(ev)
+            i += 1
+    return out
+
+
 def all_ways(data: bytes, max_job_size: int = P.DEFAULT_MAX_JOB_SIZE) -> list:
-    """Feed ``data`` every way; assert they agree; return the events."""
+    """Feed ``data`` every way; assert they mean the same; return the events."""
     whole = feed_whole(data, max_job_size)
-    assert feed_bytewise(data, max_job_size) == whole
+    assert normalise(whole) == whole  # read whole, nothing is split
+    assert normalise(feed_bytewise(data, max_job_size)) == whole
     for seed in range(3):
-        assert feed_chunks(data, seed, max_job_size) == whole
+        assert normalise(feed_chunks(data, seed, max_job_size)) == whole
     return whole
 
 
@@ -133,11 +164,12 @@ def test_pipelined_puts_then_commands():
 
 def test_put_body_split_across_feeds():
     r = CommandReader()
-    assert r.feed(b"put 1 2 3 11\r\nhel") == []
+    # the put is counted as soon as its line is read, as beanstalkd does
+    assert r.feed(b"put 1 2 3 11\r\nhel") == [(ERROR, b"", PUT_PRODUCER)]
     assert r.buffered == 3
     assert r.feed(b"lo wor") == []
     assert r.feed(b"ld\r") == []
-    assert r.feed(b"\nstats\r\n") == [(P.CMD_PUT, 1, 2, 3, b"hello world"), (P.CMD_STATS,)]
+    assert r.feed(b"\nstats\r\n") == [(P.PUT_BODY, 1, 2, 3, b"hello world"), (P.CMD_STATS,)]
     assert r.buffered == 0
 
 
@@ -145,8 +177,22 @@ def test_put_line_split_from_its_body():
     r = CommandReader()
     assert r.feed(b"put 1 2 3 2") == []
     assert r.feed(b"\r") == []
-    assert r.feed(b"\n") == []
-    assert r.feed(b"ok\r\n") == [(P.CMD_PUT, 1, 2, 3, b"ok")]
+    assert r.feed(b"\n") == [(ERROR, b"", PUT_PRODUCER)]
+    assert r.feed(b"ok\r\n") == [(P.PUT_BODY, 1, 2, 3, b"ok")]
+
+
+def test_split_put_with_a_bad_trailer():
+    r = CommandReader()
+    assert r.feed(b"put 0 0 0 1\r\n") == [(ERROR, b"", PUT_PRODUCER)]
+    assert r.feed(b"xyz") == [(ERROR, EXPECTED_CRLF, None)]  # counted already
+    assert r.feed(b"\r\n") == [UNKNOWN]  # "z" was not part of the body
+
+
+def test_put_then_hang_up_mid_body_was_still_counted():
+    r = CommandReader()
+    assert r.feed(b"stats\r\nput 0 0 0 100\r\nabc") == [
+        (P.CMD_STATS,), (ERROR, b"", PUT_PRODUCER)]
+    assert r.buffered == 3
 
 
 def test_partial_line_waits_for_crlf():
@@ -160,7 +206,8 @@ def test_large_body_one_event():
     body = bytes(range(256)) * 200
     data = encode_command("put", 0, 0, 1, len(body), body=body)
     assert feed_whole(data, 1 << 20) == [(P.CMD_PUT, 0, 0, 1, body)]
-    assert feed_chunks(data, 7, 1 << 20) == [(P.CMD_PUT, 0, 0, 1, body)]
+    assert feed_chunks(data, 7, 1 << 20) == [(ERROR, b"", PUT_PRODUCER),
+                                             (P.PUT_BODY, 0, 0, 1, body)]
 
 
 # --- JOB_TOO_BIG and EXPECTED_CRLF -------------------------------------------
@@ -177,9 +224,11 @@ def test_job_too_big_discards_exactly_bytes_plus_two():
 
 def test_job_too_big_reply_only_after_the_body_is_gone():
     r = CommandReader(max_job_size=4)
-    assert r.feed(b"put 0 0 0 5\r\nabcde") == []
+    # counted at once, answered once the body has been thrown away
+    assert r.feed(b"put 0 0 0 5\r\nabcde") == [(ERROR, b"", P.CMD_PUT)]
+    assert r.buffered == 0  # discarded bytes are not kept
     assert r.feed(b"\r") == []
-    assert r.feed(b"\nstats\r\n") == [(ERROR, JOB_TOO_BIG, P.CMD_PUT), (P.CMD_STATS,)]
+    assert r.feed(b"\nstats\r\n") == [(ERROR, JOB_TOO_BIG, None), (P.CMD_STATS,)]
 
 
 def test_job_too_big_checked_before_trailing_garbage():
@@ -291,7 +340,8 @@ def test_u32_bounds_in_put():
 
 def test_put_size_u32_max_is_job_too_big_not_bad_format():
     r = CommandReader(10)
-    assert r.feed(b"put 0 0 0 %d\r\n" % U32_MAX) == []  # now discarding the body
+    # now discarding the body
+    assert r.feed(b"put 0 0 0 %d\r\n" % U32_MAX) == [(ERROR, b"", P.CMD_PUT)]
     assert r.feed(b"stats\r\n" * 100) == []  # swallowed as body bytes
     assert r.buffered == 0
     assert CommandReader(10).feed(b"put 0 0 0 %d\r\n" % (U32_MAX + 1)) == [BAD]
@@ -449,7 +499,7 @@ def test_any_split_gives_the_same_events(parts, cuts):
         c = min(c, len(data))
         events += r.feed(data[prev:c])
         prev = max(prev, c)
-    assert events == whole
+    assert normalise(events) == whole
     # each part gives exactly one event (garbage included), in order
     assert len(whole) == len(parts)
 

@@ -613,6 +613,19 @@ def test_put_errors_count_as_beanstalkd_counts_them():
     assert st["total-jobs"] == "0"
 
 
+def test_put_counted_when_its_line_arrives(node):
+    c = node.client()
+    assert c.send(b"put 0 0 1 5\r\nhe") == [b""]  # no reply yet
+    st = node.stats()
+    assert (st["cmd-put"], st["current-producers"], st["total-jobs"]) == ("1", "1", "0")
+    assert c.send(b"llo\r\n") == [b"INSERTED 1\r\n"]
+    st = node.stats()
+    assert (st["cmd-put"], st["total-jobs"]) == ("1", "1")
+    assert c.send(b"put 0 0 1 1\r\n") == [b""]
+    assert c.send(b"xy\r\n") == [P.EXPECTED_CRLF, P.UNKNOWN_COMMAND]
+    assert node.stats()["cmd-put"] == "2"
+
+
 def test_draining_refuses_puts(node):
     c = node.client()
     node.store.draining = True
