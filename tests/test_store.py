@@ -622,7 +622,7 @@ def test_put_counted_when_its_line_arrives(node):
     st = node.stats()
     assert (st["cmd-put"], st["total-jobs"]) == ("1", "1")
     assert c.send(b"put 0 0 1 1\r\n") == [b""]
-    assert c.send(b"xy\r\n") == [P.EXPECTED_CRLF, P.UNKNOWN_COMMAND]
+    assert c.send(b"xyz\r\n") == [P.EXPECTED_CRLF, P.UNKNOWN_COMMAND]
     assert node.stats()["cmd-put"] == "2"
 
 
