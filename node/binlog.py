@@ -54,7 +54,7 @@ from collections.abc import Callable
 import msgpack
 
 from . import binlog_format as F
-from .binlog_io import DirLock, DirLockedError, OsIO
+from .binlog_io import DirLock, DirLockedError, OsIO, Syncer
 from .binlog_replay import CorruptLog, Damage, Replay, replay
 
 log = logging.getLogger("bsnode")
@@ -67,6 +67,7 @@ COMPACT_CREDIT_MAX = 4 << 20
 COMPACT_TICK = 0.05  # seconds between background compaction steps
 COMPACT_TICK_BYTES = 1 << 20
 RETRY_EVERY = 1.0  # seconds between retries of a failed write
+REAP_POLL = 0.005  # seconds between looks at a background sync that old segments wait on
 ERROR_LOG_EVERY = 10.0  # seconds between repeats of the same complaint
 RECOVER_ENV = "BSNODE_BINLOG_RECOVER"
 
@@ -116,7 +117,7 @@ class Binlog:
 
     def __init__(self, dirpath: str, segment_size: int, fsync_ms: int | None,
                  clock: Callable[[], float], sched, io: OsIO | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, background_sync: bool = True) -> None:
         self.dir = dirpath
         self.max_size = segment_size
         self.seg_size = max(segment_size, MIN_SEGMENT_SIZE)
@@ -139,7 +140,10 @@ class Binlog:
         self.records_migrated = 0
         self.credit = 0
         self._compacting = False
-        self._doomed: list[Segment] = []  # removed from the log, unlinked after a sync
+        # removed from the log; unlinked once the sync numbered with them is done
+        self._doomed: list[tuple[int, Segment]] = []
+        self._syncer = Syncer(self.io) if fsync_ms and background_sync else None
+        self._reap_entry = None
         self._retry: dict[int, object] = {}  # jobs whose latest change is not on disk
         self._sync_entry = None
         self._compact_entry = None
@@ -220,11 +224,14 @@ class Binlog:
 
     def close(self) -> None:
         """Sync, finish removals, drop spares, unlock."""
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
         if self.cur is not None and self.cur.fd >= 0:
             try:
                 if self.fsync_ms is not None:
                     self.io.fdatasync(self.cur.fd)
-                self._unlink_doomed()
+                self._unlink_doomed(everything=True)
             except OSError as e:
                 log.error("binlog: closing %s: %s", self.cur.path, e)
         for seg in self.spares:
@@ -234,7 +241,8 @@ class Binlog:
             if seg.fd >= 0:
                 self.io.close(seg.fd)
                 seg.fd = -1
-        for entry in (self._sync_entry, self._compact_entry, self._retry_entry):
+        for entry in (self._sync_entry, self._compact_entry, self._retry_entry,
+                      self._reap_entry):
             self.sched.cancel(entry)
         if self.lock is not None:
             self.lock.release()
@@ -540,19 +548,28 @@ class Binlog:
             if not self._room(len(frame), self.live_count) or not self._write(frame, "mark"):
                 return False
             self.cur.max_id = self.max_id
+        # Unlinked once what replaced them is on disk: after the next sync
+        # (-f MS), now (-f 0: already synced; -F: never synced anyway).
+        syncer = self._syncer
+        number = syncer.requested + 1 if syncer is not None else 0
         while len(segments) > 1 and not segments[0].live:
-            self._doomed.append(segments.pop(0))
-        if self.fsync_ms:  # after the next sync, when what replaced them is on disk
+            self._doomed.append((number, segments.pop(0)))
+        if self.fsync_ms:
             if self._sync_entry is None:
                 self._sync_entry = self.sched.add(self.clock(), self._sync_due, None)
         else:
             self._unlink_doomed()
         return True
 
-    def _unlink_doomed(self) -> None:
+    def _unlink_doomed(self, everything: bool = False) -> None:
         if not self._doomed:
             return
-        for seg in self._doomed:
+        done = self._syncer.done if self._syncer is not None else float("inf")
+        due = [seg for number, seg in self._doomed if everything or number <= done]
+        if not due:
+            return
+        self._doomed = [(n, seg) for n, seg in self._doomed if seg not in due]
+        for seg in due:
             try:
                 if seg.fd >= 0:
                     self.io.close(seg.fd)
@@ -563,7 +580,6 @@ class Binlog:
                 self.disk -= seg.size
             except OSError as e:
                 log.error("binlog: cannot remove %s: %s", seg.path, e)
-        self._doomed = []
         if self.fsync_ms is not None:
             try:
                 self.io.sync_dir(self.dir)
@@ -574,13 +590,37 @@ class Binlog:
     def _sync_due(self, _arg, now: float) -> None:
         self._sync_entry = None
         self._last_sync = now
-        try:
-            self.io.fdatasync(self.cur.fd)
-        except OSError as e:
-            self._complain(f"cannot sync {self.cur.path}", e)
-            self._sync_entry = self.sched.add(now + RETRY_EVERY, self._sync_due, None)
+        syncer = self._syncer
+        if syncer is None:
+            try:
+                self.io.fdatasync(self.cur.fd)
+            except OSError as e:
+                self._sync_failed(e, now)
+                return
+            self._unlink_doomed()
             return
+        if syncer.error is not None:
+            self._sync_failed(syncer.error, now)
+            syncer.error = None
+        syncer.request(self.cur.fd)
+        if self._doomed and self._reap_entry is None:
+            self._reap_entry = self.sched.add(now + REAP_POLL, self._reap_due, None)
+
+    def _sync_failed(self, err: OSError, now: float) -> None:
+        self._complain(f"cannot sync {self.cur.path}", err)
+        if self._sync_entry is None:
+            self._sync_entry = self.sched.add(now + RETRY_EVERY, self._sync_due, None)
+
+    def _reap_due(self, _arg, now: float) -> None:
+        """Unlink the segments whose replacement the background sync has made durable."""
+        self._reap_entry = None
+        syncer = self._syncer
+        if syncer.error is not None:
+            self._sync_failed(syncer.error, now)
+            syncer.error = None
         self._unlink_doomed()
+        if self._doomed:
+            self._reap_entry = self.sched.add(now + REAP_POLL, self._reap_due, None)
 
     # --- start-up ---------------------------------------------------------------------
     def adopt(self, r: Replay, store) -> int:
@@ -662,7 +702,7 @@ class Binlog:
         if self.fsync_ms:
             self.io.fdatasync(self.cur.fd)
         self._collect()
-        self._unlink_doomed()
+        self._unlink_doomed(everything=True)
         self.credit = 0
         self._compact()
 
@@ -677,13 +717,14 @@ class Binlog:
             if self.fsync_ms:
                 self.io.fdatasync(self.cur.fd)
             self._collect()
-        self._unlink_doomed()
+            self._unlink_doomed(everything=True)
 
 
 # --- attaching to a store -----------------------------------------------------------
 def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
            fsync_ms: int | None = 50, recover: bool | None = None,
-           io: OsIO | None = None, wall: Callable[[], float] = time.time) -> Binlog:
+           io: OsIO | None = None, wall: Callable[[], float] = time.time,
+           background_sync: bool = True) -> Binlog:
     """Lock ``dirpath``, replay its binlog into ``store`` and set ``store.wal``.
 
     ``recover`` (default: the BSNODE_BINLOG_RECOVER environment variable)
@@ -700,6 +741,7 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
         raise BinlogError(str(e), exit_code=10) from None
     except OSError as e:
         raise BinlogError(f"cannot use binlog directory {dirpath}: {e}") from None
+    wal = None
     gc_was_on = gc.isenabled()
     gc.disable()  # a million new objects would trigger ever longer collections
     try:
@@ -712,7 +754,8 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
         sync = fsync_ms is not None
         _cut(r.torn, "torn", truncate=True, sync=sync)
         _cut(r.skipped, "damaged", truncate=False, sync=sync)
-        wal = Binlog(dirpath, segment_size, fsync_ms, store.clock, store.sched, io, wall)
+        wal = Binlog(dirpath, segment_size, fsync_ms, store.clock, store.sched, io, wall,
+                     background_sync)
         wal.lock = lock
         count = wal.adopt(r, store)
         if r.skipped:
@@ -720,6 +763,8 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
         if r.max_id >= store.next_id:
             store.next_id = r.max_id + 1
     except BaseException:
+        if wal is not None and wal._syncer is not None:
+            wal._syncer.stop()
         lock.release()
         raise
     finally:

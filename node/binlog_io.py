@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 
 LOCK_NAME = "lock"
 _ZEROS = bytes(1 << 16)
@@ -97,3 +98,71 @@ class DirLock:
         if self.fd >= 0:
             os.close(self.fd)  # closing drops both locks
             self.fd = -1
+
+
+class Syncer:
+    """fdatasync on a thread of its own, so the event loop never waits for the disk.
+
+    ``request(fd)`` asks for a sync of everything written to the file so far
+    and returns the request's number; a request not yet started is replaced
+    by the newer one (one sync covers both).  ``done`` is the highest number
+    whose sync completed; ``error`` the last failure, for the caller to report
+    and clear.  The thread is a plain OS thread: fdatasync releases the GIL,
+    so the node's event loop runs on meanwhile.
+    """
+
+    def __init__(self, io: OsIO) -> None:
+        self.io = io
+        self.requested = 0
+        self.done = 0
+        self.error: OSError | None = None
+        self._want: tuple[int, int] | None = None
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="binlog-fsync", daemon=True)
+        self._thread.start()
+
+    def request(self, fd: int) -> int:
+        dup = os.dup(fd)  # the caller may close its fd (segment roll) while we sync
+        with self._cond:
+            if self._want is not None:
+                os.close(self._want[0])
+            self.requested += 1
+            self._want = (dup, self.requested)
+            self._cond.notify()
+            return self.requested
+
+    def wait(self, number: int, timeout: float) -> bool:
+        """Block until request ``number`` is done (True) or failed / timed out."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self.done >= number or self.error is not None, timeout) \
+                and self.done >= number
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._want is None and not self._stop:
+                    self._cond.wait()
+                if self._want is None:
+                    return
+                fd, number = self._want
+                self._want = None
+            try:
+                self.io.fdatasync(fd)
+            except OSError as e:
+                with self._cond:
+                    self.error = e
+                    self._cond.notify_all()
+                continue
+            finally:
+                os.close(fd)
+            with self._cond:
+                self.done = max(self.done, number)
+                self._cond.notify_all()

@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import stat
+import threading
+import time
 
 import msgpack
 import pytest
@@ -394,7 +396,7 @@ def test_fsync_zero_syncs_every_write_before_returning(tmp_path):
 
 def test_fsync_ms_syncs_at_most_every_ms_and_after_the_last_write(tmp_path):
     io = FaultyIO()
-    store, wal, clock = open_store(tmp_path, fsync_ms=50, io=io)
+    store, wal, clock = open_store(tmp_path, fsync_ms=50, io=io, background_sync=False)
     s = store.connect()
     advance(store, clock, 1)  # the start-up sync
     advance(store, clock, 1)
@@ -415,6 +417,58 @@ def test_fsync_ms_syncs_at_most_every_ms_and_after_the_last_write(tmp_path):
     advance(store, clock, 0.05)
     assert io.syncs == base + 3
     wal.close()
+
+
+class GatedIO(FaultyIO):
+    """Background fdatasync waits until the test opens the gate (a slow disk).
+
+    Syncs on the event loop's own thread (a segment rolling over, start-up)
+    are not held: only the binlog's sync thread is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def fdatasync(self, fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            assert self.gate.wait(30)
+        super().fdatasync(fd)
+
+
+def wait_for(predicate, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def test_background_sync_keeps_old_segments_until_their_replacement_is_synced(tmp_path):
+    io = GatedIO()
+    store, wal, clock = open_store(tmp_path, fsync_ms=50, io=io, segment_size=1024)
+    s = store.connect()
+    keep = store.put(s, 1, 0, 60, b"k" * 100)
+    advance(store, clock, 1)
+    io.gate.clear()  # the disk stalls: syncs are asked for but do not finish
+    calls = io.syncs
+    for _ in range(60):
+        store.delete(s, store.put(s, 1, 0, 60, b"x" * 100).id)
+        advance(store, clock, 0.06)  # the node keeps serving meanwhile
+    assert wal.records_migrated >= 1  # compaction moved the old job on
+    doomed = [seg.path for _, seg in wal._doomed]
+    assert doomed and all(os.path.exists(p) for p in doomed)
+    assert wal.file_of(keep) != 1 and os.path.exists(tmp_path / "binlog.1")
+    io.gate.set()
+    wait_for(lambda: wal._syncer.done >= wal._syncer.requested, "the stalled sync")
+    assert io.syncs > calls
+    advance(store, clock, 0.01)
+    assert not any(os.path.exists(p) for p in doomed)
+    assert wal.usage()["disk"] == disk_bytes(tmp_path)
+    before = snapshot(store)
+    wal.close()
+    store2, wal2, _ = open_store(tmp_path, Clock(clock.now), segment_size=1024)
+    assert snapshot(store2) == before
+    wal2.close()
 
 
 def test_never_fsync_never_syncs(tmp_path):
