@@ -24,6 +24,7 @@ import resource
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -74,25 +75,31 @@ def recv_until(sock: socket.socket, end: bytes, timeout: float = DEADLINE) -> by
     return data
 
 
+_unread: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bytes past a reply
+
+
 def read_reply(sock: socket.socket, timeout: float = DEADLINE) -> bytes:
     """One whole reply: its line, and its body if the reply word has one."""
     sock.settimeout(timeout)
-    data = b""
-    while b"\r\n" not in data:
+    data = _unread.pop(sock, b"")
+
+    def more() -> bytes:
         chunk = sock.recv(65536)
         if not chunk:
             raise AssertionError(f"connection closed after {data!r}")
-        data += chunk
-    head = data[:data.index(b"\r\n")]
-    words = head.split()
+        return chunk
+
+    while b"\r\n" not in data:
+        data += more()
+    end = data.index(b"\r\n") + 2
+    words = data[:end].split()
     if words and words[0] in (b"OK", b"FOUND", b"RESERVED"):
-        want = len(head) + 2 + int(words[-1]) + 2
-        while len(data) < want:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise AssertionError("connection closed inside a reply body")
-            data += chunk
-    return data
+        end += int(words[-1]) + 2
+        while len(data) < end:
+            data += more()
+    if len(data) > end:
+        _unread[sock] = data[end:]
+    return data[:end]
 
 
 def command(sock: socket.socket, line: bytes) -> bytes:
