@@ -177,12 +177,14 @@ def start_server(kind: str, core: int | None = SERVER_CORE, *flags: str,
 
 
 @contextmanager
-def servers(kinds: Iterable[str], core: int | None = SERVER_CORE, count: int = 1):
+def servers(kinds: Iterable[str], core: int | None = SERVER_CORE, count: int = 1,
+            pythonpath: str | None = None):
     """Start ``count`` servers of each kind; yields {kind: [Server, ...]}; stops them all."""
     started: dict[str, list[Server]] = {}
     try:
         for kind in kinds:
-            started[kind] = [start_server(kind, core) for _ in range(count)]
+            started[kind] = [start_server(kind, core, pythonpath=pythonpath)
+                             for _ in range(count)]
         yield started
     finally:
         for group in started.values():
@@ -203,6 +205,15 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    tck = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tck, sum(fields) / tck
 
 
 def raise_nofile(want: int) -> int:
