@@ -1,0 +1,448 @@
+"""Bounded soak: producers and consumers on a 3-node cluster while nodes are SIGKILLed.
+
+How this works
+--------------
+Three ``bsnode -b DIR -f 0`` processes listen on fixed loopback ports (chosen
+free at start, kept across restarts) and are started with tests/servers.py.
+Producer threads put uniquely numbered, self-checking bodies through their
+own ``ClusterClient`` (failover policy); consumer threads reserve through
+theirs and delete.  A killer thread SIGKILLs a random node every
+``--kill-every`` seconds (jittered), leaves it down for up to ``--down-max``
+seconds and starts it again on the same port and binlog.  After ``--duration``
+seconds or ``--ops`` acknowledged puts the producers and the killer stop; the
+consumers drain until every acknowledged job has been delivered and every
+node is empty, or ``--drain-timeout`` passes.
+
+Every outcome is recorded, and ``check`` (a pure function of that history,
+in the style of Jepsen's queue checker) decides:
+
+* lost: a put was acknowledged (INSERTED reached the producer) and the job
+  was never delivered -- must be 0;
+* duplicated: a job delivered more than once.  Allowed only when every
+  earlier delivery's delete was not acknowledged (the consumer died with it,
+  or its node did); a delivery after an acknowledged delete is a *resurrected*
+  job -- must be 0;
+* corrupt: a delivered body that does not match its checksum -- must be 0;
+* phantom: a delivered body no producer tried to put -- must be 0;
+* a put whose connection broke after it was sent has an unknown fate: it may
+  or may not be delivered, and either is fine.
+
+The report (text, or JSON with ``--json``) gives jobs put, acknowledged,
+reserved, deleted, lost, duplicated, kills survived; the exit status is 0 when
+nothing was lost or broken, 1 when something was, 2 when the run itself
+could not be done (a node did not come back, say).
+
+    python bench/soak.py --duration 300 --kill-every 2      # five minutes
+    python bench/soak.py --duration 8 --json                # what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from bsclient import (  # noqa: E402
+    BeanstalkError,
+    ClusterClient,
+    ConnectionLostError,
+    DeadlineSoonError,
+    NoNodeAvailableError,
+    TimedOutError,
+)
+from servers import Server, free_port, start_bsnode  # noqa: E402
+
+TUBES = [f"soak{i}" for i in range(8)]
+TTR = 120  # long enough that no job times out while its consumer works
+RESTART_TRIES = 5
+CLIENT_TIMEOUT = 5.0  # seconds a reply may take before the client gives up on a node
+DEAD_TIMEOUT = 0.5  # a node marked dead is retried this soon (they come back fast here)
+
+
+# --- bodies -------------------------------------------------------------------------
+def make_body(producer: int, seq: int, rng: random.Random, size_max: int) -> bytes:
+    """``p<producer>-<seq> <crc> <padding>``: unique and self-checking."""
+    pad = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, size_max)))
+    key = f"p{producer}-{seq}".encode()
+    return key + b" %08x " % zlib.crc32(key + pad) + pad
+
+
+def parse_body(body: bytes) -> tuple[str | None, bool]:
+    """(key, intact) of a body made by make_body."""
+    try:
+        key, crc, pad = body.split(b" ", 2)
+        return key.decode(), int(crc, 16) == zlib.crc32(key + pad)
+    except ValueError:
+        return None, False
+
+
+# --- the history and its checker ------------------------------------------------------
+@dataclass
+class Delivery:
+    key: str | None
+    at: float
+    intact: bool
+    deleted: bool | None = None  # None until the delete's outcome is known
+
+
+@dataclass
+class History:
+    attempted: set = field(default_factory=set)  # keys a producer tried to put
+    acked: set = field(default_factory=set)  # INSERTED came back
+    unknown: set = field(default_factory=set)  # sent, then the connection broke
+    refused: set = field(default_factory=set)  # never stored (not sent, or an error reply)
+    deliveries: list = field(default_factory=list)
+    kills: int = 0
+    restarts: int = 0
+    errors: list = field(default_factory=list)  # the run could not be completed
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+@dataclass
+class Report:
+    put_attempted: int
+    put_acknowledged: int
+    put_unknown: int
+    put_refused: int
+    reserved: int  # deliveries, counting duplicates
+    delivered_jobs: int  # distinct jobs delivered
+    deleted: int  # deletes acknowledged
+    delete_unacknowledged: int
+    lost: int
+    duplicated: int  # jobs delivered more than once
+    duplicated_allowed: int  # ... each time after a delete that was not acknowledged
+    resurrected: int  # delivered again after an acknowledged delete
+    corrupt: int
+    phantom: int
+    unknown_stored: int  # unknown-fate puts that turned out stored
+    kills: int
+    restarts: int
+    errors: list
+    lost_keys: list
+    resurrected_keys: list
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.resurrected or self.corrupt or self.phantom
+                    or self.duplicated != self.duplicated_allowed)
+
+
+def check(h: History) -> Report:
+    """Judge a history: what was lost, duplicated, resurrected."""
+    by_key: dict[str, list[Delivery]] = {}
+    corrupt = phantom = 0
+    for d in sorted(h.deliveries, key=lambda d: d.at):
+        if not d.intact:
+            corrupt += 1
+        if d.key is None or d.key not in h.attempted:
+            phantom += 1
+            continue
+        by_key.setdefault(d.key, []).append(d)
+    lost = sorted(h.acked - by_key.keys())
+    duplicated = allowed = 0
+    resurrected = []
+    for key, ds in by_key.items():
+        if len(ds) < 2:
+            continue
+        duplicated += 1
+        if any(d.deleted for d in ds[:-1]):
+            resurrected.append(key)
+        else:
+            allowed += 1
+    return Report(
+        put_attempted=len(h.attempted), put_acknowledged=len(h.acked),
+        put_unknown=len(h.unknown), put_refused=len(h.refused),
+        reserved=len(h.deliveries), delivered_jobs=len(by_key),
+        deleted=sum(1 for d in h.deliveries if d.deleted),
+        delete_unacknowledged=sum(1 for d in h.deliveries if not d.deleted),
+        lost=len(lost), duplicated=duplicated, duplicated_allowed=allowed,
+        resurrected=len(resurrected), corrupt=corrupt, phantom=phantom,
+        unknown_stored=len(h.unknown & by_key.keys()),
+        kills=h.kills, restarts=h.restarts, errors=list(h.errors),
+        lost_keys=lost[:20], resurrected_keys=sorted(resurrected)[:20],
+    )
+
+
+# --- the cluster ------------------------------------------------------------------------
+class Node:
+    """One bsnode on a fixed port and binlog directory; killed and restarted."""
+
+    def __init__(self, name: str, data_dir: Path, fsync_ms: int) -> None:
+        self.name = name
+        self.port = free_port()
+        self.flags = ("-p", str(self.port), "-b", str(data_dir / name), "-f", str(fsync_ms))
+        self.server: Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        last = None
+        for _ in range(RESTART_TRIES):
+            try:
+                self.server = start_bsnode(*self.flags)
+                return
+            except RuntimeError as e:  # e.g. the port is briefly held: try again
+                last = e
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not start again: {last}")
+
+    def kill(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.nodes = [Node(f"node{i + 1}", data_dir, args.fsync_ms) for i in range(args.nodes)]
+        self.addresses = {n.name: n.address for n in self.nodes}
+        self.history = History()
+        self.producing = threading.Event()
+        self.consuming = threading.Event()
+        self.killing = threading.Event()
+        self.node_lock = threading.Lock()
+
+    def client(self, **kw) -> ClusterClient:
+        return ClusterClient(self.addresses, dead_timeout=DEAD_TIMEOUT, failure_threshold=1,
+                             connect_timeout=2.0, timeout=CLIENT_TIMEOUT, **kw)
+
+    # --- workers ----------------------------------------------------------------
+    def produce(self, n: int) -> None:
+        h, args = self.history, self.args
+        rng = random.Random(self.rng.random())
+        with self.client() as cc:
+            seq = 0
+            while self.producing.is_set() and len(h.acked) < args.ops:
+                seq += 1
+                body = make_body(n, seq, rng, args.body_max)
+                key = parse_body(body)[0]
+                cc.use(rng.choice(TUBES))
+                with h.lock:
+                    h.attempted.add(key)
+                try:
+                    cc.put(body, ttr=TTR)
+                except NoNodeAvailableError as e:
+                    with h.lock:
+                        (h.unknown if e.sent else h.refused).add(key)
+                    time.sleep(0.01)
+                    continue
+                except ConnectionLostError as e:
+                    with h.lock:
+                        (h.unknown if e.sent else h.refused).add(key)
+                    continue
+                except BeanstalkError:  # OUT_OF_MEMORY, DRAINING...: not stored
+                    with h.lock:
+                        h.refused.add(key)
+                    continue
+                with h.lock:
+                    h.acked.add(key)
+
+    def consume(self) -> None:
+        h = self.history
+        with self.client(watch=TUBES) as cc:
+            while self.consuming.is_set():
+                try:
+                    job = cc.reserve(timeout=1)
+                except (TimedOutError, DeadlineSoonError):
+                    continue
+                except (NoNodeAvailableError, ConnectionLostError):
+                    time.sleep(0.02)
+                    continue
+                key, intact = parse_body(job.body)
+                d = Delivery(key, time.monotonic(), intact)
+                with h.lock:
+                    h.deliveries.append(d)
+                try:
+                    cc.delete(job)
+                    d.deleted = True
+                except BeanstalkError:  # lost connection, NOT_FOUND: not acknowledged
+                    d.deleted = False
+
+    def kill_loop(self) -> None:
+        args, h = self.args, self.history
+        while True:
+            if _sleep_unless(self.killing, self.rng.uniform(0.5, 1.5) * args.kill_every):
+                return
+            node = self.rng.choice(self.nodes)
+            with self.node_lock:
+                node.kill()
+                h.kills += 1
+                time.sleep(self.rng.uniform(0, args.down_max))
+                try:
+                    node.start()
+                except RuntimeError as e:
+                    h.errors.append(str(e))
+                    self.killing.clear()
+                    return
+                h.restarts += 1
+
+    # --- the run ------------------------------------------------------------------
+    def run(self) -> Report:
+        args, h = self.args, self.history
+        for node in self.nodes:
+            node.start()
+        threads = []
+        try:
+            self.producing.set()
+            self.consuming.set()
+            self.killing.set()
+            threads = [_spawn(self.produce, i) for i in range(args.producers)]
+            threads += [_spawn(self.consume) for _ in range(args.consumers)]
+            killer = _spawn(self.kill_loop)
+            deadline = time.monotonic() + args.duration
+            while time.monotonic() < deadline and len(h.acked) < args.ops and not h.errors:
+                time.sleep(0.1)
+            self.killing.clear()
+            killer.join(30)
+            self.producing.clear()
+            for t in threads[:args.producers]:
+                t.join(30)
+            drain_until = time.monotonic() + args.drain_timeout
+            while time.monotonic() < drain_until and not h.errors:
+                if self._drained():
+                    break
+                time.sleep(0.2)
+            else:
+                if not h.errors:
+                    h.errors.append(f"not drained within {args.drain_timeout:g}s")
+        finally:
+            self.producing.clear()
+            self.consuming.clear()
+            self.killing.clear()
+            for t in threads:
+                t.join(30)
+            for node in self.nodes:
+                node.stop()
+        return check(h)
+
+    def _drained(self) -> bool:
+        h = self.history
+        with h.lock:
+            delivered = {d.key for d in h.deliveries}
+            pending = [d for d in h.deliveries if d.deleted is None]
+        if not h.acked <= delivered or pending:
+            return False
+        try:
+            with self.client() as cc:
+                stats = cc.stats()
+        except BeanstalkError:
+            return False
+        return all(stats.get(f"current-jobs-{s}", 1) == 0
+                   for s in ("ready", "reserved", "delayed", "buried"))
+
+
+def _spawn(fn, *args) -> threading.Thread:
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def _sleep_unless(running: threading.Event, seconds: float) -> bool:
+    """Sleep; True if ``running`` was cleared meanwhile (time to stop)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not running.is_set():
+            return True
+        time.sleep(min(0.05, end - time.monotonic()))
+    return not running.is_set()
+
+
+# --- the command ---------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+    p.add_argument("--ops", type=int, default=10**9, help="stop after this many acked puts")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--producers", type=int, default=2)
+    p.add_argument("--consumers", type=int, default=2)
+    p.add_argument("--kill-every", type=float, default=2.0,
+                   help="mean seconds between SIGKILLs (jittered +-50%%)")
+    p.add_argument("--down-max", type=float, default=0.5,
+                   help="a killed node stays down up to this many seconds")
+    p.add_argument("--fsync-ms", type=int, default=0, help="bsnode -f (default 0: always)")
+    p.add_argument("--body-max", type=int, default=512, help="largest random padding")
+    p.add_argument("--drain-timeout", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="binlog directories go here (default: a temporary directory)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.SystemRandom().randrange(2**32)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    made = args.data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix="bsnode-soak-")) if made else args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # finally-blocks stop the nodes
+    started = time.monotonic()
+    try:
+        report = Soak(args, data_dir).run()
+    except RuntimeError as e:
+        print(f"soak: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if made:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": report.ok, "seconds": round(elapsed, 1),
+                          "seed": args.seed}))
+    else:
+        print_report(report, args, elapsed)
+    if report.errors:
+        return 2
+    return 0 if report.ok else 1
+
+
+def print_report(r: Report, args: argparse.Namespace, elapsed: float) -> None:
+    print(f"soak: {args.nodes} nodes, {args.producers} producers, {args.consumers} consumers, "
+          f"{elapsed:.1f} s, seed {args.seed}")
+    rows = [
+        ("puts attempted", r.put_attempted), ("puts acknowledged", r.put_acknowledged),
+        ("puts of unknown fate", r.put_unknown), ("  of which stored", r.unknown_stored),
+        ("puts refused", r.put_refused), ("reserved (deliveries)", r.reserved),
+        ("jobs delivered", r.delivered_jobs), ("deletes acknowledged", r.deleted),
+        ("deletes not acknowledged", r.delete_unacknowledged),
+        ("LOST", r.lost), ("duplicated", r.duplicated),
+        ("  allowed (delete not acknowledged)", r.duplicated_allowed),
+        ("RESURRECTED after delete", r.resurrected), ("corrupt bodies", r.corrupt),
+        ("phantom bodies", r.phantom), ("SIGKILLs survived", r.kills),
+        ("restarts", r.restarts),
+    ]
+    for name, value in rows:
+        print(f"  {name:<38} {value}")
+    for e in r.errors:
+        print(f"  error: {e}")
+    if r.lost_keys:
+        print(f"  lost, first ones: {', '.join(r.lost_keys)}")
+    if r.resurrected_keys:
+        print(f"  resurrected, first ones: {', '.join(r.resurrected_keys)}")
+    print("  verdict:", "OK" if r.ok and not r.errors else "FAILED")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
