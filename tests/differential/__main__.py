@@ -13,7 +13,7 @@ import sys
 import time
 
 from .dsl import load_all
-from .pool import STARTERS
+from .pristine import STARTERS
 from .runner import compare, run
 from .suite import TRANSCRIPT_DIR
 

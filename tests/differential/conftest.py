@@ -1,33 +1,46 @@
-"""Session fixtures for the differential suite: a pool of fresh bsnode
-servers, and beanstalkd's recordings of the selected transcripts (the
-reference each bsnode run is compared with), made in the background."""
+"""Session fixtures for the differential suite: beanstalkd's recordings of
+the selected transcripts (the reference) and bsnode's runs of them (the
+candidate), both made ahead of need in background threads."""
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import pytest
 from servers import HAVE_BEANSTALKD
 
-from .pool import ServerPool
-from .reference import ReferenceRecorder
+from .background import BackgroundRuns
+
+HAVE_BSNODE = importlib.util.find_spec("bsnode.cli") is not None
+# bsnode runs played at once; each starts its own server.
+WORKERS = int(os.environ.get("BSDIFF_WORKERS", "2"))
 
 
-@pytest.fixture(scope="session")
-def bsnode_pool():
-    pool = ServerPool("bsnode")
-    yield pool
-    pool.close()
+def _selected(session, kinds: tuple[str, ...]) -> list:
+    """Transcripts of the selected tests of these kinds, in test order."""
+    wanted: dict[str, object] = {}
+    for item in session.items:
+        spec = getattr(item, "callspec", None)
+        if spec is not None and spec.params.get("kind") in kinds:
+            t = spec.params["transcript"]
+            wanted.setdefault(t.name, t)
+    return list(wanted.values())
 
 
 @pytest.fixture(scope="session")
 def reference(request):
     if not HAVE_BEANSTALKD:
         pytest.skip("/usr/bin/beanstalkd is not installed")
-    wanted: dict[str, object] = {}
-    for item in request.session.items:
-        spec = getattr(item, "callspec", None)
-        t = spec.params.get("transcript") if spec is not None else None
-        if t is not None:
-            wanted.setdefault(t.name, t)
-    recorder = ReferenceRecorder(list(wanted.values()))
-    yield recorder
-    recorder.close()
+    runs = BackgroundRuns("beanstalkd", _selected(request.session, ("beanstalkd", "bsnode")), 1)
+    yield runs
+    runs.close()
+
+
+@pytest.fixture(scope="session")
+def candidate(request):
+    if not HAVE_BSNODE:
+        pytest.skip("bsnode is not built yet (no bsnode.cli)")
+    runs = BackgroundRuns("bsnode", _selected(request.session, ("bsnode",)), WORKERS)
+    yield runs
+    runs.close()

@@ -1,4 +1,4 @@
-"""Fresh, untouched servers for transcripts, one booting ahead of need.
+"""Fresh, untouched servers for transcripts.
 
 How this works
 --------------
@@ -6,13 +6,14 @@ Every transcript gets its own server process, so no state leaks between
 transcripts and global stats (cmd-*, total-connections, ...) start at zero.
 A server must also be *pristine*: nobody may have connected to it, or
 ``total-connections`` would count the probe.  bsnode reports its port on
-stderr (tests/servers.py waits for that); for beanstalkd we watch
-/proc/net/tcp for its listening socket instead of probing with a connect.
+stderr; for beanstalkd we watch /proc/net/tcp for its listening socket
+instead of probing with a connect.
 
-Starting bsnode costs a few tenths of a second of CPU, so ``ServerPool``
-keeps the next ``SPARES`` default-flag servers booting in background threads
-while the current transcript runs, and stops used servers in the background
-too.  Servers with extra flags start on demand.
+Servers are started from worker threads while pytest's main thread keeps
+changing os.environ (PYTEST_CURRENT_TEST).  CPython spawns with vfork() and
+the child reads the process environment during execve; a concurrent putenv
+made that fail with EFAULT ("Bad address").  So every spawn is given a copy
+of the environment taken once, at import, on the main thread.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ import subprocess
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from servers import BEANSTALKD, START_DEADLINE, Server, _drain, free_port, start_bsnode
+from servers import (
+    BEANSTALKD,
+    START_DEADLINE,
+    Server,
+    _drain,
+    bsnode_command,
+    free_port,
+)
 
+_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 _PROC_TCP = Path("/proc/net/tcp")
 _LISTEN = "0A"
 
@@ -47,14 +55,35 @@ def _listening(port: int, everything: bool = False) -> bool:
     return False
 
 
+def _spawn(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=_ENV,
+    )
+
+
+def start_pristine_bsnode(*flags: str) -> Server:
+    """bsnode on a port of its choosing (it reports it on stderr)."""
+    proc = _spawn(bsnode_command() + ["-l", "127.0.0.1", "-p", "0", *flags])
+    lines: deque = deque(maxlen=200)
+    found = threading.Event()
+    port: list = []
+    threading.Thread(target=_drain, args=(proc.stderr, lines, found, port), daemon=True).start()
+    deadline = time.monotonic() + START_DEADLINE
+    while not found.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise RuntimeError("bsnode did not start: " + " | ".join(lines))
+    return Server("bsnode", proc, port[0], lines)
+
+
 def start_pristine_beanstalkd(*flags: str) -> Server:
     """beanstalkd on a free loopback port, ready, with no connection made."""
     for _ in range(5):
         port = free_port()
-        proc = subprocess.Popen(
-            [BEANSTALKD, "-l", "127.0.0.1", "-p", str(port), *flags],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        proc = _spawn([BEANSTALKD, "-l", "127.0.0.1", "-p", str(port), *flags])
         lines: deque = deque(maxlen=200)
         threading.Thread(
             target=_drain, args=(proc.stderr, lines, threading.Event(), []), daemon=True
@@ -74,39 +103,4 @@ def start_pristine_beanstalkd(*flags: str) -> Server:
     raise RuntimeError("beanstalkd did not start: " + " | ".join(lines))
 
 
-STARTERS = {"beanstalkd": start_pristine_beanstalkd, "bsnode": start_bsnode}
-SPARES = int(os.environ.get("BSDIFF_SPARES", "2"))  # servers booting ahead
-
-
-class ServerPool:
-    """Hands out fresh servers of one kind; ``give_back`` each, then ``close``."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._start = STARTERS[kind]
-        self._exec = ThreadPoolExecutor(max_workers=SPARES, thread_name_prefix=f"pool-{kind}")
-        self._stopper = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stop-{kind}")
-        self._spares: deque[Future] = deque()
-        self._stopping: list[Future] = []
-
-    def take(self, flags: tuple[str, ...] = ()) -> Server:
-        if flags:
-            return self._start(*flags)
-        while len(self._spares) < SPARES:
-            self._spares.append(self._exec.submit(self._start))
-        return self._spares.popleft().result()
-
-    def give_back(self, server: Server) -> None:
-        self._stopping = [f for f in self._stopping if not f.done()]
-        self._stopping.append(self._stopper.submit(server.stop))
-
-    def close(self) -> None:
-        for f in self._stopping:
-            f.result()
-        while self._spares:
-            try:
-                self._spares.popleft().result().stop()
-            except Exception:  # a spare that failed to boot has nothing to stop
-                pass
-        self._exec.shutdown(wait=True)
-        self._stopper.shutdown(wait=True)
+STARTERS = {"beanstalkd": start_pristine_beanstalkd, "bsnode": start_pristine_bsnode}

@@ -10,33 +10,22 @@ bodies, for example).  See docs/CONFORMANCE.md.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from .runner import Run, compare, run
+from .runner import compare
 from .suite import transcripts
 
 pytestmark = pytest.mark.differential
 
 KINDS = ("beanstalkd", "bsnode")
 TRANSCRIPTS = transcripts()
-HAVE_BSNODE = importlib.util.find_spec("bsnode.cli") is not None
-
-
-def play(pool, t) -> Run:
-    server = pool.take(t.flags)
-    try:
-        return run(t, server.host, server.port, server.pid)
-    finally:
-        pool.give_back(server)
 
 
 @pytest.mark.parametrize(
     "kind,transcript",
     [pytest.param(k, t, id=f"{k}:{t.name}") for t in TRANSCRIPTS for k in KINDS],
 )
-def test_transcript(kind, transcript, reference, bsnode_pool):
+def test_transcript(kind, transcript, reference, request):
     recorded = reference.get(transcript)
     if kind == "beanstalkd":
         assert not recorded.problems, (
@@ -44,10 +33,8 @@ def test_transcript(kind, transcript, reference, bsnode_pool):
             + "\n".join(recorded.problems)
         )
         return
-    if not HAVE_BSNODE:
-        pytest.skip("bsnode is not built yet (no bsnode.cli)")
-    candidate = play(bsnode_pool, transcript)
-    diffs = compare(recorded, candidate)
+    got = request.getfixturevalue("candidate").get(transcript)
+    diffs = compare(recorded, got)
     assert not diffs, (
         f"bsnode differs from beanstalkd in {transcript.name} ({transcript.where}):\n"
         + "\n".join(diffs)
