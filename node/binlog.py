@@ -44,6 +44,7 @@ and a new segment started.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
@@ -92,12 +93,14 @@ class BinlogError(Exception):
 
 
 class Segment:
-    __slots__ = ("num", "path", "fd", "size", "used", "order", "cursor", "live", "max_id")
+    __slots__ = ("num", "path", "fd", "map", "size", "used", "order", "cursor", "live",
+                 "max_id")
 
     def __init__(self, num: int, path: str, fd: int, size: int, used: int) -> None:
         self.num = num
         self.path = path
         self.fd = fd  # -1 once closed
+        self.map = None  # while it is cur: a writable map of the file, if the fs allows
         self.size = size  # bytes the file takes on disk
         self.used = used  # bytes written
         self.order: list = []  # jobs homed here, in write order (None once gone)
@@ -121,7 +124,9 @@ class Binlog:
         self.dir = dirpath
         self.max_size = segment_size
         self.seg_size = max(segment_size, MIN_SEGMENT_SIZE)
+        self._two_segments = 2 * self.seg_size
         self.fsync_ms = fsync_ms
+        self._sync_each = fsync_ms == 0
         self.clock = clock
         self.sched = sched
         self.io = io or OsIO()
@@ -152,34 +157,68 @@ class Binlog:
         self._failures = 0
         self._last_complaint = float("-inf")
         self._pack = msgpack.Packer().pack
+        self._put_rec = [F.FULL, 0, "", 0, 0, 0, b"", 0, 0, 0, 0, 0, 0, 0, 0]
         self._pwrite = self.io.pwrite
         self._wall_at = float("-inf")
         self._wall_off = 0.0
 
     # --- the store's interface ------------------------------------------------
     def put(self, job, now: float) -> bool:
-        frame = self._full_frame(job, now)
+        # The hot path: _full_frame, _room and _write inlined for a new job.
+        if not 0.0 <= now - self._wall_at < 1.0:
+            self._sample_wall(now)
+        off = self._wall_off
+        jid = job.id
+        state = _STATE[job.state]
+        rec = self._put_rec  # reused: no new container for the collector to track
+        rec[1] = jid
+        rec[2] = job.tube.name
+        rec[3] = job.pri
+        rec[4] = job.delay
+        rec[5] = job.ttr
+        rec[6] = job.body
+        rec[7] = state
+        rec[8] = int((off + job.deadline) * 1000) if state == _DELAYED else 0
+        rec[9] = int((off + now) * 1000)
+        payload = self._pack(rec)
+        frame = _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
         n = len(frame)
         cur = self.cur
+        live = self.live_count
         left = cur.size - cur.used - n
-        if left < 0 or left // SLOT + self.spare_slots <= self.live_count:
-            if not self._room(n, self.live_count + 1):
+        if left < 0 or left // SLOT + self.spare_slots <= live:
+            if not self._room(n, live + 1):
                 return False
-        if not self._write(frame, "put"):
+            cur = self.cur
+        at = cur.used
+        try:
+            if cur.map is not None:
+                cur.map[at:at + n] = frame
+            else:
+                done = self._pwrite(cur.fd, frame, at)
+                if done != n:
+                    self._write_rest(cur.fd, frame, at, done)
+            if self._sync_each:
+                self.io.fdatasync(cur.fd)
+        except OSError as e:
+            self._write_failed(cur, frame, at, "put", e)
             return False
-        cur = self.cur
+        cur.used = at + n
+        self.records_written += 1
+        if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
+            self._after_write()
         order = cur.order
         job.wal = [cur, n, 0, len(order)]
         order.append(job)
         cur.live += 1
-        jid = job.id
         if jid > cur.max_id:
             cur.max_id = jid
             if jid > self.max_id:
                 self.max_id = jid
-        self.live_count += 1
-        self.live_bytes += n
-        self._grow(n)
+        self.live_count = live = live + 1
+        self.live_bytes = live_bytes = self.live_bytes + n
+        if self.disk > 2 * (live_bytes + live * SLOT) + self._two_segments:
+            self._grow(n)
         return True
 
     def update(self, job, now: float) -> bool:
@@ -238,6 +277,9 @@ class Binlog:
             self._discard(seg)
         self.spares = []
         for seg in self.segments:
+            if seg.map is not None:
+                seg.map.close()
+                seg.map = None
             if seg.fd >= 0:
                 self.io.close(seg.fd)
                 seg.fd = -1
@@ -251,10 +293,13 @@ class Binlog:
     # --- records ----------------------------------------------------------------
     def _wall_offset(self, now: float) -> float:
         """Wall-clock time minus store-clock time, sampled at most once a second."""
-        if not 0 <= now - self._wall_at < 1.0:
-            self._wall_at = now
-            self._wall_off = self.wall() - now
+        if not 0.0 <= now - self._wall_at < 1.0:
+            self._sample_wall(now)
         return self._wall_off
+
+    def _sample_wall(self, now: float) -> None:
+        self._wall_at = now
+        self._wall_off = self.wall() - now
 
     def _full_frame(self, job, now: float) -> bytes:
         off = self._wall_offset(now)
@@ -315,21 +360,42 @@ class Binlog:
         cur = self.cur
         at = cur.used
         try:
-            self._pwrite(cur.fd, frame, at)
-            if self.fsync_ms == 0:
+            if cur.map is not None:
+                cur.map[at:at + len(frame)] = frame
+            else:
+                done = self._pwrite(cur.fd, frame, at)
+                if done != len(frame):
+                    self._write_rest(cur.fd, frame, at, done)
+            if self._sync_each:
                 self.io.fdatasync(cur.fd)
         except OSError as e:
-            self._complain(f"cannot write a {what} record to {cur.path}", e)
-            try:  # leave no half frame behind; the next write goes here anyway
-                self.io.pwrite(cur.fd, bytes(len(frame)), at)
-            except OSError:
-                pass
+            self._write_failed(cur, frame, at, what, e)
             return False
         cur.used = at + len(frame)
         self.records_written += 1
         if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
             self._after_write()
         return True
+
+    def _write_rest(self, fd: int, frame: bytes, at: int, done: int) -> None:
+        """pwrite wrote less than asked (rare): write the rest, or raise."""
+        view = memoryview(frame)
+        while done < len(frame):
+            if done < 0:
+                raise OSError(errno.EIO, "short write")
+            n = self._pwrite(fd, view[done:], at + done)
+            done = done + n if n > 0 else -1
+
+    def _write_failed(self, cur: Segment, frame: bytes, at: int, what: str,
+                      err: OSError) -> None:
+        self._complain(f"cannot write a {what} record to {cur.path}", err)
+        try:  # leave no half frame behind; the next write goes here anyway
+            if cur.map is not None:
+                cur.map[at:at + len(frame)] = bytes(len(frame))
+            else:
+                self._pwrite(cur.fd, bytes(len(frame)), at)
+        except OSError:
+            pass
 
     def _after_write(self) -> None:
         if self._failures:
@@ -413,7 +479,8 @@ class Binlog:
         fd = io.create(path)
         try:
             io.allocate(fd, size)
-            io.pwrite(fd, F.header(num), 0)
+            if io.pwrite(fd, F.header(num), 0) != F.HEADER_SIZE:
+                raise OSError(errno.EIO, "short write of a segment header")
             if self.fsync_ms is not None:
                 io.fdatasync(fd)
                 io.sync_dir(self.dir)
@@ -435,11 +502,22 @@ class Binlog:
         self.spare_slots -= (nxt.size - nxt.used) // SLOT
         self._close(old)
         self.segments.append(nxt)
-        self.cur = nxt
+        self._make_current(nxt)
+
+    def _make_current(self, seg: Segment) -> None:
+        self.cur = seg
+        try:
+            seg.map = self.io.map(seg.fd, seg.size, self.dir)
+        except (OSError, ValueError) as e:  # no map: pwrite works as well, slower
+            log.warning("binlog: cannot map %s (%s); writing with pwrite", seg.path, e)
+            seg.map = None
 
     def _close(self, seg: Segment) -> None:
         """Sync a finished segment and give back its unused tail."""
         io = self.io
+        if seg.map is not None:
+            seg.map.close()
+            seg.map = None
         try:
             if self.fsync_ms is not None:
                 io.fdatasync(seg.fd)
@@ -692,7 +770,7 @@ class Binlog:
         except OSError as e:
             raise BinlogError(f"cannot create a binlog segment in {self.dir}: {e}") from None
         self.segments.append(cur)
-        self.cur = cur
+        self._make_current(cur)
         frame = F.mark(self.max_id + 1)
         if not self._room(len(frame), self.live_count) or not self._write(frame, "mark"):
             raise BinlogError(

@@ -61,22 +61,27 @@ def disk_bytes(path) -> int:
 
 
 class FaultyIO(OsIO):
-    """File operations that fail on cue: ``full`` (no new space), ``broken`` (writes fail)."""
+    """File operations that fail on cue: ``full`` (no new space), ``broken`` (writes fail).
+
+    Records go through pwrite (no memory map) so that a broken write can fail."""
 
     def __init__(self) -> None:
         self.full = False
         self.broken = False
         self.syncs = 0
 
+    def map(self, fd: int, size: int, dirpath: str):
+        return None
+
     def allocate(self, fd: int, size: int) -> None:
         if self.full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         super().allocate(fd, size)
 
-    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         if self.broken:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        super().pwrite(fd, data, offset)
+        return super().pwrite(fd, data, offset)
 
     def fdatasync(self, fd: int) -> None:
         self.syncs += 1
