@@ -145,6 +145,7 @@ class Binlog:
         self.records_migrated = 0
         self.credit = 0
         self._compacting = False
+        self._idle_old: list[Segment] = []  # old segments with no job records
         # removed from the log; unlinked once the sync numbered with them is done
         self._doomed: list[tuple[int, Segment]] = []
         self._syncer = Syncer(self.io) if fsync_ms and background_sync else None
@@ -715,6 +716,8 @@ class Binlog:
             if index not in dropped:
                 seg = Segment(info.num, info.path, -1, info.size, info.end)
                 seg.max_id = info.max_id
+                if info.records == info.marks:  # no job records: left by a restart
+                    self._idle_old.append(seg)
                 segs.append(seg)
             by_index.append(seg)
         restore = store.restore
@@ -780,6 +783,14 @@ class Binlog:
         if self.fsync_ms:
             self.io.fdatasync(self.cur.fd)
         self._collect()
+        # Segments holding nothing but MARKs (a start and a stop with no job
+        # written) cancel nothing, so they can go from anywhere in the log:
+        # restarts do not pile up files.  cur now carries the highest id.
+        for seg in self._idle_old:
+            if seg in self.segments:
+                self.segments.remove(seg)
+                self._doomed.append((0, seg))
+        self._idle_old = []
         self._unlink_doomed(everything=True)
         self.credit = 0
         self._compact()

@@ -71,6 +71,7 @@ class SegmentInfo:
     size: int  # bytes in the file
     end: int  # end of the last valid record
     records: int = 0
+    marks: int = 0  # how many of them are MARKs
     max_id: int = 0  # highest id named by a record (or a MARK) in it
 
 
@@ -222,6 +223,7 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
                 pop(jid, None)
             elif kind == mark and len(rec) == 2:
                 jid -= 1  # ids below rec[1] were issued
+                info.marks += 1
             else:
                 raise ValueError("unknown record")
             if jid > max_id:

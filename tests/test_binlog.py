@@ -586,3 +586,16 @@ def test_a_well_framed_but_malformed_record_is_corruption_named_by_offset(tmp_pa
     path.write_bytes(data[:end] + F.frame(payload) + data[:end][F.HEADER_SIZE:])
     with pytest.raises(binlog.BinlogError, match=f"binlog.1 is damaged at offset {end} "):
         open_store(tmp_path)
+
+
+def test_restarts_do_not_pile_up_segments(tmp_path):
+    store, wal, _ = open_store(tmp_path, segment_size=1024)
+    s = store.connect()
+    keep = store.put(s, 1, 0, 60, b"still here")
+    wal.close()
+    for _ in range(6):
+        store, wal, _ = open_store(tmp_path, segment_size=1024)
+        assert store.jobs[keep.id].body == b"still here"
+        wal.close()
+    assert len(segs(tmp_path)) == 2  # the job's segment and the latest start's
+    assert store.next_id == keep.id + 1
