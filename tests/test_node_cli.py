@@ -139,11 +139,7 @@ def test_bad_flags_exit_5_with_usage(kind, args, message):
     assert "Use: " in err
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param("beanstalkd", marks=needs_beanstalkd),
-    pytest.param("bsnode", marks=pytest.mark.xfail(
-        strict=True, reason="bug: bsnode -u with an unknown user exits 1, beanstalkd 33")),
-])
+@pytest.mark.parametrize("kind", KINDS)
 def test_unknown_user_exits_33(kind):
     r = run(command(kind) + ["-l", "127.0.0.1", "-p", "0", "-u", "no-such-user-xyz"])
     assert b'getpwnam("no-such-user-xyz"): no such user' in r.stderr
