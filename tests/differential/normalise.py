@@ -20,7 +20,8 @@ else:
   already checked against the raw body by ``frame``).
 
 Time fields that tick (age, time-left, pause-time-left) are kept; ``same``
-compares them with a tolerance of one second.  A Reply's ``text`` is what
+compares them with a tolerance of one second (more when the caller knows the
+two runs reached that point at different times).  A Reply's ``text`` is what
 error messages show.
 """
 
@@ -140,7 +141,7 @@ class Normaliser:
         return body
 
 
-def _lines_same(a: bytes, b: bytes) -> bool:
+def _lines_same(a: bytes, b: bytes, tolerance: int = TICK_TOLERANCE) -> bool:
     if a == b:
         return True
     la, lb = a.split(b"\n"), b.split(b"\n")
@@ -153,7 +154,7 @@ def _lines_same(a: bytes, b: bytes) -> bool:
         my = _TICK_LINE.match(y.decode("latin-1"))
         if not (mx and my and mx.group(1) == my.group(1)):
             return False
-        if abs(int(mx.group(2)) - int(my.group(2))) > TICK_TOLERANCE:
+        if abs(int(mx.group(2)) - int(my.group(2))) > tolerance:
             return False
     return True
 
@@ -163,8 +164,8 @@ def _tick_digits(body: bytes) -> int:
                if (m := _TICK_LINE.match(line.decode("latin-1"))))
 
 
-def same(a: Reply, b: Reply) -> bool:
-    """Equal after normalisation, ticking fields within the tolerance."""
+def same(a: Reply, b: Reply, tolerance: int = TICK_TOLERANCE) -> bool:
+    """Equal after normalisation, ticking fields within ``tolerance`` seconds."""
     if a.kind != b.kind or a.kind != "reply":
         return a == b
     if (a.body is None) != (b.body is None):
@@ -175,8 +176,8 @@ def same(a: Reply, b: Reply) -> bool:
         # the count may differ only by the digits of ticking values
         ca = int(a.head[3:]) - _tick_digits(a.body)
         cb = int(b.head[3:]) - _tick_digits(b.body)
-        return ca == cb and _lines_same(a.body, b.body)
-    return a.head == b.head and _lines_same(a.body, b.body)
+        return ca == cb and _lines_same(a.body, b.body, tolerance)
+    return a.head == b.head and _lines_same(a.body, b.body, tolerance)
 
 
 def has_lines(r: Reply, pairs: tuple[tuple[str, str], ...]) -> bool:

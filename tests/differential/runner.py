@@ -18,6 +18,7 @@ difference does not hide the next.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import select
 import signal as signals
@@ -38,7 +39,17 @@ from .dsl import (
     Transcript,
     TranscriptError,
 )
-from .normalise import EOF, SKIPPED, TIMEOUT, Normaliser, Reply, frame, has_lines, same
+from .normalise import (
+    EOF,
+    SKIPPED,
+    TICK_TOLERANCE,
+    TIMEOUT,
+    Normaliser,
+    Reply,
+    frame,
+    has_lines,
+    same,
+)
 
 REPLY_TIMEOUT = 3.0  # longest wait for one reply; transcripts wait at most ~2 s
 MAX_TIMEOUTS = 3  # after this many missing replies the rest of a run is skipped
@@ -53,6 +64,7 @@ class Outcome:
     conn: str
     reply: Reply  # normalised
     raw: bytes = b""  # bytes as received
+    at: float = 0.0  # seconds since the run started
 
 
 @dataclass
@@ -171,6 +183,7 @@ class _Player:
         self.conns: dict[str, _Conn] = {}
         self.norm = Normaliser()
         self.timeouts = 0
+        self.started = time.monotonic()
 
     def conn(self, name: str) -> _Conn:
         c = self.conns.get(name)
@@ -184,7 +197,8 @@ class _Player:
         elif reply is TIMEOUT:
             self.timeouts += 1
         reply = self.norm.reply(reply)
-        self.run.outcomes.append(Outcome(index, conn, reply, raw))
+        self.run.outcomes.append(
+            Outcome(index, conn, reply, raw, time.monotonic() - self.started))
         return reply
 
     def problem(self, index: int, want: str, got: Reply) -> None:
@@ -346,7 +360,10 @@ def compare(reference: Run, candidate: Run) -> list[str]:
     """Where candidate's replies differ from reference's, step by step."""
     diffs = []
     for a, b in zip(reference.outcomes, candidate.outcomes, strict=False):
-        if not same(a.reply, b.reply):
+        # ticking values may differ by a second, plus however much later
+        # one run got to this step than the other (a loaded machine)
+        tolerance = TICK_TOLERANCE + math.ceil(abs(a.at - b.at))
+        if not same(a.reply, b.reply, tolerance):
             diffs.append(f"{reference.where(a.index)} on {a.conn}:\n{describe(a.reply, b.reply)}")
     if len(reference.outcomes) != len(candidate.outcomes):
         diffs.append(f"{len(reference.outcomes)} outcomes vs {len(candidate.outcomes)}")

@@ -12,7 +12,7 @@ import pytest
 
 from .dsl import Close, Expect, IdRef, Send, Silent, TranscriptError, decode_text, parse_file
 from .normalise import Normaliser, Reply, frame, has_lines, same
-from .runner import compare, run
+from .runner import Outcome, Run, compare, run
 from .suite import transcripts
 
 pytestmark = pytest.mark.differential
@@ -177,3 +177,16 @@ def test_compare_reports_differences(tmp_path: Path):
     assert compare(a, b) == []
     [diff] = compare(a, c)
     assert "'-age: 1'" in diff and "'+ttr: 2'" in diff
+
+
+def test_compare_widens_tolerance_by_lateness(tmp_path: Path):
+    f = tmp_path / "t.bst"
+    f.write_text("=== t\nc1> s\nc1< *\n")
+    [t] = parse_file(f)
+
+    def one(age: int, at: float) -> Run:
+        body = b"---\nage: %d\n" % age
+        return Run(t, [Outcome(0, "c1", Reply("reply", b"OK %d" % len(body), body), at=at)])
+
+    assert compare(one(1, 1.0), one(3, 1.2)) != []  # same moment: 2 s apart is wrong
+    assert compare(one(1, 1.0), one(3, 2.5)) == []  # 1.5 s later: allowed
