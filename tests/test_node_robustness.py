@@ -103,8 +103,10 @@ def test_garbage_bytes(server):
     junk += b"\r\n".join(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 300)))
                          for _ in range(500))
     w = Wire.to(server)
-    w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    w.send(junk)
+    try:
+        w.send(junk)
+    except OSError:
+        pass  # the junk may hold a "quit": the server is free to hang up
     w.close()
     roundtrips(server)
     wait_for(server, "current-connections", "1")
@@ -232,7 +234,10 @@ def test_client_that_never_reads(server):
     body = b"b" * 32_000
     hog = Wire(small_window_connection(server))
     assert hog.line(b"put 0 0 60 %d\r\n%s" % (len(body), body)) == b"INSERTED 1\r\n"
-    n = 300  # ~10 MB of replies: more than the socket buffers on both sides hold
+    # more replies than the socket buffers on both sides can hold
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        wmem_max = int(f.read().split()[2])
+    n = max(300, 2 * (wmem_max + (1 << 20)) // len(body))
     hog.send(b"peek 1\r\n" * n)
     # the hog reads nothing; everyone else is served, promptly
     start = time.monotonic()
