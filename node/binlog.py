@@ -726,25 +726,24 @@ class Binlog:
         delayed = F.STATE_DELAYED
         live_bytes = 0
         for jid, e in r.live.items():
-            rec, index, full, upd = e
+            rec = e[0]
             code = rec[7]
             remaining = 0.0
-            state = names[code]
             if code == delayed:
                 remaining = rec[8] / 1000 - wall
-                if remaining <= 0:
-                    state = "ready"
+                state = "delayed" if remaining > 0 else "ready"
+            else:
+                state = names[code]
             age = wall - rec[9] / 1000
             job = restore(jid, rec[2], rec[3], rec[4], rec[5], rec[6], state, remaining,
                           rec[10:15], age if age > 0 else 0.0)
-            order = by_index[index].order
-            e[0] = by_index[index]  # e becomes job.wal: [home, full, update, index]
-            e[1] = full
-            e[2] = upd
+            home = by_index[e[3]]
+            order = home.order
+            e[0] = home  # e is now job.wal: [home, full size, update size, index]
             e[3] = len(order)
             job.wal = e
             order.append(job)
-            live_bytes += full + upd
+            live_bytes += e[1] + e[2]
         for seg in segs:
             seg.live = len(seg.order)
         self.live_count = len(r.live)

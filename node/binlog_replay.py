@@ -6,8 +6,9 @@ Segments are read whole, in order of their number.  One pass over each
 checks every frame (length, CRC) on the bytes while msgpack's C unpacker,
 fed the rest of the segment, decodes the same frames as (length, crc,
 record) triples (``_read``).  Records are applied to a dict ``live``: id ->
-``[full record (updated in place), segment index, full frame size, last
-update frame size]``, kept in the order of each job's latest record, so
+``[full record (updated in place), full frame size, last update frame size,
+segment index]`` (the shape of ``job.wal``, whose first and last items the
+binlog replaces), kept in the order of each job's latest record, so
 buried jobs come back in the order they were buried.
 
 Damage is judged by what follows it.  Bytes that are not a valid frame,
@@ -177,6 +178,7 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
     unpack_from = F.FRAME.unpack_from
     crc32 = zlib.crc32
     tag = F.FRAME_TAG
+    hs = F.FRAME_SIZE
     start = pos
     up = msgpack.Unpacker(max_buffer_size=max(end - pos, 1), **F.UNPACK_LIMITS)
     up.feed(view[pos:])
@@ -190,13 +192,13 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
     count = 0
     while pos <= limit:
         tag1, length, tag2, crc = unpack_from(data, pos)
-        body = pos + F.FRAME_SIZE
+        body = pos + hs
         stop = body + length
         if (tag1 != tag or tag2 != tag or length == 0 or stop > end
                 or crc32(view[body:stop]) != crc):
             break
         try:
-            skip_header(F.FRAME_SIZE)
+            skip_header(hs)
             rec = nxt()
             kind = rec[0]
             jid = rec[1]
@@ -205,7 +207,7 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
                         or rec[6].__class__ is not bytes or rec[7] not in states):
                     raise ValueError("malformed full record")
                 pop(jid, None)
-                live[jid] = [rec, index, stop - pos, 0]
+                live[jid] = [rec, stop - pos, 0, index]
             elif kind == update:
                 if len(rec) != 11 or rec[4] not in states:
                     raise ValueError("malformed update record")
@@ -217,7 +219,7 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
                     job[7] = rec[4]
                     job[8] = rec[5]
                     job[10:15] = rec[6:11]
-                    e[3] = stop - pos
+                    e[2] = stop - pos
                     live[jid] = e
             elif kind == delete and len(rec) == 2:
                 pop(jid, None)
