@@ -236,10 +236,19 @@ def drop_privileges(user: str) -> None:
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
-        raise SystemExit(f'bsnode: getpwnam("{user}"): no such user') from None
-    os.setgroups([g.gr_gid for g in grp.getgrall() if user in g.gr_mem] + [pw.pw_gid])
-    os.setgid(pw.pw_gid)
-    os.setuid(pw.pw_uid)
+        log.error('getpwnam("%s"): no such user', user)
+        raise SystemExit(33) from None
+    except OSError as e:
+        log.error('getpwnam("%s"): %s', user, e)
+        raise SystemExit(32) from None
+    try:
+        os.setgroups([g.gr_gid for g in grp.getgrall() if user in g.gr_mem] + [pw.pw_gid])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except OSError as e:
+        log.error('cannot become user "%s" (uid %d, gid %d): %s', user, pw.pw_uid,
+                  pw.pw_gid, e.strerror or e)
+        raise SystemExit(34) from None
 
 
 def raise_fd_limit() -> None:
@@ -303,14 +312,13 @@ def run(opts: NodeOptions) -> None:
         log.error("cannot listen on %s:%s: %s", opts.listen, opts.port, e.strerror or e)
         raise SystemExit(111) from None
     metrics_listener = _metrics_listener(opts) if opts.metrics else None
-    if opts.user:
-        drop_privileges(opts.user)
     raise_fd_limit()
-    os.umask(0o077)  # binlog files are the owner's alone
+    # Build everything that imports code before -u: the new user may not be
+    # able to read the Python installation.
+    if opts.binlog_dir:
+        from . import binlog  # noqa: F401
     store = Store()
     commands = Commands(store, opts.max_job_size, opts.binlog_size)
-    if opts.binlog_dir:
-        attach_binlog(opts, store)
     server = NodeServer(listener, store, commands, opts.verbose)
     install_signal_handlers(server)
     if metrics_listener is not None:
@@ -318,6 +326,11 @@ def run(opts: NodeOptions) -> None:
 
         metrics.serve(metrics_listener, commands, store, opts.binlog_dir)
         log.info("metrics on http://%s/metrics", _describe(metrics_listener))
+    if opts.user:
+        drop_privileges(opts.user)
+    os.umask(0o077)  # binlog files are the owner's alone
+    if opts.binlog_dir:
+        attach_binlog(opts, store)
     log.info("listening on %s", where)
     try:
         server.serve_forever()

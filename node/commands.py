@@ -79,19 +79,29 @@ class Commands:
     def _error(self, s: Session, ev: tuple) -> bytes:
         _, reply, counted = ev
         if counted == P.CommandReader.PUT_PRODUCER:
+            # a put line was read: it is counted and has its id, whether its
+            # body is still to come (reply b"") or came with a bad trailer
             self.counts[P.CMD_PUT] += 1
             self.store.set_producer(s)
+            job_id = self.store.take_id()
+            if not reply:
+                s.put_id = job_id
         elif counted is not None:
             self.counts[counted] += 1
+        if reply is P.EXPECTED_CRLF:
+            s.put_id = None
         return reply
 
     # --- jobs -------------------------------------------------------------
     def _cmd_put(self, s: Session, ev: tuple) -> bytes:
         store = self.store
+        job_id, s.put_id = s.put_id, None
         if store.draining:
             store.set_producer(s)
+            if job_id is None:
+                store.take_id()
             return P.DRAINING
-        job = store.put(s, ev[1], ev[2], ev[3], ev[4])
+        job = store.put(s, ev[1], ev[2], ev[3], ev[4], job_id)
         if job is None:
             return P.OUT_OF_MEMORY
         return b"INSERTED %d\r\n" % job.id

@@ -72,7 +72,7 @@ class Session:
 
     __slots__ = (
         "use", "watch", "reserved", "soonest", "waiting", "wait_until", "wait_entry",
-        "producer", "worker", "wake",
+        "producer", "worker", "wake", "put_id",
     )
 
     def __init__(self, wake: Callable[[bytes], None] | None) -> None:
@@ -86,6 +86,7 @@ class Session:
         self.producer = False
         self.worker = False
         self.wake = wake  # called with a reply when a blocked reserve resolves
+        self.put_id: int | None = None  # id of a put whose body is still to come
 
 
 class NullWal:
@@ -404,13 +405,23 @@ class Store:
             s.wake(job)
 
     # --- commands on jobs ---------------------------------------------------
-    def put(self, s: Session, pri: int, delay: int, ttr: int, body: bytes):
+    def take_id(self) -> int:
+        """Use up the next job id.  beanstalkd gives a put its id as soon as
+        the command line is read, so a put refused later still uses one."""
+        job_id = self.next_id
+        self.next_id += 1
+        return job_id
+
+    def put(self, s: Session, pri: int, delay: int, ttr: int, body: bytes,
+            job_id: int | None = None):
         """Returns the new job, or None when the binlog cannot take it."""
         self.set_producer(s)
         now = self.clock()
         t = s.use
-        job = Job(self.next_id, t, pri, delay, ttr, body, now)
-        self.next_id += 1
+        if job_id is None:
+            job_id = self.next_id
+            self.next_id += 1
+        job = Job(job_id, t, pri, delay, ttr, body, now)
         if delay:
             job.state = DELAYED
             job.deadline = now + delay
