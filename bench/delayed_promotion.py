@@ -19,7 +19,15 @@ How the measurement works
    late by at least t - D_hi and at most t - D_lo.  The largest such figure
    over all samples is the promotion lateness (any lateness longer than the
    sampling interval is seen).
-3. CPU: with ``--pid`` the server's CPU time is read from /proc every 0.5 s
+3. Probes: the bounds above are as wide as the fill's batches took to be
+   acknowledged, which grows when the server is starved of CPU.  So, while
+   the tube is sampled, one probe job is put every ``--probe-every`` ms into a
+   tube of its own (``delay 1`` on an otherwise idle connection, so its
+   deadline is known to within one round trip) and another connection
+   blocks in ``reserve`` on that tube: a probe's lateness is the time its
+   RESERVED arrived minus its deadline.  They are due while the million are
+   being promoted, so they see every stall of the server's clock.
+4. CPU: with ``--pid`` the server's CPU time is read from /proc every 0.5 s
    during the promotion window; the busiest 0.5 s window beside the mean shows
    whether promotion comes in bursts.
 
@@ -35,11 +43,13 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
 from array import array
 from bisect import bisect_right
 
 TUBE = "bench-delayed"
+PROBE_TUBE = "bench-delayed-probe"
 BATCH = 256  # puts per write; two batches are kept in flight
 CPU_WINDOW = 0.5
 IO_TIMEOUT = 60.0
@@ -140,6 +150,95 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _line(sock: socket.socket, buf: bytearray) -> tuple[bytes, bytearray]:
+    """One reply line (and a RESERVED body skipped); returns it and the rest."""
+    while True:
+        nl = buf.find(b"\r\n")
+        if nl >= 0:
+            line = bytes(buf[:nl])
+            end = nl + 2
+            if line.startswith(b"RESERVED "):
+                end += int(line.rsplit(b" ", 1)[1]) + 2
+            if len(buf) >= end:
+                return line, buf[end:]
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("server closed a probe connection")
+        buf += chunk
+
+
+class Probes:
+    """Puts a delay-1 probe job every ``every`` s until stopped; a second
+    connection reserves them and records how late each one came."""
+
+    def __init__(self, host: str, port: int, every: float) -> None:
+        self.host, self.port, self.every = host, port, every
+        self.stop = threading.Event()
+        self.sent: dict[int, tuple[float, float]] = {}  # id -> (sent, acked)
+        self.got: dict[int, float] = {}  # id -> RESERVED received
+        self.errors: list[str] = []
+        self._threads = [threading.Thread(target=self._guard, args=(f,), daemon=True)
+                         for f in (self._put, self._reserve)]
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(IO_TIMEOUT)
+
+    def _guard(self, fn) -> None:
+        try:
+            fn()
+        except (OSError, RuntimeError) as e:
+            self.errors.append(f"{fn.__name__}: {e}")
+
+    def _put(self) -> None:
+        with socket.create_connection((self.host, self.port), timeout=IO_TIMEOUT) as sock:
+            buf = bytearray()
+            sock.sendall(b"use %s\r\n" % PROBE_TUBE.encode())
+            _, buf = _line(sock, buf)
+            while not self.stop.wait(self.every):
+                sent = time.monotonic()
+                sock.sendall(b"put 0 1 60 1\r\np\r\n")
+                line, buf = _line(sock, buf)
+                self.sent[int(line.split()[1])] = (sent, time.monotonic())
+
+    def _reserve(self) -> None:
+        with socket.create_connection((self.host, self.port), timeout=IO_TIMEOUT) as sock:
+            buf = bytearray()
+            sock.sendall(b"watch %s\r\nignore default\r\n" % PROBE_TUBE.encode())
+            for _ in range(2):
+                _, buf = _line(sock, buf)
+            while not self.stop.is_set():
+                sock.sendall(b"reserve-with-timeout 1\r\n")
+                line, buf = _line(sock, buf)
+                if line.startswith(b"RESERVED "):
+                    got = time.monotonic()
+                    jid = int(line.split()[1])
+                    self.got[jid] = got
+                    sock.sendall(b"delete %d\r\n" % jid)
+                    _, buf = _line(sock, buf)
+
+    def result(self) -> dict:
+        late_hi = sorted(self.got[j] - (s + 1) for j, (s, _) in self.sent.items()
+                         if j in self.got)
+        late_lo = [self.got[j] - (a + 1) for j, (_, a) in self.sent.items() if j in self.got]
+        windows = [a - s for s, a in self.sent.values()]
+        return {
+            "probes": len(self.sent), "probes_reserved": len(late_hi),
+            "probe_late_max_ms": late_hi[-1] * 1e3 if late_hi else None,
+            "probe_late_p99_ms": late_hi[int(0.99 * (len(late_hi) - 1))] * 1e3 if late_hi
+            else None,
+            "probe_late_max_lo_ms": max(late_lo) * 1e3 if late_lo else None,
+            "probe_window_max_ms": max(windows) * 1e3 if windows else None,
+            "probe_errors": self.errors,
+        }
+
+
 def watch(host: str, port: int, filled: dict, pid: int | None, every_ms: float,
           slack: float = 10.0, progress=None) -> dict:
     """Sample the tube until every job is promoted; returns lateness and CPU figures."""
@@ -155,6 +254,7 @@ def watch(host: str, port: int, filled: dict, pid: int | None, every_ms: float,
     next_cpu = 0.0
     first_due = lo[0]
     last_print = 0.0
+    watch_start = time.monotonic()
     with socket.create_connection((host, port), timeout=IO_TIMEOUT) as sock:
         buf = bytearray()
         while True:
@@ -190,6 +290,8 @@ def watch(host: str, port: int, filled: dict, pid: int | None, every_ms: float,
     lates.sort()
     return {
         "jobs": n,
+        # jobs whose deadline came while we watched (the others were due during the fill)
+        "measured": n - bisect_right(lo, watch_start),
         "promoted": n - delayed,
         "samples": samples,
         "late_max_ms": max(late_hi, 0.0) * 1e3,  # conservative (upper bound)
@@ -203,7 +305,8 @@ def watch(host: str, port: int, filled: dict, pid: int | None, every_ms: float,
 
 
 def measure(host: str, port: int, pid: int | None, jobs: int, start: float, spread: float,
-            size: int = 100, every_ms: float = 5.0, progress=None) -> dict:
+            size: int = 100, every_ms: float = 5.0, probe_every_ms: float = 100.0,
+            progress=None) -> dict:
     if host != "127.0.0.1":
         raise ValueError("only 127.0.0.1 is allowed")
 
@@ -216,7 +319,9 @@ def measure(host: str, port: int, pid: int | None, jobs: int, start: float, spre
             progress(f"promoted {promoted}/{n} (due by now: {due})")
 
     filled = fill(host, port, jobs, start, spread, size, progress=fill_progress)
-    result = watch(host, port, filled, pid, every_ms, progress=watch_progress)
+    with Probes(host, port, probe_every_ms / 1e3) as probes:
+        result = watch(host, port, filled, pid, every_ms, progress=watch_progress)
+    result.update(probes.result())
     result.update(fill_s=filled["fill_s"], fill_window_ms=filled["window_ms"],
                   start_s=start, spread_s=spread,
                   fill_overlapped=filled["fill_s"] > start)
@@ -234,13 +339,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spread", type=float, default=30.0, help="deadlines spread over this")
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--every", type=float, default=5.0, help="sampling interval, ms")
+    ap.add_argument("--probe-every", type=float, default=100.0, help="probe interval, ms")
     args = ap.parse_args(argv)
 
     def progress(text: str) -> None:
         print(f"delayed: {text}", file=sys.stderr, flush=True)
 
     result = measure(args.host, args.port, args.pid, args.jobs, args.start, args.spread,
-                     args.size, args.every, progress)
+                     args.size, args.every, args.probe_every, progress)
     print(json.dumps(result))
 
 

@@ -75,7 +75,7 @@ class Settings:
     idle_tubes: int = 10_000
     idle_waiting: int = 1_000
     delayed_jobs: int = 1_000_000
-    delayed_start: float = 40.0
+    delayed_start: float = 60.0
     delayed_spread: float = 30.0
     kinds: tuple = ("beanstalkd", "bsnode")
     bsnode_path: str | None = None  # run bsnode from this copy (PYTHONPATH) instead
@@ -364,18 +364,26 @@ def report(results: dict, s: Settings) -> str:
         bd, nd = d.get("beanstalkd"), d.get("bsnode")
 
         def late(r):
-            return None if r is None else f"{r['late_max_lo_ms']:.0f}–{r['late_max_ms']:.0f} ms"
+            if r is None:
+                return "—"
+            probe = r.get("probe_late_max_ms")
+            p99 = r.get("probe_late_p99_ms")
+            return (f"probes max {_fmt(probe, '.0f')} ms (p99 {_fmt(p99, '.0f')}); frontier {r['late_max_lo_ms']:.0f}–{r['late_max_ms']:.0f} ms; "
+                    f"{r['measured'] / r['jobs']:.0%} measured")
 
         def cpu(r):
             if r is None or r["cpu_mean_pct"] is None:
                 return "—"
             return f"{r['cpu_mean_pct']:.0f}% / {r['cpu_peak_pct']:.0f}%"
 
-        rows.append((f"delayed: {nd['jobs']:,} jobs over {nd['spread_s']:.0f} s, "
-                     "max promotion lateness", f"≤ {DELAYED_MAX_LATE_MS:.0f} ms",
-                     late(bd) or "—", late(nd), "",
-                     _verdict(nd["late_max_ms"] <= DELAYED_MAX_LATE_MS and
-                              nd["promoted"] == nd["jobs"])))
+        ok = None
+        if nd["measured"] >= 0.9 * nd["jobs"] and nd.get("probe_late_max_ms") is not None:
+            ok = (nd["probe_late_max_ms"] <= DELAYED_MAX_LATE_MS and
+                  nd["late_max_lo_ms"] <= DELAYED_MAX_LATE_MS and nd["promoted"] == nd["jobs"])
+        rows.append((f"delayed: {nd['jobs']:,} jobs due over {nd['spread_s']:.0f} s, promotion "
+                     "lateness (probe jobs due meanwhile; the frontier bracket of all jobs)",
+                     f"≤ {DELAYED_MAX_LATE_MS:.0f} ms", late(bd), late(nd), "",
+                     _verdict(ok) if ok is not None else "not measurable (fill overlapped)"))
         rows.append(("delayed: server CPU while promoting, mean / peak 0.5 s", "no spike",
                      cpu(bd), cpu(nd), "", "—"))
     nd_ = results.get("nodes", {})
