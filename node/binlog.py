@@ -4,23 +4,23 @@ How this works
 --------------
 The log is a directory of segment files ``binlog.N``; the format (a header
 with magic and version, then msgpack records framed with length and CRC-32)
-is documented in ``binlog_format`` and docs/BINLOG.md.  Records are only ever
-appended, to the newest segment (``cur``); a put writes the job's FULL
-record, a state change (release, bury, kick, reserve-job) a small UPDATE, a
-delete a DELETE.  Each record is written (``pwrite``) before the store
-answers, so a killed process loses nothing; fsync follows beanstalkd 1.12:
-``-f 0`` syncs before the reply, ``-f MS`` at most every MS ms on a timer
-(so the last write before a quiet spell is synced within MS), ``-F`` never.
+is documented in ``binlog_format`` and docs/BINLOG.md; the files and their
+space are ``binlog_space``'s.  Records are only ever appended, to the newest
+segment (``cur``); a put writes the job's FULL record, a state change
+(release, bury, kick) a small UPDATE, a delete a DELETE; a reservation is
+not logged (as in beanstalkd).  Each record is in the page cache (a memory
+map of cur, or pwrite) before the store answers, so a killed process loses
+nothing; fsync follows beanstalkd 1.12: ``-f 0`` syncs before the reply,
+``-f MS`` at most every MS ms on a timer, on a thread of its own (so the
+last write before a quiet spell is synced within MS), ``-F`` never.
 
-Space.  Segments are allocated whole when created (``posix_fallocate``), so
-a write inside one cannot meet a full disk.  Every live job owns a *slot*:
-room for its DELETE record, counted in whole ``SLOT``-byte pieces of the
-free space of ``cur`` and of *spare* segments allocated ahead.  Invariant:
-free slots >= live jobs.  A put first makes room for its record plus one
-more slot (allocating a spare if needed); if the disk refuses, the put is
-answered OUT_OF_MEMORY and nothing is acknowledged.  A delete only spends
-its own slot, so it never needs new space.  A failed update or delete write
-is retried on a timer until it lands; failures are logged, never hidden.
+Space.  Every live job owns a *slot*: room for its DELETE record in the
+allocated, unwritten space of cur and the spares.  Invariant: free slots >=
+live jobs.  A put first makes room for its record plus one more slot
+(allocating a spare if needed); if the disk refuses, the put is answered
+OUT_OF_MEMORY and nothing is acknowledged.  A delete only spends its own
+slot, so it never needs new space.  A failed update or delete write is
+retried on a timer until it lands; failures are logged, never hidden.
 
 Bounded disk.  A job's *home* is the segment of its latest FULL record; a
 segment is needed while it is home to a live job, or while an older one is
@@ -55,21 +55,19 @@ from collections.abc import Callable
 import msgpack
 
 from . import binlog_format as F
-from .binlog_io import DirLock, DirLockedError, OsIO, Syncer
-from .binlog_replay import CorruptLog, Damage, Replay, replay
+from .binlog_io import DirLock, DirLockedError, OsIO
+from .binlog_replay import CorruptLog, Replay, replay, save_damage
+from .binlog_space import SLOT, Segment, SegmentFiles
 
 log = logging.getLogger("bsnode")
 
 DEFAULT_SEGMENT_SIZE = 10485760
-MIN_SEGMENT_SIZE = 1024  # smaller -s values are raised to this
-SLOT = F.SMALL_RECORD_MAX  # disk kept per live job for its DELETE record
 COMPACT_CREDIT = 2  # bytes migrated per byte of new records, while over the bound
 COMPACT_CREDIT_MAX = 4 << 20
 COMPACT_TICK = 0.05  # seconds between background compaction steps
 COMPACT_TICK_BYTES = 1 << 20
 RETRY_EVERY = 1.0  # seconds between retries of a failed write
 REAP_POLL = 0.005  # seconds between looks at a background sync that old segments wait on
-ERROR_LOG_EVERY = 10.0  # seconds between repeats of the same complaint
 RECOVER_ENV = "BSNODE_BINLOG_RECOVER"
 
 _FRAME_PACK = F.FRAME.pack
@@ -92,24 +90,7 @@ class BinlogError(Exception):
         self.exit_code = exit_code
 
 
-class Segment:
-    __slots__ = ("num", "path", "fd", "map", "size", "used", "order", "cursor", "live",
-                 "max_id")
-
-    def __init__(self, num: int, path: str, fd: int, size: int, used: int) -> None:
-        self.num = num
-        self.path = path
-        self.fd = fd  # -1 once closed
-        self.map = None  # while it is cur: a writable map of the file, if the fs allows
-        self.size = size  # bytes the file takes on disk
-        self.used = used  # bytes written
-        self.order: list = []  # jobs homed here, in write order (None once gone)
-        self.cursor = 0  # order[:cursor] are all None
-        self.live = 0  # jobs homed here
-        self.max_id = 0  # highest id a record here names
-
-
-class Binlog:
+class Binlog(SegmentFiles):
     """The store's write-ahead log (``store.wal``).
 
     ``job.wal`` is ``[home segment, FULL frame size, last UPDATE frame size,
@@ -121,23 +102,14 @@ class Binlog:
     def __init__(self, dirpath: str, segment_size: int, fsync_ms: int | None,
                  clock: Callable[[], float], sched, io: OsIO | None = None,
                  wall: Callable[[], float] = time.time, background_sync: bool = True) -> None:
-        self.dir = dirpath
+        super().__init__(dirpath, segment_size, fsync_ms, io, background_sync)
         self.max_size = segment_size
-        self.seg_size = max(segment_size, MIN_SEGMENT_SIZE)
         self._two_segments = 2 * self.seg_size
-        self.fsync_ms = fsync_ms
         self._sync_each = fsync_ms == 0
         self.clock = clock
         self.sched = sched
-        self.io = io or OsIO()
         self.wall = wall
         self.lock: DirLock | None = None
-        self.segments: list[Segment] = []  # oldest first; the last one is cur
-        self.cur: Segment | None = None
-        self.spares: list[Segment] = []
-        self.spare_slots = 0
-        self.next_num = 1
-        self.disk = 0  # bytes of segment files on disk
         self.live_count = 0  # jobs owning a slot
         self.live_bytes = 0  # their FULL + last UPDATE frames
         self.max_id = 0
@@ -146,17 +118,12 @@ class Binlog:
         self.credit = 0
         self._compacting = False
         self._idle_old: list[Segment] = []  # old segments with no job records
-        # removed from the log; unlinked once the sync numbered with them is done
-        self._doomed: list[tuple[int, Segment]] = []
-        self._syncer = Syncer(self.io) if fsync_ms and background_sync else None
         self._reap_entry = None
         self._retry: dict[int, object] = {}  # jobs whose latest change is not on disk
         self._sync_entry = None
         self._compact_entry = None
         self._retry_entry = None
         self._last_sync = float("-inf")
-        self._failures = 0
-        self._last_complaint = float("-inf")
         self._pack = msgpack.Packer().pack
         self._put_rec = [F.FULL, 0, "", 0, 0, 0, b"", 0, 0, 0, 0, 0, 0, 0, 0]
         self._pwrite = self.io.pwrite
@@ -409,15 +376,6 @@ class Binlog:
         if self._retry and self._retry_entry is None:
             self._retry_entry = self.sched.add(self.clock(), self._retry_due, None)
 
-    def _complain(self, what: str, err: OSError) -> None:
-        self._failures += 1
-        now = time.monotonic()
-        if now - self._last_complaint >= ERROR_LOG_EVERY:
-            self._last_complaint = now
-            log.error("binlog: %s: %s; puts are answered OUT_OF_MEMORY and writes retried "
-                      "until the disk takes them (%d failures so far)",
-                      what, err.strerror or err, self._failures)
-
     def _keep_for_retry(self, job) -> None:
         self._retry[job.id] = job
         if self._retry_entry is None:
@@ -437,107 +395,6 @@ class Binlog:
             del self._retry[jid]
         if self._retry and self._retry_entry is None:
             self._retry_entry = self.sched.add(now + RETRY_EVERY, self._retry_due, None)
-
-    # --- space ------------------------------------------------------------------
-    def _room(self, n: int, keep: int) -> bool:
-        """Make cur able to take ``n`` bytes now and still leave ``keep`` slots free."""
-        while True:
-            cur = self.cur
-            free = cur.size - cur.used
-            if free >= n:
-                if (free - n) // SLOT + self.spare_slots >= keep:
-                    return True
-            elif self.spares and self.spares[0].size - self.spares[0].used >= n:
-                nxt = self.spares[0]
-                nfree = nxt.size - nxt.used
-                if (nfree - n) // SLOT + self.spare_slots - nfree // SLOT >= keep:
-                    self._roll()
-                    return True
-            else:  # a record bigger than a segment gets a segment of its own
-                if not self._add_spare(F.HEADER_SIZE + n + SLOT, front=True):
-                    return False
-                continue
-            if not self._add_spare(self.seg_size):
-                return False
-
-    def _add_spare(self, size: int, front: bool = False) -> bool:
-        try:
-            seg = self._open_segment(max(size, self.seg_size))
-        except OSError as e:
-            self._complain("cannot allocate a new segment", e)
-            return False
-        if front:
-            self.spares.insert(0, seg)
-        else:
-            self.spares.append(seg)
-        self.spare_slots += (seg.size - seg.used) // SLOT
-        return True
-
-    def _open_segment(self, size: int) -> Segment:
-        num = self.next_num
-        path = os.path.join(self.dir, f"binlog.{num}")
-        io = self.io
-        fd = io.create(path)
-        try:
-            io.allocate(fd, size)
-            if io.pwrite(fd, F.header(num), 0) != F.HEADER_SIZE:
-                raise OSError(errno.EIO, "short write of a segment header")
-            if self.fsync_ms is not None:
-                io.fdatasync(fd)
-                io.sync_dir(self.dir)
-        except OSError:
-            io.close(fd)
-            try:
-                io.unlink(path)
-            except OSError:
-                pass
-            raise
-        self.next_num = num + 1
-        self.disk += size
-        return Segment(num, path, fd, size, F.HEADER_SIZE)
-
-    def _roll(self) -> None:
-        """cur is full: close it and continue in the first spare."""
-        old = self.cur
-        nxt = self.spares.pop(0)
-        self.spare_slots -= (nxt.size - nxt.used) // SLOT
-        self._close(old)
-        self.segments.append(nxt)
-        self._make_current(nxt)
-
-    def _make_current(self, seg: Segment) -> None:
-        self.cur = seg
-        try:
-            seg.map = self.io.map(seg.fd, seg.size, self.dir)
-        except (OSError, ValueError) as e:  # no map: pwrite works as well, slower
-            log.warning("binlog: cannot map %s (%s); writing with pwrite", seg.path, e)
-            seg.map = None
-
-    def _close(self, seg: Segment) -> None:
-        """Sync a finished segment and give back its unused tail."""
-        io = self.io
-        if seg.map is not None:
-            seg.map.close()
-            seg.map = None
-        try:
-            if self.fsync_ms is not None:
-                io.fdatasync(seg.fd)
-            io.truncate(seg.fd, seg.used)
-            self.disk -= seg.size - seg.used
-            seg.size = seg.used
-        except OSError as e:
-            log.error("binlog: closing %s: %s", seg.path, e)
-        io.close(seg.fd)
-        seg.fd = -1
-
-    def _discard(self, seg: Segment) -> None:
-        """Remove an unused spare."""
-        try:
-            self.io.close(seg.fd)
-            self.io.unlink(seg.path)
-            self.disk -= seg.size
-        except OSError as e:
-            log.error("binlog: removing spare %s: %s", seg.path, e)
 
     # --- compaction ---------------------------------------------------------------
     def _live(self) -> int:
@@ -639,31 +496,6 @@ class Binlog:
         else:
             self._unlink_doomed()
         return True
-
-    def _unlink_doomed(self, everything: bool = False) -> None:
-        if not self._doomed:
-            return
-        done = self._syncer.done if self._syncer is not None else float("inf")
-        due = [seg for number, seg in self._doomed if everything or number <= done]
-        if not due:
-            return
-        self._doomed = [(n, seg) for n, seg in self._doomed if seg not in due]
-        for seg in due:
-            try:
-                if seg.fd >= 0:
-                    self.io.close(seg.fd)
-                    seg.fd = -1
-                self.io.unlink(seg.path)
-                self.disk -= seg.size
-            except FileNotFoundError:
-                self.disk -= seg.size
-            except OSError as e:
-                log.error("binlog: cannot remove %s: %s", seg.path, e)
-        if self.fsync_ms is not None:
-            try:
-                self.io.sync_dir(self.dir)
-            except OSError as e:
-                log.error("binlog: syncing %s: %s", self.dir, e)
 
     # --- fsync ----------------------------------------------------------------------
     def _sync_due(self, _arg, now: float) -> None:
@@ -840,8 +672,8 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
                 f"{e}. To start anyway, skipping the damaged bytes (jobs in them are lost "
                 f"and deleted jobs may come back), set {RECOVER_ENV}=1") from None
         sync = fsync_ms is not None
-        _cut(r.torn, "torn", truncate=True, sync=sync)
-        _cut(r.skipped, "damaged", truncate=False, sync=sync)
+        save_damage(r.torn, "torn", truncate=True, sync=sync)
+        save_damage(r.skipped, "damaged", truncate=False, sync=sync)
         wal = Binlog(dirpath, segment_size, fsync_ms, store.clock, store.sched, io, wall,
                      background_sync)
         wal.lock = lock
@@ -864,44 +696,3 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
         log.info("binlog: %d jobs restored from %d records in %d files (%.2f s)",
                  count, r.records, len(r.segments), time.monotonic() - started)
     return wal
-
-
-def _cut(damage: list[Damage], kind: str, truncate: bool, sync: bool) -> None:
-    """Save damaged bytes beside the log; for a torn tail, cut it off."""
-    for d in damage:
-        if not d.data:  # a segment created, then the crash: nothing to keep
-            if truncate and d.whole_file:
-                os.unlink(d.path)
-            continue
-        saved = f"{d.path}.{kind}-at-{d.offset}"
-        n = 0
-        while os.path.exists(saved):
-            n += 1
-            saved = f"{d.path}.{kind}-at-{d.offset}.{n}"
-        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, d.data)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        if truncate:
-            if d.whole_file:
-                os.unlink(d.path)
-            else:
-                fd = os.open(d.path, os.O_RDWR | os.O_CLOEXEC)
-                try:
-                    os.ftruncate(fd, d.offset)
-                    if sync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-            log.warning("binlog: %s ends in a torn record at offset %d (a crash mid-write): "
-                        "cut %d bytes, saved in %s", d.path, d.offset, len(d.data), saved)
-        else:
-            log.warning("binlog: %d damaged bytes of %s at offset %d saved in %s",
-                        len(d.data), d.path, d.offset, saved)
-    if damage and sync:
-        dirs = {os.path.dirname(d.path) for d in damage}
-        for dirpath in dirs:
-            OsIO().sync_dir(dirpath)

@@ -243,6 +243,51 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
     return pos
 
 
+def save_damage(damage: list[Damage], kind: str, truncate: bool, sync: bool) -> None:
+    """Save damaged bytes beside the log; for a torn tail, cut it off."""
+    for d in damage:
+        if not d.data:  # a segment created, then the crash: nothing to keep
+            if truncate and d.whole_file:
+                os.unlink(d.path)
+            continue
+        saved = f"{d.path}.{kind}-at-{d.offset}"
+        n = 0
+        while os.path.exists(saved):
+            n += 1
+            saved = f"{d.path}.{kind}-at-{d.offset}.{n}"
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, d.data)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if truncate:
+            if d.whole_file:
+                os.unlink(d.path)
+            else:
+                fd = os.open(d.path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, d.offset)
+                    if sync:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            log.warning("binlog: %s ends in a torn record at offset %d (a crash mid-write): "
+                        "cut %d bytes, saved in %s", d.path, d.offset, len(d.data), saved)
+        else:
+            log.warning("binlog: %d damaged bytes of %s at offset %d saved in %s",
+                        len(d.data), d.path, d.offset, saved)
+    if damage and sync:
+        dirs = {os.path.dirname(d.path) for d in damage}
+        for dirpath in dirs:
+            fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def _name_bad_frame(path: str, data: bytes, start: int, stop: int) -> None:
     """Raise CorruptLog for the first frame in [start, stop) whose record is malformed."""
     sizes, _ = F.scan_frames(data, start)
