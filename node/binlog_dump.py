@@ -90,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bodies", action="store_true", help="print job bodies in full")
     args = ap.parse_args(argv)
     damaged = False
-    for path in segment_paths(args.paths):
-        with open(path, "rb") as f:
-            data = f.read()
+    try:
+        paths = segment_paths(args.paths)
+    except OSError as e:
+        ap.error(str(e))
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            ap.error(str(e))
         if not args.json:
             print(path)
         for item in describe(data):
