@@ -230,7 +230,12 @@ class Binlog(SegmentFiles):
                 "bound": self._bound(), "pending": len(self._retry)}
 
     def close(self) -> None:
-        """Sync, finish removals, drop spares, unlock."""
+        """Write what is still owed, sync, finish removals, drop spares, unlock."""
+        if self._retry:
+            self._retry_due(None, self.clock())
+            if self._retry:
+                log.error("binlog: %d changes could not be written before stopping",
+                          len(self._retry))
         if self._syncer is not None:
             self._syncer.stop()
             self._syncer = None
@@ -403,6 +408,10 @@ class Binlog(SegmentFiles):
     def _bound(self) -> int:
         return 2 * (self.live_bytes + self.live_count * SLOT) + 2 * self.seg_size
 
+    def _over(self) -> bool:
+        """Over the bound, not counting segments already out of the log."""
+        return self.disk - self.doomed_bytes > self._bound()
+
     def _grow(self, n: int) -> None:
         """``n`` new bytes of records were written: compact if over the bound."""
         if self.disk > 2 * (self.live_bytes + self.live_count * SLOT) + 2 * self.seg_size:
@@ -421,7 +430,7 @@ class Binlog(SegmentFiles):
 
     def _compact_steps(self) -> None:
         segments = self.segments
-        while self.credit > 0 and len(segments) > 1 and self.disk > self._bound():
+        while self.credit > 0 and len(segments) > 1 and self._over():
             head = segments[0]
             if head.live == 0:
                 if not self._collect():
@@ -434,7 +443,7 @@ class Binlog(SegmentFiles):
             head.cursor = i
             if not self._migrate(order[i]):
                 return
-        if len(segments) > 1 and self.disk > self._bound() and self._compact_entry is None:
+        if len(segments) > 1 and self._over() and self._compact_entry is None:
             self._compact_entry = self.sched.add(
                 self.clock() + COMPACT_TICK, self._compact_due, None)
 
@@ -489,7 +498,9 @@ class Binlog(SegmentFiles):
         syncer = self._syncer
         number = syncer.requested + 1 if syncer is not None else 0
         while len(segments) > 1 and not segments[0].live:
-            self._doomed.append((number, segments.pop(0)))
+            seg = segments.pop(0)
+            self._doomed.append((number, seg))
+            self.doomed_bytes += seg.size
         if self.fsync_ms:
             if self._sync_entry is None:
                 self._sync_entry = self.sched.add(self.clock(), self._sync_due, None)
@@ -530,8 +541,9 @@ class Binlog(SegmentFiles):
             self._sync_failed(syncer.error, now)
             syncer.error = None
         self._unlink_doomed()
-        if self._doomed:
-            self._reap_entry = self.sched.add(now + REAP_POLL, self._reap_due, None)
+        if self._doomed:  # look again soon; after a failure, when the sync is retried
+            wait = REAP_POLL if syncer.done < syncer.requested else RETRY_EVERY
+            self._reap_entry = self.sched.add(now + wait, self._reap_due, None)
 
     # --- start-up ---------------------------------------------------------------------
     def adopt(self, r: Replay, store) -> int:
@@ -621,6 +633,7 @@ class Binlog(SegmentFiles):
             if seg in self.segments:
                 self.segments.remove(seg)
                 self._doomed.append((0, seg))
+                self.doomed_bytes += seg.size
         self._idle_old = []
         self._unlink_doomed(everything=True)
         self.credit = 0

@@ -184,9 +184,9 @@ class Syncer:
                 self._want = None
             try:
                 self.io.fdatasync(fd)
-            except OSError as e:
+            except Exception as e:  # noqa: BLE001 - reported by the binlog, never fatal here
                 with self._cond:
-                    self.error = e
+                    self.error = e if isinstance(e, OSError) else OSError(str(e))
                     self._cond.notify_all()
                 continue
             finally:

@@ -68,6 +68,7 @@ class SegmentFiles:
         self.disk = 0  # bytes of segment files on disk
         # removed from the log; unlinked once the sync numbered with them is done
         self._doomed: list[tuple[int, Segment]] = []
+        self.doomed_bytes = 0
         self._syncer = Syncer(self.io) if fsync_ms and background_sync else None
         self._failures = 0
         self._last_complaint = float("-inf")
@@ -181,6 +182,7 @@ class SegmentFiles:
             return
         self._doomed = [(n, seg) for n, seg in self._doomed if seg not in due]
         for seg in due:
+            self.doomed_bytes -= seg.size
             try:
                 if seg.fd >= 0:
                     self.io.close(seg.fd)

@@ -599,3 +599,18 @@ def test_restarts_do_not_pile_up_segments(tmp_path):
         wal.close()
     assert len(segs(tmp_path)) == 2  # the job's segment and the latest start's
     assert store.next_id == keep.id + 1
+
+
+def test_changes_still_owed_are_written_when_the_node_stops(tmp_path):
+    io = FaultyIO()
+    store, wal, clock = open_store(tmp_path, io=io)
+    s = store.connect()
+    gone = store.put(s, 1, 0, 60, b"gone")
+    io.broken = True
+    assert store.delete(s, gone.id)
+    assert wal.usage()["pending"] == 1
+    io.broken = False  # the disk is back, but no retry ran before the stop
+    wal.close()
+    store2, wal2, _ = open_store(tmp_path, Clock(clock.now))
+    assert gone.id not in store2.jobs
+    wal2.close()
