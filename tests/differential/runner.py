@@ -252,6 +252,9 @@ class _Player:
             self.problem(i, "a reply", got)
 
     def do_silent(self, i: int, s: Silent) -> None:
+        if self.timeouts >= MAX_TIMEOUTS:
+            self.record(i, s.conn, SKIPPED)
+            return
         c = self.conn(s.conn)
         deadline = time.monotonic() + s.seconds
         while c.fill(deadline):
@@ -263,6 +266,9 @@ class _Player:
             self.problem(i, "silence", got)
 
     def do_eof(self, i: int, s: Eof | Close) -> None:
+        if self.timeouts >= MAX_TIMEOUTS:
+            self.record(i, s.conn, SKIPPED)
+            return
         c = self.conn(s.conn)
         if isinstance(s, Close):
             try:
