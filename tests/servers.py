@@ -115,9 +115,11 @@ def start_bsnode(*args: str, env: dict | None = None) -> Server:
         argv = ["-l", "127.0.0.1"] + argv
     if "-p" not in argv:
         argv = ["-p", "0"] + argv
+    # an explicit environment: spawning from a thread with env=None can fail
+    # with EFAULT while another thread changes os.environ
     proc = subprocess.Popen(
         bsnode_command() + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, env=env,
+        stderr=subprocess.PIPE, env=dict(os.environ) if env is None else env,
     )
     lines: deque = deque(maxlen=200)
     found = threading.Event()
@@ -140,6 +142,7 @@ def start_beanstalkd(*args: str) -> Server:
         proc = subprocess.Popen(
             [BEANSTALKD, "-l", "127.0.0.1", "-p", str(port), *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=dict(os.environ),
         )
         lines: deque = deque(maxlen=200)
         threading.Thread(
