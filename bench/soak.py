@@ -55,6 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from bsclient import (  # noqa: E402
     BeanstalkError,
+    Client,
     ClusterClient,
     ConnectionLostError,
     DeadlineSoonError,
@@ -99,13 +100,15 @@ class Delivery:
 @dataclass
 class History:
     attempted: set = field(default_factory=set)  # keys a producer tried to put
-    acked: set = field(default_factory=set)  # INSERTED came back
+    acked: dict = field(default_factory=dict)  # INSERTED came back: key -> "node/id"
     unknown: set = field(default_factory=set)  # sent, then the connection broke
     refused: set = field(default_factory=set)  # never stored (not sent, or an error reply)
     deliveries: list = field(default_factory=list)
     kills: int = 0
     restarts: int = 0
+    kill_log: list = field(default_factory=list)  # (seconds into the run, node)
     errors: list = field(default_factory=list)  # the run could not be completed
+    stranded: dict = field(default_factory=dict)  # node -> job counts left at the end
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -131,8 +134,9 @@ class Report:
     kills: int
     restarts: int
     errors: list
-    lost_keys: list
+    lost_keys: list  # "key@node/id", the first ones
     resurrected_keys: list
+    stranded: dict
 
     @property
     def ok(self) -> bool:
@@ -151,7 +155,7 @@ def check(h: History) -> Report:
             phantom += 1
             continue
         by_key.setdefault(d.key, []).append(d)
-    lost = sorted(h.acked - by_key.keys())
+    lost = sorted(h.acked.keys() - by_key.keys())
     duplicated = allowed = 0
     resurrected = []
     for key, ds in by_key.items():
@@ -172,7 +176,8 @@ def check(h: History) -> Report:
         resurrected=len(resurrected), corrupt=corrupt, phantom=phantom,
         unknown_stored=len(h.unknown & by_key.keys()),
         kills=h.kills, restarts=h.restarts, errors=list(h.errors),
-        lost_keys=lost[:20], resurrected_keys=sorted(resurrected)[:20],
+        lost_keys=[f"{k}@{h.acked[k]}" for k in lost[:20]],
+        resurrected_keys=sorted(resurrected)[:20], stranded=dict(h.stranded),
     )
 
 
@@ -240,7 +245,7 @@ class Soak:
                 with h.lock:
                     h.attempted.add(key)
                 try:
-                    cc.put(body, ttr=TTR)
+                    handle = cc.put(body, ttr=TTR)
                 except NoNodeAvailableError as e:
                     with h.lock:
                         (h.unknown if e.sent else h.refused).add(key)
@@ -255,7 +260,7 @@ class Soak:
                         h.refused.add(key)
                     continue
                 with h.lock:
-                    h.acked.add(key)
+                    h.acked[key] = handle
 
     def consume(self) -> None:
         h = self.history
@@ -287,6 +292,7 @@ class Soak:
             with self.node_lock:
                 node.kill()
                 h.kills += 1
+                h.kill_log.append((round(time.monotonic() - self.started, 2), node.name))
                 time.sleep(self.rng.uniform(0, args.down_max))
                 try:
                     node.start()
@@ -299,6 +305,7 @@ class Soak:
     # --- the run ------------------------------------------------------------------
     def run(self) -> Report:
         args, h = self.args, self.history
+        self.started = time.monotonic()
         for node in self.nodes:
             node.start()
         threads = []
@@ -325,6 +332,7 @@ class Soak:
             else:
                 if not h.errors:
                     h.errors.append(f"not drained within {args.drain_timeout:g}s")
+                h.stranded = self._leftovers()
         finally:
             self.producing.clear()
             self.consuming.clear()
@@ -340,7 +348,7 @@ class Soak:
         with h.lock:
             delivered = {d.key for d in h.deliveries}
             pending = [d for d in h.deliveries if d.deleted is None]
-        if not h.acked <= delivered or pending:
+        if not h.acked.keys() <= delivered or pending:
             return False
         try:
             with self.client() as cc:
@@ -349,6 +357,19 @@ class Soak:
             return False
         return all(stats.get(f"current-jobs-{s}", 1) == 0
                    for s in ("ready", "reserved", "delayed", "buried"))
+
+
+    def _leftovers(self) -> dict:
+        """Jobs each node still holds, by state (what a failed drain left)."""
+        out = {}
+        for node in self.nodes:
+            try:
+                with Client(node.address, timeout=CLIENT_TIMEOUT) as c:
+                    s = c.stats()
+                out[node.name] = {k[13:]: s[k] for k in s if k.startswith("current-jobs-")}
+            except BeanstalkError as e:
+                out[node.name] = {"error": str(e)}
+        return out
 
 
 def _spawn(fn, *args) -> threading.Thread:
@@ -399,15 +420,23 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(2))  # finally-blocks stop the nodes
     started = time.monotonic()
+    keep = not made
     try:
-        report = Soak(args, data_dir).run()
+        soak = Soak(args, data_dir)
+        report = soak.run()
+        keep = keep or not report.ok or bool(report.errors)
     except RuntimeError as e:
         print(f"soak: {e}", file=sys.stderr)
+        keep = True
         return 2
     finally:
-        if made:
+        if keep:
+            print(f"soak: binlogs kept in {data_dir}", file=sys.stderr)
+        else:
             shutil.rmtree(data_dir, ignore_errors=True)
     elapsed = time.monotonic() - started
+    if keep and not report.ok:
+        (data_dir / "kills.json").write_text(json.dumps(soak.history.kill_log))
     if args.json:
         print(json.dumps({**asdict(report), "ok": report.ok, "seconds": round(elapsed, 1),
                           "seed": args.seed}))
@@ -441,6 +470,8 @@ def print_report(r: Report, args: argparse.Namespace, elapsed: float) -> None:
         print(f"  lost, first ones: {', '.join(r.lost_keys)}")
     if r.resurrected_keys:
         print(f"  resurrected, first ones: {', '.join(r.resurrected_keys)}")
+    for node, counts in r.stranded.items():
+        print(f"  left on {node}: {counts}")
     print("  verdict:", "OK" if r.ok and not r.errors else "FAILED")
 
 

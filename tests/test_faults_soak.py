@@ -28,7 +28,7 @@ SHORT_SOAK = ["--duration", "8", "--kill-every", "1", "--down-max", "0.3",
 
 def history(acked=(), attempted=None, unknown=(), deliveries=()) -> soak.History:
     h = soak.History()
-    h.acked = set(acked)
+    h.acked = {k: f"node1/{i}" for i, k in enumerate(acked, 1)}
     h.unknown = set(unknown)
     h.attempted = set(attempted if attempted is not None else [*acked, *unknown])
     for i, (key, deleted, *intact) in enumerate(deliveries):
@@ -44,7 +44,7 @@ def test_a_clean_history_is_ok():
 
 def test_an_acknowledged_job_never_delivered_is_lost():
     r = soak.check(history(["a", "b"], deliveries=[("a", True)]))
-    assert not r.ok and r.lost == 1 and r.lost_keys == ["b"]
+    assert not r.ok and r.lost == 1 and r.lost_keys == ["b@node1/2"]
 
 
 def test_a_redelivery_after_an_unacknowledged_delete_is_an_allowed_duplicate():
