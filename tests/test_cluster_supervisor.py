@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -52,13 +53,13 @@ DEADLINE = 20.0
 
 
 def free_base_port(count: int) -> int:
-    """A base port with ``count`` free ports above it (never 11300)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65000:
-            continue
+    """A base port with ``count`` free ports above it (never 11300).
+
+    Picked below the kernel's ephemeral range, so that neither port-0 binds
+    nor the local ends of client connections made meanwhile can take it."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
         socks = []
         try:
             for p in range(base, base + count):

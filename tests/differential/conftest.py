@@ -22,7 +22,8 @@ def _selected(session, kinds: tuple[str, ...]) -> list:
     wanted: dict[str, object] = {}
     for item in session.items:
         spec = getattr(item, "callspec", None)
-        if spec is not None and spec.params.get("kind") in kinds:
+        if (spec is not None and spec.params.get("kind") in kinds
+                and "transcript" in spec.params):
             t = spec.params["transcript"]
             wanted.setdefault(t.name, t)
     return list(wanted.values())
