@@ -8,7 +8,7 @@
 How this works
 --------------
 throughput  Each round starts fresh servers, one per variant: bsnode, bsnode -b
-            (default fsync, -f 50), bsnode -b -f 0, beanstalkd, beanstalkd -b; in
+            (default fsync, -f 50), bsnode -b -f 0, and the same three of beanstalkd; in
             a shuffled order, each pinned to core 0 with the compiled load
             generator on core 1 (bench/harness.py), driving ``put`` of --size
             byte jobs from --conns connections at --pipeline depth for --seconds.
@@ -65,7 +65,8 @@ def variants(tmp: str) -> list[tuple[str, str, list[str]]]:
            ("bsnode -b -f 0", "bsnode", ["-b", "{dir}", "-f", "0"])]
     if have_beanstalkd():
         out += [("beanstalkd", "beanstalkd", []),
-                ("beanstalkd -b", "beanstalkd", ["-b", "{dir}"])]
+                ("beanstalkd -b", "beanstalkd", ["-b", "{dir}"]),
+                ("beanstalkd -b -f 0", "beanstalkd", ["-b", "{dir}", "-f", "0"])]
     return out
 
 

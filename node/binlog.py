@@ -57,7 +57,7 @@ import msgpack
 from . import binlog_format as F
 from .binlog_io import DirLock, DirLockedError, OsIO
 from .binlog_replay import CorruptLog, Replay, replay, save_damage
-from .binlog_space import SLOT, Segment, SegmentFiles
+from .binlog_space import SLOT, WAL_NUM_SHIFT, Segment, SegmentFiles
 
 log = logging.getLogger("bsnode")
 
@@ -76,6 +76,7 @@ _crc32 = zlib.crc32
 _STATE = F.STATE_CODES
 _DELAYED = F.STATE_DELAYED
 _INVALID = "invalid"  # the store's state of a deleted job
+_U32 = 0xFFFFFFFF
 _RESERVED = "reserved"
 
 
@@ -93,8 +94,10 @@ class BinlogError(Exception):
 class Binlog(SegmentFiles):
     """The store's write-ahead log (``store.wal``).
 
-    ``job.wal`` is ``[home segment, FULL frame size, last UPDATE frame size,
-    index in home.order]``.
+    ``job.wal`` packs four numbers into one int, so that it is no container
+    for the garbage collector to track: the home segment's number (``>> 72``),
+    the job's index in ``home.order`` (``>> 40``, 32 bits), its FULL frame's
+    size (``>> 8``, 32 bits) and its last UPDATE frame's size (low 8 bits).
     """
 
     enabled = True
@@ -176,7 +179,7 @@ class Binlog(SegmentFiles):
         if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
             self._after_write()
         order = cur.order
-        job.wal = [cur, n, 0, len(order)]
+        job.wal = cur.key | len(order) << 40 | n << 8
         order.append(job)
         cur.live += 1
         if jid > cur.max_id:
@@ -212,7 +215,7 @@ class Binlog(SegmentFiles):
 
     def file_of(self, job) -> int:
         w = job.wal
-        return w[0].num if w is not None else 0
+        return w >> WAL_NUM_SHIFT if w is not None else 0
 
     def stats(self) -> dict:
         return {
@@ -299,8 +302,8 @@ class Binlog(SegmentFiles):
         n = len(frame)
         if not self._room(n, self.live_count) or not self._write(frame, "update"):
             return False
-        self.live_bytes += n - w[2]
-        w[2] = n
+        self.live_bytes += n - (w & 0xFF)
+        job.wal = w >> 8 << 8 | n  # update frames are under 256 bytes
         if job.id > self.cur.max_id:
             self.cur.max_id = job.id
         self._grow(n)
@@ -320,12 +323,13 @@ class Binlog(SegmentFiles):
         return True
 
     def _forget(self, job) -> Segment:
-        home, full, upd, index = job.wal
+        w = job.wal
         job.wal = None
-        home.order[index] = None
+        home = self.by_num[w >> WAL_NUM_SHIFT]
+        home.order[w >> 40 & _U32] = None
         home.live -= 1
         self.live_count -= 1
-        self.live_bytes -= full + upd
+        self.live_bytes -= (w >> 8 & _U32) + (w & 0xFF)
         return home
 
     def _write(self, frame: bytes, what: str) -> bool:
@@ -464,15 +468,12 @@ class Binlog(SegmentFiles):
         if not self._room(n, self.live_count) or not self._write(frame, "migrated"):
             return False
         w = job.wal
-        old = w[0]
-        old.order[w[3]] = None
+        old = self.by_num[w >> WAL_NUM_SHIFT]
+        old.order[w >> 40 & _U32] = None
         old.live -= 1
         cur = self.cur
-        self.live_bytes += n - w[1] - w[2]
-        w[0] = cur
-        w[1] = n
-        w[2] = 0
-        w[3] = len(cur.order)
+        self.live_bytes += n - (w >> 8 & _U32) - (w & 0xFF)
+        job.wal = cur.key | len(cur.order) << 40 | n << 8
         cur.order.append(job)
         cur.live += 1
         if job.id > cur.max_id:
@@ -499,6 +500,7 @@ class Binlog(SegmentFiles):
         number = syncer.requested + 1 if syncer is not None else 0
         while len(segments) > 1 and not segments[0].live:
             seg = segments.pop(0)
+            del self.by_num[seg.num]
             self._doomed.append((number, seg))
             self.doomed_bytes += seg.size
         if self.fsync_ms:
@@ -560,6 +562,7 @@ class Binlog(SegmentFiles):
             if index not in dropped:
                 seg = Segment(info.num, info.path, -1, info.size, info.end)
                 seg.max_id = info.max_id
+                self.by_num[seg.num] = seg
                 if info.records == info.marks:  # no job records: left by a restart
                     self._idle_old.append(seg)
                 segs.append(seg)
@@ -583,9 +586,7 @@ class Binlog(SegmentFiles):
                           rec[10:15], age if age > 0 else 0.0)
             home = by_index[e[3]]
             order = home.order
-            e[0] = home  # e is now job.wal: [home, full size, update size, index]
-            e[3] = len(order)
-            job.wal = e
+            job.wal = home.key | len(order) << 40 | e[1] << 8 | e[2]
             order.append(job)
             live_bytes += e[1] + e[2]
         for seg in segs:
@@ -632,6 +633,7 @@ class Binlog(SegmentFiles):
         for seg in self._idle_old:
             if seg in self.segments:
                 self.segments.remove(seg)
+                del self.by_num[seg.num]
                 self._doomed.append((0, seg))
                 self.doomed_bytes += seg.size
         self._idle_old = []

@@ -7,8 +7,7 @@ checks every frame (length, CRC) on the bytes while msgpack's C unpacker,
 fed the rest of the segment, decodes the same frames as (length, crc,
 record) triples (``_read``).  Records are applied to a dict ``live``: id ->
 ``[full record (updated in place), full frame size, last update frame size,
-segment index]`` (the shape of ``job.wal``, whose first and last items the
-binlog replaces), kept in the order of each job's latest record, so
+segment index]``, kept in the order of each job's latest record, so
 buried jobs come back in the order they were buried.
 
 Damage is judged by what follows it.  Bytes that are not a valid frame,
