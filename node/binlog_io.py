@@ -21,6 +21,7 @@ import errno
 import fcntl
 import mmap
 import os
+import re
 import threading
 
 LOCK_NAME = "lock"
@@ -77,20 +78,30 @@ class OsIO:
 
 
 def filesystem_type(path: str) -> str | None:
-    """The type of the filesystem holding ``path`` (from /proc/self/mountinfo)."""
-    path = os.path.realpath(path)
-    best, kind = "", None
+    """The type of the filesystem holding ``path`` (from /proc/self/mountinfo).
+
+    Read as bytes and unescaped by hand: no codec is looked up, so nothing is
+    imported (bsnode may have dropped privileges by now, see ``-u``)."""
+    target = os.fsencode(os.path.realpath(path))
+    best, kind = b"", None
     try:
-        with open("/proc/self/mountinfo") as f:
+        with open("/proc/self/mountinfo", "rb") as f:
             for line in f:
-                left, _, right = line.partition(" - ")
-                point = left.split()[4].encode().decode("unicode_escape")
-                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                left, _, right = line.partition(b" - ")
+                point = _OCTAL_ESCAPE.sub(_unescape, left.split()[4])
+                inside = target == point or target.startswith(point.rstrip(b"/") + b"/")
                 if inside and len(point) >= len(best):
                     best, kind = point, right.split()[0]
     except (OSError, IndexError):
         return None
-    return kind
+    return None if kind is None else kind.decode("ascii", "replace")
+
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(m: re.Match) -> bytes:
+    return bytes((int(m.group(1), 8),))
 
 
 class DirLockedError(Exception):
