@@ -44,7 +44,6 @@ and a new segment started.
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
@@ -353,15 +352,6 @@ class Binlog(SegmentFiles):
         if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
             self._after_write()
         return True
-
-    def _write_rest(self, fd: int, frame: bytes, at: int, done: int) -> None:
-        """pwrite wrote less than asked (rare): write the rest, or raise."""
-        view = memoryview(frame)
-        while done < len(frame):
-            if done < 0:
-                raise OSError(errno.EIO, "short write")
-            n = self._pwrite(fd, view[done:], at + done)
-            done = done + n if n > 0 else -1
 
     def _write_failed(self, cur: Segment, frame: bytes, at: int, what: str,
                       err: OSError) -> None:

@@ -119,8 +119,8 @@ class SegmentFiles:
         fd = io.create(path)
         try:
             io.allocate(fd, size)
-            if io.pwrite(fd, F.header(num), 0) != F.HEADER_SIZE:
-                raise OSError(errno.EIO, "short write of a segment header")
+            header = F.header(num)
+            self._write_rest(fd, header, 0, io.pwrite(fd, header, 0))
             if self.fsync_ms is not None:
                 io.fdatasync(fd)
                 io.sync_dir(self.dir)
@@ -204,6 +204,16 @@ class SegmentFiles:
                 self.io.sync_dir(self.dir)
             except OSError as e:
                 log.error("binlog: syncing %s: %s", self.dir, e)
+
+    def _write_rest(self, fd: int, data: bytes, at: int, done: int) -> None:
+        """After a pwrite of ``data`` at ``at`` that wrote ``done`` bytes: write
+        the rest (pwrite may write less than asked), or raise OSError."""
+        view = memoryview(data)
+        while done < len(data):
+            n = self.io.pwrite(fd, view[done:], at + done)
+            if n <= 0:
+                raise OSError(errno.EIO, f"short write ({done} of {len(data)} bytes)")
+            done += n
 
     def _complain(self, what: str, err: OSError) -> None:
         self._failures += 1

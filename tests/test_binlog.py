@@ -22,6 +22,7 @@ from bsnode import binlog
 from bsnode import binlog_format as F
 from bsnode.binlog_dump import describe
 from bsnode.binlog_dump import main as dump_main
+from bsnode.binlog_io import MAP_FILESYSTEMS, filesystem_type
 from bsnode.commands import Commands
 from test_binlog_harness import Clock, FaultyIO, advance, disk_bytes, open_store, snapshot
 
@@ -613,4 +614,27 @@ def test_changes_still_owed_are_written_when_the_node_stops(tmp_path):
     wal.close()
     store2, wal2, _ = open_store(tmp_path, Clock(clock.now))
     assert gone.id not in store2.jobs
+    wal2.close()
+
+
+def test_records_go_through_a_memory_map_where_the_filesystem_allows(tmp_path):
+    store, wal, _ = open_store(tmp_path)
+    mapped = filesystem_type(str(tmp_path)) in MAP_FILESYSTEMS
+    assert (wal.cur.map is not None) == mapped
+    wal.close()
+
+
+def test_short_writes_are_finished(tmp_path):
+    io = FaultyIO()
+    io.short = True
+    store, wal, clock = open_store(tmp_path, io=io, segment_size=1024)
+    s = store.connect()
+    for i in range(30):
+        j = store.put(s, 1, 0, 60, b"short %d" % i + b"." * 50)
+        if i % 3 == 0:
+            store.delete(s, j.id)
+    before = snapshot(store)
+    wal.close()
+    store2, wal2, _ = open_store(tmp_path, Clock(clock.now), segment_size=1024)
+    assert snapshot(store2) == before
     wal2.close()

@@ -61,13 +61,15 @@ def disk_bytes(path) -> int:
 
 
 class FaultyIO(OsIO):
-    """File operations that fail on cue: ``full`` (no new space), ``broken`` (writes fail).
+    """File operations that fail on cue: ``full`` (no new space), ``broken`` (writes
+    fail), ``short`` (each pwrite writes half of what it is given).
 
     Records go through pwrite (no memory map) so that a broken write can fail."""
 
     def __init__(self) -> None:
         self.full = False
         self.broken = False
+        self.short = False
         self.syncs = 0
 
     def map(self, fd: int, size: int, dirpath: str):
@@ -81,6 +83,8 @@ class FaultyIO(OsIO):
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         if self.broken:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
+        if self.short and len(data) > 1:  # the kernel may write less than asked
+            data = memoryview(data)[:len(data) // 2]
         return super().pwrite(fd, data, offset)
 
     def fdatasync(self, fd: int) -> None:
