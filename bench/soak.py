@@ -11,7 +11,10 @@ theirs and delete.  A killer thread SIGKILLs a random node every
 seconds and starts it again on the same port and binlog.  After ``--duration``
 seconds or ``--ops`` acknowledged puts the producers and the killer stop; the
 consumers drain until every acknowledged job has been delivered and every
-node is empty, or ``--drain-timeout`` passes.
+node is empty; the drain gives up (and the run is reported as not completed,
+exit status 2) if no job is delivered for ``--stall`` seconds or it takes
+longer than ``--drain-timeout``.  The backlog when the load stopped is
+reported: producers may outpace consumers, which is not a fault.
 
 Every outcome is recorded, and ``check`` (a pure function of that history,
 in the style of Jepsen's queue checker) decides:
@@ -226,6 +229,8 @@ class Soak:
         self.consuming = threading.Event()
         self.killing = threading.Event()
         self.node_lock = threading.Lock()
+        self.backlog = 0  # acknowledged, not yet delivered, when the load stopped
+        self.drain_seconds = 0.0
 
     def client(self, **kw) -> ClusterClient:
         return ClusterClient(self.addresses, dead_timeout=DEAD_TIMEOUT, failure_threshold=1,
@@ -324,15 +329,8 @@ class Soak:
             self.producing.clear()
             for t in threads[:args.producers]:
                 t.join(30)
-            drain_until = time.monotonic() + args.drain_timeout
-            while time.monotonic() < drain_until and not h.errors:
-                if self._drained():
-                    break
-                time.sleep(0.2)
-            else:
-                if not h.errors:
-                    h.errors.append(f"not drained within {args.drain_timeout:g}s")
-                h.stranded = self._leftovers()
+            self.backlog = len(h.acked) - len({d.key for d in h.deliveries})
+            self._drain()
         finally:
             self.producing.clear()
             self.consuming.clear()
@@ -342,6 +340,25 @@ class Soak:
             for node in self.nodes:
                 node.stop()
         return check(h)
+
+    def _drain(self) -> None:
+        """Wait until drained, while deliveries keep coming."""
+        args, h = self.args, self.history
+        start = last_progress = time.monotonic()
+        seen = len(h.deliveries)
+        while not h.errors and not self._drained():
+            now = time.monotonic()
+            if len(h.deliveries) > seen:
+                seen, last_progress = len(h.deliveries), now
+            if now - last_progress > args.stall:
+                h.errors.append(f"drain stalled: no delivery for {args.stall:g}s")
+            elif now - start > args.drain_timeout:
+                h.errors.append(f"not drained within {args.drain_timeout:g}s")
+            else:
+                time.sleep(0.2)
+        self.drain_seconds = time.monotonic() - start
+        if h.errors:
+            h.stranded = self._leftovers()
 
     def _drained(self) -> bool:
         h = self.history
@@ -395,14 +412,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ops", type=int, default=10**9, help="stop after this many acked puts")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--producers", type=int, default=2)
-    p.add_argument("--consumers", type=int, default=2)
+    p.add_argument("--consumers", type=int, default=3)
     p.add_argument("--kill-every", type=float, default=2.0,
                    help="mean seconds between SIGKILLs (jittered +-50%%)")
     p.add_argument("--down-max", type=float, default=0.5,
                    help="a killed node stays down up to this many seconds")
     p.add_argument("--fsync-ms", type=int, default=0, help="bsnode -f (default 0: always)")
     p.add_argument("--body-max", type=int, default=512, help="largest random padding")
-    p.add_argument("--drain-timeout", type=float, default=60.0)
+    p.add_argument("--drain-timeout", type=float, default=900.0,
+                   help="longest drain after the load stops (default 900)")
+    p.add_argument("--stall", type=float, default=30.0,
+                   help="give the drain up after this many seconds without a delivery")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--data-dir", type=Path, default=None,
                    help="binlog directories go here (default: a temporary directory)")
@@ -437,17 +457,18 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     if keep and not report.ok:
         (data_dir / "kills.json").write_text(json.dumps(soak.history.kill_log))
+    extra = {"backlog_at_stop": soak.backlog, "drain_seconds": round(soak.drain_seconds, 1)}
     if args.json:
-        print(json.dumps({**asdict(report), "ok": report.ok, "seconds": round(elapsed, 1),
-                          "seed": args.seed}))
+        print(json.dumps({**asdict(report), **extra, "ok": report.ok,
+                          "seconds": round(elapsed, 1), "seed": args.seed}))
     else:
-        print_report(report, args, elapsed)
+        print_report(report, args, elapsed, extra)
     if report.errors:
         return 2
     return 0 if report.ok else 1
 
 
-def print_report(r: Report, args: argparse.Namespace, elapsed: float) -> None:
+def print_report(r: Report, args: argparse.Namespace, elapsed: float, extra: dict) -> None:
     print(f"soak: {args.nodes} nodes, {args.producers} producers, {args.consumers} consumers, "
           f"{elapsed:.1f} s, seed {args.seed}")
     rows = [
@@ -456,11 +477,12 @@ def print_report(r: Report, args: argparse.Namespace, elapsed: float) -> None:
         ("puts refused", r.put_refused), ("reserved (deliveries)", r.reserved),
         ("jobs delivered", r.delivered_jobs), ("deletes acknowledged", r.deleted),
         ("deletes not acknowledged", r.delete_unacknowledged),
-        ("LOST", r.lost), ("duplicated", r.duplicated),
+        ("LOST" + (" (drain incomplete: undelivered)" if r.errors else ""), r.lost), ("duplicated", r.duplicated),
         ("  allowed (delete not acknowledged)", r.duplicated_allowed),
         ("RESURRECTED after delete", r.resurrected), ("corrupt bodies", r.corrupt),
         ("phantom bodies", r.phantom), ("SIGKILLs survived", r.kills),
-        ("restarts", r.restarts),
+        ("restarts", r.restarts), ("backlog when the load stopped", extra["backlog_at_stop"]),
+        ("drain seconds", extra["drain_seconds"]),
     ]
     for name, value in rows:
         print(f"  {name:<38} {value}")

@@ -23,7 +23,7 @@ import soak  # noqa: E402
 pytest.importorskip("bsnode.binlog", reason="the binlog has not landed yet")
 
 SHORT_SOAK = ["--duration", "8", "--kill-every", "1", "--down-max", "0.3",
-              "--drain-timeout", "60", "--json"]
+              "--drain-timeout", "90", "--stall", "20", "--json"]
 
 
 def history(acked=(), attempted=None, unknown=(), deliveries=()) -> soak.History:
@@ -84,7 +84,8 @@ def test_short_soak_with_kills_loses_nothing():
     assert r.stdout.strip(), r.stderr
     report = json.loads(r.stdout.strip().splitlines()[-1])
     print({k: report[k] for k in ("put_acknowledged", "reserved", "deleted", "lost",
-                                  "duplicated", "kills", "seconds", "seed")})
+                                  "duplicated", "kills", "backlog_at_stop", "seconds",
+                                  "seed")})
     assert r.returncode == 0, (report, r.stderr[-2000:])
     assert report["lost"] == 0 and report["resurrected"] == 0
     assert report["duplicated"] == report["duplicated_allowed"]
