@@ -195,3 +195,14 @@ def test_run_benchmarks_quick_prints_the_table(tmp_path):
     assert runs and runs[0]["errors"] == 0
     if HAVE_BEANSTALKD:
         assert raw["results"]["memory"]["beanstalkd"]["jobs"] == 2000
+
+
+@pytest.mark.integration
+def test_core_cost_prints_every_figure(capsys):
+    import core_cost
+
+    core_cost.main(["--repeat", "1", "--jobs", "320", "--fill", "1280"])
+    out = capsys.readouterr().out
+    for _, label, how in core_cost.FIGURES:
+        assert f"{label} ({how})" in out
+    assert "nan" not in out
