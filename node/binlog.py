@@ -55,8 +55,8 @@ import msgpack
 
 from . import binlog_format as F
 from .binlog_io import DirLock, DirLockedError, OsIO
-from .binlog_replay import CorruptLog, Replay, replay, save_damage
-from .binlog_space import SLOT, WAL_NUM_SHIFT, Segment, SegmentFiles
+from .binlog_replay import CorruptLog, LogError, Replay, replay, save_damage
+from .binlog_space import MIN_SEGMENT_SIZE, SLOT, WAL_NUM_SHIFT, Segment, SegmentFiles
 
 log = logging.getLogger("bsnode")
 
@@ -670,12 +670,18 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
     gc_was_on = gc.isenabled()
     gc.disable()  # a million new objects would trigger ever longer collections
     try:
+        biggest = max(segment_size, MIN_SEGMENT_SIZE,
+                      F.HEADER_SIZE + F.FRAME_SIZE + F.MAX_PAYLOAD + SLOT)
         try:
-            r = replay(dirpath, recover)
+            r = replay(dirpath, recover, biggest)
         except CorruptLog as e:
             raise BinlogError(
                 f"{e}. To start anyway, skipping the damaged bytes (jobs in them are lost "
                 f"and deleted jobs may come back), set {RECOVER_ENV}=1") from None
+        except LogError as e:
+            raise BinlogError(str(e)) from None
+        except OSError as e:
+            raise BinlogError(f"cannot read the binlog in {dirpath}: {e}") from None
         sync = fsync_ms is not None
         save_damage(r.torn, "torn", truncate=True, sync=sync)
         save_damage(r.skipped, "damaged", truncate=False, sync=sync)

@@ -50,7 +50,13 @@ import zlib
 from collections.abc import Iterator
 
 import msgpack
-from bsclient.protocol import MAX_JOB_SIZE_LIMIT, MAX_TUBE_NAME
+from bsclient.protocol import (
+    MAX_JOB_SIZE_LIMIT,
+    MAX_TUBE_NAME,
+    U32_MAX,
+    U64_MAX,
+    valid_tube_name,
+)
 
 MAGIC = b"BSNWAL\r\n"
 FORMAT_VERSION = 1
@@ -212,46 +218,59 @@ def decode_one(data, pos: int) -> list:
         rec = msgpack.unpackb(payload, **UNPACK_LIMITS)
     except Exception as e:  # noqa: BLE001
         raise FormatError(pos, f"record does not decode: {e}") from None
-    if not _shape_ok(rec):
-        raise FormatError(pos, f"malformed record {rec!r:.80}")
+    why = problem(rec)
+    if why is not None:
+        raise FormatError(pos, f"a record with {why}")
     return rec
 
 
-def _shape_ok(rec) -> bool:
-    """The careful check: every field of the right type."""
-    if not isinstance(rec, list) or not rec or not isinstance(rec[0], int):
-        return False
+def problem(rec) -> str | None:
+    """What is wrong with a decoded record, or None: the careful check.
+
+    Every field of the type and range a put could have made: ids 1..2**64-1,
+    pri and delay u32, ttr 1..u32, counters u32, times non-negative ints,
+    a valid tube name (protocol.valid_tube_name), a bytes body, a known
+    state.  Replay's fast path applies exactly these rules, inline."""
+    if rec.__class__ is not list or not rec or rec[0].__class__ is not int:
+        return "not a record"
     kind = rec[0]
     if RECORD_LENGTHS.get(kind) != len(rec):
-        return False
+        return f"a record of kind {kind} with {len(rec)} fields"
+    if kind in (DELETE, MARK):
+        ok = rec[1].__class__ is int and 0 < rec[1] <= U64_MAX
+        return None if ok else f"a bad {'id' if kind == DELETE else 'next id'}: {rec[1]!r:.40}"
     if kind == FULL:
-        ints = [rec[i] for i in (1, 3, 4, 5, 8, 9, 10, 11, 12, 13, 14)]
-        typed = isinstance(rec[2], str) and isinstance(rec[6], bytes) and rec[7] in STATE_NAMES
-    elif kind == UPDATE:
-        ints = rec[1:]
-        typed = rec[4] in STATE_NAMES
+        fields = dict(zip(("id", "tube", "pri", "delay", "ttr", "body", "state", "deadline",
+                           "created", "reserves", "timeouts", "releases", "buries", "kicks"),
+                          rec[1:], strict=True))
+        if fields["body"].__class__ is not bytes:
+            return "a body that is not bytes"
+        if not (fields["tube"].__class__ is str and tube_ok(fields["tube"])):
+            return f"a bad tube name: {fields['tube']!r:.40}"
     else:
-        ints, typed = rec[1:], True
-    return typed and all(type(x) is int and x >= 0 for x in ints)
+        fields = dict(zip(("id", "pri", "delay", "state", "deadline", "reserves", "timeouts",
+                           "releases", "buries", "kicks"), rec[1:], strict=True))
+    ranges = {"id": (1, U64_MAX), "pri": (0, U32_MAX), "delay": (0, U32_MAX),
+              "ttr": (1, U32_MAX), "state": (1, 4), "deadline": (0, U64_MAX),
+              "created": (0, U64_MAX)}
+    for name, value in fields.items():
+        if name in ("tube", "body"):
+            continue
+        low, high = ranges.get(name, (0, U32_MAX))
+        if value.__class__ is not int or not low <= value <= high:
+            return f"a bad {name}: {value!r:.40}"
+    return None
+
+
+def tube_ok(name: str) -> bool:
+    try:
+        return valid_tube_name(name.encode("ascii"))
+    except UnicodeEncodeError:
+        return False
 
 
 def _shapes_ok(records: list) -> bool:
-    """The quick check replay relies on: kinds, lengths, and a FULL's tube and body."""
-    lengths = RECORD_LENGTHS
-    try:
-        for rec in records:
-            if rec.__class__ is not list or lengths.get(rec[0]) != len(rec):
-                return False
-            kind = rec[0]
-            if kind == FULL:
-                if (rec[2].__class__ is not str or rec[6].__class__ is not bytes
-                        or rec[7] not in STATE_NAMES):
-                    return False
-            elif kind == UPDATE and rec[4] not in STATE_NAMES:
-                return False
-    except (TypeError, IndexError):
-        return False
-    return True
+    return all(problem(rec) is None for rec in records)
 
 
 # --- damage -------------------------------------------------------------------

@@ -30,6 +30,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import msgpack
+from bsclient.protocol import U32_MAX
 
 from . import binlog_format as F
 
@@ -40,7 +41,11 @@ PROGRESS_MIN_BYTES = 32 << 20  # logs smaller than this replay silently
 PROGRESS_EVERY = 1.0  # seconds between progress lines
 
 
-class CorruptLog(Exception):
+class LogError(Exception):
+    """The log cannot be read; the message names the file."""
+
+
+class CorruptLog(LogError):
     """Damage in the middle of the log."""
 
     def __init__(self, path: str, offset: int, reason: str) -> None:
@@ -83,6 +88,7 @@ class Replay:
     records: int = 0
     torn: list[Damage] = field(default_factory=list)
     skipped: list[Damage] = field(default_factory=list)
+    tubes: set = field(default_factory=set)  # tube names seen, all valid
 
 
 def list_segments(dirpath: str) -> list[tuple[int, str]]:
@@ -96,11 +102,20 @@ def list_segments(dirpath: str) -> list[tuple[int, str]]:
     return found
 
 
-def replay(dirpath: str, recover: bool = False) -> Replay:
-    """Read every segment of the binlog in ``dirpath``."""
+def replay(dirpath: str, recover: bool = False, max_segment: int | None = None) -> Replay:
+    """Read every segment of the binlog in ``dirpath``.
+
+    A file bigger than ``max_segment`` (the biggest segment a node writes) is
+    refused before it is read: a sparse file may claim any size."""
     r = Replay()
     files = list_segments(dirpath)
-    total = sum(os.path.getsize(p) for _, p in files)
+    sizes = {p: os.path.getsize(p) for _, p in files}
+    if max_segment is not None:
+        for _, p in files:
+            if sizes[p] > max_segment:
+                raise LogError(f"binlog {p} is {sizes[p]} bytes, bigger than any segment "
+                               f"bsnode writes ({max_segment} at most); refusing to start")
+    total = sum(sizes.values())
     progress = _Progress(total) if total >= PROGRESS_MIN_BYTES else None
     pending: list[Damage] = []  # damage not yet known to be torn or corrupt
     for index, (num, path) in enumerate(files):
@@ -185,9 +200,11 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
     skip_header = up.read_bytes
     live = r.live
     pop = live.pop
-    states = F.STATE_NAMES
+    u32 = U32_MAX
+    tubes = r.tubes
     full, update, delete, mark = F.FULL, F.UPDATE, F.DELETE, F.MARK
     max_id = info.max_id
+    seen = r.max_id  # the highest id of the segments before
     count = 0
     while pos <= limit:
         tag1, length, tag2, crc = unpack_from(data, pos)
@@ -201,14 +218,31 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
             rec = nxt()
             kind = rec[0]
             jid = rec[1]
+            # The rules of binlog_format.problem(), inline and cheap: any doubt
+            # goes to the careful path below, which names the frame and field.
+            # (msgpack ints are within -2**63..2**64-1 already; OR-ing ints is
+            # negative iff one of them is, and over u32 iff one of them is.)
             if kind == full:
-                if (len(rec) != 15 or rec[2].__class__ is not str
-                        or rec[6].__class__ is not bytes or rec[7] not in states):
+                _, _, tube, pri, delay, ttr, body, state, dl, cr, c1, c2, c3, c4, c5 = rec
+                if (body.__class__ is not bytes
+                        or not (int is jid.__class__ is pri.__class__ is delay.__class__
+                                is ttr.__class__ is state.__class__ is dl.__class__
+                                is cr.__class__ is c1.__class__ is c2.__class__
+                                is c3.__class__ is c4.__class__ is c5.__class__)
+                        or (small := pri | delay | ttr | c1 | c2 | c3 | c4 | c5) > u32
+                        or (small | dl | cr) < 0 or jid <= 0 or ttr == 0 or not 0 < state <= 4
+                        or tube not in tubes and not _new_tube(tube, tubes)):
                     raise ValueError("malformed full record")
-                pop(jid, None)
+                if jid <= max_id or jid <= seen:  # seen before: moved (compaction)
+                    pop(jid, None)
                 live[jid] = [rec, stop - pos, 0, index]
             elif kind == update:
-                if len(rec) != 11 or rec[4] not in states:
+                _, _, pri, delay, state, dl, c1, c2, c3, c4, c5 = rec
+                if (not (int is jid.__class__ is pri.__class__ is delay.__class__
+                         is state.__class__ is dl.__class__ is c1.__class__ is c2.__class__
+                         is c3.__class__ is c4.__class__ is c5.__class__)
+                        or (small := pri | delay | c1 | c2 | c3 | c4 | c5) > u32
+                        or (small | dl) < 0 or jid <= 0 or not 0 < state <= 4):
                     raise ValueError("malformed update record")
                 e = pop(jid, None)
                 if e is not None:
@@ -220,9 +254,9 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
                     job[10:15] = rec[6:11]
                     e[2] = stop - pos
                     live[jid] = e
-            elif kind == delete and len(rec) == 2:
+            elif kind == delete and len(rec) == 2 and jid.__class__ is int and jid > 0:
                 pop(jid, None)
-            elif kind == mark and len(rec) == 2:
+            elif kind == mark and len(rec) == 2 and jid.__class__ is int and jid > 0:
                 jid -= 1  # ids below rec[1] were issued
                 info.marks += 1
             else:
@@ -285,6 +319,14 @@ def save_damage(damage: list[Damage], kind: str, truncate: bool, sync: bool) -> 
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def _new_tube(name, tubes: set) -> bool:
+    """Is ``name`` a valid tube name?  Valid ones are remembered in ``tubes``."""
+    if name.__class__ is not str or not F.tube_ok(name):
+        return False
+    tubes.add(name)
+    return True
 
 
 def _name_bad_frame(path: str, data: bytes, start: int, stop: int) -> None:
