@@ -185,7 +185,11 @@ def systemd_socket() -> socket.socket | None:
 
 
 def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
-    """Bind the listening socket; returns it and a printable address."""
+    """Bind the listening socket; returns it and a printable address.
+
+    The socket is bound (so a taken port fails at once) but listens only
+    once the binlog is replayed: a node that accepts connections is ready,
+    which is what a supervisor or a client waiting for it can rely on."""
     sock = systemd_socket()
     if sock is not None:
         if opts.listen_given or opts.port_given:
@@ -200,7 +204,6 @@ def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
-        sock.listen(1024)
         return sock, f"unix:{path}"
     infos = socket.getaddrinfo(opts.listen, opts.port, socket.AF_UNSPEC,
                                socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
@@ -208,7 +211,6 @@ def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
     sock = socket.socket(family, type_, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(addr)
-    sock.listen(1024)
     return sock, _describe(sock)
 
 
@@ -331,6 +333,7 @@ def run(opts: NodeOptions) -> None:
     os.umask(0o077)  # binlog files are the owner's alone
     if opts.binlog_dir:
         attach_binlog(opts, store)
+    listener.listen(1024)  # a no-op for a socket systemd already listens on
     log.info("listening on %s", where)
     try:
         server.serve_forever()
