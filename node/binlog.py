@@ -56,7 +56,7 @@ import msgpack
 from . import binlog_format as F
 from .binlog_io import DirLock, DirLockedError, OsIO
 from .binlog_replay import CorruptLog, LogError, Replay, replay, save_damage
-from .binlog_space import MIN_SEGMENT_SIZE, SLOT, WAL_NUM_SHIFT, Segment, SegmentFiles
+from .binlog_space import MIN_SEGMENT_SIZE, SLOT, Segment, SegmentFiles
 
 log = logging.getLogger("bsnode")
 
@@ -75,7 +75,6 @@ _crc32 = zlib.crc32
 _STATE = F.STATE_CODES
 _DELAYED = F.STATE_DELAYED
 _INVALID = "invalid"  # the store's state of a deleted job
-_U32 = 0xFFFFFFFF
 _RESERVED = "reserved"
 
 
@@ -93,10 +92,10 @@ class BinlogError(Exception):
 class Binlog(SegmentFiles):
     """The store's write-ahead log (``store.wal``).
 
-    ``job.wal`` packs four numbers into one int, so that it is no container
-    for the garbage collector to track: the home segment's number (``>> 72``),
-    the job's index in ``home.order`` (``>> 40``, 32 bits), its FULL frame's
-    size (``>> 8``, 32 bits) and its last UPDATE frame's size (low 8 bits).
+    ``job.wal`` is a tuple of four ints: the home segment's number, the job's
+    index in ``home.order``, its FULL frame's size and its last UPDATE
+    frame's size.  (A tuple of ints, not a list: the garbage collector stops
+    tracking it, so a million jobs do not make its collections longer.)
     """
 
     enabled = True
@@ -178,7 +177,7 @@ class Binlog(SegmentFiles):
         if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
             self._after_write()
         order = cur.order
-        job.wal = cur.key | len(order) << 40 | n << 8
+        job.wal = (cur.num, len(order), n, 0)
         order.append(job)
         cur.live += 1
         if jid > cur.max_id:
@@ -214,7 +213,7 @@ class Binlog(SegmentFiles):
 
     def file_of(self, job) -> int:
         w = job.wal
-        return w >> WAL_NUM_SHIFT if w is not None else 0
+        return w[0] if w is not None else 0
 
     def stats(self) -> dict:
         return {
@@ -301,8 +300,8 @@ class Binlog(SegmentFiles):
         n = len(frame)
         if not self._room(n, self.live_count) or not self._write(frame, "update"):
             return False
-        self.live_bytes += n - (w & 0xFF)
-        job.wal = w >> 8 << 8 | n  # update frames are under 256 bytes
+        self.live_bytes += n - w[3]
+        job.wal = (w[0], w[1], w[2], n)
         if job.id > self.cur.max_id:
             self.cur.max_id = job.id
         self._grow(n)
@@ -324,11 +323,11 @@ class Binlog(SegmentFiles):
     def _forget(self, job) -> Segment:
         w = job.wal
         job.wal = None
-        home = self.by_num[w >> WAL_NUM_SHIFT]
-        home.order[w >> 40 & _U32] = None
+        home = self.by_num[w[0]]
+        home.order[w[1]] = None
         home.live -= 1
         self.live_count -= 1
-        self.live_bytes -= (w >> 8 & _U32) + (w & 0xFF)
+        self.live_bytes -= w[2] + w[3]
         return home
 
     def _write(self, frame: bytes, what: str) -> bool:
@@ -458,12 +457,12 @@ class Binlog(SegmentFiles):
         if not self._room(n, self.live_count) or not self._write(frame, "migrated"):
             return False
         w = job.wal
-        old = self.by_num[w >> WAL_NUM_SHIFT]
-        old.order[w >> 40 & _U32] = None
+        old = self.by_num[w[0]]
+        old.order[w[1]] = None
         old.live -= 1
         cur = self.cur
-        self.live_bytes += n - (w >> 8 & _U32) - (w & 0xFF)
-        job.wal = cur.key | len(cur.order) << 40 | n << 8
+        self.live_bytes += n - w[2] - w[3]
+        job.wal = (cur.num, len(cur.order), n, 0)
         cur.order.append(job)
         cur.live += 1
         if job.id > cur.max_id:
@@ -576,7 +575,7 @@ class Binlog(SegmentFiles):
                           rec[10:15], age if age > 0 else 0.0)
             home = by_index[e[3]]
             order = home.order
-            job.wal = home.key | len(order) << 40 | e[1] << 8 | e[2]
+            job.wal = (home.num, len(order), e[1], e[2])
             order.append(job)
             live_bytes += e[1] + e[2]
         for seg in segs:

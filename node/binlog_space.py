@@ -36,16 +36,12 @@ SLOT = F.SMALL_RECORD_MAX  # disk kept per live job for its DELETE record
 ERROR_LOG_EVERY = 10.0  # seconds between repeats of the same complaint
 
 
-WAL_NUM_SHIFT = 72  # job.wal: home segment number << 72 | index << 40 | full << 8 | update
-
-
 class Segment:
-    __slots__ = ("num", "key", "path", "fd", "map", "size", "used", "order", "cursor", "live",
+    __slots__ = ("num", "path", "fd", "map", "size", "used", "order", "cursor", "live",
                  "max_id")
 
     def __init__(self, num: int, path: str, fd: int, size: int, used: int) -> None:
         self.num = num
-        self.key = num << WAL_NUM_SHIFT  # the segment's part of a job.wal
         self.path = path
         self.fd = fd  # -1 once closed
         self.map = None  # while it is cur: a writable map of the file, if the fs allows
