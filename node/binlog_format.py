@@ -40,6 +40,10 @@ change; DELETE when it goes.  Replay applies them in order: an UPDATE or
 DELETE for an id with no FULL record seen is ignored (its FULL record was in
 a segment already removed, so the job was moved or deleted since).
 
+A reader trusts nothing: payloads are decoded with explicit limits (no maps,
+no extensions, short arrays) and every field must have the type and range a
+put could have made (``problem``); a right CRC over a wrong field is damage.
+
 Nothing here touches files or the store: bytes in, records out.
 """
 
