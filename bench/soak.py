@@ -329,7 +329,7 @@ class Soak:
             self.producing.clear()
             for t in threads[:args.producers]:
                 t.join(30)
-            self.backlog = len(h.acked) - len({d.key for d in h.deliveries})
+            self.backlog = len(h.acked.keys() - {d.key for d in h.deliveries})
             self._drain()
         finally:
             self.producing.clear()
