@@ -178,16 +178,10 @@ main(sys.argv[1:])
 """
 
 
-BINLOG_LAZY_IMPORT_BUG = (
-    "bug: node/binlog_io.py filesystem_type() decodes /proc/self/mountinfo with "
-    "'unicode_escape' after setuid; that imports encodings.unicode_escape as USER "
-    "(LookupError traceback when USER cannot read the Python installation)")
-
-
 @needs_root
 @pytest.mark.parametrize("binlog", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=BINLOG_LAZY_IMPORT_BUG)),
+    True,
 ], ids=["no-binlog", "binlog"])
 def test_u_loads_no_code_after_dropping_privileges(tmp_path, binlog):
     """Whatever the file permissions: once it is USER, bsnode imports nothing."""
@@ -266,7 +260,6 @@ def test_binlog_files_are_owner_only_even_under_umask_0(tmp_path):
 
 
 @needs_root
-@pytest.mark.xfail(INSTALL_HIDDEN, strict=True, reason=BINLOG_LAZY_IMPORT_BUG)
 def test_u_opens_the_binlog_as_the_user():
     """As beanstalkd: privileges are dropped before the binlog is opened, so
     its files belong to USER (who must own the directory)."""
