@@ -48,6 +48,9 @@ Options:
 
 Extension (not in beanstalkd; off unless given):
  --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics
+ --binlog-recover     start past damage in the middle of the binlog, skipping
+                      the damaged bytes (jobs in them are lost); the default is
+                      to refuse to start and name the file and offset
 
 bsnode speaks the beanstalkd {proto} protocol.  Once listening it writes
 "listening on ADDR:PORT" to stderr.  Under systemd socket activation
@@ -74,6 +77,7 @@ class NodeOptions:
     listen_given: bool = False
     port_given: bool = False
     metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT (an extension)
+    binlog_recover: bool | None = None  # --binlog-recover (an extension)
 
 
 def _size(text: str) -> int:
@@ -128,6 +132,9 @@ def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
     from .metrics import parse_listen
 
     name, eq, value = arg.partition("=")
+    if name == "--binlog-recover" and not eq:
+        o["binlog_recover"] = True
+        return i
     if name != "--metrics":
         raise UsageError(f"unknown option: {name}")
     if not eq:
@@ -269,7 +276,7 @@ def attach_binlog(opts: NodeOptions, store) -> None:
 
     try:
         binlog.attach(store, opts.binlog_dir, segment_size=opts.binlog_size,
-                      fsync_ms=opts.fsync_ms)
+                      fsync_ms=opts.fsync_ms, recover=opts.binlog_recover)
     except binlog.BinlogError as e:
         log.error("%s", e)
         raise SystemExit(e.exit_code) from None
