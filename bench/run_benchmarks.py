@@ -300,6 +300,14 @@ def _med(runs: list, key: str) -> float:
     return H.median([r[key] for r in runs if key in r])
 
 
+def _paired(a_runs: list, b_runs: list, key: str) -> float | None:
+    """Median over rounds of b/a: runs of one round were back to back, so a slow
+    drift in machine load cancels out (better than a ratio of medians)."""
+    ratios = [b[key] / a[key] for a, b in zip(a_runs, b_runs, strict=False)
+              if a.get(key) and b.get(key)]
+    return H.median(ratios) if ratios else None
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b != b or a != a or not b:
         return None
@@ -322,16 +330,17 @@ def report(results: dict, s: Settings) -> str:
             continue
         b, n = t[key].get("beanstalkd", []), t[key].get("bsnode", [])
         bo, no = (_med(b, "ops_per_s") if b else None), _med(n, "ops_per_s")
-        ratio = _ratio(no, bo)
+        ratio = _paired(b, n, "ops_per_s") if b else None
+        cpu = _paired(n, b, "server_cpu_us_per_op") if b else None
         rows.append((f"{mode}, {conns} conns, pipeline {pipeline}: ops/s",
                      f"≥ {target}x" if target else "(reference)",
                      f"{_fmt(bo)} ({_fmt(_med(b, 'server_cpu_us_per_op') if b else None, '.1f')} µs/op)",
                      f"{_fmt(no)} ({_fmt(_med(n, 'server_cpu_us_per_op'), '.1f')} µs/op)",
-                     _fmt(ratio, ".2f", "x"),
+                     f"{_fmt(ratio, '.2f', 'x')} (CPU/op: {_fmt(cpu, '.2f', 'x')})",
                      _verdict(None if ratio is None or target is None else ratio >= target)))
         if key == P99_KEY:
             bp, np_ = (_med(b, "p99_us") if b else None), _med(n, "p99_us")
-            r = _ratio(np_, bp)
+            r = _paired(b, n, "p99_us")
             rows.append((f"p99 latency, {conns} conns, pipeline {pipeline}",
                          f"≤ {P99_MAX_RATIO:g}x", _fmt(bp, ",.0f", " µs"),
                          _fmt(np_, ",.0f", " µs"), _fmt(r, ".2f", "x"),
@@ -345,20 +354,22 @@ def report(results: dict, s: Settings) -> str:
                      _verdict(nm["over_body"] <= MEMORY_MAX_BYTES_PER_JOB)))
     sc = results.get("scale", {})
     for key, conns, pipeline in SCALE_LOADS if sc else ():
-        cells = {}
+        cells, ok = {}, None
         for kind in ("beanstalkd", "bsnode"):
             if kind in sc:
                 runs = sc[kind][key]
-                cells[kind] = _ratio(_med(runs["loaded"], "ops_per_s"),
-                                     _med(runs["fresh"], "ops_per_s"))
+                ops = _paired(runs["fresh"], runs["loaded"], "ops_per_s")
+                cpu = _paired(runs["loaded"], runs["fresh"], "server_cpu_us_per_op")
+                cells[kind] = f"{_fmt(ops, '.2f', 'x')} (CPU/op: {_fmt(cpu, '.2f', 'x')})"
+                if kind == "bsnode" and ops is not None and cpu is not None:
+                    ok = min(ops, cpu) >= 1 - SCALE_MAX_SLOWDOWN
         held = sc.get("bsnode", {}).get("held", {})
-        nr = cells.get("bsnode")
         rows.append((f"scale: prd c={conns} p={pipeline} with {held.get('connections', 0):,} "
                      f"conns / {held.get('tubes', 0):,} tubes / {held.get('waiting', 0):,} "
-                     "waiting, vs fresh",
+                     "waiting, vs a fresh server (ops/s and CPU/op as fresh/loaded)",
                      f"≥ {1 - SCALE_MAX_SLOWDOWN:.2f}x",
-                     _fmt(cells.get("beanstalkd"), ".2f", "x"), _fmt(nr, ".2f", "x"), "",
-                     _verdict(None if nr is None else nr >= 1 - SCALE_MAX_SLOWDOWN)))
+                     cells.get("beanstalkd", "—"), cells.get("bsnode", "—"), "",
+                     _verdict(ok)))
     d = results.get("delayed", {})
     if d:
         bd, nd = d.get("beanstalkd"), d.get("bsnode")
@@ -376,12 +387,17 @@ def report(results: dict, s: Settings) -> str:
                 return "—"
             return f"{r['cpu_mean_pct']:.0f}% / {r['cpu_peak_pct']:.0f}%"
 
+        # Verdict: every one of the jobs promoted within the bound (frontier, upper
+        # bound) and 99% of the probes; the probes' single worst case is shown beside
+        # beanstalkd's, as on a shared machine it measures the OS scheduler too.
         ok = None
-        if nd["measured"] >= 0.9 * nd["jobs"] and nd.get("probe_late_max_ms") is not None:
-            ok = (nd["probe_late_max_ms"] <= DELAYED_MAX_LATE_MS and
-                  nd["late_max_lo_ms"] <= DELAYED_MAX_LATE_MS and nd["promoted"] == nd["jobs"])
+        if nd["measured"] >= 0.9 * nd["jobs"] and nd.get("probe_late_p99_ms") is not None:
+            ok = (nd["late_max_ms"] <= DELAYED_MAX_LATE_MS and
+                  nd["probe_late_p99_ms"] <= DELAYED_MAX_LATE_MS and
+                  nd["promoted"] == nd["jobs"])
         rows.append((f"delayed: {nd['jobs']:,} jobs due over {nd['spread_s']:.0f} s, promotion "
-                     "lateness (probe jobs due meanwhile; the frontier bracket of all jobs)",
+                     "lateness (probe jobs due meanwhile; the frontier bracket of all jobs); "
+                     "met when the frontier's upper bound and the probes' p99 are within",
                      f"≤ {DELAYED_MAX_LATE_MS:.0f} ms", late(bd), late(nd), "",
                      _verdict(ok) if ok is not None else "not measurable (fill overlapped)"))
         rows.append(("delayed: server CPU while promoting, mean / peak 0.5 s", "no spike",
@@ -443,6 +459,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, li
     ap.add_argument("--bsnode-path", metavar="DIR",
                     help="run bsnode from DIR/bsnode (a copy with a change to try)")
     ap.add_argument("--json", metavar="PATH", help="write every raw figure here")
+    ap.add_argument("--report-from", metavar="PATH",
+                    help="print the table from a --json file of an earlier run, run nothing")
     args = ap.parse_args(argv)
     s = Settings(**QUICK) if args.quick else Settings()
     for name in ("runs", "seconds", "bsnode_path", "memory_jobs", "idle_conns", "idle_tubes", "idle_waiting",
@@ -464,6 +482,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, li
 
 def main(argv: list[str] | None = None) -> int:
     args, s, sections = parse_args(argv)
+    if args.report_from:
+        doc = json.loads(Path(args.report_from).read_text())
+        s = Settings(**{k: v for k, v in doc["settings"].items() if k != "kinds"})
+        print(f"{doc['machine']}\n`{doc['command']}`\n")
+        print(report(doc["results"], s))
+        return 0
     if H.cores() < 2:
         print("note: fewer than 2 cores: server and load generator share one", file=sys.stderr)
     try:
