@@ -233,6 +233,8 @@ def test_one_byte_at_a_time_sender_does_not_hold_up_others(node):
     assert recv_until(slow, b"\r\n", 5).startswith(b"INSERTED ")
     slow.close()
     probe.close()
+    print(f"byte-at-a-time put: {probe.rounds} probe rounds meanwhile, "
+          f"worst {probe.worst * 1000:.1f} ms")
     assert probe.rounds >= 20 and probe.worst < PROBE_LATENCY
 
 
@@ -296,6 +298,7 @@ def test_full_send_buffer_does_not_stall_other_connections(node):
     reader.close()
     setup.close()
     probe.close()
+    print(f"30 MB of unread replies: worst probe {probe.worst * 1000:.1f} ms")
     assert probe.worst < PROBE_LATENCY
 
 
@@ -341,6 +344,8 @@ def test_disconnects_mid_body_leave_nothing_behind(node):
             s.close()
         poll(lambda: stat(probe.sock, "current-connections") == 1, what="hang-ups seen")
         rss_after_round.append(proc_kib(node.pid))
+    print(f"300 hang-ups mid-body: RSS after each round {rss_after_round} KiB, "
+          f"worst probe {probe.worst * 1000:.1f} ms")
     assert stat(probe.sock, "total-jobs") == probe.rounds  # no half body became a job
     assert command(probe.sock, b"stats-tube default").find(b"current-jobs-ready: 0\n") > 0
     probe.close()
