@@ -408,6 +408,10 @@ def supervise(data_dir) -> None:
 cli.add_command(top)
 cli.add_command(web)
 
+from .bench import bench  # noqa: E402
+
+cli.add_command(bench)
+
 
 def main() -> None:
     cli(prog_name="bscluster")
