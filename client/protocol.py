@@ -195,6 +195,8 @@ def _p_put(rest):
 
 def _p_id(op):
     def parse(rest):
+        if rest.isdigit() and len(rest) < 20:  # fast path: < 20 digits fit in u64
+            return (op, int(rest))
         job_id = _u64(rest)
         if job_id is None:
             return (ERROR, BAD_FORMAT, None)
@@ -289,8 +291,17 @@ _BARE_WORDS = {op.encode(): (op,) for op in _NO_ARGS}
 _BARE_WORDS[b"quit"] = (CMD_QUIT,)
 
 
+# A client sends the same put line ("put 1024 0 60 100") again and again: its
+# parse is cached (bounded), which also makes jobs share their pri/ttr ints.
+_PUT_LINES: dict = {}
+_PUT_LINES_MAX = 4096
+
+
 def parse_command(line: bytes) -> tuple:
     """Parse one command line (without its CRLF) into an event tuple."""
+    ev = _PUT_LINES.get(line)
+    if ev is not None:
+        return ev
     sp = line.find(b" ")
     if sp < 0:
         ev = _BARE_WORDS.get(line)
@@ -299,7 +310,12 @@ def parse_command(line: bytes) -> tuple:
     else:
         op = _WITH_ARGS_WORDS.get(line[:sp])
         if op is not None and b"\0" not in line:
-            return _ARG_PARSERS[op](line[sp + 1:] if op != CMD_PAUSE_TUBE else line[sp:])
+            ev = _ARG_PARSERS[op](line[sp + 1:] if op != CMD_PAUSE_TUBE else line[sp:])
+            if ev[0] is CMD_PUT:
+                if len(_PUT_LINES) >= _PUT_LINES_MAX:
+                    _PUT_LINES.clear()
+                _PUT_LINES[line] = ev
+            return ev
     return _parse_slow(line)
 
 

@@ -16,7 +16,10 @@ An entry is live while its job is READY at the bucket's priority; a job
 that left and came back may be listed twice, and taking either copy is the
 same job in the same place, so order stays exact.
 
-Delayed jobs sit in a heap ordered by (deadline, id), also lazily cleaned.
+Delayed jobs come out by (deadline, id): ``DelayQueue`` keeps a FIFO per
+delay value (same delay, later put, later deadline) and a heap of the FIFO
+heads, also lazily cleaned, and rebuilt when dead entries outnumber live
+ones (put-with-delay then delete, over and over, stays bounded).
 Buried jobs are an insertion-ordered dict: kick and peek-buried take the
 oldest burial first, as beanstalkd's list does.
 """
@@ -33,6 +36,7 @@ BURIED = "buried"
 INVALID = "invalid"  # deleted
 
 _MAX_IDLE_BUCKETS = 64
+_COMPACT_SLACK = 1024  # dead delayed entries tolerated before a rebuild
 
 
 class ReadyQueue:
@@ -119,7 +123,7 @@ class Tube:
     def __init__(self, name: str) -> None:
         self.name = name
         self.ready = ReadyQueue()
-        self.delayed: list[tuple] = []  # heap of (deadline, id, job)
+        self.delayed = DelayQueue()
         self.delayed_count = 0
         self.buried: OrderedDict = OrderedDict()
         self.waiters: dict = {}  # sessions blocked in reserve, oldest first
@@ -139,26 +143,119 @@ class Tube:
     def is_paused(self, now: float) -> bool:
         return self.paused_until > now
 
-    # delayed heap ------------------------------------------------------
+    # delayed jobs ------------------------------------------------------
     def push_delayed(self, job) -> None:
-        heapq.heappush(self.delayed, (job.deadline, job.id, job))
+        self.delayed.push(job)
         self.delayed_count += 1
 
-    def _clean_delayed(self) -> None:
-        d = self.delayed
-        while d and (d[0][2].state is not DELAYED or d[0][2].deadline != d[0][0]):
-            heapq.heappop(d)
-
     def peek_delayed(self):
-        self._clean_delayed()
-        return self.delayed[0][2] if self.delayed else None
+        return self.delayed.head(False)
 
     def pop_delayed(self):
-        self._clean_delayed()
-        if not self.delayed:
-            return None
+        job = self.delayed.head(True)
+        if job is not None:
+            self.delayed_count -= 1
+        return job
+
+    def undelay(self) -> None:
+        """A delayed job left early (deleted, kicked): its entry is now dead."""
         self.delayed_count -= 1
-        return heapq.heappop(self.delayed)[2]
+        if self.delayed.entries > 2 * self.delayed_count + _COMPACT_SLACK:
+            self.delayed = self.delayed.rebuilt()
 
     def delayed_jobs(self):
-        return [j for w, _, j in self.delayed if j.state is DELAYED and j.deadline == w]
+        return self.delayed.jobs()
+
+
+class DelayQueue:
+    """Delayed jobs in (deadline, id) order, cheap for millions of them.
+
+    A deadline is ``now + delay`` and delays are whole seconds, so jobs
+    delayed by the same amount arrive in deadline order: each delay value
+    gets a FIFO (two deques in step: deadlines and jobs, no tuple per job),
+    and a small heap holds the head of each FIFO.  A job that would break
+    its FIFO's order (restored from a binlog with an odd remainder) goes to
+    a plain heap instead.  Removal is lazy, as in the ready queue: an entry
+    is live while its job is DELAYED with that deadline.
+    """
+
+    __slots__ = ("_fifos", "_heads", "_odd", "entries")
+
+    def __init__(self) -> None:
+        self.entries = 0  # live and dead
+        self._fifos: dict[int, tuple[deque, deque]] = {}
+        self._heads: list[tuple] = []  # (deadline, id, delay) of each FIFO's head
+        self._odd: list[tuple] = []  # heap of (deadline, id, job)
+
+    def push(self, job) -> None:
+        self.entries += 1
+        d, key = job.deadline, job.delay
+        f = self._fifos.get(key)
+        if f is None:
+            f = self._fifos[key] = (deque(), deque())
+        times, jobs = f
+        if times and (times[-1] > d or (times[-1] == d and jobs[-1].id > job.id)):
+            heapq.heappush(self._odd, (d, job.id, job))
+            return
+        if not times:
+            heapq.heappush(self._heads, (d, job.id, key))
+        times.append(d)
+        jobs.append(job)
+
+    def _fifo_head(self):
+        """The live head of the FIFO that comes first, with its heap entry."""
+        heads, fifos = self._heads, self._fifos
+        while heads:
+            d, jid, key = heads[0]
+            times, jobs = fifos[key]
+            while times and (jobs[0].state is not DELAYED or jobs[0].deadline != times[0]):
+                times.popleft()
+                jobs.popleft()
+                self.entries -= 1
+            if not times:
+                heapq.heappop(heads)
+                del fifos[key]
+            elif times[0] != d or jobs[0].id != jid:
+                heapq.heapreplace(heads, (times[0], jobs[0].id, key))
+            else:
+                return heads[0]
+        return None
+
+    def head(self, take: bool):
+        top = self._fifo_head()
+        odd = self._odd
+        while odd and (odd[0][2].state is not DELAYED or odd[0][2].deadline != odd[0][0]):
+            heapq.heappop(odd)
+            self.entries -= 1
+        if odd and (top is None or odd[0][:2] < top[:2]):
+            if not take:
+                return odd[0][2]
+            self.entries -= 1
+            return heapq.heappop(odd)[2]
+        if top is None:
+            return None
+        times, jobs = self._fifos[top[2]]
+        if not take:
+            return jobs[0]
+        self.entries -= 1
+        times.popleft()
+        job = jobs.popleft()
+        if times:
+            heapq.heapreplace(self._heads, (times[0], jobs[0].id, top[2]))
+        else:
+            heapq.heappop(self._heads)
+            del self._fifos[top[2]]
+        return job
+
+    def jobs(self) -> list:
+        live = [j for times, jobs in self._fifos.values() for w, j in zip(times, jobs, strict=True)
+                if j.state is DELAYED and j.deadline == w]
+        live += [j for w, _, j in self._odd if j.state is DELAYED and j.deadline == w]
+        return live
+
+    def rebuilt(self) -> DelayQueue:
+        """A new queue holding only the live entries."""
+        fresh = DelayQueue()
+        for job in sorted(self.jobs(), key=lambda j: (j.deadline, j.id)):
+            fresh.push(job)
+        return fresh

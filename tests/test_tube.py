@@ -1,0 +1,106 @@
+"""The tube's queues on their own: DelayQueue order and its bound on dead entries."""
+
+from __future__ import annotations
+
+from bsnode.tube import DELAYED, INVALID, READY, DelayQueue, Tube
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+class FakeJob:
+    __slots__ = ("id", "deadline", "delay", "state", "pri")
+
+    def __init__(self, job_id: int, deadline: float, delay: int) -> None:
+        self.id = job_id
+        self.deadline = deadline
+        self.delay = delay
+        self.state = DELAYED
+        self.pri = 0
+
+
+def drain(q: DelayQueue) -> list[int]:
+    out = []
+    while (job := q.head(True)) is not None:
+        out.append(job.id)
+    return out
+
+
+def test_same_delay_comes_out_in_put_order_and_across_delays_by_deadline():
+    q = DelayQueue()
+    jobs = [FakeJob(1, 10.0, 10), FakeJob(2, 5.5, 5), FakeJob(3, 10.5, 10), FakeJob(4, 6.0, 5)]
+    for j in jobs:
+        q.push(j)
+    assert q.head(False).id == 2
+    assert drain(q) == [2, 4, 1, 3]
+    assert q.entries == 0
+
+
+def test_out_of_order_push_within_one_delay_still_comes_out_in_order():
+    # a job restored from a binlog may carry a remainder that breaks its FIFO
+    q = DelayQueue()
+    for j in [FakeJob(5, 20.0, 10), FakeJob(6, 12.0, 10), FakeJob(7, 20.0, 10), FakeJob(1, 20.0, 10)]:
+        q.push(j)
+    assert drain(q) == [6, 1, 5, 7]
+
+
+# each op: (kind, job index or delay, seconds since the previous op)
+ops = st.lists(
+    st.tuples(st.sampled_from(["push", "push", "push", "remove", "pop"]),
+              st.integers(0, 5), st.integers(0, 3)),
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops)
+def test_matches_a_sorted_model(script):
+    q = DelayQueue()
+    live: dict[int, FakeJob] = {}
+    now, next_id = 0.0, 1
+    for kind, arg, dt in script:
+        now += dt
+        if kind == "push":
+            job = FakeJob(next_id, now + arg, arg)
+            next_id += 1
+            q.push(job)
+            live[job.id] = job
+        elif kind == "remove" and live:
+            job = sorted(live.values(), key=lambda j: j.id)[arg % len(live)]
+            job.state = INVALID
+            del live[job.id]
+        elif kind == "pop":
+            want = min(live.values(), key=lambda j: (j.deadline, j.id)) if live else None
+            got = q.head(True)
+            assert got is want
+            if got is not None:
+                del live[got.id]
+        assert sorted(j.id for j in q.jobs()) == sorted(live)
+    assert drain(q) == [j.id for j in sorted(live.values(), key=lambda j: (j.deadline, j.id))]
+
+
+def test_put_with_delay_then_delete_forever_stays_bounded():
+    t = Tube("t")
+    keep = FakeJob(0, 1e9, 3600)
+    t.push_delayed(keep)
+    for i in range(1, 20_001):
+        job = FakeJob(i, i + 3600.0, 3600)
+        t.push_delayed(job)
+        t.undelay()
+        job.state = INVALID
+        assert t.delayed.entries <= 2 * t.delayed_count + 1024 + 1
+    assert t.delayed_count == 1
+    assert [j.id for j in t.delayed_jobs()] == [0]
+    assert t.pop_delayed() is keep
+
+
+def test_kicked_job_is_not_promoted_again():
+    t = Tube("t")
+    a, b = FakeJob(1, 5.0, 5), FakeJob(2, 6.0, 5)
+    t.push_delayed(a)
+    t.push_delayed(b)
+    t.undelay()
+    a.state = READY
+    assert t.peek_delayed() is b
+    assert t.pop_delayed() is b
+    assert t.pop_delayed() is None
+    assert t.delayed_count == 0
