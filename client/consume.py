@@ -89,7 +89,7 @@ class Consumer:
     def _changed(self) -> None:
         self.watch_gen += 1
         for member in self.pool.members.values():
-            member.empty_round = -1  # empty for the old list says nothing of the new one
+            member.empty_round = None  # empty for the old list says nothing of the new one
 
     def _sync_watch(self, client: Client, member: Member) -> None:
         wanted = self.watching
@@ -137,7 +137,8 @@ class Consumer:
         first = []
         last = []
         for m in rotated:
-            if m.empty_round >= recent and now - m.empty_at < EMPTY_SKIP_SECONDS:
+            if (m.empty_round is not None and m.empty_round >= recent
+                    and now - m.empty_at < EMPTY_SKIP_SECONDS):
                 last.append(m)
             else:
                 first.append(m)

@@ -48,7 +48,7 @@ class Member:
     failures: int = 0  # consecutive connection failures
     dead_until: float = 0.0  # monotonic time; 0 means alive
     watch_gen: int = -1  # the watch-list generation last copied to it
-    empty_round: int = -1  # the poll round in which it last had no job for us
+    empty_round: int | None = None  # the poll round in which it last had no job for us
     empty_at: float = 0.0  # and when (clock time)
 
 
