@@ -19,12 +19,18 @@ The file's shape (clients read the same file, so it stays this shape)::
     fsync_ms = 50          # -f MS; -1 means never fsync (-F)
     max_job_size = 65535   # -z
     binlog_size = 10485760 # -s
+    crash_limit = 5        # the 5th crash within crash_window seconds: FATAL
+    crash_window = 60      #   (crash_limit = 0: restart for ever)
+    web = "127.0.0.1:11380"        # `up` serves the dashboard here ("" = off)
+    metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
+    metrics_host = "127.0.0.1"
 
     [nodes.node2]          # optional per-node overrides
     host = "10.0.0.2"
     port = 11300
     weight = 2             # share of tubes in the client's ring
     data_dir = "/srv/bs2"  # this node's own binlog directory
+    metrics_port = 9400    # this node's --metrics port
 
 Unknown keys are errors that name the key and suggest the nearest valid
 one; every value is checked here so a bad one is reported with where it
@@ -50,6 +56,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
+from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
 
 # --- defaults and names (the one place they live) -------------------------
 DEFAULT_CONFIG_PATH = "bscluster.toml"
@@ -60,6 +67,11 @@ DEFAULT_FSYNC_MS = 50
 DEFAULT_BINLOG_SIZE = 10485760
 DEFAULT_NODE_COMMAND = "bsnode"
 DEFAULT_WEIGHT = 1
+DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
+WEB_OFF = ("", "off")  # values of `web` that mean: no dashboard
+METRICS_OFF = 0  # metrics_base_port that means: nodes get no --metrics
+NODE_METRICS_FLAG = "--metrics"  # bsnode's extension flag (beanstalkd has none)
+MAX_CRASH_WINDOW = 86400
 ENV_PREFIX = "BSCLUSTER_"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 NEVER_FSYNC = -1
@@ -75,11 +87,16 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "max_job_size": DEFAULT_MAX_JOB_SIZE,
     "binlog_size": DEFAULT_BINLOG_SIZE,
     "node_command": DEFAULT_NODE_COMMAND,
+    "crash_limit": CRASH_LIMIT,
+    "crash_window": CRASH_WINDOW,
+    "web": "",
+    "metrics_base_port": METRICS_OFF,
+    "metrics_host": DEFAULT_HOST,
 })
 # keys a [nodes.nodeI] table may hold: the node's own address and weight,
 # plus any node option (these default to the [cluster] value)
 NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_dir")
-NODE_KEYS = ("host", "port", "weight") + NODE_OPTION_KEYS
+NODE_KEYS = ("host", "port", "weight", "metrics_port") + NODE_OPTION_KEYS
 TOP_LEVEL_KEYS = ("cluster", "nodes")
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
 
@@ -101,6 +118,8 @@ class NodeSpec:
     fsync_ms: int
     max_job_size: int
     binlog_size: int
+    metrics_host: str = DEFAULT_HOST
+    metrics_port: int | None = None  # bsnode --metrics; None: off
 
     @property
     def index(self) -> int:
@@ -110,12 +129,30 @@ class NodeSpec:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def metrics_address(self) -> str | None:
+        if self.metrics_port is None:
+            return None
+        host = f"[{self.metrics_host}]" if ":" in self.metrics_host else self.metrics_host
+        return f"{host}:{self.metrics_port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes this node (bsnode --metrics), if it serves metrics."""
+        if self.metrics_port is None:
+            return None
+        host = _connect_host(self.metrics_host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.metrics_port}/metrics"
+
     def argv(self, command: tuple[str, ...]) -> list[str]:
         """The node command line; the flags are beanstalkd's."""
         args = [*command, "-l", self.host, "-p", str(self.port), "-z", str(self.max_job_size)]
         if self.binlog:
             args += ["-b", str(self.data_dir), "-s", str(self.binlog_size)]
             args += ["-F"] if self.fsync_ms == NEVER_FSYNC else ["-f", str(self.fsync_ms)]
+        if self.metrics_address is not None:
+            args += [NODE_METRICS_FLAG, self.metrics_address]
         return args
 
     def to_dict(self) -> dict:
@@ -123,6 +160,7 @@ class NodeSpec:
             "name": self.name, "host": self.host, "port": self.port, "weight": self.weight,
             "data_dir": str(self.data_dir), "binlog": self.binlog, "fsync_ms": self.fsync_ms,
             "max_job_size": self.max_job_size, "binlog_size": self.binlog_size,
+            "metrics_host": self.metrics_host, "metrics_port": self.metrics_port,
         }
 
     @classmethod
@@ -143,6 +181,11 @@ class ClusterConfig:
     max_job_size: int
     binlog_size: int
     node_command: tuple[str, ...]
+    crash_limit: int = CRASH_LIMIT
+    crash_window: int = CRASH_WINDOW
+    web: str = ""  # ADDR:PORT where `up` serves the dashboard; "" = off
+    metrics_base_port: int = METRICS_OFF
+    metrics_host: str = DEFAULT_HOST
     path: Path | None = None  # the config file read, if any
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -155,6 +198,10 @@ class ClusterConfig:
                           + _suggest(name, names))
 
     @property
+    def crash_policy(self) -> CrashPolicy:
+        return CrashPolicy(self.crash_limit, self.crash_window)
+
+    @property
     def addresses(self) -> dict[str, str]:
         """``{"node1": "host:port", ...}``: what ``ClusterClient`` takes."""
         return {n.name: n.address for n in self.nodes}
@@ -165,6 +212,9 @@ class ClusterConfig:
             "base_port": self.base_port, "data_dir": str(self.data_dir), "binlog": self.binlog,
             "fsync_ms": self.fsync_ms, "max_job_size": self.max_job_size,
             "binlog_size": self.binlog_size, "node_command": list(self.node_command),
+            "crash_limit": self.crash_limit, "crash_window": self.crash_window,
+            "web": self.web, "metrics_base_port": self.metrics_base_port,
+            "metrics_host": self.metrics_host,
             "path": str(self.path) if self.path else None,
         }
 
@@ -175,6 +225,11 @@ class ClusterConfig:
             base_port=d["base_port"], data_dir=Path(d["data_dir"]), binlog=d["binlog"],
             fsync_ms=d["fsync_ms"], max_job_size=d["max_job_size"],
             binlog_size=d["binlog_size"], node_command=tuple(d["node_command"]),
+            # settings newer than a wanted.json written by an older bscluster
+            crash_limit=d.get("crash_limit", CRASH_LIMIT),
+            crash_window=d.get("crash_window", CRASH_WINDOW),
+            web=d.get("web", ""), metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
+            metrics_host=d.get("metrics_host", DEFAULT_HOST),
             path=Path(d["path"]) if d.get("path") else None,
         )
 
@@ -279,18 +334,28 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
             raise ConfigError(f"{name} would listen on port {port}: base_port "
                               f"{values['base_port']} + {count} nodes runs past 65535; "
                               f"lower base_port")
+        metrics_port = over.get("metrics_port")
+        if metrics_port is None and values["metrics_base_port"] != METRICS_OFF:
+            metrics_port = values["metrics_base_port"] + i - 1
+            if metrics_port > 65535:
+                raise ConfigError(f"{name} would serve metrics on port {metrics_port}: "
+                                  f"metrics_base_port {values['metrics_base_port']} + {count} "
+                                  f"nodes runs past 65535; lower metrics_base_port")
         specs.append(NodeSpec(
             name=name, host=over.get("host", values["host"]), port=port,
             weight=over.get("weight", DEFAULT_WEIGHT),
+            metrics_host=values["metrics_host"], metrics_port=metrics_port,
             data_dir=_abs(over["data_dir"], base) if "data_dir" in over else data_dir / name,
             **{k: over.get(k, values[k]) for k in NODE_OPTION_KEYS if k != "data_dir"},
         ))
-    _check_unique(specs)
+    web = "" if values["web"].strip().lower() in WEB_OFF else values["web"].strip()
+    _check_unique(specs, web)
     return ClusterConfig(
         nodes=tuple(specs), data_dir=data_dir, node_command=command, path=path,
-        sources=MappingProxyType(sources),
+        sources=MappingProxyType(sources), web=web,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
-                                  "binlog_size")},
+                                  "binlog_size", "crash_limit", "crash_window",
+                                  "metrics_base_port", "metrics_host")},
     )
 
 
@@ -299,14 +364,22 @@ def _abs(value: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _check_unique(specs: list[NodeSpec]) -> None:
+def _check_unique(specs: list[NodeSpec], web: str) -> None:
+    """No two listeners (nodes, their metrics endpoints, the dashboard) on one port."""
     seen: dict[tuple[str, int], str] = {}
-    for spec in specs:
-        key = (spec.host, spec.port)
+    listeners = [(spec.name, spec.host, spec.port) for spec in specs]
+    listeners += [(f"{spec.name}'s metrics", spec.metrics_host, spec.metrics_port)
+                  for spec in specs if spec.metrics_port is not None]
+    if web:
+        listeners.append(("the dashboard (web)", *parse_listen(web)))
+    for who, host, port in listeners:
+        if port == 0:
+            continue  # a free port, picked when it binds
+        key = (_connect_host(host), port)
         if key in seen:
-            raise ConfigError(f"{seen[key]} and {spec.name} would both listen on "
-                              f"{spec.address}; give one a different port")
-        seen[key] = spec.name
+            raise ConfigError(f"{seen[key]} and {who} would both listen on "
+                              f"{host}:{port}; give one a different port")
+        seen[key] = who
     dirs: dict[Path, str] = {}
     for spec in specs:
         if spec.binlog and spec.data_dir in dirs:
@@ -372,6 +445,31 @@ def _port_ok(v: int) -> bool:
     return 1 <= v <= 65535
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``ADDR:PORT`` or ``[v6]:PORT`` -> (host, port); ValueError if malformed.
+    An empty ADDR means 127.0.0.1; port 0 picks a free one."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected ADDR:PORT (e.g. {DEFAULT_WEB_LISTEN}), got {text!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or DEFAULT_HOST, int(port)
+
+
+def _listen_ok(v: str) -> bool:
+    if v.strip().lower() in WEB_OFF:
+        return True
+    try:
+        parse_listen(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _connect_host(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1",
+            "localhost": "127.0.0.1"}.get(host, host)
+
+
 _RULES = {
     "nodes": (int, lambda v: 1 <= v <= MAX_NODES, f"between 1 and {MAX_NODES}"),
     "host": (str, lambda v: v.strip() != "" and not v.startswith("unix:"),
@@ -387,6 +485,17 @@ _RULES = {
                      f"between 1 and {MAX_JOB_SIZE_LIMIT} bytes"),
     "binlog_size": (int, lambda v: v >= 1, "a number of bytes >= 1"),
     "node_command": ((str, list, tuple), lambda v: True, "a command line such as \"bsnode\""),
+    "crash_limit": (int, lambda v: 0 <= v <= MAX_CRASH_LIMIT,
+                    f"a number of crashes from 1 to {MAX_CRASH_LIMIT}, or 0 to restart for ever"),
+    "crash_window": (int, lambda v: 1 <= v <= MAX_CRASH_WINDOW,
+                     f"a number of seconds from 1 to {MAX_CRASH_WINDOW}"),
+    "web": (str, _listen_ok,
+            f"ADDR:PORT for the dashboard (e.g. {DEFAULT_WEB_LISTEN}), or \"\" for none"),
+    "metrics_base_port": (int, lambda v: v == METRICS_OFF or _port_ok(v),
+                          "a TCP port between 1 and 65535, or 0 for no node metrics"),
+    "metrics_host": (str, lambda v: v.strip() != "" and not v.startswith("unix:"),
+                     "an IP address to serve node metrics on (e.g. 127.0.0.1)"),
+    "metrics_port": (int, _port_ok, "a TCP port between 1 and 65535"),
 }
 
 

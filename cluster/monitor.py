@@ -294,18 +294,27 @@ class Monitor:
         self._prev: tuple[float, dict[str, NodeReport]] | None = None
         self.view: dict | None = None
         self.reports: dict[str, NodeReport] = {}
+        self._reported: tuple[NodeAddress, ...] = ()  # the nodes ``reports`` is about
+
+    def set_nodes(self, nodes: Sequence[NodeAddress]) -> None:
+        """Watch these nodes from the next poll on (the supervisor grew the cluster)."""
+        addresses = {n.name: _host_port(n.address) for n in nodes}
+        with self._lock:
+            self.nodes, self._addresses = tuple(nodes), addresses
 
     def poll(self) -> dict:
         """Ask every node now; returns the new view."""
         with self._poll_lock:
-            reports = self._probe(self._addresses)
+            with self._lock:
+                nodes, addresses = self.nodes, self._addresses
+            reports = self._probe(addresses)
             now = self._clock()
             prev = self._prev
             dt = now - prev[0] if prev else 0.0
-            view = make_view(self.nodes, reports, prev[1] if prev else None, dt, self._wall())
+            view = make_view(nodes, reports, prev[1] if prev else None, dt, self._wall())
             with self._lock:
                 self._prev = (now, reports)
-                self.reports = reports
+                self.reports, self._reported = reports, nodes
                 self.view = view
                 self._history.append(history_point(view))
                 self._record_tubes(view)
@@ -336,11 +345,12 @@ class Monitor:
 
     def metrics(self) -> str:
         with self._lock:
-            reports = self.reports
+            reports, nodes = self.reports, self._reported
         if not reports:
             self.poll()
-            reports = self.reports
-        return cluster_metrics(self.nodes, reports)
+            with self._lock:
+                reports, nodes = self.reports, self._reported
+        return cluster_metrics(nodes, reports)
 
     def client(self, name: str, timeout: float = 5.0) -> Client:
         """A fresh connection to one node (the caller closes it)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bscluster.config import NodeSpec
 from bscluster.runtime import open_private, pid_alive, process_start_time
-from bscluster.states import HAS_PROCESS, Event, State, next_state
+from bscluster.states import HAS_PROCESS, MAX_CRASH_LIMIT, Event, State, next_state
 
 TAIL_LINES = 20
 REASON_LINES = 3
@@ -44,7 +44,9 @@ class NodeProc:
         self.adopted = False
         self.started: float | None = None  # wall clock of the last spawn
         self.failed_starts = 0
-        self.crashes: deque[float] = deque(maxlen=16)  # monotonic times
+        # (monotonic time, how it exited) of recent crashes (exits while RUNNING)
+        self.crashes: deque[tuple[float, str]] = deque(maxlen=MAX_CRASH_LIMIT)
+        self.crash_count = 0  # crashes since the supervisor took the node on
         self.restarts = 0
         self.reason: str | None = None
         self.wake_at: float | None = None  # monotonic: backoff end / deadline
@@ -175,6 +177,7 @@ class NodeProc:
             "state": self.state.value, "since": self.since, "pid": self.pid,
             "pid_start": self.pid_start, "adopted": self.adopted, "started": self.started,
             "host": self.spec.host, "port": self.spec.port, "restarts": self.restarts,
+            "crashes": self.crash_count, "metrics": self.spec.metrics_url,
             "reason": self.reason, "data_dir": str(self.spec.data_dir),
             "binlog": self.spec.binlog,
             "log": str(self.log_path) if self.log_path else None,

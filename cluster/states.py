@@ -17,21 +17,29 @@ failed to start: it is retried ``START_RETRIES`` times with a growing delay,
 then it is FATAL and stays down until someone asks for it again (a port
 taken by another program or an unusable data dir never fix themselves).
 A node that dies while RUNNING is restarted at once; only if it keeps
-dying (``CRASH_WINDOW``) does the delay grow, up to ``CRASH_BACKOFF_MAX``.
-Stopping is a separate path (STOPPING -> STOPPED) that never restarts.
+dying does the delay grow, up to ``CRASH_BACKOFF_MAX``.  ``CrashPolicy``
+decides: crashes closer together than its ``window`` count as a loop, and
+the ``limit``-th crash inside one window gives up (FATAL), because a node
+that dies every few seconds is broken, not unlucky, and restarting it for
+ever only hides that.  ``limit = 0`` never gives up.  Stopping is a
+separate path (STOPPING -> STOPPED) that never restarts.
 
 Everything here is pure: times are passed in, so tests need no clock.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 # --- supervision policy (the one place these numbers live) ----------------
 START_RETRIES = 3  # failed starts before FATAL
 START_BACKOFF = 0.25  # seconds before retry k is START_BACKOFF * 2**(k-1)
 START_TIMEOUT = 15.0  # a node must accept connections within this
-CRASH_WINDOW = 30.0  # crashes closer together than this count as a crash loop
+CRASH_WINDOW = 60  # seconds: crashes inside one window count as a crash loop
+CRASH_LIMIT = 5  # the 5th crash inside one window makes the node FATAL (0: never)
+MAX_CRASH_LIMIT = 64  # crashes remembered per node, so the largest crash_limit
 CRASH_BACKOFF = 0.5  # first delay inside a crash loop, doubling
 CRASH_BACKOFF_MAX = 30.0
 STOP_TIMEOUT = 10.0  # SIGTERM, then SIGKILL after this
@@ -106,10 +114,30 @@ def start_retry_delay(failed_starts: int) -> float | None:
 def crash_delay(recent_crashes: int) -> float:
     """Seconds to wait before restarting a node that died while RUNNING.
 
-    ``recent_crashes`` counts earlier crashes within ``CRASH_WINDOW``; the
+    ``recent_crashes`` counts earlier crashes within the crash window; the
     first crash in a while is restarted at once, so one kill -9 costs only
     the time the node takes to replay its binlog.
     """
     if recent_crashes <= 0:
         return 0.0
     return min(CRASH_BACKOFF_MAX, CRASH_BACKOFF * 2 ** (recent_crashes - 1))
+
+
+@dataclass(frozen=True)
+class CrashPolicy:
+    """When a node that keeps dying after it ran is given up on."""
+
+    limit: int = CRASH_LIMIT  # crashes inside one window that make it FATAL; 0 = never
+    window: float = CRASH_WINDOW  # seconds
+
+    def in_window(self, crash_times: Sequence[float], now: float) -> int:
+        """How many of ``crash_times`` (monotonic) fall inside the window ending now."""
+        return sum(1 for t in crash_times if now - t < self.window)
+
+    def after_crash(self, earlier: Sequence[float], now: float) -> float | None:
+        """Seconds to wait before restarting after a crash at ``now``, or None:
+        give up (FATAL).  ``earlier`` are the times of the crashes before it."""
+        recent = self.in_window(earlier, now)
+        if self.limit and recent + 1 >= self.limit:
+            return None
+        return crash_delay(recent)

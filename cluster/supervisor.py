@@ -21,6 +21,10 @@ each turn:
 5. publishes ``bscluster.json`` if anything changed, then sleeps in
    ``select`` on the wakeup fd and the nodes' output pipes.
 
+With ``web`` set (`up --web`), the dashboard and the cluster /metrics run on
+threads of this process (webhost.py); they only read what the loop
+publishes, so the loop stays the one place that changes anything.
+
 Node states and the retry policy are in ``states.py``.  The supervisor
 never blocks on one node, so a slow or dead node never holds up the others.
 """
@@ -50,13 +54,11 @@ from bscluster.runtime import (
     write_json,
 )
 from bscluster.states import (
-    CRASH_WINDOW,
     SETTLED,
     START_TIMEOUT,
     STOP_TIMEOUT,
     Event,
     State,
-    crash_delay,
     start_retry_delay,
 )
 
@@ -64,6 +66,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
 IDLE_INTERVAL = 1.0
+CRASHES_SHOWN = 5  # exits named in a crash-loop FATAL reason
 
 
 class AlreadyRunning(RuntimeError):
@@ -73,12 +76,17 @@ class AlreadyRunning(RuntimeError):
 class Supervisor:
     def __init__(self, config: ClusterConfig, *, detached: bool = False,
                  out: TextIO | None = None,
-                 on_settled: Callable[[Supervisor], None] | None = None):
+                 on_settled: Callable[[Supervisor], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.paths = Paths(config.data_dir)
         self.detached = detached
         self.out = out or sys.stdout
         self.on_settled = on_settled
+        self.clock = clock  # monotonic; injected so tests can drive the timers
+        self.first_settle = True
+        self.web = None  # webhost.WebHost when the config asks for the dashboard
+        self.web_url: str | None = None
         self.nodes: dict[str, NodeProc] = {}
         self.signals: deque[int] = deque()
         self.stopping = False
@@ -106,6 +114,7 @@ class Supervisor:
             make_private_dir(self.paths.requests)
             write_json(self.paths.wanted, self.config.to_dict())
             self._set_nodes(self.config)
+            self._start_web()
             self._adopt_leftovers()
             self.say(f"supervising {len(self.nodes)} nodes (pid {os.getpid()}, "
                      f"data in {self.config.data_dir})")
@@ -121,7 +130,7 @@ class Supervisor:
         while True:
             self._handle_signals()
             self._reap()
-            self._tick(time.monotonic())
+            self._tick(self.clock())
             if not self.stopping:
                 self._reconcile()
             self._publish()
@@ -130,7 +139,7 @@ class Supervisor:
                                          for n in self.nodes.values()):
                 self.say("all nodes stopped")
                 return
-            self._sleep(self._timeout(time.monotonic()))
+            self._sleep(self._timeout(self.clock()))
 
     # --- signals: handlers only enqueue ------------------------------------------
     def _install_signals(self) -> None:
@@ -172,7 +181,7 @@ class Supervisor:
     def _on_exit(self, node: NodeProc, code: int | None) -> None:
         self._echo_output(node, node.exited(code))
         how = _describe_exit(code)
-        now = time.monotonic()
+        now = self.clock()
         if node.state is State.STOPPING:
             node.fire(Event.EXIT)
             node.wake_at = None
@@ -194,14 +203,34 @@ class Supervisor:
             self.say(f"{node.name} failed to start ({node.reason}); retry in {delay:.2g}s")
             return
         # it was RUNNING: restart it, at once unless it keeps doing this
-        recent = sum(1 for t in node.crashes if now - t < CRASH_WINDOW)
-        node.crashes.append(now)
+        policy = self.config.crash_policy
+        delay = policy.after_crash([t for t, _ in node.crashes], now)
+        node.crashes.append((now, how))
+        node.crash_count += 1
         node.fire(Event.EXIT)
+        if delay is None:
+            node.reason = self._crash_loop_reason(node, now)
+            node.fire(Event.GIVE_UP)
+            node.wake_at = None
+            self.say(f"{node.name} FATAL: {node.reason}; not restarting it again: fix the "
+                     f"cause, then `bscluster restart {node.name}`")
+            return
         node.reason = f"{how} unexpectedly"
-        delay = crash_delay(recent)
         node.wake_at = now + delay
         self.say(f"{node.name} {node.reason}; restarting" +
                  (f" in {delay:.2g}s (crash loop)" if delay else ""))
+
+    def _crash_loop_reason(self, node: NodeProc, now: float) -> str:
+        """One line: how often it crashed, how each of the last ones ended, its last words."""
+        window = self.config.crash_window
+        recent = [(t, how) for t, how in node.crashes if now - t < window]
+        span = now - recent[0][0]
+        exits = ", ".join(how for _, how in recent[-CRASHES_SHOWN:])
+        words = node.last_words()
+        times = "time" if len(recent) == 1 else "times"
+        return (f"crashed {len(recent)} {times} in {span:.0f}s (crash_limit {self.config.crash_limit}"
+                f" within crash_window {window:g}s); last exits: {exits}"
+                + (f"; last output: {words}" if words else ""))
 
     # --- timers ----------------------------------------------------------------
     def _tick(self, now: float) -> None:
@@ -253,13 +282,17 @@ class Supervisor:
             node.restarts += 1
         node.reason = None
         node.fire(Event.SPAWN)
-        node.wake_at = time.monotonic() + START_TIMEOUT
+        node.wake_at = self.clock() + START_TIMEOUT
 
     def _cannot_start(self, spec: NodeSpec) -> str | None:
         """Why a node cannot start at all, so it goes FATAL without retrying."""
         if connectable(spec.host, spec.port):
             return (f"{spec.address} is already in use by another program; stop it, or "
                     f"give {spec.name} another port (base_port, or port in "
+                    f"[nodes.{spec.name}])")
+        if spec.metrics_port is not None and connectable(spec.metrics_host, spec.metrics_port):
+            return (f"{spec.metrics_address} (its metrics port) is already in use by another "
+                    f"program; stop it, or change metrics_base_port (or metrics_port in "
                     f"[nodes.{spec.name}])")
         if spec.binlog:
             try:
@@ -282,7 +315,7 @@ class Supervisor:
             return
         self.stopping = True
         self.say("stopping all nodes")
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = self.clock() + STOP_TIMEOUT
         for node in self.nodes.values():
             node.stop(deadline)
 
@@ -306,6 +339,9 @@ class Supervisor:
             pass
 
     def _cleanup(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         for path in self.paths.runtime_files():
             if path != self.paths.lock:
                 _unlink(path)
@@ -336,6 +372,25 @@ class Supervisor:
                 self.say(f"{spec.name}: new settings apply when it next restarts "
                          f"(bscluster restart {spec.name})")
         self._width = max(self._width, *(len(n) for n in self.nodes))
+        if self.web is not None:
+            self.web.set_nodes(config.nodes)
+
+    def _start_web(self) -> None:
+        """Serve the dashboard and /metrics here (raises webhost.WebError)."""
+        if not self.config.web:
+            return
+        from bscluster.web import ENV_TOKEN
+        from bscluster.webhost import WebHost
+
+        token = os.environ.get(ENV_TOKEN) or None
+        self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published)
+        self.web_url = self.web.start()
+        self.say(f"dashboard on {self.web_url} (metrics at {self.web_url}metrics; "
+                 + ("actions enabled, token required)" if token else
+                    f"read-only: set {ENV_TOKEN} to enable actions)"))
+        if self.web.exposed:
+            self.say(f"warning: the dashboard listens on {self.config.web}: anyone who can "
+                     f"reach it sees job bodies")
 
     def _reload(self) -> None:
         doc = read_json(self.paths.wanted)
@@ -346,6 +401,9 @@ class Supervisor:
                 self.say(f"ignoring {self.paths.wanted}: {e}")
             else:
                 added = [s.name for s in wanted.nodes if s.name not in self.nodes]
+                if wanted.web != self.config.web:
+                    self.say("the dashboard setting (web) applies when the supervisor "
+                             "restarts (bscluster down, then up)")
                 self._set_nodes(wanted)
                 if added:
                     self.say(f"adding {', '.join(added)}")
@@ -367,7 +425,7 @@ class Supervisor:
         node.crashes.clear()
         self.awaiting_settle = True
         if node.state in (State.STARTING, State.RUNNING):
-            node.stop(time.monotonic() + STOP_TIMEOUT)
+            node.stop(self.clock() + STOP_TIMEOUT)
         elif node.state in (State.BACKOFF, State.FATAL):
             self._spawn(node)
 
@@ -387,6 +445,7 @@ class Supervisor:
                 continue
             node.adopt(pid, start, entry.get("started"))
             node.restarts = entry.get("restarts", 0)
+            node.crash_count = entry.get("crashes", 0)
             self.say(f"{name} adopted: already running on {node.spec.address} (pid {pid})")
 
     # --- output and state ----------------------------------------------------------------
@@ -412,6 +471,7 @@ class Supervisor:
                 "pid": os.getpid(), "pid_start": self._pid_start, "started": self.started, "detached": self.detached,
                 "stopping": self.stopping, "config": str(self.config.path or ""),
                 "log": str(self.paths.log) if self.detached else None,
+                "web": self.web_url,
             },
             "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
         }
@@ -423,15 +483,33 @@ class Supervisor:
             self._published = doc
 
     def _check_settled(self) -> None:
-        if self.awaiting_settle and not self.stopping and \
-                all(n.state in SETTLED for n in self.nodes.values()):
+        """Report once everything settled; stop when nothing is left to supervise.
+
+        Every node FATAL at the first settle: nothing could start, so stop
+        (exit 1).  Every node FATAL later (crash loops): a foreground
+        supervisor stops too (exit 1, so systemd's Restart=on-failure or the
+        operator sees it); a detached one stays, so `status` shows each
+        node's reason and `restart NODE` can revive it.
+        """
+        if self.stopping or not self.nodes:
+            return
+        all_fatal = all(n.state is State.FATAL for n in self.nodes.values())
+        if self.awaiting_settle and all(n.state in SETTLED for n in self.nodes.values()):
             self.awaiting_settle = False
+            first, self.first_settle = self.first_settle, False
             if self.on_settled is not None:
                 self.on_settled(self)
-            if all(n.state is State.FATAL for n in self.nodes.values()):
-                self.say("no node could start; nothing to supervise")
-                self.exit_status = 1
-                self._stop_all(kill=False)
+            if all_fatal and first:
+                self._give_up_all("no node could start; nothing to supervise")
+                return
+        if all_fatal and not self.detached and not self.first_settle:
+            self._give_up_all("every node is FATAL; nothing left to supervise. Fix the "
+                              "causes above and run `bscluster up` again")
+
+    def _give_up_all(self, message: str) -> None:
+        self.say(message)
+        self.exit_status = 1
+        self._stop_all(kill=False)
 
     # --- sleeping -------------------------------------------------------------------
     def _timeout(self, now: float) -> float:

@@ -4,7 +4,10 @@ How this works
 --------------
 One ``ThreadingHTTPServer`` (stdlib, a thread per request) serves the
 static dashboard from cluster/static/ and a small JSON API (documented in
-docs/MONITORING.md).  A poller thread calls ``Monitor.poll()`` every
+docs/MONITORING.md).  `bscluster web` runs it on its own; `bscluster up
+--web` runs the same thing on threads inside the supervisor (webhost.py).
+/metrics is every node's stats as the poller last saw them plus, when a
+supervisor runs the cluster, its own series (supervisor_metrics.py).  A poller thread calls ``Monitor.poll()`` every
 interval; GET requests read its latest view and history, so any number of
 open dashboards cost the nodes one poll per interval.
 
@@ -30,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -43,6 +47,7 @@ from bsclient import (
     NotFoundError,
 )
 from bsclient.protocol import valid_tube_name
+from bscluster.config import DEFAULT_WEB_LISTEN
 from bscluster.monitor import (
     POLL_INTERVAL,
     Monitor,
@@ -52,10 +57,11 @@ from bscluster.monitor import (
     resolve_nodes,
     watch_options,
 )
+from bscluster.supervisor_metrics import supervisor_metrics
 from bsnode.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 STATIC_DIR = Path(__file__).with_name("static")
-DEFAULT_LISTEN = "127.0.0.1:11380"
+DEFAULT_LISTEN = DEFAULT_WEB_LISTEN
 ENV_TOKEN = "BSCLUSTER_WEB_TOKEN"
 MAX_REQUEST_BODY = 65536
 ACTION_LIMIT = 100_000  # jobs one clear/move request handles at most
@@ -225,16 +231,25 @@ def _with_down(result: dict, down: list[str]) -> dict:
 class Dashboard:
     """The monitor, its poller thread, the actions and the token."""
 
-    def __init__(self, monitor: Monitor, token: str | None) -> None:
+    def __init__(self, monitor: Monitor, token: str | None,
+                 supervisor_state: Callable[[], dict | None] | None = None) -> None:
         self.monitor = monitor
         self.actions = Actions(monitor)
         self.token = token or None
+        self.supervisor_state = supervisor_state  # the supervisor's state doc, if one runs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="poller", daemon=True)
 
-    def start(self) -> None:
-        self.monitor.poll()
+    def start(self, poll_first: bool = True) -> None:
+        """Start the poller; ``poll_first`` polls once before returning."""
+        if poll_first:
+            self.monitor.poll()
         self._thread.start()
+
+    def metrics(self) -> str:
+        """The cluster's /metrics: the nodes' series, then the supervisor's."""
+        state = self.supervisor_state() if self.supervisor_state is not None else None
+        return self.monitor.metrics() + supervisor_metrics(state)
 
     def stop(self) -> None:
         self._stop.set()
@@ -329,7 +344,7 @@ class Handler(BaseHTTPRequestHandler):
         if seg[0] == "static" and len(seg) == 2:
             return self._static(seg[1])
         if seg == ["metrics"]:
-            body = d.monitor.metrics().encode()
+            body = d.metrics().encode()
             return self._send(200, body, METRICS_CONTENT_TYPE)
         if seg[0] != "api" or len(seg) < 2:
             raise ApiError(404, "not found")
@@ -471,7 +486,8 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
     if token == _GENERATE:
         token = secrets.token_urlsafe(18)
         click.echo(f"token: {token}")
-    dashboard = Dashboard(monitor, token)
+    state = None if node_flags else _supervisor_state_source(config_file, data_dir)
+    dashboard = Dashboard(monitor, token, state)
     try:
         server = make_server(dashboard, host, port, quiet=not verbose)
     except OSError as e:
@@ -497,6 +513,19 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
     finally:
         dashboard.stop()
         server.server_close()
+
+
+def _supervisor_state_source(config_file: str | None,
+                             data_dir: str | None) -> Callable[[], dict | None] | None:
+    """Reads the state of the supervisor running the cluster, if one does (for /metrics)."""
+    from bscluster.config import ConfigError, load_config
+    from bscluster.runtime import Paths, read_json, supervisor_alive
+
+    try:
+        paths = Paths(load_config(config_file, {"data_dir": data_dir}).data_dir)
+    except ConfigError:
+        return None
+    return lambda: read_json(paths.state) if supervisor_alive(paths) else None
 
 
 def handler_open_to_others(host: str) -> bool:

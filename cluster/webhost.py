@@ -1,0 +1,84 @@
+"""The dashboard inside the supervisor, for `bscluster up --web`.
+
+How this works
+--------------
+``WebHost`` is the same dashboard `bscluster web` serves (web.py: a
+``Monitor`` polling the nodes, a poller thread, a ``ThreadingHTTPServer``)
+run on daemon threads of the supervisor process, so it lives and dies with
+the supervisor: `down`, Ctrl-C or a crash of the supervisor leave nothing
+behind, and there is no extra process to adopt or supervise.  The threads
+never touch the supervisor's state: /metrics reads the snapshot the loop
+last published (a dict replaced whole, never changed in place), and the
+loop tells the host about new nodes with ``set_nodes``.  The port is bound
+in ``start``, before any node starts, so a taken port is an error at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from bsclient.config import NodeAddress
+from bscluster.config import NodeSpec, parse_listen
+from bscluster.monitor import Monitor
+from bscluster.probe import connect_host
+from bscluster.web import Dashboard, handler_open_to_others, make_server
+
+SHUTDOWN_POLL = 0.5  # how often serve_forever looks for a shutdown request
+
+
+class WebError(RuntimeError):
+    """The dashboard cannot be served; the message says what to change."""
+
+
+def node_addresses(specs: Iterable[NodeSpec]) -> tuple[NodeAddress, ...]:
+    return tuple(NodeAddress(s.name, f"{connect_host(s.host)}:{s.port}", s.weight)
+                 for s in specs)
+
+
+class WebHost:
+    def __init__(self, listen: str, specs: Iterable[NodeSpec], token: str | None,
+                 supervisor_state: Callable[[], dict | None]) -> None:
+        self.listen = listen
+        self.monitor = Monitor(node_addresses(specs))
+        self.dashboard = Dashboard(self.monitor, token, supervisor_state)
+        self.server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> str:
+        """Bind and serve; returns the dashboard's URL.  Raises WebError."""
+        host, port = parse_listen(self.listen)
+        try:
+            self.server = make_server(self.dashboard, host, port)
+        except OSError as e:
+            raise WebError(f"cannot serve the dashboard on {host}:{port}: {e.strerror or e}; "
+                           f"choose another address with --web ADDR:PORT (or web in the "
+                           f"config file), or leave it off") from None
+        self.dashboard.start(poll_first=False)  # the nodes are not started yet
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": SHUTDOWN_POLL},
+                                        name="dashboard", daemon=True)
+        self._thread.start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        host = connect_host(host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    @property
+    def exposed(self) -> bool:
+        return handler_open_to_others(parse_listen(self.listen)[0])
+
+    def set_nodes(self, specs: Iterable[NodeSpec]) -> None:
+        self.monitor.set_nodes(node_addresses(specs))
+
+    def stop(self) -> None:
+        if self.server is not None:
+            if self._thread is not None and self._thread.is_alive():
+                self.server.shutdown()
+                self._thread.join(5)
+            self.server.server_close()
+            self.server = None
+        self.dashboard.stop()
