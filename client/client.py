@@ -47,6 +47,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 65536
 DEFAULT_TUBE = "default"
+MAX_PORT = 65535
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +75,31 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int] | str:
     """``"host:port"``, ``"host"``, ``(host, port)`` or ``"unix:/path"``.
 
     Returns ``(host, port)`` for TCP, or the socket path for a unix socket.
+    IPv6 literals take brackets when a port follows (``"[::1]:11300"``).
+    A port that is not a whole number in 1..65535 raises ``ValueError``.
     """
     if isinstance(address, tuple):
         host, port = address
-        return (host, int(port))
+        return (host, _check_port(port, address))
     if address.startswith("unix:"):
         return address[len("unix:"):]
     host, sep, port = address.rpartition(":")
-    if not sep:
-        return (address, p.DEFAULT_PORT)
-    return (host.strip("[]") or DEFAULT_HOST, int(port))
+    if not sep or (":" in host and not host.endswith("]")):  # no port, or bare IPv6
+        return (address.strip("[]"), p.DEFAULT_PORT)
+    return (host.strip("[]") or DEFAULT_HOST, _check_port(port, address))
+
+
+def _check_port(port: str | int, address: object) -> int:
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(port, str) and not (port.isascii() and port.isdigit()):
+        number = None
+    if isinstance(port, bool) or number is None or not 1 <= number <= MAX_PORT:
+        raise ValueError(f"bad port in address {address!r}: {port!r} "
+                         f"(a TCP port is a whole number from 1 to {MAX_PORT})")
+    return number
 
 
 def format_address(addr: tuple[str, int] | str) -> str:

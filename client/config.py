@@ -20,12 +20,20 @@ The file (shared with ``bscluster``)::
     port = 11400
     weight = 2            # default 1
 
-The environment: ``BSCLUSTER_NODES="node1=127.0.0.1:11300,node2=10.0.0.2:11300@2"``
-(``@W`` is an optional weight).  bscluster reads ``BSCLUSTER_NODES`` as a
-node *count*; a plain integer is therefore accepted too and means
-node1..nodeN at ``BSCLUSTER_HOST`` (127.0.0.1) and ``BSCLUSTER_BASE_PORT``
-(11300) upward.  With ``BSCLUSTER_NODES`` unset, ``BSCLUSTER_CONFIG`` names
-a config file to read.
+The environment (``nodes_from_env``), read the way bscluster reads it where
+the two overlap:
+
+* ``BSCLUSTER_NODES="node1=127.0.0.1:11300,node2=10.0.0.2:11300@2"`` (a
+  node list; ``@W`` is an optional weight) is the whole answer: nothing
+  else is read.  This form is bsclient's own; bscluster refuses it.
+* ``BSCLUSTER_NODES=N`` (a node count, bscluster's meaning), or no
+  ``BSCLUSTER_NODES`` but a ``BSCLUSTER_CONFIG`` file: the nodes are
+  node1..nodeN, each setting (``nodes``, ``host``, ``base_port``) taken from
+  ``BSCLUSTER_NODES``/``BSCLUSTER_HOST``/``BSCLUSTER_BASE_PORT`` if set, else
+  from the ``BSCLUSTER_CONFIG`` file's [cluster] table, else the default;
+  the file's [nodes.*] tables then apply.  So a client and ``bscluster up``
+  given the same environment agree on every address.  Unlike bscluster,
+  bsclient never reads ./bscluster.toml unless told to.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .client import format_address, parse_address
+from .client import MAX_PORT, format_address, parse_address
 from .protocol import DEFAULT_PORT
 
 DEFAULT_HOST = "127.0.0.1"
@@ -51,7 +59,6 @@ ENV_CONFIG = "BSCLUSTER_CONFIG"
 ENV_HOST = "BSCLUSTER_HOST"
 ENV_BASE_PORT = "BSCLUSTER_BASE_PORT"
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
-MAX_PORT = 65535
 
 
 class ConfigError(ValueError):
@@ -102,7 +109,7 @@ def nodes_from_mapping(nodes: Mapping, where: str = "nodes") -> tuple[NodeAddres
         try:
             address = format_address(parse_address(value))
         except (ValueError, TypeError) as e:
-            raise ConfigError(f"{where}: bad address for {name}: {value!r}") from e
+            raise ConfigError(f"{where}: bad address for {name}: {value!r}: {e}") from e
         out.append(NodeAddress(name, address, weight))
     return tuple(out)
 
@@ -114,18 +121,33 @@ def _int_setting(table: Mapping, key: str, default: int, where: str) -> int:
     return value
 
 
-def read_config_file(path: str | os.PathLike) -> tuple[NodeAddress, ...]:
-    """The nodes of a bscluster TOML config file."""
-    where = str(path)
+def _load_toml(path: str | os.PathLike) -> dict:
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read cluster config {where}: {e.strerror}") from e
+        raise ConfigError(f"cannot read cluster config {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where}: not valid TOML: {e}") from e
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+
+
+def read_config_file(path: str | os.PathLike) -> tuple[NodeAddress, ...]:
+    """The nodes of a bscluster TOML config file."""
+    data = _load_toml(path)
     cluster = data.get("cluster")
     if not isinstance(cluster, Mapping) or "nodes" not in cluster:
+        raise ConfigError(f"{path}: needs a [cluster] table with nodes = N")
+    return _nodes_from_settings(data, str(path), {})
+
+
+def _nodes_from_settings(data: Mapping, where: str, env: Mapping[str, int | str]
+                         ) -> tuple[NodeAddress, ...]:
+    """node1..nodeN from [cluster] nodes/host/base_port (``env`` values win) and [nodes.*]."""
+    cluster = data.get("cluster", {})
+    if not isinstance(cluster, Mapping):
+        raise ConfigError(f"{where}: [cluster] must be a table")
+    cluster = {**cluster, **env}
+    if "nodes" not in cluster:
         raise ConfigError(f"{where}: needs a [cluster] table with nodes = N")
     count = _int_setting(cluster, "nodes", 0, where)
     if count < 1:
@@ -158,20 +180,23 @@ def read_config_file(path: str | os.PathLike) -> tuple[NodeAddress, ...]:
     return nodes_from_mapping(nodes, where)
 
 
-def _parse_env_nodes(text: str, env: Mapping[str, str]) -> tuple[NodeAddress, ...]:
-    text = text.strip()
-    if text.isdigit():  # bscluster's meaning: a node count
-        host = env.get(ENV_HOST) or DEFAULT_HOST
+def _env_settings(env: Mapping[str, str], count: str | None) -> dict[str, int | str]:
+    """BSCLUSTER_NODES (a count), BSCLUSTER_HOST, BSCLUSTER_BASE_PORT, where set."""
+    out: dict[str, int | str] = {}
+    if count is not None:
+        out["nodes"] = int(count)
+    if env.get(ENV_HOST):
+        out["host"] = env[ENV_HOST].strip()
+    if env.get(ENV_BASE_PORT):
         try:
-            base = int(env.get(ENV_BASE_PORT) or DEFAULT_PORT)
-        except ValueError as e:
-            raise ConfigError(f"{ENV_BASE_PORT} must be an integer") from e
-        count = int(text)
-        if count < 1:
-            raise ConfigError(f"{ENV_NODES}={text}: need at least one node")
-        return tuple(
-            NodeAddress(f"node{i}", format_address((host, base + i - 1))) for i in range(1, count + 1)
-        )
+            out["base_port"] = int(env[ENV_BASE_PORT].strip())
+        except ValueError:
+            raise ConfigError(f"{ENV_BASE_PORT}={env[ENV_BASE_PORT]!r}: expected a "
+                              f"whole number") from None
+    return out
+
+
+def _parse_env_list(text: str) -> tuple[NodeAddress, ...]:
     nodes: dict = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, rest = item.partition("=")
@@ -187,12 +212,19 @@ def _parse_env_nodes(text: str, env: Mapping[str, str]) -> tuple[NodeAddress, ..
 
 
 def nodes_from_env(env: Mapping[str, str] | None = None) -> tuple[NodeAddress, ...]:
-    """The nodes named by ``BSCLUSTER_NODES``, else the ``BSCLUSTER_CONFIG`` file."""
+    """The nodes the environment names; see the module comment for the two forms."""
     env = os.environ if env is None else env
-    text = env.get(ENV_NODES)
-    if text:
-        return _parse_env_nodes(text, env)
+    text = (env.get(ENV_NODES) or "").strip()
     path = env.get(ENV_CONFIG)
+    if text and not text.isdigit():
+        return _parse_env_list(text)  # the node list: the whole answer
+    if not text and not path:
+        raise ConfigError(
+            f"set {ENV_NODES} (node1=host:port,... or a node count) or {ENV_CONFIG} (a config file)"
+        )
+    # bscluster's reading: each setting from the environment, else the file, else the default
+    where = f"{ENV_NODES}={text}" if text else ENV_CONFIG
     if path:
-        return read_config_file(Path(path))
-    raise ConfigError(f"set {ENV_NODES} (node1=host:port,...) or {ENV_CONFIG} (a config file)")
+        where += f" (file {path})"
+    data = _load_toml(Path(path)) if path else {}
+    return _nodes_from_settings(data, where, _env_settings(env, text or None))

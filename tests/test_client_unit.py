@@ -293,6 +293,19 @@ def test_parse_address_forms():
     assert parse_address(("h", "5")) == ("h", 5)
     assert parse_address("unix:/tmp/bs.sock") == "/tmp/bs.sock"
     assert parse_address("[::1]:11300") == ("::1", 11300)
+    assert parse_address("::1") == ("::1", 11300)  # a bare IPv6 literal has no port
+    assert parse_address("h:1") == ("h", 1)
+    assert parse_address("h:65535") == ("h", 65535)
+
+
+@pytest.mark.parametrize("bad", ["h:99999", "h:65536", "h:0", "h:-1", "h:", "h:port", "h:1.5",
+                                 "h:+5", "[::1]:70000", ("h", 70000), ("h", 0), ("h", "x"),
+                                 ("h", True)])
+def test_parse_address_refuses_ports_outside_1_to_65535(bad):
+    with pytest.raises(ValueError, match="from 1 to 65535"):
+        parse_address(bad)
+    with pytest.raises(ValueError):
+        Client(bad, lazy=True)
 
 
 def test_job_handle():

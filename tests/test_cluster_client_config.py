@@ -139,3 +139,69 @@ def test_cluster_client_argument_checks():
         ClusterClient({"node1": "h:1"}, failure_threshold=0)
     with pytest.raises(ConfigError):
         ClusterClient({})
+
+
+# --- BSCLUSTER_NODES as a count: the same addresses bscluster would use -------------
+FILE_WITH_OVERRIDES = """
+[cluster]
+nodes = 3
+host = "10.1.1.1"
+base_port = 12000
+
+[nodes.node2]
+host = "10.2.2.2"
+port = 13000
+weight = 2
+"""
+
+
+@pytest.mark.parametrize("env", [
+    {"BSCLUSTER_NODES": "3"},
+    {"BSCLUSTER_NODES": "2", "BSCLUSTER_HOST": "10.9.9.9", "BSCLUSTER_BASE_PORT": "14000"},
+    {"BSCLUSTER_CONFIG": "FILE"},
+    {"BSCLUSTER_CONFIG": "FILE", "BSCLUSTER_NODES": "5"},
+    {"BSCLUSTER_CONFIG": "FILE", "BSCLUSTER_BASE_PORT": "15000"},
+    {"BSCLUSTER_CONFIG": "FILE", "BSCLUSTER_NODES": "4", "BSCLUSTER_HOST": "10.3.3.3"},
+])
+def test_env_count_and_file_give_the_addresses_bscluster_uses(tmp_path, monkeypatch, env):
+    from bscluster.config import load_config
+
+    monkeypatch.chdir(tmp_path)  # bscluster would read ./bscluster.toml; keep it ours
+    path = write(tmp_path, FILE_WITH_OVERRIDES)
+    env = {k: str(path) if v == "FILE" else v for k, v in env.items()}
+    if "BSCLUSTER_CONFIG" not in env:
+        path.unlink()  # no file anywhere: both use the environment and the defaults
+    cluster = load_config(env=env)
+    ours = nodes_from_env(env)
+    assert {n.name: n.address for n in ours} == cluster.addresses
+    assert {n.name: n.weight for n in ours} == {s.name: s.weight for s in cluster.nodes}
+
+
+def test_env_count_with_the_file_keeps_its_node_tables(tmp_path):
+    path = write(tmp_path, FILE_WITH_OVERRIDES)
+    env = {"BSCLUSTER_CONFIG": str(path), "BSCLUSTER_NODES": "4", "BSCLUSTER_BASE_PORT": "16000"}
+    assert nodes_from_env(env) == (
+        NodeAddress("node1", "10.1.1.1:16000"),
+        NodeAddress("node2", "10.2.2.2:13000", 2),
+        NodeAddress("node3", "10.1.1.1:16002"),
+        NodeAddress("node4", "10.1.1.1:16003"),
+    )
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"BSCLUSTER_NODES": "0"}, "nodes must be >= 1"),
+    ({"BSCLUSTER_NODES": "3", "BSCLUSTER_BASE_PORT": "65534"}, "port of node3 must be 1..65535"),
+    ({"BSCLUSTER_NODES": "2", "BSCLUSTER_BASE_PORT": "x"}, "BSCLUSTER_BASE_PORT='x'"),
+    ({"BSCLUSTER_NODES": "node1=h:99999"}, "from 1 to 65535"),
+    ({}, "BSCLUSTER_NODES (node1=host:port,... or a node count)"),
+])
+def test_env_errors_say_what_is_wrong(env, words):
+    with pytest.raises(ConfigError) as info:
+        nodes_from_env(env)
+    assert words in str(info.value)
+
+
+def test_env_count_too_small_for_the_files_node_tables(tmp_path):
+    path = write(tmp_path, FILE_WITH_OVERRIDES)
+    with pytest.raises(ConfigError, match=r"\[nodes.node2\] does not name one of node1..node1"):
+        nodes_from_env({"BSCLUSTER_CONFIG": str(path), "BSCLUSTER_NODES": "1"})
