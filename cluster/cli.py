@@ -24,11 +24,13 @@ import click
 from bscluster import control
 from bscluster.config import (
     DEFAULT_CONFIG_PATH,
+    DEFAULT_WEB_LISTEN,
     ENV_CONFIG,
     ClusterConfig,
     ConfigError,
     config_path,
     load_config,
+    parse_listen,
 )
 from bscluster.probe import connect_host, probe_all
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
@@ -38,6 +40,7 @@ from bscluster.supervisor import AlreadyRunning, Supervisor
 from bscluster.template import render_config
 from bscluster.top import top
 from bscluster.web import DEFAULT_LISTEN, web
+from bscluster.webhost import WebError
 
 NOT_ALL_UP = 3  # `status` exit code when some node is not answering (as systemctl)
 
@@ -69,7 +72,23 @@ _NODE_OPTIONS = [
                  help="Size of each binlog file (10485760)."),
     click.option("--node-command", metavar="CMD",
                  help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] (bsnode)."),
+    click.option("--metrics-base-port", type=int, metavar="PORT",
+                 help="Give nodeI `--metrics METRICS_HOST:PORT+I-1` (bsnode only); 0 = off (0)."),
+    click.option("--metrics-host", metavar="ADDR",
+                 help="Address the nodes' metrics endpoints listen on (127.0.0.1)."),
+    click.option("--crash-limit", type=int, metavar="N",
+                 help="A node crashing N times within --crash-window is FATAL; 0 = never (5)."),
+    click.option("--crash-window", type=int, metavar="SECONDS",
+                 help="The window --crash-limit counts crashes in (60)."),
 ]
+
+
+def web_option(f):
+    return click.option(
+        "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
+        default=None, help=f"Serve the dashboard and the cluster's /metrics from the "
+        f"supervisor (--web alone: {DEFAULT_WEB_LISTEN}; --web off: none) [env BSCLUSTER_WEB].",
+    )(f)
 
 
 def node_options(f):
@@ -134,6 +153,7 @@ def init(path, force, **values) -> None:
 @cli.command()
 @config_option
 @node_options
+@web_option
 @click.option("--detach", "-d", is_flag=True, help="Run in the background.")
 def up(config_file, detach, **flags) -> None:
     """Start the cluster and keep every node running.
@@ -142,6 +162,11 @@ def up(config_file, detach, **flags) -> None:
     name and Ctrl-C stops every node. With --detach the supervisor runs in the
     background; `status`, `stats`, `restart` and `down` find it through the
     data dir. Against a running cluster, a larger --nodes adds nodes.
+
+    With --web the supervisor also serves the dashboard, its JSON API and the
+    cluster's /metrics (read-only unless BSCLUSTER_WEB_TOKEN is set); `down`
+    stops it with the nodes. In the foreground, `up` exits 1 once every node
+    is FATAL.
     """
     config = _load(config_file, flags)
     paths = Paths(config.data_dir)
@@ -171,7 +196,7 @@ def up(config_file, detach, **flags) -> None:
     supervisor = Supervisor(config, on_settled=lambda s: click.echo(banner(config, s.snapshot())))
     try:
         sys.exit(supervisor.run())
-    except AlreadyRunning as e:
+    except (AlreadyRunning, WebError) as e:
         _fail(e)
 
 
@@ -188,6 +213,12 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
             f"the running cluster has {len(running)} nodes and `up` only adds nodes: taking "
             f"away {', '.join(running[len(config.nodes):])} would strand the jobs "
             f"they hold. Drain them, then `bscluster down` and `bscluster up --nodes {len(config.nodes)}`.")
+    if current is not None and config.web != current.web:
+        serving = state["supervisor"].get("web")
+        click.echo(("the running supervisor serves the dashboard at " + serving if serving else
+                    "the running supervisor serves no dashboard")
+                   + "; a new web setting applies after `bscluster down` and `up` (or run "
+                     "`bscluster web` next to it)", err=True)
     if len(config.nodes) == len(running):
         click.echo(f"the cluster is already running (supervisor pid {state['supervisor']['pid']})")
         click.echo(banner(config, state))
@@ -238,6 +269,8 @@ def banner(config: ClusterConfig, state: dict) -> str:
     for name, e in nodes.items():
         addr = f"{e['host']}:{e['port']}"
         extra = f"pid {e['pid']}" if e["state"] == State.RUNNING.value else (e["reason"] or "")
+        if e.get("metrics") and e["state"] == State.RUNNING.value:
+            extra += f", metrics {e['metrics']}"
         lines.append(f"  {name:<{width}}  {addr:<21}  {e['state']:<8}  {extra}")
     addresses = {n: f"{connect_host(e['host'])}:{e['port']}" for n, e in nodes.items()}
     lines += ["", "connect from Python:", "    from bsclient import ClusterClient"]
@@ -253,7 +286,9 @@ def banner(config: ClusterConfig, state: dict) -> str:
     where = _where_flags(config)
     lines += ["talk to one node by hand:", f"    telnet {host} {port}",
               f"look: bscluster status{where} | bscluster stats{where} | bscluster top{where}",
-              f"dashboard: bscluster web{where}  (then open http://{DEFAULT_LISTEN}/)",
+              (f"dashboard: {sup['web']}  (Prometheus: {sup['web']}metrics)" if sup.get("web")
+               else f"dashboard: bscluster web{where}  (then open http://{DEFAULT_LISTEN}/), "
+                    f"or start the cluster with `up --web`"),
               f"stop: bscluster down{where}"]
     return "\n".join(lines)
 
@@ -274,10 +309,11 @@ def _nodes_to_probe(config: ClusterConfig, state: dict | None) -> dict[str, dict
     if state is not None:
         return {name: {"address": f"{e['host']}:{e['port']}", "host": e["host"],
                        "port": e["port"], "state": e["state"], "pid": e["pid"],
-                       "restarts": e["restarts"], "reason": e["reason"]}
+                       "restarts": e["restarts"], "reason": e["reason"],
+                       "crashes": e.get("crashes"), "metrics": e.get("metrics")}
                 for name, e in state["nodes"].items()}
-    return {n.name: {"address": n.address, "host": n.host, "port": n.port}
-            for n in config.nodes}
+    return {n.name: {"address": n.address, "host": n.host, "port": n.port,
+                     "metrics": n.metrics_url} for n in config.nodes}
 
 
 def _look(config_file, data_dir):
@@ -310,7 +346,8 @@ def status(config_file, data_dir, as_json) -> None:
             sup = state["supervisor"]
             click.echo(f"supervisor: pid {sup['pid']}, up "
                        f"{human_duration(time.time() - sup['started'])}"
-                       + (f", log {sup['log']}" if sup.get("log") else ""))
+                       + (f", log {sup['log']}" if sup.get("log") else "")
+                       + (f", dashboard {sup['web']}" if sup.get("web") else ""))
         click.echo(render_status(rows))
     if not all(r["up"] for r in rows):
         sys.exit(NOT_ALL_UP)
@@ -380,6 +417,7 @@ def down(config_file, data_dir) -> None:
 @cli.command("config")
 @config_option
 @node_options
+@web_option
 def show_config(config_file, **flags) -> None:
     """Show the settings in effect and where each one came from."""
     config = _load(config_file, flags)
@@ -387,7 +425,14 @@ def show_config(config_file, **flags) -> None:
     for key, source in config.sources.items():
         click.echo(f"{key} = {json.dumps(_flag_value(config, key))}  # {source}")
     for n in config.nodes:
-        click.echo(f"# {n.name}: {n.address} weight {n.weight} data {n.data_dir}")
+        click.echo(f"# {n.name}: {n.address} weight {n.weight} data {n.data_dir}"
+                   + (f" metrics {n.metrics_url}" if n.metrics_url else ""))
+    if config.web:
+        host, port = parse_listen(config.web)
+        shown = connect_host(host)
+        click.echo(f"# dashboard (up --web): http://{f'[{shown}]' if ':' in shown else shown}"
+                   f":{port}/ and /metrics"
+                   + (" (port 0: a free port, shown by `up`)" if port == 0 else ""))
 
 
 @cli.command(hidden=True)
@@ -401,7 +446,7 @@ def supervise(data_dir) -> None:
     os.umask(0o077)
     try:
         sys.exit(Supervisor(ClusterConfig.from_dict(doc), detached=True).run())
-    except AlreadyRunning as e:
+    except (AlreadyRunning, WebError) as e:
         _fail(e)
 
 

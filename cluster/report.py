@@ -53,7 +53,8 @@ def table(headers: list[str], rows: Iterable[list]) -> str:
 def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport]) -> list[dict]:
     """One row per node: what the supervisor says merged with what the node says.
 
-    ``nodes`` maps a name to ``{"address", "state"?, "pid"?, "restarts"?, "reason"?}``.
+    ``nodes`` maps a name to ``{"address", "state"?, "pid"?, "restarts"?, "crashes"?,
+    "reason"?, "metrics"?}`` (``metrics``: the node's Prometheus URL, if it serves one).
     """
     rows = []
     for name, info in nodes.items():
@@ -64,6 +65,8 @@ def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport]) ->
             "pid": rep.stats.get("pid", info.get("pid")) if rep.up else info.get("pid"),
             "uptime": rep.stats.get("uptime") if rep.up else None,
             "restarts": info.get("restarts"),
+            "crashes": info.get("crashes"),
+            "metrics": info.get("metrics"),
             "reason": info.get("reason") or (None if rep.up else rep.error),
         }
         for state, key in zip(JOB_STATES, JOB_FIELDS, strict=True):
@@ -78,6 +81,10 @@ def render_status(rows: list[dict]) -> str:
     body = [[r["node"], r["state"] if r["up"] or r["state"] != "RUNNING" else "NO ANSWER",
              r["pid"] or "-", r["address"], human_duration(r["uptime"]),
              *(_n(r[s]) for s in JOB_STATES), _n(r["restarts"])] for r in rows]
+    if any(r.get("metrics") for r in rows):
+        headers.append("METRICS")
+        for line, r in zip(body, rows, strict=True):
+            line.append(r.get("metrics") or "-")
     out = [table(headers, body)]
     for r in rows:
         if r["reason"] and (not r["up"] or r["state"] not in ("RUNNING", "UP")):

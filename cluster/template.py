@@ -44,9 +44,27 @@ binlog_size = {binlog_size}
 # "beanstalkd" works too.
 # node_command = "{node_command}"
 
+# A node that crashes crash_limit times within crash_window seconds is given
+# up on: FATAL, with its last exits in `bscluster status`, until
+# `bscluster restart NODE`. crash_limit = 0 restarts it for ever (with
+# delays growing to 30 s).
+# crash_limit = {crash_limit}
+# crash_window = {crash_window}
+
+# Serve the web dashboard and the cluster's Prometheus /metrics from the
+# supervisor, as `bscluster up --web` does; "" = off. Keep it on 127.0.0.1:
+# whoever reaches it sees job bodies.
+# web = "127.0.0.1:11380"
+
+# Give every node its own Prometheus endpoint (bsnode --metrics): nodeI
+# serves http://metrics_host:(metrics_base_port + I - 1)/metrics; 0 = off.
+# Only bsnode has this flag, so leave it 0 with node_command = "beanstalkd".
+# metrics_base_port = 9311
+# metrics_host = "{metrics_host}"
+
 # Per-node overrides. Any of host, port, weight (share of tubes in the
 # client's ring, default 1), data_dir (this node's own binlog directory),
-# binlog, fsync_ms, max_job_size, binlog_size.
+# metrics_port, binlog, fsync_ms, max_job_size, binlog_size.
 #
 # [nodes.node2]
 # host = "10.0.0.12"
