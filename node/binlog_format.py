@@ -221,7 +221,9 @@ def decode_one(data, pos: int) -> list:
     try:
         rec = msgpack.unpackb(payload, **UNPACK_LIMITS)
     except Exception as e:  # noqa: BLE001
-        raise FormatError(pos, f"record does not decode: {e}") from None
+        # some msgpack errors (the nesting limit) have an empty message: name the kind too
+        detail = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise FormatError(pos, f"record does not decode: {detail}") from None
     why = problem(rec)
     if why is not None:
         raise FormatError(pos, f"a record with {why}")

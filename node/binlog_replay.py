@@ -48,13 +48,17 @@ class LogError(Exception):
 class CorruptLog(LogError):
     """Damage in the middle of the log."""
 
-    def __init__(self, path: str, offset: int, reason: str) -> None:
+    def __init__(self, path: str, offset: int, reason: str, follows: bool = False) -> None:
+        # "valid records follow" only where they do: it is why damage in the
+        # middle is refused, while a foreign file or a record whose CRC is
+        # right but whose fields are wrong is refused whatever follows it.
+        tail = " and valid records follow, so this is not a torn last write" if follows else ""
         super().__init__(
-            f"binlog {path} is damaged at offset {offset} ({reason}) and valid records "
-            "follow, so this is not a torn last write; refusing to start")
+            f"binlog {path} is damaged at offset {offset} ({reason}){tail}; refusing to start")
         self.path = path
         self.offset = offset
         self.reason = reason
+        self.follows = follows
 
 
 @dataclass
@@ -170,7 +174,7 @@ def _corrupt(r: Replay, pending: list[Damage], recover: bool) -> None:
     d = pending[0]
     reason = "bad header" if d.whole_file else "not a valid record"
     if not recover:
-        raise CorruptLog(d.path, d.offset, reason)
+        raise CorruptLog(d.path, d.offset, reason, follows=True)
     for d in pending:
         log.warning("binlog: skipping %d damaged bytes in %s at offset %d (recovery asked for)",
                     d.end - d.offset, d.path, d.offset)
@@ -338,8 +342,11 @@ def _name_bad_frame(path: str, data: bytes, start: int, stop: int) -> None:
         try:
             F.decode_one(data, at)
         except F.FormatError as e:
-            raise CorruptLog(path, at, e.reason) from None
-    raise CorruptLog(path, start, "records do not line up with their frames")
+            after = F.frame_end(data, at, len(data))
+            follows = after != -1 and F.next_frame(data, after) != -1
+            raise CorruptLog(path, at, e.reason, follows) from None
+    follows = stop < len(data) and F.next_frame(data, stop) != -1
+    raise CorruptLog(path, start, "records do not line up with their frames", follows)
 
 
 class _Progress:

@@ -322,19 +322,31 @@ def _refusal(tmp_path, payload: bytes) -> str:
     return err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: node/binlog_replay.py CorruptLog.__init__ always adds 'and valid records follow, "
-    "so this is not a torn last write', also where it is raised for a foreign file or a "
-    "record whose CRC is right but whose fields are not (nothing need follow those)"))
 def test_the_refusal_does_not_claim_records_follow_when_none_do(tmp_path):
     err = _refusal(tmp_path, rec(full(pri=-5)))
     assert "bad pri" in err
     assert "valid records follow" not in err, err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: node/binlog_format.py decode_one reports f'record does not decode: {e}' and "
-    "msgpack's nesting-limit error has an empty message: the reason reads 'does not decode: '"))
 def test_the_refusal_names_the_decoding_error(tmp_path):
     err = _refusal(tmp_path, F.frame(b"\x91" * 100000 + b"\x00"))
     assert re.search(r"does not decode: [^)\s]", err), err
+
+
+def _refusal_in_process(tmp_path, payload: bytes) -> str:
+    d = tmp_path / "log"
+    d.mkdir()
+    (d / "binlog.1").write_bytes(F.header(1) + payload)
+    with pytest.raises(binlog.BinlogError) as e:
+        binlog.attach(Store(), str(d), segment_size=4096, fsync_ms=None, recover=False)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(b"\xce\x00\x00\x00\x05garbage", id="damaged-bytes"),
+    pytest.param(rec(full(jid=1, pri=-5)), id="crc-valid-bad-field"),
+])
+def test_the_refusal_says_valid_records_follow_when_they_do(tmp_path, bad):
+    err = _refusal_in_process(tmp_path, rec(full(jid=2)) + bad + rec(full(jid=3)))
+    assert "valid records follow" in err, err
+    assert f"{tmp_path / 'log' / 'binlog.1'}" in err, err
