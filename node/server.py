@@ -33,6 +33,7 @@ from gevent.event import Event
 from gevent.server import StreamServer
 
 from .commands import CLOSE, Commands, reserved_reply
+from .gc_policy import freeze_survivors
 from .store import Job, Store
 
 log = logging.getLogger("bsnode")
@@ -139,6 +140,7 @@ class NodeServer:
 
     def serve_forever(self) -> None:
         """Serve until ``stop()`` (SIGTERM/SIGINT)."""
+        freeze_survivors()
         self._timer = gevent.spawn(self._clock_loop)
         self._server.serve_forever()
 
