@@ -1,10 +1,12 @@
-"""Print a binlog's records for an operator: ``python -m bsnode.binlog_dump DIR|FILE...``.
+"""Print a binlog's records for an operator: ``bsnode-dump DIR|FILE...``.
 
-Each segment is listed with its header, then one line per record (offset,
-kind, fields; bodies shortened unless ``--bodies``), and one line for every
-damaged stretch, so a refused start can be looked at before deciding to
-recover past it.  ``--json`` prints one JSON object per line instead.  It
-only reads; it takes no lock, so it can look at the log of a running node.
+``python -m bsnode.binlog_dump`` is the same tool.  Each segment is listed
+with its header, then one line per record (offset, kind, fields; bodies
+shortened unless ``--bodies``), and one line for every damaged stretch, so a
+refused start can be looked at before deciding to recover past it.
+``--json`` prints one JSON object per line instead.  It only reads; it takes
+no lock, so it can look at the log of a running node.  Exit status 1 when
+any damage was found.
 """
 
 from __future__ import annotations
@@ -83,8 +85,10 @@ def _json(item: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bsnode.binlog_dump",
-                                 description="Print the records of a bsnode binlog.")
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not prog.startswith("bsnode-dump"):
+        prog = "python -m bsnode.binlog_dump"
+    ap = argparse.ArgumentParser(prog=prog, description="Print the records of a bsnode binlog.")
     ap.add_argument("paths", nargs="+", help="binlog directory or segment files")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--bodies", action="store_true", help="print job bodies in full")

@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -571,6 +573,23 @@ def test_dump_prints_every_record_and_flags_damage(tmp_path, capsys):
     assert dump_main(["--json", str(path)]) == 1
     items = [i for i in describe(bytes(data))]
     assert [i["kind"] for i in items][:3] == ["header", "mark", "damaged"]
+
+
+@pytest.mark.parametrize("argv", [
+    pytest.param(["bsnode-dump"], id="console-script"),
+    pytest.param([sys.executable, "-m", "bsnode.binlog_dump"], id="python-m"),
+])
+def test_the_dump_tool_runs_as_a_command(tmp_path, argv):
+    if argv[0] == "bsnode-dump" and shutil.which("bsnode-dump") is None:
+        pytest.fail("no bsnode-dump on PATH: run `pip install -e .` (setup.cfg entry point)")
+    store, wal, _ = open_store(tmp_path)
+    store.put(store.connect(), 3, 0, 60, b"from the command")
+    wal.close()
+    out = subprocess.run(argv + [str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "body(16)=b'from the command'" in out.stdout
+    usage = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60)
+    assert usage.stdout.startswith(f"usage: {argv[0] if len(argv) == 1 else 'python -m'}")
 
 
 @pytest.mark.parametrize("payload", [
