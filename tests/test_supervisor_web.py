@@ -185,3 +185,23 @@ def test_foreground_up_exits_1_when_every_node_is_fatal(cluster, tmp_path):
     assert "node1 FATAL: crashed 2 times" in out, out
     assert "every node is FATAL; nothing left to supervise" in out
     assert not (c.data_dir / "bscluster.json").exists()  # a clean stop
+
+
+def test_bscluster_web_next_to_a_supervisor_shows_its_series_too(cluster):
+    c = cluster(nodes=1)
+    assert c.run("up", "-d").returncode == 0
+    web = subprocess.Popen([sys.executable, "-m", "bscluster", "web", "-l", "127.0.0.1:0"],
+                           env=c.env, cwd=c.dir, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        line = web.stdout.readline()  # printed once it is serving
+        assert line.startswith("dashboard on http://"), line
+        url = line.split()[2]
+        page = scrape(url + "metrics")
+        assert value(page, "beanstalkd_up", node="node1") == 1
+        assert value(page, "bscluster_node_state", node="node1", state="RUNNING") == 1
+        assert value(page, "bscluster_node_restarts_total", node="node1") == 0
+    finally:
+        web.terminate()
+        web.wait(10)
+        web.stdout.close()
