@@ -246,6 +246,19 @@ class Dashboard:
             self.monitor.poll()
         self._thread.start()
 
+    def overview(self) -> dict:
+        """The latest view; with a supervisor, each node row also carries its
+        supervision state ({"state", "reason", "restarts", "crashes"})."""
+        view = self.monitor.latest() or self.monitor.poll()
+        state = self.supervisor_state() if self.supervisor_state is not None else None
+        supervised = (state or {}).get("nodes") or {}
+        if supervised:
+            view = {**view, "nodes": [
+                {**row, "supervisor": {k: supervised[row["name"]].get(k) for k in
+                                       ("state", "reason", "restarts", "crashes")}}
+                if row["name"] in supervised else row for row in view["nodes"]]}
+        return {**view, "actions": self.token is not None, "poll_interval": self.monitor.interval}
+
     def metrics(self) -> str:
         """The cluster's /metrics: the nodes' series, then the supervisor's."""
         state = self.supervisor_state() if self.supervisor_state is not None else None
@@ -349,9 +362,7 @@ class Handler(BaseHTTPRequestHandler):
         if seg[0] != "api" or len(seg) < 2:
             raise ApiError(404, "not found")
         if seg[1:] == ["overview"]:
-            view = d.monitor.latest() or d.monitor.poll()
-            return self._json(200, {**view, "actions": d.token is not None,
-                                    "poll_interval": d.monitor.interval})
+            return self._json(200, d.overview())
         if seg[1:] == ["history"]:
             tube = query.get("tube", [None])[0]
             return self._json(200, {"tube": tube, "points": d.monitor.history(tube)})

@@ -101,3 +101,15 @@ def test_monitor_set_nodes_takes_effect_at_the_next_poll():
     view = monitor.poll()
     assert [n["name"] for n in view["nodes"]] == ["node1", "node2"]
     assert samples(families(monitor.metrics())["beanstalkd_up"]) == [1, 1]
+
+
+def test_overview_rows_carry_the_supervisors_view_when_there_is_one():
+    nodes = [NodeAddress("node1", "127.0.0.1:1"), NodeAddress("node2", "127.0.0.1:2")]
+    monitor = Monitor(nodes, probe=fake_probe({"node2": False}))
+    rows = {r["name"]: r for r in Dashboard(monitor, None, lambda: STATE).overview()["nodes"]}
+    assert rows["node2"]["up"] is False
+    assert rows["node2"]["supervisor"] == {"state": "FATAL", "reason": "crashed 5 times in 9s",
+                                           "restarts": 5, "crashes": 5}
+    assert rows["node1"]["supervisor"]["state"] == "RUNNING"
+    alone = Dashboard(monitor, None).overview()
+    assert all("supervisor" not in r for r in alone["nodes"]) and alone["actions"] is False

@@ -146,7 +146,10 @@ def test_foreground_up_web_prints_the_url_and_sigterm_leaves_nothing(cluster):
     poll(lambda: DASHBOARD_LINE in c.output(), what="the banner")
     url = dashboard_url(c.output())
     status, body = get(url + "api/overview")
-    assert status == 200 and [n["name"] for n in json.loads(body)["nodes"]] == ["node1"]
+    (row,) = json.loads(body)["nodes"]
+    assert status == 200 and row["name"] == "node1" and row["up"] is True
+    assert row["supervisor"] == {"state": "RUNNING", "reason": None, "restarts": 0,
+                                 "crashes": 0}
     page = scrape(url + "metrics")
     assert value(page, "bscluster_node_state", node="node1", state="RUNNING") == 1
     proc.send_signal(signal.SIGTERM)

@@ -183,11 +183,14 @@ function renderNodes(nodes) {
   const cols = [["node"], ["address"], ["state"], ...STATES.map((s) => [s, 1]), ["urgent", 1],
                 ["connections", 1], ["workers", 1], ["waiting", 1], ["tubes", 1], ["ops/s", 1], ["uptime", 1]];
   const rows = nodes.map((n) => {
+    const sup = n.supervisor || {};  // the supervisor's view, when one runs the cluster
     if (!n.up) {
+      const why = sup.reason || n.error || "not answering";
       return el("tr", {class: "down", data: {node: n.name}},
         el("td", {}, n.name), el("td", {}, n.address),
-        el("td", {}, el("span", {class: "pill down"}, "down")),
-        el("td", {colspan: cols.length - 3}, n.error || "not answering"));
+        el("td", {}, el("span", {class: "pill down", title: sup.state ? "supervisor: " + sup.state : ""},
+                        sup.state && sup.state !== "RUNNING" ? sup.state.toLowerCase() : "down")),
+        el("td", {colspan: cols.length - 3}, why));
     }
     return el("tr", {data: {node: n.name}},
       el("td", {}, n.name), el("td", {}, n.address),
