@@ -18,7 +18,7 @@ import secrets
 
 from bsclient import protocol as P
 
-from .store import Job, Session, Store
+from .store import NOT_LOGGED, Job, Session, Store
 
 VERSION = "0.1.0"
 PROTOCOL_VERSION = "1.12"  # what `stats` reports as version
@@ -127,10 +127,16 @@ class Commands:
         return P.DELETED if self.store.delete(s, ev[1]) else P.NOT_FOUND
 
     def _cmd_release(self, s: Session, ev: tuple) -> bytes:
-        return P.RELEASED if self.store.release(s, ev[1], ev[2], ev[3]) else P.NOT_FOUND
+        r = self.store.release(s, ev[1], ev[2], ev[3])
+        if r is NOT_LOGGED:
+            return P.OUT_OF_MEMORY
+        return P.RELEASED if r else P.NOT_FOUND
 
     def _cmd_bury(self, s: Session, ev: tuple) -> bytes:
-        return P.BURIED if self.store.bury(s, ev[1], ev[2]) else P.NOT_FOUND
+        r = self.store.bury(s, ev[1], ev[2])
+        if r is NOT_LOGGED:
+            return P.INTERNAL_ERROR  # beanstalkd's word when it cannot log a bury
+        return P.BURIED if r else P.NOT_FOUND
 
     def _cmd_touch(self, s: Session, ev: tuple) -> bytes:
         return P.TOUCHED if self.store.touch(s, ev[1]) else P.NOT_FOUND

@@ -23,7 +23,9 @@ which list-tubes shows.
 
 Every state change that must survive a restart is handed to ``self.wal``
 (a ``NullWal`` unless a binlog is attached): ``put`` before the job is
-acknowledged, ``update`` after bury/kick/release/reserve-job, ``delete``.
+acknowledged, ``update`` before bury/kick/release-with-delay take effect
+(if the log refuses, the job stays as it was and the caller says so, as
+beanstalkd does with its reserved log space), ``delete``.
 Operations return values (a job, a count, None); the wire words are
 chosen by node/commands.py.
 """
@@ -38,6 +40,7 @@ from bsclient.protocol import DEADLINE_SOON, TIMED_OUT, URGENT_THRESHOLD
 from .timers import Scheduler
 from .tube import BURIED, DELAYED, INVALID, READY, RESERVED, Tube
 
+NOT_LOGGED = "not-logged"  # the binlog could not take a change: nothing changed
 SAFETY_MARGIN = 1.0  # seconds before a TTR deadline that count as "soon"
 DEFAULT_TUBE = "default"
 
@@ -302,11 +305,6 @@ class Store:
         else:
             self._ready(job)
 
-    def _bury(self, job: Job) -> None:
-        job.state = BURIED
-        job.buries += 1
-        job.tube.buried[job.id] = job
-
     # --- reservation --------------------------------------------------------
     def _reserve(self, s: Session, job: Job, now: float) -> None:
         job.state = RESERVED
@@ -491,12 +489,14 @@ class Store:
         return True
 
     def release(self, s: Session, job_id: int, pri: int, delay: int):
-        """True when released, None when not reserved by ``s``."""
+        """True when released, None when not reserved by ``s``, NOT_LOGGED
+        when the binlog cannot take a release with delay (the job stays
+        reserved, as in beanstalkd, which answers OUT_OF_MEMORY)."""
         job = self.jobs.get(job_id)
         if job is None or job.reserver is not s:
             return None
         now = self.clock()
-        self._unreserve(s, job)
+        before = job.pri, job.delay, job.deadline
         job.pri = pri
         job.delay = delay
         job.releases += 1
@@ -505,18 +505,34 @@ class Store:
             job.deadline = now + delay
         else:
             job.state = READY
-        self.wal.update(job, now)
+        # A release without delay is kept even if not logged (retried in the
+        # background): its job would come back ready after a restart anyway.
+        if not self.wal.update(job, now) and delay:
+            job.pri, job.delay, job.deadline = before
+            job.releases -= 1
+            job.state = RESERVED
+            return NOT_LOGGED
+        self._unreserve(s, job)
         self._enqueue(job, now)
         return True
 
-    def bury(self, s: Session, job_id: int, pri: int) -> bool:
+    def bury(self, s: Session, job_id: int, pri: int):
+        """True when buried, False when not reserved by ``s``, NOT_LOGGED when
+        the binlog cannot take it (the job stays reserved)."""
         job = self.jobs.get(job_id)
         if job is None or job.reserver is not s:
             return False
-        self._unreserve(s, job)
+        old_pri = job.pri
         job.pri = pri
-        self._bury(job)
-        self.wal.update(job, self.clock())
+        job.state = BURIED
+        job.buries += 1
+        if not self.wal.update(job, self.clock()):
+            job.pri = old_pri
+            job.buries -= 1
+            job.state = RESERVED
+            return NOT_LOGGED
+        self._unreserve(s, job)
+        job.tube.buried[job.id] = job
         return True
 
     def touch(self, s: Session, job_id: int) -> bool:
@@ -545,27 +561,39 @@ class Store:
         self.wal.update(job, now)
         return job
 
-    def _kick(self, job: Job, now: float) -> None:
+    def _log_kick(self, job: Job, now: float) -> bool:
+        """Log a buried or delayed job as kicked, still in its old place;
+        False, with the job unchanged, if the binlog cannot take it."""
+        old_state = job.state
         job.kicks += 1
         job.state = READY
-        self.wal.update(job, now)
-        self._ready(job)
+        if self.wal.update(job, now):
+            return True
+        job.kicks -= 1
+        job.state = old_state
+        return False
 
     def kick(self, s: Session, bound: int) -> int:
+        """Kick up to ``bound`` jobs; fewer if the binlog stops taking them."""
         t = s.use
         now = self.clock()
         n = 0
-        if t.buried:
-            while n < bound and t.buried:
-                _, job = t.buried.popitem(last=False)
-                self._kick(job, now)
+        buried = t.buried
+        if buried:
+            while n < bound and buried:
+                job = next(iter(buried.values()))
+                if not self._log_kick(job, now):
+                    break
+                del buried[job.id]
+                self._ready(job)
                 n += 1
         else:
             while n < bound:
-                job = t.pop_delayed()
-                if job is None:
+                job = t.peek_delayed()
+                if job is None or not self._log_kick(job, now):
                     break
-                self._kick(job, now)
+                self._undelay(job)
+                self._ready(job)
                 n += 1
         return n
 
@@ -573,13 +601,16 @@ class Store:
         job = self.jobs.get(job_id)
         if job is None:
             return False
-        if job.state is BURIED:
-            del job.tube.buried[job.id]
-        elif job.state is DELAYED:
-            self._undelay(job)
-        else:
+        state = job.state
+        if state is not BURIED and state is not DELAYED:
             return False
-        self._kick(job, self.clock())
+        if not self._log_kick(job, self.clock()):
+            return False  # beanstalkd answers NOT_FOUND too
+        if state is BURIED:
+            del job.tube.buried[job.id]
+        else:
+            self._undelay(job)
+        self._ready(job)
         return True
 
     def peek(self, job_id: int) -> Job | None:

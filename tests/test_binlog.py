@@ -26,6 +26,7 @@ from bsnode.binlog_dump import describe
 from bsnode.binlog_dump import main as dump_main
 from bsnode.binlog_io import MAP_FILESYSTEMS, filesystem_type
 from bsnode.commands import Commands
+from bsnode.store import NOT_LOGGED
 from test_binlog_harness import Clock, FaultyIO, advance, disk_bytes, open_store, snapshot
 
 
@@ -535,7 +536,7 @@ def test_failed_writes_refuse_puts_and_retry_deletes_until_they_land(tmp_path, c
     with caplog.at_level(logging.ERROR, logger="bsnode"):
         assert store.put(s, 1, 0, 60, b"refused") is None
         assert store.delete(s, gone.id)  # the store deletes; the binlog owes a record
-        store.bury(s, keep.id, 5)
+        assert store.bury(s, keep.id, 5) is NOT_LOGGED  # refused: keep stays reserved
     assert "cannot write" in caplog.text
     assert wal.usage()["pending"] == 2
     advance(store, clock, binlog.RETRY_EVERY)
@@ -547,7 +548,7 @@ def test_failed_writes_refuse_puts_and_retry_deletes_until_they_land(tmp_path, c
     wal.close()
     store2, wal2, _ = open_store(tmp_path, Clock(clock.now))
     assert snapshot(store2) == before
-    assert set(store2.jobs) == {keep.id} and store2.jobs[keep.id].state == "buried"
+    assert set(store2.jobs) == {keep.id} and store2.jobs[keep.id].state == "ready"
     wal2.close()
 
 
