@@ -203,25 +203,13 @@ def tube_fields(tube, now: float) -> list[tuple[str, object]]:
 
 
 def oldest_ready(store) -> dict[str, object]:
-    """Tube name -> its oldest ready job (smallest ``created``).
-
-    ``store.jobs`` keeps insertion order, which is creation order for put
-    jobs, so the walk stops as soon as every tube with ready jobs has its
-    first one.
-    """
-    wanted = {t.name for t in store.tube_list if t.ready.count}
+    """Tube name -> its oldest ready job (the smallest id: ids follow creation)."""
     found: dict[str, object] = {}
-    if not wanted:
-        return found
-    for job in store.jobs.values():
-        if job.state == "ready":
-            name = job.tube.name
-            best = found.get(name)
-            if best is None or job.created < best.created:
-                found[name] = job
-                wanted.discard(name)
-                if not wanted:
-                    break
+    for t in store.tube_list:
+        if t.ready.count:
+            job = t.ready.oldest()
+            if job is not None:
+                found[t.name] = job
     return found
 
 

@@ -99,6 +99,26 @@ class ReadyQueue:
             b[2] = False
         return None
 
+    def oldest(self):
+        """The ready job with the smallest id (the first put), or None.
+
+        Each bucket's fifo and heap are sorted by id, so this looks at two
+        heads per priority in use, not at every job (for the metrics'
+        oldest-ready age)."""
+        best = None
+        for pri, b in self._buckets.items():
+            fifo, early, active = b
+            if not active:
+                continue
+            while fifo and (fifo[0].state is not READY or fifo[0].pri != pri):
+                fifo.popleft()
+            while early and (early[0][1].state is not READY or early[0][1].pri != pri):
+                heapq.heappop(early)
+            for job in (fifo[0] if fifo else None, early[0][1] if early else None):
+                if job is not None and (best is None or job.id < best.id):
+                    best = job
+        return best
+
     def _drop_idle(self) -> None:
         for pri in [p for p, b in self._buckets.items() if not b[2]]:
             del self._buckets[pri]

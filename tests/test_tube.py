@@ -104,3 +104,29 @@ def test_kicked_job_is_not_promoted_again():
     assert t.pop_delayed() is b
     assert t.pop_delayed() is None
     assert t.delayed_count == 0
+
+
+class ReadyJob(FakeJob):
+    __slots__ = ()
+
+    def __init__(self, job_id: int, pri: int) -> None:
+        super().__init__(job_id, 0.0, 0)
+        self.state = READY
+        self.pri = pri
+
+
+def test_oldest_ready_is_the_smallest_live_id_across_priorities():
+    t = Tube("t")
+    jobs = {i: ReadyJob(i, pri) for i, pri in [(5, 10), (3, 20), (9, 0), (4, 20)]}
+    for j in jobs.values():
+        t.ready.push(j)
+    assert t.ready.oldest() is jobs[3]
+    jobs[3].state = INVALID  # deleted: a dead entry in its bucket
+    t.ready.discard(jobs[3])
+    assert t.ready.oldest() is jobs[4]
+    assert t.ready.pop() is jobs[9]  # the reserve order is untouched
+    jobs[4].state = INVALID
+    t.ready.discard(jobs[4])
+    assert t.ready.oldest() is jobs[5]
+    assert t.ready.pop() is jobs[5]
+    assert t.ready.oldest() is None
