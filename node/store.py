@@ -666,7 +666,9 @@ class Store:
         now = self.clock()
         t = self._tube(tube)
         job = Job(job_id, t, pri, delay, ttr, body, now - age)
-        job.reserves, job.timeouts, job.releases, job.buries, job.kicks = counters
+        job.reserves = counters[0]
+        if any(counters[1:]):  # most jobs never timed out, were released, buried or kicked
+            job.timeouts, job.releases, job.buries, job.kicks = counters[1:]
         self.jobs[job_id] = job
         t.refs += 1
         if job_id >= self.next_id:
