@@ -28,7 +28,7 @@ K8S = DEPLOY / "kubernetes"
 # beanstalkd 1.12's flags (bsnode takes the same): flag -> takes a value
 KNOWN_FLAGS = {"-b": True, "-f": True, "-F": False, "-l": True, "-p": True, "-u": True,
                "-z": True, "-s": True, "-v": False, "-V": False, "-h": False}
-_HELP_LINE = re.compile(r"^ (-[A-Za-z])( [A-Z]+)?\s")
+_HELP_LINE = re.compile(r"^ (-[A-Za-z]|--[a-z][a-z-]+)( [A-Z:]+)?\s")
 
 
 def flags_from_help(argv: list[str]) -> dict[str, bool] | None:
@@ -74,6 +74,7 @@ def test_beanstalkd_takes_the_same_flags(bsnode_flags):
         pytest.skip("/usr/bin/beanstalkd is not installed")
     assert flags_from_help(["/usr/bin/beanstalkd"]) == KNOWN_FLAGS
     assert {k: v for k, v in bsnode_flags.items() if k in KNOWN_FLAGS} == KNOWN_FLAGS
+    assert bsnode_flags.get("--metrics") is True  # bsnode's extensions are read too
 
 
 # --- systemd ---------------------------------------------------------------------------
