@@ -201,6 +201,7 @@ def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
     if sock is not None:
         if opts.listen_given or opts.port_given:
             log.warning("inherited a socket from systemd: -l and -p are ignored")
+        _tcp_options(sock)
         return sock, _describe(sock)
     if opts.listen.startswith("unix:"):
         path = opts.listen[5:]
@@ -217,8 +218,17 @@ def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
     family, type_, proto, _, addr = infos[0]
     sock = socket.socket(family, type_, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    _tcp_options(sock)
     sock.bind(addr)
     return sock, _describe(sock)
+
+
+def _tcp_options(sock: socket.socket) -> None:
+    """beanstalkd's socket options, which accepted connections inherit:
+    keepalive (dead peers are found), and no Nagle delay on replies."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _describe(sock: socket.socket) -> str:

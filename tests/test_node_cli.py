@@ -321,3 +321,20 @@ def test_sigterm_and_sigint_exit_zero(sig):
         busy.close()
         waiting.close()
         assert not any("Traceback" in ln for ln in node.lines), list(node.lines)
+
+
+def test_accepted_connections_get_beanstalkds_socket_options():
+    """TCP_NODELAY (no Nagle wait on a reply) and SO_KEEPALIVE, as beanstalkd's net.c."""
+    import socket
+
+    from bsnode.cli import make_listener, parse_args
+
+    listener, where = make_listener(parse_args(["-l", "127.0.0.1", "-p", "0"]))
+    with listener:
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()[:2], timeout=10):
+            conn, _ = listener.accept()
+            with conn:
+                assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+                assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+    assert where.startswith("127.0.0.1:")
