@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict, deque
+from itertools import compress
 
 READY = "ready"
 RESERVED = "reserved"
@@ -274,8 +275,19 @@ class DelayQueue:
         return live
 
     def rebuilt(self) -> DelayQueue:
-        """A new queue holding only the live entries."""
+        """A new queue holding only the live entries, in O(entries): each
+        FIFO is filtered in order (it stays sorted), the odd heap re-heaped."""
         fresh = DelayQueue()
-        for job in sorted(self.jobs(), key=lambda j: (j.deadline, j.id)):
-            fresh.push(job)
+        for key, (times, jobs) in self._fifos.items():
+            live = [j.state is DELAYED and j.deadline == w
+                    for w, j in zip(times, jobs, strict=True)]  # bools: nothing for the GC
+            kept_jobs = deque(compress(jobs, live))
+            if kept_jobs:
+                kept_times = deque(compress(times, live))
+                fresh._fifos[key] = (kept_times, kept_jobs)
+                fresh._heads.append((kept_times[0], kept_jobs[0].id, key))
+        heapq.heapify(fresh._heads)
+        fresh._odd = [e for e in self._odd if e[2].state is DELAYED and e[2].deadline == e[0]]
+        heapq.heapify(fresh._odd)
+        fresh.entries = sum(len(t) for t, _ in fresh._fifos.values()) + len(fresh._odd)
         return fresh

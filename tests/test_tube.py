@@ -45,7 +45,7 @@ def test_out_of_order_push_within_one_delay_still_comes_out_in_order():
 
 # each op: (kind, job index or delay, seconds since the previous op)
 ops = st.lists(
-    st.tuples(st.sampled_from(["push", "push", "push", "remove", "pop"]),
+    st.tuples(st.sampled_from(["push", "push", "push", "odd", "remove", "pop", "rebuild"]),
               st.integers(0, 5), st.integers(0, 3)),
     max_size=80,
 )
@@ -64,6 +64,14 @@ def test_matches_a_sorted_model(script):
             next_id += 1
             q.push(job)
             live[job.id] = job
+        elif kind == "odd":  # out of its FIFO's order, as a job restored from a binlog
+            job = FakeJob(next_id, now + arg - 0.5, arg)
+            next_id += 1
+            q.push(job)
+            live[job.id] = job
+        elif kind == "rebuild":  # what Tube.undelay does when dead entries pile up
+            q = q.rebuilt()
+            assert q.entries == len(live)
         elif kind == "remove" and live:
             job = sorted(live.values(), key=lambda j: j.id)[arg % len(live)]
             job.state = INVALID
