@@ -37,14 +37,15 @@ BURIED = "buried"
 INVALID = "invalid"  # deleted
 
 _MAX_IDLE_BUCKETS = 64
-_COMPACT_SLACK = 1024  # dead delayed entries tolerated before a rebuild
+_COMPACT_SLACK = 1024  # dead entries tolerated (over 2x the live) before a rebuild
 
 
 class ReadyQueue:
-    __slots__ = ("count", "_buckets", "_prios")
+    __slots__ = ("count", "entries", "_buckets", "_prios")
 
     def __init__(self) -> None:
         self.count = 0
+        self.entries = 0  # live and dead
         # pri -> [fifo deque, out-of-order heap of (id, job), listed in _prios]
         self._buckets: dict[int, list] = {}
         self._prios: list[int] = []
@@ -65,10 +66,15 @@ class ReadyQueue:
             b[2] = True
             heapq.heappush(self._prios, pri)
         self.count += 1
+        self.entries += 1
 
     def discard(self, job) -> None:
-        """The job leaves the queue; the caller changes its state."""
+        """The job leaves the queue; the caller changes its state.  Its entry
+        stays until it surfaces, unless dead entries pile up (jobs deleted
+        by id from a tube nobody reserves from): then the queue is compacted."""
         self.count -= 1
+        if self.entries > 2 * self.count + _COMPACT_SLACK:
+            self._compact()
 
     def peek(self):
         return self._head(False)
@@ -85,20 +91,34 @@ class ReadyQueue:
         while prios:
             pri = prios[0]
             b = buckets[pri]
-            fifo, early = b[0], b[1]
-            while fifo and (fifo[0].state is not READY or fifo[0].pri != pri):
-                fifo.popleft()
-            while early and (early[0][1].state is not READY or early[0][1].pri != pri):
-                heapq.heappop(early)
+            fifo, early = self._clean(pri, b)
             if fifo:
                 if early and early[0][0] < fifo[0].id:
-                    return heapq.heappop(early)[1] if take else early[0][1]
-                return fifo.popleft() if take else fifo[0]
+                    return self._take_early(early) if take else early[0][1]
+                if not take:
+                    return fifo[0]
+                self.entries -= 1
+                return fifo.popleft()
             if early:
-                return heapq.heappop(early)[1] if take else early[0][1]
+                return self._take_early(early) if take else early[0][1]
             heapq.heappop(prios)
             b[2] = False
         return None
+
+    def _clean(self, pri: int, b: list):
+        """Drop dead entries from the heads of a bucket's fifo and heap."""
+        fifo, early = b[0], b[1]
+        while fifo and (fifo[0].state is not READY or fifo[0].pri != pri):
+            fifo.popleft()
+            self.entries -= 1
+        while early and (early[0][1].state is not READY or early[0][1].pri != pri):
+            heapq.heappop(early)
+            self.entries -= 1
+        return fifo, early
+
+    def _take_early(self, early: list):
+        self.entries -= 1
+        return heapq.heappop(early)[1]
 
     def oldest(self):
         """The ready job with the smallest id (the first put), or None.
@@ -108,17 +128,43 @@ class ReadyQueue:
         oldest-ready age)."""
         best = None
         for pri, b in self._buckets.items():
-            fifo, early, active = b
-            if not active:
+            if not b[2]:
                 continue
-            while fifo and (fifo[0].state is not READY or fifo[0].pri != pri):
-                fifo.popleft()
-            while early and (early[0][1].state is not READY or early[0][1].pri != pri):
-                heapq.heappop(early)
+            fifo, early = self._clean(pri, b)
             for job in (fifo[0] if fifo else None, early[0][1] if early else None):
                 if job is not None and (best is None or job.id < best.id):
                     best = job
         return best
+
+    def _compact(self) -> None:
+        """Keep only live entries (one per job), in order: O(entries)."""
+        seen: set[int] = set()
+        prios = []
+        kept = 0
+        for pri, b in self._buckets.items():
+            if not b[2]:
+                continue
+            fifo = deque()
+            for job in b[0]:
+                if job.state is READY and job.pri == pri and job.id not in seen:
+                    seen.add(job.id)
+                    fifo.append(job)
+            early = []
+            for entry in b[1]:
+                job = entry[1]
+                if job.state is READY and job.pri == pri and job.id not in seen:
+                    seen.add(job.id)
+                    early.append(entry)
+            heapq.heapify(early)
+            b[0], b[1] = fifo, early
+            kept += len(fifo) + len(early)
+            if fifo or early:
+                prios.append(pri)
+            else:
+                b[2] = False
+        heapq.heapify(prios)
+        self._prios = prios
+        self.entries = kept
 
     def _drop_idle(self) -> None:
         for pri in [p for p, b in self._buckets.items() if not b[2]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+from bsnode import tube as tube_module
 from bsnode.tube import DELAYED, INVALID, READY, DelayQueue, Tube
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -138,3 +140,69 @@ def test_oldest_ready_is_the_smallest_live_id_across_priorities():
     assert t.ready.oldest() is jobs[5]
     assert t.ready.pop() is jobs[5]
     assert t.ready.oldest() is None
+
+
+ready_ops = st.lists(
+    st.tuples(st.sampled_from(["push", "push", "back", "remove", "pop", "oldest"]),
+              st.integers(0, 3), st.integers(0, 50)),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ready_ops, st.sampled_from([1024, -(10**9)]))
+def test_ready_queue_matches_a_sorted_model(script, slack):
+    """With a hugely negative slack the queue compacts at every removal."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tube_module, "_COMPACT_SLACK", slack)
+        run_ready_script(script)
+
+
+def run_ready_script(script) -> None:
+    q = Tube("t").ready
+    live: dict[int, ReadyJob] = {}
+    gone: list[ReadyJob] = []  # left the queue; may come back (released, kicked)
+    next_id = 1
+    for kind, pri, pick in script:
+        if kind == "push":
+            job = ReadyJob(next_id, pri)
+            next_id += 1
+            q.push(job)
+            live[job.id] = job
+        elif kind == "back" and gone:  # comes back, maybe at another priority
+            job = gone.pop(pick % len(gone))
+            job.state, job.pri = READY, pri
+            q.push(job)
+            live[job.id] = job
+        elif kind == "remove" and live:  # deleted or reserved by id
+            job = sorted(live.values(), key=lambda j: j.id)[pick % len(live)]
+            q.discard(job)
+            job.state = INVALID
+            del live[job.id]
+            gone.append(job)
+        elif kind == "pop":
+            want = min(live.values(), key=lambda j: (j.pri, j.id)) if live else None
+            got = q.pop()
+            assert got is want
+            if got is not None:
+                got.state = INVALID
+                del live[got.id]
+                gone.append(got)
+        elif kind == "oldest":
+            assert q.oldest() is (min(live.values(), key=lambda j: j.id) if live else None)
+        assert q.count == len(live)
+        assert sorted(j.id for j in q.jobs()) == sorted(live)
+
+
+def test_ready_jobs_deleted_by_id_from_an_unreserved_tube_stay_bounded():
+    q = Tube("t").ready
+    keep = ReadyJob(0, 5)
+    q.push(keep)
+    for i in range(1, 20_001):
+        job = ReadyJob(i, i % 3)
+        q.push(job)
+        q.discard(job)
+        job.state = INVALID
+        assert q.entries <= 2 * q.count + 1024 + 1
+    assert q.count == 1 and list(q.jobs()) == [keep]
+    assert q.pop() is keep and q.pop() is None
