@@ -25,30 +25,19 @@ import sys
 import urllib.request
 
 import pytest
+import test_supervisor_faults
 from bsclient import Client
 from bscluster.runtime import pid_alive
 from servers import bsnode_command
 from test_cluster_supervisor import Cluster, free_base_port, poll
 from test_supervisor_faults import CRASHER
 
+cluster = test_supervisor_faults.cluster  # the same fixture: a Cluster factory, cleaned up after
 parser = pytest.importorskip("prometheus_client.parser")
 pytestmark = pytest.mark.integration
 
 BSNODE = " ".join(bsnode_command())
 DASHBOARD_LINE = "dashboard: http://"
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    made: list[Cluster] = []
-
-    def make(nodes: int = 2, command: str = BSNODE, **env) -> Cluster:
-        c = Cluster(tmp_path, command, nodes, env)
-        made.append(c)
-        return c
-    yield make
-    for c in made:
-        c.cleanup()
 
 
 def metrics_base(c: Cluster, count: int) -> int:
