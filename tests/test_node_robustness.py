@@ -385,3 +385,43 @@ def test_many_waiters_hang_up_at_once(server):
     wait_for(server, "current-connections", "1")
     roundtrips(server, 3)
     no_tracebacks(server)
+
+
+def _read_lines(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while buf.count(b"\r\n") < n:
+        chunk = sock.recv(4096)
+        assert chunk, buf
+        buf += chunk
+    return buf
+
+
+def test_a_reply_right_after_another_is_not_held_back_by_nagle(server):
+    """A reserve pipelined behind `watch` is answered as soon as a job comes.
+
+    Without TCP_NODELAY the RESERVED reply waits for the client's delayed ACK of
+    WATCHING: 40 ms or more every time.  The median of 21 tries is compared
+    with 20 ms, far above a loaded machine's sub-millisecond figure."""
+    worker = server.connect()
+    producer = server.connect()
+    try:
+        for s in (worker, producer):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        producer.sendall(b"use nagle\r\n")
+        _read_lines(producer, 1)
+        waits = []
+        for _ in range(21):
+            worker.sendall(b"watch nagle\r\nreserve\r\n")
+            _read_lines(worker, 1)  # WATCHING: the reserve is parked behind it
+            t0 = time.monotonic()
+            producer.sendall(b"put 0 0 60 1\r\nx\r\n")
+            _read_lines(producer, 1)
+            reply = _read_lines(worker, 2)
+            waits.append(time.monotonic() - t0)
+            worker.sendall(b"delete " + reply.split()[1] + b"\r\n")
+            assert _read_lines(worker, 1) == b"DELETED\r\n"
+        waits.sort()
+        assert waits[10] < 0.020, f"median {waits[10] * 1000:.1f} ms"
+    finally:
+        worker.close()
+        producer.close()
