@@ -2,6 +2,7 @@
 
     python bench/ab_node.py --b /tmp/scratch [--a REPO] [--runs 5] [--seconds 3]
                             [--load prd:10:16 --load prd:10:1 ...] [--memory 200000]
+                            [--binlog [FLAGS]]
 
 ``--a`` and ``--b`` are directories holding a ``bsnode`` package (a copy of
 node/ with a change to try); ``--a`` defaults to the installed package.  Both
@@ -9,13 +10,17 @@ servers run at the same time, pinned to core 0, the load generator on core
 1; runs alternate A, B, A, B so noise hits both alike.  For each load it
 prints the median ops/s, server CPU µs per command and p99 of each, and the
 B/A ratios; ``--memory N`` also fills N ready jobs into a fresh server of
-each and prints bytes per job over the body.
+each and prints bytes per job over the body.  ``--binlog`` gives both
+servers ``-b`` (a fresh directory each) and, if given, FLAGS (``"-f 0"``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
 import sys
+import tempfile
 
 import harness as H
 
@@ -48,13 +53,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--memory", type=int, default=0, metavar="JOBS")
+    ap.add_argument("--binlog", nargs="?", const="", metavar="FLAGS",
+                    help="run both with -b DIR (a fresh directory each) plus FLAGS")
     args = ap.parse_args(argv)
     loads = [parse_load(x) for x in (args.load or ["prd:10:16", "prd:10:1", "pc:100:1"])]
     loadgen = H.find_loadgen()
     paths = {"A": args.a, "B": args.b}
     rows = []
     for mode, conns, pipeline in loads:
-        srv = {k: H.start_server("bsnode", H.SERVER_CORE, pythonpath=p) for k, p in paths.items()}
+        dirs = []
+        flags: dict[str, list[str]] = {k: [] for k in paths}
+        if args.binlog is not None:
+            for k in paths:
+                dirs.append(tempfile.mkdtemp(prefix="ab-binlog-"))
+                flags[k] = ["-b", dirs[-1], *shlex.split(args.binlog)]
+        srv = {k: H.start_server("bsnode", H.SERVER_CORE, *flags[k], pythonpath=p)
+               for k, p in paths.items()}
         try:
             got: dict[str, list] = {"A": [], "B": []}
             for s in srv.values():  # warm-up
@@ -72,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             for s in srv.values():
                 s.stop()
+            for d in dirs:
+                shutil.rmtree(d, ignore_errors=True)
         med = {k: {f: H.median([r[f] for r in v])
                    for f in ("ops_per_s", "server_cpu_us_per_op", "p99_us")}
                for k, v in got.items()}

@@ -88,6 +88,7 @@ class Binlog(Compactor):
 
     def close(self) -> None:
         """Write what is still owed, sync, finish removals, drop spares, unlock."""
+        self._quick = -1  # from here on every write checks the files are still there
         if self._retry:
             self._retry_due(None, self.clock())
             if self._retry:

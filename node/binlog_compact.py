@@ -54,6 +54,7 @@ class Compactor(LogWriter):
     def _grow(self, n: int) -> None:
         """``n`` new bytes of records were written: compact if over the bound."""
         if self.disk > 2 * (self.live_bytes + self.live_count * SLOT) + 2 * self.seg_size:
+            self._quick = -1  # every write pays compaction until back under the bound
             self.credit = min(self.credit + COMPACT_CREDIT * n, COMPACT_CREDIT_MAX)
             self._compact()
 

@@ -112,12 +112,35 @@ def frame(payload: bytes) -> bytes:
     return FRAME.pack(FRAME_TAG, len(payload), FRAME_TAG, zlib.crc32(payload)) + payload
 
 
+# A new job's FULL record, the one record every put writes, is built with
+# ``struct`` rather than msgpack's packer (a third of the instructions): the
+# same array in fixed-width msgpack types, which any msgpack reader decodes
+# to the same values.  ``full_head(tube)`` packs its start, up to the body's
+# bin32 header (marker, id, tube, pri, delay, ttr, body length); ``FULL_TAIL``
+# its end (state, deadline_ms, created_ms; the five counters of a new job
+# are 0, the pad bytes).
+FULL_TAIL = struct.Struct(">BBQBQ5x")  # state, 0xCF, deadline_ms, 0xCF, created_ms, zeros
+FULL_MARK = bytes((0x9F, FULL, 0xCF))  # array of 15, FULL, uint64 tag of the id
+
+
+def full_head(tube: str):
+    """A packer for the start of a new job's FULL payload in ``tube``:
+    ``pack(FULL_MARK, id, 0xCE, pri, 0xCE, delay, 0xCE, ttr, 0xC6, len(body))``."""
+    name = msgpack.packb(tube)
+    return struct.Struct(f">3sQ{len(name)}sBIBIBIBI").pack, name
+
+
 def mark(next_id: int) -> bytes:
     return frame(msgpack.packb((MARK, next_id)))
 
 
+# A DELETE record, [3, id], in fixed-width msgpack: always SMALL_RECORD_MAX bytes framed.
+DELETE_PAYLOAD = struct.Struct(">3sQ")
+DELETE_MARK = bytes((0x92, DELETE, 0xCF))  # array of 2, DELETE, uint64 tag of the id
+
+
 def delete(job_id: int) -> bytes:
-    return frame(msgpack.packb((DELETE, job_id)))
+    return frame(DELETE_PAYLOAD.pack(DELETE_MARK, job_id))
 
 
 # --- reading ------------------------------------------------------------------

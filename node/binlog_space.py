@@ -73,6 +73,8 @@ class SegmentFiles:
         self._syncer = Syncer(self.io) if fsync_ms and background_sync else None
         self._failures = 0
         self._last_complaint = float("-inf")
+        # bytes the writer may append to cur with no check (binlog_writer); -1: check all
+        self._quick = -1
 
     def _room(self, n: int, keep: int) -> bool:
         """Make cur able to take ``n`` bytes now and still leave ``keep`` slots free."""
@@ -106,6 +108,7 @@ class SegmentFiles:
         else:
             self.spares.append(seg)
         self.spare_slots += (seg.size - seg.used) // SLOT
+        self._quick = -1  # more disk: the bound on disk use is checked again
         return True
 
     def _open_segment(self, size: int) -> Segment:
@@ -142,6 +145,7 @@ class SegmentFiles:
 
     def _make_current(self, seg: Segment) -> None:
         self.cur = seg
+        self._quick = -1
         self.by_num[seg.num] = seg
         try:
             seg.map = self.io.map(seg.fd, seg.size, self.dir)
@@ -213,6 +217,7 @@ class SegmentFiles:
 
     def _complain(self, what: str, err: OSError) -> None:
         self._failures += 1
+        self._quick = -1
         now = time.monotonic()
         if now - self._last_complaint >= ERROR_LOG_EVERY:
             self._last_complaint = now

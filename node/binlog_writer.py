@@ -26,9 +26,16 @@ FULL frame's size and its last UPDATE frame's size.  (A tuple of ints, not
 a list: the garbage collector stops tracking it, so a million jobs do not
 make its collections longer.)
 
-The put path is written out in one function, with the frame built and
-copied in place: it is the cost every acknowledged job pays.  Compaction
-(``binlog_compact``) supplies ``_grow`` and ``_collect``.
+Fast path.  Put and delete are the costs every job pays, so each is
+written out in one function that makes a single check: does ``_quick``
+(bytes that may go into cur with no other check, worked out by
+``_requick``) cover the record?  Everything that could make a check fire
+sets ``_quick`` to -1 (a new cur or spare, a failure, a retry, a sync to
+schedule, disk over the bound), and the next write takes the slow path,
+which checks it all and works ``_quick`` out again.  A new job's FULL record
+and every DELETE are built with ``struct`` (binlog_format.full_head,
+DELETE_PAYLOAD).  Compaction (``binlog_compact``) supplies ``_grow`` and
+``_collect``.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ log = logging.getLogger("bsnode")
 RETRY_EVERY = 1.0  # seconds between retries of a failed write
 REAP_POLL = 0.005  # seconds between looks at a background sync that old segments wait on
 WALL_RESAMPLE = 1.0  # seconds between readings of the wall clock
+MAX_HEADS = 1024  # tube names whose FULL record packer is kept
 
 _FRAME = F.FRAME
 _FRAME_PACK = F.FRAME.pack
@@ -59,6 +67,14 @@ _FULL = F.FULL
 _crc32 = zlib.crc32
 _STATE = F.STATE_CODES
 _DELAYED = F.STATE_DELAYED
+_READY_STATE = "ready"  # the store's state of a ready job
+_TAIL_PACK = F.FULL_TAIL.pack
+_FULL_MARK = F.FULL_MARK
+_join = b"".join
+_DEL_PACK = F.DELETE_PAYLOAD.pack
+_DEL_MARK = F.DELETE_MARK
+_DEL_SIZE = F.DELETE_PAYLOAD.size
+_DEL_FRAME_SIZE = _FS + _DEL_SIZE
 _INVALID = "invalid"  # the store's state of a deleted job
 _RESERVED = "reserved"
 
@@ -92,6 +108,8 @@ class LogWriter(SegmentFiles):
         # float: its wall-clock milliseconds are worked out once for them all
         self._created_at: float | None = None
         self._created_ms = 0
+        self._ready_tail = b""
+        self._heads: dict[str, tuple] = {}  # tube name -> binlog_format.full_head(name)
 
     # --- hooks, supplied by compaction -------------------------------------------
     def _grow(self, n: int) -> None:
@@ -103,35 +121,66 @@ class LogWriter(SegmentFiles):
 
     # --- the store's interface ------------------------------------------------
     def put(self, job, now: float) -> bool:
-        # The hot path: _full_frame, _room and _write written out for a new job.
+        # The hot path.  Checks that rarely fire (room in cur, the bound on
+        # disk use, a sync to schedule, failures or retries pending) are
+        # folded into ``_quick``; when it does not cover the record, the
+        # slow path (_put_checked) does them all.
         if not 0.0 <= now - self._wall_at < WALL_RESAMPLE:
             self._sample_wall(now)
         created = job.created
         if created is not self._created_at:
-            self._created_at = created
-            self._created_ms = int((self._wall_off + created) * 1000)
-        state = _STATE[job.state]
+            self._new_created(created)
+        name = job.tube.name
+        head = self._heads.get(name)
+        if head is None:
+            head = self._head(name)
+        body = job.body
         jid = job.id
-        payload = self._pack((
-            _FULL, jid, job.tube.name, job.pri, job.delay, job.ttr, job.body, state,
-            int((self._wall_off + job.deadline) * 1000) if state == _DELAYED else 0,
-            self._created_ms, 0, 0, 0, 0, 0))
+        if job.state is _READY_STATE:
+            tail = self._ready_tail
+        else:
+            tail = _TAIL_PACK(_DELAYED, 0xCF, int((self._wall_off + job.deadline) * 1000),
+                              0xCF, self._created_ms)
+        payload = _join((head[0](_FULL_MARK, jid, head[1], 0xCE, job.pri, 0xCE, job.delay,
+                                 0xCE, job.ttr, 0xC6, len(body)), body, tail))
         size = len(payload)
         n = size + _FS
+        quick = self._quick - n - SLOT  # the record, and a slot for its DELETE
+        if quick < 0:
+            return self._put_checked(job, payload, now)
+        self._quick = quick
         cur = self.cur
-        live = self.live_count
-        left = cur.size - cur.used - n
-        if left < 0 or left // SLOT + self.spare_slots <= live:
-            if not self._room(n, live + 1):
-                return False
-            cur = self.cur
+        at = cur.used
+        m = cur.map  # the fast path writes into the page cache: no system call
+        _FRAME_PACK_INTO(m, at, _TAG, size, _TAG, _crc32(payload))
+        m[at + _FS:at + n] = payload
+        cur.used = at + n
+        order = cur.order
+        job.wal = (cur.num, len(order), n, 0)
+        order.append(job)
+        cur.live += 1
+        self.live_count += 1
+        self.live_bytes += n
+        self.records_written += 1
+        if jid > cur.max_id:
+            cur.max_id = jid
+            if jid > self.max_id:
+                self.max_id = jid
+        return True
+
+    def _put_checked(self, job, payload: bytes, now: float) -> bool:
+        """``put`` with every check, for when ``_quick`` does not cover it."""
+        size = len(payload)
+        n = size + _FS
+        if not self._room(n, self.live_count + 1):
+            return False
+        cur = self.cur
         at = cur.used
         crc = _crc32(payload)
         try:
-            m = cur.map
-            if m is not None:  # into the page cache: no system call, no joined copy
-                _FRAME_PACK_INTO(m, at, _TAG, size, _TAG, crc)
-                m[at + _FS:at + n] = payload
+            if cur.map is not None:
+                _FRAME_PACK_INTO(cur.map, at, _TAG, size, _TAG, crc)
+                cur.map[at + _FS:at + n] = payload
             else:
                 frame = _FRAME_PACK(_TAG, size, _TAG, crc) + payload
                 done = self._pwrite(cur.fd, frame, at)
@@ -144,8 +193,8 @@ class LogWriter(SegmentFiles):
             return False
         cur.used = at + n
         self.records_written += 1
-        if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
-            self._after_write()
+        self._after_write()
+        jid = job.id
         order = cur.order
         job.wal = (cur.num, len(order), n, 0)
         order.append(job)
@@ -154,11 +203,44 @@ class LogWriter(SegmentFiles):
             cur.max_id = jid
             if jid > self.max_id:
                 self.max_id = jid
-        self.live_count = live = live + 1
-        self.live_bytes = live_bytes = self.live_bytes + n
-        if self.disk > 2 * (live_bytes + live * SLOT) + self._two_segments:
-            self._grow(n)
+        self.live_count += 1
+        self.live_bytes += n
+        self._grow(n)
+        self._requick()
         return True
+
+    def _requick(self) -> None:
+        """Work out ``_quick``: the bytes put and delete may append to cur with
+        no check, keeping a slot free for every live job (each fast put
+        takes its record and one slot off it, each fast delete its record).
+        -1 (everything takes the slow path) while cur is not mapped, ``-f 0``
+        syncs every write, a sync is to be scheduled, a write failed or
+        waits for a retry, or disk use is over the bound (every write then
+        pays compaction)."""
+        cur = self.cur
+        if (cur is None or cur.map is None or self._sync_each or self._failures
+                or self._retry or (self.fsync_ms and self._sync_entry is None)
+                or self.disk > 2 * (self.live_bytes + self.live_count * SLOT)
+                + self._two_segments):
+            self._quick = -1
+            return
+        owed = self.live_count - self.spare_slots  # slots that must stay free in cur
+        self._quick = cur.size - cur.used - (owed * SLOT if owed > 0 else 0)
+
+    def _head(self, name: str) -> tuple:
+        heads = self._heads
+        if len(heads) >= MAX_HEADS:  # tubes come and go: keep the cache small
+            heads.clear()
+        head = heads[name] = F.full_head(name)
+        return head
+
+    def _new_created(self, created: float) -> None:
+        """Jobs put within the same millisecond share one ``created`` float:
+        its wall-clock milliseconds, and the tail of a ready job's FULL
+        record, are worked out once for them all."""
+        self._created_at = created
+        self._created_ms = ms = int((self._wall_off + created) * 1000)
+        self._ready_tail = _TAIL_PACK(F.STATE_READY, 0xCF, 0, 0xCF, ms)
 
     def update(self, job, now: float) -> bool:
         if job.wal is None or job.state == _RESERVED:
@@ -173,10 +255,40 @@ class LogWriter(SegmentFiles):
         return False
 
     def delete(self, job) -> bool:
-        if job.wal is None:
+        w = job.wal
+        if w is None:
             return True
+        quick = self._quick - _DEL_FRAME_SIZE  # the DELETE goes in the job's own slot
+        if quick < 0:
+            return self._delete_checked(job)
+        self._quick = quick
+        jid = job.id
+        payload = _DEL_PACK(_DEL_MARK, jid)
+        cur = self.cur
+        at = cur.used
+        m = cur.map
+        _FRAME_PACK_INTO(m, at, _TAG, _DEL_SIZE, _TAG, _crc32(payload))
+        m[at + _FS:at + _DEL_FRAME_SIZE] = payload
+        cur.used = at + _DEL_FRAME_SIZE
+        self.records_written += 1
+        if jid > cur.max_id:
+            cur.max_id = jid
+        job.wal = None
+        home = self.by_num[w[0]]
+        home.order[w[1]] = None
+        home.live -= 1
+        self.live_count = live = self.live_count - 1
+        self.live_bytes = live_bytes = self.live_bytes - w[2] - w[3]
+        if self.disk > 2 * (live_bytes + live * SLOT) + self._two_segments:
+            self._grow(_DEL_FRAME_SIZE)  # over the bound: compact (and leave the fast path)
+        if not home.live and home is self.segments[0]:
+            self._collect()
+        return True
+
+    def _delete_checked(self, job) -> bool:
         if self._write_delete(job):
             self._retry.pop(job.id, None)
+            self._requick()
             return True
         self._keep_for_retry(job)
         return False
@@ -230,8 +342,7 @@ class LogWriter(SegmentFiles):
         return True
 
     def _write_delete(self, job) -> bool:
-        payload = self._pack((F.DELETE, job.id))
-        frame = _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
+        frame = F.delete(job.id)
         if not self._room(len(frame), self.live_count - 1) or not self._write(frame, "delete"):
             return False
         if job.id > self.cur.max_id:
@@ -270,6 +381,7 @@ class LogWriter(SegmentFiles):
             self._write_failed(cur, n, at, what, e)
             return False
         cur.used = at + n
+        self._quick -= n
         self.records_written += 1
         if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
             self._after_write()
@@ -300,6 +412,7 @@ class LogWriter(SegmentFiles):
     # --- retries ------------------------------------------------------------------
     def _keep_for_retry(self, job) -> None:
         self._retry[job.id] = job
+        self._quick = -1
         if self._retry_entry is None:
             self._retry_entry = self.sched.add(self.clock() + RETRY_EVERY, self._retry_due, None)
 
@@ -321,6 +434,7 @@ class LogWriter(SegmentFiles):
     # --- fsync ----------------------------------------------------------------------
     def _sync_due(self, _arg, now: float) -> None:
         self._sync_entry = None
+        self._quick = -1  # the next write schedules the next sync
         self._last_sync = now
         syncer = self._syncer
         if syncer is None:
