@@ -131,7 +131,8 @@ class Compactor(LogWriter):
                 return False
             self.cur.max_id = self.max_id
         # Unlinked once what replaced them is on disk: after the next sync
-        # (-f MS), now (-f 0: already synced; -F: never synced anyway).
+        # (-f MS), now (-f 0: already synced, or synced here when the server
+        # groups syncs; -F: never synced anyway).
         syncer = self._syncer
         number = syncer.requested + 1 if syncer is not None else 0
         while len(segments) > 1 and not segments[0].live:
@@ -142,6 +143,12 @@ class Compactor(LogWriter):
         if self.fsync_ms:
             if self._sync_entry is None:
                 self._sync_entry = self.sched.add(self.clock(), self._sync_due, None)
-        else:
-            self._unlink_doomed()
+            return True
+        if self.group_sync:
+            try:
+                self.io.fdatasync(self.cur.fd)
+            except OSError as e:  # the old segments stay until the next collection
+                self._complain(f"cannot sync {self.cur.path}", e)
+                return True
+        self._unlink_doomed()
         return True

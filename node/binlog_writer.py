@@ -41,6 +41,7 @@ DELETE_PAYLOAD).  Compaction (``binlog_compact``) supplies ``_grow`` and
 from __future__ import annotations
 
 import logging
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -88,6 +89,8 @@ class LogWriter(SegmentFiles):
         super().__init__(dirpath, segment_size, fsync_ms, io, background_sync)
         self._two_segments = 2 * self.seg_size
         self._sync_each = fsync_ms == 0
+        self.group_sync = False  # -f 0 with the server grouping syncs (sync_later)
+        self.synced = 0  # with group_sync: records_written when the last good sync began
         self.clock = clock
         self.sched = sched
         self.wall = wall
@@ -408,6 +411,34 @@ class LogWriter(SegmentFiles):
                 max(now, self._last_sync + self.fsync_ms / 1000), self._sync_due, None)
         if self._retry and self._retry_entry is None:
             self._retry_entry = self.sched.add(self.clock(), self._retry_due, None)
+
+    # --- -f 0 under a server: one sync for many writes ------------------------------
+    def sync_later(self) -> bool:
+        """With ``-f 0``, stop syncing inside each write: the server syncs
+        before it answers instead (``sync_start`` / ``sync_done``), so one
+        fdatasync covers every write made while the one before it ran: a
+        group commit.  An answer still leaves only once what it acknowledges
+        is on disk.  False, and nothing changes, under any other policy."""
+        if self.fsync_ms != 0 or self.group_sync:
+            return False
+        self.group_sync = True
+        self._sync_each = False
+        self.synced = self.records_written  # each write so far was synced in it
+        self._quick = -1
+        return True
+
+    def sync_start(self) -> tuple[int, int]:
+        """A sync about to run covers every record written so far: returns
+        (a duplicate of cur's descriptor, for the sync to use and close, so a
+        segment roll meanwhile cannot close it; ``records_written``).
+        Records in older segments were synced when those were closed."""
+        return os.dup(self.cur.fd), self.records_written
+
+    def sync_done(self, upto: int, err: OSError | None) -> None:
+        if err is not None:
+            self._complain(f"cannot sync {self.cur.path}", err)
+        elif upto > self.synced:
+            self.synced = upto
 
     # --- retries ------------------------------------------------------------------
     def _keep_for_retry(self, job) -> None:

@@ -14,6 +14,12 @@ One more greenlet is the clock: it sleeps until the scheduler's next
 deadline and runs ``store.tick()``; the scheduler wakes it early when a
 nearer deadline appears.  No job or connection has a timer of its own.
 
+With ``-f 0`` (sync before answering) the binlog leaves the syncing to
+the server (``GroupCommit``): a connection about to answer waits until
+every record written so far is on disk, and one fdatasync, run on a worker
+thread while the event loop serves on, covers every write made while the
+sync before it ran: many answers for one sync, never an answer early.
+
 A wake-up from another greenlet never writes to this connection's socket
 itself (a client that does not read must not stall anyone else): it leaves
 the reply with the connection and interrupts the parked read, the way
@@ -23,15 +29,18 @@ gevent's own Timeout interrupts a greenlet.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
 
 import gevent
+import gevent.threadpool  # noqa: F401 - imported before -u drops privileges (GroupCommit)
 from bsclient.protocol import TIMED_OUT, CommandReader
 from gevent.event import Event
 from gevent.server import StreamServer
 
+from .binlog_writer import RETRY_EVERY
 from .commands import CLOSE, Commands, reserved_reply
 from .gc_policy import freeze_survivors
 from .store import Job, Store
@@ -109,6 +118,57 @@ class _Conn:
             self.glet.throw(_Wakeup)
 
 
+class _DurableConn(_Conn):
+    """A connection whose answers wait until what they acknowledge is synced."""
+
+    __slots__ = ("group",)
+
+    def send(self, data: bytes) -> None:
+        self.group.wait()
+        _Conn.send(self, data)
+
+
+class GroupCommit:
+    """Syncs for ``-f 0``: one fdatasync for all the writes made while the
+    previous one ran.  ``wal`` is a binlog after ``sync_later()``."""
+
+    def __init__(self, wal) -> None:
+        self.wal = wal
+        self.busy = False
+        self._round = Event()  # set when the sync in flight ends
+        self._pool = gevent.get_hub().threadpool
+        self.syncs = 0
+
+    def wait(self) -> None:
+        """Return once every record written before the call is on disk."""
+        wal = self.wal
+        target = wal.records_written
+        while wal.synced < target:
+            if self.busy:  # began before some of our writes, maybe: wait, then look
+                self._round.wait()
+            else:
+                self._sync()
+
+    def _sync(self) -> None:
+        wal = self.wal
+        self.busy = True
+        fd, upto = wal.sync_start()
+        err = None
+        try:
+            self._pool.apply(wal.io.fdatasync, (fd,))
+        except OSError as e:
+            err = e
+        finally:
+            os.close(fd)
+            self.syncs += 1
+            wal.sync_done(upto, err)
+        if err is not None:  # answers wait: none may acknowledge what is not on disk
+            gevent.sleep(RETRY_EVERY)
+        self.busy = False
+        done, self._round = self._round, Event()
+        done.set()
+
+
 class NodeServer:
     """Serves one store on a listening socket until stopped."""
 
@@ -122,6 +182,13 @@ class NodeServer:
         listener.setblocking(False)  # gevent's accept loop needs it
         self._server = StreamServer(listener, self._handle)
         self._timer = None
+        self.group: GroupCommit | None = None
+
+    def _group_syncs(self) -> None:
+        """Under ``-f 0``, take the binlog's syncs over (see GroupCommit)."""
+        sync_later = getattr(self.store.wal, "sync_later", None)
+        if self.group is None and sync_later is not None and sync_later():
+            self.group = GroupCommit(self.store.wal)
 
     def _on_earlier(self, when: float) -> None:
         self._tick_event.set()
@@ -135,12 +202,14 @@ class NodeServer:
             event.wait(delay)
 
     def start(self) -> None:
+        self._group_syncs()
         self._server.start()
         self._timer = gevent.spawn(self._clock_loop)
 
     def serve_forever(self) -> None:
         """Serve until ``stop()`` (SIGTERM/SIGINT)."""
         freeze_survivors()
+        self._group_syncs()
         self._timer = gevent.spawn(self._clock_loop)
         self._server.serve_forever()
 
@@ -155,7 +224,11 @@ class NodeServer:
 
     # --- one connection ---------------------------------------------------
     def _handle(self, sock, address) -> None:
-        conn = _Conn(sock)
+        if self.group is None:
+            conn = _Conn(sock)
+        else:
+            conn = _DurableConn(sock)
+            conn.group = self.group
         conn.session = self.store.connect(conn.wake)
         if self.verbose:
             log.info("accept %s", address or "unix")

@@ -1,0 +1,140 @@
+"""``-f 0`` under a server: syncs grouped, and no answer before its record is on disk.
+
+A node runs in this process (gevent) with a binlog whose fdatasync is
+watched: each sync reads the segment it is about to make durable and, once
+it has returned, adds the ids of the jobs in it to ``durable``.  Clients on
+many connections put jobs; every INSERTED they receive must name a job
+already in ``durable``, and there must be fewer syncs than puts.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as pysock
+
+import gevent
+import pytest
+from bsnode import binlog
+from bsnode import binlog_format as F
+from bsnode.binlog_io import OsIO
+from bsnode.commands import Commands
+from bsnode.server import NodeServer
+from bsnode.store import Store
+from gevent import socket
+
+DEADLINE = 60.0
+CLIENTS, PUTS = 20, 10
+
+
+class WatchedIO(OsIO):
+    """fdatasync that records which jobs each sync made durable; it can fail on cue."""
+
+    def __init__(self) -> None:
+        self.durable: set[int] = set()
+        self.fail_next = 0
+
+    def fdatasync(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0)
+        sizes, _ = F.scan_frames(data)
+        covered = {rec[1] for rec in F.decode(data, F.HEADER_SIZE, sizes) if rec[0] == F.FULL}
+        if self.fail_next:
+            self.fail_next -= 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        super().fdatasync(fd)
+        self.durable |= covered
+
+
+@pytest.fixture
+def node(tmp_path):
+    io = WatchedIO()
+    lst = pysock.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(128)
+    store = Store()
+    server = NodeServer(lst, store, Commands(store, 65535, 10 << 20))
+    wal = binlog.attach(store, str(tmp_path), fsync_ms=0, io=io)
+    server.start()
+    try:
+        yield lst.getsockname()[1], server, io
+    finally:
+        server.stop()
+        wal.close()
+        lst.close()
+
+
+def producer(port: int, io: WatchedIO, puts: int) -> list[int]:
+    s = socket.create_connection(("127.0.0.1", port))
+    got = []
+    try:
+        for _ in range(puts):
+            s.sendall(b"put 1 0 60 5\r\nhello\r\n")
+            line = s.recv(64)
+            assert line.startswith(b"INSERTED "), line
+            jid = int(line.split()[1])
+            assert jid in io.durable, f"job {jid} acknowledged before its record was synced"
+            got.append(jid)
+    finally:
+        s.close()
+    return got
+
+
+def test_answers_wait_for_the_sync_and_one_sync_serves_many(node):
+    port, server, io = node
+    assert server.group is not None  # -f 0: the server took the syncs over
+    with gevent.Timeout(DEADLINE):
+        jobs = gevent.joinall([gevent.spawn(producer, port, io, PUTS) for _ in range(CLIENTS)],
+                              raise_error=True)
+    ids = [jid for g in jobs for jid in g.value]
+    assert len(set(ids)) == CLIENTS * PUTS
+    assert server.group.syncs < CLIENTS * PUTS / 2, server.group.syncs
+
+
+def test_a_failed_sync_holds_the_answer_until_a_sync_succeeds(node, caplog):
+    port, server, io = node
+    io.fail_next = 1
+    with gevent.Timeout(DEADLINE):
+        (jid,) = producer(port, io, 1)
+    assert jid in io.durable
+    assert "cannot sync" in caplog.text
+
+
+class OrderIO(OsIO):
+    """Notes each sync and unlink with how many records had been written then."""
+
+    def __init__(self) -> None:
+        self.wal = None
+        self.events: list[tuple[str, int]] = []
+
+    def fdatasync(self, fd: int) -> None:
+        super().fdatasync(fd)
+        self.events.append(("sync", self.wal.records_written if self.wal else -1))
+
+    def unlink(self, path: str) -> None:
+        super().unlink(path)
+        self.events.append(("unlink", self.wal.records_written))
+
+
+def test_with_grouped_syncs_compaction_syncs_before_it_unlinks(tmp_path):
+    """Compaction removes a segment once the records that replace it are on
+    disk; with -f 0 and the server syncing, it must sync them itself first."""
+    io = OrderIO()
+    store = Store()
+    wal = binlog.attach(store, str(tmp_path), segment_size=4096, fsync_ms=0, io=io)
+    io.wal = wal
+    assert wal.sync_later()
+    s = store.connect()
+    store.watch(s, "default")
+    keep = store.put(s, 1, 0, 60, b"k" * 200)  # one long-lived job: its segment must move
+    for _ in range(400):
+        job = store.put(s, 1, 0, 60, b"x" * 100)
+        store.reserve_job(s, job.id)
+        store.delete(s, job.id)
+    unlinks = [at for op, at in io.events if op == "unlink"]
+    assert unlinks, "compaction never removed a segment"
+    synced_at = {at for op, at in io.events if op == "sync"}
+    assert all(at in synced_at for at in unlinks), io.events
+    assert keep.id in store.jobs
+    wal.close()
+
