@@ -51,6 +51,7 @@ import msgpack
 from . import binlog_format as F
 from .binlog_io import OsIO
 from .binlog_space import SLOT, Segment, SegmentFiles
+from .tube import READY
 
 log = logging.getLogger("bsnode")
 
@@ -68,7 +69,6 @@ _FULL = F.FULL
 _crc32 = zlib.crc32
 _STATE = F.STATE_CODES
 _DELAYED = F.STATE_DELAYED
-_READY_STATE = "ready"  # the store's state of a ready job
 _TAIL_PACK = F.FULL_TAIL.pack
 _FULL_MARK = F.FULL_MARK
 _join = b"".join
@@ -139,7 +139,7 @@ class LogWriter(SegmentFiles):
             head = self._head(name)
         body = job.body
         jid = job.id
-        if job.state is _READY_STATE:
+        if job.state is READY:
             tail = self._ready_tail
         else:
             tail = _TAIL_PACK(_DELAYED, 0xCF, int((self._wall_off + job.deadline) * 1000),
