@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as pysock
+import threading
 
 import gevent
 import pytest
@@ -28,13 +29,20 @@ CLIENTS, PUTS = 20, 10
 
 
 class WatchedIO(OsIO):
-    """fdatasync that records which jobs each sync made durable; it can fail on cue."""
+    """fdatasync that records which jobs each sync made durable; it can fail
+    on cue, and be held (``gate``) until the test lets it go."""
 
     def __init__(self) -> None:
         self.durable: set[int] = set()
         self.fail_next = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()  # a sync is waiting at the gate
 
     def fdatasync(self, fd: int) -> None:
+        if not self.gate.is_set():
+            self.held.set()
+            self.gate.wait(DEADLINE)
         size = os.fstat(fd).st_size
         data = os.pread(fd, size, 0)
         sizes, _ = F.scan_frames(data)
@@ -138,3 +146,24 @@ def test_with_grouped_syncs_compaction_syncs_before_it_unlinks(tmp_path):
     assert keep.id in store.jobs
     wal.close()
 
+
+
+def test_answers_that_acknowledge_no_write_do_not_wait_for_a_sync(node):
+    port, server, io = node
+    writer = socket.create_connection(("127.0.0.1", port))
+    reader = socket.create_connection(("127.0.0.1", port))
+    try:
+        with gevent.Timeout(DEADLINE):
+            assert producer(port, io, 1)  # a job to peek at, synced
+            io.gate.clear()
+            writer.sendall(b"put 1 0 60 2\r\nhi\r\n")
+            while not io.held.is_set():  # the sync for that put is running, held
+                gevent.sleep(0.01)
+            reader.sendall(b"peek-ready\r\n")
+            assert reader.recv(64).startswith(b"FOUND ")  # answered while the sync is held
+            io.gate.set()
+            assert writer.recv(64).startswith(b"INSERTED ")
+    finally:
+        io.gate.set()
+        writer.close()
+        reader.close()
