@@ -173,30 +173,11 @@ class LogWriter(SegmentFiles):
 
     def _put_checked(self, job, payload: bytes, now: float) -> bool:
         """``put`` with every check, for when ``_quick`` does not cover it."""
-        size = len(payload)
-        n = size + _FS
-        if not self._room(n, self.live_count + 1):
+        frame = _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
+        n = len(frame)
+        if not self._room(n, self.live_count + 1) or not self._write(frame, "put"):
             return False
         cur = self.cur
-        at = cur.used
-        crc = _crc32(payload)
-        try:
-            if cur.map is not None:
-                _FRAME_PACK_INTO(cur.map, at, _TAG, size, _TAG, crc)
-                cur.map[at + _FS:at + n] = payload
-            else:
-                frame = _FRAME_PACK(_TAG, size, _TAG, crc) + payload
-                done = self._pwrite(cur.fd, frame, at)
-                if done != n:
-                    self._write_rest(cur.fd, frame, at, done)
-            if self._sync_each:
-                self.io.fdatasync(cur.fd)
-        except OSError as e:
-            self._write_failed(cur, n, at, "put", e)
-            return False
-        cur.used = at + n
-        self.records_written += 1
-        self._after_write()
         jid = job.id
         order = cur.order
         job.wal = (cur.num, len(order), n, 0)
