@@ -165,21 +165,27 @@ class GroupCommit:
     def _sync(self) -> None:
         wal = self.wal
         self.busy = True
-        fd, upto = wal.sync_start()
-        err = None
         try:
-            self._pool.apply(wal.io.fdatasync, (fd,))
-        except OSError as e:
-            err = e
-        finally:
-            os.close(fd)
+            err = None
+            try:
+                fd, upto = wal.sync_start()
+            except OSError as e:  # no descriptor to spare (EMFILE): as a failed sync
+                fd, upto, err = -1, 0, e
+            if fd >= 0:
+                try:
+                    self._pool.apply(wal.io.fdatasync, (fd,))
+                except OSError as e:
+                    err = e
+                finally:
+                    os.close(fd)
             self.syncs += 1
             wal.sync_done(upto, err)
-        if err is not None:  # answers wait: none may acknowledge what is not on disk
-            gevent.sleep(RETRY_EVERY)
-        self.busy = False
-        done, self._round = self._round, Event()
-        done.set()
+            if err is not None:  # answers wait: none may acknowledge what is not on disk
+                gevent.sleep(RETRY_EVERY)
+        finally:  # even if this greenlet is killed, the others must not wait forever
+            self.busy = False
+            done, self._round = self._round, Event()
+            done.set()
 
 
 class NodeServer:

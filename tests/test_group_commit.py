@@ -20,7 +20,7 @@ from bsnode import binlog
 from bsnode import binlog_format as F
 from bsnode.binlog_io import OsIO
 from bsnode.commands import Commands
-from bsnode.server import NodeServer
+from bsnode.server import GroupCommit, NodeServer
 from bsnode.store import Store
 from gevent import socket
 
@@ -167,3 +167,50 @@ def test_answers_that_acknowledge_no_write_do_not_wait_for_a_sync(node):
         io.gate.set()
         writer.close()
         reader.close()
+
+
+class FakeWal:
+    """What GroupCommit uses of a binlog: a record count, a synced mark, an fd."""
+
+    def __init__(self, tmp_path, io) -> None:
+        self.io = io
+        self.records_written = 0
+        self.synced = 0
+        self._fd = os.open(tmp_path / "seg", os.O_RDWR | os.O_CREAT)
+
+    def sync_start(self):
+        return os.dup(self._fd), self.records_written
+
+    def sync_done(self, upto, err):
+        if err is None:
+            self.synced = max(self.synced, upto)
+
+
+class GatedIO(OsIO):
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.held = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        self.held.set()
+        assert self.gate.wait(DEADLINE)
+        super().fdatasync(fd)
+
+
+def test_a_syncing_greenlet_killed_mid_sync_does_not_strand_the_others(tmp_path):
+    io = GatedIO()
+    wal = FakeWal(tmp_path, io)
+    group = GroupCommit(wal)
+    wal.records_written = 1
+    first = gevent.spawn(group.wait)  # runs the sync, held at the gate
+    with gevent.Timeout(DEADLINE):
+        while not io.held.is_set():
+            gevent.sleep(0.01)
+        wal.records_written = 2
+        second = gevent.spawn(group.wait)  # waits for the round in flight
+        gevent.sleep(0)
+        first.kill()
+        io.gate.set()
+        second.join()
+    assert second.successful() and wal.synced == 2
+    os.close(wal._fd)
