@@ -173,11 +173,9 @@ class GroupCommit:
                 fd, upto, err = -1, 0, e
             if fd >= 0:
                 try:
-                    self._pool.apply(wal.io.fdatasync, (fd,))
+                    self._pool.apply(_sync_and_close, (wal.io, fd))
                 except OSError as e:
                     err = e
-                finally:
-                    os.close(fd)
             self.syncs += 1
             wal.sync_done(upto, err)
             if err is not None:  # answers wait: none may acknowledge what is not on disk
@@ -186,6 +184,14 @@ class GroupCommit:
             self.busy = False
             done, self._round = self._round, Event()
             done.set()
+
+
+def _sync_and_close(io, fd: int) -> None:
+    """On the worker thread: the descriptor is its own until the sync ends."""
+    try:
+        io.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 class NodeServer:
