@@ -119,25 +119,15 @@ class _Conn:
 
 
 class _DurableConn(_Conn):
-    """A connection whose answers wait until what they acknowledge is synced.
+    """A connection whose answers wait until every record written so far is
+    synced: what it acknowledges, and anything it shows (a reserved or
+    peeked job, a count in stats), is on disk first, as under beanstalkd's
+    -f 0, which syncs before it serves anything else."""
 
-    Between a read and the answers to what it brought, only this
-    connection's commands run (the store never switches greenlets), so if
-    the binlog's record count has not moved since the read, the answers
-    acknowledge nothing new and leave at once: a reserve does not wait for
-    other clients' puts to be synced."""
-
-    __slots__ = ("group", "mark")
-
-    def recv(self) -> bytes:
-        data = _Conn.recv(self)
-        self.mark = self.group.wal.records_written
-        return data
+    __slots__ = ("group",)
 
     def send(self, data: bytes) -> None:
-        group = self.group
-        if group.wal.records_written != self.mark:
-            group.wait()
+        self.group.wait()
         _Conn.send(self, data)
 
 
@@ -254,7 +244,6 @@ class NodeServer:
         else:
             conn = _DurableConn(sock)
             conn.group = self.group
-            conn.mark = self.group.wal.records_written
         conn.session = self.store.connect(conn.wake)
         if self.verbose:
             log.info("accept %s", address or "unix")

@@ -148,25 +148,33 @@ def test_with_grouped_syncs_compaction_syncs_before_it_unlinks(tmp_path):
 
 
 
-def test_answers_that_acknowledge_no_write_do_not_wait_for_a_sync(node):
+def test_no_client_sees_a_job_before_its_put_is_synced(node):
+    """A worker's reserve that takes a job whose put is still being synced
+    is answered only after that sync, as beanstalkd's -f 0 would."""
     port, server, io = node
     writer = socket.create_connection(("127.0.0.1", port))
-    reader = socket.create_connection(("127.0.0.1", port))
+    worker = socket.create_connection(("127.0.0.1", port))
     try:
         with gevent.Timeout(DEADLINE):
-            assert producer(port, io, 1)  # a job to peek at, synced
             io.gate.clear()
             writer.sendall(b"put 1 0 60 2\r\nhi\r\n")
             while not io.held.is_set():  # the sync for that put is running, held
                 gevent.sleep(0.01)
-            reader.sendall(b"peek-ready\r\n")
-            assert reader.recv(64).startswith(b"FOUND ")  # answered while the sync is held
+            (job,) = server.store.jobs.values()
+            worker.sendall(b"reserve-with-timeout 0\r\n")
+            while job.state != "reserved":  # the node has run the reserve...
+                gevent.sleep(0.01)
+            worker.setblocking(False)
+            with pytest.raises(BlockingIOError):  # ...and holds its answer
+                worker.recv(64)
+            worker.setblocking(True)
             io.gate.set()
             assert writer.recv(64).startswith(b"INSERTED ")
+            assert worker.recv(64).startswith(b"RESERVED ")
     finally:
         io.gate.set()
         writer.close()
-        reader.close()
+        worker.close()
 
 
 class FakeWal:
