@@ -142,6 +142,10 @@ class GroupCommit:
         self._pool = gevent.get_hub().threadpool
         self.syncs = 0
 
+    def owed(self) -> bool:
+        """Some record written is not yet synced."""
+        return self.wal.synced < self.wal.records_written
+
     def wait(self) -> None:
         """Return once every record written before the call is on disk."""
         wal = self.wal
@@ -214,6 +218,10 @@ class NodeServer:
         while True:
             event.clear()
             delay = store.tick()
+            group = self.group
+            if group is not None and not group.busy and group.owed():
+                # written by a timer (a retried DELETE or UPDATE): no answer waits on it
+                gevent.spawn(group.wait)
             event.wait(delay)
 
     def start(self) -> None:

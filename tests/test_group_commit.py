@@ -29,11 +29,13 @@ CLIENTS, PUTS = 20, 10
 
 
 class WatchedIO(OsIO):
-    """fdatasync that records which jobs each sync made durable; it can fail
-    on cue, and be held (``gate``) until the test lets it go."""
+    """fdatasync that records which jobs each sync made durable (and which
+    deletes); it can fail on cue, and be held (``gate``) until the test lets
+    it go."""
 
     def __init__(self) -> None:
         self.durable: set[int] = set()
+        self.deleted: set[int] = set()
         self.fail_next = 0
         self.gate = threading.Event()
         self.gate.set()
@@ -46,17 +48,36 @@ class WatchedIO(OsIO):
         size = os.fstat(fd).st_size
         data = os.pread(fd, size, 0)
         sizes, _ = F.scan_frames(data)
-        covered = {rec[1] for rec in F.decode(data, F.HEADER_SIZE, sizes) if rec[0] == F.FULL}
+        records = F.decode(data, F.HEADER_SIZE, sizes)
+        covered = {rec[1] for rec in records if rec[0] == F.FULL}
+        deletes = {rec[1] for rec in records if rec[0] == F.DELETE}
         if self.fail_next:
             self.fail_next -= 1
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         super().fdatasync(fd)
         self.durable |= covered
+        self.deleted |= deletes
+
+
+class BreakableIO(WatchedIO):
+    """Records go through pwrite (no map), which fails while ``broken``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+
+    def map(self, fd: int, size: int, dirpath: str):
+        return None
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        if self.broken:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return super().pwrite(fd, data, offset)
 
 
 @pytest.fixture
-def node(tmp_path):
-    io = WatchedIO()
+def node(tmp_path, request):
+    io = getattr(request, "param", WatchedIO)()
     lst = pysock.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen(128)
@@ -222,3 +243,25 @@ def test_a_syncing_greenlet_killed_mid_sync_does_not_strand_the_others(tmp_path)
         second.join()
     assert second.successful() and wal.synced == 2
     os.close(wal._fd)
+
+
+@pytest.mark.parametrize("node", [BreakableIO], indirect=True)
+def test_a_delete_written_by_the_retry_timer_is_synced_without_an_answer(node):
+    """A delete whose record could not be written is answered DELETED and
+    retried by a timer; no answer waits on that retry, so the clock syncs it."""
+    port, server, io = node
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        with gevent.Timeout(DEADLINE):
+            (jid,) = producer(port, io, 1)
+            s.sendall(b"reserve-with-timeout 0\r\n")
+            assert s.recv(256).startswith(b"RESERVED %d " % jid)
+            io.broken = True
+            s.sendall(b"delete %d\r\n" % jid)
+            assert s.recv(64) == b"DELETED\r\n"
+            assert jid not in io.deleted
+            io.broken = False  # the retry (within a second) writes the DELETE, then a sync
+            while jid not in io.deleted:
+                gevent.sleep(0.05)
+    finally:
+        s.close()
