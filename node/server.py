@@ -40,7 +40,6 @@ from bsclient.protocol import TIMED_OUT, CommandReader
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from .binlog_writer import RETRY_EVERY
 from .commands import CLOSE, Commands, reserved_reply
 from .gc_policy import freeze_survivors
 from .store import Job, Store
@@ -50,6 +49,7 @@ log = logging.getLogger("bsnode")
 RECV_SIZE = 65536
 PARKED_BACKLOG = 1 << 20  # unrun bytes we accept from a parked connection
 SEND_BATCH = 1 << 18  # replies held before a send, when one read asks for many
+SYNC_RETRY = 1.0  # seconds between tries of a failed -f 0 sync (as the binlog's retries)
 
 
 class _Wakeup(BaseException):
@@ -173,7 +173,7 @@ class GroupCommit:
             self.syncs += 1
             wal.sync_done(upto, err)
             if err is not None:  # answers wait: none may acknowledge what is not on disk
-                gevent.sleep(RETRY_EVERY)
+                gevent.sleep(SYNC_RETRY)
         finally:  # even if this greenlet is killed, the others must not wait forever
             self.busy = False
             done, self._round = self._round, Event()
