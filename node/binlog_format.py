@@ -124,8 +124,9 @@ FULL_MARK = bytes((0x9F, FULL, 0xCF))  # array of 15, FULL, uint64 tag of the id
 
 
 def full_head(tube: str):
-    """A packer for the start of a new job's FULL payload in ``tube``:
-    ``pack(FULL_MARK, id, 0xCE, pri, 0xCE, delay, 0xCE, ttr, 0xC6, len(body))``."""
+    """(pack, name) for the start of a new job's FULL payload in ``tube``, packed
+    as ``pack(FULL_MARK, id, name, 0xCE, pri, 0xCE, delay, 0xCE, ttr, 0xC6, len(body))``
+    (``name`` is the tube's msgpack str)."""
     name = msgpack.packb(tube)
     return struct.Struct(f">3sQ{len(name)}sBIBIBIBI").pack, name
 

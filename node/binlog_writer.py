@@ -60,12 +60,10 @@ REAP_POLL = 0.005  # seconds between looks at a background sync that old segment
 WALL_RESAMPLE = 1.0  # seconds between readings of the wall clock
 MAX_HEADS = 1024  # tube names whose FULL record packer is kept
 
-_FRAME = F.FRAME
 _FRAME_PACK = F.FRAME.pack
 _FRAME_PACK_INTO = F.FRAME.pack_into
 _FS = F.FRAME_SIZE
 _TAG = F.FRAME_TAG
-_FULL = F.FULL
 _crc32 = zlib.crc32
 _STATE = F.STATE_CODES
 _DELAYED = F.STATE_DELAYED
@@ -150,7 +148,7 @@ class LogWriter(SegmentFiles):
         n = size + _FS
         quick = self._quick - n - SLOT  # the record, and a slot for its DELETE
         if quick < 0:
-            return self._put_checked(job, payload, now)
+            return self._put_checked(job, payload)
         self._quick = quick
         cur = self.cur
         at = cur.used
@@ -171,7 +169,7 @@ class LogWriter(SegmentFiles):
                 self.max_id = jid
         return True
 
-    def _put_checked(self, job, payload: bytes, now: float) -> bool:
+    def _put_checked(self, job, payload: bytes) -> bool:
         """``put`` with every check, for when ``_quick`` does not cover it."""
         frame = _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
         n = len(frame)

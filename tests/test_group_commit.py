@@ -40,6 +40,8 @@ class WatchedIO(OsIO):
         self.gate = threading.Event()
         self.gate.set()
         self.held = threading.Event()  # a sync is waiting at the gate
+        self.watch_delete: int | None = None
+        self.delete_synced = threading.Event()  # a sync covered watch_delete's DELETE
 
     def fdatasync(self, fd: int) -> None:
         if not self.gate.is_set():
@@ -57,6 +59,13 @@ class WatchedIO(OsIO):
         super().fdatasync(fd)
         self.durable |= covered
         self.deleted |= deletes
+        if self.watch_delete in deletes:
+            self.delete_synced.set()
+
+
+def wait_set(event: threading.Event) -> None:
+    """Wait, without blocking the event loop, for an event another thread sets."""
+    assert gevent.get_hub().threadpool.apply(event.wait, (DEADLINE,)), "never set"
 
 
 class BreakableIO(WatchedIO):
@@ -179,8 +188,7 @@ def test_no_client_sees_a_job_before_its_put_is_synced(node):
         with gevent.Timeout(DEADLINE):
             io.gate.clear()
             writer.sendall(b"put 1 0 60 2\r\nhi\r\n")
-            while not io.held.is_set():  # the sync for that put is running, held
-                gevent.sleep(0.01)
+            wait_set(io.held)  # the sync for that put is running, held
             (job,) = server.store.jobs.values()
             worker.sendall(b"reserve-with-timeout 0\r\n")
             while job.state != "reserved":  # the node has run the reserve...
@@ -233,8 +241,7 @@ def test_a_syncing_greenlet_killed_mid_sync_does_not_strand_the_others(tmp_path)
     wal.records_written = 1
     first = gevent.spawn(group.wait)  # runs the sync, held at the gate
     with gevent.Timeout(DEADLINE):
-        while not io.held.is_set():
-            gevent.sleep(0.01)
+        wait_set(io.held)
         wal.records_written = 2
         second = gevent.spawn(group.wait)  # waits for the round in flight
         gevent.sleep(0)
@@ -260,8 +267,8 @@ def test_a_delete_written_by_the_retry_timer_is_synced_without_an_answer(node):
             s.sendall(b"delete %d\r\n" % jid)
             assert s.recv(64) == b"DELETED\r\n"
             assert jid not in io.deleted
+            io.watch_delete = jid
             io.broken = False  # the retry (within a second) writes the DELETE, then a sync
-            while jid not in io.deleted:
-                gevent.sleep(0.05)
+            wait_set(io.delete_synced)
     finally:
         s.close()
