@@ -132,6 +132,7 @@ def test_client_sees_the_same_as_on_beanstalkd(name):
     assert steps["reserve"][-1] == "776f726c64"  # "world": pri 5 before pri 10
     assert steps["big"] == [True, 65535, True]  # the same 65,535 bytes came back
     assert "JOB_TOO_BIG" in json.dumps(steps["too big"])
+    assert "DEADLINE" in json.dumps(steps["deadline soon"]).upper()  # TTR 1 s, reserved
     drained = [v for s, v in ours if s == "drain"]
     assert any(v[-1] == "610d0a6200ff" for v in drained), \
         "the body with CR LF, NUL and 0xFF did not come back whole"

@@ -73,6 +73,10 @@ async function scenario() {
   show('big', [gotId === bigId, gotBody.length, Buffer.compare(gotBody, big) === 0]);
   await client.delete(gotId);
   await attempt('too big', () => client.put(1, 0, 60, Buffer.alloc(65536, 'y')));
+  const soonId = await client.put(1, 0, 1, 'soon');
+  await attempt('reserve ttr 1', () => client.reserve());
+  await attempt('deadline soon', () => client.reserveWithTimeout(1));
+  await attempt('delete ttr 1', () => client.delete(soonId));
   await attempt('stats', () => client.stats());
   await client.quit();
 }

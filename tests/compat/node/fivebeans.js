@@ -63,6 +63,10 @@ async function scenario() {
   show('big', [gotId === bigId, gotBody.length, Buffer.compare(gotBody, big) === 0]);
   show('big delete', await call('destroy', gotId));
   show('too big', await call('put', 1, 0, 60, Buffer.alloc(65536, 'y')));
+  const [soonId] = await call('put', 1, 0, 1, 'soon');
+  show('reserve ttr 1', await call('reserve'));
+  show('deadline soon', await call('reserve_with_timeout', 1));
+  show('delete ttr 1', await call('destroy', soonId));
   show('stats', await call('stats'));
   client.end();
 }

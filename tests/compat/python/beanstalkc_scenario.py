@@ -25,6 +25,8 @@ def attempt(step, f):
         show(step, f())
     except beanstalkc.CommandFailed as e:
         show(step, {"error": e.args[1]})
+    except beanstalkc.DeadlineSoon:
+        show(step, {"error": "DEADLINE_SOON"})
 
 
 # beanstalkc's own YAML call predates PyYAML 6 (load() needs a Loader)
@@ -72,5 +74,9 @@ got = c.reserve()
 show("big", [got.jid == big_id, len(got.body), got.body == big])
 got.delete()
 attempt("too big", lambda: c.put("y" * 65536, priority=1, ttr=60))
+soon = c.put("soon", priority=1, ttr=1)
+attempt("reserve ttr 1", lambda: job(c.reserve()))
+attempt("deadline soon", lambda: job(c.reserve(timeout=1)))
+attempt("delete ttr 1", lambda: c.delete(soon))
 attempt("stats", lambda: c.stats())
 c.close()

@@ -67,5 +67,9 @@ got = bs.tubes.reserve
 show 'big', [got.id == big_id, got.body.bytesize, got.body.b == big]
 got.delete
 attempt('too big') { tube.put('y' * 65_536, pri: 1, delay: 0, ttr: 60) }
+soon = tube.put('soon', pri: 1, delay: 0, ttr: 1)
+attempt('reserve ttr 1') { job(bs.tubes.reserve) }
+attempt('deadline soon') { job(bs.tubes.reserve(1)) }
+attempt('delete ttr 1') { bs.jobs.find(soon[:id]).delete }
 attempt('stats') { bs.tubes.transmit('stats')[:body] }
 bs.close
