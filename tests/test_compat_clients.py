@@ -4,7 +4,8 @@ Each script in tests/compat/ drives one published client library through the
 same scenario (use, put with a body holding CR LF and NUL, watch/ignore,
 reserve, stats-job, release, bury, kick, kick-job, touch, delete, peek of a
 missing job, pause-tube, list-tubes, a 65,535-byte job, a job one byte too
-big, stats) and prints one JSON line per step.  The script runs against
+big, a reserve while holding a job with TTR 1 s (DEADLINE_SOON), stats) and
+prints one JSON line per step.  The script runs against
 /usr/bin/beanstalkd and against bsnode, each fresh; after dropping what
 differs between any two runs (pids, uptimes, CPU times, the server id), the
 two transcripts must be the same.  Without beanstalkd, bsnode's transcript
