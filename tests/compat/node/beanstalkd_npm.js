@@ -66,6 +66,16 @@ async function scenario() {
     show('drain', got);
     await client.delete(got[0]);
   }
+  // a worker on its own connection blocks in reserve until a job is put
+  const worker = new Beanstalkd('127.0.0.1', Number(process.argv[2]));
+  await worker.connect();
+  await worker.watch('compat-a');
+  await worker.ignore('default');
+  const waiting = worker.reserve();
+  await attempt('put for worker', () => client.put(2, 0, 60, 'wake'));
+  const woke = await waiting;
+  show('worker reserve', woke);
+  await attempt('worker delete', () => worker.delete(woke[0]));
   const big = Buffer.alloc(65535, 'x');
   for (let i = 0; i < big.length; i += 7) big[i] = i % 251;
   const bigId = await client.put(1, 0, 60, big);
@@ -78,6 +88,7 @@ async function scenario() {
   await attempt('deadline soon', () => client.reserveWithTimeout(1));
   await attempt('delete ttr 1', () => client.delete(soonId));
   await attempt('stats', () => client.stats());
+  await worker.quit();
   await client.quit();
 }
 

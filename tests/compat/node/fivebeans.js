@@ -6,10 +6,18 @@ const fivebeans = require('fivebeans');
 const port = Number(process.argv[2]);
 const client = new fivebeans.client('127.0.0.1', port);
 
-function call(name, ...args) {
+function on(c, name, ...args) {
   return new Promise((resolve) => {
-    client[name](...args, (err, ...res) => resolve(err ? { error: String(err) } : res));
+    c[name](...args, (err, ...res) => resolve(err ? { error: String(err) } : res));
   });
+}
+
+function call(name, ...args) {
+  return on(client, name, ...args);
+}
+
+function connected(c) {
+  return new Promise((resolve, reject) => c.on('connect', resolve).on('error', reject).connect());
 }
 
 function show(step, value) {
@@ -56,6 +64,16 @@ async function scenario() {
     show('drain', [got[0], got[1]]);
     show('drain delete', await call('destroy', got[0]));
   }
+  // a worker on its own connection blocks in reserve until a job is put
+  const worker = new fivebeans.client('127.0.0.1', port);
+  await connected(worker);
+  await on(worker, 'watch', 'compat-a');
+  await on(worker, 'ignore', 'default');
+  const waiting = on(worker, 'reserve');
+  show('put for worker', await call('put', 2, 0, 60, 'wake'));
+  const woke = await waiting;
+  show('worker reserve', woke);
+  show('worker delete', await on(worker, 'destroy', woke[0]));
   const big = Buffer.alloc(65535, 'x');
   for (let i = 0; i < big.length; i += 7) big[i] = i % 251;
   const [bigId] = await call('put', 1, 0, 60, big);
@@ -68,6 +86,7 @@ async function scenario() {
   show('deadline soon', await call('reserve_with_timeout', 1));
   show('delete ttr 1', await call('destroy', soonId));
   show('stats', await call('stats'));
+  worker.end();
   client.end();
 }
 
