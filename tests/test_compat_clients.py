@@ -4,7 +4,8 @@ Each script in tests/compat/ drives one published client library through the
 same scenario (use, put with a body holding CR LF and NUL, watch/ignore,
 reserve, stats-job, release, bury, kick, kick-job, touch, delete, peek of a
 missing job, pause-tube, list-tubes, a 65,535-byte job, a job one byte too
-big, a reserve while holding a job with TTR 1 s (DEADLINE_SOON), stats) and
+big, a reserve while holding a job with TTR 1 s (DEADLINE_SOON), stats; the
+node clients also block a second connection in reserve until a job is put) and
 prints one JSON line per step.  The script runs against
 /usr/bin/beanstalkd and against bsnode, each fresh; after dropping what
 differs between any two runs (pids, uptimes, CPU times, the server id), the
@@ -35,7 +36,8 @@ COMPAT = Path(__file__).parent / "compat"
 NODE_MODULES = COMPAT / "node" / "node_modules"
 RUN_DEADLINE = 60.0  # seconds for one scenario; each takes well under one
 
-# Values that differ between any two runs of the same server.
+# Values that differ between any two runs of the same server (and
+# total-connections: starting beanstalkd, the harness connects once to see it listen).
 VOLATILE = {
     "pid", "uptime", "rusage-utime", "rusage-stime", "hostname", "os",
     "age", "time-left", "time_left", "total-connections",
@@ -116,17 +118,13 @@ def _against(start, argv) -> list:
         return _transcript(argv, server)
 
 
-def _steps(transcript: list) -> dict:
-    return {step: value for step, value in transcript}
-
-
 @pytest.mark.parametrize("name", sorted(CLIENTS))
 def test_client_sees_the_same_as_on_beanstalkd(name):
     argv, installed, how = CLIENTS[name]
     if not installed():
         pytest.skip(f"{name} is not installed ({how})")
     ours = _against(start_bsnode, argv)
-    steps = _steps(ours)
+    steps = dict(ours)  # step name -> what the client saw (the last, if repeated)
 
     # What every client must see, with or without the reference server.
     assert "crash" not in steps
