@@ -131,7 +131,8 @@ def test_client_sees_the_same_as_on_beanstalkd(name):
     assert steps["reserve"][-1] == "776f726c64"  # "world": pri 5 before pri 10
     assert steps["big"] == [True, 65535, True]  # the same 65,535 bytes came back
     assert "JOB_TOO_BIG" in json.dumps(steps["too big"])
-    assert "DEADLINE" in json.dumps(steps["deadline soon"]).upper()  # TTR 1 s, reserved
+    if steps["in time"]:  # else the client stalled past the TTR (see _timed)
+        assert "DEADLINE" in json.dumps(steps["deadline soon"]).upper()
     drained = [v for s, v in ours if s == "drain"]
     assert any(v[-1] == "610d0a6200ff" for v in drained), \
         "the body with CR LF, NUL and 0xFF did not come back whole"
@@ -139,4 +140,14 @@ def test_client_sees_the_same_as_on_beanstalkd(name):
     if not HAVE_BEANSTALKD:
         return
     theirs = _against(start_beanstalkd, argv)
-    assert ours == theirs
+    assert _timed(ours, theirs) == _timed(theirs, ours)
+
+
+def _timed(transcript: list, other: list) -> list:
+    """The DEADLINE_SOON step holds only if the client's reserve and its next
+    reserve reached the server within the job's 1 s TTR; each script says
+    whether they did ("in time").  When either run stalled that long, the
+    step is left out of both."""
+    if dict(transcript)["in time"] and dict(other)["in time"]:
+        return transcript
+    return [entry for entry in transcript if entry[0] not in ("deadline soon", "in time")]

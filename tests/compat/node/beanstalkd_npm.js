@@ -83,11 +83,13 @@ async function scenario() {
   show('big', [gotId === bigId, gotBody.length, Buffer.compare(gotBody, big) === 0]);
   await client.delete(gotId);
   await attempt('too big', () => client.put(1, 0, 60, Buffer.alloc(65536, 'y')));
+  await attempt('stats', () => client.stats());
   const soonId = await client.put(1, 0, 1, 'soon');
+  const sent = performance.now();
   await attempt('reserve ttr 1', () => client.reserve());
   await attempt('deadline soon', () => client.reserveWithTimeout(1));
+  show('in time', performance.now() - sent < 500);  // TTR 1 s: a stall would expire it
   await attempt('delete ttr 1', () => client.delete(soonId));
-  await attempt('stats', () => client.stats());
   await worker.quit();
   await client.quit();
 }

@@ -81,11 +81,13 @@ async function scenario() {
   show('big', [gotId === bigId, gotBody.length, Buffer.compare(gotBody, big) === 0]);
   show('big delete', await call('destroy', gotId));
   show('too big', await call('put', 1, 0, 60, Buffer.alloc(65536, 'y')));
+  show('stats', await call('stats'));
   const [soonId] = await call('put', 1, 0, 1, 'soon');
+  const sent = performance.now();
   show('reserve ttr 1', await call('reserve'));
   show('deadline soon', await call('reserve_with_timeout', 1));
+  show('in time', performance.now() - sent < 500);  // TTR 1 s: a stall would expire it
   show('delete ttr 1', await call('destroy', soonId));
-  show('stats', await call('stats'));
   worker.end();
   client.end();
 }

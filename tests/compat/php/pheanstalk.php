@@ -74,8 +74,10 @@ $got = $p->reserve();
 show('big', [$got->getId() === $bigId, strlen($got->getData()), $got->getData() === $big]);
 $p->delete($got);
 attempt('too big', fn() => $p->put(str_repeat('y', 65536), 1, 0, 60)->getId());
+attempt('stats', fn() => $p->stats()->getArrayCopy());
 $soon = $p->put('soon', 1, 0, 1);
+$sent = microtime(true);
 attempt('reserve ttr 1', fn() => job($p->reserve()));
 attempt('deadline soon', fn() => job($p->reserveWithTimeout(1)));
+show('in time', microtime(true) - $sent < 0.5);  // TTR 1 s: a stall would expire it
 attempt('delete ttr 1', function () use ($p, $soon) { $p->delete($soon); return 'ok'; });
-attempt('stats', fn() => $p->stats()->getArrayCopy());

@@ -3,6 +3,7 @@ line per step.  usage: python beanstalkc_scenario.py PORT"""
 
 import json
 import sys
+import time
 
 import beanstalkc
 import yaml
@@ -74,9 +75,11 @@ got = c.reserve()
 show("big", [got.jid == big_id, len(got.body), got.body == big])
 got.delete()
 attempt("too big", lambda: c.put("y" * 65536, priority=1, ttr=60))
+attempt("stats", lambda: c.stats())
 soon = c.put("soon", priority=1, ttr=1)
+sent = time.monotonic()
 attempt("reserve ttr 1", lambda: job(c.reserve()))
 attempt("deadline soon", lambda: job(c.reserve(timeout=1)))
+show("in time", time.monotonic() - sent < 0.5)  # TTR 1 s: a stall would expire it
 attempt("delete ttr 1", lambda: c.delete(soon))
-attempt("stats", lambda: c.stats())
 c.close()

@@ -3,6 +3,7 @@ usage: python pystalk_scenario.py PORT"""
 
 import json
 import sys
+import time
 
 from pystalk import BeanstalkClient
 from pystalk.client import BeanstalkError
@@ -70,9 +71,11 @@ got = c.reserve_job(timeout=5)
 show("big", [got.job_id == big_id, len(got.job_data), got.job_data == big])
 c.delete_job(got.job_id)
 attempt("too big", lambda: c.put_job(b"y" * 65536, pri=1, ttr=60))
+attempt("stats", lambda: c.stats())
 _, soon = c.put_job(b"soon", pri=1, ttr=1)
+sent = time.monotonic()
 attempt("reserve ttr 1", lambda: job(c.reserve_job(timeout=5)))
 attempt("deadline soon", lambda: job(c.reserve_job(timeout=1)))
+show("in time", time.monotonic() - sent < 0.5)  # TTR 1 s: a stall would expire it
 attempt("delete ttr 1", lambda: c.delete_job(soon))
-attempt("stats", lambda: c.stats())
 c.close()

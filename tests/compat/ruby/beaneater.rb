@@ -67,9 +67,11 @@ got = bs.tubes.reserve
 show 'big', [got.id == big_id, got.body.bytesize, got.body.b == big]
 got.delete
 attempt('too big') { tube.put('y' * 65_536, pri: 1, delay: 0, ttr: 60) }
+attempt('stats') { bs.tubes.transmit('stats')[:body] }
 soon = tube.put('soon', pri: 1, delay: 0, ttr: 1)
+sent = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 attempt('reserve ttr 1') { job(bs.tubes.reserve) }
 attempt('deadline soon') { job(bs.tubes.reserve(1)) }
+show 'in time', Process.clock_gettime(Process::CLOCK_MONOTONIC) - sent < 0.5 # TTR 1 s: a stall would expire it
 attempt('delete ttr 1') { bs.jobs.find(soon[:id]).delete }
-attempt('stats') { bs.tubes.transmit('stats')[:body] }
 bs.close
