@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 import click
+from bsclient import Ring
+from bsclient.consume import check_tube
+from bsclient.errors import BadFormatError
 from bscluster import control
 from bscluster.config import (
     DEFAULT_CONFIG_PATH,
@@ -362,6 +365,47 @@ def stats(config_file, data_dir, as_json) -> None:
     _, _, nodes, reports = _look(config_file, data_dir)
     result = cluster_stats({n: i["address"] for n, i in nodes.items()}, reports)
     click.echo(json.dumps(result, indent=2) if as_json else render_stats(result))
+
+
+@cli.command()
+@config_option
+@_NODE_OPTIONS[0]
+@_NODE_OPTIONS[1]
+@_NODE_OPTIONS[2]
+@click.argument("tubes", nargs=-1, required=True, metavar="TUBE...")
+@click.option("--ketama", is_flag=True,
+              help="libketama's continuum, as ClusterClient(..., ketama=True).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def route(config_file, tubes, ketama, as_json, **flags) -> None:
+    """Which node owns each TUBE, and where its jobs go when that node is down.
+
+    The mapping every ClusterClient built from this config uses: for clients in
+    other languages (point each tube's producers and workers at its node) and
+    for finding a tube. FAILOVER lists the other nodes in the order a client
+    tries them. Needs no running cluster.
+    """
+    config = _load(config_file, flags)
+    for tube in tubes:
+        try:
+            check_tube(tube)
+        except BadFormatError:
+            raise click.UsageError(f"{tube!r} is not a valid tube name (1-200 of A-Z a-z "
+                                   f"0-9 - + / ; . $ _ ( ), not starting with -)") from None
+    nodes = {n.name: n for n in config.nodes}
+    ring = Ring({name: n.weight for name, n in nodes.items()}, ketama=ketama)
+    rows = []
+    for tube in tubes:
+        owner, *failover = ring.preference(tube)
+        rows.append({"tube": tube, "node": owner, "address": nodes[owner].address,
+                     "failover": failover})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len("TUBE"), *(len(t) for t in tubes))
+    click.echo(f"{'TUBE':<{width}}  NODE     ADDRESS                FAILOVER")
+    for r in rows:
+        click.echo(f"{r['tube']:<{width}}  {r['node']:<7}  {r['address']:<21}  "
+                   f"{' '.join(r['failover'])}")
 
 
 # --- changing ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import socket
 
 import pytest
+from bsclient import ClusterClient
 from bscluster.cli import cli
 from bscluster.config import load_config
 from click.testing import CliRunner
@@ -208,3 +209,61 @@ def test_listening_beyond_loopback_warns(runner):
     assert r.exit_code == 1
     assert "warning: nodes listen on 0.0.0.0; the beanstalkd protocol has no authentication" \
         in r.output
+
+
+# --- route: the ring, for clients in other languages ----------------------------------
+ROUTE_CONFIG = """
+[cluster]
+nodes = 4
+base_port = 21000
+[nodes.node3]
+host = "127.0.0.3"
+weight = 3
+"""
+TUBES = [f"tube-{i}" for i in range(200)]
+
+
+def _routes(runner, *args) -> list[dict]:
+    r = runner.invoke(cli, ["route", "--json", *args, *TUBES])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def test_route_is_the_mapping_cluster_clients_use(runner, tmp_path):
+    (tmp_path / "bscluster.toml").write_text(ROUTE_CONFIG)
+    for ketama, flags in ((False, ()), (True, ("--ketama",))):
+        cc = ClusterClient.from_config(tmp_path / "bscluster.toml", ketama=ketama)
+        try:
+            routes = _routes(runner, *flags)
+            assert [r["tube"] for r in routes] == TUBES
+            for r in routes:
+                assert r["node"] == cc.node_for(r["tube"])
+                assert r["address"] == {"node1": "127.0.0.1:21000", "node2": "127.0.0.1:21001",
+                                        "node3": "127.0.0.3:21002",
+                                        "node4": "127.0.0.1:21003"}[r["node"]]
+                assert sorted([r["node"], *r["failover"]]) == ["node1", "node2", "node3", "node4"]
+            owners = [r["node"] for r in routes]
+            assert owners.count("node3") > max(owners.count(n) for n in ("node1", "node2", "node4"))
+        finally:
+            cc.close()
+    assert _routes(runner) != _routes(runner, "--ketama")  # two different rings
+
+
+def test_route_text_and_flags_without_a_config_file(runner):
+    r = runner.invoke(cli, ["route", "--nodes", "2", "--base-port", "30000", "emails", "thumbs"])
+    assert r.exit_code == 0, r.output
+    header, *rows = r.output.splitlines()
+    assert header.split() == ["TUBE", "NODE", "ADDRESS", "FAILOVER"]
+    assert [row.split()[0] for row in rows] == ["emails", "thumbs"]
+    for row in rows:
+        tube, node, address, other = row.split()
+        assert address == {"node1": "127.0.0.1:30000", "node2": "127.0.0.1:30001"}[node]
+        assert {node, other} == {"node1", "node2"}
+
+
+@pytest.mark.parametrize("bad", ["-starts-with-dash", "has space", "x" * 201, "tab\there"])
+def test_route_refuses_a_name_no_node_would_take(runner, bad):
+    r = runner.invoke(cli, ["route", "--nodes", "2", "--", "fine", bad])
+    assert r.exit_code == 2
+    assert "is not a valid tube name" in r.output
+    assert "FAILOVER" not in r.output  # nothing routed before the refusal
