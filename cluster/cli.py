@@ -369,7 +369,7 @@ def stats(config_file, data_dir, as_json) -> None:
 
 @cli.command()
 @config_option
-@_NODE_OPTIONS[0]
+@_NODE_OPTIONS[0]  # --nodes, --host, --base-port: the options that say where nodes are
 @_NODE_OPTIONS[1]
 @_NODE_OPTIONS[2]
 @click.argument("tubes", nargs=-1, required=True, metavar="TUBE...")
@@ -401,11 +401,12 @@ def route(config_file, tubes, ketama, as_json, **flags) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    width = max(len("TUBE"), *(len(t) for t in tubes))
-    click.echo(f"{'TUBE':<{width}}  NODE     ADDRESS                FAILOVER")
-    for r in rows:
-        click.echo(f"{r['tube']:<{width}}  {r['node']:<7}  {r['address']:<21}  "
-                   f"{' '.join(r['failover'])}")
+    widths = [max(len(head), *(len(r[key]) for r in rows))
+              for head, key in (("TUBE", "tube"), ("NODE", "node"), ("ADDRESS", "address"))]
+    for cells in [("TUBE", "NODE", "ADDRESS", "FAILOVER")] + [
+            (r["tube"], r["node"], r["address"], " ".join(r["failover"])) for r in rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(cells[:3], widths, strict=True))
+                   + "  " + cells[3])
 
 
 # --- changing ------------------------------------------------------------------------
