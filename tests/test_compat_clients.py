@@ -7,7 +7,8 @@ missing job, pause-tube, list-tubes, a 65,535-byte job, a job one byte too
 big, a reserve while holding a job with TTR 1 s (DEADLINE_SOON), stats; the
 node clients also block a second connection in reserve until a job is put) and
 prints one JSON line per step.  The script runs against
-/usr/bin/beanstalkd and against bsnode, each fresh; after dropping what
+/usr/bin/beanstalkd and against bsnode, each fresh and with no connection made
+before the client's (tests/differential/pristine.py); after dropping what
 differs between any two runs (pids, uptimes, CPU times, the server id), the
 two transcripts must be the same.  Without beanstalkd, bsnode's transcript
 is still checked for the facts every client must see.
@@ -28,7 +29,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from servers import HAVE_BEANSTALKD, start_beanstalkd, start_bsnode
+from differential.pristine import start_pristine_beanstalkd, start_pristine_bsnode
+from servers import HAVE_BEANSTALKD
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +38,10 @@ COMPAT = Path(__file__).parent / "compat"
 NODE_MODULES = COMPAT / "node" / "node_modules"
 RUN_DEADLINE = 60.0  # seconds for one scenario; each takes well under one
 
-# Values that differ between any two runs of the same server (and
-# total-connections: starting beanstalkd, the harness connects once to see it listen).
+# Values that differ between any two runs of the same server.
 VOLATILE = {
     "pid", "uptime", "rusage-utime", "rusage-stime", "hostname", "os",
-    "age", "time-left", "time_left", "total-connections",
+    "age", "time-left", "time_left",
 }
 
 
@@ -123,7 +124,7 @@ def test_client_sees_the_same_as_on_beanstalkd(name):
     argv, installed, how = CLIENTS[name]
     if not installed():
         pytest.skip(f"{name} is not installed ({how})")
-    ours = _against(start_bsnode, argv)
+    ours = _against(start_pristine_bsnode, argv)
     steps = dict(ours)  # step name -> what the client saw (the last, if repeated)
 
     # What every client must see, with or without the reference server.
@@ -139,7 +140,7 @@ def test_client_sees_the_same_as_on_beanstalkd(name):
 
     if not HAVE_BEANSTALKD:
         return
-    theirs = _against(start_beanstalkd, argv)
+    theirs = _against(start_pristine_beanstalkd, argv)
     assert _timed(ours, theirs) == _timed(theirs, ours)
 
 

@@ -30,8 +30,8 @@ from servers import (
     START_DEADLINE,
     Server,
     _drain,
-    bsnode_command,
     free_port,
+    start_bsnode,
 )
 
 _ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
@@ -63,20 +63,8 @@ def _spawn(argv: list[str]) -> subprocess.Popen:
 
 
 def start_pristine_bsnode(*flags: str) -> Server:
-    """bsnode on a port of its choosing (it reports it on stderr)."""
-    proc = _spawn(bsnode_command() + ["-l", "127.0.0.1", "-p", "0", *flags])
-    lines: deque = deque(maxlen=200)
-    found = threading.Event()
-    port: list = []
-    threading.Thread(target=_drain, args=(proc.stderr, lines, found, port), daemon=True).start()
-    deadline = time.monotonic() + START_DEADLINE
-    while not found.wait(0.05):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            raise RuntimeError("bsnode did not start: " + " | ".join(lines))
-    return Server("bsnode", proc, port[0], lines)
+    """bsnode on a port of its choosing (it reports it on stderr: no probe)."""
+    return start_bsnode(*flags, env=_ENV)
 
 
 def start_pristine_beanstalkd(*flags: str) -> Server:
