@@ -11,6 +11,7 @@ from .errors import (
     BadFormatError,
     BeanstalkError,
     BuriedError,
+    ConcurrentUseError,
     ConnectionLostError,
     DeadlineSoonError,
     DrainingError,
@@ -35,6 +36,6 @@ __all__ = [
     "BeanstalkError", "ReplyError", "NotFoundError", "BuriedError", "DeadlineSoonError",
     "TimedOutError", "JobTooBigError", "DrainingError", "BadFormatError",
     "UnknownCommandError", "ExpectedCrlfError", "OutOfMemoryError", "InternalError",
-    "NotIgnoredError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
+    "NotIgnoredError", "ConcurrentUseError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
     "UnexpectedReplyError",
 ]

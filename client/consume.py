@@ -63,7 +63,7 @@ from .session import Conn, Session
 HOT_WAIT = 20  # seconds one blocking reserve on a hot node may last
 SWEEP_SECONDS = 0.5  # cold nodes are polled this often by a waiting consumer
 HOLD_TOUCH_AFTER = 0.5  # a buffered job older than this is touched before it is handed out
-POLL_GRACE = 1.0  # seconds past the deadline a call waits for polls still unanswered
+POLL_GRACE = 0.5  # seconds past the deadline a call waits for polls still unanswered
 MAX_WAKE = 1.0  # the wait loop looks at deadlines and health at least this often
 
 
