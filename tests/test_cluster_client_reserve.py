@@ -100,7 +100,7 @@ def test_a_job_on_a_hot_node_wakes_a_consumer_waiting_on_four(nodes4, prefix):
     probe = ClusterClient(nodes4)
     tubes = [tube_owned_by(probe, n, prefix) for n in NAMES]
     with ClusterClient(nodes4, watch=tubes) as cc:
-        for name, tube in zip(NAMES, tubes):
+        for name, tube in zip(NAMES, tubes, strict=True):
             t, got, errors = in_thread(lambda: cc.reserve(timeout=10))
             wait_until(lambda n=name: node_stats(nodes4, "current-waiting")[n] >= 1,
                        what=f"a reserve waiting on {name}")
