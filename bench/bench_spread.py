@@ -40,10 +40,9 @@ from contextlib import ExitStack
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from bsclient import ClusterClient  # noqa: E402
 from harness import find_loadgen  # noqa: E402
 from servers import start_bsnode  # noqa: E402
-
-from bsclient import ClusterClient  # noqa: E402
 
 TUBE = "hot"
 
