@@ -42,6 +42,7 @@ class Conn:
 
     client: Client
     pending: bool = False  # a reserve is in flight
+    secs: int = 0  # its wait (0: a poll)
     due: float = 0.0  # its reply is overdue after this (clock time): the node hangs
     skip: int = 0  # WATCHING replies to read before the reserve's own
     watch_gen: int = -1  # the session watch list last sent on it
@@ -59,7 +60,8 @@ class Session:
         self.watching = list(watch)
         self.watch_gen = 0
         self.buffer: deque[tuple[Job, Conn, float]] = deque()
-        self.warm: set[str] = set()  # non-hot nodes that just gave a job: asked every round
+        self.warm: set[str] = set()  # nodes that just gave a job: asked every round
+        self.empty_at: dict[str, float] = {}  # when a node last had no job for us
         self.next_sweep = 0.0  # when the non-hot nodes are asked next
         self.put_turn = 0  # rotation over a spread tube's nodes
         self.last_node = -1  # index of the node the last handed-out job came from
@@ -181,6 +183,12 @@ class Session:
     def give_back(self) -> int:
         """Return buffered jobs to their nodes by closing the connections that hold
         nothing else (the node keeps each job's priority); how many were returned."""
+        for conns in self.conns.values():
+            for conn in conns:
+                if conn.pending and conn.secs == 0:
+                    self.settle(conn)  # a poll: its answer is on its way
+                elif conn.pending and not conn.held:
+                    self.lost(conn)  # closing cancels a blocking reserve
         returned = 0
         for conn in {id(c): c for _, c, _ in self.buffer}.values():
             mine = [job.id for job, c, _ in self.buffer if c is conn]
