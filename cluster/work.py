@@ -145,7 +145,6 @@ def _source(server: str | None, config_file: str | None):
               help="Failures log at warning, starts and stops at info.")
 def work(target, tubes, concurrency, mode, config_file, server, max_attempts, on_exhausted,
          backoff, backoff_max, grace, tracebacks, log_level) -> None:
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     source, where = _source(server, config_file)
     if mode == "gevent":
         from gevent import monkey
@@ -159,6 +158,7 @@ def work(target, tubes, concurrency, mode, config_file, server, max_attempts, on
                         backoff=retry.Backoff(backoff, backoff_max), tracebacks=tracebacks)
     except (ValueError, TypeError) as e:
         raise click.ClickException(str(e)) from None
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("bscluster.work").info(
         "working: %s on tube(s) %s of %s, %d %s slot(s), pid %d; SIGTERM or Ctrl-C stops",
         target, ", ".join(tubes), where, concurrency, mode, os.getpid())
