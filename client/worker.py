@@ -71,6 +71,7 @@ SIGNAL_POLL = 0.1  # seconds between run()'s looks at recorded signals
 LOCK_WAIT = 1.0  # seconds stop(now=True) waits for a slot busy with a touch
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 MODES = tuple(RUNTIMES)
+PAST = {retry.RELEASE: "released", retry.BURY: "buried", retry.DELETE: "deleted"}  # counts
 
 log = logging.getLogger("bsclient.worker")
 
@@ -260,7 +261,7 @@ class Slot:
             self.client.delete(job)
             outcome = f"deleted ({action.why})"
         self.counts["failed"] += 1
-        self.counts[action.kind] += 1
+        self.counts[PAST[action.kind]] += 1
         of = "" if policy.max_attempts is None else f" of {policy.max_attempts}"
         log.warning("job %s in tube %s failed on attempt %d%s: %s: %s; %s",
                     job.handle, stats.get("tube", "?"), attempt, of, type(error).__name__,
@@ -460,10 +461,11 @@ class Worker:
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        busy = self.busy()
         if not self.stopping.is_set():
-            log.info("%s: stopping after %d running handler(s) finish; taking no new jobs "
-                     "(%s again to stop now)", name, self.busy(), name)
-            self.stop()
+            self.stop()  # before the line: whoever reads it may count on the stop
+            log.info("%s: stopping gracefully: no new jobs, waiting for %d running "
+                     "handler(s) (%s again: stop now)", name, busy, name)
         elif not self.forced:
-            log.warning("%s again: stopping now, handing back %d job(s)", name, self.busy())
             self.stop(now=True)
+            log.warning("%s again: stopped now, %d job(s) handed back", name, busy)

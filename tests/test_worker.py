@@ -164,6 +164,20 @@ def run_until(worker: Worker, event: threading.Event) -> None:
     assert worker.running() == 0
 
 
+def taken_back(server, tube: str, *job_ids: int) -> dict:
+    """The stats of jobs handed back by a closed connection, once the node has put them back.
+
+    The node sees the close a moment after the worker made it, so the jobs are
+    reserved here (which waits for exactly that), all on one connection, and
+    that connection closed again.  With one job, its stats; else {id: stats}.
+    """
+    with Client(f"127.0.0.1:{server.port}", watch=tube) as c:
+        jobs = [c.reserve(timeout=WAIT) for _ in job_ids]
+        assert sorted(job.id for job in jobs) == sorted(job_ids)
+        stats = {job.id: c.stats_job(job) for job in jobs}
+    return stats[job_ids[0]] if len(job_ids) == 1 else stats
+
+
 def test_success_deletes_every_job(node):
     c = producer(node)
     ids = [c.put(f"job {i}".encode()) for i in range(6)]
@@ -228,7 +242,7 @@ def test_exhausted_jobs_can_be_deleted_instead(node):
     run_until(w, calls.reached)
     with pytest.raises(NotFoundError):
         c.stats_job(job_id)
-    assert w.counts["delete"] == 1
+    assert w.counts["deleted"] == 1
 
 
 def test_handler_chooses_retry_delay_or_bury(node):
@@ -306,8 +320,8 @@ def test_a_job_reserved_after_the_stop_is_handed_back_untouched(node):
     w.start()
     assert w.join(WAIT)
     assert calls.bodies == []
-    st = c.stats_job(job_id)
-    assert (st["state"], st["reserves"], st["releases"], st["pri"]) == ("ready", 1, 0, 5)
+    st = taken_back(node, "t", job_id)
+    assert (st["reserves"], st["releases"], st["timeouts"], st["pri"]) == (2, 0, 0, 5)
 
 
 def test_stop_now_hands_back_the_job_of_a_running_handler(node):
@@ -324,12 +338,61 @@ def test_stop_now_hands_back_the_job_of_a_running_handler(node):
     try:
         assert started.wait(WAIT)
         w.stop(now=True)
-        st = c.stats_job(job_id)
-        assert (st["state"], st["releases"]) == ("ready", 0)
+        st = taken_back(node, "t", job_id)
+        assert (st["reserves"], st["releases"], st["timeouts"]) == (2, 0, 0)
     finally:
         finish.set()
     assert w.join(WAIT)
-    assert c.stats_job(job_id)["state"] == "ready"  # the abandoned handler's end settles nothing
+    assert w.counts["done"] == w.counts["lost"] == 0  # the abandoned handler's end settled nothing
+
+
+def run_in_thread(worker: Worker, **kwargs) -> tuple[threading.Thread, list]:
+    result: list = []
+    runner = threading.Thread(target=lambda: result.append(worker.run(signals=False, **kwargs)),
+                              daemon=True)
+    runner.start()
+    return runner, result
+
+
+def test_grace_turns_a_graceful_stop_into_stop_now(node):
+    c = producer(node)
+    job_id = c.put(b"stuck")
+    started, finish = threading.Event(), threading.Event()
+
+    def stuck(job):
+        started.set()
+        finish.wait(WAIT)
+
+    w = Worker(nodes_of(node), stuck, ["t"])
+    runner, result = run_in_thread(w, grace=0.5)
+    try:
+        assert started.wait(WAIT)
+        w.stop()
+        runner.join(WAIT)
+        assert result == [False]  # not every handler finished
+        st = taken_back(node, "t", job_id)
+        assert (st["releases"], st["timeouts"]) == (0, 0)
+    finally:
+        finish.set()
+
+
+def test_stop_now_ends_run_while_a_slot_waits_on_a_hung_node(node):
+    producer(node).put(b"one")
+    calls = Calls(1)
+    w = Worker(nodes_of(node), calls, ["t"])
+    runner, result = run_in_thread(w)
+    assert calls.reached.wait(WAIT)  # the slot now deletes, then reserves again
+    node.signal(signal.SIGSTOP)
+    try:
+        w.stop()
+        runner.join(2)  # the slot's reserve waits for a reply that does not come
+        assert runner.is_alive(), "the graceful stop should wait for the hung reserve"
+        w.stop(now=True)
+        runner.join(WAIT)
+        assert result == [False]
+    finally:
+        node.signal(signal.SIGCONT)
+    assert w.join(WAIT)  # once the node answers, the slot ends too
 
 
 class LogEvent(logging.Handler):
@@ -451,7 +514,7 @@ def test_sigterm_finishes_the_running_handler_and_takes_nothing_new(node, projec
             thief.reserve(timeout=TTR + 1)
         assert c.stats_job(first)["timeouts"] == 0
         worker.proc.send_signal(signal.SIGTERM)
-        worker.wait_line("stopping after 1 running handler(s) finish")
+        worker.wait_line("stopping gracefully: no new jobs, waiting for 1 running handler(s)")
         later = [c.put(b"after the stop") for _ in range(2)]
         Client(addr, use="go").put(b"go")
         assert worker.proc.wait(WAIT) == 0, "\n".join(worker.lines)
@@ -459,10 +522,8 @@ def test_sigterm_finishes_the_running_handler_and_takes_nothing_new(node, projec
         worker.close()
     with pytest.raises(NotFoundError):
         c.stats_job(first)  # finished and deleted
-    for job_id in later:  # not taken, or handed back untouched
-        st = c.stats_job(job_id)
-        assert (st["state"], st["releases"], st["timeouts"]) == ("ready", 0, 0)
-    assert c.stats_tube("work")["current-jobs-reserved"] == 0
+    for st in taken_back(node, "work", *later).values():  # not taken, or handed back untouched
+        assert (st["releases"], st["timeouts"]) == (0, 0)
     assert "stopped: done 1" in worker.lines[-1]
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", worker.lines[-1])
 
@@ -478,14 +539,14 @@ def test_second_signal_stops_now_and_hands_the_job_back(node, project, mode):
     try:
         watcher.delete(watcher.reserve(timeout=WAIT))
         worker.proc.send_signal(signal.SIGTERM)
-        worker.wait_line("stopping after")
+        worker.wait_line("stopping gracefully")
         worker.proc.send_signal(signal.SIGINT)
         assert worker.proc.wait(WAIT) == EXIT_FORCED, "\n".join(worker.lines)
     finally:
         worker.close()
-    worker.wait_line("SIGINT again: stopping now, handing back 1 job(s)")
-    st = c.stats_job(job_id)
-    assert (st["state"], st["releases"], st["pri"]) == ("ready", 0, 9)
+    worker.wait_line("SIGINT again: stopped now, 1 job(s) handed back")
+    st = taken_back(node, "work", job_id)
+    assert (st["reserves"], st["releases"], st["pri"]) == (2, 0, 9)
 
 
 # --- the command's errors -------------------------------------------------------------
