@@ -58,6 +58,7 @@ from . import retry
 from .client import DEFAULT_TUBE, Job
 from .cluster import ClusterClient
 from .config import read_config_file
+from .consume import check_tube
 from .errors import ConnectionLostError, DeadlineSoonError, NotFoundError, TimedOutError
 from .retry import Policy
 from .worker_runtime import RUNTIMES, Runtime, make_runtime
@@ -366,7 +367,8 @@ class Worker:
             raise ValueError("concurrency must be >= 1")
         if reserve_timeout < 0:
             raise ValueError("reserve_timeout must be >= 0 seconds")
-        self.tubes = [tubes] if isinstance(tubes, str) else list(dict.fromkeys(tubes))
+        tubes = [tubes] if isinstance(tubes, str) else list(dict.fromkeys(tubes))
+        self.tubes = [check_tube(tube) for tube in tubes]
         if not self.tubes:
             raise ValueError("a worker needs at least one tube")
         self.handler = handler
@@ -441,10 +443,17 @@ class Worker:
         second one stops now.  ``grace`` seconds after a graceful stop began,
         the stop becomes ``stop(now=True)``.
         """
-        if signals:
-            for sig in STOP_SIGNALS:
-                self.runtime.on_signal(sig, self._signals.append)
-        self.start()
+        undo = [self.runtime.on_signal(sig, self._signals.append)
+                for sig in (STOP_SIGNALS if signals else ())]
+        try:
+            self.start()
+            self._serve(grace)
+        finally:
+            for restore in undo:
+                restore()
+        return not self.forced
+
+    def _serve(self, grace: float | None) -> None:
         stop_began = None
         while not self.join(SIGNAL_POLL):
             while self._signals:
@@ -457,7 +466,6 @@ class Worker:
                 self.stop(now=True)
             if self.forced:
                 break  # thread handlers may still run; their jobs are back in the queue
-        return not self.forced
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name

@@ -39,7 +39,8 @@ class Runtime:
     def kill(self, tasks: list) -> None:
         """End ``tasks`` now where the mode can (greenlets); threads cannot be."""
 
-    def on_signal(self, signum: int, fn: Callable[[int], None]) -> None:
+    def on_signal(self, signum: int, fn: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``fn(signum)`` on ``signum``; returns a function that undoes this."""
         raise NotImplementedError
 
 
@@ -67,7 +68,8 @@ class Threads(Runtime):
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("Worker.run() handles signals only in the main thread; "
                                "call run(signals=False) elsewhere and stop() it yourself")
-        signal.signal(signum, lambda sig, frame: fn(sig))
+        old = signal.signal(signum, lambda sig, frame: fn(sig))
+        return lambda: signal.signal(signum, old)
 
 
 class Greenlets(Runtime):
@@ -105,7 +107,7 @@ class Greenlets(Runtime):
         self._gevent.killall(tasks, block=False)
 
     def on_signal(self, signum, fn):
-        self._gevent.signal_handler(signum, fn, signum)
+        return self._gevent.signal_handler(signum, fn, signum).cancel
 
 
 RUNTIMES: dict[str, type[Runtime]] = {Threads.name: Threads, Greenlets.name: Greenlets}

@@ -25,6 +25,7 @@ import traceback
 import click
 from bsclient import retry
 from bsclient.client import Client
+from bsclient.errors import BeanstalkError
 from bsclient.worker import DEFAULT_CONCURRENCY, MODES, Worker
 from bscluster.config import ConfigError, load_config
 
@@ -156,7 +157,7 @@ def work(target, tubes, concurrency, mode, config_file, server, max_attempts, on
         worker = Worker(source, handler, tubes, concurrency=concurrency, mode=mode,
                         max_attempts=max_attempts, on_exhausted=on_exhausted,
                         backoff=retry.Backoff(backoff, backoff_max), tracebacks=tracebacks)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, BeanstalkError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("bscluster.work").info(

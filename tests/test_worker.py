@@ -550,6 +550,18 @@ def test_second_signal_stops_now_and_hands_the_job_back(node, project, mode):
 
 
 # --- the command's errors -------------------------------------------------------------
+@pytest.fixture
+def in_project(project, monkeypatch):
+    """In-process `work` runs from the project directory; sys.path and modules restored."""
+    (project / "broken.py").write_text("1 / 0\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("WORKER_TEST_ADDR", "127.0.0.1:1")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(project))])
+    for name in ("handlers", "broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return project
+
+
 @pytest.mark.parametrize("target, code, message", [
     ("nocolon", 2, "is not MODULE:FUNCTION"),
     ("no_such_module_xyz:f", 1, "no module named 'no_such_module_xyz'"),
@@ -557,16 +569,16 @@ def test_second_signal_stops_now_and_hands_the_job_back(node, project, mode):
     ("handlers:ADDR", 1, "is a str, not a function"),
     ("broken:f", 1, "importing 'broken' failed: ZeroDivisionError"),
 ])
-def test_work_command_explains_a_bad_target(project, monkeypatch, target, code, message):
-    (project / "broken.py").write_text("1 / 0\n")
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("WORKER_TEST_ADDR", "127.0.0.1:1")
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(project))])
-    for name in ("handlers", "broken"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+def test_work_command_explains_a_bad_target(in_project, target, code, message):
     result = CliRunner().invoke(work, [target, "--server", "127.0.0.1:1"])
     assert result.exit_code == code, result.output
     assert message in result.output
+
+
+def test_work_command_refuses_a_bad_tube_name(in_project):
+    result = CliRunner().invoke(work, ["handlers:slow", "--server", "127.0.0.1:1",
+                                       "--tube", "bad tube"])
+    assert result.exit_code == 1 and "invalid tube name 'bad tube'" in result.output
 
 
 def test_work_command_refuses_server_and_config_together():
