@@ -365,8 +365,8 @@ class Worker:
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        if reserve_timeout < 0:
-            raise ValueError("reserve_timeout must be >= 0 seconds")
+        if reserve_timeout < 1:  # 0 would poll the nodes in a busy loop
+            raise ValueError("reserve_timeout must be >= 1 second")
         tubes = [tubes] if isinstance(tubes, str) else list(dict.fromkeys(tubes))
         self.tubes = [check_tube(tube) for tube in tubes]
         if not self.tubes:

@@ -465,6 +465,7 @@ class WorkProcess:
             [sys.executable, "-m", "bscluster", "work", *args], cwd=cwd, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.lines: list[str] = []
+        self.eof = False  # the process closed its stderr: every line is in
         self.changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -473,12 +474,14 @@ class WorkProcess:
             with self.changed:
                 self.lines.append(raw.decode(errors="replace").rstrip())
                 self.changed.notify_all()
+        with self.changed:
+            self.eof = True
+            self.changed.notify_all()
 
     def wait_line(self, text: str) -> str:
         with self.changed:
             ok = self.changed.wait_for(
-                lambda: any(text in line for line in self.lines) or self.proc.poll() is not None,
-                WAIT)
+                lambda: any(text in line for line in self.lines) or self.eof, WAIT)
         found = [line for line in self.lines if text in line]
         assert ok and found, f"no {text!r} in the worker's log:\n" + "\n".join(self.lines)
         return found[0]
@@ -524,8 +527,9 @@ def test_sigterm_finishes_the_running_handler_and_takes_nothing_new(node, projec
         c.stats_job(first)  # finished and deleted
     for st in taken_back(node, "work", *later).values():  # not taken, or handed back untouched
         assert (st["releases"], st["timeouts"]) == (0, 0)
-    assert "stopped: done 1" in worker.lines[-1]
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", worker.lines[-1])
+    last = worker.wait_line("stopped: ")
+    assert "stopped: done 1," in last  # the handler's job, and no other
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", last)
 
 
 @pytest.mark.parametrize("mode", ["thread", "gevent"])
