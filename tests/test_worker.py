@@ -441,6 +441,39 @@ def test_connection_loss_is_survived():
     assert calls.bodies == [b"after the outage"]
 
 
+def test_a_node_restart_under_a_running_handler_is_logged_and_the_job_still_settled(tmp_path):
+    """The restarted node has the job ready again: the keeper warns, the result deletes it."""
+    port = free_port()
+    node_args = ("-p", str(port), "-b", str(tmp_path / "binlog"), "-f", "0")
+    server = start_bsnode(*node_args)
+    addr = f"127.0.0.1:{port}"
+    job_id = producer(server).put(b"work", ttr=TTR)
+    started, finish = threading.Event(), threading.Event()
+
+    def slow(job):
+        started.set()
+        assert finish.wait(WAIT)
+
+    w = Worker(lambda: Client(addr, lazy=True), slow, ["t"])
+    with LogEvent("no longer reserved by this worker while its handler runs") as lost:
+        w.start()
+        try:
+            assert started.wait(WAIT)
+            server.kill()
+            server = start_bsnode(*node_args)  # replays the binlog: the job is ready again
+            assert lost.seen.wait(WAIT)
+            finish.set()
+            w.stop()
+            assert w.join(WAIT)
+            with pytest.raises(NotFoundError):
+                producer(server).stats_job(job_id)
+            assert w.counts["done"] == 1
+        finally:
+            finish.set()
+            w.stop()
+            server.stop()
+
+
 # --- `bscluster work` as a subprocess, in both modes ----------------------------------
 HANDLERS = textwrap.dedent("""
     import os
