@@ -54,6 +54,7 @@ from . import protocol as p
 from .client import DEFAULT_TUBE, Client, Job
 from .errors import (
     BadFormatError,
+    ConcurrentUseError,
     ConnectionLostError,
     DeadlineSoonError,
     NoNodeAvailableError,
@@ -246,7 +247,10 @@ class Consumer:
         if first:  # DEADLINE_SOON, and ready jobs, on connections holding ours
             for conn in list(conns):
                 if conn.held and not conn.pending:
-                    self._send(s, member, conn, 0)
+                    try:
+                        self._send(s, member, conn, 0)
+                    except ConcurrentUseError:
+                        continue  # another thread is touching one of its jobs
                     polls.add(conn)
         pending = [conn for conn in conns if conn.pending]
         if pending:

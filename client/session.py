@@ -3,10 +3,12 @@
 How this works
 --------------
 A beanstalkd connection carries state (the used tube, the watch list, the
-jobs it reserved), so connections are never shared between threads: each
-thread, or greenlet under gevent's monkey-patching (``threading.local`` is
-greenlet-local then), gets its own ``Session`` from the ``NodePool``.  Two
-threads that ``use`` different tubes therefore never put into each other's.
+jobs it reserved), so each thread, or greenlet under gevent's
+monkey-patching (``threading.local`` is greenlet-local then), gets its own
+``Session`` from the ``NodePool``.  Two threads that ``use`` different tubes
+therefore never put into each other's.  The one exception: a command on a
+job another thread reserved goes on that thread's connection (the node
+only accepts it there), holding the Client's lock (``Client.exclusive``).
 
 Per node a session keeps a short list of ``Conn`` (at most
 ``MAX_CONNS_PER_NODE``), each one ``Client`` plus what the multiplexed

@@ -2,8 +2,9 @@
 
 A ClusterClient keeps connections, used tube and watch list per thread
 (per greenlet once gevent has patched ``threading``), so sharing one is
-correct; a plain Client is one connection and refuses a second concurrent
-user with ConcurrentUseError instead of mixing up replies.
+correct, and a job is touched or finished on the connection that reserved
+it whichever thread asks; a plain Client is one connection and refuses a
+second concurrent user with ConcurrentUseError instead of mixing up replies.
 """
 
 from __future__ import annotations
@@ -99,22 +100,30 @@ def test_a_new_thread_starts_with_the_creating_threads_tubes(nodes4):
         assert seen == [("shared-start", ["default", "shared-start"])]
 
 
-def test_a_reserved_job_can_only_be_finished_by_its_thread_and_says_so(nodes4):
+def test_another_thread_can_touch_and_finish_a_job_on_the_reserving_connection(nodes4):
+    # a worker's keep-alive thread touches the job its handler thread reserved
     with ClusterClient(nodes4, watch=["owned-by-thread"]) as cc:
-        cc.put(b"x", tube="owned-by-thread")
+        cc.put(b"x", tube="owned-by-thread", ttr=5)
         job = cc.reserve(timeout=5)
-        errors = []
+        before = cc.stats_job(job)["time-left"]
+        errors, done = [], []
 
         def other():
             try:
-                cc.delete(job)
+                cc.touch(job)
+                done.append(cc.stats_job(job)["state"])
+                cc.release(job, priority=3)
+                done.append(cc.stats_job(job)["pri"])
             except Exception as e:  # checked below
                 errors.append(e)
         t = threading.Thread(target=other)
         t.start()
         t.join(10)
-        assert len(errors) == 1 and "reserved by another thread" in str(errors[0])
-        cc.delete(job)  # the reserving thread can
+        assert not errors and done == ["reserved", 3]
+        assert before <= 5
+        again = cc.reserve(timeout=5)  # released, so it can be reserved again
+        assert again.id == job.id
+        cc.delete(again)
 
 
 def test_a_plain_client_refuses_a_second_concurrent_user(nodes4):
