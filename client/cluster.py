@@ -72,7 +72,7 @@ from .pool import (  # noqa: F401 - re-exported
     Member,
     NodePool,
 )
-from .ring import Ring
+from .ring import OWNER_CACHE_SIZE, Ring
 
 JobHandle = Job | str
 
@@ -260,9 +260,18 @@ class ClusterClient:
         """
         s = self._pool.session()
         tube = s.using if tube is None else check_tube(tube)
-        order = self._put_order(tube, s)
-        first = self._nodes[order[0]]
-        conn = s.conn(first.name, first.address)
+        route = s.routes.get(tube)  # (ring, owner, connection) of an unspread tube
+        if route is not None and route[0] is self._ring and not route[2].pending:
+            _, first, conn = route
+            order = None
+        else:
+            order = self._put_order(tube, s)
+            first = self._nodes[order[0]]
+            conn = s.conn(first.name, first.address)
+            if tube not in self._spread:
+                if len(s.routes) >= OWNER_CACHE_SIZE:
+                    s.routes.clear()
+                s.routes[tube] = (self._ring, first, conn)
         client = conn.client
         if client.using == tube and first.dead_until == 0.0 and first.draining_until == 0.0:
             try:  # the hot path: one round trip, no health bookkeeping
@@ -271,6 +280,7 @@ class ClusterClient:
                 if self.policy == FAIL_FAST:
                     raise
                 self._pool.drained(first)
+                order = order or self._ring.preference_tuple(tube)
                 return self._put_failover(tube, order, body, priority, delay, ttr,
                                           [f"{first.name}: draining"], skip=first.name)
             except ConnectionLostError as e:
@@ -278,8 +288,10 @@ class ClusterClient:
                 s.lost(conn)
                 if e.sent or self.policy == FAIL_FAST:
                     raise NoNodeAvailableError(first.name, str(e), sent=e.sent) from e
+                order = order or self._ring.preference_tuple(tube)
                 return self._put_failover(tube, order, body, priority, delay, ttr,
                                           [f"{first.name}: {e}"], skip=first.name)
+        order = order or self._put_order(tube, s)
         return self._put_failover(tube, order, body, priority, delay, ttr, [])
 
     def _put_order(self, tube: str, s) -> tuple[str, ...]:

@@ -66,6 +66,7 @@ class Session:
         self.empty_at: dict[str, float] = {}  # when a node last had no job for us
         self.next_sweep = 0.0  # when the non-hot nodes are asked next
         self.put_turn = 0  # rotation over a spread tube's nodes
+        self.routes: dict[str, tuple] = {}  # tube -> (ring, owner, connection): put's cache
         self.last_node = -1  # index of the node the last handed-out job came from
 
     # --- connections ----------------------------------------------------------
@@ -203,6 +204,7 @@ class Session:
         return self.holder(name, job_id) is not None
 
     def forget(self, name: str) -> None:
+        self.routes.clear()
         for conn in self.conns.pop(name, ()):
             conn.client.close()
         self.buffer = deque(b for b in self.buffer if b[0].node != name)
