@@ -28,13 +28,13 @@ from bscluster import control
 from bscluster.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_WEB_LISTEN,
-    ENV_CONFIG,
     ClusterConfig,
     ConfigError,
     config_path,
     load_config,
     parse_listen,
 )
+from bscluster.options import config_option, data_dir_option, load
 from bscluster.probe import connect_host, probe_all
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
@@ -49,18 +49,6 @@ NOT_ALL_UP = 3  # `status` exit code when some node is not answering (as systemc
 
 
 # --- options ---------------------------------------------------------------------
-def config_option(f):
-    return click.option(
-        "--config", "-c", "config_file", metavar="PATH",
-        help=f"Config file [env {ENV_CONFIG}; default ./{DEFAULT_CONFIG_PATH} if present].",
-    )(f)
-
-
-def data_dir_option(f):
-    return click.option("--data-dir", metavar="DIR",
-                        help="Where state, logs and binlogs live [env BSCLUSTER_DATA_DIR].")(f)
-
-
 _NODE_OPTIONS = [
     click.option("--nodes", "-n", type=int, help="Number of nodes, named node1..nodeN."),
     click.option("--host", metavar="ADDR", help="Address the nodes listen on (127.0.0.1)."),
@@ -100,11 +88,7 @@ def node_options(f):
     return data_dir_option(f)
 
 
-def _load(config_file: str | None, flags: dict) -> ClusterConfig:
-    try:
-        return load_config(config_file, flags)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+_load = load
 
 
 def _fail(e: Exception):
@@ -501,6 +485,15 @@ cli.add_command(web)
 from .bench import bench  # noqa: E402
 
 cli.add_command(bench)
+
+from .rebalance import rebalance  # noqa: E402
+
+cli.add_command(rebalance)
+
+from .ops import commands as ops_commands  # noqa: E402
+
+for _command in ops_commands():
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -9,21 +9,26 @@ each turn:
 
 1. handles queued signals: TERM/INT/QUIT stop everything (a second one
    kills), HUP re-reads ``wanted.json`` and the request mailbox (that is how
-   `bscluster up` adds nodes and `bscluster restart` restarts one), CHLD
-   only wakes us;
+   `bscluster up` adds nodes, `bscluster remove` takes one away, and
+   `restart`, `drain` and `undrain` reach one), CHLD only wakes us;
 2. reaps every exited child with ``waitpid(-1, WNOHANG)`` and checks adopted
    nodes (not our children) by pid and start time;
 3. moves timers: a STARTING node that accepts connections is RUNNING, one
    that is too slow is killed; a BACKOFF delay that ran out spawns again; a
    STOPPING node past its deadline gets SIGKILL;
 4. reconciles wanted against running: every wanted node that is STOPPED is
-   spawned (FATAL ones are not);
+   spawned (FATAL ones are not); a node no longer wanted is stopped, then
+   forgotten;
 5. publishes ``bscluster.json`` if anything changed, then sleeps in
    ``select`` on the wakeup fd and the nodes' output pipes.
 
 With ``web`` set (`up --web`), the dashboard and the cluster /metrics run on
 threads of this process (webhost.py); they only read what the loop
 publishes, so the loop stays the one place that changes anything.
+
+A drained node (`bscluster drain`) is sent SIGUSR1 each time it becomes
+RUNNING, so it stays drained across restarts; the set of drained nodes is
+part of the published state, and an adopting supervisor takes it over.
 
 Node states and the retry policy are in ``states.py``.  The supervisor
 never blocks on one node, so a slow or dead node never holds up the others.
@@ -38,6 +43,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import TextIO
 
 from bscluster.config import ClusterConfig, NodeSpec
@@ -88,6 +94,7 @@ class Supervisor:
         self.web = None  # webhost.WebHost when the config asks for the dashboard
         self.web_url: str | None = None
         self.nodes: dict[str, NodeProc] = {}
+        self.drained: set[str] = set()  # nodes that refuse puts (SIGUSR1 on every start)
         self.signals: deque[int] = deque()
         self.stopping = False
         self.awaiting_settle = True
@@ -243,6 +250,9 @@ class Supervisor:
                     node.reason = None
                     node.restart_requested = False
                     self.say(f"{node.name} RUNNING on {node.spec.address} (pid {node.pid})")
+                    if node.name in self.drained:
+                        node.send(signal.SIGUSR1)
+                        self.say(f"{node.name} drained again (it refuses new jobs)")
                 elif node.wake_at is not None and now >= node.wake_at:
                     node.reason = f"did not accept connections within {START_TIMEOUT:g}s"
                     node.send(signal.SIGKILL)
@@ -257,9 +267,24 @@ class Supervisor:
                 node.wake_at = None
 
     def _reconcile(self) -> None:
-        for node in self.nodes.values():
-            if node.state is State.STOPPED:
+        wanted = {spec.name for spec in self.config.nodes}
+        for name, node in list(self.nodes.items()):
+            if name not in wanted:
+                self._retire(node)
+            elif node.state is State.STOPPED:
                 self._spawn(node)
+
+    def _retire(self, node: NodeProc) -> None:
+        """A node taken out of the configuration: stop it, then forget it."""
+        if node.state in (State.STARTING, State.RUNNING):
+            self.say(f"{node.name} removed from the cluster; stopping it")
+            node.stop(self.clock() + STOP_TIMEOUT)
+        elif node.state is State.BACKOFF:
+            node.fire(Event.STOP)
+        elif node.state in (State.STOPPED, State.FATAL) and not node.alive():
+            del self.nodes[node.name]
+            self.drained.discard(node.name)
+            self.say(f"{node.name} removed")
 
     def _spawn(self, node: NodeProc) -> None:
         problem = self._cannot_start(node.spec)
@@ -411,8 +436,28 @@ class Supervisor:
             for path in sorted(self.paths.requests.iterdir()):
                 request = read_json(path)
                 _unlink(path)
-                if request and request.get("op") == "restart":
+                op = (request or {}).get("op")
+                if op == "restart":
                     self._restart(request.get("node", ""))
+                elif op in ("drain", "undrain"):
+                    self._drain(request.get("node", ""), op == "drain")
+
+    def _drain(self, name: str, on: bool) -> None:
+        """Drain a node (SIGUSR1 now and after every start), or stop draining it:
+        a node cannot leave drain mode, so undrain restarts it."""
+        node = self.nodes.get(name)
+        if node is None:
+            self.say(f"drain: no node named {name!r}")
+            return
+        if on:
+            self.drained.add(name)
+            self.say(f"draining {name}: it refuses new jobs from now on")
+            if node.state is State.RUNNING:
+                node.send(signal.SIGUSR1)
+        elif name in self.drained:
+            self.drained.discard(name)
+            self.say(f"undraining {name}: restarting it without drain mode")
+            self._restart(name)
 
     def _restart(self, name: str) -> None:
         node = self.nodes.get(name)
@@ -433,6 +478,8 @@ class Supervisor:
         """Take over nodes a killed supervisor left running, so none is started twice."""
         old = read_json(self.paths.state) or {}
         for name, entry in (old.get("nodes") or {}).items():
+            if entry.get("draining") and name in self.nodes:
+                self.drained.add(name)  # a killed supervisor's drained nodes stay drained
             pid, start = entry.get("pid"), entry.get("pid_start")
             if not pid_alive(pid, start):
                 continue
@@ -453,7 +500,7 @@ class Supervisor:
         self._line("bscluster", message)
 
     def _line(self, who: str, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S ") if self.detached else ""
+        stamp = log_stamp() + " " if self.detached else ""
         try:
             self.out.write(f"{stamp}{who:<{self._width}} | {text}\n")
             self.out.flush()
@@ -473,7 +520,8 @@ class Supervisor:
                 "log": str(self.paths.log) if self.detached else None,
                 "web": self.web_url,
             },
-            "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
+            "nodes": {name: {**n.to_dict(), "draining": name in self.drained}
+                      for name, n in self.nodes.items()},
         }
 
     def _publish(self) -> None:
@@ -533,6 +581,11 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
+
+
+def log_stamp() -> str:
+    """The time at the start of every line of a detached supervisor's log (ISO 8601)."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 def _describe_exit(code: int | None) -> str:
