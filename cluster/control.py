@@ -97,9 +97,18 @@ def start_detached(config: ClusterConfig) -> int:
     return proc.pid
 
 
+def log_size(paths: Paths) -> int:
+    """Where the supervisor log ends now: a new run's lines start there."""
+    try:
+        return paths.log.stat().st_size
+    except OSError:
+        return 0
+
+
 def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = None,
-                 timeout: float = SETTLE_TIMEOUT) -> dict:
-    """Poll until every node (or ``names``) is RUNNING or FATAL."""
+                 timeout: float = SETTLE_TIMEOUT, since: int = 0) -> dict:
+    """Poll until every node (or ``names``) is RUNNING or FATAL; errors quote the
+    supervisor log from offset ``since`` (this run) on."""
     deadline = time.monotonic() + timeout
     while True:
         state = read_json(paths.state)
@@ -109,17 +118,21 @@ def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = No
             if all(n in nodes and nodes[n]["state"] in SETTLED for n in want):
                 return state
         if sup_pid is not None and not pid_alive(sup_pid):
-            raise ClusterError("the supervisor exited before the cluster was up" + log_tail(paths))
+            raise ClusterError("the supervisor exited before the cluster was up"
+                               + log_tail(paths, since=since))
         if time.monotonic() > deadline:
-            raise ClusterError(f"the cluster did not come up within {timeout:g}s" + log_tail(paths))
+            raise ClusterError(f"the cluster did not come up within {timeout:g}s"
+                               + log_tail(paths, since=since))
         time.sleep(POLL)
 
 
-def log_tail(paths: Paths, lines: int = 8) -> str:
-    """Why it failed, from the supervisor's log: each node's FATAL reason if
-    there are any, else the last lines."""
+def log_tail(paths: Paths, lines: int = 8, since: int = 0) -> str:
+    """Why it failed, from the supervisor's log after offset ``since``: each
+    node's FATAL reason if there are any, else the last lines."""
     try:
-        text = paths.log.read_text(errors="replace").splitlines()
+        with open(paths.log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
     fatal: dict[str, str] = {}

@@ -43,7 +43,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 from typing import TextIO
 
 from bscluster.config import ClusterConfig, NodeSpec
@@ -53,6 +52,7 @@ from bscluster.runtime import (
     STATE_VERSION,
     Lock,
     Paths,
+    log_stamp,
     make_private_dir,
     pid_alive,
     process_start_time,
@@ -581,11 +581,6 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
-
-
-def log_stamp() -> str:
-    """The time at the start of every line of a detached supervisor's log (ISO 8601)."""
-    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 def _describe_exit(code: int | None) -> str:
