@@ -1,0 +1,148 @@
+"""What the CLI says about a running cluster is what runs; drain; logs.
+
+Integration, with a real detached 2-node bsnode cluster:
+* `up -d` with other ports or another fsync setting for running nodes is
+  refused with the differences, and nothing changes;
+* `status`, `config`, `route` run without the flags the cluster was started
+  with still show where its nodes listen, and say what is pending;
+* `drain` makes a node refuse puts (DRAINING in `status`), a restart by the
+  supervisor keeps it drained, `undrain` ends it;
+* exit codes: 0 all up, 3 a node down, 4 the supervisor gone;
+* a FATAL reason comes from this run, not an older line of the log;
+* `logs` shows timestamped supervisor and node lines, `-n`, and a bad node name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+
+import pytest
+from bscluster.runtime import pid_alive
+from test_cluster_supervisor import Cluster, poll
+
+pytestmark = pytest.mark.integration
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
+    r = c.run("up", "-d")
+    assert r.returncode == 0, r.stdout + r.stderr
+    yield c
+    c.cleanup()
+
+
+def put(port: int, body: bytes = b"x") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"put 0 0 60 %d\r\n%s\r\n" % (len(body), body))
+        return s.recv(100)
+
+
+def test_changed_settings_for_running_nodes_are_refused(cluster):
+    c = cluster
+    before = c.state()["nodes"]
+    r = c.run("up", "-d", "--nodes", "3", "--base-port", str(c.base_port + 100))
+    assert r.returncode == 1
+    assert "node1: port" in r.stderr and "bscluster down" in r.stderr, r.stderr
+    r = c.run("up", "-d", "--fsync-ms", "0")
+    assert r.returncode == 1 and "fsync_ms 50 -> 0" in r.stderr, r.stderr
+    assert c.state()["nodes"] == before  # nothing was added or changed
+    assert c.run("status").returncode == 0
+
+
+def test_looking_commands_describe_the_running_cluster(cluster):
+    c = cluster
+    env = {k: v for k, v in c.env.items() if k != "BSCLUSTER_BASE_PORT"}
+    c.env, full = env, c.env  # as a user who forgot the --base-port the cluster runs with
+    try:
+        r = c.run("status")
+        assert r.returncode == 0, r.stdout
+        assert f"127.0.0.1:{c.base_port}" in r.stdout and "pending: node1" in r.stdout
+        r = c.run("config")
+        assert f"# node1: 127.0.0.1:{c.base_port} " in r.stdout
+        assert "# pending: node1: the config changes" in r.stdout, r.stdout
+        r = c.run("route", "--json", "emails")
+        (row,) = json.loads(r.stdout)
+        port = c.base_port + int(row["node"][4:]) - 1
+        assert row["address"] == f"127.0.0.1:{port}"
+        assert "pending:" in r.stderr
+    finally:
+        c.env = full
+
+
+def test_drain_survives_a_restart_and_undrain_ends_it(cluster):
+    c = cluster
+    port2 = c.node("node2")["port"]
+    assert put(port2).startswith(b"INSERTED")
+    r = c.run("drain", "node2")
+    assert r.returncode == 0, r.stderr
+    assert put(port2) == b"DRAINING\r\n"
+    r = c.run("status", "--json")
+    rows = {row["node"]: row for row in json.loads(r.stdout)["nodes"]}
+    assert rows["node2"]["state"] == "DRAINING" and rows["node1"]["state"] == "RUNNING"
+    assert re.search(r"^node2\s+DRAINING", c.run("status").stdout, re.M)
+    r = c.run("restart", "node2")
+    assert r.returncode == 0, r.stderr
+    poll(lambda: put(c.node("node2")["port"]) == b"DRAINING\r\n", 10, "node2 drained again")
+    r = c.run("undrain", "node2")
+    assert r.returncode == 0, r.stderr
+    assert put(c.node("node2")["port"]).startswith(b"INSERTED")
+    assert c.run("drain", "node9").returncode == 1
+
+
+def test_exit_codes_for_scripts(cluster):
+    c = cluster
+    assert c.run("stats").returncode == 0
+    state = c.state()
+    node1 = state["nodes"]["node1"]
+    os.kill(node1["pid"], signal.SIGSTOP)  # hung: the supervisor still thinks it runs
+    try:
+        r = c.run("status")
+        assert r.returncode == 3, r.stdout
+        assert c.run("stats").returncode == 3
+    finally:
+        os.kill(node1["pid"], signal.SIGCONT)
+    sup = state["supervisor"]["pid"]
+    os.kill(sup, signal.SIGKILL)
+    poll(lambda: not pid_alive(sup), 10, "the supervisor to die")
+    r = c.run("status")
+    assert r.returncode == 4 and "GONE" in r.stdout, r.stdout
+    assert c.run("stats").returncode == 4
+
+
+def test_logs_have_timestamps(cluster):
+    c = cluster
+    r = c.run("logs")
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert lines and all(re.match(ISO, ln) for ln in lines), lines
+    assert any("node1 RUNNING" in ln for ln in lines)
+    r = c.run("logs", "node1", "-n", "2")
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all(re.match(ISO, ln) for ln in lines), lines
+    assert "listening on" in lines[-1]
+    r = c.run("logs", "node7")
+    assert r.returncode == 1 and "no node named 'node7'" in r.stderr
+
+
+def test_fatal_reason_comes_from_this_run(tmp_path):
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 1)
+    c.data_dir.mkdir(mode=0o700)
+    (c.data_dir / "bscluster.log").write_text(
+        "2026-01-01T00:00:00.000+00:00 bscluster | node1 FATAL: an old reason from before\n")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        r = c.run("up", "-d", "--web", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert r.returncode == 1
+        assert "dashboard" in r.stderr and "old reason" not in r.stderr, r.stderr
+    finally:
+        taken.close()
+        c.cleanup()
