@@ -115,13 +115,19 @@ def cli() -> None:
 # --- init ------------------------------------------------------------------------
 @cli.command()
 @click.argument("path", required=False, metavar="[PATH]")
-@click.option("--nodes", "-n", type=int)
-@click.option("--host", metavar="ADDR")
-@click.option("--base-port", type=int, metavar="PORT")
-@click.option("--data-dir", metavar="DIR")
+@_NODE_OPTIONS[0]  # --nodes, --host, --base-port: the values the file starts with
+@_NODE_OPTIONS[1]
+@_NODE_OPTIONS[2]
+@click.option("--data-dir", metavar="DIR",
+              help="Where state, logs and binlogs will live, relative to the file "
+                   "(./bscluster-data).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path, force, **values) -> None:
-    """Write a commented config file (./bscluster.toml by default)."""
+    """Write a commented config file (./bscluster.toml by default).
+
+    Every setting is in it, commented, with its default; these options set
+    the first few. `bscluster up` and ClusterClient.from_config() read it.
+    """
     target, _ = config_path(path, os.environ)
     if target.exists() and not force:
         raise click.ClickException(f"{target} already exists; edit it, or overwrite it "
