@@ -188,7 +188,7 @@ def up(config_file, detach, **flags) -> None:
         since = control.log_size(paths)  # reasons come from this run's lines only
         pid = control.start_detached(config)
         try:
-            state = control.wait_settled(paths, pid, since=since)
+            state = control.wait_settled(paths, pid, since=since, on_poll=_ProgressShown())
         except control.ClusterError as e:
             _fail(e)
         click.echo(banner(config, state))
@@ -232,12 +232,26 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
     click.echo(f"adding {', '.join(added)} to the running cluster")
     try:
         state = control.wait_settled(paths, control.supervisor_pid(state),
-                                     [n.name for n in config.nodes])
+                                     [n.name for n in config.nodes], on_poll=_ProgressShown())
     except control.ClusterError as e:
         _fail(e)
     click.echo(banner(config, state))
     if any(state["nodes"][n]["state"] == State.FATAL.value for n in added):
         sys.exit(1)
+
+
+class _ProgressShown:
+    """Prints a starting node's replay progress each time it changes (stderr)."""
+
+    def __init__(self):
+        self.shown: dict[str, str] = {}
+
+    def __call__(self, state: dict) -> None:
+        for name, entry in state.get("nodes", {}).items():
+            progress = entry.get("progress")
+            if progress and self.shown.get(name) != progress:
+                self.shown[name] = progress
+                click.echo(f"{name} STARTING: binlog {progress}", err=True)
 
 
 def _refuse_changes(current: ClusterConfig, config: ClusterConfig) -> None:
@@ -331,7 +345,9 @@ def _nodes_to_probe(config: ClusterConfig, state: dict | None) -> dict[str, dict
     if state is not None:
         return {name: {"address": f"{e['host']}:{e['port']}", "host": e["host"],
                        "port": e["port"], "state": e["state"], "pid": e["pid"],
-                       "restarts": e["restarts"], "reason": e["reason"],
+                       "restarts": e["restarts"],
+                       "reason": e["reason"] or (f"binlog {e['progress']}"
+                                                 if e.get("progress") else None),
                        "crashes": e.get("crashes"), "metrics": e.get("metrics")}
                 for name, e in state["nodes"].items()}
     return {n.name: {"address": n.address, "host": n.host, "port": n.port,

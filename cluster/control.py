@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bscluster.config import ClusterConfig
@@ -106,12 +107,16 @@ def log_size(paths: Paths) -> int:
 
 
 def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = None,
-                 timeout: float = SETTLE_TIMEOUT, since: int = 0) -> dict:
+                 timeout: float = SETTLE_TIMEOUT, since: int = 0,
+                 on_poll: Callable[[dict], None] | None = None) -> dict:
     """Poll until every node (or ``names``) is RUNNING or FATAL; errors quote the
-    supervisor log from offset ``since`` (this run) on."""
+    supervisor log from offset ``since`` (this run) on.  ``on_poll`` sees each
+    state read meanwhile (to show a replay's progress)."""
     deadline = time.monotonic() + timeout
     while True:
         state = read_json(paths.state)
+        if state and on_poll is not None:
+            on_poll(state)
         if state and (sup_pid is None or state["supervisor"]["pid"] == sup_pid):
             nodes = state["nodes"]
             want = names if names is not None else list(nodes)

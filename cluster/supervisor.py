@@ -37,6 +37,7 @@ never blocks on one node, so a slow or dead node never holds up the others.
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import sys
@@ -72,6 +73,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
 IDLE_INTERVAL = 1.0
+# what bsnode writes while it replays a large binlog (node/binlog_replay.py's
+# progress lines): "binlog: replayed 40% (123 records, 1.0 s)"
+REPLAY_PROGRESS = re.compile(r"binlog: (replay(?:ing|ed) [^(]*?)\s*(\(.*\))?$")
 CRASHES_SHOWN = 5  # exits named in a crash-loop FATAL reason
 
 
@@ -95,6 +99,7 @@ class Supervisor:
         self.web_url: str | None = None
         self.nodes: dict[str, NodeProc] = {}
         self.drained: set[str] = set()  # nodes that refuse puts (SIGUSR1 on every start)
+        self.progress: dict[str, str] = {}  # STARTING node -> "replayed 40%" (its last words)
         self.signals: deque[int] = deque()
         self.stopping = False
         self.awaiting_settle = True
@@ -244,6 +249,7 @@ class Supervisor:
         for node in self.nodes.values():
             self._echo_output(node, node.read_output())
             if node.state is State.STARTING:
+                self._note_progress(node)
                 if connectable(node.spec.host, node.spec.port) and node.alive():
                     node.fire(Event.READY)
                     node.failed_starts, node.wake_at = 0, None
@@ -265,6 +271,15 @@ class Supervisor:
                 self.say(f"{node.name} did not stop within {STOP_TIMEOUT:g}s; killing it")
                 node.send(signal.SIGKILL)
                 node.wake_at = None
+
+    def _note_progress(self, node: NodeProc) -> None:
+        """Remember how far a starting node's binlog replay got, from its output."""
+        node.last_words()  # reads a detached node's log tail into node.tail
+        for line in reversed(node.tail):
+            m = REPLAY_PROGRESS.search(line)
+            if m:
+                self.progress[node.name] = m.group(1)
+                return
 
     def _reconcile(self) -> None:
         wanted = {spec.name for spec in self.config.nodes}
@@ -303,6 +318,7 @@ class Supervisor:
             node.fire(Event.GIVE_UP)
             self.say(f"{node.name} FATAL: {node.reason}")
             return
+        self.progress.pop(node.name, None)
         if previous is not None:
             node.restarts += 1
         node.reason = None
@@ -520,7 +536,9 @@ class Supervisor:
                 "log": str(self.paths.log) if self.detached else None,
                 "web": self.web_url,
             },
-            "nodes": {name: {**n.to_dict(), "draining": name in self.drained}
+            "nodes": {name: {**n.to_dict(), "draining": name in self.drained,
+                             "progress": self.progress.get(name)
+                             if n.state is State.STARTING else None}
                       for name, n in self.nodes.items()},
         }
 

@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -145,4 +146,49 @@ def test_fatal_reason_comes_from_this_run(tmp_path):
         assert "dashboard" in r.stderr and "old reason" not in r.stderr, r.stderr
     finally:
         taken.close()
+        c.cleanup()
+
+
+SLOW_NODE = r'''
+import os, pathlib, socket, sys, time
+args = sys.argv[1:]
+host, port = args[args.index("-l") + 1], int(args[args.index("-p") + 1])
+print("bsnode[1]: binlog: replaying 40.0 MB", file=sys.stderr, flush=True)
+print("bsnode[1]: binlog: replayed 40% (1000 records, 1.0 s)", file=sys.stderr, flush=True)
+go = pathlib.Path(os.environ["SLOW_GO"])
+while not go.exists():  # a replay that takes as long as the test wants
+    time.sleep(0.02)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port))
+s.listen(16)
+while True:
+    s.accept()[0].close()
+'''
+
+
+def test_replay_progress_shows_in_up_and_status(tmp_path):
+    script = tmp_path / "slow_node.py"
+    script.write_text(SLOW_NODE)
+    go = tmp_path / "go"
+    c = Cluster(tmp_path, f"{sys.executable} {script}", 1, {"SLOW_GO": str(go)})
+    up = subprocess.Popen([sys.executable, "-m", "bscluster", "up", "-d"], env=c.env,
+                          cwd=c.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def starting_with_progress():
+            r = c.run("status", "--json")
+            rows = json.loads(r.stdout)["nodes"] if r.stdout else []
+            return rows and rows[0]["state"] == "STARTING" and rows[0]["reason"]
+        assert poll(starting_with_progress, 20, "status to show the replay") == \
+            "binlog replayed 40%"
+        assert "node1: binlog replayed 40%" in c.run("status").stdout
+        go.touch()
+        out, err = up.communicate(timeout=60)
+        assert up.returncode == 0, out + err
+        assert "node1 STARTING: binlog replayed 40%" in err
+    finally:
+        go.touch()
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
         c.cleanup()
