@@ -1,4 +1,7 @@
-"""The `bscluster` command: init, up, status, stats, restart, down, config.
+"""The `bscluster` command: init, up, status, stats, route, restart, down, config.
+
+Commands with a module of their own are registered at the bottom: top, web,
+bench, rebalance (rebalance.py), drain/undrain/remove (ops.py), logs (logs.py).
 
 How this works
 --------------
