@@ -94,7 +94,13 @@ def drain_node(paths: Paths, state: dict, name: str) -> None:
     if entry["state"] != State.RUNNING.value:
         return  # drained as soon as it runs
     deadline = time.monotonic() + DRAIN_TIMEOUT
-    while str(node_report(entry["host"], entry["port"]).stats.get("draining")) != "true":
+    while True:
+        rep = node_report(entry["host"], entry["port"])
+        if not rep.up:
+            raise click.ClickException(f"{name} does not answer ({rep.error}); it drains as "
+                                       f"soon as it runs again (`bscluster restart {name}`)")
+        if str(rep.stats.get("draining")) == "true":
+            return
         if time.monotonic() > deadline:
             raise click.ClickException(f"{name} does not report draining: true; is it a "
                                        f"node that handles SIGUSR1 (bsnode, beanstalkd)?")
@@ -148,9 +154,16 @@ def undrain(config_file, data_dir, name, force) -> None:
 
 
 # --- remove --------------------------------------------------------------------------
-def _left_on(entry: dict) -> dict[str, int]:
-    stats = node_report(entry["host"], entry["port"]).stats
-    return {k: int(stats.get(f"current-jobs-{k}", 0) or 0)
+def _left_on(name: str, entry: dict) -> dict[str, int]:
+    """The jobs still on the node; an error when it does not answer (a node that
+    is down may hold any number of jobs in its binlog)."""
+    rep = node_report(entry["host"], entry["port"])
+    if not rep.up:
+        raise click.ClickException(
+            f"{name} does not answer ({rep.error}), so its jobs cannot be moved or counted; "
+            f"start it again (`bscluster restart {name}`), then run `bscluster remove {name}` "
+            f"again")
+    return {k: int(rep.stats.get(f"current-jobs-{k}", 0) or 0)
             for k in ("ready", "delayed", "buried", "reserved")}
 
 
@@ -189,10 +202,13 @@ def _empty_node(config_file, data_dir, name: str, timeout: float, rate) -> int:
     while True:
         config = load(config_file, {"data_dir": data_dir})
         view = cluster_view(config)
+        if view.state is None:
+            raise click.ClickException("the supervisor stopped while jobs were being moved; "
+                                       "nothing was lost: start it, then run remove again")
         moves, _ = rebalance_once(view, rate, progress=sys.stderr.isatty())
         result = summary(moves, None)
         moved += result["moved_total"]
-        left = _left_on(view.state["nodes"][name])
+        left = _left_on(name, view.state["nodes"][name])
         if not any(left.values()):
             return moved
         if time.monotonic() > deadline:

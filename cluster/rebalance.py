@@ -232,7 +232,7 @@ def rebalance(config_file, data_dir, dry_run, rate, as_json) -> None:
         else:
             click.echo(render_plan(moves))
         return
-    moves, seconds = run(view, rate, progress=not as_json)
+    moves, seconds = run(view, rate, progress=not as_json and sys.stderr.isatty())
     result = summary(moves, seconds)
     click.echo(json.dumps(result, indent=2) if as_json else render_summary(result))
     if result["errors"]:

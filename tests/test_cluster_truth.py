@@ -192,3 +192,33 @@ def test_replay_progress_shows_in_up_and_status(tmp_path):
             up.kill()
             up.communicate()
         c.cleanup()
+
+
+def test_remove_of_a_hung_node_stops_and_can_be_run_again(tmp_path):
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
+    for key in ("BSCLUSTER_NODES", "BSCLUSTER_BASE_PORT", "BSCLUSTER_DATA_DIR"):
+        del c.env[key]
+    config = tmp_path / "bscluster.toml"
+    config.write_text(f'[cluster]\nnodes = 2\nbase_port = {c.base_port}\ndata_dir = "data"\n')
+    try:
+        assert c.run("up", "-d").returncode == 0
+        node2 = c.node("node2")
+        for i in range(20):
+            assert put(node2["port"], b"job %d" % i).startswith(b"INSERTED")
+        os.kill(node2["pid"], signal.SIGSTOP)  # hung: its jobs cannot be counted
+        try:
+            r = c.run("remove", "node2", "--timeout", "1")
+            assert r.returncode == 1 and "node2 does not answer" in r.stderr, r.stdout + r.stderr
+            assert "leaving = true" in config.read_text()  # clients already keep away
+            assert "node2" in c.state()["nodes"]
+        finally:
+            os.kill(node2["pid"], signal.SIGCONT)
+        r = c.run("remove", "node2")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "20 jobs moved" in r.stdout and "nodes = 1" in r.stdout
+        stats = json.loads(c.run("stats", "--json").stdout)
+        assert stats["totals"]["current-jobs-ready"] == 20
+        assert list(c.state()["nodes"]) == ["node1"]
+        assert "[nodes.node2]" not in config.read_text()
+    finally:
+        c.cleanup()
