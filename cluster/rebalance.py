@@ -60,23 +60,35 @@ class Survey:
     reports: dict[str, NodeReport]
     ring: Ring
     leaving: set[str]  # nodes that own nothing: leaving in the config, or not in it
+    spread: dict[str, int] = field(default_factory=dict)  # hot tube -> how many nodes share it
 
     def draining(self, name: str) -> bool:
         rep = self.reports.get(name)
         return bool(rep and rep.up and str(rep.stats.get("draining")) == "true")
 
-    def target(self, tube: str) -> tuple[str | None, str | None]:
-        """(node to hold the tube's jobs, None) or (None, why there is none now)."""
+    def targets(self, tube: str) -> tuple[list[str], str | None]:
+        """(the nodes the tube's jobs belong on, None) or ([], why there are none now).
+
+        One node (the owner, or the next one that is not drained), or for a
+        hot tube spread over k nodes, the first k of its ring order that are
+        not drained; the jobs of a node outside them go to the first."""
+        found: list[str] = []
         for name in self.ring.preference(tube):
             rep = self.reports.get(name)
             if rep is None or not rep.up:
-                return None, f"its target {name} does not answer"
+                if not found:
+                    return [], f"its target {name} does not answer"
+                break
             if not self.draining(name):
-                return name, None
-        return None, "every node that could own it is drained"
+                found.append(name)
+                if len(found) == self.spread.get(tube, 1):
+                    break
+        if not found:
+            return [], "every node that could own it is drained"
+        return found, None
 
 
-def survey(view: ClusterView) -> Survey:
+def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
     addresses = view.addresses()
     for spec in view.config.nodes:  # configured but not (yet) running: still a possible owner
         addresses.setdefault(spec.name, (spec.host, spec.port))
@@ -86,7 +98,7 @@ def survey(view: ClusterView) -> Survey:
         ring = view.config.placement()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    return Survey(addresses, probe_all(addresses), ring, leaving)
+    return Survey(addresses, probe_all(addresses), ring, leaving, dict(spread or {}))
 
 
 def plan(s: Survey) -> list[Move]:
@@ -99,10 +111,11 @@ def plan(s: Survey) -> list[Move]:
                       for k in (*MOVED_STATES, "reserved")}
             if not any(counts.values()):
                 continue
-            target, why = s.target(tube)
-            if target == name:
+            targets, why = s.targets(tube)
+            if name in targets:
                 continue
-            moves.append(Move(name, tube, target, skipped=why, **counts))
+            moves.append(Move(name, tube, targets[0] if targets else None, skipped=why,
+                              **counts))
     return moves
 
 

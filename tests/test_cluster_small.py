@@ -155,3 +155,38 @@ def test_routing_examples_in_the_docs_are_what_route_prints(doc):
     # a code example: cc.use("emails") ... cc.put(...)  # -> "node1/1"
     for tube, node in re.findall(r'\.use\("([a-z]+)"\)\n[^`]*?# -> "(node\d+)/', text):
         assert ring.node_for(tube) == node, (doc, tube, node)
+
+
+# --- rebalance's plan, from made-up node reports ---------------------------------------------
+def test_plan_moves_what_is_not_on_its_target():
+    from bsclient import Ring
+    from bscluster.probe import NodeReport
+    from bscluster.rebalance import Survey, plan
+
+    ring = Ring(["node1", "node2", "node3"])
+    tube = "emails"
+    owner, second, third = ring.preference(tube)
+
+    def reports(draining=(), down=()):
+        out = {}
+        for n in ("node1", "node2", "node3", "node4"):
+            st = {"draining": "true" if n in draining else "false"}
+            tubes = {tube: {"current-jobs-ready": 2, "current-jobs-delayed": 1,
+                            "current-jobs-buried": 0, "current-jobs-reserved": 1}}
+            out[n] = NodeReport(up=n not in down, stats=st, tubes=tubes)
+        return out
+
+    def moves(**kw):
+        spread = kw.pop("spread", {})
+        s = Survey({}, reports(**kw), ring, {"node4"}, spread)
+        return {(m.source, m.target, m.skipped) for m in plan(s)}
+
+    assert moves() == {(second, owner, None), (third, owner, None), ("node4", owner, None)}
+    assert moves(draining=[owner]) == {(owner, second, None), (third, second, None),
+                                       ("node4", second, None)}
+    assert moves(spread={tube: 2}) == {(third, owner, None), ("node4", owner, None)}
+    skipped = moves(down=[owner])
+    assert {t for _, t, _ in skipped} == {None} and all("does not answer" in w
+                                                        for _, _, w in skipped)
+    (only,) = [m for m in plan(Survey({}, reports(), ring, set())) if m.source == second]
+    assert (only.ready, only.delayed, only.buried, only.reserved, only.movable) == (2, 1, 0, 1, 3)
