@@ -85,9 +85,12 @@ def differences(config: ClusterConfig, running: ClusterConfig | None, state: dic
                        f"moves its jobs away and stops it")
             continue
         old = started.get(name)
-        changed = changed_settings(old, spec) if old is not None else []
-        if (entry["host"], entry["port"]) != (spec.host, spec.port) and "port" not in changed:
-            changed.append(f"address {entry['host']}:{entry['port']} -> {spec.address}")
+        if old is not None:
+            changed = changed_settings(old, spec)
+        elif (entry["host"], entry["port"]) != (spec.host, spec.port):
+            changed = [f"address {entry['host']}:{entry['port']} -> {spec.address}"]
+        else:
+            changed = []
         if changed:
             out.append(f"{name}: the config changes {', '.join(changed)}; running nodes keep "
                        f"what they were started with (see `bscluster up --help`)")
