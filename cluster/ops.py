@@ -182,6 +182,8 @@ def _mark_leaving(config: ClusterConfig, name: str) -> str:
 def _take_out_of_file(config: ClusterConfig, name: str) -> str:
     if config.path is None:
         return f"no config file: start the cluster without {name} from now on"
+    if not any(n.name == name for n in config.nodes):
+        return f"{config.path} already leaves {name} out"
     count = read_file(config.path, True).get("cluster", {}).get("nodes", DEFAULT_NODES)
     index = int(name[4:])
     try:

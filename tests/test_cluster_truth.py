@@ -130,6 +130,19 @@ def test_logs_have_timestamps(cluster):
     assert "listening on" in lines[-1]
     r = c.run("logs", "node7")
     assert r.returncode == 1 and "no node named 'node7'" in r.stderr
+    follow = subprocess.Popen([sys.executable, "-m", "bscluster", "logs", "-f", "-n", "1"],
+                              env=c.env, cwd=c.dir, stdout=subprocess.PIPE, text=True)
+    try:
+        assert re.match(ISO, follow.stdout.readline())  # the last line: it has started
+        assert c.run("restart", "node1").returncode == 0
+        seen = [follow.stdout.readline()]
+        while seen[-1] and "restarting node1" not in seen[-1]:
+            seen.append(follow.stdout.readline())  # -f prints what is appended
+        assert re.match(ISO, seen[-1]) and "restarting node1" in seen[-1], seen
+    finally:
+        follow.terminate()
+        follow.wait(10)
+        follow.stdout.close()
 
 
 def test_fatal_reason_comes_from_this_run(tmp_path):
