@@ -16,6 +16,7 @@ supervisor's loop does that for every node at once.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -27,6 +28,7 @@ from bscluster.runtime import log_stamp, open_private, pid_alive, process_start_
 from bscluster.states import HAS_PROCESS, MAX_CRASH_LIMIT, Event, State, next_state
 
 START_MARK = "--- bscluster: starting"  # the line written to a node's log at each start
+LINE_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[0-9:.+-]+ ")  # a log line's time: not in reasons
 TAIL_LINES = 20
 REASON_LINES = 3
 _READ = 65536
@@ -158,7 +160,7 @@ class NodeProc:
         """The last lines the node wrote in this run, for error messages."""
         if self.log_path is not None:
             self._tail_log()
-        lines = [ln for ln in self.tail if ln.strip()]
+        lines = [LINE_STAMP.sub("", ln) for ln in self.tail if ln.strip()]
         return " / ".join(lines[-REASON_LINES:])
 
     def _tail_log(self) -> None:

@@ -235,3 +235,19 @@ def test_remove_of_a_hung_node_stops_and_can_be_run_again(tmp_path):
         assert "[nodes.node2]" not in config.read_text()
     finally:
         c.cleanup()
+
+
+def test_fatal_reason_quotes_the_node_without_its_timestamps(tmp_path):
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)  # node2 keeps the supervisor up
+    binlog = c.data_dir / "node1"
+    binlog.mkdir(parents=True, mode=0o700)
+    (binlog / "binlog.1").write_bytes(b"not a binlog at all\n" * 10)
+    try:
+        r = c.run("up", "-d")
+        assert r.returncode == 1
+        reason = c.state()["nodes"]["node1"]["reason"]
+        assert "bsnode[" in reason and not re.search(ISO, reason), reason
+        lines = c.run("logs", "node1").stdout.splitlines()
+        assert any(re.match(ISO + r".* bsnode\[", ln) for ln in lines), lines  # the log keeps them
+    finally:
+        c.cleanup()
