@@ -205,9 +205,13 @@ def _take_ready_fast(src: Pipe, n: int) -> list[Taken]:
 def _take_chained(src: Pipe, state: str, n: int) -> list[Taken]:
     """Take up to n jobs found by peek-<state>, one round trip each."""
     taken: list[Taken] = []
+    tried: set[int] = set()
     peek = src.call([encode_command(PEEK[state])])[0]
     while peek[0][0] == b"FOUND" and len(taken) < n:
         job_id = int(peek[0][1])
+        if job_id in tried:  # cannot be taken and stays first: leave it (and the rest)
+            break
+        tried.add(job_id)
         stat, got, peek = src.call([encode_command(CMD_STATS_JOB, job_id),
                                     encode_command(CMD_RESERVE_JOB, job_id),
                                     encode_command(PEEK[state])])
