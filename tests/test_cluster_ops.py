@@ -1,6 +1,7 @@
 """Grow, rebalance and remove nodes of a running cluster, losing nothing.
 
-Integration, with real processes: a detached 3-node bsnode cluster described
+Integration, with real processes: a detached 3-node cluster (of bsnode, and
+again of beanstalkd 1.12: the moves use only its protocol) described
 by a config file, 10,000 jobs in every state (ready, delayed, buried, some
 reserved by a worker that holds them through a `remove`), a producer and
 consumers running the whole time.  The cluster goes 3 -> 4 nodes (`up -d`
@@ -39,6 +40,7 @@ from bsclient.errors import (
 from bsclient.protocol import encode_command
 from bscluster.config import load_config
 from bscluster.mover import Pipe
+from servers import BEANSTALKD, HAVE_BEANSTALKD
 from test_cluster_supervisor import Cluster, poll
 
 pytestmark = pytest.mark.integration
@@ -217,9 +219,13 @@ def check(ledger: Ledger) -> None:
                 assert got["state"] == "delayed", (body, "ran early", got)
 
 
-def test_grow_rebalance_and_remove_with_producers_and_consumers(tmp_path):
+@pytest.mark.parametrize("kind", ["bsnode", "beanstalkd"])
+def test_grow_rebalance_and_remove_with_producers_and_consumers(tmp_path, kind):
+    if kind == "beanstalkd" and not HAVE_BEANSTALKD:
+        pytest.skip("/usr/bin/beanstalkd is not installed")
     started = time.monotonic()
-    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 3)
+    command = BEANSTALKD if kind == "beanstalkd" else f"{sys.executable} -m bsnode"
+    c = Cluster(tmp_path, command, 3)
     for key in ("BSCLUSTER_NODES", "BSCLUSTER_BASE_PORT", "BSCLUSTER_DATA_DIR"):
         del c.env[key]  # the file decides, as it does for clients
     config_path = tmp_path / "bscluster.toml"
