@@ -437,7 +437,7 @@ class Supervisor:
 
         token = os.environ.get(ENV_TOKEN) or None
         self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published,
-                           log=self.say)
+                           log=self.say, max_tubes=self.config.web_max_tubes)
         self.web_url = self.web.start()
         self.say(f"dashboard on {self.web_url} (metrics at {self.web_url}metrics; "
                  + ("actions enabled, token required)" if token else

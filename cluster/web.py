@@ -47,7 +47,7 @@ from bsclient import (
     NotFoundError,
 )
 from bsclient.protocol import valid_tube_name
-from bscluster.config import DEFAULT_WEB_LISTEN
+from bscluster.config import DEFAULT_WEB_LISTEN, DEFAULT_WEB_MAX_TUBES, MAX_WEB_MAX_TUBES
 from bscluster.monitor import (
     POLL_INTERVAL,
     Monitor,
@@ -495,15 +495,21 @@ def _listen(text: str) -> tuple[str, int]:
               f"this token [env {ENV_TOKEN}]; --token alone makes one up and prints it.")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=POLL_INTERVAL,
               show_default=True, metavar="SECONDS", help="Time between polls of the nodes.")
+@click.option("--max-tubes", type=click.IntRange(1, MAX_WEB_MAX_TUBES),
+              default=DEFAULT_WEB_MAX_TUBES, show_default=True, metavar="N",
+              envvar="BSCLUSTER_WEB_MAX_TUBES", help="Tubes listed and charted, busiest "
+              "first; quiet tubes beyond this are only counted [env BSCLUSTER_WEB_MAX_TUBES].")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request.")
-def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> None:
+def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
+        verbose) -> None:
     """Serve the dashboard, its JSON API and the cluster's /metrics.
 
     Read-only unless a token is set; see docs/MONITORING.md.
     """
     host, port = _listen(listen)
     try:
-        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval)
+        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval,
+                          max_tubes=max_tubes)
     except MonitorError as e:
         raise click.ClickException(str(e)) from None
     if token == _GENERATE:

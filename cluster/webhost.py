@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from bsclient.config import NodeAddress
-from bscluster.config import NodeSpec, parse_listen
+from bscluster.config import DEFAULT_WEB_MAX_TUBES, NodeSpec, parse_listen
 from bscluster.monitor import Monitor
 from bscluster.probe import connect_host
 from bscluster.web import Dashboard, handler_open_to_others, make_server
@@ -43,10 +43,11 @@ def node_addresses(specs: Iterable[NodeSpec]) -> tuple[NodeAddress, ...]:
 class WebHost:
     def __init__(self, listen: str, specs: Iterable[NodeSpec], token: str | None,
                  supervisor_state: Callable[[], dict | None],
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 max_tubes: int = DEFAULT_WEB_MAX_TUBES) -> None:
         self.listen = listen
         self.log = log
-        self.monitor = Monitor(node_addresses(specs))
+        self.monitor = Monitor(node_addresses(specs), max_tubes=max_tubes)
         self.dashboard = Dashboard(self.monitor, token, supervisor_state)
         self.server = None
         self._thread: threading.Thread | None = None

@@ -404,3 +404,21 @@ def test_silent_and_trickling_clients_are_dropped_in_time(dashboard):
     held = time.monotonic() - t0
     trickle.close()
     assert 0.9 < held < 4, f"a trickling request held a worker for {held:.1f} s"
+
+
+# --- case 3's setting ---------------------------------------------------------------------
+def test_web_max_tubes_comes_from_file_env_and_flag_and_reaches_the_monitor(tmp_path):
+    from bscluster.config import ConfigError
+    from bscluster.webhost import WebHost
+    path = tmp_path / "c.toml"
+    path.write_text("[cluster]\nnodes = 1\nweb_max_tubes = 50\n")
+    assert load_config(path, env={}).web_max_tubes == 50
+    assert load_config(path, env={"BSCLUSTER_WEB_MAX_TUBES": "70"}).web_max_tubes == 70
+    config = load_config(path, {"web_max_tubes": 90}, env={"BSCLUSTER_WEB_MAX_TUBES": "70"})
+    assert config.web_max_tubes == 90
+    assert load_config(None, env={}).web_max_tubes == 1000
+    path.write_text("[cluster]\nweb_max_tubes = 0\n")
+    with pytest.raises(ConfigError, match="web_max_tubes = 0"):
+        load_config(path, env={})
+    host = WebHost("127.0.0.1:0", config.nodes, None, dict, max_tubes=config.web_max_tubes)
+    assert host.monitor.max_tubes == 90
