@@ -4,8 +4,10 @@ Starts one node (bsnode, or beanstalkd with --beanstalkd), makes TUBES
 empty tubes exist by watching them on one connection (a tube lives while
 someone watches it), then polls it the way the dashboard does and reports,
 for this process (which holds nothing else of size): RSS before the first
-poll, after it, and after POLLS polls; the median and worst poll time; and
-the size of one /api/overview answer.  A few tubes get jobs, so the figures
+poll, after it, and after POLLS polls (and every tenth of the way, with
+Python's allocated blocks); the median and worst poll time, split into
+asking the node (probe) and making the view; and the size of one
+/api/overview answer.  A few tubes get jobs, so the figures
 include tubes the history must keep.
 
     python bench/monitor_tubes.py --tubes 20000 --polls 120
@@ -30,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bsclient import Client  # noqa: E402
 from bsclient.config import NodeAddress  # noqa: E402
-from bscluster.monitor import Monitor  # noqa: E402
+from bscluster.monitor import POLL_TIMEOUT, Monitor  # noqa: E402
+from bscluster.probe import probe_all  # noqa: E402
 from servers import start_beanstalkd, start_bsnode  # noqa: E402
 
 
@@ -69,7 +72,15 @@ def main() -> None:
             for i in range(args.busy):
                 c.use(f"busy-{i}")
                 c.put(b"x")
-        mon = Monitor((NodeAddress("node1", f"{node.host}:{node.port}"),))
+        probe_times = []
+
+        def timed_probe(addresses):
+            t = time.perf_counter()
+            try:
+                return probe_all(addresses, POLL_TIMEOUT)
+            finally:
+                probe_times.append(time.perf_counter() - t)
+        mon = Monitor((NodeAddress("node1", f"{node.host}:{node.port}"),), probe=timed_probe)
         before = rss_mb()
         times = []
         t0 = time.perf_counter()
@@ -92,7 +103,10 @@ def main() -> None:
         "rss_after_first_poll_mb": round(first, 1), "rss_after_polls_mb": round(after, 1),
         "growth_after_first_poll_mb": round(after - first, 1),
         "poll_median_s": round(statistics.median(times), 3),
-        "poll_max_s": round(max(times), 3), "overview_bytes": overview,
+        "poll_max_s": round(max(times), 3),
+        "probe_median_s": round(statistics.median(probe_times), 3),
+        "view_median_s": round(statistics.median(t - p for t, p in zip(times, probe_times,
+                                                                        strict=True)), 3), "overview_bytes": overview,
         "series_poll_rss_kblocks": series, "tubes_in_view": len(view["tubes"]), "tubes_total": view["totals"]["tubes"],
         "fd_limit": soft if soft == hard else f"{soft}/{hard}",
     }))
