@@ -504,8 +504,10 @@ cli.add_command(top)
 cli.add_command(web)
 
 from .bench import bench  # noqa: E402
+from .work import work  # noqa: E402
 
 cli.add_command(bench)
+cli.add_command(work)
 
 
 def main() -> None:
