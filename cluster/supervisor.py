@@ -32,8 +32,10 @@ Nothing that goes wrong in a turn ends the loop: the error is logged (each
 kind at most once a minute, with a count) and the turn is tried again, so a
 supervisor short of descriptors keeps its nodes supervised and its state
 file in place instead of dying and orphaning them.  At start it lifts its
-own soft descriptor limit to the hard one (``runtime.raise_fd_limit``), and
-a node that cannot be launched for want of descriptors waits in BACKOFF.
+own soft descriptor limit to the hard one (``runtime.raise_fd_limit``); a
+node that cannot be launched for want of descriptors waits in BACKOFF, and
+a STARTING one is not killed as too slow while the supervisor cannot open a
+socket to try it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -281,6 +284,11 @@ class Supervisor:
                     node.restart_requested = False
                     self.say(f"{node.name} RUNNING on {node.spec.address} (pid {node.pid})")
                 elif node.wake_at is not None and now >= node.wake_at:
+                    if not _can_probe():  # no descriptor to try it with: not its fault
+                        node.wake_at = now + LOOP_ERROR_DELAY
+                        self.trouble("probe", f"cannot check whether {node.name} accepts "
+                                              f"connections: no descriptor left; waiting")
+                        continue
                     node.reason = f"did not accept connections within {START_TIMEOUT:g}s"
                     node.send(signal.SIGKILL)
                     node.wake_at = None
@@ -590,6 +598,15 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
+
+
+def _can_probe() -> bool:
+    """Can this process open a socket at all (to try a node's port)?"""
+    try:
+        socket.socket().close()
+    except OSError:
+        return False
+    return True
 
 
 def _describe_exit(code: int | None) -> str:

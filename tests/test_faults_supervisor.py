@@ -44,7 +44,7 @@ from bsclient.config import NodeAddress
 from bscluster.config import load_config
 from bscluster.monitor import Monitor
 from bscluster.runtime import RateLimitedLog, pid_alive
-from bscluster.states import State
+from bscluster.states import Event, State
 from bscluster.supervisor import Supervisor
 from bscluster.web import Dashboard, make_server
 from bscluster.webserver import MAX_CONNECTIONS, BoundedServer
@@ -422,3 +422,23 @@ def test_web_max_tubes_comes_from_file_env_and_flag_and_reaches_the_monitor(tmp_
         load_config(path, env={})
     host = WebHost("127.0.0.1:0", config.nodes, None, dict, max_tubes=config.web_max_tubes)
     assert host.monitor.max_tubes == 90
+
+
+def test_a_starting_node_is_not_killed_while_the_supervisor_cannot_probe_it(sup, monkeypatch):
+    import bscluster.supervisor as S
+    node = sup.nodes["node1"]
+    node.fire(Event.SPAWN)
+    node.wake_at = sup.clock() + 15
+    killed = []
+    monkeypatch.setattr(node, "send", killed.append)
+    monkeypatch.setattr(S, "connectable", lambda host, port: False)
+    monkeypatch.setattr(S, "_can_probe", lambda: False)  # out of descriptors
+    sup.clock.advance(16)
+    for _ in range(5):
+        sup._tick(sup.clock())
+        sup.clock.advance(1)
+    assert node.state is State.STARTING and killed == []
+    assert sup.out.getvalue().count("no descriptor left") == 1
+    monkeypatch.setattr(S, "_can_probe", lambda: True)  # it can tell now: too slow
+    sup._tick(sup.clock())
+    assert killed == [signal.SIGKILL] and "did not accept" in node.reason
