@@ -15,8 +15,9 @@ default) like this:
   within ``READ_DEADLINE``, each read within ``READ_TIMEOUT``
   (``BoundedHandler``), and writing the answer gets ``WRITE_TIMEOUT``;
 * at most ``max_connections`` are open at once: one more closes the
-  connection idle the longest (or itself, when every one is busy), and a
-  connection that sends nothing for ``IDLE_TIMEOUT`` is closed;
+  connection idle the longest (or, when every one is busy, is answered 503
+  and closed), and a connection that sends nothing for ``IDLE_TIMEOUT`` is
+  closed;
 * the kernel's accept queue is ``BACKLOG`` long; when ``accept`` fails for
   lack of descriptors (EMFILE, ENFILE) the loop stops accepting for
   ``ACCEPT_BACKOFF`` seconds, as beanstalkd does, and says so at most once
@@ -51,6 +52,9 @@ READ_DEADLINE = 10.0  # seconds to read a whole request
 WRITE_TIMEOUT = 30.0  # seconds to write a whole answer
 ACCEPT_BACKOFF = 0.5  # seconds without accepting after EMFILE/ENFILE
 OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+BUSY_REPLY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+              b"Retry-After: 1\r\nContent-Length: 57\r\n\r\n"
+              b'{"error": "the dashboard is busy; try again in a moment"}')
 
 
 class _DeadlineIO(socket.SocketIO):
@@ -180,7 +184,7 @@ class BoundedServer:
                     continue
                 raise
             if not self._make_room(sel):
-                self._close(conn)
+                _refuse(conn)
                 continue
             sel.register(conn, selectors.EVENT_READ)
             self._idle[conn] = (addr, time.monotonic())
@@ -267,6 +271,16 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.setblocking(False)
     sock.set_inheritable(False)
     return sock
+
+
+def _refuse(conn: socket.socket) -> None:
+    """Every connection is busy: say so, without waiting for the client."""
+    try:
+        conn.setblocking(False)
+        conn.send(BUSY_REPLY)
+    except OSError:
+        pass
+    BoundedServer._close(conn)
 
 
 def _drain(sock: socket.socket) -> None:

@@ -442,3 +442,20 @@ def test_a_starting_node_is_not_killed_while_the_supervisor_cannot_probe_it(sup,
     monkeypatch.setattr(S, "_can_probe", lambda: True)  # it can tell now: too slow
     sup._tick(sup.clock())
     assert killed == [signal.SIGKILL] and "did not accept" in node.reason
+
+
+def test_when_every_connection_is_busy_a_new_one_is_told_503(dashboard):
+    address = dashboard(read_deadline=30, read_timeout=30, max_connections=2, workers=1)
+    busy = [socket.create_connection(address, timeout=10) for _ in range(2)]
+    try:
+        for s in busy:  # half a request each: dispatched, then waiting for the rest
+            s.sendall(b"GET /api/history HTTP/1.0\r\n")
+        reply = poll(lambda: (r := exchange(address, b"")).startswith(b"HTTP/1.0 503") and r,
+                     timeout=10, what="a 503 for the third connection")
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"].startswith("the dashboard")
+        for s in busy:  # the busy ones are served once they finish their request
+            s.sendall(f"Host: {address[0]}:{address[1]}\r\n\r\n".encode())
+        assert busy[0].recv(12) == b"HTTP/1.0 200"
+    finally:
+        for s in busy:
+            s.close()
