@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
@@ -124,6 +125,11 @@ def read_json(path: Path) -> dict | None:
 
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
     return os.open(path, flags, FILE_MODE)
+
+
+def log_stamp() -> str:
+    """The time that starts every line bscluster writes to a log (ISO 8601, ms)."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 # --- the supervisor lock -----------------------------------------------------
