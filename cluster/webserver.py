@@ -152,9 +152,10 @@ class BoundedServer:
             timeout = min(timeout, max(0.0, oldest + self.idle_timeout - now))
         if not self._accepting:
             timeout = min(timeout, max(0.0, self._resume_at - now))
+        accept = False
         for key, _ in sel.select(timeout):
             if key.fileobj is self.socket:
-                self._accept(sel)
+                accept = True  # after the requests that came in: never evict one of them
             elif key.fileobj is self._wake_r:
                 _drain(self._wake_r)
             else:
@@ -164,6 +165,8 @@ class BoundedServer:
                 with self._lock:
                     self._busy += 1
                 self._work.put((conn, addr))
+        if accept:
+            self._accept(sel)
         self._expire(sel, time.monotonic())
 
     def _accept(self, sel: selectors.BaseSelector) -> None:
@@ -216,6 +219,12 @@ class BoundedServer:
         if not self._accepting and now >= self._resume_at:
             sel.register(self.socket, selectors.EVENT_READ)
             self._accepting = True
+
+    @property
+    def busy(self) -> int:
+        """Connections handed to the workers and not closed yet."""
+        with self._lock:
+            return self._busy
 
     # --- the workers ---------------------------------------------------------------------
     def _work_loop(self) -> None:

@@ -311,6 +311,7 @@ def dashboard():
         thread.start()
         servers.append((server, thread))
         return server.server_address[:2]
+    serve.servers = servers
     yield serve
     for server, thread in servers:
         server.shutdown()
@@ -450,6 +451,8 @@ def test_when_every_connection_is_busy_a_new_one_is_told_503(dashboard):
     try:
         for s in busy:  # half a request each: dispatched, then waiting for the rest
             s.sendall(b"GET /api/history HTTP/1.0\r\n")
+        server = dashboard.servers[-1][0]
+        poll(lambda: server.busy == 2, timeout=10, what="both connections with the workers")
         reply = poll(lambda: (r := exchange(address, b"")).startswith(b"HTTP/1.0 503") and r,
                      timeout=10, what="a 503 for the third connection")
         assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"].startswith("the dashboard")
