@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -60,9 +59,10 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from bsclient import Ring
+from bsclient.config import NODE_NAME, ClusterLayout, NodeAddress, tube_settings
 from bsclient.config import ConfigError as ClientConfigError
-from bsclient.config import tube_settings
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
+from bsclient.ring import RING_MD5, RING_MODES
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
 
 # --- defaults and names (the one place they live) -------------------------
@@ -85,9 +85,6 @@ ENV_PREFIX = "BSCLUSTER_"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 NEVER_FSYNC = -1
 MAX_NODES = 1000
-RING_MD5 = "md5"  # uhashring's own ring (ClusterClient's default)
-RING_KETAMA = "ketama"  # libketama's continuum (ClusterClient(..., ketama=True))
-RING_MODES = (RING_MD5, RING_KETAMA)
 
 CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "nodes": DEFAULT_NODES,
@@ -114,7 +111,6 @@ NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_d
 # removed: not part of the cluster any more (its number is not reused)
 NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + NODE_OPTION_KEYS
 TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes")  # [tubes.NAME] is the clients' (spread)
-NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
 
 
 class ConfigError(ValueError):
@@ -208,6 +204,8 @@ class ClusterConfig:
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
     ring: str = RING_MD5  # which hash places tubes on nodes (RING_MODES)
+    # hot tubes ([tubes.NAME] spread = k): tube -> how many ring nodes share it
+    spread: Mapping[str, int] = field(default_factory=dict, hash=False)
     path: Path | None = None  # the config file read, if any
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -228,14 +226,19 @@ class ClusterConfig:
         """``{"node1": "host:port", ...}``: what ``ClusterClient`` takes."""
         return {n.name: n.address for n in self.nodes}
 
+    def layout(self) -> ClusterLayout:
+        """This config as a client reads it (``ClusterClient.from_layout``)."""
+        return ClusterLayout(
+            tuple(NodeAddress(n.name, n.address, n.weight, n.leaving) for n in self.nodes),
+            self.ring, dict(self.spread))
+
     def placement(self) -> Ring:
-        """The ring every client of this config uses for puts: the nodes that
-        are not leaving, with their weights, hashed as ``ring`` says.  (A
-        leaving node is still reserved from; it just owns no tube.)"""
-        owners = {n.name: n.weight for n in self.nodes if not n.leaving}
-        if not owners:
-            raise ConfigError("every node is leaving: at least one must stay to own tubes")
-        return Ring(owners, ketama=self.ring == RING_KETAMA)
+        """The ring every client of this config uses for puts, from bsclient's one
+        rule (``bsclient.ring.placement``: leaving nodes own no tube)."""
+        try:
+            return self.layout().placement()
+        except ClientConfigError as e:
+            raise ConfigError(str(e)) from None
 
     def to_dict(self) -> dict:
         return {
@@ -246,7 +249,7 @@ class ClusterConfig:
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
             "web": self.web, "web_max_tubes": self.web_max_tubes,
             "metrics_base_port": self.metrics_base_port,
-            "metrics_host": self.metrics_host, "ring": self.ring,
+            "metrics_host": self.metrics_host, "ring": self.ring, "spread": dict(self.spread),
             "path": str(self.path) if self.path else None,
         }
 
@@ -263,7 +266,7 @@ class ClusterConfig:
             web=d.get("web", ""), web_max_tubes=d.get("web_max_tubes", DEFAULT_WEB_MAX_TUBES),
             metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
             metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
-            path=Path(d["path"]) if d.get("path") else None,
+            spread=d.get("spread", {}), path=Path(d["path"]) if d.get("path") else None,
         )
 
 
@@ -334,11 +337,11 @@ def load_config(path: str | os.PathLike | None = None, flags: Mapping[str, Any] 
     from_user = sources["data_dir"].startswith(("flag", "env"))
     values["data_dir"] = _abs(values["data_dir"], Path.cwd() if from_user else file_dir)
     return _build(values, doc.get("nodes", {}), sources, file_dir,
-                  file_path.resolve() if doc else None)
+                  file_path.resolve() if doc else None, tube_settings(doc, str(file_path)))
 
 
 def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
-           path: Path | None) -> ClusterConfig:
+           path: Path | None, spread: Mapping[str, int]) -> ClusterConfig:
     count = values["nodes"]
     for name in node_tables:
         if NODE_NAME.match(name) and int(name[4:]) > count:
@@ -391,7 +394,7 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
     _check_unique(specs, web)
     return ClusterConfig(
         nodes=tuple(specs), data_dir=data_dir, node_command=command, path=path,
-        sources=MappingProxyType(sources), web=web,
+        sources=MappingProxyType(sources), web=web, spread=spread,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
                                   "web_max_tubes", "metrics_base_port", "metrics_host",

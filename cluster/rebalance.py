@@ -10,6 +10,8 @@ tubes they do not own.  ``survey`` asks every node for its tubes
 with the config's ring (``ClusterConfig.placement``, the ring clients
 use: leaving nodes own nothing): the owner, or, when the owner is drained,
 the next node in the tube's failover order (where clients put meanwhile).
+A hot tube (``[tubes.NAME] spread = k``) has k targets, its first k nodes
+that are not drained; its jobs on any of them stay.
 ``plan`` lists one ``Move`` per (node, tube) whose jobs are elsewhere than
 their target, ``execute`` moves them with ``mover.move_tube`` (put on the
 target before delete on the source: a crash duplicates, never loses).
@@ -89,6 +91,9 @@ class Survey:
 
 
 def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
+    """Every node's tubes, the put ring and the hot tubes (``spread``: the config's
+    [tubes.*] tables unless given), so ``plan`` keeps a spread tube's jobs on any of
+    its first k nodes."""
     addresses = view.addresses()
     for spec in view.config.nodes:  # configured but not (yet) running: still a possible owner
         addresses.setdefault(spec.name, (spec.host, spec.port))
@@ -98,7 +103,8 @@ def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
         ring = view.config.placement()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    return Survey(addresses, probe_all(addresses), ring, leaving, dict(spread or {}))
+    spread = dict(view.config.spread if spread is None else spread)
+    return Survey(addresses, probe_all(addresses), ring, leaving, spread)
 
 
 def plan(s: Survey) -> list[Move]:

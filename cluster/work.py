@@ -25,6 +25,7 @@ import traceback
 import click
 from bsclient import retry
 from bsclient.client import Client
+from bsclient.cluster import ClusterClient
 from bsclient.errors import BeanstalkError
 from bsclient.worker import DEFAULT_CONCURRENCY, MODES, Worker
 from bscluster.config import ConfigError, load_config
@@ -109,7 +110,8 @@ def _source(server: str | None, config_file: str | None):
         raise click.ClickException(str(e)) from None
     where = f"config {config.path}" if config.path else "the default cluster"
     names = [n.name for n in config.nodes]
-    return config.addresses, f"{names[0]}..{names[-1]} ({where})"
+    layout = config.layout()  # ring, leaving nodes and spread tubes too, as the config says
+    return (lambda: ClusterClient.from_layout(layout)), f"{names[0]}..{names[-1]} ({where})"
 
 
 @click.command("work", help=HELP)
