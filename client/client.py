@@ -50,6 +50,7 @@ from . import protocol as p
 from .errors import (
     ConcurrentUseError,
     ConnectionLostError,
+    ExpectedCrlfError,
     SocketTimeoutError,
     UnexpectedReplyError,
     reply_error,
@@ -514,7 +515,10 @@ class Client:
 
     def _error(self, words: list):
         err = reply_error(words)
-        if isinstance(err, UnexpectedReplyError):
+        if isinstance(err, (UnexpectedReplyError, ExpectedCrlfError)):
+            # out of step: after EXPECTED_CRLF the server reads what followed the
+            # body's first bytes as commands, and their replies may come later
+            # (beanstalkd writes each on its own), so no next reply can be trusted
             self.close()
         return err
 
