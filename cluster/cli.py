@@ -395,7 +395,7 @@ def status(config_file, data_dir, as_json) -> None:
     """
     view, nodes, reports = _look(config_file, data_dir)
     config, state = view.config, view.state
-    rows = status_rows(nodes, reports)
+    rows = status_rows(nodes, reports, {n.name for n in config.nodes if n.leaving})
     code = _look_status(view, [r["up"] for r in rows])
     if as_json:
         click.echo(json.dumps({"supervisor": state["supervisor"] if state else None,
