@@ -35,13 +35,20 @@ Not thread-safe: use one ClusterClient per thread or greenlet.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 
 from . import fanout
 from . import protocol as p
 from .client import DEFAULT_TUBE, Client, Job
-from .config import NodeAddress, nodes_from_env, nodes_from_mapping, read_config_file
+from .config import (
+    NodeAddress,
+    nodes_from_env,
+    nodes_from_mapping,
+    read_config_file,
+    read_tls_settings,
+)
 from .consume import (  # noqa: F401 - re-exported
     EMPTY_SKIP_ROUNDS,
     EMPTY_SKIP_SECONDS,
@@ -67,6 +74,10 @@ from .ring import OWNER_CACHE_SIZE, Ring
 JobHandle = Job | str
 
 
+def _context(settings) -> ssl.SSLContext | None:
+    return None if settings is None else settings.client_context()
+
+
 class ClusterClient:
     """A sharded beanstalkd: a ring of named nodes behind one client.
 
@@ -89,10 +100,12 @@ class ClusterClient:
         use: str | None = None,
         watch: str | Iterable[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         pool = self._pool = NodePool(
             policy=policy, failure_threshold=failure_threshold, dead_timeout=dead_timeout,
             connect_timeout=connect_timeout, timeout=timeout, encoding=encoding, clock=clock,
+            ssl_context=ssl_context,
         )
         specs = nodes_from_mapping(nodes) if isinstance(nodes, Mapping) else tuple(nodes)
         if not specs:
@@ -117,12 +130,18 @@ class ClusterClient:
 
     @classmethod
     def from_config(cls, path: str | os.PathLike, **kwargs) -> ClusterClient:
-        """Nodes from a bscluster TOML config file (see bsclient.config)."""
+        """Nodes from a bscluster TOML config file (see bsclient.config); TLS
+        from its [tls] table and BSCLUSTER_TLS_* unless ``ssl_context`` is given."""
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(path))
         return cls(read_config_file(path), **kwargs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs) -> ClusterClient:
-        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file)."""
+        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file);
+        TLS from BSCLUSTER_TLS_* (and that file's [tls]) unless ``ssl_context`` is given."""
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(None, env))
         return cls(nodes_from_env(env), **kwargs)
 
     # --- settings (kept by the pool) ---------------------------------------------

@@ -65,6 +65,7 @@ class NodePool:
         timeout: float | None,
         encoding: str | None,
         clock: Callable[[], float],
+        ssl_context=None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -77,6 +78,7 @@ class NodePool:
         self.timeout = timeout
         self.encoding = encoding
         self.clock = clock
+        self.ssl_context = ssl_context  # every member connects with it (TLS) if set
         self.members: dict[str, Member] = {}
         self.order: list[str] = []  # member names in natural order
         self.index: dict[str, int] = {}  # name -> its position in ``order``
@@ -86,7 +88,8 @@ class NodePool:
         if name in self.members:
             raise ValueError(f"node {name} is already a member")
         client = Client(address, name=name, connect_timeout=self.connect_timeout,
-                        timeout=self.timeout, encoding=self.encoding, lazy=True)
+                        timeout=self.timeout, encoding=self.encoding, lazy=True,
+                        ssl_context=self.ssl_context)
         member = self.members[name] = Member(name, client, weight)
         self._reorder()
         return member
