@@ -272,8 +272,9 @@ class Client:
                 sock = tls.wrap(sock, self.ssl_context, addr[0] if addr.__class__ is tuple
                                 else None)
         except TimeoutError as e:
+            hint = f": {e}" if isinstance(e, tls.HandshakeTimeout) else ""
             raise SocketTimeoutError(
-                f"connect to {self.address} timed out", address=self.address, sent=False
+                f"connect to {self.address} timed out{hint}", address=self.address, sent=False
             ) from e
         except OSError as e:
             raise ConnectionLostError(

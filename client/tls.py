@@ -46,6 +46,10 @@ MIN_VERSION = ssl.TLSVersion.TLSv1_2
 TLS_REQUIRED = "TLS_REQUIRED"  # what bsnode says in clear to a plain client on a TLS port
 
 
+class HandshakeTimeout(TimeoutError):
+    """No answer to the TLS handshake in time: often a server that speaks plain TCP."""
+
+
 class TlsConfigError(ValueError):
     """A [tls] setting is missing or wrong; the message says which."""
 
@@ -153,6 +157,10 @@ def wrap(sock: socket.socket, ctx: ssl.SSLContext, host: str | None) -> ssl.SSLS
     propagate as OSErrors for the caller to word with ``explain``."""
     try:
         return ctx.wrap_socket(sock, server_hostname=host if ctx.check_hostname else None)
+    except TimeoutError:
+        sock.close()
+        raise HandshakeTimeout("no answer to the TLS handshake: does the server serve TLS "
+                               "on this port, or plain TCP?") from None
     except BaseException:
         sock.close()
         raise
