@@ -130,13 +130,19 @@ def cli() -> None:
 @click.option("--base-port", type=int, metavar="PORT")
 @click.option("--data-dir", metavar="DIR")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(path, force, **values) -> None:
+@click.option("--tls", is_flag=True,
+              help="Also make a private CA and node/client certificates for a trial "
+                   "(in tls/ beside the file, with openssl) and a [tls] table: nodes "
+                   "serve TLS only and require client certificates.")
+def init(path, force, tls, **values) -> None:
     """Write a commented config file (./bscluster.toml by default)."""
     target, _ = config_path(path, os.environ)
     if target.exists() and not force:
         raise click.ClickException(f"{target} already exists; edit it, or overwrite it "
                                    f"with `bscluster init --force`")
     text = render_config(**values)
+    if tls:
+        text += _trial_tls(target, values.get("host"))
     try:
         target.write_text(text)
         config = load_config(target, {}, env={})
@@ -150,6 +156,20 @@ def init(path, force, **values) -> None:
                f"{first.port}-{last.port}, data in {config.data_dir}")
     hint = "" if str(target) == DEFAULT_CONFIG_PATH else f" --config {target}"
     click.echo(f"start the cluster with: bscluster up{hint}")
+
+
+def _trial_tls(target, host: str | None) -> str:
+    from bscluster import tls_init
+    from bscluster.config import DEFAULT_HOST
+
+    try:
+        table = tls_init.trial_table(target.resolve(), host or DEFAULT_HOST)
+    except (tls_init.TlsInitError, OSError) as e:
+        _fail(e)
+    click.echo(f"wrote a private CA and node/client certificates in "
+               f"{target.resolve().parent / tls_init.TRIAL_DIR}")
+    click.echo(f"warning: {tls_init.TRIAL_WARNING}", err=True)
+    return table
 
 
 # --- up ----------------------------------------------------------------------------
@@ -323,7 +343,8 @@ def _look(config_file, data_dir):
     config = _load(config_file, {"data_dir": data_dir})
     state = control.running_state(Paths(config.data_dir))
     nodes = _nodes_to_probe(config, state)
-    reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()})
+    reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()},
+                        ssl_context=config.ssl_context())
     return config, state, nodes, reports
 
 

@@ -105,6 +105,16 @@ def cluster_nodes(config_file: str | None, data_dir: str | None) -> tuple[NodeAd
                  for n in config.nodes)
 
 
+def cluster_ssl_context(config_file: str | None):
+    """TLS for watching the nodes: the config's [tls] and BSCLUSTER_TLS_* (None: plain)."""
+    from bscluster.config import ConfigError, load_config
+
+    try:
+        return load_config(config_file, {}).ssl_context()
+    except ConfigError as e:
+        raise MonitorError(str(e)) from None
+
+
 def watch_options(f):
     """The options of commands that watch a cluster: which nodes to look at."""
     import click
@@ -279,11 +289,12 @@ class Monitor:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  history_seconds: float = HISTORY_SECONDS,
-                 interval: float = POLL_INTERVAL) -> None:
+                 interval: float = POLL_INTERVAL, ssl_context=None) -> None:
         self.nodes = tuple(nodes)
         self.interval = interval
+        self.ssl_context = ssl_context  # TLS to the nodes ([tls] in the config) if set
         self._addresses = {n.name: _host_port(n.address) for n in self.nodes}
-        self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT))
+        self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT, ssl_context))
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
@@ -356,7 +367,8 @@ class Monitor:
         """A fresh connection to one node (the caller closes it)."""
         for n in self.nodes:
             if n.name == name:
-                return Client(n.address, connect_timeout=2.0, timeout=timeout, name=name)
+                return Client(n.address, connect_timeout=2.0, timeout=timeout, name=name,
+                              ssl_context=self.ssl_context)
         raise MonitorError(f"no node named {name!r}; watching "
                            f"{', '.join(n.name for n in self.nodes)}")
 

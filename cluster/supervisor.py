@@ -383,7 +383,8 @@ class Supervisor:
         from bscluster.webhost import WebHost
 
         token = os.environ.get(ENV_TOKEN) or None
-        self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published)
+        self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published,
+                           self.config.ssl_context())
         self.web_url = self.web.start()
         self.say(f"dashboard on {self.web_url} (metrics at {self.web_url}metrics; "
                  + ("actions enabled, token required)" if token else

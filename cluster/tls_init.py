@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -117,6 +118,33 @@ def make_cert(directory: Path, ca: Pair, name: str, *, client: bool = False,
               "-days", str(days), "-extfile", str(ext), "-out", str(pair.cert)])
     _private(pair.key)
     return pair
+
+
+TRIAL_DIR = "tls"  # beside the config file
+TRIAL_TABLE = """
+# TLS between clients and nodes (bscluster init --tls). The nodes serve TLS
+# only and require a client certificate signed by ca (mutual TLS); clients,
+# ClusterClient.from_config() and every bscluster command use cert and key.
+# Environment: BSCLUSTER_TLS_CA, BSCLUSTER_TLS_CERT, BSCLUSTER_TLS_KEY,
+# BSCLUSTER_TLS_VERIFY. Rotate: replace node.pem/node.key and send the nodes
+# SIGHUP (docs/SECURITY.md). THESE ARE TRIAL CERTIFICATES from a private CA:
+# a real deployment brings its own.
+[tls]
+ca = "{dir}/ca.pem"
+cert = "{dir}/client.pem"
+key = "{dir}/client.key"
+verify = true
+node_cert = "{dir}/node.pem"
+node_key = "{dir}/node.key"
+client_auth = true
+"""
+
+
+def trial_table(config_path: Path, host: str) -> str:
+    """Make the trial certificates beside ``config_path``; the [tls] text for it."""
+    names = [host] if host not in ("0.0.0.0", "::", "") else [socket.gethostname()]
+    make_trial(config_path.parent / TRIAL_DIR, names)
+    return TRIAL_TABLE.format(dir=TRIAL_DIR)
 
 
 def make_trial(directory: str | os.PathLike, hosts: list[str]) -> TrialFiles:

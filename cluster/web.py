@@ -52,6 +52,7 @@ from bscluster.monitor import (
     POLL_INTERVAL,
     Monitor,
     MonitorError,
+    cluster_ssl_context,
     inspect_job,
     inspect_tube,
     resolve_nodes,
@@ -165,7 +166,8 @@ class Actions:
             raise ApiError(400, "the target tube is the tube itself")
         deadline = time.monotonic() + ACTION_DEADLINE
         moved, complete, down = 0, True, []
-        target = ClusterClient(self.monitor.nodes, connect_timeout=2.0, timeout=5.0, use=to)
+        target = ClusterClient(self.monitor.nodes, connect_timeout=2.0, timeout=5.0, use=to,
+                               ssl_context=self.monitor.ssl_context)
         try:
             for _, c in self._holding(tube, down):
                 peek = getattr(c, f"peek_{state}")
@@ -491,7 +493,8 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
     """
     host, port = _listen(listen)
     try:
-        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval)
+        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval,
+                          ssl_context=cluster_ssl_context(config_file))
     except MonitorError as e:
         raise click.ClickException(str(e)) from None
     if token == _GENERATE:

@@ -38,9 +38,9 @@ def node_addresses(specs: Iterable[NodeSpec]) -> tuple[NodeAddress, ...]:
 
 class WebHost:
     def __init__(self, listen: str, specs: Iterable[NodeSpec], token: str | None,
-                 supervisor_state: Callable[[], dict | None]) -> None:
+                 supervisor_state: Callable[[], dict | None], ssl_context=None) -> None:
         self.listen = listen
-        self.monitor = Monitor(node_addresses(specs))
+        self.monitor = Monitor(node_addresses(specs), ssl_context=ssl_context)
         self.dashboard = Dashboard(self.monitor, token, supervisor_state)
         self.server = None
         self._thread: threading.Thread | None = None
