@@ -142,6 +142,10 @@ def _path(value: str, base: Path | None) -> str:
 
 
 def _check(s: TlsSettings, where: str) -> None:
+    for k in FILE_KEYS:
+        path = getattr(s, k)
+        if path is not None and not os.path.isfile(path):
+            raise TlsConfigError(f"{where}: {k} = {path}: no such file")
     if bool(s.cert) != bool(s.key):
         raise TlsConfigError(f"{where}: cert and key go together (the client certificate)")
     if bool(s.node_cert) != bool(s.node_key):

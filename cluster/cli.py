@@ -343,8 +343,11 @@ def _look(config_file, data_dir):
     config = _load(config_file, {"data_dir": data_dir})
     state = control.running_state(Paths(config.data_dir))
     nodes = _nodes_to_probe(config, state)
-    reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()},
-                        ssl_context=config.ssl_context())
+    try:
+        ctx = config.ssl_context()  # [tls]: TLS to the nodes
+    except ConfigError as e:
+        _fail(e)
+    reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()}, ssl_context=ctx)
     return config, state, nodes, reports
 
 

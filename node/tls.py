@@ -49,6 +49,7 @@ from .server import RECV_SIZE, _Conn
 log = logging.getLogger("bsnode")
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds from accept to a finished handshake
+LINGER = 1.0  # seconds a refused connection is drained before it is closed
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every TLS ClientHello
 TLS_REQUIRED = b"TLS_REQUIRED\r\n"  # said in clear to a plain-text client
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
@@ -186,12 +187,17 @@ class TlsEndpoint:
                     plain.send(TLS_REQUIRED)
                 except OSError:
                     pass
+                _linger(plain, hub, read_ev)
                 raise TlsRefused("plain-text client on a TLS port (answered TLS_REQUIRED)")
             tls = self.context.wrap_socket(plain, server_side=True,
                                            do_handshake_on_connect=False)
             try:
                 _drive(tls.do_handshake, hub, read_ev, write_ev)
-            except BaseException:  # refused, or the deadline: the fd is tls's now
+            except TlsRefused:
+                _linger(tls, hub, read_ev)  # so the client reads OpenSSL's alert
+                tls.close()
+                raise
+            except BaseException:  # the deadline: the fd is tls's now
                 tls.close()
                 raise
             return tls
@@ -214,6 +220,26 @@ def _drive(step, hub, read_ev, write_ev) -> None:
             raise TlsRefused(f"TLS handshake failed: {_reason(e)}") from None
         except OSError as e:
             raise TlsRefused(f"connection lost in the TLS handshake: {e}") from None
+
+
+def _linger(sock: socket.socket, hub, read_ev) -> None:
+    """Close gently: send FIN, then read and drop what the client still sends
+    (for at most LINGER seconds).  Closing with unread bytes would send a
+    reset, and the client's kernel would drop the alert or TLS_REQUIRED
+    line we wrote before the client could read it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        return
+    with gevent.Timeout(LINGER, False):
+        while True:
+            try:
+                if not sock.recv(4096):
+                    return
+            except (BlockingIOError, ssl.SSLWantReadError):
+                hub.wait(read_ev)
+            except OSError:
+                return
 
 
 def _peek(plain: socket.socket, hub, read_ev) -> bytes:
