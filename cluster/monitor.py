@@ -160,9 +160,21 @@ def _restarted(prev: NodeReport | None, cur: NodeReport) -> bool:
             or prev.stats.get("pid") != cur.stats.get("pid"))
 
 
+def fullness(s: Mapping) -> dict | None:
+    """How full a capped bsnode is (its stats show caps only when one is set)."""
+    pairs = [(s.get("current-jobs", 0), s.get("max-jobs", 0)),
+             (s.get("current-job-bytes", 0), s.get("max-job-bytes", 0))]
+    if not any(limit for _, limit in pairs):
+        return None
+    return {"fraction": max(now / limit for now, limit in pairs if limit),
+            "jobs": pairs[0][0], "max_jobs": pairs[0][1],
+            "job_bytes": pairs[1][0], "max_job_bytes": pairs[1][1]}
+
+
 def node_row(node: NodeAddress, cur: NodeReport, prev: NodeReport | None, dt: float) -> dict:
     s = cur.stats
     row = {"name": node.name, "address": node.address, "up": cur.up, "error": cur.error}
+    row["full"] = fullness(s) if cur.up else None  # bsnode --max-jobs/--max-job-bytes
     before = None if _restarted(prev, cur) else prev.stats
     row.update({k: (_rate(before, s, f, dt) if cur.up else None) for k, f in NODE_RATES.items()})
     if not cur.up:
