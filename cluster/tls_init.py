@@ -1,5 +1,7 @@
 """Trial certificates for ``bscluster init --tls``: a private CA, a node
-certificate and a client certificate, made with the ``openssl`` command.
+certificate and a client certificate, made with the ``openssl`` command;
+and ``dashboard_context``, which serves the dashboard over HTTPS with the
+nodes' certificate when the config's [tls] table names one.
 
 How this works
 --------------
@@ -23,6 +25,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -145,6 +148,18 @@ def trial_table(config_path: Path, host: str) -> str:
     names = [host] if host not in ("0.0.0.0", "::", "") else [socket.gethostname()]
     make_trial(config_path.parent / TRIAL_DIR, names)
     return TRIAL_TABLE.format(dir=TRIAL_DIR)
+
+
+def dashboard_context(config) -> ssl.SSLContext | None:
+    """HTTPS for the dashboard: the nodes' certificate and key ([tls] node_cert,
+    node_key), with bsnode's TLS rules; no client certificate is asked for
+    (the dashboard's token guards its actions).  None: plain HTTP."""
+    tls = config.tls
+    if tls is None or not tls.node_cert:
+        return None
+    from bsnode.tls import TlsFiles
+
+    return TlsFiles(tls.node_cert, tls.node_key).context()
 
 
 def make_trial(directory: str | os.PathLike, hosts: list[str]) -> TrialFiles:

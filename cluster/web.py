@@ -457,12 +457,16 @@ def _job_id(text: str) -> int:
 
 
 def make_server(dashboard: Dashboard, host: str, port: int,
-                quiet: bool = True) -> ThreadingHTTPServer:
-    """Bind the dashboard; the caller runs ``serve_forever`` and ``server_close``."""
+                quiet: bool = True, ssl_context=None) -> ThreadingHTTPServer:
+    """Bind the dashboard; the caller runs ``serve_forever`` and ``server_close``.
+    With ``ssl_context`` it serves HTTPS (the handshake runs in each request's thread)."""
     loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
     handler = type("DashboardHandler", (Handler,), {"dashboard": dashboard, "quiet": quiet})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True,
+                                                do_handshake_on_connect=False)
     if loopback:
         bound = server.server_address[1]
         handler.allowed_hosts = frozenset(f"{h}:{bound}" for h in LOOPBACK_HOSTS)
@@ -503,7 +507,8 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
     state = None if node_flags else _supervisor_state_source(config_file, data_dir)
     dashboard = Dashboard(monitor, token, state)
     try:
-        server = make_server(dashboard, host, port, quiet=not verbose)
+        https = _https(config_file)
+        server = make_server(dashboard, host, port, quiet=not verbose, ssl_context=https)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if handler_open_to_others(host):
@@ -515,7 +520,7 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
         dashboard.start()  # the first poll: the URL below is ready when printed
         bound_host, bound_port = server.server_address[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        click.echo(f"dashboard on http://{shown}:{bound_port}/ watching "
+        click.echo(f"dashboard on http{'s' if https else ''}://{shown}:{bound_port}/ watching "
                    f"{', '.join(n.name for n in monitor.nodes)}")
         click.echo("actions enabled (token required)" if token else
                    f"read-only: set --token or {ENV_TOKEN} to enable "
@@ -527,6 +532,17 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
     finally:
         dashboard.stop()
         server.server_close()
+
+
+def _https(config_file: str | None):
+    """The dashboard's HTTPS context from [tls] (None: plain HTTP)."""
+    from bscluster.config import ConfigError, load_config
+    from bscluster.tls_init import dashboard_context
+
+    try:
+        return dashboard_context(load_config(config_file, {}))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _supervisor_state_source(config_file: str | None,
