@@ -5,7 +5,11 @@ ClusterClient and by status, stats and top."""
 from __future__ import annotations
 
 import json
+import re
+import ssl
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -98,6 +102,25 @@ def test_caps_keys_become_node_flags(tmp_path, certs):
         load_config(path, env={"BSCLUSTER_MAX_JOBS": "-1"})
 
 
+def check_https_dashboard(c: Cluster, config: Path) -> None:
+    """`bscluster web` polls the TLS nodes and serves HTTPS with the node certificate."""
+    web = subprocess.Popen([sys.executable, "-m", "bscluster", "web", "-c", str(config),
+                            "--listen", "127.0.0.1:0"], env=c.env, cwd=c.dir,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = web.stdout.readline()
+        m = re.search(r"dashboard on (https://\S+/)", line)
+        assert m, line
+        ctx = ssl.create_default_context(cafile=str(c.dir / "tls" / "ca.pem"))
+        with urllib.request.urlopen(m.group(1) + "api/overview", context=ctx,
+                                    timeout=10) as r:
+            view = json.load(r)
+        assert [n["up"] for n in view["nodes"]] == [True, True]
+    finally:
+        web.terminate()
+        web.wait(10)
+
+
 @pytest.mark.integration
 def test_cluster_from_init_tls_serves_only_mutual_tls(tmp_path):
     c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
@@ -119,6 +142,7 @@ def test_cluster_from_init_tls_serves_only_mutual_tls(tmp_path):
         stats = json.loads(c.run("stats", "--json", check=True).stdout)
         assert stats["totals"]["total-jobs"] == 1 and stats["totals"]["cmd-delete"] == 1
         assert "2/2 nodes up" in c.run("top", "--once", check=True).stdout
+        check_https_dashboard(c, config)
         port = c.base_port
         with pytest.raises(UnexpectedReplyError, match="TLS_REQUIRED"):
             Client(("127.0.0.1", port)).stats()
