@@ -143,6 +143,11 @@ def test_cluster_from_init_tls_serves_only_mutual_tls(tmp_path):
         assert stats["totals"]["total-jobs"] == 1 and stats["totals"]["cmd-delete"] == 1
         assert "2/2 nodes up" in c.run("top", "--once", check=True).stdout
         check_https_dashboard(c, config)
+        bench = c.run("bench", "--config", str(config), "--mode", "put-reserve-delete",
+                      "--conns", "2", "--pipeline", "16", "--seconds", "1", "--procs", "1",
+                      "--json", check=True)
+        result = json.loads(bench.stdout)
+        assert result["target"]["ops_per_s"] > 0 and result["target"]["errors"] == 0
         port = c.base_port
         with pytest.raises(UnexpectedReplyError, match="TLS_REQUIRED"):
             Client(("127.0.0.1", port)).stats()
