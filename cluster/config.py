@@ -22,8 +22,10 @@ The file's shape (clients read the same file, so it stays this shape)::
     crash_limit = 5        # the 5th crash within crash_window seconds: FATAL
     crash_window = 60      #   (crash_limit = 0: restart for ever)
     web = "127.0.0.1:11380"        # `up` serves the dashboard here ("" = off)
+    web_max_tubes = 1000           # tubes the dashboard lists and keeps history for
     metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
     metrics_host = "127.0.0.1"
+    ring = "md5"           # the tube -> node hash: "md5" (uhashring) or "ketama"
     max_jobs = 0           # --max-jobs: a put beyond answers OUT_OF_MEMORY (0 = no cap)
     max_job_bytes = 0      # --max-job-bytes: cap on the sum of job bodies (0 = no cap)
 
@@ -36,6 +38,8 @@ The file's shape (clients read the same file, so it stays this shape)::
     weight = 2             # share of tubes in the client's ring
     data_dir = "/srv/bs2"  # this node's own binlog directory
     metrics_port = 9400    # this node's --metrics port
+    leaving = true         # being removed: no tubes on the ring, still served
+    removed = true         # gone (`bscluster remove`); its name is never reused
 
 Unknown keys are errors that name the key and suggest the nearest valid
 one; every value is checked here so a bad one is reported with where it
@@ -61,6 +65,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from bsclient import Ring
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 from bsclient.tls import TlsConfigError, TlsSettings, settings_from
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
@@ -75,6 +80,8 @@ DEFAULT_BINLOG_SIZE = 10485760
 DEFAULT_NODE_COMMAND = "bsnode"
 DEFAULT_WEIGHT = 1
 DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
+DEFAULT_WEB_MAX_TUBES = 1000  # tubes the dashboard lists and keeps a history for
+MAX_WEB_MAX_TUBES = 1_000_000
 WEB_OFF = ("", "off")  # values of `web` that mean: no dashboard
 METRICS_OFF = 0  # metrics_base_port that means: nodes get no --metrics
 NODE_METRICS_FLAG = "--metrics"  # bsnode's extension flag (beanstalkd has none)
@@ -83,6 +90,9 @@ ENV_PREFIX = "BSCLUSTER_"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 NEVER_FSYNC = -1
 MAX_NODES = 1000
+RING_MD5 = "md5"  # uhashring's own ring (ClusterClient's default)
+RING_KETAMA = "ketama"  # libketama's continuum (ClusterClient(..., ketama=True))
+RING_MODES = (RING_MD5, RING_KETAMA)
 
 CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "nodes": DEFAULT_NODES,
@@ -97,8 +107,10 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "crash_limit": CRASH_LIMIT,
     "crash_window": CRASH_WINDOW,
     "web": "",
+    "web_max_tubes": DEFAULT_WEB_MAX_TUBES,
     "metrics_base_port": METRICS_OFF,
     "metrics_host": DEFAULT_HOST,
+    "ring": RING_MD5,
     "max_jobs": 0,  # bsnode --max-jobs (node/caps.py); 0: no cap
     "max_job_bytes": 0,  # bsnode --max-job-bytes
 })
@@ -106,7 +118,9 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
 # plus any node option (these default to the [cluster] value)
 NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_dir",
                     "max_jobs", "max_job_bytes")
-NODE_KEYS = ("host", "port", "weight", "metrics_port") + NODE_OPTION_KEYS
+# leaving: still run and reserved from, but owns no tubes (`bscluster remove`);
+# removed: not part of the cluster any more (its number is not reused)
+NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + NODE_OPTION_KEYS
 TOP_LEVEL_KEYS = ("cluster", "nodes", "tls")
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
 
@@ -133,6 +147,9 @@ class NodeSpec:
     max_jobs: int = 0
     max_job_bytes: int = 0
     tls_args: tuple[str, ...] = ()  # bsnode's TLS flags, from [tls] (TlsSettings.node_args)
+    # owns no tubes on the ring; still served until removed.  Not a setting of
+    # the process: changing it needs no restart
+    leaving: bool = field(default=False, compare=False)
 
     @property
     def index(self) -> int:
@@ -177,6 +194,7 @@ class NodeSpec:
             "metrics_host": self.metrics_host, "metrics_port": self.metrics_port,
             "max_jobs": self.max_jobs, "max_job_bytes": self.max_job_bytes,
             "tls_args": list(self.tls_args),
+            "leaving": self.leaving,
         }
 
     @classmethod
@@ -201,8 +219,10 @@ class ClusterConfig:
     crash_limit: int = CRASH_LIMIT
     crash_window: int = CRASH_WINDOW
     web: str = ""  # ADDR:PORT where `up` serves the dashboard; "" = off
+    web_max_tubes: int = DEFAULT_WEB_MAX_TUBES
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
+    ring: str = RING_MD5  # which hash places tubes on nodes (RING_MODES)
     path: Path | None = None  # the config file read, if any
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     tls: TlsSettings | None = None  # the [tls] table (+ BSCLUSTER_TLS_*); None: plain TCP
@@ -235,6 +255,15 @@ class ClusterConfig:
         """``{"node1": "host:port", ...}``: what ``ClusterClient`` takes."""
         return {n.name: n.address for n in self.nodes}
 
+    def placement(self) -> Ring:
+        """The ring every client of this config uses for puts: the nodes that
+        are not leaving, with their weights, hashed as ``ring`` says.  (A
+        leaving node is still reserved from; it just owns no tube.)"""
+        owners = {n.name: n.weight for n in self.nodes if not n.leaving}
+        if not owners:
+            raise ConfigError("every node is leaving: at least one must stay to own tubes")
+        return Ring(owners, ketama=self.ring == RING_KETAMA)
+
     def to_dict(self) -> dict:
         return {
             "nodes": [n.to_dict() for n in self.nodes], "host": self.host,
@@ -242,8 +271,9 @@ class ClusterConfig:
             "fsync_ms": self.fsync_ms, "max_job_size": self.max_job_size,
             "binlog_size": self.binlog_size, "node_command": list(self.node_command),
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
-            "web": self.web, "metrics_base_port": self.metrics_base_port,
-            "metrics_host": self.metrics_host,
+            "web": self.web, "web_max_tubes": self.web_max_tubes,
+            "metrics_base_port": self.metrics_base_port,
+            "metrics_host": self.metrics_host, "ring": self.ring,
             "path": str(self.path) if self.path else None,
             "tls": self.tls.to_dict() if self.tls else None,
             "max_jobs": self.max_jobs, "max_job_bytes": self.max_job_bytes,
@@ -259,8 +289,9 @@ class ClusterConfig:
             # settings newer than a wanted.json written by an older bscluster
             crash_limit=d.get("crash_limit", CRASH_LIMIT),
             crash_window=d.get("crash_window", CRASH_WINDOW),
-            web=d.get("web", ""), metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
-            metrics_host=d.get("metrics_host", DEFAULT_HOST),
+            web=d.get("web", ""), web_max_tubes=d.get("web_max_tubes", DEFAULT_WEB_MAX_TUBES),
+            metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
+            metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
             path=Path(d["path"]) if d.get("path") else None,
             tls=TlsSettings(**d["tls"]) if d.get("tls") else None,
             max_jobs=d.get("max_jobs", 0), max_job_bytes=d.get("max_job_bytes", 0),
@@ -366,6 +397,8 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         where = f"[nodes.{name}] in {path}"
         for key, value in over.items():
             _check_value(key, value, where)
+        if over.get("removed", False):
+            continue
         port = over.get("port", values["base_port"] + i - 1)
         if port > 65535:
             raise ConfigError(f"{name} would listen on port {port}: base_port "
@@ -383,9 +416,13 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
             weight=over.get("weight", DEFAULT_WEIGHT),
             metrics_host=values["metrics_host"], metrics_port=metrics_port,
             tls_args=tuple(tls.node_args()) if tls else (),
+            leaving=over.get("leaving", False),
             data_dir=_abs(over["data_dir"], base) if "data_dir" in over else data_dir / name,
             **{k: over.get(k, values[k]) for k in NODE_OPTION_KEYS if k != "data_dir"},
         ))
+    if not specs:
+        raise ConfigError(f"every node of {path} is marked removed = true; a cluster needs "
+                          f"at least one node")
     web = "" if values["web"].strip().lower() in WEB_OFF else values["web"].strip()
     _check_unique(specs, web)
     return ClusterConfig(
@@ -393,8 +430,8 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         sources=MappingProxyType(sources), web=web, tls=tls,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
-                                  "metrics_base_port", "metrics_host", "max_jobs",
-                                  "max_job_bytes")},
+                                  "web_max_tubes", "metrics_base_port", "metrics_host",
+                                  "ring", "max_jobs", "max_job_bytes")},
     )
 
 
@@ -530,11 +567,17 @@ _RULES = {
                      f"a number of seconds from 1 to {MAX_CRASH_WINDOW}"),
     "web": (str, _listen_ok,
             f"ADDR:PORT for the dashboard (e.g. {DEFAULT_WEB_LISTEN}), or \"\" for none"),
+    "web_max_tubes": (int, lambda v: 1 <= v <= MAX_WEB_MAX_TUBES,
+                      f"a number of tubes from 1 to {MAX_WEB_MAX_TUBES}"),
     "metrics_base_port": (int, lambda v: v == METRICS_OFF or _port_ok(v),
                           "a TCP port between 1 and 65535, or 0 for no node metrics"),
     "metrics_host": (str, lambda v: v.strip() != "" and not v.startswith("unix:"),
                      "an IP address to serve node metrics on (e.g. 127.0.0.1)"),
     "metrics_port": (int, _port_ok, "a TCP port between 1 and 65535"),
+    "ring": (str, lambda v: v in RING_MODES,
+             " or ".join(f'"{m}"' for m in RING_MODES) + " (the hash that places tubes)"),
+    "leaving": (bool, lambda v: True, "true or false"),
+    "removed": (bool, lambda v: True, "true or false"),
     "max_jobs": (int, lambda v: v >= 0, "a number of jobs >= 1, or 0 for no cap"),
     "max_job_bytes": (int, lambda v: v >= 0, "a number of bytes >= 1, or 0 for no cap"),
 }
