@@ -134,8 +134,6 @@ class TlsEndpoint:
         self.files = files
         self.handshake_timeout = handshake_timeout
         self.context = files.context()
-        self.refused = 0  # handshakes refused or abandoned since start
-        self.reloads = 0
 
     def reload(self) -> bool:
         """Re-read the certificate files; keep the old context if they are bad."""
@@ -145,7 +143,6 @@ class TlsEndpoint:
             log.error("SIGHUP: TLS certificates not reloaded, still serving the old ones: %s",
                       e)
             return False
-        self.reloads += 1
         log.info("SIGHUP: TLS certificates reloaded from %s; new connections use them",
                  self.files.cert)
         return True
@@ -162,7 +159,6 @@ class TlsEndpoint:
                                            f"{self.handshake_timeout:g} s")):
                 tls = self._handshake(plain)
         except TlsRefused as e:
-            self.refused += 1
             log.warning("TLS: refused %s: %s", who, e)
             plain.close()
             return None

@@ -65,6 +65,16 @@ def test_client_round_trip_over_mutual_tls(node, certs):
         assert c.stats_tube("tls")["total-jobs"] == 1
 
 
+def test_an_idle_tls_client_keeps_its_connection(node, certs):
+    """The client's idle check (readable = the server hung up) must not take
+    TLS housekeeping for a hang-up and reconnect before every command."""
+    with Client(node.address, ssl_context=certs.good()) as c:
+        first = c.stats()["total-connections"]
+        for _ in range(5):
+            c.list_tubes()
+        assert c.stats()["total-connections"] == first
+
+
 def test_large_bodies_and_pipelined_replies(node, certs):
     """Bodies bigger than one TLS record (16 KiB) and many replies in one
     read: decrypted bytes left buffered in OpenSSL must still be served."""
