@@ -102,6 +102,21 @@ def test_caps_keys_become_node_flags(tmp_path, certs):
         load_config(path, env={"BSCLUSTER_MAX_JOBS": "-1"})
 
 
+def check_rebalance(c: Cluster, config: Path) -> None:
+    """`bscluster rebalance` surveys and moves jobs over TLS."""
+    cc = ClusterClient.from_config(config)
+    owner = cc.node_for("misplaced")
+    other = "node1" if owner == "node2" else "node2"
+    address = {n: cc.client(n).address for n in cc.nodes}
+    ssl_context = cc.client(other).ssl_context
+    cc.close()
+    with Client(address[other], ssl_context=ssl_context, use="misplaced") as wrong:
+        wrong.put(b"on the wrong node")
+    c.run("rebalance", check=True)
+    with Client(address[owner], ssl_context=ssl_context) as right:
+        assert right.stats_tube("misplaced")["current-jobs-ready"] == 1
+
+
 def check_https_dashboard(c: Cluster, config: Path) -> None:
     """`bscluster web` polls the TLS nodes and serves HTTPS with the node certificate."""
     web = subprocess.Popen([sys.executable, "-m", "bscluster", "web", "-c", str(config),
@@ -143,6 +158,7 @@ def test_cluster_from_init_tls_serves_only_mutual_tls(tmp_path):
         assert stats["totals"]["total-jobs"] == 1 and stats["totals"]["cmd-delete"] == 1
         assert "2/2 nodes up" in c.run("top", "--once", check=True).stdout
         check_https_dashboard(c, config)
+        check_rebalance(c, config)
         bench = c.run("bench", "--config", str(config), "--mode", "put-reserve-delete",
                       "--conns", "2", "--pipeline", "16", "--seconds", "1", "--procs", "1",
                       "--json", check=True)
