@@ -348,7 +348,11 @@ def banner(config: ClusterConfig, state: dict) -> str:
     first = next(iter(addresses.values()))
     host, port = first.rsplit(":", 1)
     where = _where_flags(config)
-    lines += ["talk to one node by hand:", f"    telnet {host} {port}",
+    by_hand = f"    telnet {host} {port}"
+    if config.tls is not None:  # the nodes speak TLS: openssl is the telnet of TLS
+        from bscluster.tls_init import by_hand_command
+        by_hand = f"    {by_hand_command(config.tls, host, port)}"
+    lines += ["talk to one node by hand:", by_hand,
               f"look: bscluster status{where} | bscluster stats{where} | bscluster top{where}",
               (f"dashboard: {sup['web']}  (Prometheus: {sup['web']}metrics)" if sup.get("web")
                else f"dashboard: bscluster web{where}  (then open http://{DEFAULT_LISTEN}/), "

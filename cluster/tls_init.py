@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import shutil
 import socket
 import ssl
@@ -148,6 +149,16 @@ def trial_table(config_path: Path, host: str) -> str:
     names = [host] if host not in ("0.0.0.0", "::", "") else [socket.gethostname()]
     make_trial(config_path.parent / TRIAL_DIR, names)
     return TRIAL_TABLE.format(dir=TRIAL_DIR)
+
+
+def by_hand_command(tls, host: str, port: int) -> str:
+    """The telnet of a TLS node: an ``openssl s_client`` line with [tls]'s files."""
+    args = ["openssl", "s_client", "-quiet", "-crlf", "-connect", f"{host}:{port}"]
+    if tls.ca:
+        args += ["-CAfile", tls.ca]
+    if tls.cert:
+        args += ["-cert", tls.cert, "-key", tls.key]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def dashboard_context(config) -> ssl.SSLContext | None:
