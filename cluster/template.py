@@ -70,6 +70,7 @@ binlog_size = {binlog_size}
 
 # Opt-in caps per node (bsnode --max-jobs / --max-job-bytes): a put beyond
 # either answers OUT_OF_MEMORY; 0 = no cap. max_job_bytes counts job bodies.
+# Only bsnode has these flags (and TLS), so leave them 0 with beanstalkd.
 # max_jobs = 0
 # max_job_bytes = 0
 
