@@ -22,18 +22,24 @@ FILES = {
     "xfail": "import pytest\n\n@pytest.mark.xfail(reason='a known bug')\n"
              "def test_a():\n    assert False\n",
     "module": "import pytest\n\npytest.skip('whole module off', allow_module_level=True)\n",
-    # on the allow-list: the benchmark driver without its load generator
-    "expected": "import pytest\n\ndef test_run_benchmarks_quick():\n"
-                "    pytest.skip('no load generator at /x and no /y to build one')\n",
+    # put on the allow-list by ALLOW below
+    "expected": "import pytest\n\ndef test_needs_a_gadget():\n"
+                "    pytest.skip('no gadget at /x')\n",
 }
+ALLOW = """
+import skip_policy
+
+skip_policy.EXPECTED = (skip_policy.Expected(
+    "tests/test_expected.py::test_needs_*", "no gadget", "gadgets are rare"),)
+"""
 
 
 def run(tmp_path: Path, which: list[str], ci: bool) -> subprocess.CompletedProcess:
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     (tmp_path / "tests").mkdir(exist_ok=True)
+    (tmp_path / "tests" / "conftest.py").write_text(ALLOW)
     for name in which:
-        target = "test_bench.py" if name == "expected" else f"test_{name}.py"
-        (tmp_path / "tests" / target).write_text(FILES[name])
+        (tmp_path / "tests" / f"test_{name}.py").write_text(FILES[name])
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PYTHONPATH"] = str(TESTS)
     if ci:
@@ -71,11 +77,17 @@ def test_under_ci_an_unexpected_skip_fails_the_run(tmp_path, which):
 def test_under_ci_an_expected_skip_passes(tmp_path):
     r = run(tmp_path, ["plain", "expected"], ci=True)
     assert r.returncode == 0, r.stdout
-    assert summary_line(r.stdout).startswith("skips: 1 (no load generator at /x")
+    assert summary_line(r.stdout) == "skips: 1 (no gadget at /x: 1)"
     r = run(tmp_path, ["plain", "expected", "skip"], ci=True)
     assert r.returncode == 1, r.stdout
     listed = r.stdout.split("unexpected skip(s)")[1]
-    assert "tests/test_skip.py::test_a" in listed and "test_bench.py" not in listed
+    assert "tests/test_skip.py::test_a" in listed and "test_expected.py" not in listed
+
+
+def test_nothing_is_expected_to_skip_in_ci():
+    import skip_policy
+
+    assert skip_policy.EXPECTED == ()
 
 
 def test_a_failing_run_keeps_its_status(tmp_path):
