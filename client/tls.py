@@ -195,6 +195,16 @@ def explain(e: BaseException) -> str:
     return f"TLS failed: {hint} ({e.reason})" if hint else f"TLS failed: {e}"
 
 
+def read_pending(sock: ssl.SSLSocket) -> bytes:
+    """The bytes OpenSSL has already decrypted and buffered (``pending()``):
+    a readiness poll on the descriptor cannot see them, so whoever reads
+    after a poll must take them too, or they wait until more bytes arrive."""
+    out = b""
+    while sock.pending():
+        out += sock.recv(sock.pending())
+    return out
+
+
 def stale(sock: ssl.SSLSocket) -> bool:
     """For an idle TLS socket that select() found readable: did the server
     hang up or write?  Bytes that only carry TLS housekeeping do not count."""

@@ -66,6 +66,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from bsclient import Ring
+from bsclient.config import ConfigError as ClientConfigError
+from bsclient.config import tube_settings
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 from bsclient.tls import TlsConfigError, TlsSettings, settings_from
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
@@ -121,7 +123,7 @@ NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_d
 # leaving: still run and reserved from, but owns no tubes (`bscluster remove`);
 # removed: not part of the cluster any more (its number is not reused)
 NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + NODE_OPTION_KEYS
-TOP_LEVEL_KEYS = ("cluster", "nodes", "tls")
+TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes", "tls")  # [tubes.NAME] is the clients' (spread)
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
 
 
@@ -474,9 +476,13 @@ def _check_shape(doc: Mapping, path: Path) -> None:
     for key, value in doc.items():
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{path}: unknown table [{key}]" + _suggest(key, TOP_LEVEL_KEYS)
-                              + "; valid tables are [cluster], [nodes.nodeN] and [tls]")
+                              + "; valid tables are [cluster], [nodes.nodeN], [tubes.NAME] and [tls]")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: {key} must be a table ([{key}]), not a value")
+    try:
+        tube_settings(doc, str(path))  # the clients read [tubes.*]; checked here too
+    except ClientConfigError as e:
+        raise ConfigError(str(e)) from None
     for key in doc.get("cluster", {}):
         if key not in CLUSTER_DEFAULTS:
             hint = " (port, weight and host for one node go in [nodes.nodeN])" \
