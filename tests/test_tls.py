@@ -274,3 +274,32 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, tmp_pat
                  after=mark)
         assert _serial(certs.good(), node.address) == _serial_of(certs.node2)
         old.close()
+
+
+# --- ClusterClient over TLS ------------------------------------------------------------
+def test_cluster_client_reserves_over_tls_from_every_node(certs):
+    """The multiplexed reserve polls the nodes' descriptors; bodies of several
+    TLS records each must come whole, with nothing left unseen in OpenSSL."""
+    from bsclient import ClusterClient, TimedOutError
+
+    with start_tls_node(certs) as a, start_tls_node(certs) as b:
+        nodes = {"node1": f"127.0.0.1:{a.port}", "node2": f"127.0.0.1:{b.port}"}
+        cc = ClusterClient(nodes, ssl_context=certs.good(), timeout=10)
+        tubes = [f"t{i}" for i in range(6)]
+        assert {cc.node_for(t) for t in tubes} == {"node1", "node2"}
+        sent = {}
+        for i in range(24):
+            cc.use(tubes[i % len(tubes)])
+            body = bytes([i]) * (20000 + i)  # two TLS records and a bit
+            sent[cc.put(body)] = body
+        for t in tubes:
+            cc.watch(t)
+        got = {}
+        while len(got) < len(sent):
+            job = cc.reserve(timeout=5)
+            got[job.handle] = job.body
+            cc.delete(job)
+        assert got == sent
+        with pytest.raises(TimedOutError):
+            cc.reserve(timeout=0)
+        cc.close()
