@@ -32,6 +32,7 @@ beanstalkd connection's.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -45,6 +46,7 @@ from .config import (
     layout_from_env,
     nodes_from_mapping,
     read_layout,
+    read_tls_settings,
 )
 from .consume import (  # noqa: F401 - re-exported
     HOLD_TOUCH_AFTER,
@@ -77,6 +79,10 @@ from .ring import OWNER_CACHE_SIZE, RING_KETAMA, RING_MD5, Ring, placement
 JobHandle = Job | str
 
 
+def _context(settings) -> ssl.SSLContext | None:
+    return None if settings is None else settings.client_context()
+
+
 class ClusterClient:
     """A sharded beanstalkd: a ring of named nodes behind one client.
 
@@ -103,6 +109,7 @@ class ClusterClient:
         watch: str | Iterable[str] | None = None,
         spread: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if timeout is not None:  # the old name of op_timeout
             op_timeout = timeout
@@ -116,7 +123,7 @@ class ClusterClient:
             policy=policy, failure_threshold=failure_threshold, dead_timeout=dead_timeout,
             connect_timeout=connect_timeout, op_timeout=op_timeout, encoding=encoding,
             clock=clock, use=check_tube(use) if use is not None else DEFAULT_TUBE,
-            watch=tuple(watching),
+            watch=tuple(watching), ssl_context=ssl_context,
         )
         specs = nodes_from_mapping(nodes) if isinstance(nodes, Mapping) else tuple(nodes)
         if not specs:
@@ -136,13 +143,19 @@ class ClusterClient:
         Removed nodes are left out, leaving ones are reserved from but not put
         to, ``[cluster] ring = "ketama"`` means ``ketama=True`` (a ``ketama``
         argument wins).  A ``spread`` argument adds to, and wins over, the
-        file's [tubes.*] tables.
+        file's [tubes.*] tables.  TLS comes from its [tls] table and
+        BSCLUSTER_TLS_* unless ``ssl_context`` is given.
         """
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(path))
         return cls.from_layout(read_layout(path), **kwargs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs) -> ClusterClient:
-        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file)."""
+        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file);
+        TLS from BSCLUSTER_TLS_* (and that file's [tls]) unless ``ssl_context`` is given."""
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(None, env))
         return cls.from_layout(layout_from_env(env), **kwargs)
 
     @classmethod
@@ -154,7 +167,8 @@ class ClusterClient:
 
     def clone(self) -> ClusterClient:
         """A new ClusterClient with this one's nodes (as they are now: added,
-        removed, leaving), ring, spread tubes and settings, and no connections."""
+        removed, leaving), ring, spread tubes and settings (TLS too), and no
+        connections."""
         pool = self._pool
         nodes = [NodeAddress(m.name, m.address, m.weight, leaving=m.name not in self._ring.weights)
                  for m in (pool.members[name] for name in pool.order)]
@@ -163,7 +177,7 @@ class ClusterClient:
             dead_timeout=pool.dead_timeout, ketama=self._ring.ketama, vnodes=self._ring.vnodes,
             connect_timeout=pool.connect_timeout, op_timeout=pool.op_timeout,
             encoding=pool.encoding, use=pool.default_use, watch=pool.default_watch,
-            spread=self._spread, clock=pool.clock)
+            spread=self._spread, clock=pool.clock, ssl_context=pool.ssl_context)
 
     def work(self, handler: Callable[[Job], object], tubes: str | Iterable[str] = (DEFAULT_TUBE,),
              **options) -> bool:

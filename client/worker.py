@@ -67,7 +67,7 @@ from typing import Protocol, runtime_checkable
 from . import retry
 from .client import DEFAULT_TUBE, Job
 from .cluster import ClusterClient
-from .config import read_layout
+from .config import read_layout, read_tls_settings
 from .consume import check_tube
 from .errors import ConnectionLostError, DeadlineSoonError, NotFoundError, TimedOutError
 from .retry import Policy
@@ -120,7 +120,9 @@ def client_factory(source: Source) -> Callable[[], QueueClient]:
     """
     if isinstance(source, (str, os.PathLike)):
         layout = read_layout(source)  # nodes, ring and spread tubes, as the file says
-        return lambda: ClusterClient.from_layout(layout)
+        tls = read_tls_settings(source)  # [tls] and BSCLUSTER_TLS_*
+        ctx = tls.client_context() if tls else None
+        return lambda: ClusterClient.from_layout(layout, ssl_context=ctx)
     if isinstance(source, Mapping):
         return lambda: ClusterClient(source)
     if callable(source):
