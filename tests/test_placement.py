@@ -51,7 +51,9 @@ def test_route_config_and_client_agree(tmp_path, ring, clean_env):
     r = CliRunner().invoke(cli, ["route", "--config", str(path), "--json", *TUBES])
     assert r.exit_code == 0, r.output
     routed = {row["tube"]: [row["node"], *row["failover"]] for row in json.loads(r.stdout)}
-    config_ring = load_config(path, env={}).placement()
+    config = load_config(path, env={})
+    assert config.layout() == read_layout(path)  # both readers see the same cluster
+    config_ring = config.placement()
     with ClusterClient.from_config(path) as client:
         assert client.nodes == ("node1", "node2", "node3", "node4", "node6")  # node5 removed
         assert client.ring.weights == {"node1": 1, "node2": 3, "node4": 1, "node6": 2}
