@@ -60,6 +60,7 @@ from .errors import (
     ConnectionLostError,
     DrainingError,
     NoNodeAvailableError,
+    OutOfMemoryError,
 )
 from .fanout import MAX_TUBE_STATS, NON_ADDITIVE_STATS, merge_stats  # noqa: F401
 from .pool import (  # noqa: F401 - re-exported
@@ -110,6 +111,7 @@ class ClusterClient:
         spread: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         ssl_context: ssl.SSLContext | None = None,
+        spill_when_full: bool = False,
     ) -> None:
         if timeout is not None:  # the old name of op_timeout
             op_timeout = timeout
@@ -133,6 +135,9 @@ class ClusterClient:
         self._nodes = pool.members  # name -> Member, shared with the pool
         self._ring = placement(specs, RING_KETAMA if ketama else RING_MD5, vnodes=vnodes)
         self._spread = check_spread(spread or {}, "spread")
+        # OUT_OF_MEMORY (a node at its --max-jobs/--max-job-bytes cap) is raised to
+        # the producer as back-pressure unless asked to try the next node (CLIENT.md)
+        self.spill_when_full = spill_when_full
         self._consumer = Consumer(pool, self._hot_nodes)
         pool.session()  # this thread's: other threads start from its tubes
 
@@ -177,7 +182,8 @@ class ClusterClient:
             dead_timeout=pool.dead_timeout, ketama=self._ring.ketama, vnodes=self._ring.vnodes,
             connect_timeout=pool.connect_timeout, op_timeout=pool.op_timeout,
             encoding=pool.encoding, use=pool.default_use, watch=pool.default_watch,
-            spread=self._spread, clock=pool.clock, ssl_context=pool.ssl_context)
+            spread=self._spread, clock=pool.clock, ssl_context=pool.ssl_context,
+            spill_when_full=self.spill_when_full)
 
     def work(self, handler: Callable[[Job], object], tubes: str | Iterable[str] = (DEFAULT_TUBE,),
              **options) -> bool:
@@ -330,6 +336,12 @@ class ClusterClient:
                 order = order or self._ring.preference_tuple(tube)
                 return self._put_failover(tube, order, body, priority, delay, ttr,
                                           [f"{first.name}: draining"], skip=first.name)
+            except OutOfMemoryError:
+                if not self.spill_when_full or self.policy == FAIL_FAST:
+                    raise
+                order = order or self._ring.preference_tuple(tube)
+                return self._put_failover(tube, order, body, priority, delay, ttr,
+                                          [f"{first.name}: full"], skip=first.name)
             except ConnectionLostError as e:
                 self._pool.failed(first, hung=isinstance(e, TimeoutError))
                 s.lost(conn)
@@ -375,6 +387,10 @@ class ClusterClient:
             except DrainingError:
                 pool.drained(node)
                 reasons.append(f"{name}: draining")
+            except OutOfMemoryError:
+                if not self.spill_when_full:
+                    raise
+                reasons.append(f"{name}: full")
             except NoNodeAvailableError as e:
                 if e.sent:
                     raise

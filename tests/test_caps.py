@@ -167,3 +167,23 @@ def test_binlog_replay_restores_the_counts(tmp_path):
         c.put(b"fits again")
         with pytest.raises(OutOfMemoryError):
             c.put(b"full")
+
+
+@pytest.mark.integration
+def test_cluster_client_spills_a_full_nodes_put_only_when_asked():
+    from bsclient import ClusterClient
+
+    with start_bsnode("--max-jobs", "1") as small, start_bsnode() as big:
+        nodes = {"node1": small.address, "node2": big.address}
+        tube = next(t for t in (f"t{i}" for i in range(1000))
+                    if ClusterClient(nodes).node_for(t) == "node1")
+        plain = ClusterClient(nodes)
+        assert plain.put(b"a", tube=tube).startswith("node1/")
+        with pytest.raises(OutOfMemoryError):  # back-pressure by default
+            plain.put(b"b", tube=tube)
+        spill = ClusterClient(nodes, spill_when_full=True)
+        assert spill.put(b"b", tube=tube).startswith("node2/")
+        assert spill.clone().spill_when_full
+        assert spill.put(b"c", tube=tube).startswith("node2/")
+        plain.close()
+        spill.close()
