@@ -43,7 +43,7 @@ RECOVER_ENV = "BSNODE_BINLOG_RECOVER"
 
 # names the tests and tools use from here
 __all__ = ["COMPACT_CREDIT", "DEFAULT_SEGMENT_SIZE", "RECOVER_ENV", "RETRY_EVERY", "SLOT",
-           "Binlog", "BinlogError", "attach"]
+           "Binlog", "BinlogError", "attach", "lock_dir"]
 
 
 class BinlogError(Exception):
@@ -230,11 +230,23 @@ class Binlog(Compactor):
 
 
 # --- attaching to a store -----------------------------------------------------------
+def lock_dir(dirpath: str) -> DirLock:
+    """Create ``dirpath`` if needed and lock it: one node per binlog directory."""
+    try:
+        os.makedirs(dirpath, mode=0o700, exist_ok=True)
+        return DirLock(dirpath)
+    except DirLockedError as e:
+        raise BinlogError(str(e), exit_code=10) from None
+    except OSError as e:
+        raise BinlogError(f"cannot use binlog directory {dirpath}: {e}") from None
+
+
 def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
            fsync_ms: int | None = 50, recover: bool | None = None,
            io: OsIO | None = None, wall: Callable[[], float] = time.time,
-           background_sync: bool = True) -> Binlog:
-    """Lock ``dirpath``, replay its binlog into ``store`` and set ``store.wal``.
+           background_sync: bool = True, lock: DirLock | None = None) -> Binlog:
+    """Lock ``dirpath`` (unless ``lock`` holds it already), replay its binlog
+    into ``store`` and set ``store.wal``.
 
     ``recover`` (default: the BSNODE_BINLOG_RECOVER environment variable)
     skips damage in the middle of the log instead of refusing to start.
@@ -243,13 +255,8 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
     if recover is None:
         recover = os.environ.get(RECOVER_ENV, "") not in ("", "0")
     started = time.monotonic()
-    try:
-        os.makedirs(dirpath, mode=0o700, exist_ok=True)
-        lock = DirLock(dirpath)
-    except DirLockedError as e:
-        raise BinlogError(str(e), exit_code=10) from None
-    except OSError as e:
-        raise BinlogError(f"cannot use binlog directory {dirpath}: {e}") from None
+    if lock is None:
+        lock = lock_dir(dirpath)
     wal = None
     gc_was_on = gc.isenabled()
     gc.disable()  # a million new objects would trigger ever longer collections

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import mmap
 import os
+import pwd
 import re
 import threading
 
@@ -132,6 +133,16 @@ class DirLock:
             raise
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, b"%d\n" % os.getpid(), 0)
+
+    def give_to(self, user: str) -> None:
+        """Make the lock file ``user``'s, for a node about to become ``user``
+        (-u): taken before privileges are dropped, it is the only binlog file
+        the node creates as root."""
+        try:
+            pw = pwd.getpwnam(user)
+            os.fchown(self.fd, pw.pw_uid, pw.pw_gid)
+        except (KeyError, OSError):
+            pass  # an unknown user is reported by -u itself
 
     def release(self) -> None:
         if self.fd >= 0:
