@@ -28,6 +28,7 @@ gevent's own Timeout interrupts a greenlet.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -42,6 +43,7 @@ from gevent.server import StreamServer
 
 from .commands import CLOSE, Commands, reserved_reply
 from .gc_policy import freeze_survivors
+from .ratelog import Complaints
 from .store import Job, Store
 
 log = logging.getLogger("bsnode")
@@ -50,6 +52,10 @@ RECV_SIZE = 65536
 PARKED_BACKLOG = 1 << 20  # unrun bytes we accept from a parked connection
 SEND_BATCH = 1 << 18  # replies held before a send, when one read asks for many
 SYNC_RETRY = 1.0  # seconds between tries of a failed -f 0 sync (as the binlog's retries)
+CLOCK_RETRY = 1.0  # seconds before the clock ticks again after a failure
+ACCEPT_BRAKE_MIN = 0.01  # seconds without accepting after accept() lacks a descriptor
+ACCEPT_BRAKE_MAX = 1.0  # ... doubling up to this while the shortage lasts
+ACCEPT_SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class _Wakeup(BaseException):
@@ -163,8 +169,12 @@ class GroupCommit:
             err = None
             try:
                 fd, upto = wal.sync_start()
-            except OSError as e:  # no descriptor to spare (EMFILE): as a failed sync
-                fd, upto, err = -1, 0, e
+            except OSError:  # no descriptor to spare (EMFILE): sync on the event loop
+                fd, upto = -1, 0
+                try:
+                    upto = wal.sync_here()
+                except OSError as e:
+                    err = e
             if fd >= 0:
                 try:
                     self._pool.apply(_sync_and_close, (wal.io, fd))
@@ -188,6 +198,66 @@ def _sync_and_close(io, fd: int) -> None:
         os.close(fd)
 
 
+class _Acceptor(StreamServer):
+    """gevent's accept loop, with beanstalkd's brake for a descriptor shortage.
+
+    When accept() fails for want of a descriptor or of memory (EMFILE,
+    ENFILE, ENOBUFS, ENOMEM) the listener is not watched for a while (a
+    readable listener would otherwise wake the loop again at once): it is
+    watched again as soon as a connection closes (a descriptor is free), or
+    after a back-off that doubles from ACCEPT_BRAKE_MIN to ACCEPT_BRAKE_MAX
+    seconds.  The shortage is logged, rate-limited; connections already
+    accepted are served on meanwhile."""
+
+    def __init__(self, listener, handle, complaints: Complaints) -> None:
+        super().__init__(listener, handle)
+        self.complaints = complaints
+        self.braked = 0  # accept() failures for want of a resource
+        self._brake_delay = ACCEPT_BRAKE_MIN
+        self._brake_timer = None
+
+    def do_read(self):
+        try:
+            got = StreamServer.do_read(self)
+        except OSError as e:
+            if e.errno not in ACCEPT_SHORTAGE:
+                raise
+            self._brake(e)
+            return None
+        if got is not None:
+            self._brake_delay = ACCEPT_BRAKE_MIN
+        return got
+
+    def _brake(self, err: OSError) -> None:
+        self.braked += 1
+        self.complaints.error("accept", "accept: %s; not accepting for up to %.2f s, or "
+                              "until a connection closes", err.strerror or err,
+                              self._brake_delay)
+        self.stop_accepting()
+        self._cancel_brake()
+        self._brake_timer = self.loop.timer(self._brake_delay)
+        self._brake_timer.start(self.unbrake)
+        self._brake_delay = min(ACCEPT_BRAKE_MAX, self._brake_delay * 2)
+
+    def unbrake(self) -> None:
+        """Accept again, if braked (a connection closed, or the back-off ran out)."""
+        if self._brake_timer is None:
+            return
+        self._cancel_brake()
+        if self.started:
+            self.start_accepting()
+
+    def _cancel_brake(self) -> None:
+        if self._brake_timer is not None:
+            self._brake_timer.stop()
+            self._brake_timer.close()
+            self._brake_timer = None
+
+    def stop(self, timeout=None) -> None:
+        self._cancel_brake()
+        super().stop(timeout=timeout)
+
+
 class NodeServer:
     """Serves one store on a listening socket until stopped."""
 
@@ -199,7 +269,8 @@ class NodeServer:
         self._tick_event = Event()
         store.sched.on_earlier = self._on_earlier
         listener.setblocking(False)  # gevent's accept loop needs it
-        self._server = StreamServer(listener, self._handle)
+        self.complaints = Complaints(log)
+        self._server = _Acceptor(listener, self._handle, self.complaints)
         self._timer = None
         self.group: GroupCommit | None = None
 
@@ -213,16 +284,27 @@ class NodeServer:
         self._tick_event.set()
 
     def _clock_loop(self) -> None:
-        store = self.store
+        """Run every timer when due, for as long as the node runs: a failure
+        here (the scheduler already catches its callbacks') is logged,
+        rate-limited, and the loop goes on after CLOCK_RETRY seconds."""
         event = self._tick_event
         while True:
             event.clear()
-            delay = store.tick()
-            group = self.group
-            if group is not None and not group.busy and group.owed():
-                # written by a timer (a retried DELETE or UPDATE): no answer waits on it
-                gevent.spawn(group.wait)
+            try:
+                delay = self._tick()
+            except Exception as e:  # noqa: BLE001 - nothing may stop the node's clock
+                self.complaints.error("clock", "clock: %s: %s; ticking again in %.0f s",
+                                      type(e).__name__, e, CLOCK_RETRY)
+                delay = CLOCK_RETRY
             event.wait(delay)
+
+    def _tick(self) -> float | None:
+        delay = self.store.tick()
+        group = self.group
+        if group is not None and not group.busy and group.owed():
+            # written by a timer (a retried DELETE or UPDATE): no answer waits on it
+            gevent.spawn(group.wait)
+        return delay
 
     def start(self) -> None:
         self._group_syncs()
@@ -262,6 +344,7 @@ class NodeServer:
         finally:
             self.store.disconnect(conn.session)
             conn.close()
+            self._server.unbrake()  # a descriptor is free again
             if self.verbose:
                 log.info("close %s", address or "unix")
 
