@@ -51,8 +51,10 @@ Options:
 Extension (not in beanstalkd; off unless given):
  --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics
  --binlog-recover     start past damage in the middle of the binlog, skipping
-                      the damaged bytes (jobs in them are lost); the default is
-                      to refuse to start and name the file and offset
+                      the damaged bytes, or a segment that is missing or lost
+                      its end (jobs in them are lost, deleted ones may come
+                      back; a warning says what); the default is to refuse to
+                      start and name the file (and offset)
 
 bsnode speaks the beanstalkd {proto} protocol.  Once listening it writes
 "listening on ADDR:PORT" to stderr.  Under systemd socket activation

@@ -72,7 +72,7 @@ def test_a_valid_crc_over_a_malformed_record_is_named_by_offset():
 def test_headers_need_magic_and_version():
     with pytest.raises(F.FormatError, match="magic"):
         F.parse_header(b"\x07\x00\x00\x00" + bytes(12))
-    bad = F.HEADER.pack(F.MAGIC, F.FORMAT_VERSION + 1, 0, 1)
+    bad = F.HEADER.pack(F.MAGIC, F.FORMAT_VERSION + 1, 0, 1, 0, 0, 0)
     with pytest.raises(F.FormatError, match="version"):
         F.parse_header(bad)
 
@@ -212,7 +212,7 @@ def test_segments_roll_over_at_the_size_limit(tmp_path):
     assert (tmp_path / f"binlog.{nums[-1]}").stat().st_size == 4096  # allocated whole
     st = wal.stats()
     assert (st["oldest_index"], st["current_index"], st["max_size"]) == (1, nums[-1], 4096)
-    assert st["records_written"] == 150 + 1  # the puts and the opening MARK
+    assert st["records_written"] == 150 + 2  # the puts, the opening MARK and HEAD
     assert wal.file_of(jobs[0]) == 1 and wal.file_of(jobs[-1]) == nums[-1]
     assert wal.usage()["disk"] == disk_bytes(tmp_path)
     before = snapshot(store)
@@ -336,6 +336,23 @@ def script(store):
     yield
 
 
+def unfinished(d, used: dict, starts: dict, cut: int) -> None:
+    """A segment is linked to the next one (its header's ``next``) when the
+    next one becomes cur, whose header was written when it was created: so
+    in a log cut before the next one's header, the link is not there yet."""
+    for num in sorted(used):
+        later = [n for n in sorted(used) if n > num]
+        if later and starts[later[0]] + F.HEADER_SIZE > cut and (d / f"binlog.{num}").exists():
+            path = d / f"binlog.{num}"
+            data = bytearray(path.read_bytes())
+            try:
+                h = F.read_header(bytes(data))
+            except F.FormatError:
+                continue  # cut inside its own header
+            data[:F.HEADER_SIZE] = F.header(h.num, h.flags, h.prev, 0, h.prev_end)
+            path.write_bytes(bytes(data))
+
+
 def test_replay_of_a_log_cut_at_every_byte_is_a_prefix_of_what_was_committed(tmp_path):
     src = tmp_path / "src"
     store, wal, clock = open_store(src, segment_size=1024)
@@ -358,6 +375,9 @@ def test_replay_of_a_log_cut_at_every_byte_is_a_prefix_of_what_was_committed(tmp
     whole = [starts[num] + len(files[num][:u].rstrip(b"\0")) for num, u, _, _ in marks]
     clean = {c for w, e in zip(whole, ends, strict=True) for c in range(w, e + 1)}
     clean |= {starts[n] + F.HEADER_SIZE for n in used} | set(starts.values())
+    # a header cut after its format-1 part reads as a header whose links are zero
+    clean |= {starts[n] + c for n in used for c in range(F.HEADER_V1.size, F.HEADER_SIZE)}
+    clean.add(F.HEADER_SIZE + len(F.mark(1)))  # between the opening MARK and HEAD
 
     for cut in range(total + 1):
         d = tmp_path / f"cut{cut}"
@@ -370,6 +390,7 @@ def test_replay_of_a_log_cut_at_every_byte_is_a_prefix_of_what_was_committed(tmp
             elif starts[num] < cut:  # the segment being written: zeros after the cut
                 keep = cut - starts[num]
                 (d / f"binlog.{num}").write_bytes(data[:keep] + bytes(len(data) - keep))
+        unfinished(d, used, starts, cut)
         last = max((w for w in whole if w <= cut), default=whole[0])
         expect = whole.index(last)  # a reserve-job writes nothing: the state before it
         store2, wal2, _ = open_store(d, Clock(clock.now), segment_size=1024)
@@ -569,11 +590,11 @@ def test_dump_prints_every_record_and_flags_damage(tmp_path, capsys):
     assert "delete   id=2" in out and "mark     next_id=1" in out
     path = tmp_path / "binlog.1"
     data = bytearray(path.read_bytes())
-    data[40] ^= 0xFF
+    data[60] ^= 0xFF  # in the first FULL record, after the opening MARK and HEAD
     path.write_bytes(bytes(data))
     assert dump_main(["--json", str(path)]) == 1
     items = [i for i in describe(bytes(data))]
-    assert [i["kind"] for i in items][:3] == ["header", "mark", "damaged"]
+    assert [i["kind"] for i in items][:4] == ["header", "mark", "head", "damaged"]
 
 
 @pytest.mark.parametrize("argv", [
