@@ -49,13 +49,33 @@ from .store import Job, Store
 log = logging.getLogger("bsnode")
 
 RECV_SIZE = 65536
+RECV_TIGHT = 4096  # what a connection reads at once while the reply budget is spent
+FEED_SLICE = 4096  # a big read is parsed this much at a time, as its commands run
 PARKED_BACKLOG = 1 << 20  # unrun bytes we accept from a parked connection
 SEND_BATCH = 1 << 18  # replies held before a send, when one read asks for many
+REPLY_BUDGET = 4 << 20  # replies held for clients not taking them, all connections
 SYNC_RETRY = 1.0  # seconds between tries of a failed -f 0 sync (as the binlog's retries)
 CLOCK_RETRY = 1.0  # seconds before the clock ticks again after a failure
 ACCEPT_BRAKE_MIN = 0.01  # seconds without accepting after accept() lacks a descriptor
 ACCEPT_BRAKE_MAX = 1.0  # ... doubling up to this while the shortage lasts
 ACCEPT_SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class ReplyBudget:
+    """The replies the node holds for clients that have not taken them yet
+    (a send the kernel did not take whole), summed over every connection.
+
+    While ``held`` is under ``limit`` a connection batches up to SEND_BATCH
+    of replies to one read's commands and reads RECV_SIZE at a time; past
+    it, each connection sends every reply before it runs its next command,
+    and reads little: a client that does not read then holds the node to
+    one reply of its own, as beanstalkd does, and stops being read."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int = REPLY_BUDGET) -> None:
+        self.held = 0
+        self.limit = limit
 
 
 class _Wakeup(BaseException):
@@ -66,11 +86,12 @@ class _Conn:
     """One client socket, driven with raw non-blocking calls and two
     persistent libev watchers (cheaper than gevent's socket wrapper)."""
 
-    __slots__ = ("sock", "raw", "glet", "reply", "in_wait", "session", "_hub",
+    __slots__ = ("sock", "raw", "glet", "reply", "in_wait", "session", "budget", "_hub",
                  "_read_ev", "_write_ev")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock, budget: ReplyBudget) -> None:
         self.sock = sock
+        self.budget = budget
         self.raw = getattr(sock, "_sock", sock)
         self.glet = gevent.getcurrent()
         self.reply = None  # the answer to a parked reserve
@@ -83,10 +104,11 @@ class _Conn:
     def recv(self) -> bytes:
         """Wait until readable, then read; b"" at end of stream."""
         raw = self.raw
+        budget = self.budget
         while True:
             self._hub.wait(self._read_ev)
             try:
-                return raw.recv(RECV_SIZE)
+                return raw.recv(RECV_SIZE if budget.held < budget.limit else RECV_TIGHT)
             except BlockingIOError:
                 continue
 
@@ -101,12 +123,18 @@ class _Conn:
         view = memoryview(data)[sent:]
         if self._write_ev is None:
             self._write_ev = self._hub.loop.io(self.raw.fileno(), 2)
-        while view:
-            self._hub.wait(self._write_ev)
-            try:
-                view = view[raw.send(view):]
-            except BlockingIOError:
-                continue
+        held = len(data)  # alive until the client has taken the rest
+        budget = self.budget
+        budget.held += held
+        try:
+            while view:
+                self._hub.wait(self._write_ev)
+                try:
+                    view = view[raw.send(view):]
+                except BlockingIOError:
+                    continue
+        finally:
+            budget.held -= held
 
     def close(self) -> None:
         self._read_ev.close()
@@ -270,6 +298,7 @@ class NodeServer:
         store.sched.on_earlier = self._on_earlier
         listener.setblocking(False)  # gevent's accept loop needs it
         self.complaints = Complaints(log)
+        self.budget = ReplyBudget()
         self._server = _Acceptor(listener, self._handle, self.complaints)
         self._timer = None
         self.group: GroupCommit | None = None
@@ -330,9 +359,9 @@ class NodeServer:
     # --- one connection ---------------------------------------------------
     def _handle(self, sock, address) -> None:
         if self.group is None:
-            conn = _Conn(sock)
+            conn = _Conn(sock, self.budget)
         else:
-            conn = _DurableConn(sock)
+            conn = _DurableConn(sock, self.budget)
             conn.group = self.group
         conn.session = self.store.connect(conn.wake)
         if self.verbose:
@@ -358,6 +387,12 @@ class NodeServer:
             data = recv()
             if not data:
                 return
+            if len(data) > FEED_SLICE:  # parsed as it runs: a burst costs its bytes only
+                for at in range(0, len(data), FEED_SLICE):
+                    events = reader.feed(data[at:at + FEED_SLICE])
+                    if events and not self._run(conn, reader, events):
+                        return
+                continue
             events = reader.feed(data)
             if len(events) == 1:  # the common case: one command, one reply
                 r = execute(session, events[0])
@@ -376,6 +411,7 @@ class NodeServer:
         Returns False when the connection is to be closed."""
         execute = self.commands.execute
         session = conn.session
+        budget = self.budget
         out: list[bytes] = []
         pending = 0  # bytes in out: sent once past SEND_BATCH, so unread replies stay bounded
         if first != b"":
@@ -401,10 +437,11 @@ class NodeServer:
             elif r:
                 out.append(r)
                 pending += len(r)
-                if pending > SEND_BATCH:
-                    conn.send(b"".join(out))
-                    out = []
+                if pending > SEND_BATCH or budget.held + pending > budget.limit:
+                    data = b"".join(out)
+                    out = []  # not held twice while the send waits for the client
                     pending = 0
+                    conn.send(data)
             if i >= len(events):
                 break
             r = execute(session, events[i])
