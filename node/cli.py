@@ -50,6 +50,8 @@ Options:
 
 Extension (not in beanstalkd; off unless given):
  --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics
+ --metrics-max-tubes N  per-tube series for the N tubes with the most jobs
+                      (default {maxtubes}); the others are only counted
  --binlog-recover     start past damage in the middle of the binlog, skipping
                       the damaged bytes, or a segment that is missing or lost
                       its end (jobs in them are lost, deleted ones may come
@@ -81,6 +83,7 @@ class NodeOptions:
     listen_given: bool = False
     port_given: bool = False
     metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT (an extension)
+    metrics_max_tubes: int | None = None  # --metrics-max-tubes N (None: the default)
     binlog_recover: bool | None = None  # --binlog-recover (an extension)
 
 
@@ -139,12 +142,17 @@ def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
     if name == "--binlog-recover" and not eq:
         o["binlog_recover"] = True
         return i
-    if name != "--metrics":
+    if name not in ("--metrics", "--metrics-max-tubes"):
         raise UsageError(f"unknown option: {name}")
     if not eq:
         if i >= len(args):
-            raise UsageError("option requires an argument: --metrics")
+            raise UsageError(f"option requires an argument: {name}")
         value, i = args[i], i + 1
+    if name == "--metrics-max-tubes":
+        if not value.isdigit():
+            raise UsageError(f"--metrics-max-tubes: expected a number, got {value!r}")
+        o["metrics_max_tubes"] = int(value)
+        return i
     try:
         o["metrics"] = parse_listen(value)
     except ValueError as e:
@@ -352,7 +360,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _usage(prog: str) -> str:
+    from .metrics import DEFAULT_MAX_TUBES
+
     return USAGE.format(prog=prog, fsync=DEFAULT_FSYNC_MS, port=DEFAULT_PORT,
+                        maxtubes=DEFAULT_MAX_TUBES,
                         maxjob=DEFAULT_MAX_JOB_SIZE, maxlimit=MAX_JOB_SIZE_LIMIT,
                         binlog=DEFAULT_BINLOG_SIZE, proto=PROTOCOL_VERSION)
 
@@ -386,7 +397,9 @@ def run(opts: NodeOptions) -> None:
     if metrics_listener is not None:
         from . import metrics
 
-        metrics.serve(metrics_listener, commands, store, opts.binlog_dir)
+        max_tubes = opts.metrics_max_tubes
+        metrics.serve(metrics_listener, commands, store, opts.binlog_dir,
+                      metrics.DEFAULT_MAX_TUBES if max_tubes is None else max_tubes)
         log.info("metrics on http://%s/metrics", _describe(metrics_listener))
     if opts.user:
         if lock is not None:
