@@ -106,9 +106,13 @@ def syncs_during_puts(pid: int, sock: socket.socket, tmp_path, name: str) -> tup
 
 
 @needs_tools
-def test_node_at_its_descriptor_limit_keeps_its_clock_and_its_syncs(tmp_path):
+@pytest.mark.parametrize("fsync", ["50", "0"], ids=["-f 50", "-f 0"])
+def test_node_at_its_descriptor_limit_keeps_its_clock_and_its_syncs(tmp_path, fsync):
+    """-f 50: the timer hands syncs to a thread; -f 0: answers wait for a
+    grouped sync (which used to be retried every second for want of a
+    descriptor, holding every answer while the shortage lasted)."""
     argv = ["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--", *bsnode_command(),
-            "-l", "127.0.0.1", "-p", "0", "-b", str(tmp_path / "log"), "-f", "50"]
+            "-l", "127.0.0.1", "-p", "0", "-b", str(tmp_path / "log"), "-f", fsync]
     idle: list[socket.socket] = []
     with Launched(argv) as node:
         port = node.port
