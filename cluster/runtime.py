@@ -31,6 +31,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 STATE_FILE = "bscluster.json"
@@ -103,6 +104,11 @@ def read_json(path: Path) -> dict | None:
 
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
     return os.open(path, flags, FILE_MODE)
+
+
+def log_stamp() -> str:
+    """The time that starts every line bscluster writes to a log (ISO 8601, ms)."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 # --- the supervisor lock -----------------------------------------------------

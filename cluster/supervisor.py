@@ -9,21 +9,26 @@ each turn:
 
 1. handles queued signals: TERM/INT/QUIT stop everything (a second one
    kills), HUP re-reads ``wanted.json`` and the request mailbox (that is how
-   `bscluster up` adds nodes and `bscluster restart` restarts one), CHLD
-   only wakes us;
+   `bscluster up` adds nodes, `bscluster remove` takes one away, and
+   `restart`, `drain` and `undrain` reach one), CHLD only wakes us;
 2. reaps every exited child with ``waitpid(-1, WNOHANG)`` and checks adopted
    nodes (not our children) by pid and start time;
 3. moves timers: a STARTING node that accepts connections is RUNNING, one
    that is too slow is killed; a BACKOFF delay that ran out spawns again; a
    STOPPING node past its deadline gets SIGKILL;
 4. reconciles wanted against running: every wanted node that is STOPPED is
-   spawned (FATAL ones are not);
+   spawned (FATAL ones are not); a node no longer wanted is stopped, then
+   forgotten;
 5. publishes ``bscluster.json`` if anything changed, then sleeps in
    ``select`` on the wakeup fd and the nodes' output pipes.
 
 With ``web`` set (`up --web`), the dashboard and the cluster /metrics run on
 threads of this process (webhost.py); they only read what the loop
 publishes, so the loop stays the one place that changes anything.
+
+A drained node (`bscluster drain`) is sent SIGUSR1 each time it becomes
+RUNNING, so it stays drained across restarts; the set of drained nodes is
+part of the published state, and an adopting supervisor takes it over.
 
 Node states and the retry policy are in ``states.py``.  The supervisor
 never blocks on one node, so a slow or dead node never holds up the others.
@@ -32,6 +37,7 @@ never blocks on one node, so a slow or dead node never holds up the others.
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import sys
@@ -47,6 +53,7 @@ from bscluster.runtime import (
     STATE_VERSION,
     Lock,
     Paths,
+    log_stamp,
     make_private_dir,
     pid_alive,
     process_start_time,
@@ -66,6 +73,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
 IDLE_INTERVAL = 1.0
+# what bsnode writes while it replays a large binlog (node/binlog_replay.py's
+# progress lines): "binlog: replayed 40% (123 records, 1.0 s)"
+REPLAY_PROGRESS = re.compile(r"binlog: (replay(?:ing|ed) [^(]*?)\s*(\(.*\))?$")
 CRASHES_SHOWN = 5  # exits named in a crash-loop FATAL reason
 
 
@@ -88,6 +98,8 @@ class Supervisor:
         self.web = None  # webhost.WebHost when the config asks for the dashboard
         self.web_url: str | None = None
         self.nodes: dict[str, NodeProc] = {}
+        self.drained: set[str] = set()  # nodes that refuse puts (SIGUSR1 on every start)
+        self.progress: dict[str, str] = {}  # STARTING node -> "replayed 40%" (its last words)
         self.signals: deque[int] = deque()
         self.stopping = False
         self.awaiting_settle = True
@@ -237,12 +249,16 @@ class Supervisor:
         for node in self.nodes.values():
             self._echo_output(node, node.read_output())
             if node.state is State.STARTING:
+                self._note_progress(node)
                 if connectable(node.spec.host, node.spec.port) and node.alive():
                     node.fire(Event.READY)
                     node.failed_starts, node.wake_at = 0, None
                     node.reason = None
                     node.restart_requested = False
                     self.say(f"{node.name} RUNNING on {node.spec.address} (pid {node.pid})")
+                    if node.name in self.drained:
+                        node.send(signal.SIGUSR1)
+                        self.say(f"{node.name} drained again (it refuses new jobs)")
                 elif node.wake_at is not None and now >= node.wake_at:
                     node.reason = f"did not accept connections within {START_TIMEOUT:g}s"
                     node.send(signal.SIGKILL)
@@ -256,10 +272,34 @@ class Supervisor:
                 node.send(signal.SIGKILL)
                 node.wake_at = None
 
+    def _note_progress(self, node: NodeProc) -> None:
+        """Remember how far a starting node's binlog replay got, from its output."""
+        node.last_words()  # reads a detached node's log tail into node.tail
+        for line in reversed(node.tail):
+            m = REPLAY_PROGRESS.search(line)
+            if m:
+                self.progress[node.name] = m.group(1)
+                return
+
     def _reconcile(self) -> None:
-        for node in self.nodes.values():
-            if node.state is State.STOPPED:
+        wanted = {spec.name for spec in self.config.nodes}
+        for name, node in list(self.nodes.items()):
+            if name not in wanted:
+                self._retire(node)
+            elif node.state is State.STOPPED:
                 self._spawn(node)
+
+    def _retire(self, node: NodeProc) -> None:
+        """A node taken out of the configuration: stop it, then forget it."""
+        if node.state in (State.STARTING, State.RUNNING):
+            self.say(f"{node.name} removed from the cluster; stopping it")
+            node.stop(self.clock() + STOP_TIMEOUT)
+        elif node.state is State.BACKOFF:
+            node.fire(Event.STOP)
+        elif node.state in (State.STOPPED, State.FATAL) and not node.alive():
+            del self.nodes[node.name]
+            self.drained.discard(node.name)
+            self.say(f"{node.name} removed")
 
     def _spawn(self, node: NodeProc) -> None:
         problem = self._cannot_start(node.spec)
@@ -278,6 +318,7 @@ class Supervisor:
             node.fire(Event.GIVE_UP)
             self.say(f"{node.name} FATAL: {node.reason}")
             return
+        self.progress.pop(node.name, None)
         if previous is not None:
             node.restarts += 1
         node.reason = None
@@ -411,8 +452,28 @@ class Supervisor:
             for path in sorted(self.paths.requests.iterdir()):
                 request = read_json(path)
                 _unlink(path)
-                if request and request.get("op") == "restart":
+                op = (request or {}).get("op")
+                if op == "restart":
                     self._restart(request.get("node", ""))
+                elif op in ("drain", "undrain"):
+                    self._drain(request.get("node", ""), op == "drain")
+
+    def _drain(self, name: str, on: bool) -> None:
+        """Drain a node (SIGUSR1 now and after every start), or stop draining it:
+        a node cannot leave drain mode, so undrain restarts it."""
+        node = self.nodes.get(name)
+        if node is None:
+            self.say(f"drain: no node named {name!r}")
+            return
+        if on:
+            self.drained.add(name)
+            self.say(f"draining {name}: it refuses new jobs from now on")
+            if node.state is State.RUNNING:
+                node.send(signal.SIGUSR1)
+        elif name in self.drained:
+            self.drained.discard(name)
+            self.say(f"undraining {name}: restarting it without drain mode")
+            self._restart(name)
 
     def _restart(self, name: str) -> None:
         node = self.nodes.get(name)
@@ -433,6 +494,8 @@ class Supervisor:
         """Take over nodes a killed supervisor left running, so none is started twice."""
         old = read_json(self.paths.state) or {}
         for name, entry in (old.get("nodes") or {}).items():
+            if entry.get("draining") and name in self.nodes:
+                self.drained.add(name)  # a killed supervisor's drained nodes stay drained
             pid, start = entry.get("pid"), entry.get("pid_start")
             if not pid_alive(pid, start):
                 continue
@@ -453,7 +516,7 @@ class Supervisor:
         self._line("bscluster", message)
 
     def _line(self, who: str, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S ") if self.detached else ""
+        stamp = log_stamp() + " " if self.detached else ""
         try:
             self.out.write(f"{stamp}{who:<{self._width}} | {text}\n")
             self.out.flush()
@@ -473,7 +536,10 @@ class Supervisor:
                 "log": str(self.paths.log) if self.detached else None,
                 "web": self.web_url,
             },
-            "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
+            "nodes": {name: {**n.to_dict(), "draining": name in self.drained,
+                             "progress": self.progress.get(name)
+                             if n.state is State.STARTING else None}
+                      for name, n in self.nodes.items()},
         }
 
     def _publish(self) -> None:

@@ -367,7 +367,10 @@ class Handler(BaseHTTPRequestHandler):
             tube = query.get("tube", [None])[0]
             return self._json(200, {"tube": tube, "points": d.monitor.history(tube)})
         if seg[1] == "tubes" and len(seg) == 3:
-            return self._json(200, inspect_tube(d.monitor, _tube(seg[2])))
+            found = inspect_tube(d.monitor, _tube(seg[2]))
+            if not found["nodes"]:  # every node answered, and none has it
+                raise ApiError(404, f"no node has a tube named {seg[2]!r}")
+            return self._json(200, found)
         if seg[1] == "jobs" and len(seg) == 4:
             job = inspect_job(d.monitor, seg[2], _job_id(seg[3]))
             if job is None:
