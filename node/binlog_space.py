@@ -95,25 +95,42 @@ class SegmentFiles:
                 if (nfree - n) // SLOT + self.spare_slots - nfree // SLOT >= keep:
                     self._roll()
                     return True
-            else:  # a record bigger than a segment gets a segment of its own
-                if not self._add_spare(F.HEADER_SIZE + n + SLOT, front=True):
+            else:  # a record bigger than a segment: the next spare grows to take it
+                big = F.HEADER_SIZE + n + SLOT
+                if not (self._grow_spare(self.spares[0], big) if self.spares
+                        else self._add_spare(big)):
                     return False
                 continue
             if not self._add_spare(self.seg_size):
                 return False
 
-    def _add_spare(self, size: int, front: bool = False) -> bool:
+    def _add_spare(self, size: int) -> bool:
         try:
             seg = self._open_segment(max(size, self.seg_size))
         except OSError as e:
             self._complain("cannot allocate a new segment", e)
             return False
-        if front:
-            self.spares.insert(0, seg)
-        else:
-            self.spares.append(seg)
+        self.spares.append(seg)
         self.spare_slots += (seg.size - seg.used) // SLOT
         self._quick = -1  # more disk: the bound on disk use is checked again
+        return True
+
+    def _grow_spare(self, seg: Segment, size: int) -> bool:
+        """Allocate more room in an unused spare.  (Not a new, bigger spare
+        placed before it: segments are written in the order of their
+        numbers, which is the order replay reads them in.)"""
+        header = F.header(seg.num, seg.flags, seg.prev, seg.next, seg.prev_end)
+        try:
+            self.io.allocate(seg.fd, size)
+            # allocating by writing zeros (no fallocate here) zeroed the header too
+            self._write_rest(seg.fd, header, 0, self.io.pwrite(seg.fd, header, 0))
+        except OSError as e:
+            self._complain("cannot allocate a bigger segment", e)
+            return False
+        self.spare_slots += (size - seg.used) // SLOT - (seg.size - seg.used) // SLOT
+        self.disk += size - seg.size
+        seg.size = size
+        self._quick = -1
         return True
 
     def _open_segment(self, size: int) -> Segment:

@@ -679,3 +679,31 @@ def test_short_writes_are_finished(tmp_path):
     store2, wal2, _ = open_store(tmp_path, Clock(clock.now), segment_size=1024)
     assert snapshot(store2) == before
     wal2.close()
+
+
+def test_a_job_bigger_than_a_segment_keeps_the_segments_in_number_order(tmp_path):
+    """Replay reads segments by number.  A record bigger than a segment used
+    to get a new segment placed before the spares already allocated, which
+    have lower numbers: the log was then written 6, 9, 7, 8, ... and a job
+    put in 9 and deleted in 7 came back after a restart (found while
+    checking issue 19's segment links)."""
+    store, wal, _ = open_store(tmp_path, segment_size=1024)
+    s = store.connect()
+    for _ in range(60):  # enough live jobs that spares are allocated for their deletes
+        store.put(s, 1, 0, 60, b"s" * 20)
+    assert wal.spares
+    big = store.put(s, 1, 0, 60, b"B" * 3000).id
+    home = wal.cur.num
+    while wal.cur.num == home:
+        store.put(s, 1, 0, 60, b"t" * 20)
+    store.delete(s, big)
+    nums = [seg.num for seg in wal.segments + wal.spares]
+    assert nums == sorted(nums)
+    want = snapshot(store)
+    wal.close()
+    store2, wal2, _ = open_store(tmp_path, segment_size=1024)
+    try:
+        assert big not in store2.jobs
+        assert snapshot(store2) == want
+    finally:
+        wal2.close()
