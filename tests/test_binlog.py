@@ -707,3 +707,43 @@ def test_a_job_bigger_than_a_segment_keeps_the_segments_in_number_order(tmp_path
         assert snapshot(store2) == want
     finally:
         wal2.close()
+
+
+def test_restarts_and_crashes_under_compaction_are_never_refused(tmp_path):
+    """The segment links (issue 19, case 6) raise no false alarm: rounds of
+    random puts and deletes in 1 KiB segments (compaction moving jobs and
+    removing segments all along), each ended by a clean stop or by a crash
+    (the files copied as they are, as a kill -9 leaves them); every restart
+    starts, with exactly the jobs that were there."""
+    import random
+    import shutil
+
+    rng = random.Random(7)
+    d = tmp_path / "log"
+    clock = Clock()
+    store, wal, _ = open_store(d, clock, segment_size=1024)
+    migrated = 0
+    for n in range(40):
+        s = store.connect()
+        for _ in range(rng.randint(0, 400)):
+            ready = [j.id for j in store.jobs.values() if j.state == "ready"]
+            if rng.random() < 0.5 or not ready:
+                store.put(s, 1, 0, 60, b"x" * rng.choice([10, 50, 200, 1500]))
+            else:
+                store.delete(s, rng.choice(ready))
+        migrated += wal.stats()["records_migrated"]
+        want = snapshot(store)
+        if rng.random() < 0.6:  # a crash: the files as they are, then the process gone
+            crashed = tmp_path / f"crash{n}"
+            crashed.mkdir()
+            for name in segs(d):
+                shutil.copyfile(d / name, crashed / name)
+            wal.close()
+            shutil.rmtree(d)
+            crashed.rename(d)
+        else:
+            wal.close()
+        store, wal, _ = open_store(d, clock, segment_size=1024)
+        assert snapshot(store) == want, n
+    wal.close()
+    assert migrated > 500  # compaction was at work throughout
