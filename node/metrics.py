@@ -369,10 +369,19 @@ class Page:
 def serve(listener: socket.socket, commands, store, binlog_dir: str | None = None,
           max_tubes: int = DEFAULT_MAX_TUBES):
     """Start serving /metrics in the running gevent hub; returns the server."""
+    import logging
+
     from gevent.pywsgi import WSGIServer
+
+    from .ratelog import Complaints
+    from .server import AcceptBrake
+
+    class MetricsServer(AcceptBrake, WSGIServer):
+        """Out of descriptors, brakes as the protocol's listener does."""
 
     listener.setblocking(False)
     app = make_app(Page(commands, store, binlog_dir, max_tubes))
-    server = WSGIServer(listener, app, log=None, error_log=None)
+    server = MetricsServer(listener, app, log=None, error_log=None)
+    server.complaints = Complaints(logging.getLogger("bsnode.metrics"))
     server.start()
     return server

@@ -226,27 +226,27 @@ def _sync_and_close(io, fd: int) -> None:
         os.close(fd)
 
 
-class _Acceptor(StreamServer):
-    """gevent's accept loop, with beanstalkd's brake for a descriptor shortage.
+class AcceptBrake:
+    """For a gevent StreamServer (mixed in before it): beanstalkd's brake
+    for a descriptor shortage, in place of gevent's traceback per failure.
 
     When accept() fails for want of a descriptor or of memory (EMFILE,
     ENFILE, ENOBUFS, ENOMEM) the listener is not watched for a while (a
     readable listener would otherwise wake the loop again at once): it is
-    watched again as soon as a connection closes (a descriptor is free), or
-    after a back-off that doubles from ACCEPT_BRAKE_MIN to ACCEPT_BRAKE_MAX
-    seconds.  The shortage is logged, rate-limited; connections already
-    accepted are served on meanwhile."""
+    watched again as soon as a connection closes (``unbrake``: a descriptor
+    is free), or after a back-off that doubles from ACCEPT_BRAKE_MIN to
+    ACCEPT_BRAKE_MAX seconds.  The shortage is logged through
+    ``complaints`` (rate-limited); connections already accepted are served
+    on meanwhile.  bsnode's protocol listener and its --metrics one use it."""
 
-    def __init__(self, listener, handle, complaints: Complaints) -> None:
-        super().__init__(listener, handle)
-        self.complaints = complaints
-        self.braked = 0  # accept() failures for want of a resource
-        self._brake_delay = ACCEPT_BRAKE_MIN
-        self._brake_timer = None
+    complaints: Complaints
+    braked = 0  # accept() failures for want of a resource
+    _brake_delay = ACCEPT_BRAKE_MIN
+    _brake_timer = None
 
     def do_read(self):
         try:
-            got = StreamServer.do_read(self)
+            got = super().do_read()
         except OSError as e:
             if e.errno not in ACCEPT_SHORTAGE:
                 raise
@@ -284,6 +284,14 @@ class _Acceptor(StreamServer):
     def stop(self, timeout=None) -> None:
         self._cancel_brake()
         super().stop(timeout=timeout)
+
+
+class _Acceptor(AcceptBrake, StreamServer):
+    """The protocol's listener."""
+
+    def __init__(self, listener, handle, complaints: Complaints) -> None:
+        StreamServer.__init__(self, listener, handle)
+        self.complaints = complaints
 
 
 class NodeServer:

@@ -13,7 +13,8 @@ open() fails with EMFILE.  Meanwhile, on connections accepted before:
   coming (-f 50: one every 50 ms while there are writes).
 
 Then the idle connections go, a new connection is accepted (the accept
-loop backed off and came back), and the same checks pass again.  The
+loop backed off and came back), so is a scrape of ``--metrics`` that waited
+meanwhile, and the same checks pass again.  The
 node's log names the shortage a bounded number of times and has no
 traceback.  Before the fix the first dup() failing killed the greenlet
 that runs every timer: no delayed job became ready again, no reserve
@@ -23,6 +24,7 @@ timed out, and no fdatasync ran.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,6 +50,14 @@ needs_tools = pytest.mark.skipif(not (shutil.which("prlimit") and shutil.which("
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def metrics_port(node) -> int | None:
+    for line in list(node.lines):
+        m = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
+        if m:
+            return int(m.group(1))
+    return None
 
 
 def connect(port: int) -> socket.socket:
@@ -112,11 +122,13 @@ def test_node_at_its_descriptor_limit_keeps_its_clock_and_its_syncs(tmp_path, fs
     grouped sync (which used to be retried every second for want of a
     descriptor, holding every answer while the shortage lasted)."""
     argv = ["prlimit", f"--nofile={LIMIT}:{LIMIT}", "--", *bsnode_command(),
-            "-l", "127.0.0.1", "-p", "0", "-b", str(tmp_path / "log"), "-f", fsync]
+            "-l", "127.0.0.1", "-p", "0", "-b", str(tmp_path / "log"), "-f", fsync,
+            "--metrics", "127.0.0.1:0"]
     idle: list[socket.socket] = []
     with Launched(argv) as node:
         port = node.port
         pid = node.proc.pid
+        metrics = poll(lambda: metrics_port(node), ANSWER, "the metrics address")
         a, b, c = connect(port), connect(port), connect(port)
         try:
             for s in (a, b, c):
@@ -125,6 +137,8 @@ def test_node_at_its_descriptor_limit_keeps_its_clock_and_its_syncs(tmp_path, fs
                 idle.append(socket.create_connection(("127.0.0.1", port), timeout=ANSWER))
             poll(lambda: open_fds(pid) >= LIMIT, ANSWER * 2, "the node to run out of fds")
 
+            scrape = socket.create_connection(("127.0.0.1", metrics), timeout=ANSWER)
+            scrape.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")  # waits to be accepted
             timers_run(a, b, b"during")
             syncs, puts = syncs_during_puts(pid, c, tmp_path, "during")
             print(f"at the limit: {syncs} fdatasync in {puts} puts")
@@ -136,6 +150,11 @@ def test_node_at_its_descriptor_limit_keeps_its_clock_and_its_syncs(tmp_path, fs
             idle.clear()
             d, e = connect(port), connect(port)  # accepted again after the back-off
             try:
+                page = b""
+                while chunk := scrape.recv(65536):  # the metrics listener came back too
+                    page += chunk
+                scrape.close()
+                assert page.startswith(b"HTTP/1.1 200") and b"bsnode_uptime_seconds" in page
                 assert command(d, b"list-tube-used") == b"USING default\r\n"
                 timers_run(d, e, b"after")
                 syncs, puts = syncs_during_puts(pid, d, tmp_path, "after")
