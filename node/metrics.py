@@ -373,8 +373,8 @@ def serve(listener: socket.socket, commands, store, binlog_dir: str | None = Non
 
     from gevent.pywsgi import WSGIServer
 
+    from .limits import AcceptBrake
     from .ratelog import Complaints
-    from .server import AcceptBrake
 
     class MetricsServer(AcceptBrake, WSGIServer):
         """Out of descriptors, brakes as the protocol's listener does."""

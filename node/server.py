@@ -28,7 +28,6 @@ gevent's own Timeout interrupts a greenlet.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -43,6 +42,7 @@ from gevent.server import StreamServer
 
 from .commands import CLOSE, Commands, reserved_reply
 from .gc_policy import freeze_survivors
+from .limits import AcceptBrake, ReplyBudget
 from .ratelog import Complaints
 from .store import Job, Store
 
@@ -53,29 +53,8 @@ RECV_TIGHT = 4096  # what a connection reads at once while the reply budget is s
 FEED_SLICE = 4096  # a big read is parsed this much at a time, as its commands run
 PARKED_BACKLOG = 1 << 20  # unrun bytes we accept from a parked connection
 SEND_BATCH = 1 << 18  # replies held before a send, when one read asks for many
-REPLY_BUDGET = 4 << 20  # replies held for clients not taking them, all connections
 SYNC_RETRY = 1.0  # seconds between tries of a failed -f 0 sync (as the binlog's retries)
 CLOCK_RETRY = 1.0  # seconds before the clock ticks again after a failure
-ACCEPT_BRAKE_MIN = 0.01  # seconds without accepting after accept() lacks a descriptor
-ACCEPT_BRAKE_MAX = 1.0  # ... doubling up to this while the shortage lasts
-ACCEPT_SHORTAGE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-
-class ReplyBudget:
-    """The replies the node holds for clients that have not taken them yet
-    (a send the kernel did not take whole), summed over every connection.
-
-    While ``held`` is under ``limit`` a connection batches up to SEND_BATCH
-    of replies to one read's commands and reads RECV_SIZE at a time; past
-    it, each connection sends every reply before it runs its next command,
-    and reads little: a client that does not read then holds the node to
-    one reply of its own, as beanstalkd does, and stops being read."""
-
-    __slots__ = ("held", "limit")
-
-    def __init__(self, limit: int = REPLY_BUDGET) -> None:
-        self.held = 0
-        self.limit = limit
 
 
 class _Wakeup(BaseException):
@@ -224,66 +203,6 @@ def _sync_and_close(io, fd: int) -> None:
         io.fdatasync(fd)
     finally:
         os.close(fd)
-
-
-class AcceptBrake:
-    """For a gevent StreamServer (mixed in before it): beanstalkd's brake
-    for a descriptor shortage, in place of gevent's traceback per failure.
-
-    When accept() fails for want of a descriptor or of memory (EMFILE,
-    ENFILE, ENOBUFS, ENOMEM) the listener is not watched for a while (a
-    readable listener would otherwise wake the loop again at once): it is
-    watched again as soon as a connection closes (``unbrake``: a descriptor
-    is free), or after a back-off that doubles from ACCEPT_BRAKE_MIN to
-    ACCEPT_BRAKE_MAX seconds.  The shortage is logged through
-    ``complaints`` (rate-limited); connections already accepted are served
-    on meanwhile.  bsnode's protocol listener and its --metrics one use it."""
-
-    complaints: Complaints
-    braked = 0  # accept() failures for want of a resource
-    _brake_delay = ACCEPT_BRAKE_MIN
-    _brake_timer = None
-
-    def do_read(self):
-        try:
-            got = super().do_read()
-        except OSError as e:
-            if e.errno not in ACCEPT_SHORTAGE:
-                raise
-            self._brake(e)
-            return None
-        if got is not None:
-            self._brake_delay = ACCEPT_BRAKE_MIN
-        return got
-
-    def _brake(self, err: OSError) -> None:
-        self.braked += 1
-        self.complaints.error("accept", "accept: %s; not accepting for up to %.2f s, or "
-                              "until a connection closes", err.strerror or err,
-                              self._brake_delay)
-        self.stop_accepting()
-        self._cancel_brake()
-        self._brake_timer = self.loop.timer(self._brake_delay)
-        self._brake_timer.start(self.unbrake)
-        self._brake_delay = min(ACCEPT_BRAKE_MAX, self._brake_delay * 2)
-
-    def unbrake(self) -> None:
-        """Accept again, if braked (a connection closed, or the back-off ran out)."""
-        if self._brake_timer is None:
-            return
-        self._cancel_brake()
-        if self.started:
-            self.start_accepting()
-
-    def _cancel_brake(self) -> None:
-        if self._brake_timer is not None:
-            self._brake_timer.stop()
-            self._brake_timer.close()
-            self._brake_timer = None
-
-    def stop(self, timeout=None) -> None:
-        self._cancel_brake()
-        super().stop(timeout=timeout)
 
 
 class _Acceptor(AcceptBrake, StreamServer):

@@ -4,7 +4,7 @@
 One connection's unread replies were bounded already; the total was not:
 +552 MB of node RSS (beanstalkd: +30 MB, one reply per connection).  The
 node now keeps a budget for the replies it holds across all connections
-(``server.REPLY_BUDGET``); past it, a connection sends each reply before it
+(``limits.REPLY_BUDGET``); past it, a connection sends each reply before it
 runs the next command and parses what it read a slice at a time, so the
 connections that hold replies stop reading, and the total stays near
 beanstalkd's.  Run against both servers in the same test; the figures are
