@@ -20,6 +20,13 @@ every record written so far is on disk, and one fdatasync, run on a worker
 thread while the event loop serves on, covers every write made while the
 sync before it ran: many answers for one sync, never an answer early.
 
+What clients can make the node hold is bounded (limits.py): a big read is
+parsed 4 KiB at a time as its commands run, and past a node-wide budget of
+unsent replies each connection sends every reply before its next command.
+Out of descriptors, the accept loop brakes instead of spinning, and neither
+the clock loop nor a sync hand-off dies of an exception: each is logged
+(rate-limited, ratelog.py) and retried.
+
 A wake-up from another greenlet never writes to this connection's socket
 itself (a client that does not read must not stall anyone else): it leaves
 the reply with the connection and interrupts the parked read, the way
