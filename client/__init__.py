@@ -12,6 +12,7 @@ from .errors import (
     BadFormatError,
     BeanstalkError,
     BuriedError,
+    ConcurrentUseError,
     ConnectionLostError,
     DeadlineSoonError,
     DrainingError,
@@ -38,6 +39,6 @@ __all__ = [
     "BeanstalkError", "ReplyError", "NotFoundError", "BuriedError", "DeadlineSoonError",
     "TimedOutError", "JobTooBigError", "DrainingError", "BadFormatError",
     "UnknownCommandError", "ExpectedCrlfError", "OutOfMemoryError", "InternalError",
-    "NotIgnoredError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
+    "NotIgnoredError", "ConcurrentUseError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
     "UnexpectedReplyError",
 ]

@@ -31,6 +31,7 @@ from bscluster import control
 from bscluster.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_WEB_LISTEN,
+    DEFAULT_WEB_MAX_TUBES,
     ClusterConfig,
     ConfigError,
     config_path,
@@ -84,6 +85,10 @@ _NODE_OPTIONS = [
 
 
 def web_option(f):
+    f = click.option(
+        "--web-max-tubes", type=int, metavar="N", default=None,
+        help=f"Tubes the dashboard lists and keeps a history for, busiest first "
+        f"({DEFAULT_WEB_MAX_TUBES}) [env BSCLUSTER_WEB_MAX_TUBES].")(f)
     return click.option(
         "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
         default=None, help=f"Serve the dashboard and the cluster's /metrics from the "

@@ -22,6 +22,7 @@ The file's shape (clients read the same file, so it stays this shape)::
     crash_limit = 5        # the 5th crash within crash_window seconds: FATAL
     crash_window = 60      #   (crash_limit = 0: restart for ever)
     web = "127.0.0.1:11380"        # `up` serves the dashboard here ("" = off)
+    web_max_tubes = 1000           # tubes the dashboard lists and keeps history for
     metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
     metrics_host = "127.0.0.1"
     ring = "md5"           # the tube -> node hash: "md5" (uhashring) or "ketama"
@@ -59,6 +60,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from bsclient import Ring
+from bsclient.config import ConfigError as ClientConfigError
+from bsclient.config import tube_settings
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
 
@@ -72,6 +75,8 @@ DEFAULT_BINLOG_SIZE = 10485760
 DEFAULT_NODE_COMMAND = "bsnode"
 DEFAULT_WEIGHT = 1
 DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
+DEFAULT_WEB_MAX_TUBES = 1000  # tubes the dashboard lists and keeps a history for
+MAX_WEB_MAX_TUBES = 1_000_000
 WEB_OFF = ("", "off")  # values of `web` that mean: no dashboard
 METRICS_OFF = 0  # metrics_base_port that means: nodes get no --metrics
 NODE_METRICS_FLAG = "--metrics"  # bsnode's extension flag (beanstalkd has none)
@@ -97,6 +102,7 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "crash_limit": CRASH_LIMIT,
     "crash_window": CRASH_WINDOW,
     "web": "",
+    "web_max_tubes": DEFAULT_WEB_MAX_TUBES,
     "metrics_base_port": METRICS_OFF,
     "metrics_host": DEFAULT_HOST,
     "ring": RING_MD5,
@@ -107,7 +113,7 @@ NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_d
 # leaving: still run and reserved from, but owns no tubes (`bscluster remove`);
 # removed: not part of the cluster any more (its number is not reused)
 NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + NODE_OPTION_KEYS
-TOP_LEVEL_KEYS = ("cluster", "nodes")
+TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes")  # [tubes.NAME] is the clients' (spread)
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
 
 
@@ -198,6 +204,7 @@ class ClusterConfig:
     crash_limit: int = CRASH_LIMIT
     crash_window: int = CRASH_WINDOW
     web: str = ""  # ADDR:PORT where `up` serves the dashboard; "" = off
+    web_max_tubes: int = DEFAULT_WEB_MAX_TUBES
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
     ring: str = RING_MD5  # which hash places tubes on nodes (RING_MODES)
@@ -237,7 +244,8 @@ class ClusterConfig:
             "fsync_ms": self.fsync_ms, "max_job_size": self.max_job_size,
             "binlog_size": self.binlog_size, "node_command": list(self.node_command),
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
-            "web": self.web, "metrics_base_port": self.metrics_base_port,
+            "web": self.web, "web_max_tubes": self.web_max_tubes,
+            "metrics_base_port": self.metrics_base_port,
             "metrics_host": self.metrics_host, "ring": self.ring,
             "path": str(self.path) if self.path else None,
         }
@@ -252,7 +260,8 @@ class ClusterConfig:
             # settings newer than a wanted.json written by an older bscluster
             crash_limit=d.get("crash_limit", CRASH_LIMIT),
             crash_window=d.get("crash_window", CRASH_WINDOW),
-            web=d.get("web", ""), metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
+            web=d.get("web", ""), web_max_tubes=d.get("web_max_tubes", DEFAULT_WEB_MAX_TUBES),
+            metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
             metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
             path=Path(d["path"]) if d.get("path") else None,
         )
@@ -385,7 +394,8 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         sources=MappingProxyType(sources), web=web,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
-                                  "metrics_base_port", "metrics_host", "ring")},
+                                  "web_max_tubes", "metrics_base_port", "metrics_host",
+                                  "ring")},
     )
 
 
@@ -428,9 +438,13 @@ def _check_shape(doc: Mapping, path: Path) -> None:
     for key, value in doc.items():
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{path}: unknown table [{key}]" + _suggest(key, TOP_LEVEL_KEYS)
-                              + "; valid tables are [cluster] and [nodes.nodeN]")
+                              + "; valid tables are [cluster], [nodes.nodeN] and [tubes.NAME]")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: {key} must be a table ([{key}]), not a value")
+    try:
+        tube_settings(doc, str(path))  # the clients read [tubes.*]; checked here too
+    except ClientConfigError as e:
+        raise ConfigError(str(e)) from None
     for key in doc.get("cluster", {}):
         if key not in CLUSTER_DEFAULTS:
             hint = " (port, weight and host for one node go in [nodes.nodeN])" \
@@ -521,6 +535,8 @@ _RULES = {
                      f"a number of seconds from 1 to {MAX_CRASH_WINDOW}"),
     "web": (str, _listen_ok,
             f"ADDR:PORT for the dashboard (e.g. {DEFAULT_WEB_LISTEN}), or \"\" for none"),
+    "web_max_tubes": (int, lambda v: 1 <= v <= MAX_WEB_MAX_TUBES,
+                      f"a number of tubes from 1 to {MAX_WEB_MAX_TUBES}"),
     "metrics_base_port": (int, lambda v: v == METRICS_OFF or _port_ok(v),
                           "a TCP port between 1 and 65535, or 0 for no node metrics"),
     "metrics_host": (str, lambda v: v.strip() != "" and not v.startswith("unix:"),

@@ -32,6 +32,15 @@ part of the published state, and an adopting supervisor takes it over.
 
 Node states and the retry policy are in ``states.py``.  The supervisor
 never blocks on one node, so a slow or dead node never holds up the others.
+
+Nothing that goes wrong in a turn ends the loop: the error is logged (each
+kind at most once a minute, with a count) and the turn is tried again, so a
+supervisor short of descriptors keeps its nodes supervised and its state
+file in place instead of dying and orphaning them.  At start it lifts its
+own soft descriptor limit to the hard one (``runtime.raise_fd_limit``); a
+node that cannot be launched for want of descriptors waits in BACKOFF, and
+a STARTING one is not killed as too slow while the supervisor cannot open a
+socket to try it.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import os
 import re
 import select
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -51,12 +61,15 @@ from bscluster.nodeproc import NodeProc
 from bscluster.probe import connectable
 from bscluster.runtime import (
     STATE_VERSION,
+    Liveness,
     Lock,
     Paths,
+    RateLimitedLog,
     log_stamp,
     make_private_dir,
-    pid_alive,
+    pid_state,
     process_start_time,
+    raise_fd_limit,
     read_json,
     write_json,
 )
@@ -64,8 +77,10 @@ from bscluster.states import (
     SETTLED,
     START_TIMEOUT,
     STOP_TIMEOUT,
+    TRANSIENT_LAUNCH_ERRNOS,
     Event,
     State,
+    launch_retry_delay,
     start_retry_delay,
 )
 
@@ -77,6 +92,7 @@ IDLE_INTERVAL = 1.0
 # progress lines): "binlog: replayed 40% (123 records, 1.0 s)"
 REPLAY_PROGRESS = re.compile(r"binlog: (replay(?:ing|ed) [^(]*?)\s*(\(.*\))?$")
 CRASHES_SHOWN = 5  # exits named in a crash-loop FATAL reason
+LOOP_ERROR_DELAY = 0.5  # seconds before a turn that failed is tried again
 
 
 class AlreadyRunning(RuntimeError):
@@ -113,11 +129,14 @@ class Supervisor:
         self._old_handlers: dict = {}
         self._width = max(len("bscluster"), *(len(n.name) for n in config.nodes))
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.trouble = RateLimitedLog(self.say)  # recurring errors, said once a minute
+        self._launch_failures: dict[str, int] = {}  # launches in a row that failed for now
 
     # --- life ------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until stopped; returns the exit status."""
         make_private_dir(self.config.data_dir)
+        fd_limit = raise_fd_limit()
         if not self.lock.acquire():
             raise AlreadyRunning(f"a supervisor is already running for {self.config.data_dir}")
         clean = False
@@ -130,6 +149,8 @@ class Supervisor:
             self._adopt_leftovers()
             self.say(f"supervising {len(self.nodes)} nodes (pid {os.getpid()}, "
                      f"data in {self.config.data_dir})")
+            if fd_limit[1] > fd_limit[0]:
+                self.say(f"raised the descriptor limit from {fd_limit[0]} to {fd_limit[1]}")
             self._loop()
             clean = True
         finally:
@@ -140,18 +161,35 @@ class Supervisor:
 
     def _loop(self) -> None:
         while True:
-            self._handle_signals()
-            self._reap()
-            self._tick(self.clock())
-            if not self.stopping:
-                self._reconcile()
-            self._publish()
-            self._check_settled()
-            if self.stopping and not any(n.state in (State.STOPPING,) or n.alive()
-                                         for n in self.nodes.values()):
-                self.say("all nodes stopped")
-                return
-            self._sleep(self._timeout(self.clock()))
+            try:
+                if self._turn():
+                    return
+            except Exception as e:  # noqa: BLE001 - supervising must outlive any error
+                self.trouble("loop", f"error in the supervision loop: {type(e).__name__}: "
+                                     f"{e}; retrying every {LOOP_ERROR_DELAY:g}s")
+                self._rest(LOOP_ERROR_DELAY)
+
+    def _turn(self) -> bool:
+        """One pass of the loop; True when everything has stopped."""
+        self._handle_signals()
+        self._reap()
+        self._tick(self.clock())
+        if not self.stopping:
+            self._reconcile()
+        self._publish()
+        self._check_settled()
+        if self.stopping and not any(n.state in (State.STOPPING,) or n.alive()
+                                     for n in self.nodes.values()):
+            self.say("all nodes stopped")
+            return True
+        self._sleep(self._timeout(self.clock()))
+        return False
+
+    def _rest(self, seconds: float) -> None:
+        try:
+            self._sleep(seconds)
+        except Exception:  # noqa: BLE001 - even the sleep failed: sleep without it
+            time.sleep(seconds)
 
     # --- signals: handlers only enqueue ------------------------------------------
     def _install_signals(self) -> None:
@@ -187,7 +225,9 @@ class Supervisor:
             if node is not None:
                 self._on_exit(node, os.waitstatus_to_exitcode(status))
         for node in self.nodes.values():
-            if node.adopted and node.pid and not node.alive():
+            # an adopted node is not our child: only a pid known dead has exited
+            if node.adopted and node.pid and \
+                    pid_state(node.pid, node.pid_start) is Liveness.DEAD:
                 self._on_exit(node, None)
 
     def _on_exit(self, node: NodeProc, code: int | None) -> None:
@@ -260,6 +300,11 @@ class Supervisor:
                         node.send(signal.SIGUSR1)
                         self.say(f"{node.name} drained again (it refuses new jobs)")
                 elif node.wake_at is not None and now >= node.wake_at:
+                    if not _can_probe():  # no descriptor to try it with: not its fault
+                        node.wake_at = now + LOOP_ERROR_DELAY
+                        self.trouble("probe", f"cannot check whether {node.name} accepts "
+                                              f"connections: no descriptor left; waiting")
+                        continue
                     node.reason = f"did not accept connections within {START_TIMEOUT:g}s"
                     node.send(signal.SIGKILL)
                     node.wake_at = None
@@ -312,18 +357,34 @@ class Supervisor:
         try:
             node.spawn(self.env)
         except OSError as e:
+            if e.errno in TRANSIENT_LAUNCH_ERRNOS:
+                self._launch_later(node, e)
+                return
             node.reason = (f"cannot run node command {node.command[0]!r}: "
                            f"{e.strerror or e}; install it or set node_command "
                            f"(BSCLUSTER_NODE_COMMAND)")
             node.fire(Event.GIVE_UP)
             self.say(f"{node.name} FATAL: {node.reason}")
             return
+        self._launch_failures.pop(node.name, None)
         self.progress.pop(node.name, None)
         if previous is not None:
             node.restarts += 1
         node.reason = None
         node.fire(Event.SPAWN)
         node.wake_at = self.clock() + START_TIMEOUT
+
+    def _launch_later(self, node: NodeProc, error: OSError) -> None:
+        """The launch failed for a reason that passes (no descriptor, process
+        slot or memory left in the supervisor): BACKOFF, then try again."""
+        failures = self._launch_failures.get(node.name, 0) + 1
+        self._launch_failures[node.name] = failures
+        delay = launch_retry_delay(failures)
+        node.reason = (f"cannot launch it for now: {error.strerror or error}; "
+                       f"retrying every {delay:g}s at most")
+        node.fire(Event.EXIT)
+        node.wake_at = self.clock() + delay
+        self.trouble(f"launch {node.name}", f"{node.name} {node.reason}")
 
     def _cannot_start(self, spec: NodeSpec) -> str | None:
         """Why a node cannot start at all, so it goes FATAL without retrying."""
@@ -424,7 +485,8 @@ class Supervisor:
         from bscluster.webhost import WebHost
 
         token = os.environ.get(ENV_TOKEN) or None
-        self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published)
+        self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published,
+                           log=self.say, max_tubes=self.config.web_max_tubes)
         self.web_url = self.web.start()
         self.say(f"dashboard on {self.web_url} (metrics at {self.web_url}metrics; "
                  + ("actions enabled, token required)" if token else
@@ -497,7 +559,7 @@ class Supervisor:
             if entry.get("draining") and name in self.nodes:
                 self.drained.add(name)  # a killed supervisor's drained nodes stay drained
             pid, start = entry.get("pid"), entry.get("pid_start")
-            if not pid_alive(pid, start):
+            if pid_state(pid, start) is Liveness.DEAD:
                 continue
             node = self.nodes.get(name)
             if node is None or (entry.get("host"), entry.get("port")) != \
@@ -588,9 +650,12 @@ class Supervisor:
         return timeout
 
     def _sleep(self, timeout: float) -> None:
-        fds = [self._wake_r] + [n.fd for n in self.nodes.values() if n.fd is not None]
+        # poll(), not select(): descriptors above 1023 are fine, none is allocated
+        poller = select.poll()
+        for fd in [self._wake_r] + [n.fd for n in self.nodes.values() if n.fd is not None]:
+            poller.register(fd, select.POLLIN)
         try:
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready = {fd for fd, _ in poller.poll(timeout * 1000)}
         except InterruptedError:
             return
         if self._wake_r in ready:
@@ -599,6 +664,15 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
+
+
+def _can_probe() -> bool:
+    """Can this process open a socket at all (to try a node's port)?"""
+    try:
+        socket.socket().close()
+    except OSError:
+        return False
+    return True
 
 
 def _describe_exit(code: int | None) -> str:
