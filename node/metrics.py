@@ -234,6 +234,8 @@ def busiest(tubes: list, limit: int, pause: Callable[[], None] | None = None) ->
     ``tubes``' order; ``pause()`` is called every PAUSE_EVERY tubes."""
     if len(tubes) <= limit:
         return list(tubes)
+    if limit <= 0:
+        return []
     heap: list = []  # (jobs, -index): the smallest is the first to give way
     for i, t in enumerate(tubes):
         key = (t.ready.count + t.reserved + t.delayed_count + len(t.buried), -i)

@@ -324,7 +324,20 @@ def test_metrics_flag_parses(argv, want):
     assert parse_args(argv).metrics == want
 
 
-@pytest.mark.parametrize("argv", [["--metrics"], ["--metrics", "9311"], ["--metric", "h:1"]])
+@pytest.mark.parametrize("argv,want", [
+    (["--metrics-max-tubes", "50"], 50),
+    (["--metrics-max-tubes=0"], 0),
+    (["--metrics", "127.0.0.1:1"], None),  # None: metrics.DEFAULT_MAX_TUBES
+])
+def test_metrics_max_tubes_flag_parses(argv, want):
+    from bsnode.cli import parse_args
+
+    assert parse_args(argv).metrics_max_tubes == want
+
+
+@pytest.mark.parametrize("argv", [["--metrics"], ["--metrics", "9311"], ["--metric", "h:1"],
+                                  ["--metrics-max-tubes"], ["--metrics-max-tubes", "-1"],
+                                  ["--metrics-max-tubes=lots"]])
 def test_metrics_flag_errors(argv):
     from bsnode.cli import UsageError, parse_args
 
@@ -417,6 +430,19 @@ def test_a_page_of_many_tubes_pauses_all_along():
     assert len(stretches) >= 2 * 10_000 // M.PAUSE_EVERY + 1000 // M.PAUSE_EVERY_TUBE
     assert max(stretches + [work[0]]) <= M.PAUSE_EVERY_TUBE  # tubes collected per stretch
     assert len(fams.families["bsnode_tube_current_jobs_ready"].samples) == 1000
+
+
+def test_busiest_tubes():
+    store = Store()
+    for name in ("a", "b", "c", "d"):
+        store._tube(name)
+    tubes = list(store.tube_list)  # default, a, b, c, d: all empty
+    assert M.busiest(tubes, 10) == tubes
+    assert M.busiest(tubes, 0) == []
+    assert M.busiest(tubes, 2) == tubes[:2]  # ties: the older tubes
+    d = tubes[4]
+    d.buried[99] = object()  # a job counted in d (buried)
+    assert M.busiest(tubes, 2) == [tubes[0], d]  # in the store's order
 
 
 def test_max_tubes_flag_caps_the_tube_series(tmp_path):
