@@ -32,6 +32,7 @@ beanstalkd connection's.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -44,6 +45,7 @@ from .config import (
     nodes_from_env,
     nodes_from_mapping,
     read_config_file,
+    read_tls_settings,
     read_tube_settings,
 )
 from .consume import (  # noqa: F401 - re-exported
@@ -77,6 +79,10 @@ from .ring import OWNER_CACHE_SIZE, Ring
 JobHandle = Job | str
 
 
+def _context(settings) -> ssl.SSLContext | None:
+    return None if settings is None else settings.client_context()
+
+
 class ClusterClient:
     """A sharded beanstalkd: a ring of named nodes behind one client.
 
@@ -101,6 +107,7 @@ class ClusterClient:
         watch: str | Iterable[str] | None = None,
         spread: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if timeout is not None:  # the old name of op_timeout
             op_timeout = timeout
@@ -114,7 +121,7 @@ class ClusterClient:
             policy=policy, failure_threshold=failure_threshold, dead_timeout=dead_timeout,
             connect_timeout=connect_timeout, op_timeout=op_timeout, encoding=encoding,
             clock=clock, use=check_tube(use) if use is not None else DEFAULT_TUBE,
-            watch=tuple(watching),
+            watch=tuple(watching), ssl_context=ssl_context,
         )
         specs = nodes_from_mapping(nodes) if isinstance(nodes, Mapping) else tuple(nodes)
         if not specs:
@@ -133,13 +140,20 @@ class ClusterClient:
         """Nodes (and spread tubes) from a bscluster TOML config file (see bsclient.config).
 
         A ``spread`` argument adds to, and wins over, the file's [tubes.*] tables.
+        TLS comes from its [tls] table and BSCLUSTER_TLS_* unless ``ssl_context``
+        is given.
         """
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(path))
         spread = {**read_tube_settings(path), **(kwargs.pop("spread", None) or {})}
         return cls(read_config_file(path), spread=spread, **kwargs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs) -> ClusterClient:
-        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file)."""
+        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file);
+        TLS from BSCLUSTER_TLS_* (and that file's [tls]) unless ``ssl_context`` is given."""
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(None, env))
         return cls(nodes_from_env(env), **kwargs)
 
     # --- settings (kept by the pool) ---------------------------------------------

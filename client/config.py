@@ -55,6 +55,7 @@ else:  # pragma: no cover - Python 3.10
 
 from .client import MAX_PORT, format_address, parse_address
 from .protocol import DEFAULT_PORT
+from .tls import TlsSettings, settings_from
 
 DEFAULT_HOST = "127.0.0.1"
 ENV_NODES = "BSCLUSTER_NODES"
@@ -249,6 +250,17 @@ def _parse_env_list(text: str) -> tuple[NodeAddress, ...]:
         except ValueError as e:
             raise ConfigError(f"{ENV_NODES}: bad weight in {item!r}") from e
     return nodes_from_mapping(nodes, ENV_NODES)
+
+
+def read_tls_settings(path: str | os.PathLike | None = None,
+                      env: Mapping[str, str] | None = None) -> TlsSettings | None:
+    """The [tls] table of ``path`` (else of the BSCLUSTER_CONFIG file) with the
+    BSCLUSTER_TLS_* variables on top; None: plain TCP (see bsclient.tls)."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_CONFIG)
+    data = _load_toml(path) if path else {}
+    base = Path(path).resolve().parent if path else None
+    return settings_from(data.get("tls"), env, base, f"{path} [tls]")
 
 
 def nodes_from_env(env: Mapping[str, str] | None = None) -> tuple[NodeAddress, ...]:

@@ -57,7 +57,7 @@ from typing import Protocol
 from . import retry
 from .client import DEFAULT_TUBE, Job
 from .cluster import ClusterClient
-from .config import read_config_file
+from .config import read_config_file, read_tls_settings
 from .consume import check_tube
 from .errors import ConnectionLostError, DeadlineSoonError, NotFoundError, TimedOutError
 from .retry import Policy
@@ -103,7 +103,9 @@ def client_factory(source: Source) -> Callable[[], QueueClient]:
     """
     if isinstance(source, (str, os.PathLike)):
         nodes = read_config_file(source)
-        return lambda: ClusterClient(nodes)
+        tls = read_tls_settings(source)  # [tls] and BSCLUSTER_TLS_*
+        ctx = tls.client_context() if tls else None
+        return lambda: ClusterClient(nodes, ssl_context=ctx)
     if isinstance(source, Mapping):
         return lambda: ClusterClient(source)
     if callable(source):

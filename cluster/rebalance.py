@@ -98,7 +98,9 @@ def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
         ring = view.config.placement()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    return Survey(addresses, probe_all(addresses), ring, leaving, dict(spread or {}))
+    ctx = view.config.ssl_context()  # [tls]: the nodes speak TLS
+    return Survey(addresses, probe_all(addresses, ssl_context=ctx), ring, leaving,
+                  dict(spread or {}))
 
 
 def plan(s: Survey) -> list[Move]:
@@ -120,7 +122,7 @@ def plan(s: Survey) -> list[Move]:
 
 
 def execute(moves: list[Move], addresses: dict[str, tuple[str, int]], rate: float | None,
-            on_moved: Callable[[int], None] = lambda n: None) -> None:
+            on_moved: Callable[[int], None] = lambda n: None, ssl_context=None) -> None:
     """Carry out every move that has a target; fills in ``moved`` and ``error``."""
     limiter = Limiter(rate)
     targets: dict[str, Pipe] = {}
@@ -129,9 +131,9 @@ def execute(moves: list[Move], addresses: dict[str, tuple[str, int]], rate: floa
             if move.target is None or not move.movable:
                 continue
             try:
-                dst = targets.get(move.target) or _pipe(move.target, addresses)
+                dst = targets.get(move.target) or _pipe(move.target, addresses, ssl_context)
                 targets[move.target] = dst
-                src = _pipe(move.source, addresses)
+                src = _pipe(move.source, addresses, ssl_context)
             except MoveError as e:
                 move.error = str(e)
                 continue
@@ -149,9 +151,9 @@ def execute(moves: list[Move], addresses: dict[str, tuple[str, int]], rate: floa
             pipe.close()
 
 
-def _pipe(name: str, addresses: dict[str, tuple[str, int]]) -> Pipe:
+def _pipe(name: str, addresses: dict[str, tuple[str, int]], ssl_context=None) -> Pipe:
     host, port = addresses[name]
-    return Pipe(name, connect_host(host), port)
+    return Pipe(name, connect_host(host), port, ssl_context=ssl_context)
 
 
 def run(view: ClusterView, rate: float | None, progress: bool) -> tuple[list[Move], float]:
@@ -163,9 +165,9 @@ def run(view: ClusterView, rate: float | None, progress: bool) -> tuple[list[Mov
     if progress and total:
         with click.progressbar(length=total, label="moving jobs", file=sys.stderr,
                                show_pos=True, show_eta=True) as bar:
-            execute(moves, s.addresses, rate, bar.update)
+            execute(moves, s.addresses, rate, bar.update, view.config.ssl_context())
     else:
-        execute(moves, s.addresses, rate)
+        execute(moves, s.addresses, rate, ssl_context=view.config.ssl_context())
     return moves, time.monotonic() - started
 
 

@@ -40,6 +40,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 
 import gevent
 import gevent.threadpool  # noqa: F401 - imported before -u drops privileges (GroupCommit)
@@ -75,9 +76,10 @@ class _Conn:
     __slots__ = ("sock", "raw", "glet", "reply", "in_wait", "session", "budget", "_hub",
                  "_read_ev", "_write_ev")
 
-    def __init__(self, sock, budget: ReplyBudget) -> None:
+    def __init__(self, sock, budget: ReplyBudget | None = None) -> None:
         self.sock = sock
-        self.budget = budget
+        # the node's budget (NodeServer sets it); alone, a connection has its own
+        self.budget = budget if budget is not None else ReplyBudget()
         self.raw = getattr(sock, "_sock", sock)
         self.glet = gevent.getcurrent()
         self.reply = None  # the answer to a parked reserve
@@ -224,7 +226,8 @@ class NodeServer:
     """Serves one store on a listening socket until stopped."""
 
     def __init__(self, listener: socket.socket, store: Store, commands: Commands,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, tls=None, tls_listener: socket.socket | None = None
+                 ) -> None:
         self.store = store
         self.commands = commands
         self.verbose = verbose
@@ -233,7 +236,15 @@ class NodeServer:
         listener.setblocking(False)  # gevent's accept loop needs it
         self.complaints = Complaints(log)
         self.budget = ReplyBudget()
-        self._server = _Acceptor(listener, self._handle, self.complaints)
+        # tls (a tls.TlsEndpoint): TLS on tls_listener if given, else on listener
+        main_tls = tls if tls_listener is None else None
+        self._server = _Acceptor(listener, partial(self._handle, tls=main_tls),
+                                 self.complaints)
+        self._tls_server = None
+        if tls_listener is not None:
+            tls_listener.setblocking(False)
+            self._tls_server = _Acceptor(tls_listener, partial(self._handle, tls=tls),
+                                         self.complaints)
         self._timer = None
         self.group: GroupCommit | None = None
 
@@ -271,6 +282,8 @@ class NodeServer:
 
     def start(self) -> None:
         self._group_syncs()
+        if self._tls_server is not None:
+            self._tls_server.start()
         self._server.start()
         self._timer = gevent.spawn(self._clock_loop)
 
@@ -279,9 +292,13 @@ class NodeServer:
         freeze_survivors()
         self._group_syncs()
         self._timer = gevent.spawn(self._clock_loop)
+        if self._tls_server is not None:
+            self._tls_server.start()
         self._server.serve_forever()
 
     def stop(self) -> None:
+        if self._tls_server is not None:
+            self._tls_server.stop(timeout=1)
         self._server.stop(timeout=1)
         if self._timer is not None:
             self._timer.kill()
@@ -290,9 +307,21 @@ class NodeServer:
         self.store.draining = True
         log.info("SIGUSR1: drain mode on, new jobs are refused with DRAINING")
 
+    def _freed(self) -> None:
+        """A connection closed: a descriptor is free, accept again if braked."""
+        self._server.unbrake()
+        if self._tls_server is not None:
+            self._tls_server.unbrake()
+
     # --- one connection ---------------------------------------------------
-    def _handle(self, sock, address) -> None:
-        if self.group is None:
+    def _handle(self, sock, address, tls=None) -> None:
+        if tls is not None:
+            conn = tls.accept(sock, address, self.group)  # None: refused (logged)
+            if conn is None:
+                self._freed()
+                return
+            conn.budget = self.budget
+        elif self.group is None:
             conn = _Conn(sock, self.budget)
         else:
             conn = _DurableConn(sock, self.budget)
@@ -307,7 +336,7 @@ class NodeServer:
         finally:
             self.store.disconnect(conn.session)
             conn.close()
-            self._server.unbrake()  # a descriptor is free again
+            self._freed()
             if self.verbose:
                 log.info("close %s", address or "unix")
 
