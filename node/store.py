@@ -603,14 +603,18 @@ class Store:
         return job
 
     # --- figures for stats ------------------------------------------------------
-    def totals(self) -> dict:
+    def totals(self, pause: Callable[[], None] | None = None, every: int = 200) -> dict:
+        """Jobs by state over every tube; ``pause()`` (if given) is called
+        every ``every`` tubes, for a caller that lets others run meanwhile."""
         urgent = ready = reserved = delayed = buried = 0
-        for t in self.tube_list:
+        for i, t in enumerate(list(self.tube_list) if pause is not None else self.tube_list):
             urgent += t.urgent
             ready += t.ready.count
             reserved += t.reserved
             delayed += t.delayed_count
             buried += len(t.buried)
+            if pause is not None and i % every == every - 1:
+                pause()
         return {"urgent": urgent, "ready": ready, "reserved": reserved,
                 "delayed": delayed, "buried": buried}
 
