@@ -21,10 +21,10 @@ import pytest
 from bsclient import protocol as P
 from bsclient.protocol import CommandReader
 from bsnode import binlog
-from bsnode import binlog_format as F
-from bsnode.binlog_dump import describe
-from bsnode.binlog_dump import main as dump_main
-from bsnode.binlog_io import MAP_FILESYSTEMS, filesystem_type
+from bsnode.binlog import format as F
+from bsnode.binlog.dump import describe
+from bsnode.binlog.dump import main as dump_main
+from bsnode.binlog.fileio import MAP_FILESYSTEMS, filesystem_type
 from bsnode.commands import Commands
 from bsnode.store import NOT_LOGGED
 from test_binlog_harness import Clock, FaultyIO, advance, disk_bytes, open_store, snapshot
@@ -599,7 +599,7 @@ def test_dump_prints_every_record_and_flags_damage(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     pytest.param(["bsnode-dump"], id="console-script"),
-    pytest.param([sys.executable, "-m", "bsnode.binlog_dump"], id="python-m"),
+    pytest.param([sys.executable, "-m", "bsnode.binlog.dump"], id="python-m"),
 ])
 def test_the_dump_tool_runs_as_a_command(tmp_path, argv):
     if argv[0] == "bsnode-dump" and shutil.which("bsnode-dump") is None:

@@ -15,7 +15,7 @@ import time
 import pytest
 from bsclient import Client, ConnectionLostError, NotFoundError
 from bsnode import binlog
-from bsnode import binlog_format as F
+from bsnode.binlog import format as F
 from servers import HAVE_BEANSTALKD, bsnode_command, start, start_bsnode
 
 pytestmark = pytest.mark.integration

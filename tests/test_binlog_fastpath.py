@@ -14,9 +14,9 @@ from __future__ import annotations
 import errno
 import os
 
-from bsnode import binlog_format as F
-from bsnode.binlog_io import OsIO
-from bsnode.binlog_space import SLOT
+from bsnode.binlog import format as F
+from bsnode.binlog.fileio import OsIO
+from bsnode.binlog.segments import SLOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_binlog_harness import WALL_BASE, Clock, advance, open_store, snapshot

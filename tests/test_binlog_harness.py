@@ -11,7 +11,7 @@ import errno
 import os
 
 from bsnode import binlog
-from bsnode.binlog_io import OsIO
+from bsnode.binlog.fileio import OsIO
 from bsnode.store import Store
 
 WALL_BASE = 1_700_000_000.0

@@ -52,7 +52,7 @@ def test_shell_completion_lists_commands():
 
 # --- bsnode-dump ------------------------------------------------------------------------
 def test_dump_of_a_directory_without_segments_is_an_error(tmp_path):
-    r = run("-m", "bsnode.binlog_dump", str(tmp_path))
+    r = run("-m", "bsnode.binlog.dump", str(tmp_path))
     assert r.returncode == 2 and "holds no binlog segments" in r.stderr
 
 
@@ -68,7 +68,7 @@ def test_dump_into_a_closed_pipe_ends_quietly(tmp_path):
         pipe.close()
     finally:
         server.stop()
-    proc = subprocess.Popen([sys.executable, "-m", "bsnode.binlog_dump", str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "bsnode.binlog.dump", str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     proc.stdout.readline()
     proc.stdout.close()  # as `| head -1` does

@@ -17,8 +17,8 @@ import threading
 import gevent
 import pytest
 from bsnode import binlog
-from bsnode import binlog_format as F
-from bsnode.binlog_io import OsIO
+from bsnode.binlog import format as F
+from bsnode.binlog.fileio import OsIO
 from bsnode.commands import Commands
 from bsnode.server import GroupCommit, NodeServer
 from bsnode.store import Store

@@ -30,7 +30,7 @@ import msgpack
 import pytest
 from bsclient.protocol import U32_MAX, U64_MAX, valid_tube_name
 from bsnode import binlog
-from bsnode import binlog_format as F
+from bsnode.binlog import format as F
 from bsnode.store import Store
 from servers import bsnode_command, start_bsnode
 from test_hostile import command

@@ -366,7 +366,7 @@ def _limit_keys(path: Path, value: ast.expr) -> set[str]:
 
 
 def test_the_limits_are_finite_and_small_where_they_can_be():
-    from bsnode import binlog_format as F
+    from bsnode.binlog import format as F
     limits = F.UNPACK_LIMITS
     from bsclient.protocol import MAX_JOB_SIZE_LIMIT
     assert limits["max_bin_len"] <= MAX_JOB_SIZE_LIMIT

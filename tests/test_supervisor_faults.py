@@ -98,7 +98,7 @@ def client(c: Cluster, node: str) -> Client:
 def damaged_log(path: Path, records: int = 50000) -> bytes:
     """A segment of valid records, damage, then one more valid record (so it
     is corruption, not a torn tail): bsnode reads it all, then refuses."""
-    from bsnode import binlog_format as F
+    from bsnode.binlog import format as F
     now = int(time.time() * 1000)
     good = [F.frame(msgpack.packb([F.FULL, i, "t", 0, 0, 60, b"x" * 40, F.STATE_READY, 0,
                                    now, 0, 0, 0, 0, 0])) for i in range(1, records + 1)]

@@ -29,12 +29,12 @@ import os
 import time
 from collections.abc import Callable
 
-from . import binlog_format as F
-from .binlog_compact import COMPACT_CREDIT, Compactor
-from .binlog_io import DirLock, DirLockedError, OsIO
-from .binlog_replay import CorruptLog, IncompleteLog, LogError, Replay, replay, save_damage
-from .binlog_space import MIN_SEGMENT_SIZE, SLOT, Segment
-from .binlog_writer import RETRY_EVERY
+from . import format as F
+from .compactor import COMPACT_CREDIT, Compactor
+from .fileio import DirLock, DirLockedError, OsIO
+from .replay import CorruptLog, IncompleteLog, LogError, Replay, replay, save_damage
+from .segments import MIN_SEGMENT_SIZE, SLOT, Segment
+from .writer import RETRY_EVERY
 
 log = logging.getLogger("bsnode")
 

@@ -26,7 +26,7 @@ import pwd
 import re
 import threading
 
-from .ratelog import Complaints
+from ..ratelog import Complaints
 
 log = logging.getLogger("bsnode")
 

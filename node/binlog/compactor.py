@@ -20,9 +20,9 @@ before older segments go, so ids are never reused.
 
 from __future__ import annotations
 
-from . import binlog_format as F
-from .binlog_space import SLOT
-from .binlog_writer import LogWriter
+from . import format as F
+from .segments import SLOT
+from .writer import LogWriter
 
 COMPACT_CREDIT = 2  # bytes migrated per byte of new records, while over the bound
 COMPACT_CREDIT_MAX = 4 << 20

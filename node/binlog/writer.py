@@ -48,10 +48,10 @@ from collections.abc import Callable
 
 import msgpack
 
-from . import binlog_format as F
-from .binlog_io import OsIO
-from .binlog_space import SLOT, Segment, SegmentFiles
-from .tube import READY
+from ..tube import READY
+from . import format as F
+from .fileio import OsIO
+from .segments import SLOT, Segment, SegmentFiles
 
 log = logging.getLogger("bsnode")
 

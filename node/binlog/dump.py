@@ -1,6 +1,6 @@
 """Print a binlog's records for an operator: ``bsnode-dump DIR|FILE...``.
 
-``python -m bsnode.binlog_dump`` is the same tool.  Each segment is listed
+``python -m bsnode.binlog.dump`` is the same tool.  Each segment is listed
 with its header, then one line per record (offset, kind, fields; bodies
 shortened unless ``--bodies``), and one line for every damaged stretch, so a
 refused start can be looked at before deciding to recover past it.
@@ -19,8 +19,8 @@ import os
 import sys
 from collections.abc import Iterator
 
-from . import binlog_format as F
-from .binlog_replay import list_segments
+from . import format as F
+from .replay import list_segments
 
 FIELDS = {
     F.FULL: ("id", "tube", "pri", "delay", "ttr", "body", "state", "deadline_ms",
@@ -101,7 +101,7 @@ def _json(item: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if not prog.startswith("bsnode-dump"):
-        prog = "python -m bsnode.binlog_dump"
+        prog = "python -m bsnode.binlog.dump"
     ap = argparse.ArgumentParser(prog=prog, description="Print the records of a bsnode binlog.")
     ap.add_argument("paths", nargs="+", help="binlog directory or segment files")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")

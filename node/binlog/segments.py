@@ -26,8 +26,8 @@ import logging
 import os
 import time
 
-from . import binlog_format as F
-from .binlog_io import OsIO, Syncer
+from . import format as F
+from .fileio import OsIO, Syncer
 
 log = logging.getLogger("bsnode")
 

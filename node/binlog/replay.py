@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import msgpack
 from bsclient.protocol import U32_MAX
 
-from . import binlog_format as F
+from . import format as F
 
 log = logging.getLogger("bsnode")
 
