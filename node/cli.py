@@ -471,6 +471,4 @@ def run(opts: NodeOptions) -> None:
     try:
         server.serve_forever()
     finally:
-        close = getattr(store.wal, "close", None)
-        if close is not None:
-            close()
+        store.wal.close()

@@ -1,10 +1,9 @@
-"""What the store keeps per job and per connection, and the binlog it has without -b.
+"""What the store keeps per job and per connection.
 
 ``Job`` is the most numerous object in a node (a million of them is normal),
 so it is small: slots only, and the four counters that stay 0 for most jobs
 (timeouts, releases, buries, kicks) live in one list made on first use.
-``Session`` is one client connection as the store sees it.  ``NullWal`` is
-the store's binlog when there is none: every write succeeds.
+``Session`` is one client connection as the store sees it.
 """
 
 from __future__ import annotations
@@ -81,23 +80,3 @@ class Session:
         self.wake = wake  # called with a reply when a blocked reserve resolves
         self.put_id: int | None = None  # id of a put whose body is still to come
 
-
-class NullWal:
-    """No binlog: every write succeeds and nothing is kept."""
-
-    enabled = False
-
-    def put(self, job, now) -> bool:
-        return True
-
-    def update(self, job, now) -> bool:
-        return True
-
-    def delete(self, job) -> bool:
-        return True
-
-    def file_of(self, job) -> int:
-        return 0
-
-    def stats(self) -> dict:
-        return {}

@@ -15,7 +15,8 @@ deadline and runs ``store.tick()``; the scheduler wakes it early when a
 nearer deadline appears.  No job or connection has a timer of its own.
 
 With ``-f 0`` (sync before answering) the binlog leaves the syncing to
-the server (``GroupCommit``): a connection about to answer waits until
+the server (``GroupCommit``; the one question asked of the log is
+``wal.reply_sync()``): a connection about to answer waits until
 every record written so far is on disk, and one fdatasync, run on a worker
 thread while the event loop serves on, covers every write made while the
 sync before it ran: many answers for one sync, never an answer early.
@@ -53,6 +54,7 @@ from .gc_policy import freeze_survivors
 from .limits import AcceptBrake, ReplyBudget
 from .ratelog import Complaints
 from .store import Job, Store
+from .wal import GroupSync
 
 log = logging.getLogger("bsnode")
 
@@ -155,9 +157,11 @@ class _DurableConn(_Conn):
 
 class GroupCommit:
     """Syncs for ``-f 0``: one fdatasync for all the writes made while the
-    previous one ran.  ``wal`` is a binlog after ``sync_later()``."""
+    previous one ran.  ``wal`` is what the log's ``reply_sync()`` returned
+    (a ``wal.GroupSync``): it decides what a sync covers; this runs it on a
+    worker thread and holds the replies until it has."""
 
-    def __init__(self, wal) -> None:
+    def __init__(self, wal: GroupSync) -> None:
         self.wal = wal
         self.busy = False
         self._round = Event()  # set when the sync in flight ends
@@ -249,10 +253,12 @@ class NodeServer:
         self.group: GroupCommit | None = None
 
     def _group_syncs(self) -> None:
-        """Under ``-f 0``, take the binlog's syncs over (see GroupCommit)."""
-        sync_later = getattr(self.store.wal, "sync_later", None)
-        if self.group is None and sync_later is not None and sync_later():
-            self.group = GroupCommit(self.store.wal)
+        """Ask the store's log, once, what replies wait for: under ``-f 0``
+        a sync this server groups (see GroupCommit)."""
+        if self.group is None:
+            sync = self.store.wal.reply_sync()
+            if sync is not None:
+                self.group = GroupCommit(sync)
 
     def _on_earlier(self, when: float) -> None:
         self._tick_event.set()

@@ -22,7 +22,7 @@ never goes.  The tube list keeps beanstalkd's order (append, swap-remove),
 which list-tubes shows.
 
 Every state change that must survive a restart is handed to ``self.wal``
-(a ``NullWal`` unless a binlog is attached): ``put`` before the job is
+(a ``wal.Wal``: ``NullWal`` unless a binlog is attached): ``put`` before the job is
 acknowledged, ``update`` before bury/kick/release-with-delay take effect
 (if the log refuses, the job stays as it was and the caller says so, as
 beanstalkd does with its reserved log space), ``delete``.
@@ -38,9 +38,10 @@ from collections.abc import Callable
 from bsclient.protocol import DEADLINE_SOON, TIMED_OUT, URGENT_THRESHOLD
 
 from .caps import NO_CAPS
-from .job import Job, NullWal, Session
+from .job import Job, Session
 from .timers import Scheduler
 from .tube import BURIED, DELAYED, INVALID, READY, RESERVED, Tube
+from .wal import NullWal, Wal
 
 NOT_LOGGED = "not-logged"  # the binlog could not take a change: nothing changed
 SAFETY_MARGIN = 1.0  # seconds before a TTR deadline that count as "soon"
@@ -48,9 +49,10 @@ DEFAULT_TUBE = "default"
 
 
 class Store:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, wal=None) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wal: Wal | None = None
+                 ) -> None:
         self.clock = clock
-        self.wal = wal or NullWal()
+        self.wal: Wal = wal or NullWal()
         self.sched = Scheduler()
         self.jobs: dict[int, Job] = {}
         self.tubes: dict[str, Tube] = {}

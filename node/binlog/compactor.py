@@ -5,24 +5,24 @@ How this works
 A job's *home* is the segment of its latest FULL record; a segment is needed
 while it is home to a live job, or while an older one is (its DELETE records
 must outlive the FULL records they cancel).  So segments are removed from
-the oldest (the *head*) once it is home to no live job (``_collect``), and
+the oldest (the *head*) once it is home to no live job (``collect``), and
 compaction empties the head by writing its live jobs' FULL records again
-into ``cur`` (``_migrate``; beanstalkd's migration).
+into ``cur`` (``migrate``; beanstalkd's migration).
 
-It runs while disk use exceeds ``2 x live + 2 segments`` (live = the jobs'
-latest records plus their slots), spending a migration budget of
-``COMPACT_CREDIT`` bytes per byte of new records, plus a background timer
-when writes stop; each step is a few records, so no command waits on a big
-rewrite.  A segment is unlinked only once the records that replaced it are
-synced, and ``cur`` always carries the highest id issued (a MARK record)
-before older segments go, so ids are never reused.
+It runs while disk use exceeds ``disk_bound``, ``2 x live + 2 segments``
+(live = the jobs' latest records plus their slots; the one place the bound
+is written), spending a migration budget of ``COMPACT_CREDIT`` bytes per
+byte of new records, plus a background timer when writes stop; each step is
+a few records, so no command waits on a big rewrite.  A segment is unlinked
+only once the records that replaced it are synced (``durability.retire``),
+and ``cur`` always carries the highest id issued (a MARK record) before
+older segments go, so ids are never reused.
 """
 
 from __future__ import annotations
 
 from . import format as F
-from .segments import SLOT
-from .writer import LogWriter
+from .segments import SLOT, SegmentFiles
 
 COMPACT_CREDIT = 2  # bytes migrated per byte of new records, while over the bound
 COMPACT_CREDIT_MAX = 4 << 20
@@ -31,34 +31,48 @@ COMPACT_TICK_BYTES = 1 << 20
 _INVALID = "invalid"  # the store's state of a deleted job
 
 
-class Compactor(LogWriter):
-    """The writer, plus the rule that keeps its disk use bounded."""
+def disk_bound(live_bytes: int, live_count: int, seg_size: int) -> int:
+    """The most disk the log may use before compaction runs: twice what the
+    live jobs need (their latest records and their slots), plus two segments."""
+    return 2 * (live_bytes + live_count * SLOT) + 2 * seg_size
 
-    def __init__(self, *args, **kw) -> None:
-        super().__init__(*args, **kw)
+
+class Compactor:
+    """The rule that keeps the writer's disk use bounded.  Built by the
+    facade with the files, the writer (``writer.LogWriter``) and the sync
+    policy (``durability.Durability``)."""
+
+    def __init__(self, files: SegmentFiles, writer, durability, clock, sched) -> None:
+        self.files = files
+        self.writer = writer
+        self.durability = durability
+        self.clock = clock
+        self.sched = sched
         self.records_migrated = 0
         self.credit = 0
         self._compacting = False
         self._compact_entry = None
 
-    def _live(self) -> int:
-        return self.live_bytes + self.live_count * SLOT
+    def live(self) -> int:
+        """Bytes the live jobs need: their latest records and their slots."""
+        w = self.writer
+        return w.live_bytes + w.live_count * SLOT
 
-    def _bound(self) -> int:
-        return 2 * (self.live_bytes + self.live_count * SLOT) + 2 * self.seg_size
+    def bound(self) -> int:
+        w = self.writer
+        return disk_bound(w.live_bytes, w.live_count, self.files.seg_size)
 
     def _over(self) -> bool:
         """Over the bound, not counting segments already out of the log."""
-        return self.disk - self.doomed_bytes > self._bound()
+        files = self.files
+        return files.disk - files.doomed_bytes > self.bound()
 
-    def _grow(self, n: int) -> None:
-        """``n`` new bytes of records were written: compact if over the bound."""
-        if self.disk > 2 * (self.live_bytes + self.live_count * SLOT) + 2 * self.seg_size:
-            self._quick = -1  # every write pays compaction until back under the bound
-            self.credit = min(self.credit + COMPACT_CREDIT * n, COMPACT_CREDIT_MAX)
-            self._compact()
+    def grow(self, n: int) -> None:
+        """``n`` new bytes of records were written while over the bound."""
+        self.credit = min(self.credit + COMPACT_CREDIT * n, COMPACT_CREDIT_MAX)
+        self.compact()
 
-    def _compact(self) -> None:
+    def compact(self) -> None:
         """Empty the head segment, a budget's worth at a time."""
         if self._compacting:
             return
@@ -69,11 +83,11 @@ class Compactor(LogWriter):
             self._compacting = False
 
     def _compact_steps(self) -> None:
-        segments = self.segments
+        segments = self.files.segments
         while self.credit > 0 and len(segments) > 1 and self._over():
             head = segments[0]
             if head.live == 0:
-                if not self._collect():
+                if not self.collect():
                     return
                 continue
             order = head.order
@@ -81,7 +95,7 @@ class Compactor(LogWriter):
             while order[i] is None:
                 i += 1
             head.cursor = i
-            if not self._migrate(order[i]):
+            if not self.migrate(order[i]):
                 return
         if len(segments) > 1 and self._over() and self._compact_entry is None:
             self._compact_entry = self.sched.add(
@@ -90,71 +104,61 @@ class Compactor(LogWriter):
     def _compact_due(self, _arg, now: float) -> None:
         self._compact_entry = None
         self.credit = max(self.credit, COMPACT_TICK_BYTES)
-        self._compact()
+        self.compact()
 
-    def _migrate(self, job) -> bool:
+    def migrate(self, job) -> bool:
         """Write ``job``'s FULL record again, in cur; its old home can then go."""
+        w = self.writer
         if job.state == _INVALID:  # deleted, its DELETE not written yet
-            if not self._write_delete(job):
+            if not w.write_delete(job):
                 return False
-            self._retry.pop(job.id, None)
+            w.retry.pop(job.id, None)
             return True
-        frame = self._full_frame(job, self.clock())
+        files = self.files
+        frame = w.full_frame(job, self.clock())
         n = len(frame)
-        if not self._room(n, self.live_count) or not self._write(frame, "migrated"):
+        if not files.room(n, w.live_count) or not w.write(frame, "migrated"):
             return False
-        w = job.wal
-        old = self.by_num[w[0]]
-        old.order[w[1]] = None
+        wal = job.wal
+        old = files.by_num[wal[0]]
+        old.order[wal[1]] = None
         old.live -= 1
-        cur = self.cur
-        self.live_bytes += n - w[2] - w[3]
+        cur = files.cur
+        w.live_bytes += n - wal[2] - wal[3]
         job.wal = (cur.num, len(cur.order), n, 0)
         cur.order.append(job)
         cur.live += 1
         if job.id > cur.max_id:
             cur.max_id = job.id
-        self._retry.pop(job.id, None)
+        w.retry.pop(job.id, None)
         self.records_migrated += 1
         self.credit -= n
         return True
 
-    def _collect(self) -> bool:
+    def collect(self) -> bool:
         """Remove head segments home to no live job.  False if that must wait."""
-        segments = self.segments
+        files = self.files
+        segments = files.segments
         if len(segments) < 2 or segments[0].live:
             return True
-        cur = self.cur
-        if cur.max_id < self.max_id:  # keep the highest id issued in the log
-            frame = F.mark(self.max_id + 1)
-            if not self._room(len(frame), self.live_count) or not self._write(frame, "mark"):
+        w = self.writer
+        if files.cur.max_id < w.max_id:  # keep the highest id issued in the log
+            frame = F.mark(w.max_id + 1)
+            if not files.room(len(frame), w.live_count) or not w.write(frame, "mark"):
                 return False
-            self.cur.max_id = self.max_id
+            files.cur.max_id = w.max_id
         # say which segments are still needed before any other goes: replay
         # tells a segment removed here from one that went missing by it
-        first = next(seg for seg in segments if seg.live or seg is self.cur)
+        first = next(seg for seg in segments if seg.live or seg is files.cur)
         frame = F.head(first.num)
-        if not self._room(len(frame), self.live_count) or not self._write(frame, "head"):
+        if not files.room(len(frame), w.live_count) or not w.write(frame, "head"):
             return False
-        # Unlinked once what replaced them is on disk: after the next sync
-        # (-f MS), now (-f 0: already synced, or synced here when the server
-        # groups syncs; -F: never synced anyway).
-        syncer = self._syncer
-        number = syncer.requested + 1 if syncer is not None else 0
+        gone = []
         while segments[0] is not first:  # (a roll for the HEAD above may leave more)
-            seg = segments.pop(0)
-            del self.by_num[seg.num]
-            self._doomed.append((number, seg))
-            self.doomed_bytes += seg.size
-        if self.fsync_ms:
-            if self._sync_entry is None:
-                self._sync_entry = self.sched.add(self.clock(), self._sync_due, None)
-            return True
-        if self.group_sync:
-            try:
-                self.io.fdatasync(self.cur.fd)
-            except OSError as e:  # the old segments stay until the next collection
-                self._complain(f"cannot sync {self.cur.path}", e)
-                return True
-        self._unlink_doomed()
+            gone.append(segments.pop(0))
+        self.durability.retire(gone)
         return True
+
+    def close(self) -> None:
+        self.sched.cancel(self._compact_entry)
+        self._compact_entry = None

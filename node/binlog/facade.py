@@ -3,22 +3,27 @@
 How this works
 --------------
 The log is a directory of segment files ``binlog.N``; the format (a header
-with magic and version, then msgpack records framed with length and CRC-32)
-is documented in ``binlog_format`` and docs/BINLOG.md.  The job is split by
-layer, each a class on top of the one before:
+with magic, version and links, then msgpack records framed with length and
+CRC-32) is documented in ``format`` and docs/BINLOG.md.  ``Binlog`` is a
+small facade that owns one collaborator per job, each the one owner of its
+facts, and wires them together:
 
-* ``binlog_space.SegmentFiles``: the files and the disk space they hold;
-* ``binlog_writer.LogWriter``: the store's put / update / delete as records
-  appended to the newest segment, retries of failed writes, fsync timers;
-* ``binlog_compact.Compactor``: the bound on disk use (compaction, removal
-  of old segments);
-* ``Binlog`` (here): start-up, stats and shutdown; and ``attach``, which
-  locks the directory, replays the log (``binlog_replay``: torn tails cut
-  and saved beside the log, corruption in the middle refused with its file
-  and offset), hands the jobs to the store and starts a new segment.
+* ``segments.SegmentFiles``: the files and the disk space they hold;
+* ``writer.LogWriter``: the store's put / update / delete as records
+  appended to the newest segment, and retries of failed writes;
+* ``compactor.Compactor``: the bound on disk use (``disk_bound``),
+  compaction and the removal of old segments;
+* ``durability.Durability``: every fsync policy (-f MS on a thread, -f 0
+  per write or grouped by the server, -F), and when removed segments may
+  be unlinked;
+* ``fastpath.FastPath``: the writer's fast-path budget, which each of them
+  invalidates through its one method;
+* ``fileio``: the file operations (the fault-injection seam) and the lock.
 
-The store sees ``store.wal``: ``put``, ``update``, ``delete``, ``file_of``,
-``stats``, ``usage`` and ``close``.
+``attach`` locks the directory, replays the log (``replay``: torn tails cut
+and saved beside the log, corruption in the middle refused with its file
+and offset), hands the jobs to the store (``adopt``) and starts a new
+segment.  The store and the server see the ``wal.Wal`` protocol.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from collections.abc import Callable
 
 from . import format as F
 from .compactor import COMPACT_CREDIT, Compactor
+from .durability import RETRY_EVERY, Durability, syncs_files
+from .fastpath import FastPath
 from .fileio import DirLock, DirLockedError, OsIO
 from .replay import CorruptLog, IncompleteLog, LogError, Replay, replay, save_damage
-from .segments import MIN_SEGMENT_SIZE, SLOT, Segment
-from .writer import RETRY_EVERY
+from .segments import MIN_SEGMENT_SIZE, SLOT, Segment, SegmentFiles
+from .writer import LogWriter
 
 log = logging.getLogger("bsnode")
 
@@ -57,69 +64,86 @@ class BinlogError(Exception):
         self.exit_code = exit_code
 
 
-class Binlog(Compactor):
-    """The store's write-ahead log (``store.wal``)."""
-
-    enabled = True
+class Binlog:
+    """The store's write-ahead log (``store.wal``; implements ``wal.Wal``)."""
 
     def __init__(self, dirpath: str, segment_size: int, fsync_ms: int | None,
                  clock: Callable[[], float], sched, io: OsIO | None = None,
                  wall: Callable[[], float] = time.time, background_sync: bool = True) -> None:
-        super().__init__(dirpath, segment_size, fsync_ms, clock, sched, io, wall,
-                         background_sync)
+        io = io or OsIO()
+        self.dir = dirpath
+        self.io = io
+        self.clock = clock
+        self.wall = wall
         self.max_size = segment_size
+        self.fast = fast = FastPath()
+        self.files = files = SegmentFiles(dirpath, segment_size, io, fast,
+                                          syncs_files(fsync_ms))
+        self.durability = d = Durability(fsync_ms, io, files, fast, clock, sched,
+                                         background_sync)
+        self.writer = w = LogWriter(files, fast, d, clock, sched, wall)
+        self.compactor = c = Compactor(files, w, d, clock, sched)
+        d.writer = w
+        w.compactor = c
+        # the store's calls go straight to the writer: no layer on the hot path
+        self.put = w.put
+        self.update = w.update
+        self.delete = w.delete
+        self.file_of = w.file_of
         self.lock: DirLock | None = None
         self._idle_old: list[Segment] = []  # old segments with no job records
 
+    # --- wal.Wal ------------------------------------------------------------------------
+    def reply_sync(self) -> Durability | None:
+        """Under ``-f 0``, replies wait for a sync the server groups
+        (``Durability.sync_later``); under any other policy, nothing."""
+        d = self.durability
+        return d if d.sync_later() or d.group_sync else None
+
     def stats(self) -> dict:
+        files = self.files
         return {
-            "oldest_index": self.segments[0].num if self.segments else 0,
-            "current_index": self.cur.num if self.cur else 0,
-            "records_migrated": self.records_migrated,
-            "records_written": self.records_written,
+            "oldest_index": files.segments[0].num if files.segments else 0,
+            "current_index": files.cur.num if files.cur else 0,
+            "records_migrated": self.compactor.records_migrated,
+            "records_written": self.writer.records_written,
             "max_size": self.max_size,
         }
 
     def usage(self) -> dict:
         """Figures for tests and operators: what is on disk and what is needed."""
-        return {"disk": self.disk, "live": self._live(), "live_jobs": self.live_count,
-                "segments": len(self.segments) + len(self._doomed) + len(self.spares),
-                "bound": self._bound(), "pending": len(self._retry)}
+        files = self.files
+        return {"disk": files.disk, "live": self.compactor.live(),
+                "live_jobs": self.writer.live_count,
+                "segments": len(files.segments) + len(files.doomed) + len(files.spares),
+                "bound": self.compactor.bound(), "pending": len(self.writer.retry)}
 
     def close(self) -> None:
         """Write what is still owed, sync, finish removals, drop spares, unlock."""
-        self._quick = -1  # from here on every write checks the files are still there
-        if self._retry:
-            self._retry_due(None, self.clock())
-            if self._retry:
-                log.error("binlog: %d changes could not be written before stopping",
-                          len(self._retry))
-        if self._syncer is not None:
-            self._syncer.stop()
-            self._syncer = None
-        if self.cur is not None and self.cur.fd >= 0:
-            try:
-                if self.fsync_ms is not None:
-                    self.io.fdatasync(self.cur.fd)
-                self._unlink_doomed(everything=True)
-            except OSError as e:
-                log.error("binlog: closing %s: %s", self.cur.path, e)
-        for seg in self.spares:
-            self._discard(seg)
-        self.spares = []
-        for seg in self.segments:
-            if seg.map is not None:
-                seg.map.close()
-                seg.map = None
-            if seg.fd >= 0:
-                self.io.close(seg.fd)
-                seg.fd = -1
-        for entry in (self._sync_entry, self._compact_entry, self._retry_entry,
-                      self._reap_entry):
-            self.sched.cancel(entry)
+        self.fast.invalidate()  # from here on every write checks the files are still there
+        self.writer.close()
+        synced = self.durability.close()
+        self.compactor.close()
+        self.files.close(unlink=synced)
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    # --- for tests and tools: the collaborators' figures -----------------------------
+    cur = property(lambda self: self.files.cur)
+    segments = property(lambda self: self.files.segments)
+    spares = property(lambda self: self.files.spares)
+    spare_slots = property(lambda self: self.files.spare_slots)
+    _doomed = property(lambda self: self.files.doomed)
+    live_count = property(lambda self: self.writer.live_count)
+    records_written = property(lambda self: self.writer.records_written)
+    records_migrated = property(lambda self: self.compactor.records_migrated)
+    synced = property(lambda self: self.durability.synced)
+    _syncer = property(lambda self: self.durability.syncer)
+    _quick = property(lambda self: self.fast.quick)
+
+    def sync_later(self) -> bool:
+        return self.durability.sync_later()
 
     # --- start-up ---------------------------------------------------------------------
     def adopt(self, r: Replay, store) -> int:
@@ -127,16 +151,17 @@ class Binlog(Compactor):
 
         Returns the number of jobs restored."""
         wall = self.wall()
+        files = self.files
         dropped = {d.index for d in r.torn if d.whole_file}
         segs = []
         by_index: list[Segment | None] = []
         for index, info in enumerate(r.segments):
-            self.next_num = max(self.next_num, info.num + 1)
+            files.next_num = max(files.next_num, info.num + 1)
             seg = None
             if index not in dropped:
                 seg = Segment(info.num, info.path, -1, info.size, info.end)
                 seg.max_id = info.max_id
-                self.by_num[seg.num] = seg
+                files.by_num[seg.num] = seg
                 if info.records == info.marks:  # no job records: left by a restart
                     self._idle_old.append(seg)
                 else:  # only the idle ones after the last with jobs go (see _start_segment)
@@ -167,14 +192,15 @@ class Binlog(Compactor):
             live_bytes += e[1] + e[2]
         for seg in segs:
             seg.live = len(seg.order)
-        self.live_count = len(r.live)
-        self.live_bytes = live_bytes
-        self.max_id = r.max_id
+        w = self.writer
+        w.live_count = len(r.live)
+        w.live_bytes = live_bytes
+        w.max_id = r.max_id
         self._shrink_old(segs)
-        self.segments = segs
-        self.disk += sum(s.size for s in segs)
+        files.segments = segs
+        files.disk += sum(s.size for s in segs)
         self._start_segment()
-        return self.live_count
+        return w.live_count
 
     def _shrink_old(self, segs: list[Segment]) -> None:
         """Give back the unused (zero) tail of the segment the last run was writing."""
@@ -193,49 +219,47 @@ class Binlog(Compactor):
         # nothing, so they go: restarts do not pile up files.  The new
         # segment links to the last one kept, so no link names them.
         idle = self._idle_old
-        kept = [seg for seg in self.segments if seg not in idle]
+        files, w, c = self.files, self.writer, self.compactor
+        kept = [seg for seg in files.segments if seg not in idle]
         try:
-            cur = self._open_segment(self.seg_size)
+            cur = files.open_segment(files.seg_size)
         except OSError as e:
             raise BinlogError(f"cannot create a binlog segment in {self.dir}: {e}") from None
-        self.segments.append(cur)
-        self._make_current(cur, kept[-1] if kept else None)
+        files.segments.append(cur)
+        files.make_current(cur, kept[-1] if kept else None)
         for seg in idle:
-            self.segments.remove(seg)
-            del self.by_num[seg.num]
-            self._doomed.append((0, seg))
-            self.doomed_bytes += seg.size
+            files.segments.remove(seg)
+            files.doom(seg, 0)
         self._idle_old = []
         # cur carries the highest id issued and the first segment still needed
-        for frame, what in ((F.mark(self.max_id + 1), "mark"),
-                            (F.head(self.segments[0].num), "head")):
-            if not self._room(len(frame), self.live_count) or not self._write(frame, what):
+        for frame, what in ((F.mark(w.max_id + 1), "mark"),
+                            (F.head(files.segments[0].num), "head")):
+            if not files.room(len(frame), w.live_count) or not w.write(frame, what):
                 raise BinlogError(
                     f"not enough disk in {self.dir} to start a segment and reserve room for "
-                    f"deleting {self.live_count} jobs")
-        self.cur.max_id = self.max_id
-        if self.fsync_ms:
-            self.io.fdatasync(self.cur.fd)
-        self._collect()
-        self._unlink_doomed(everything=True)
-        self.credit = 0
-        self._compact()
+                    f"deleting {w.live_count} jobs")
+        files.cur.max_id = w.max_id
+        self.durability.flush()
+        c.collect()
+        files.unlink_doomed(float("inf"))
+        c.credit = 0
+        c.compact()
 
     def rewrite_all(self) -> None:
         """Move every live job into the segments begun at this start and drop
         every older segment (after recovery)."""
-        first_new = self.cur  # cur may roll on while the jobs move in
-        while self.segments[0] is not first_new:
-            head = self.segments[0]
+        files, c = self.files, self.compactor
+        first_new = files.cur  # cur may roll on while the jobs move in
+        while files.segments[0] is not first_new:
+            head = files.segments[0]
             for job in head.order:
-                if job is not None and not self._migrate(job):
+                if job is not None and not c.migrate(job):
                     raise BinlogError(f"cannot rewrite the binlog in {self.dir}")
             head.cursor = len(head.order)
-            if self.fsync_ms:
-                self.io.fdatasync(self.cur.fd)
-            if not self._collect():
+            self.durability.flush()
+            if not c.collect():
                 raise BinlogError(f"cannot rewrite the binlog in {self.dir}")
-            self._unlink_doomed(everything=True)
+            files.unlink_doomed(float("inf"))
 
 
 # --- attaching to a store -----------------------------------------------------------
@@ -295,8 +319,8 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
         if r.max_id >= store.next_id:
             store.next_id = r.max_id + 1
     except BaseException:
-        if wal is not None and wal._syncer is not None:
-            wal._syncer.stop()
+        if wal is not None:
+            wal.durability.stop_thread()
         lock.release()
         raise
     finally:

@@ -24,9 +24,6 @@ import mmap
 import os
 import pwd
 import re
-import threading
-
-from ..ratelog import Complaints
 
 log = logging.getLogger("bsnode")
 
@@ -154,99 +151,3 @@ class DirLock:
             os.close(self.fd)  # closing drops both locks
             self.fd = -1
 
-
-class Syncer:
-    """fdatasync on a thread of its own, so the event loop never waits for the disk.
-
-    ``request(fd)`` asks for a sync of everything written to the file so far
-    and returns the request's number; a request not yet started is replaced
-    by the newer one (one sync covers both).  ``done`` is the highest number
-    whose sync completed; ``error`` the last failure, for the caller to report
-    and clear.  The thread is a plain OS thread: fdatasync releases the GIL,
-    so the node's event loop runs on meanwhile.  When no descriptor is left
-    for the hand-off (EMFILE), the request is synced on the caller's thread.
-    """
-
-    def __init__(self, io: OsIO) -> None:
-        self.io = io
-        self.requested = 0
-        self.done = 0
-        self.error: OSError | None = None
-        self.inline = 0  # syncs run on the caller's thread, for want of a descriptor
-        self.complaints = Complaints(log)
-        self._want: tuple[int, int] | None = None
-        self._stop = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="binlog-fsync", daemon=True)
-        self._thread.start()
-
-    def request(self, fd: int) -> int:
-        try:
-            dup = os.dup(fd)  # the caller may close its fd (segment roll) while we sync
-        except OSError as e:  # no descriptor to spare (EMFILE): sync here, not never
-            return self._sync_here(fd, e)
-        with self._cond:
-            if self._want is not None:
-                os.close(self._want[0])
-            self.requested += 1
-            self._want = (dup, self.requested)
-            self._cond.notify()
-            return self.requested
-
-    def _sync_here(self, fd: int, why: OSError) -> int:
-        """Sync ``fd`` on the caller's thread: the hand-off to the thread
-        needs a descriptor of its own, and there is none (a node at its
-        descriptor limit).  The event loop waits for the disk meanwhile,
-        which is better than persistence silently off."""
-        self.inline += 1
-        with self._cond:
-            self.requested += 1
-            number = self.requested
-        try:
-            self.io.fdatasync(fd)
-        except OSError as e:
-            with self._cond:
-                self.error = e
-                self._cond.notify_all()
-            return number
-        with self._cond:
-            self.done = max(self.done, number)
-            self._cond.notify_all()
-        self.complaints.error("sync hand-off", "binlog: cannot hand a sync to its thread (%s); "
-                              "syncing in the event loop meanwhile", why.strerror or why)
-        return number
-
-    def wait(self, number: int, timeout: float) -> bool:
-        """Block until request ``number`` is done (True) or failed / timed out."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: self.done >= number or self.error is not None, timeout) \
-                and self.done >= number
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._want is None and not self._stop:
-                    self._cond.wait()
-                if self._want is None:
-                    return
-                fd, number = self._want
-                self._want = None
-            try:
-                self.io.fdatasync(fd)
-            except Exception as e:  # noqa: BLE001 - reported by the binlog, never fatal here
-                with self._cond:
-                    self.error = e if isinstance(e, OSError) else OSError(str(e))
-                    self._cond.notify_all()
-                continue
-            finally:
-                os.close(fd)
-            with self._cond:
-                self.done = max(self.done, number)
-                self._cond.notify_all()

@@ -4,19 +4,20 @@ How this works
 --------------
 ``SegmentFiles`` owns the files: the log (``segments``, oldest first, the
 last one ``cur`` being written), *spares* allocated ahead, and segments
-removed from the log but not yet unlinked (``_doomed``).  It does not read
-or write records; ``binlog.Binlog`` builds the job log on top of it (and
-keeps in each ``Segment`` the jobs whose home it is).
+removed from the log but not yet unlinked (``doomed``).  It does not read
+or write records (``writer`` does, keeping in each ``Segment`` the jobs
+whose home it is) and does not choose when to sync (``durability`` does:
+it says whether files are synced at all, ``sync_files``, and which doomed
+segments may go, ``unlink_doomed``).
 
 A segment is created whole: allocated (``posix_fallocate``) and given its
 header, so writing inside it cannot meet a full disk.  Free space is counted
-in *slots* of ``SLOT`` bytes, room for one DELETE record; ``_room(n, keep)``
+in *slots* of ``SLOT`` bytes, room for one DELETE record; ``room(n, keep)``
 makes cur able to take ``n`` bytes now while ``keep`` slots stay free across
 cur and the spares, allocating a spare when needed; when cur is full it is
 synced, cut back to what was written and closed, and the first spare
-becomes cur.  A doomed segment is unlinked once the background sync that
-covers what replaced it has completed (-f MS), or at once (-f 0: already
-synced; -F: never synced).
+becomes cur.  Every change of cur or of the space allocated invalidates the
+writer's fast path (``fastpath.FastPath``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import os
 import time
 
 from . import format as F
-from .fileio import OsIO, Syncer
+from .fastpath import FastPath
+from .fileio import OsIO
 
 log = logging.getLogger("bsnode")
 
@@ -59,12 +61,13 @@ class Segment:
 
 
 class SegmentFiles:
-    def __init__(self, dirpath: str, segment_size: int, fsync_ms: int | None,
-                 io: OsIO | None, background_sync: bool) -> None:
+    def __init__(self, dirpath: str, segment_size: int, io: OsIO, fast: FastPath,
+                 sync_files: bool) -> None:
         self.dir = dirpath
         self.seg_size = max(segment_size, MIN_SEGMENT_SIZE)
-        self.fsync_ms = fsync_ms
-        self.io = io or OsIO()
+        self.io = io
+        self.fast = fast
+        self.sync_files = sync_files  # sync new, finished and removed files (not under -F)
         self.segments: list[Segment] = []  # oldest first; the last one is cur
         self.by_num: dict[int, Segment] = {}  # the segments of the log, by number
         self.cur: Segment | None = None
@@ -73,15 +76,12 @@ class SegmentFiles:
         self.next_num = 1
         self.disk = 0  # bytes of segment files on disk
         # removed from the log; unlinked once the sync numbered with them is done
-        self._doomed: list[tuple[int, Segment]] = []
+        self.doomed: list[tuple[int, Segment]] = []
         self.doomed_bytes = 0
-        self._syncer = Syncer(self.io) if fsync_ms and background_sync else None
-        self._failures = 0
+        self.failures = 0
         self._last_complaint = float("-inf")
-        # bytes the writer may append to cur with no check (binlog_writer); -1: check all
-        self._quick = -1
 
-    def _room(self, n: int, keep: int) -> bool:
+    def room(self, n: int, keep: int) -> bool:
         """Make cur able to take ``n`` bytes now and still leave ``keep`` slots free."""
         while True:
             cur = self.cur
@@ -93,29 +93,29 @@ class SegmentFiles:
                 nxt = self.spares[0]
                 nfree = nxt.size - nxt.used
                 if (nfree - n) // SLOT + self.spare_slots - nfree // SLOT >= keep:
-                    self._roll()
+                    self.roll()
                     return True
             else:  # a record bigger than a segment: the next spare grows to take it
                 big = F.HEADER_SIZE + n + SLOT
-                if not (self._grow_spare(self.spares[0], big) if self.spares
-                        else self._add_spare(big)):
+                if not (self.grow_spare(self.spares[0], big) if self.spares
+                        else self.add_spare(big)):
                     return False
                 continue
-            if not self._add_spare(self.seg_size):
+            if not self.add_spare(self.seg_size):
                 return False
 
-    def _add_spare(self, size: int) -> bool:
+    def add_spare(self, size: int) -> bool:
         try:
-            seg = self._open_segment(max(size, self.seg_size))
+            seg = self.open_segment(max(size, self.seg_size))
         except OSError as e:
-            self._complain("cannot allocate a new segment", e)
+            self.complain("cannot allocate a new segment", e)
             return False
         self.spares.append(seg)
         self.spare_slots += (seg.size - seg.used) // SLOT
-        self._quick = -1  # more disk: the bound on disk use is checked again
+        self.fast.invalidate()  # more disk: the bound on disk use is checked again
         return True
 
-    def _grow_spare(self, seg: Segment, size: int) -> bool:
+    def grow_spare(self, seg: Segment, size: int) -> bool:
         """Allocate more room in an unused spare.  (Not a new, bigger spare
         placed before it: segments are written in the order of their
         numbers, which is the order replay reads them in.)"""
@@ -123,17 +123,17 @@ class SegmentFiles:
         try:
             self.io.allocate(seg.fd, size)
             # allocating by writing zeros (no fallocate here) zeroed the header too
-            self._write_rest(seg.fd, header, 0, self.io.pwrite(seg.fd, header, 0))
+            self.write_rest(seg.fd, header, 0, self.io.pwrite(seg.fd, header, 0))
         except OSError as e:
-            self._complain("cannot allocate a bigger segment", e)
+            self.complain("cannot allocate a bigger segment", e)
             return False
         self.spare_slots += (size - seg.used) // SLOT - (seg.size - seg.used) // SLOT
         self.disk += size - seg.size
         seg.size = size
-        self._quick = -1
+        self.fast.invalidate()
         return True
 
-    def _open_segment(self, size: int) -> Segment:
+    def open_segment(self, size: int) -> Segment:
         num = self.next_num
         path = os.path.join(self.dir, f"binlog.{num}")
         io = self.io
@@ -141,8 +141,8 @@ class SegmentFiles:
         try:
             io.allocate(fd, size)
             header = F.header(num)
-            self._write_rest(fd, header, 0, io.pwrite(fd, header, 0))
-            if self.fsync_ms is not None:
+            self.write_rest(fd, header, 0, io.pwrite(fd, header, 0))
+            if self.sync_files:
                 io.fdatasync(fd)
                 io.sync_dir(self.dir)
         except OSError:
@@ -156,49 +156,49 @@ class SegmentFiles:
         self.disk += size
         return Segment(num, path, fd, size, F.HEADER_SIZE)
 
-    def _roll(self) -> None:
+    def roll(self) -> None:
         """cur is full: close it and continue in the first spare."""
         old = self.cur
         nxt = self.spares.pop(0)
         self.spare_slots -= (nxt.size - nxt.used) // SLOT
         old.next = nxt.num
-        self._link(old)  # synced by _close
-        self._close(old)
+        self.link(old)  # synced by _close
+        self.close_segment(old)
         self.segments.append(nxt)
-        self._make_current(nxt, old)
+        self.make_current(nxt, old)
 
-    def _make_current(self, seg: Segment, prev: Segment | None) -> None:
+    def make_current(self, seg: Segment, prev: Segment | None) -> None:
         """``seg`` is the segment written from now on; ``prev`` the one before it."""
         self.cur = seg
-        self._quick = -1
+        self.fast.invalidate()
         self.by_num[seg.num] = seg
         if prev is not None:
             seg.prev, seg.prev_end = prev.num, prev.used
-            self._link(seg)
+            self.link(seg)
         try:
             seg.map = self.io.map(seg.fd, seg.size, self.dir)
         except (OSError, ValueError) as e:  # no map: pwrite works as well, slower
             log.warning("binlog: cannot map %s (%s); writing with pwrite", seg.path, e)
             seg.map = None
 
-    def _link(self, seg: Segment) -> None:
+    def link(self, seg: Segment) -> None:
         """Write ``seg``'s header again with its links (inside its allocated
         space, so no full disk can refuse it).  A failure costs replay its
         check of this link, nothing else: logged, not fatal."""
         header = F.header(seg.num, seg.flags, seg.prev, seg.next, seg.prev_end)
         try:
-            self._write_rest(seg.fd, header, 0, self.io.pwrite(seg.fd, header, 0))
+            self.write_rest(seg.fd, header, 0, self.io.pwrite(seg.fd, header, 0))
         except OSError as e:
             log.error("binlog: cannot write the links in the header of %s: %s", seg.path, e)
 
-    def _close(self, seg: Segment) -> None:
+    def close_segment(self, seg: Segment) -> None:
         """Sync a finished segment and give back its unused tail."""
         io = self.io
         if seg.map is not None:
             seg.map.close()
             seg.map = None
         try:
-            if self.fsync_ms is not None:
+            if self.sync_files:
                 io.fdatasync(seg.fd)
             io.truncate(seg.fd, seg.used)
             self.disk -= seg.size - seg.used
@@ -208,7 +208,7 @@ class SegmentFiles:
         io.close(seg.fd)
         seg.fd = -1
 
-    def _discard(self, seg: Segment) -> None:
+    def discard(self, seg: Segment) -> None:
         """Remove an unused spare."""
         try:
             self.io.close(seg.fd)
@@ -217,14 +217,21 @@ class SegmentFiles:
         except OSError as e:
             log.error("binlog: removing spare %s: %s", seg.path, e)
 
-    def _unlink_doomed(self, everything: bool = False) -> None:
-        if not self._doomed:
+    def doom(self, seg: Segment, number: int) -> None:
+        """``seg`` (already out of ``segments``) leaves the log; it is unlinked
+        once the sync numbered ``number`` is done (``unlink_doomed``)."""
+        del self.by_num[seg.num]
+        self.doomed.append((number, seg))
+        self.doomed_bytes += seg.size
+
+    def unlink_doomed(self, done: float) -> None:
+        """Unlink the doomed segments whose sync number is at most ``done``."""
+        if not self.doomed:
             return
-        done = self._syncer.done if self._syncer is not None else float("inf")
-        due = [seg for number, seg in self._doomed if everything or number <= done]
+        due = [seg for number, seg in self.doomed if number <= done]
         if not due:
             return
-        self._doomed = [(n, seg) for n, seg in self._doomed if seg not in due]
+        self.doomed = [(n, seg) for n, seg in self.doomed if seg not in due]
         for seg in due:
             self.doomed_bytes -= seg.size
             try:
@@ -237,13 +244,28 @@ class SegmentFiles:
                 self.disk -= seg.size
             except OSError as e:
                 log.error("binlog: cannot remove %s: %s", seg.path, e)
-        if self.fsync_ms is not None:
+        if self.sync_files:
             try:
                 self.io.sync_dir(self.dir)
             except OSError as e:
                 log.error("binlog: syncing %s: %s", self.dir, e)
 
-    def _write_rest(self, fd: int, data: bytes, at: int, done: int) -> None:
+    def close(self, unlink: bool) -> None:
+        """Unlink every doomed segment (if ``unlink``), drop the spares, close the rest."""
+        if unlink:
+            self.unlink_doomed(float("inf"))
+        for seg in self.spares:
+            self.discard(seg)
+        self.spares = []
+        for seg in self.segments:
+            if seg.map is not None:
+                seg.map.close()
+                seg.map = None
+            if seg.fd >= 0:
+                self.io.close(seg.fd)
+                seg.fd = -1
+
+    def write_rest(self, fd: int, data: bytes, at: int, done: int) -> None:
         """After a pwrite of ``data`` at ``at`` that wrote ``done`` bytes: write
         the rest (pwrite may write less than asked), or raise OSError."""
         view = memoryview(data)
@@ -253,12 +275,12 @@ class SegmentFiles:
                 raise OSError(errno.EIO, f"short write ({done} of {len(data)} bytes)")
             done += n
 
-    def _complain(self, what: str, err: OSError) -> None:
-        self._failures += 1
-        self._quick = -1
+    def complain(self, what: str, err: OSError) -> None:
+        self.failures += 1
+        self.fast.invalidate()
         now = time.monotonic()
         if now - self._last_complaint >= ERROR_LOG_EVERY:
             self._last_complaint = now
             log.error("binlog: %s: %s; puts are answered OUT_OF_MEMORY and writes retried "
                       "until the disk takes them (%d failures so far)",
-                      what, err.strerror or err, self._failures)
+                      what, err.strerror or err, self.failures)

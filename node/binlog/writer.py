@@ -1,16 +1,14 @@
-"""Writing the binlog's records: the store's put / update / delete, retries, fsync timers.
+"""Writing the binlog's records: the store's put / update / delete, and retries.
 
 How this works
 --------------
-``LogWriter`` builds on ``binlog_space.SegmentFiles`` (the files and their
-space) and appends records to the newest segment, ``cur``: a put writes the
-job's FULL record, a state change (release, bury, kick) a small UPDATE, a
-delete a DELETE; a reservation is not logged (as in beanstalkd).  Each
-record is in the page cache (a memory map of cur, or pwrite) before the
-store answers, so a killed process loses nothing; fsync follows beanstalkd
-1.12: ``-f 0`` syncs before the reply, ``-f MS`` at most every MS ms on a
-timer, on a thread of its own (so the last write before a quiet spell is
-synced within MS), ``-F`` never.
+``LogWriter`` appends records to the newest segment, ``cur``, of the files
+it is given (``segments.SegmentFiles``): a put writes the job's FULL record,
+a state change (release, bury, kick) a small UPDATE, a delete a DELETE; a
+reservation is not logged (as in beanstalkd).  Each record is in the page
+cache (a memory map of cur, or pwrite) before the store answers, so a
+killed process loses nothing; when it reaches the disk is ``durability``'s
+policy, which the writer tells of each write.
 
 Space.  Every live job owns a *slot*: room for its DELETE record in the
 allocated, unwritten space of cur and the spares.  Invariant: free slots >=
@@ -18,7 +16,10 @@ live jobs.  A put first makes room for its record plus one more slot; if
 the disk refuses, the put is answered OUT_OF_MEMORY and nothing is
 acknowledged.  A delete only spends its own slot, so it never needs new
 space.  A failed update or delete write is kept and retried on a timer
-until it lands; failures are logged, never hidden.
+until it lands; failures are logged, never hidden.  Whenever a write
+brings disk use over the bound (``compactor.disk_bound``) the compactor
+is told (``grow``), and when the oldest segment may have no live job left
+it is asked to collect it.
 
 ``job.wal`` is a tuple of four ints: the home segment's number (the segment
 of the job's latest FULL record), the job's index in ``home.order``, its
@@ -27,22 +28,16 @@ a list: the garbage collector stops tracking it, so a million jobs do not
 make its collections longer.)
 
 Fast path.  Put and delete are the costs every job pays, so each is
-written out in one function that makes a single check: does ``_quick``
-(bytes that may go into cur with no other check, worked out by
-``_requick``) cover the record?  Everything that could make a check fire
-sets ``_quick`` to -1 (a new cur or spare, a failure, a retry, a sync to
-schedule, disk over the bound), and the next write takes the slow path,
-which checks it all and works ``_quick`` out again.  A new job's FULL record
-and every DELETE are built with ``struct`` (binlog_format.full_head,
-DELETE_PAYLOAD).  Compaction (``binlog_compact``) supplies ``_grow`` and
-``_collect``.
+written out in one function that makes a single check: does the budget
+``fastpath.FastPath.quick`` cover the record?  When it does not, the slow
+path checks everything and refills the budget (``_requick``).  A new job's
+FULL record and every DELETE are built with ``struct``
+(format.full_head, DELETE_PAYLOAD).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 import zlib
 from collections.abc import Callable
 
@@ -50,13 +45,13 @@ import msgpack
 
 from ..tube import READY
 from . import format as F
-from .fileio import OsIO
+from .compactor import disk_bound
+from .durability import RETRY_EVERY, Durability
+from .fastpath import FastPath
 from .segments import SLOT, Segment, SegmentFiles
 
 log = logging.getLogger("bsnode")
 
-RETRY_EVERY = 1.0  # seconds between retries of a failed write
-REAP_POLL = 0.005  # seconds between looks at a background sync that old segments wait on
 WALL_RESAMPLE = 1.0  # seconds between readings of the wall clock
 MAX_HEADS = 1024  # tube names whose FULL record packer is kept
 
@@ -78,17 +73,18 @@ _INVALID = "invalid"  # the store's state of a deleted job
 _RESERVED = "reserved"
 
 
-class LogWriter(SegmentFiles):
-    """Appends records to cur and keeps the live jobs' accounting."""
+class LogWriter:
+    """Appends records to cur and keeps the live jobs' accounting.
+    ``compactor`` is set by the facade that builds both."""
 
-    def __init__(self, dirpath: str, segment_size: int, fsync_ms: int | None,
-                 clock: Callable[[], float], sched, io: OsIO | None = None,
-                 wall: Callable[[], float] = time.time, background_sync: bool = True) -> None:
-        super().__init__(dirpath, segment_size, fsync_ms, io, background_sync)
-        self._two_segments = 2 * self.seg_size
-        self._sync_each = fsync_ms == 0
-        self.group_sync = False  # -f 0 with the server grouping syncs (sync_later)
-        self.synced = 0  # with group_sync: records_written when the last good sync began
+    def __init__(self, files: SegmentFiles, fast: FastPath, durability: Durability,
+                 clock: Callable[[], float], sched, wall: Callable[[], float]) -> None:
+        self.files = files
+        self.fast = fast
+        self.durability = durability
+        self.compactor = None
+        self.io = files.io
+        self._seg_size = files.seg_size
         self.clock = clock
         self.sched = sched
         self.wall = wall
@@ -96,11 +92,8 @@ class LogWriter(SegmentFiles):
         self.live_bytes = 0  # their FULL + last UPDATE frames
         self.max_id = 0
         self.records_written = 0
-        self._retry: dict[int, object] = {}  # jobs whose latest change is not on disk
-        self._sync_entry = None
+        self.retry: dict[int, object] = {}  # jobs whose latest change is not on disk
         self._retry_entry = None
-        self._reap_entry = None
-        self._last_sync = float("-inf")
         self._pack = msgpack.Packer().pack
         self._pwrite = self.io.pwrite
         self._wall_at = float("-inf")
@@ -110,21 +103,13 @@ class LogWriter(SegmentFiles):
         self._created_at: float | None = None
         self._created_ms = 0
         self._ready_tail = b""
-        self._heads: dict[str, tuple] = {}  # tube name -> binlog_format.full_head(name)
-
-    # --- hooks, supplied by compaction -------------------------------------------
-    def _grow(self, n: int) -> None:
-        """``n`` new bytes of records were written."""
-
-    def _collect(self) -> bool:
-        """The head segment may hold no live job now."""
-        return True
+        self._heads: dict[str, tuple] = {}  # tube name -> format.full_head(name)
 
     # --- the store's interface ------------------------------------------------
     def put(self, job, now: float) -> bool:
         # The hot path.  Checks that rarely fire (room in cur, the bound on
         # disk use, a sync to schedule, failures or retries pending) are
-        # folded into ``_quick``; when it does not cover the record, the
+        # folded into the fast-path budget; when it does not cover the record, the
         # slow path (_put_checked) does them all.
         if not 0.0 <= now - self._wall_at < WALL_RESAMPLE:
             self._sample_wall(now)
@@ -146,11 +131,12 @@ class LogWriter(SegmentFiles):
                                  0xCE, job.ttr, 0xC6, len(body)), body, tail))
         size = len(payload)
         n = size + _FS
-        quick = self._quick - n - SLOT  # the record, and a slot for its DELETE
+        fast = self.fast
+        quick = fast.quick - n - SLOT  # the record, and a slot for its DELETE
         if quick < 0:
             return self._put_checked(job, payload)
-        self._quick = quick
-        cur = self.cur
+        fast.quick = quick
+        cur = self.files.cur
         at = cur.used
         m = cur.map  # the fast path writes into the page cache: no system call
         _FRAME_PACK_INTO(m, at, _TAG, size, _TAG, _crc32(payload))
@@ -170,12 +156,12 @@ class LogWriter(SegmentFiles):
         return True
 
     def _put_checked(self, job, payload: bytes) -> bool:
-        """``put`` with every check, for when ``_quick`` does not cover it."""
+        """``put`` with every check, for when the fast path does not cover it."""
         frame = _FRAME_PACK(_TAG, len(payload), _TAG, _crc32(payload)) + payload
         n = len(frame)
-        if not self._room(n, self.live_count + 1) or not self._write(frame, "put"):
+        if not self.files.room(n, self.live_count + 1) or not self.write(frame, "put"):
             return False
-        cur = self.cur
+        cur = self.files.cur
         jid = job.id
         order = cur.order
         job.wal = (cur.num, len(order), n, 0)
@@ -192,22 +178,29 @@ class LogWriter(SegmentFiles):
         return True
 
     def _requick(self) -> None:
-        """Work out ``_quick``: the bytes put and delete may append to cur with
-        no check, keeping a slot free for every live job (each fast put
-        takes its record and one slot off it, each fast delete its record).
-        -1 (everything takes the slow path) while cur is not mapped, ``-f 0``
-        syncs every write, a sync is to be scheduled, a write failed or
-        waits for a retry, or disk use is over the bound (every write then
-        pays compaction)."""
-        cur = self.cur
-        if (cur is None or cur.map is None or self._sync_each or self._failures
-                or self._retry or (self.fsync_ms and self._sync_entry is None)
-                or self.disk > 2 * (self.live_bytes + self.live_count * SLOT)
-                + self._two_segments):
-            self._quick = -1
+        """Refill the fast-path budget: the bytes put and delete may append to
+        cur with no check, keeping a slot free for every live job (each fast
+        put takes its record and one slot off it, each fast delete its
+        record).  None (everything takes the slow path) while cur is not
+        mapped, ``-f 0`` syncs every write, a sync is to be scheduled, a
+        write failed or waits for a retry, or disk use is over the bound
+        (every write then pays compaction)."""
+        files = self.files
+        cur = files.cur
+        d = self.durability
+        if (cur is None or cur.map is None or d.sync_each or files.failures or self.retry
+                or d.timer_wanted()
+                or files.disk > disk_bound(self.live_bytes, self.live_count, self._seg_size)):
+            self.fast.invalidate()
             return
-        owed = self.live_count - self.spare_slots  # slots that must stay free in cur
-        self._quick = cur.size - cur.used - (owed * SLOT if owed > 0 else 0)
+        self.fast.refill(cur.size - cur.used, self.live_count - files.spare_slots, SLOT)
+
+    def _grow(self, n: int) -> None:
+        """``n`` new bytes of records were written: over the bound, every
+        write pays compaction until back under it."""
+        if self.files.disk > disk_bound(self.live_bytes, self.live_count, self._seg_size):
+            self.fast.invalidate()
+            self.compactor.grow(n)
 
     def _head(self, name: str) -> tuple:
         heads = self._heads
@@ -231,7 +224,7 @@ class LogWriter(SegmentFiles):
             # reserves counter could change, and the next record carries it.
             return True
         if self._write_update(job, now):
-            self._retry.pop(job.id, None)
+            self.retry.pop(job.id, None)
             return True
         self._keep_for_retry(job)
         return False
@@ -240,13 +233,15 @@ class LogWriter(SegmentFiles):
         w = job.wal
         if w is None:
             return True
-        quick = self._quick - _DEL_FRAME_SIZE  # the DELETE goes in the job's own slot
+        fast = self.fast
+        quick = fast.quick - _DEL_FRAME_SIZE  # the DELETE goes in the job's own slot
         if quick < 0:
             return self._delete_checked(job)
-        self._quick = quick
+        fast.quick = quick
         jid = job.id
         payload = _DEL_PACK(_DEL_MARK, jid)
-        cur = self.cur
+        files = self.files
+        cur = files.cur
         at = cur.used
         m = cur.map
         _FRAME_PACK_INTO(m, at, _TAG, _DEL_SIZE, _TAG, _crc32(payload))
@@ -256,20 +251,20 @@ class LogWriter(SegmentFiles):
         if jid > cur.max_id:
             cur.max_id = jid
         job.wal = None
-        home = self.by_num[w[0]]
+        home = files.by_num[w[0]]
         home.order[w[1]] = None
         home.live -= 1
         self.live_count = live = self.live_count - 1
         self.live_bytes = live_bytes = self.live_bytes - w[2] - w[3]
-        if self.disk > 2 * (live_bytes + live * SLOT) + self._two_segments:
+        if files.disk > disk_bound(live_bytes, live, self._seg_size):
             self._grow(_DEL_FRAME_SIZE)  # over the bound: compact (and leave the fast path)
-        if not home.live and home is self.segments[0]:
-            self._collect()
+        if not home.live and home is files.segments[0]:
+            self.compactor.collect()
         return True
 
     def _delete_checked(self, job) -> bool:
-        if self._write_delete(job):
-            self._retry.pop(job.id, None)
+        if self.write_delete(job):
+            self.retry.pop(job.id, None)
             self._requick()
             return True
         self._keep_for_retry(job)
@@ -291,7 +286,7 @@ class LogWriter(SegmentFiles):
         self._wall_off = self.wall() - now
         self._created_at = None  # milliseconds worked out with the old offset
 
-    def _full_frame(self, job, now: float) -> bytes:
+    def full_frame(self, job, now: float) -> bytes:
         off = self._wall_offset(now)
         state = _STATE[job.state]
         deadline = int((off + job.deadline) * 1000) if state == _DELAYED else 0
@@ -314,64 +309,69 @@ class LogWriter(SegmentFiles):
         w = job.wal
         frame = self._update_frame(job, now)
         n = len(frame)
-        if not self._room(n, self.live_count) or not self._write(frame, "update"):
+        if not self.files.room(n, self.live_count) or not self.write(frame, "update"):
             return False
         self.live_bytes += n - w[3]
         job.wal = (w[0], w[1], w[2], n)
-        if job.id > self.cur.max_id:
-            self.cur.max_id = job.id
+        cur = self.files.cur
+        if job.id > cur.max_id:
+            cur.max_id = job.id
         self._grow(n)
         return True
 
-    def _write_delete(self, job) -> bool:
+    def write_delete(self, job) -> bool:
+        """Write ``job``'s DELETE (slow path); False if the disk says no."""
         frame = F.delete(job.id)
-        if not self._room(len(frame), self.live_count - 1) or not self._write(frame, "delete"):
+        files = self.files
+        if not files.room(len(frame), self.live_count - 1) or not self.write(frame, "delete"):
             return False
-        if job.id > self.cur.max_id:
-            self.cur.max_id = job.id
+        if job.id > files.cur.max_id:
+            files.cur.max_id = job.id
         home = self._forget(job)
         self._grow(len(frame))
-        if home is self.segments[0]:
-            self._collect()
+        if home is files.segments[0]:
+            self.compactor.collect()
         return True
 
     def _forget(self, job) -> Segment:
         w = job.wal
         job.wal = None
-        home = self.by_num[w[0]]
+        home = self.files.by_num[w[0]]
         home.order[w[1]] = None
         home.live -= 1
         self.live_count -= 1
         self.live_bytes -= w[2] + w[3]
         return home
 
-    def _write(self, frame: bytes, what: str) -> bool:
-        """Append a frame to cur (room already made); False if the disk says no."""
-        cur = self.cur
+    def write(self, frame: bytes, what: str) -> bool:
+        """Append a frame to cur (room already made, ``files.room``) and count
+        it; False if the disk says no."""
+        cur = self.files.cur
         at = cur.used
         n = len(frame)
+        d = self.durability
         try:
             if cur.map is not None:
                 cur.map[at:at + n] = frame
             else:
                 done = self._pwrite(cur.fd, frame, at)
                 if done != n:
-                    self._write_rest(cur.fd, frame, at, done)
-            if self._sync_each:
+                    self.files.write_rest(cur.fd, frame, at, done)
+            if d.sync_each:
                 self.io.fdatasync(cur.fd)
         except OSError as e:
             self._write_failed(cur, n, at, what, e)
             return False
         cur.used = at + n
-        self._quick -= n
+        self.fast.quick -= n
         self.records_written += 1
-        if self._failures or self._retry or (self._sync_entry is None and self.fsync_ms):
+        if self.files.failures or self.retry or d.timer_wanted():
             self._after_write()
         return True
 
     def _write_failed(self, cur: Segment, n: int, at: int, what: str, err: OSError) -> None:
         """A write of ``n`` bytes at ``at`` failed: complain, and zero what it may have left."""
-        self._complain(f"cannot write a {what} record to {cur.path}", err)
+        self.files.complain(f"cannot write a {what} record to {cur.path}", err)
         try:  # leave no half frame behind; the next write goes here anyway
             if cur.map is not None:
                 cur.map[at:at + n] = bytes(n)
@@ -381,107 +381,42 @@ class LogWriter(SegmentFiles):
             pass
 
     def _after_write(self) -> None:
-        if self._failures:
-            log.warning("binlog: writing again after %d failed attempts", self._failures)
-            self._failures = 0
-        if self.fsync_ms and self._sync_entry is None:
-            now = self.clock()
-            self._sync_entry = self.sched.add(
-                max(now, self._last_sync + self.fsync_ms / 1000), self._sync_due, None)
-        if self._retry and self._retry_entry is None:
+        files = self.files
+        if files.failures:
+            log.warning("binlog: writing again after %d failed attempts", files.failures)
+            files.failures = 0
+        self.durability.wrote()
+        if self.retry and self._retry_entry is None:
             self._retry_entry = self.sched.add(self.clock(), self._retry_due, None)
-
-    # --- -f 0 under a server: one sync for many writes ------------------------------
-    def sync_later(self) -> bool:
-        """With ``-f 0``, stop syncing inside each write: the server syncs
-        before it answers instead (``sync_start`` / ``sync_done``), so one
-        fdatasync covers every write made while the one before it ran: a
-        group commit.  An answer still leaves only once what it acknowledges
-        is on disk.  False, and nothing changes, under any other policy."""
-        if self.fsync_ms != 0 or self.group_sync:
-            return False
-        self.group_sync = True
-        self._sync_each = False
-        self.synced = self.records_written  # each write so far was synced in it
-        self._quick = -1
-        return True
-
-    def sync_start(self) -> tuple[int, int]:
-        """A sync about to run covers every record written so far: returns
-        (a duplicate of cur's descriptor, for the sync to use and close, so a
-        segment roll meanwhile cannot close it; ``records_written``).
-        Records in older segments were synced when those were closed."""
-        return os.dup(self.cur.fd), self.records_written
-
-    def sync_here(self) -> int:
-        """Sync cur on this thread, for when ``sync_start`` has no descriptor
-        to spare (EMFILE); returns ``records_written`` as it covers them."""
-        upto = self.records_written
-        self.io.fdatasync(self.cur.fd)
-        return upto
-
-    def sync_done(self, upto: int, err: OSError | None) -> None:
-        if err is not None:
-            self._complain(f"cannot sync {self.cur.path}", err)
-        elif upto > self.synced:
-            self.synced = upto
 
     # --- retries ------------------------------------------------------------------
     def _keep_for_retry(self, job) -> None:
-        self._retry[job.id] = job
-        self._quick = -1
+        self.retry[job.id] = job
+        self.fast.invalidate()
         if self._retry_entry is None:
             self._retry_entry = self.sched.add(self.clock() + RETRY_EVERY, self._retry_due, None)
 
     def _retry_due(self, _arg, now: float) -> None:
         self._retry_entry = None
-        for jid, job in list(self._retry.items()):
+        for jid, job in list(self.retry.items()):
             if job.wal is None:
                 ok = True
             elif job.state == _INVALID:
-                ok = self._write_delete(job)
+                ok = self.write_delete(job)
             else:
                 ok = self._write_update(job, now)
             if not ok:
                 break
-            del self._retry[jid]
-        if self._retry and self._retry_entry is None:
+            del self.retry[jid]
+        if self.retry and self._retry_entry is None:
             self._retry_entry = self.sched.add(now + RETRY_EVERY, self._retry_due, None)
 
-    # --- fsync ----------------------------------------------------------------------
-    def _sync_due(self, _arg, now: float) -> None:
-        self._sync_entry = None
-        self._quick = -1  # the next write schedules the next sync
-        self._last_sync = now
-        syncer = self._syncer
-        if syncer is None:
-            try:
-                self.io.fdatasync(self.cur.fd)
-            except OSError as e:
-                self._sync_failed(e, now)
-                return
-            self._unlink_doomed()
-            return
-        if syncer.error is not None:
-            self._sync_failed(syncer.error, now)
-            syncer.error = None
-        syncer.request(self.cur.fd)
-        if self._doomed and self._reap_entry is None:
-            self._reap_entry = self.sched.add(now + REAP_POLL, self._reap_due, None)
-
-    def _sync_failed(self, err: OSError, now: float) -> None:
-        self._complain(f"cannot sync {self.cur.path}", err)
-        if self._sync_entry is None:
-            self._sync_entry = self.sched.add(now + RETRY_EVERY, self._sync_due, None)
-
-    def _reap_due(self, _arg, now: float) -> None:
-        """Unlink the segments whose replacement the background sync has made durable."""
-        self._reap_entry = None
-        syncer = self._syncer
-        if syncer.error is not None:
-            self._sync_failed(syncer.error, now)
-            syncer.error = None
-        self._unlink_doomed()
-        if self._doomed:  # look again soon; after a failure, when the sync is retried
-            wait = REAP_POLL if syncer.done < syncer.requested else RETRY_EVERY
-            self._reap_entry = self.sched.add(now + wait, self._reap_due, None)
+    def close(self) -> None:
+        """Write what is still owed (logged if it cannot be), stop the retry timer."""
+        if self.retry:
+            self._retry_due(None, self.clock())
+            if self.retry:
+                log.error("binlog: %d changes could not be written before stopping",
+                          len(self.retry))
+        self.sched.cancel(self._retry_entry)
+        self._retry_entry = None
