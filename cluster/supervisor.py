@@ -88,7 +88,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
 IDLE_INTERVAL = 1.0
-# what bsnode writes while it replays a large binlog (node/binlog_replay.py's
+# what bsnode writes while it replays a large binlog (node/binlog/replay.py's
 # progress lines): "binlog: replayed 40% (123 records, 1.0 s)"
 REPLAY_PROGRESS = re.compile(r"binlog: (replay(?:ing|ed) [^(]*?)\s*(\(.*\))?$")
 CRASHES_SHOWN = 5  # exits named in a crash-loop FATAL reason

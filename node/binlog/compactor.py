@@ -21,8 +21,15 @@ older segments go, so ids are never reused.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from . import format as F
 from .segments import SLOT, SegmentFiles
+
+if TYPE_CHECKING:  # (the writer imports disk_bound from here)
+    from .durability import Durability
+    from .writer import LogWriter
 
 COMPACT_CREDIT = 2  # bytes migrated per byte of new records, while over the bound
 COMPACT_CREDIT_MAX = 4 << 20
@@ -42,7 +49,8 @@ class Compactor:
     facade with the files, the writer (``writer.LogWriter``) and the sync
     policy (``durability.Durability``)."""
 
-    def __init__(self, files: SegmentFiles, writer, durability, clock, sched) -> None:
+    def __init__(self, files: SegmentFiles, writer: LogWriter, durability: Durability,
+                 clock: Callable[[], float], sched) -> None:
         self.files = files
         self.writer = writer
         self.durability = durability

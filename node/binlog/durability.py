@@ -33,11 +33,15 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..ratelog import Complaints
 from .fastpath import FastPath
 from .fileio import OsIO
 from .segments import Segment, SegmentFiles
+
+if TYPE_CHECKING:  # (the writer asks this module; the facade wires them)
+    from .writer import LogWriter
 
 log = logging.getLogger("bsnode")
 
@@ -62,7 +66,7 @@ class Durability:
         self.fast = fast
         self.clock = clock
         self.sched = sched
-        self.writer = None
+        self.writer: LogWriter | None = None
         self.sync_each = fsync_ms == 0  # -f 0 with no server grouping syncs
         self.group_sync = False  # -f 0 with the server grouping syncs (sync_later)
         self.synced = 0  # with group_sync: records_written when the last good sync began

@@ -229,7 +229,7 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
             rec = nxt()
             kind = rec[0]
             jid = rec[1]
-            # The rules of binlog_format.problem(), inline and cheap: any doubt
+            # The rules of format.problem(), inline and cheap: any doubt
             # goes to the careful path below, which names the frame and field.
             # (msgpack ints are within -2**63..2**64-1 already; OR-ing ints is
             # negative iff one of them is, and over u32 iff one of them is.)

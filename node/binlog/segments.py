@@ -53,7 +53,7 @@ class Segment:
         self.cursor = 0  # order[:cursor] are all None
         self.live = 0  # jobs homed here
         self.max_id = 0  # highest id a record here names
-        # the header's links (binlog_format): written when it becomes cur / is finished
+        # the header's links (format): written when it becomes cur / is finished
         self.flags = 0
         self.prev = 0
         self.next = 0

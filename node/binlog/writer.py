@@ -45,7 +45,7 @@ import msgpack
 
 from ..tube import READY
 from . import format as F
-from .compactor import disk_bound
+from .compactor import Compactor, disk_bound
 from .durability import RETRY_EVERY, Durability
 from .fastpath import FastPath
 from .segments import SLOT, Segment, SegmentFiles
@@ -82,7 +82,7 @@ class LogWriter:
         self.files = files
         self.fast = fast
         self.durability = durability
-        self.compactor = None
+        self.compactor: Compactor | None = None
         self.io = files.io
         self._seg_size = files.seg_size
         self.clock = clock
