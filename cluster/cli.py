@@ -29,6 +29,7 @@ from bscluster.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_WEB_LISTEN,
     ENV_CONFIG,
+    NODE_COMMAND_HELP,
     ClusterConfig,
     ConfigError,
     config_path,
@@ -74,7 +75,8 @@ _NODE_OPTIONS = [
     click.option("--binlog-size", type=int, metavar="BYTES",
                  help="Size of each binlog file (10485760)."),
     click.option("--node-command", metavar="CMD",
-                 help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] (bsnode)."),
+                 help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] "
+                      f"({NODE_COMMAND_HELP})."),
     click.option("--metrics-base-port", type=int, metavar="PORT",
                  help="Give nodeI `--metrics METRICS_HOST:PORT+I-1` (bsnode only); 0 = off (0)."),
     click.option("--metrics-host", metavar="ADDR",
@@ -261,13 +263,14 @@ def _where_flags(config: ClusterConfig) -> str:
 
 
 def banner(config: ClusterConfig, state: dict) -> str:
-    """Where every node listens and how to connect."""
+    """Where every node listens and how to connect; or, when no node runs, why."""
     nodes = state["nodes"]
     sup = state["supervisor"]
     up_count = sum(1 for e in nodes.values() if e["state"] == State.RUNNING.value)
     mode = f"detached, log {sup['log']}" if sup.get("detached") else "Ctrl-C stops all"
     lines = [f"bscluster: {up_count} of {len(nodes)} nodes running "
-             f"(supervisor pid {sup['pid']}, {mode})"]
+             f"(supervisor pid {sup['pid']}, {mode})" if up_count else
+             f"bscluster: none of the {len(nodes)} nodes could start"]
     width = max(len(n) for n in nodes)
     for name, e in nodes.items():
         addr = f"{e['host']}:{e['port']}"
@@ -275,6 +278,11 @@ def banner(config: ClusterConfig, state: dict) -> str:
         if e.get("metrics") and e["state"] == State.RUNNING.value:
             extra += f", metrics {e['metrics']}"
         lines.append(f"  {name:<{width}}  {addr:<21}  {e['state']:<8}  {extra}")
+    if up_count == 0:  # how to connect would be no help: say what to do instead
+        lines += ["", control.NONE_RUNNING_HINT,
+                  f"(`bscluster config{_where_flags(config)}` shows every setting and where it "
+                  f"came from)"]
+        return "\n".join(lines)
     addresses = {n: f"{connect_host(e['host'])}:{e['port']}" for n, e in nodes.items()}
     lines += ["", "connect from Python:", "    from bsclient import ClusterClient"]
     if _file_matches(config, addresses):

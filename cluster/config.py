@@ -55,6 +55,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+import bsnode
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
 
@@ -65,7 +66,9 @@ DEFAULT_DATA_DIR = "bscluster-data"
 DEFAULT_NODES = 4  # the cluster the README starts
 DEFAULT_FSYNC_MS = 50
 DEFAULT_BINLOG_SIZE = 10485760
-DEFAULT_NODE_COMMAND = "bsnode"
+# this installation's bsnode (python -m bsnode), found without PATH
+DEFAULT_NODE_COMMAND = tuple(bsnode.command_line())
+NODE_COMMAND_HELP = "this installation's bsnode, run by bscluster's own Python"
 DEFAULT_WEIGHT = 1
 DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
 WEB_OFF = ("", "off")  # values of `web` that mean: no dashboard
@@ -317,7 +320,7 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
     command = tuple(shlex.split(command)) if isinstance(command, str) else tuple(command)
     if not command:
         raise ConfigError("node_command is empty; it names the program that runs a node "
-                          "(default: bsnode)")
+                          f"(default: {NODE_COMMAND_HELP})")
     if "/" in command[0] and not os.path.isabs(command[0]):
         # a relative program path means the same wherever the supervisor runs
         origin = base if sources["node_command"].startswith("file") else Path.cwd()
