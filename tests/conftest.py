@@ -6,10 +6,35 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from servers import HAVE_BEANSTALKD, start_beanstalkd, start_bsnode  # noqa: E402
+from spawns import SpawnFinder, forbid_processes, item_starts_processes  # noqa: E402
 
 needs_beanstalkd = pytest.mark.skipif(
     not HAVE_BEANSTALKD, reason="/usr/bin/beanstalkd is not installed"
 )
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts a process (itself or through a fixture) is integration."""
+    finder = SpawnFinder()
+    for item in items:
+        if item.get_closest_marker("integration") is None and \
+                item_starts_processes(finder, item):
+            item.add_marker(pytest.mark.integration)
+
+
+def _unit_run(config) -> bool:
+    """Is this a run that selected the tests without processes (-m "not integration")?"""
+    expr = (config.option.markexpr or "").replace(" ", "")
+    return "notintegration" in expr
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """In a unit run, an unmarked test that still starts a process fails, naming itself."""
+    if _unit_run(item.config) and item.get_closest_marker("integration") is None:
+        with forbid_processes(item.nodeid):
+            return (yield)
+    return (yield)
 
 
 @pytest.fixture
