@@ -1,10 +1,14 @@
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import filesystems  # noqa: E402
 from servers import HAVE_BEANSTALKD, start_beanstalkd, start_bsnode  # noqa: E402
 from spawns import SpawnFinder, forbid_processes, item_starts_processes  # noqa: E402
 
@@ -62,3 +66,25 @@ def server(request):
     else:
         with start_bsnode() as s:
             yield s
+
+
+# --- a binlog data dir on each filesystem (tests/filesystems.py) -------------------
+@pytest.fixture(scope="session")
+def _filesystem_dirs():
+    with filesystems.filesystem_dirs() as found:
+        yield found
+
+
+@pytest.fixture(params=filesystems.param_kinds())
+def binlog_tmp(request, _filesystem_dirs) -> Path:
+    """A fresh directory on each kind of filesystem (ext4, tmpfs, overlay, ...);
+    a module whose tests should run on each overrides ``tmp_path`` with it."""
+    kind = request.param
+    where, why = _filesystem_dirs.get(kind, (None, f"this machine has no {kind}"))
+    if where is None:
+        if filesystems.wanted_kinds():
+            pytest.fail(f"{filesystems.ENV} asks for {kind}, but {why}")
+        pytest.skip(f"no {kind} to run on: {why}")
+    path = Path(tempfile.mkdtemp(prefix="binlog-", dir=where))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
