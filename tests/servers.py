@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -106,6 +107,11 @@ def _drain(stream, lines: deque, found: threading.Event, holder: list) -> None:
 def bsnode_command() -> list[str]:
     """The installed bsnode, as bscluster runs it (never looked up on PATH)."""
     return bsnode.command_line()
+
+
+def bscluster_command() -> list[str]:
+    """The installed bscluster (this interpreter's, never one found on PATH)."""
+    return [sys.executable, "-m", "bscluster"]
 
 
 def start_bsnode(*args: str, env: dict | None = None) -> Server:
