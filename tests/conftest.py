@@ -33,8 +33,9 @@ def _unit_run(config) -> bool:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item):
-    """In a unit run, an unmarked test that still starts a process fails, naming itself."""
+def pytest_runtest_protocol(item, nextitem):
+    """In a unit run, a test that still starts a process (in its fixtures too) fails,
+    naming itself."""
     if _unit_run(item.config) and item.get_closest_marker("integration") is None:
         with forbid_processes(item.nodeid):
             return (yield)
