@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +12,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import filesystems  # noqa: E402
 from servers import HAVE_BEANSTALKD, start_beanstalkd, start_bsnode  # noqa: E402
 from spawns import SpawnFinder, forbid_processes, item_starts_processes  # noqa: E402
+
+# Tests press Ctrl-C (SIGINT) at programs they start, as a terminal would.  A
+# run started in the background (`&`, nohup) inherits SIGINT ignored, and so
+# would every program it starts; handled here, it is the default again for them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 needs_beanstalkd = pytest.mark.skipif(
     not HAVE_BEANSTALKD, reason="/usr/bin/beanstalkd is not installed"
