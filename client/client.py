@@ -24,6 +24,16 @@ returns.  Error reply words become the exception classes of ``errors``.
 * ``timeout`` bounds the wait for every reply (``reserve-with-timeout N``
   waits N seconds longer); on expiry the connection is closed, since a late
   reply would otherwise be read as the answer to the next command.
+* Every TCP connection has keepalive on (``KEEPALIVE_IDLE``/``_INTERVAL``/
+  ``_COUNT``), so a blocking ``reserve`` on a connection whose peer vanished
+  without a reset (a dead host, a partition) ends with ConnectionLostError
+  instead of hanging forever.
+* Concurrent use is refused, not corrupted: a command started while another
+  thread or greenlet is inside one on the same Client raises
+  ``ConcurrentUseError`` at once (the stream is left intact).
+* ``send``/``read_ready`` split a command from its reply for callers that
+  wait on many connections at once (ClusterClient's reserve): send, wait
+  until the socket is readable, then read.
 """
 
 from __future__ import annotations
@@ -32,10 +42,13 @@ import math
 import operator
 import select
 import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import protocol as p
 from .errors import (
+    ConcurrentUseError,
     ConnectionLostError,
     SocketTimeoutError,
     UnexpectedReplyError,
@@ -48,6 +61,22 @@ DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 65536
 DEFAULT_TUBE = "default"
 MAX_PORT = 65535
+# TCP keepalive on every connection: first probe after KEEPALIVE_IDLE s of
+# silence, then every KEEPALIVE_INTERVAL s; KEEPALIVE_COUNT unanswered
+# probes and the kernel reports the connection dead (about 40 s in all).
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 3
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """SO_KEEPALIVE with the KEEPALIVE_* timings (where the platform has them)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                        ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +225,7 @@ class Client:
         self._sock: socket.socket | None = None
         self._sock_timeout: float | None = -1.0
         self._reader = p.ReplyReader()
+        self._busy = threading.RLock()  # held while a command is in progress
         self._using = DEFAULT_TUBE
         self._watching = [DEFAULT_TUBE]
         watch = [watch] if isinstance(watch, str) else watch
@@ -264,6 +294,7 @@ class Client:
             else:
                 sock = socket.create_connection(addr, timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_keepalive(sock)
         except TimeoutError as e:
             raise SocketTimeoutError(
                 f"connect to {self.address} timed out", address=self.address, sent=False
@@ -311,6 +342,18 @@ class Client:
 
         ``wait`` is the reply timeout: True means ``self.timeout``.
         """
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError(
+                f"Client for {self.name} is already in a command in another thread or "
+                f"greenlet; a Client is one connection: use one per thread (ClusterClient "
+                f"keeps one set per thread for you)"
+            )
+        try:
+            return self._call_locked(data, wait)
+        finally:
+            self._busy.release()
+
+    def _call_locked(self, data: bytes, wait) -> tuple[list, bytes | None]:
         sock = self._sock
         if sock is None:
             sock = self._connect()
@@ -358,6 +401,116 @@ class Client:
         if words[0] == ok:
             return words, body
         raise self._error(words)
+
+    @contextmanager
+    def exclusive(self, timeout: float | None):
+        """Hold this Client for a few commands from another thread, waiting up to
+        ``timeout`` seconds for the thread using it (ConcurrentUseError after)."""
+        if not self._busy.acquire(timeout=-1 if timeout is None else timeout):
+            raise ConcurrentUseError(
+                f"Client for {self.name} stayed busy in another thread for {timeout} s")
+        try:
+            yield self
+        finally:
+            self._busy.release()
+
+    # --- one command, reply later (for waiting on many connections) ---------
+    def send(self, data: bytes) -> None:
+        """Send an encoded command without reading its reply (see ``read_ready``).
+
+        Reconnects first if needed.  The caller must read the reply before
+        any other command is sent on this Client.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError(f"Client for {self.name} is in a command in another "
+                                     f"thread or greenlet")
+        try:
+            self._send_locked(data)
+        finally:
+            self._busy.release()
+
+    def _send_locked(self, data: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            sock = self._connect()
+        elif self._stale(sock):
+            self.close()
+            sock = self._connect()
+        try:
+            if self._sock_timeout != self.timeout:
+                sock.settimeout(self.timeout)
+                self._sock_timeout = self.timeout
+            sock.sendall(data)
+        except OSError as e:
+            self.close()
+            raise ConnectionLostError(
+                f"connection to {self.address} lost: {e}", address=self.address
+            ) from e
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 when not connected)."""
+        return -1 if self._sock is None else self._sock.fileno()
+
+    def read_ready(self) -> list[tuple[list, bytes | None]]:
+        """Read what a readable socket has: the replies completed by it (maybe none)."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLostError(f"{self.address}: not connected", address=self.address)
+        try:
+            sock.setblocking(False)
+            self._sock_timeout = 0.0
+            chunk = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as e:
+            self.close()
+            raise ConnectionLostError(
+                f"connection to {self.address} lost: {e}", address=self.address
+            ) from e
+        if not chunk:
+            self.close()
+            raise ConnectionLostError(f"{self.address} closed the connection",
+                                      address=self.address)
+        return self._reader.feed(chunk)
+
+    def read_replies(self, wait: float | None) -> list[tuple[list, bytes | None]]:
+        """Block up to ``wait`` seconds for the next reply (or replies) to ``send``."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLostError(f"{self.address}: not connected", address=self.address)
+        try:
+            sock.settimeout(wait)
+            self._sock_timeout = wait
+            while True:
+                chunk = sock.recv(RECV_SIZE)
+                if not chunk:
+                    raise ConnectionLostError(
+                        f"{self.address} closed the connection", address=self.address
+                    )
+                replies = self._reader.feed(chunk)
+                if replies:
+                    return replies
+        except TimeoutError as e:
+            self.close()
+            raise SocketTimeoutError(
+                f"no reply from {self.address} within {wait} s", address=self.address
+            ) from e
+        except OSError as e:
+            self.close()
+            raise ConnectionLostError(
+                f"connection to {self.address} lost: {e}", address=self.address
+            ) from e
+        except BaseException:
+            self.close()
+            raise
+
+    def job_from(self, reply: tuple) -> Job:
+        """The Job of a RESERVED reply (as ``reserve`` would return it)."""
+        return self._job(reply)
+
+    def error_from(self, words: list) -> BaseException:
+        """The exception for an error reply (as a command would raise it)."""
+        return self._error(words)
 
     def _error(self, words: list):
         err = reply_error(words)
@@ -466,6 +619,30 @@ class Client:
         words, _ = self._expect(p.encode_command(p.CMD_IGNORE, _tube(tube)), b"WATCHING")
         _ms_remove(self._watching, tube)
         return int(words[1])
+
+    def watch_commands(self, tubes: list[str]) -> tuple[bytes, int]:
+        """The watch/ignore commands that make the watch list ``tubes``, and their count.
+
+        For pipelining ahead of a ``send``: the local copy is updated now, so
+        the caller must read (and check) that many WATCHING replies first.
+        """
+        data = []
+        for tube in tubes:
+            if tube not in self._watching:
+                data.append(p.encode_command(p.CMD_WATCH, _tube(tube)))
+                self._watching.append(tube)
+        for tube in list(self._watching):
+            if tube not in tubes:
+                data.append(p.encode_command(p.CMD_IGNORE, _tube(tube)))
+                _ms_remove(self._watching, tube)
+        return b"".join(data), len(data)
+
+    def forget_tubes(self) -> None:
+        """Back to the server defaults (use and watch "default"); only when closed,
+        so that the next connect replays nothing."""
+        if self._sock is None:
+            self._using = DEFAULT_TUBE
+            self._watching = [DEFAULT_TUBE]
 
     def _watch_exactly(self, tubes: list[str]) -> None:
         for tube in tubes:

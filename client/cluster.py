@@ -3,32 +3,29 @@
 How this works
 --------------
 Nodes never talk to each other; all distribution lives here.  The client
-holds one lazily connected ``Client`` per node and a ``Ring`` over stable
-node names (see docs/CLIENT.md for the full semantics).
+holds a ``Ring`` over stable node names and a ``NodePool`` of members and
+their health (see docs/CLIENT.md for the full semantics).  Connections are
+per thread (or greenlet): the pool gives each its own ``Session``, so one
+ClusterClient can be shared, and ``use``/``watch`` are per thread like a
+beanstalkd connection's.
 
-* Producing: ``use`` is local; ``put`` goes to the used tube's owner on the
-  ring.  Under the "failover" policy a node that cannot be reached is
-  skipped for the next node in the tube's ring order, and after
-  ``failure_threshold`` consecutive failures it is marked dead for
-  ``dead_timeout`` seconds, then tried again.  A put whose connection broke
-  after it was sent is never retried (it may have been stored): it raises
-  ``NoNodeAvailableError`` with ``sent=True``.
-* Consuming (``consume.py``): ``watch``/``ignore`` are local and copied
-  onto each node's connection before it reserves.  ``reserve`` polls the
-  nodes with ``reserve-with-timeout 0`` in a rotating order, nodes found
-  empty lately last, then blocks in slices on one node at a time.  All
-  nodes are visited, not just the owners of the watched tubes, because
-  jobs stay where they were put: on a former owner after a ring change, on
-  a failover node after an outage.
+* Producing: ``put`` goes to the tube's owner on the ring, or, for a tube
+  spread over k nodes (``spread={"emails": 2}`` or ``[tubes.emails] spread``
+  in the config), to its first k ring nodes in turn.  A node that cannot be
+  reached, or answers DRAINING, is skipped for the next node in the tube's
+  ring order ("failover" policy); failure counting and dead marking are the
+  pool's.  A put whose connection broke after it was sent is never retried
+  (it may have been stored): it raises ``NoNodeAvailableError`` with
+  ``sent=True``.  Every reply is awaited at most ``op_timeout`` seconds.
+* Consuming (``consume.py``): one blocking reserve per hot node (the nodes
+  the watched tubes' puts go to), waited on together with ``poll``; the
+  other nodes are polled every half second, since jobs stay where they were
+  put (on a former owner after a ring change, on a failover node).
 * Jobs remember their node: ``Job.node`` and the handle "node2/17" that
   ``put`` returns route delete/release/bury/touch/peek/stats-job/kick-job/
-  reserve-job to the node (and connection) that holds the job.
+  reserve-job to the node, on the connection that reserved the job.
 * Fan-out commands (``fanout.py``: stats, stats-tube, list-tubes, peek-*,
   kick, pause-tube) ask every available node and merge the answers.
-* The members, their connections and the dead-node policy live in
-  ``pool.py``; this module decides which node each command goes to.
-
-Not thread-safe: use one ClusterClient per thread or greenlet.
 """
 
 
@@ -41,20 +38,33 @@ from collections.abc import Callable, Iterable, Mapping
 from . import fanout
 from . import protocol as p
 from .client import DEFAULT_TUBE, Client, Job
-from .config import NodeAddress, nodes_from_env, nodes_from_mapping, read_config_file
+from .config import (
+    NodeAddress,
+    check_spread,
+    nodes_from_env,
+    nodes_from_mapping,
+    read_config_file,
+    read_tube_settings,
+)
 from .consume import (  # noqa: F401 - re-exported
-    EMPTY_SKIP_ROUNDS,
-    EMPTY_SKIP_SECONDS,
-    RESERVE_SLICE,
+    HOLD_TOUCH_AFTER,
+    HOT_WAIT,
+    SWEEP_SECONDS,
     Consumer,
     check_tube,
 )
-from .errors import ConnectionLostError, NoNodeAvailableError
-from .fanout import MAX_TUBE_STATS, NON_ADDITIVE_STATS, merge_stats, spread  # noqa: F401
+from .errors import (
+    ConcurrentUseError,
+    ConnectionLostError,
+    DrainingError,
+    NoNodeAvailableError,
+)
+from .fanout import MAX_TUBE_STATS, NON_ADDITIVE_STATS, merge_stats  # noqa: F401
 from .pool import (  # noqa: F401 - re-exported
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEAD_TIMEOUT,
     DEFAULT_FAILURE_THRESHOLD,
+    DEFAULT_OP_TIMEOUT,
     DEFAULT_TIMEOUT,
     FAIL_FAST,
     FAILOVER,
@@ -84,15 +94,27 @@ class ClusterClient:
         ketama: bool = False,
         vnodes: int | None = None,
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        timeout: float | None = DEFAULT_TIMEOUT,
+        op_timeout: float | None = DEFAULT_OP_TIMEOUT,
+        timeout: float | None = None,
         encoding: str | None = None,
         use: str | None = None,
         watch: str | Iterable[str] | None = None,
+        spread: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if timeout is not None:  # the old name of op_timeout
+            op_timeout = timeout
+        watching = [DEFAULT_TUBE] if watch is None else (
+            [watch] if isinstance(watch, str) else list(dict.fromkeys(watch)))
+        for tube in watching:
+            check_tube(tube)
+        if not watching:
+            raise ValueError("watch needs at least one tube")
         pool = self._pool = NodePool(
             policy=policy, failure_threshold=failure_threshold, dead_timeout=dead_timeout,
-            connect_timeout=connect_timeout, timeout=timeout, encoding=encoding, clock=clock,
+            connect_timeout=connect_timeout, op_timeout=op_timeout, encoding=encoding,
+            clock=clock, use=check_tube(use) if use is not None else DEFAULT_TUBE,
+            watch=tuple(watching),
         )
         specs = nodes_from_mapping(nodes) if isinstance(nodes, Mapping) else tuple(nodes)
         if not specs:
@@ -102,23 +124,18 @@ class ClusterClient:
         self._nodes = pool.members  # name -> Member, shared with the pool
         self._ring = Ring({m.name: m.weight for m in pool.members.values()},
                           ketama=ketama, vnodes=vnodes)
-        self._owner_of: dict[str, Member] = {}  # tube -> owner, a cache of the ring
-        self._using = DEFAULT_TUBE
-        self._consumer = Consumer(pool)
-        if use is not None:
-            self.use(use)
-        if watch is not None:
-            tubes = [watch] if isinstance(watch, str) else list(watch)
-            for tube in tubes:
-                self.watch(tube)
-            for tube in list(self._consumer.watching):
-                if tube not in tubes:
-                    self.ignore(tube)
+        self._spread = check_spread(spread or {}, "spread")
+        self._consumer = Consumer(pool, self._hot_nodes)
+        pool.session()  # this thread's: other threads start from its tubes
 
     @classmethod
     def from_config(cls, path: str | os.PathLike, **kwargs) -> ClusterClient:
-        """Nodes from a bscluster TOML config file (see bsclient.config)."""
-        return cls(read_config_file(path), **kwargs)
+        """Nodes (and spread tubes) from a bscluster TOML config file (see bsclient.config).
+
+        A ``spread`` argument adds to, and wins over, the file's [tubes.*] tables.
+        """
+        spread = {**read_tube_settings(path), **(kwargs.pop("spread", None) or {})}
+        return cls(read_config_file(path), spread=spread, **kwargs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs) -> ClusterClient:
@@ -143,8 +160,15 @@ class ClusterClient:
         return self._pool.connect_timeout
 
     @property
-    def timeout(self) -> float | None:
-        return self._pool.timeout
+    def op_timeout(self) -> float | None:
+        return self._pool.op_timeout
+
+    timeout = op_timeout  # the old name
+
+    @property
+    def spread(self) -> dict[str, int]:
+        """Tubes spread over more than one node: {tube: k}."""
+        return dict(self._spread)
 
     @property
     def encoding(self) -> str | None:
@@ -161,8 +185,8 @@ class ClusterClient:
         return self._ring
 
     def client(self, name: str) -> Client:
-        """The per-node Client (for inspection; do not change its tubes)."""
-        return self._nodes[name].client
+        """This thread's Client for a node (for inspection; do not change its tubes)."""
+        return self._pool.client(self._nodes[name])
 
     def node_for(self, tube: str) -> str:
         """The node that owns ``tube`` on the ring (alive or not)."""
@@ -173,7 +197,6 @@ class ClusterClient:
         if name in self._nodes:
             raise ValueError(f"node {name} is already a member")
         self._ring = self._ring.with_node(name, weight)
-        self._owner_of.clear()
         self._pool.add(name, address, weight)
 
     def remove_node(self, name: str, *, drain: bool = True) -> None:
@@ -187,12 +210,11 @@ class ClusterClient:
             raise KeyError(name)
         if name in self._ring.weights:
             self._ring = self._ring.without_node(name)
-            self._owner_of.clear()
         if not drain:
             self._pool.forget(name)
 
     def close(self) -> None:
-        """Close every connection (reserved jobs go back to ready)."""
+        """Close every thread's connections (reserved and buffered jobs go back to ready)."""
         self._pool.close()
 
     def __enter__(self) -> ClusterClient:
@@ -210,16 +232,16 @@ class ClusterClient:
 
     # --- producing ---------------------------------------------------------------
     def use(self, tube: str) -> str:
-        """Use ``tube`` for later puts (local; nodes learn it on put)."""
-        self._using = check_tube(tube)
+        """Use ``tube`` for later puts from this thread (local; nodes learn it on put)."""
+        self._pool.session().using = check_tube(tube)
         return tube
 
     @property
     def using(self) -> str:
-        return self._using
+        return self._pool.session().using
 
     def list_tube_used(self) -> str:
-        return self._using
+        return self.using
 
     def put(
         self,
@@ -227,65 +249,102 @@ class ClusterClient:
         priority: int = p.DEFAULT_PRIORITY,
         delay: int = p.DEFAULT_DELAY,
         ttr: int = p.DEFAULT_TTR,
+        *,
+        tube: str | None = None,
     ) -> str:
-        """Put into the used tube on its owner (or failover node); returns "node/id"."""
-        tube = self._using
-        node = self._owner_of.get(tube)
-        if node is None:
-            if len(self._owner_of) >= OWNER_CACHE_SIZE:
-                self._owner_of.clear()
-            node = self._owner_of[tube] = self._nodes[self._ring.node_for(tube)]
-        if node.dead_until == 0.0 and node.client._using == tube:  # the hot path
-            try:
-                job_id = node.client.put(body, priority, delay, ttr)
-            except ConnectionLostError as e:
-                self._pool.failed(node)
-                if e.sent or self.policy == FAIL_FAST:
-                    raise NoNodeAvailableError(node.name, str(e), sent=e.sent) from e
-                return self._put_failover(tube, body, priority, delay, ttr, [f"{node.name}: {e}"])
-            if node.failures:
-                self._pool.ok(node)
-            return f"{node.name}/{job_id}"
-        return self._put_failover(tube, body, priority, delay, ttr, [])
+        """Put into ``tube`` (default: this thread's used tube); returns "node/id".
 
-    def _put_failover(self, tube, body, priority, delay, ttr, reasons: list[str]) -> str:
-        """Put on the first node, in the tube's ring order, that takes it."""
-        owner = self._ring.node_for(tube)
-        node = self._nodes[owner]
-        fail_fast = self.policy == FAIL_FAST
-        if not reasons and (node.dead_until == 0.0 or fail_fast):
-            try:
-                return self._put_on(node, tube, body, priority, delay, ttr)
-            except NoNodeAvailableError as e:
-                if e.sent or fail_fast:
+        The job goes to the tube's owner (a spread tube's nodes in turn); a
+        node that cannot be reached or is draining is skipped for the next in
+        ring order.
+        """
+        s = self._pool.session()
+        tube = s.using if tube is None else check_tube(tube)
+        route = s.routes.get(tube)  # (ring, owner, connection) of an unspread tube
+        if route is not None and route[0] is self._ring and not route[2].pending:
+            _, first, conn = route
+            order = None
+        else:
+            order = self._put_order(tube, s)
+            first = self._nodes[order[0]]
+            conn = s.conn(first.name, first.address)
+            if tube not in self._spread:
+                if len(s.routes) >= OWNER_CACHE_SIZE:
+                    s.routes.clear()
+                s.routes[tube] = (self._ring, first, conn)
+        client = conn.client
+        if client.using == tube and first.dead_until == 0.0 and first.draining_until == 0.0:
+            try:  # the hot path: one round trip, no health bookkeeping
+                return f"{first.name}/{client.put(body, priority, delay, ttr)}"
+            except DrainingError:
+                if self.policy == FAIL_FAST:
                     raise
-                reasons = [f"{owner}: {e.reason}"]
-        if fail_fast:
-            raise NoNodeAvailableError(owner, "; ".join(reasons))
-        for name in self._ring.preference(tube):
+                self._pool.drained(first)
+                order = order or self._ring.preference_tuple(tube)
+                return self._put_failover(tube, order, body, priority, delay, ttr,
+                                          [f"{first.name}: draining"], skip=first.name)
+            except ConnectionLostError as e:
+                self._pool.failed(first, hung=isinstance(e, TimeoutError))
+                s.lost(conn)
+                if e.sent or self.policy == FAIL_FAST:
+                    raise NoNodeAvailableError(first.name, str(e), sent=e.sent) from e
+                order = order or self._ring.preference_tuple(tube)
+                return self._put_failover(tube, order, body, priority, delay, ttr,
+                                          [f"{first.name}: {e}"], skip=first.name)
+        order = order or self._put_order(tube, s)
+        return self._put_failover(tube, order, body, priority, delay, ttr, [])
+
+    def _put_order(self, tube: str, s) -> tuple[str, ...]:
+        """The nodes a put to ``tube`` tries, in order (a spread tube rotates its first k)."""
+        pref = self._ring.preference_tuple(tube)
+        k = self._spread.get(tube, 1)
+        if k <= 1:
+            return pref
+        k = min(k, len(pref))
+        s.put_turn += 1
+        turn = s.put_turn % k
+        return pref[turn:k] + pref[:turn] + pref[k:]
+
+    def _put_failover(self, tube, order, body, priority, delay, ttr,
+                      reasons: list[str], skip: str | None = None) -> str:
+        """Put on the first node, in ``order``, that takes it (``skip`` just failed)."""
+        pool = self._pool
+        if self.policy == FAIL_FAST:
+            if reasons:
+                raise NoNodeAvailableError(order[0], "; ".join(reasons))
+            return self._put_on(self._nodes[order[0]], tube, body, priority, delay, ttr)
+        for name in order:
+            if name == skip:
+                continue
             node = self._nodes[name]
-            if name == owner and reasons:
-                continue  # just failed above
-            if not self._pool.available(node):
+            if not pool.available(node):
                 reasons.append(f"{name}: marked dead")
+                continue
+            if pool.draining(node):
+                reasons.append(f"{name}: draining")
                 continue
             try:
                 return self._put_on(node, tube, body, priority, delay, ttr)
+            except DrainingError:
+                pool.drained(node)
+                reasons.append(f"{name}: draining")
             except NoNodeAvailableError as e:
                 if e.sent:
                     raise
                 reasons.append(f"{name}: {e.reason}")
-        raise NoNodeAvailableError(owner, f"no node took the put to {tube}: " + "; ".join(reasons))
+        raise NoNodeAvailableError(order[0], f"no node took the put to {tube}: "
+                                   + "; ".join(reasons))
 
     def _put_on(self, node: Member, tube: str, body, priority, delay, ttr) -> str:
-        client = node.client
-        if client.using != tube:
+        pool = self._pool
+        conn = pool.conn(node)
+        if conn.client.using != tube:
             try:
-                client.use(tube)
-            except ConnectionLostError as e:
-                self._pool.failed(node)
-                raise NoNodeAvailableError(node.name, str(e), sent=False) from e
-        return f"{node.name}/{self._pool.call(node, Client.put, body, priority, delay, ttr)}"
+                pool.call_on(node, conn, Client.use, tube)
+            except NoNodeAvailableError as e:
+                e.sent = False  # the put itself was not sent
+                raise
+        return f"{node.name}/{pool.call_on(node, conn, Client.put, body, priority, delay, ttr)}"
 
     # --- consuming ---------------------------------------------------------------
     def watch(self, tube: str) -> int:
@@ -314,6 +373,36 @@ class ClusterClient:
         """
         return self._consumer.reserve(timeout)
 
+    def return_buffered(self) -> int:
+        """Give back the jobs this thread's reserves got ahead of the caller.
+
+        ``reserve`` waits on several nodes at once; when two answer together the
+        second job is kept for this thread's next ``reserve`` (docs/CLIENT.md,
+        "Jobs reserved ahead").  This returns them to their nodes now, priority
+        untouched (e.g. before a long pause); returns how many.
+        """
+        return self._pool.session().give_back()
+
+    def _hot_nodes(self, watching: list[str]) -> frozenset:
+        """The nodes puts to ``watching`` go to now: each tube's owner (or first
+        k nodes), and the next usable node in ring order if one of those is
+        dead or draining."""
+        pool = self._pool
+        hot = set()
+        for tube in watching:
+            pref = self._ring.preference_tuple(tube)
+            k = min(self._spread.get(tube, 1), len(pref))
+            hot.update(pref[:k])
+            if all(pool.available(self._nodes[n]) and not pool.draining(self._nodes[n])
+                   for n in pref[:k]):
+                continue
+            for name in pref[k:]:
+                node = self._nodes[name]
+                if pool.available(node) and not pool.draining(node):
+                    hot.add(name)
+                    break
+        return frozenset(hot)
+
     # --- by job ------------------------------------------------------------------
     def _locate(self, job: JobHandle) -> tuple[Member, int]:
         if isinstance(job, Job):
@@ -332,20 +421,67 @@ class ClusterClient:
             raise ValueError(f"job {job!r} names unknown node {name!r}")
         return node, job_id
 
-    def _by_job(self, fn: Callable, job: JobHandle, *args):
+    def _by_job(self, fn: Callable, job: JobHandle, *args, done: bool = False):
+        """``fn`` on the connection that reserved the job: this thread's, or another
+        thread's (then it waits up to ``op_timeout`` for that thread to be out of
+        its own command); any of this thread's if no thread of ours reserved it.
+
+        ``done``: the command ends the reservation (delete, release, bury).
+        """
         node, job_id = self._locate(job)
-        return self._pool.call(node, fn, job_id, *args)
+        pool = self._pool
+        s = pool.session()
+        conn = s.holder(node.name, job_id)
+        if conn is not None:
+            result = pool.call_on(node, s.ready(conn), fn, job_id, *args)
+        else:
+            owner = self._holder_elsewhere(node.name, job_id)
+            if owner is None:
+                result = pool.call(node, fn, job_id, *args)
+            else:
+                conn = owner
+                result = self._call_foreign(node, conn, fn, job_id, *args)
+        if done and conn is not None:
+            conn.held.pop(job_id, None)
+        return result
+
+    def _holder_elsewhere(self, name: str, job_id: int):
+        me = self._pool.session()
+        for s in self._pool.sessions():
+            if s is not me:
+                conn = s.holder(name, job_id)
+                if conn is not None:
+                    return conn
+        return None
+
+    def _call_foreign(self, node: Member, conn, fn: Callable, *args):
+        """``fn`` on another thread's connection, while that thread is not using it."""
+        pool = self._pool
+        with conn.client.exclusive(pool.op_timeout):
+            if conn.pending:
+                raise ConcurrentUseError(
+                    f"job {node.name}/{args[0]}: the thread that reserved it is waiting for "
+                    f"a reserve on that connection; touch, release, bury or delete it from "
+                    f"that thread")
+            try:
+                result = fn(conn.client, *args)
+            except ConnectionLostError as e:
+                pool.failed(node, hung=isinstance(e, TimeoutError))
+                conn.held.clear()  # the node released them; the owner's next use
+                conn.watch_gen = -1  # reconnects and sends its watch list again
+                raise NoNodeAvailableError(node.name, str(e), sent=e.sent) from e
+        return result
 
     def delete(self, job: JobHandle) -> None:
-        self._by_job(Client.delete, job)
+        self._by_job(Client.delete, job, done=True)
 
     def release(
         self, job: JobHandle, priority: int = p.DEFAULT_PRIORITY, delay: int = p.DEFAULT_DELAY
     ) -> None:
-        self._by_job(Client.release, job, priority, delay)
+        self._by_job(Client.release, job, priority, delay, done=True)
 
     def bury(self, job: JobHandle, priority: int = p.DEFAULT_PRIORITY) -> None:
-        self._by_job(Client.bury, job, priority)
+        self._by_job(Client.bury, job, priority, done=True)
 
     def touch(self, job: JobHandle) -> None:
         self._by_job(Client.touch, job)
@@ -360,21 +496,26 @@ class ClusterClient:
         self._by_job(Client.kick_job, job)
 
     def reserve_job(self, job: JobHandle) -> Job:
-        return self._by_job(Client.reserve_job, job)
+        """Reserve a specific job (on this thread's connection to its node)."""
+        node, job_id = self._locate(job)
+        conn = self._pool.conn(node)
+        got = self._pool.call_on(node, conn, Client.reserve_job, job_id)
+        conn.held[job_id] = self._pool.clock()
+        return got
 
     # --- fan-out (see bsclient.fanout) --------------------------------------------
     def peek_ready(self) -> Job:
         """The used tube's most urgent ready job over all nodes (pri, then age)."""
-        return fanout.peek_best(self._pool, self._using, Client.peek_ready, fanout.rank_ready)
+        return fanout.peek_best(self._pool, self.using, Client.peek_ready, fanout.rank_ready)
 
     def peek_delayed(self) -> Job:
         """The used tube's delayed job due first over all nodes."""
-        return fanout.peek_best(self._pool, self._using, Client.peek_delayed,
+        return fanout.peek_best(self._pool, self.using, Client.peek_delayed,
                                 fanout.rank_delayed)
 
     def peek_buried(self) -> Job:
         """The oldest of each node's first buried job in the used tube."""
-        return fanout.peek_best(self._pool, self._using, Client.peek_buried, fanout.rank_buried)
+        return fanout.peek_best(self._pool, self.using, Client.peek_buried, fanout.rank_buried)
 
     def kick(self, bound: int) -> int:
         """Kick up to ``bound`` jobs of the used tube, spread evenly over nodes.
@@ -382,7 +523,7 @@ class ClusterClient:
         As in beanstalkd, buried jobs are kicked if any node has some in the
         tube; only otherwise delayed jobs.
         """
-        return fanout.kick(self._pool, self._using, bound)
+        return fanout.kick(self._pool, self.using, bound)
 
     def stats(self) -> dict:
         """Server stats summed over nodes; ``nodes`` holds each node's own dict.

@@ -20,6 +20,9 @@ The file (shared with ``bscluster``)::
     port = 11400
     weight = 2            # default 1
 
+    [tubes.emails]        # optional: a hot tube
+    spread = 2            # its jobs go to its first 2 ring nodes (default 1)
+
 The environment (``nodes_from_env``), read the way bscluster reads it where
 the two overlap:
 
@@ -59,6 +62,7 @@ ENV_CONFIG = "BSCLUSTER_CONFIG"
 ENV_HOST = "BSCLUSTER_HOST"
 ENV_BASE_PORT = "BSCLUSTER_BASE_PORT"
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
+TUBE_KEYS = ("spread",)  # the keys a [tubes.NAME] table may have
 
 
 class ConfigError(ValueError):
@@ -112,6 +116,42 @@ def nodes_from_mapping(nodes: Mapping, where: str = "nodes") -> tuple[NodeAddres
             raise ConfigError(f"{where}: bad address for {name}: {value!r}: {e}") from e
         out.append(NodeAddress(name, address, weight))
     return tuple(out)
+
+
+def check_spread(spread: Mapping, where: str) -> dict[str, int]:
+    """``{tube: k}`` with every k a whole number >= 1 (ConfigError otherwise)."""
+    out = {}
+    for tube, k in spread.items():
+        if not isinstance(tube, str) or not tube:
+            raise ConfigError(f"{where}: tube names are non-empty strings, got {tube!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"{where}: spread of tube {tube!r} must be a whole number "
+                              f">= 1 (how many ring nodes share it), got {k!r}")
+        out[tube] = k
+    return out
+
+
+def tube_settings(data: Mapping, where: str) -> dict[str, int]:
+    """The ``[tubes.NAME]`` tables of a parsed config: ``{tube: spread}``."""
+    tubes = data.get("tubes", {})
+    if not isinstance(tubes, Mapping):
+        raise ConfigError(f"{where}: tubes must be tables like [tubes.emails]")
+    spread = {}
+    for tube, table in tubes.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: tubes.{tube} must be a table ([tubes.{tube}])")
+        for key in table:
+            if key not in TUBE_KEYS:
+                raise ConfigError(f"{where}: unknown key {key!r} in [tubes.{tube}] "
+                                  f"(known: {', '.join(TUBE_KEYS)})")
+        if "spread" in table:
+            spread[tube] = table["spread"]
+    return check_spread(spread, where)
+
+
+def read_tube_settings(path: str | os.PathLike) -> dict[str, int]:
+    """The spread tubes of a bscluster TOML config file: ``{tube: k}``."""
+    return tube_settings(_load_toml(path), str(path))
 
 
 def _int_setting(table: Mapping, key: str, default: int, where: str) -> int:

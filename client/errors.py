@@ -126,6 +126,10 @@ if set(REPLY_ERRORS) != set(ERROR_WORDS):  # pragma: no cover - import-time guar
     )
 
 
+class ConcurrentUseError(BeanstalkError, RuntimeError):
+    """A Client was used by two threads or greenlets at once; nothing was sent."""
+
+
 class UnexpectedReplyError(BeanstalkError):
     """The server sent a reply this command cannot have; the connection is closed."""
 

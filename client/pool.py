@@ -1,20 +1,31 @@
-"""The ClusterClient's members: one lazily connected Client per node, and their health.
+"""The ClusterClient's members and their health, and each thread's session.
 
 How this works
 --------------
-A ``NodePool`` holds a ``Member`` per node name (its ``Client``, ring weight
-and health) and the names in natural order.  Every command a ClusterClient
-sends to a node goes through ``call``, which turns a ``ConnectionLostError``
-into a ``NoNodeAvailableError`` naming the node and keeps the count of
-consecutive failures.  The dead-node policy is explicit (docs/CLIENT.md,
-"Dead nodes"):
+A ``NodePool`` holds a ``Member`` per node name (its address, ring weight
+and health, shared by every thread) and the names in natural order.  The
+connections are not shared: ``session()`` gives the calling thread (or
+greenlet) its own ``Session`` (session.py) with its own connections, used
+tube and watch list.  The first session made is the creating thread's (the
+ClusterClient makes it); every later one starts with that session's used
+tube and watch list as they are at that moment.
+
+Every command a ClusterClient sends to a node goes through ``call``/
+``call_on``, which turn a ``ConnectionLostError`` into a
+``NoNodeAvailableError`` naming the node and keep the count of consecutive
+failures.  The dead-node policy is explicit (docs/CLIENT.md, "Dead nodes"):
 
 * ``failover``: after ``failure_threshold`` consecutive failures a node is
-  dead for ``dead_timeout`` seconds; ``live`` leaves it out (unless every
-  node is dead: then all are tried rather than none), and the first success
-  afterwards makes it healthy again;
+  dead for ``dead_timeout`` seconds; a node that does not answer within the
+  operation timeout (hung: SIGSTOP, a paused VM, a silent partition) is dead
+  at once.  ``live`` leaves dead nodes out (unless every node is dead: then
+  all are tried rather than none), and the first success afterwards makes
+  the node healthy again;
 * ``fail_fast``: nothing is ever marked dead; ``each`` raises for the first
   node that cannot be reached.
+
+A node that answers a put with DRAINING is marked draining for
+``DRAIN_RECHECK`` seconds: puts skip it, reserves still empty it.
 
 The pool knows nothing about tubes or the ring; ClusterClient decides which
 node a command goes to.
@@ -22,12 +33,15 @@ node a command goes to.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .client import Client
-from .errors import ConnectionLostError, NoNodeAvailableError
+from .client import DEFAULT_TUBE, Client
+from .errors import ConnectionLostError, NoNodeAvailableError, SocketTimeoutError
 from .ring import natural_key
+from .session import Conn, Session
 
 FAILOVER = "failover"
 FAIL_FAST = "fail_fast"
@@ -35,21 +49,21 @@ POLICIES = (FAILOVER, FAIL_FAST)
 DEFAULT_FAILURE_THRESHOLD = 2
 DEFAULT_DEAD_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 2.0
-DEFAULT_TIMEOUT = 30.0
+DEFAULT_OP_TIMEOUT = 2.0  # seconds to wait for any reply (a reserve: its own wait longer)
+DEFAULT_TIMEOUT = DEFAULT_OP_TIMEOUT  # the old name
+DRAIN_RECHECK = 5.0  # seconds puts skip a node that answered DRAINING
 
 
 @dataclass(eq=False)
 class Member:
-    """One member node: its connection, its health, and what reserve knows of it."""
+    """One member node: where it is and its health (shared by all threads)."""
 
     name: str
-    client: Client
+    address: str
     weight: int = 1
     failures: int = 0  # consecutive connection failures
     dead_until: float = 0.0  # monotonic time; 0 means alive
-    watch_gen: int = -1  # the watch-list generation last copied to it
-    empty_round: int | None = None  # the poll round in which it last had no job for us
-    empty_at: float = 0.0  # and when (clock time)
+    draining_until: float = 0.0  # it answered DRAINING; puts skip it until then
 
 
 class NodePool:
@@ -62,9 +76,11 @@ class NodePool:
         failure_threshold: int,
         dead_timeout: float,
         connect_timeout: float | None,
-        timeout: float | None,
+        op_timeout: float | None,
         encoding: str | None,
         clock: Callable[[], float],
+        use: str = DEFAULT_TUBE,
+        watch: tuple[str, ...] = (DEFAULT_TUBE,),
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -74,26 +90,54 @@ class NodePool:
         self.failure_threshold = failure_threshold
         self.dead_timeout = dead_timeout
         self.connect_timeout = connect_timeout
-        self.timeout = timeout
+        self.op_timeout = op_timeout
         self.encoding = encoding
         self.clock = clock
+        self.default_use = use  # a new session starts with these tubes
+        self.default_watch = tuple(watch)
         self.members: dict[str, Member] = {}
         self.order: list[str] = []  # member names in natural order
         self.index: dict[str, int] = {}  # name -> its position in ``order``
+        self._local = threading.local()  # greenlet-local under gevent's patching
+        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._sessions_lock = threading.Lock()
+        self._template: Session | None = None  # the creating thread's: new ones copy its tubes
+
+    # --- sessions -----------------------------------------------------------------
+    def session(self) -> Session:
+        """The calling thread's (or greenlet's) session, created on first use."""
+        try:
+            return self._local.session
+        except AttributeError:
+            pass
+        template = self._template
+        if template is None:
+            session = Session(self, self.default_use, list(self.default_watch))
+            self._template = session
+        else:
+            session = Session(self, template.using, list(template.watching))
+        self._local.session = session
+        with self._sessions_lock:
+            self._sessions.add(session)
+        return session
+
+    def sessions(self) -> list[Session]:
+        with self._sessions_lock:
+            return list(self._sessions)
 
     # --- membership -------------------------------------------------------------
     def add(self, name: str, address: str, weight: int = 1) -> Member:
         if name in self.members:
             raise ValueError(f"node {name} is already a member")
-        client = Client(address, name=name, connect_timeout=self.connect_timeout,
-                        timeout=self.timeout, encoding=self.encoding, lazy=True)
-        member = self.members[name] = Member(name, client, weight)
+        member = self.members[name] = Member(name, address, weight)
         self._reorder()
         return member
 
     def forget(self, name: str) -> None:
-        """Drop a member and close its connection."""
-        self.members.pop(name).client.close()
+        """Drop a member and close every thread's connections to it."""
+        self.members.pop(name)
+        for session in self.sessions():
+            session.forget(name)
         self._reorder()
 
     def _reorder(self) -> None:
@@ -101,8 +145,9 @@ class NodePool:
         self.index = {name: i for i, name in enumerate(self.order)}
 
     def close(self) -> None:
-        for member in self.members.values():
-            member.client.close()
+        """Close every thread's connections (jobs they reserved go back to ready)."""
+        for session in self.sessions():
+            session.close()
 
     # --- health -------------------------------------------------------------------
     def available(self, member: Member) -> bool:
@@ -111,8 +156,21 @@ class NodePool:
     def dead_nodes(self) -> list[str]:
         return [n for n in self.order if not self.available(self.members[n])]
 
-    def failed(self, member: Member) -> None:
-        member.failures += 1
+    def draining(self, member: Member) -> bool:
+        if member.draining_until == 0.0:
+            return False
+        if self.clock() < member.draining_until:
+            return True
+        member.draining_until = 0.0  # time to try it again
+        return False
+
+    def drained(self, member: Member) -> None:
+        """It answered DRAINING: puts skip it for DRAIN_RECHECK seconds."""
+        member.draining_until = self.clock() + DRAIN_RECHECK
+
+    def failed(self, member: Member, hung: bool = False) -> None:
+        """A failure; ``hung`` (no reply within the timeout) makes it dead at once."""
+        member.failures = max(member.failures + 1, self.failure_threshold if hung else 0)
         if self.policy == FAILOVER and member.failures >= self.failure_threshold:
             member.dead_until = self.clock() + self.dead_timeout
 
@@ -120,12 +178,25 @@ class NodePool:
         member.failures = 0
         member.dead_until = 0.0
 
+    def conn(self, member: Member) -> Conn:
+        """This thread's connection to ``member`` for a command."""
+        return self.session().conn(member.name, member.address)
+
+    def client(self, member: Member) -> Client:
+        return self.conn(member).client
+
     def call(self, member: Member, fn: Callable, *args):
         """Run ``fn(client, *args)`` on one node; a lost connection names the node."""
+        return self.call_on(member, self.conn(member), fn, *args)
+
+    def call_on(self, member: Member, conn: Conn, fn: Callable, *args):
+        """``call`` on a given connection of this thread's session."""
         try:
-            result = fn(member.client, *args)
+            with conn.client.exclusive(self.op_timeout):  # another thread may be touching
+                result = fn(conn.client, *args)
         except ConnectionLostError as e:
-            self.failed(member)
+            self.failed(member, hung=isinstance(e, SocketTimeoutError))
+            self.session().lost(conn)
             raise NoNodeAvailableError(member.name, str(e), sent=e.sent) from e
         if member.failures:
             self.ok(member)

@@ -64,6 +64,7 @@ class Ring:
             kwargs["hash_fn"] = "ketama"
         self._ring = HashRing(nodes=conf, **kwargs)
         self._owner: dict[str, str] = {}
+        self._preference: dict[str, tuple[str, ...]] = {}
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -82,7 +83,17 @@ class Ring:
 
     def preference(self, key: str) -> list[str]:
         """Every node, owner first, then in ring order from ``key``'s point."""
-        return list(self._ring.iterate_nodes(key))
+        return list(self.preference_tuple(key))
+
+    def preference_tuple(self, key: str) -> tuple[str, ...]:
+        """``preference`` as a cached tuple (for the hot paths)."""
+        order = self._preference.get(key)
+        if order is None:
+            order = tuple(self._ring.iterate_nodes(key))
+            if len(self._preference) >= OWNER_CACHE_SIZE:
+                self._preference.clear()
+            self._preference[key] = order
+        return order
 
     def with_node(self, name: str, weight: int = 1) -> Ring:
         """A new ring with ``name`` added (or its weight changed)."""

@@ -26,7 +26,7 @@ from bsclient import (
     NotIgnoredError,
     TimedOutError,
 )
-from bsclient.cluster import spread
+from bsclient.fanout import spread
 from servers import BEANSTALKD, START_DEADLINE, Server, start, start_bsnode, wait_connectable
 
 pytestmark = pytest.mark.integration
@@ -233,16 +233,44 @@ def test_reserve_timeout_is_honoured_and_nothing_stays_reserved(cc):
     assert cc.stats()["current-jobs-reserved"] == 0
 
 
-def test_only_the_returned_job_is_reserved(cc):
+def test_jobs_reserved_ahead_are_handed_out_next_and_given_back_on_close(cc, cluster3):
+    # reserve(timeout=0) asks every node at once: two jobs may come back
+    # together; the ones the caller did not get yet are kept for this
+    # thread's next reserve (docs/CLIENT.md, "Jobs reserved ahead")
     tubes = [tube_owned_by(cc, n) for n in ("node1", "node2", "node3")]
     for t in tubes:
         cc.watch(t)
-        cc.use(t)
-        cc.put(b"j")
+        cc.put(b"j", tube=t)
     job = cc.reserve(timeout=0)
+    assert cc.stats()["current-jobs-reserved"] == 3  # 1 handed out + 2 ahead
+    probes = [direct(cluster3[1], n) for n in ("node1", "node2", "node3")]
+    try:
+        asked = sum(p.stats()["cmd-reserve-with-timeout"] for p in probes)
+        rest = {cc.reserve(timeout=0).node, cc.reserve(timeout=0).node}
+        # handed out from what was reserved ahead: no further reserve sent
+        assert sum(p.stats()["cmd-reserve-with-timeout"] for p in probes) == asked
+        assert rest | {job.node} == {"node1", "node2", "node3"}
+        cc.close()  # every job the thread held goes back to ready
+        assert cc.stats()["current-jobs-reserved"] == 0
+        assert cc.stats()["current-jobs-ready"] == 3
+    finally:
+        for p in probes:
+            p.close()
+
+
+def test_return_buffered_gives_back_only_what_the_caller_does_not_have(cc):
+    tubes = [tube_owned_by(cc, n) for n in ("node1", "node2", "node3")]
+    for t in tubes:
+        cc.watch(t)
+        cc.put(b"j", priority=7, tube=t)
+    job = cc.reserve(timeout=0)
+    assert cc.return_buffered() == 2
     stats = cc.stats()
-    assert stats["current-jobs-reserved"] == 1
-    assert stats["nodes"][job.node]["current-jobs-reserved"] == 1
+    assert stats["current-jobs-reserved"] == 1 and stats["current-jobs-ready"] == 2
+    cc.delete(job)  # still ours
+    others = [cc.reserve(timeout=0) for _ in range(2)]
+    assert {j.node for j in others} | {job.node} == {"node1", "node2", "node3"}
+    assert all(cc.stats_job(j)["pri"] == 7 for j in others)  # priority kept
 
 
 def test_deadline_soon_only_when_no_node_has_a_job(cc):

@@ -167,6 +167,7 @@ def test_tube_and_job_inspection(web, nodes):
     assert web.get("/api/jobs/node9/1")[0] == 404
     assert web.get("/api/jobs/node1/abc")[0] == 400
     assert web.get("/api/tubes/" + quote("bad name", safe=""))[0] == 400
+    assert web.get("/api/tubes/no-such-tube")[0] == 404  # every node answered: none has it
 
 
 def test_actions_need_a_configured_token(readonly):
@@ -296,7 +297,7 @@ def test_pause_and_resume(web, nodes):
 
 
 def test_metrics_endpoint(web, nodes):
-    parser = pytest.importorskip("prometheus_client.parser")
+    from prometheus_client import parser
     with _client(nodes[1], "m") as c:
         c.put(b"x")
         web.monitor.poll()
