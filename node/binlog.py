@@ -32,7 +32,7 @@ from collections.abc import Callable
 from . import binlog_format as F
 from .binlog_compact import COMPACT_CREDIT, Compactor
 from .binlog_io import DirLock, DirLockedError, OsIO
-from .binlog_replay import CorruptLog, LogError, Replay, replay, save_damage
+from .binlog_replay import CorruptLog, IncompleteLog, LogError, Replay, replay, save_damage
 from .binlog_space import MIN_SEGMENT_SIZE, SLOT, Segment
 from .binlog_writer import RETRY_EVERY
 
@@ -43,7 +43,7 @@ RECOVER_ENV = "BSNODE_BINLOG_RECOVER"
 
 # names the tests and tools use from here
 __all__ = ["COMPACT_CREDIT", "DEFAULT_SEGMENT_SIZE", "RECOVER_ENV", "RETRY_EVERY", "SLOT",
-           "Binlog", "BinlogError", "attach"]
+           "Binlog", "BinlogError", "attach", "lock_dir"]
 
 
 class BinlogError(Exception):
@@ -139,6 +139,8 @@ class Binlog(Compactor):
                 self.by_num[seg.num] = seg
                 if info.records == info.marks:  # no job records: left by a restart
                     self._idle_old.append(seg)
+                else:  # only the idle ones after the last with jobs go (see _start_segment)
+                    self._idle_old = []
                 segs.append(seg)
             by_index.append(seg)
         restore = store.restore
@@ -186,38 +188,44 @@ class Binlog(Compactor):
                 seg.size = seg.used
 
     def _start_segment(self) -> None:
+        # Segments holding nothing but MARKs and HEADs (a start and a stop
+        # with no job written) after the last segment with jobs cancel
+        # nothing, so they go: restarts do not pile up files.  The new
+        # segment links to the last one kept, so no link names them.
+        idle = self._idle_old
+        kept = [seg for seg in self.segments if seg not in idle]
         try:
             cur = self._open_segment(self.seg_size)
         except OSError as e:
             raise BinlogError(f"cannot create a binlog segment in {self.dir}: {e}") from None
         self.segments.append(cur)
-        self._make_current(cur)
-        frame = F.mark(self.max_id + 1)
-        if not self._room(len(frame), self.live_count) or not self._write(frame, "mark"):
-            raise BinlogError(
-                f"not enough disk in {self.dir} to start a segment and reserve room for "
-                f"deleting {self.live_count} jobs")
+        self._make_current(cur, kept[-1] if kept else None)
+        for seg in idle:
+            self.segments.remove(seg)
+            del self.by_num[seg.num]
+            self._doomed.append((0, seg))
+            self.doomed_bytes += seg.size
+        self._idle_old = []
+        # cur carries the highest id issued and the first segment still needed
+        for frame, what in ((F.mark(self.max_id + 1), "mark"),
+                            (F.head(self.segments[0].num), "head")):
+            if not self._room(len(frame), self.live_count) or not self._write(frame, what):
+                raise BinlogError(
+                    f"not enough disk in {self.dir} to start a segment and reserve room for "
+                    f"deleting {self.live_count} jobs")
         self.cur.max_id = self.max_id
         if self.fsync_ms:
             self.io.fdatasync(self.cur.fd)
         self._collect()
-        # Segments holding nothing but MARKs (a start and a stop with no job
-        # written) cancel nothing, so they can go from anywhere in the log:
-        # restarts do not pile up files.  cur now carries the highest id.
-        for seg in self._idle_old:
-            if seg in self.segments:
-                self.segments.remove(seg)
-                del self.by_num[seg.num]
-                self._doomed.append((0, seg))
-                self.doomed_bytes += seg.size
-        self._idle_old = []
         self._unlink_doomed(everything=True)
         self.credit = 0
         self._compact()
 
     def rewrite_all(self) -> None:
-        """Move every live job into cur and drop every older segment (after recovery)."""
-        while len(self.segments) > 1:
+        """Move every live job into the segments begun at this start and drop
+        every older segment (after recovery)."""
+        first_new = self.cur  # cur may roll on while the jobs move in
+        while self.segments[0] is not first_new:
             head = self.segments[0]
             for job in head.order:
                 if job is not None and not self._migrate(job):
@@ -225,16 +233,29 @@ class Binlog(Compactor):
             head.cursor = len(head.order)
             if self.fsync_ms:
                 self.io.fdatasync(self.cur.fd)
-            self._collect()
+            if not self._collect():
+                raise BinlogError(f"cannot rewrite the binlog in {self.dir}")
             self._unlink_doomed(everything=True)
 
 
 # --- attaching to a store -----------------------------------------------------------
+def lock_dir(dirpath: str) -> DirLock:
+    """Create ``dirpath`` if needed and lock it: one node per binlog directory."""
+    try:
+        os.makedirs(dirpath, mode=0o700, exist_ok=True)
+        return DirLock(dirpath)
+    except DirLockedError as e:
+        raise BinlogError(str(e), exit_code=10) from None
+    except OSError as e:
+        raise BinlogError(f"cannot use binlog directory {dirpath}: {e}") from None
+
+
 def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
            fsync_ms: int | None = 50, recover: bool | None = None,
            io: OsIO | None = None, wall: Callable[[], float] = time.time,
-           background_sync: bool = True) -> Binlog:
-    """Lock ``dirpath``, replay its binlog into ``store`` and set ``store.wal``.
+           background_sync: bool = True, lock: DirLock | None = None) -> Binlog:
+    """Lock ``dirpath`` (unless ``lock`` holds it already), replay its binlog
+    into ``store`` and set ``store.wal``.
 
     ``recover`` (default: the BSNODE_BINLOG_RECOVER environment variable)
     skips damage in the middle of the log instead of refusing to start.
@@ -243,13 +264,8 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
     if recover is None:
         recover = os.environ.get(RECOVER_ENV, "") not in ("", "0")
     started = time.monotonic()
-    try:
-        os.makedirs(dirpath, mode=0o700, exist_ok=True)
-        lock = DirLock(dirpath)
-    except DirLockedError as e:
-        raise BinlogError(str(e), exit_code=10) from None
-    except OSError as e:
-        raise BinlogError(f"cannot use binlog directory {dirpath}: {e}") from None
+    if lock is None:
+        lock = lock_dir(dirpath)
     wal = None
     gc_was_on = gc.isenabled()
     gc.disable()  # a million new objects would trigger ever longer collections
@@ -258,10 +274,11 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
                       F.HEADER_SIZE + F.FRAME_SIZE + F.MAX_PAYLOAD + SLOT)
         try:
             r = replay(dirpath, recover, biggest)
-        except CorruptLog as e:
+        except (CorruptLog, IncompleteLog) as e:
             raise BinlogError(
-                f"{e}. To start anyway, skipping the damaged bytes (jobs in them are lost "
-                f"and deleted jobs may come back), set {RECOVER_ENV}=1") from None
+                f"{e}. To start anyway, skipping what is damaged or missing (jobs in it are "
+                f"lost and deleted jobs may come back), start bsnode with --binlog-recover "
+                f"or set {RECOVER_ENV}=1") from None
         except LogError as e:
             raise BinlogError(str(e)) from None
         except OSError as e:
@@ -273,7 +290,7 @@ def attach(store, dirpath: str, segment_size: int = DEFAULT_SEGMENT_SIZE,
                      background_sync)
         wal.lock = lock
         count = wal.adopt(r, store)
-        if r.skipped:
+        if r.skipped or r.lost:  # start the next time from a whole log
             wal.rewrite_all()
         if r.max_id >= store.next_id:
             store.next_id = r.max_id + 1

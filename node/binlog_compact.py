@@ -130,12 +130,18 @@ class Compactor(LogWriter):
             if not self._room(len(frame), self.live_count) or not self._write(frame, "mark"):
                 return False
             self.cur.max_id = self.max_id
+        # say which segments are still needed before any other goes: replay
+        # tells a segment removed here from one that went missing by it
+        first = next(seg for seg in segments if seg.live or seg is self.cur)
+        frame = F.head(first.num)
+        if not self._room(len(frame), self.live_count) or not self._write(frame, "head"):
+            return False
         # Unlinked once what replaced them is on disk: after the next sync
         # (-f MS), now (-f 0: already synced, or synced here when the server
         # groups syncs; -F: never synced anyway).
         syncer = self._syncer
         number = syncer.requested + 1 if syncer is not None else 0
-        while len(segments) > 1 and not segments[0].live:
+        while segments[0] is not first:  # (a roll for the HEAD above may leave more)
             seg = segments.pop(0)
             del self.by_num[seg.num]
             self._doomed.append((number, seg))

@@ -29,6 +29,7 @@ FIELDS = {
                "reserves", "timeouts", "releases", "buries", "kicks"),
     F.DELETE: ("id",),
     F.MARK: ("next_id",),
+    F.HEAD: ("first_needed",),
 }
 BODY_PREVIEW = 40
 
@@ -52,10 +53,11 @@ def segment_paths(paths: list[str]) -> list[str]:
 def describe(data: bytes) -> Iterator[dict]:
     """One dict per header, record or damaged stretch of one segment's bytes."""
     try:
-        num = F.parse_header(data)
-        yield {"offset": 0, "kind": "header", "segment": num, "version": F.FORMAT_VERSION,
-               "bytes": len(data)}
-        start = F.HEADER_SIZE
+        hdr = F.read_header(data)
+        yield {"offset": 0, "kind": "header", "segment": hdr.num, "version": hdr.version,
+               "bytes": len(data), "prev": hdr.prev, "prev_end": hdr.prev_end,
+               "next": hdr.next}
+        start = hdr.size
     except F.FormatError as e:
         yield {"offset": 0, "kind": "damaged", "size": F.HEADER_SIZE, "reason": e.reason}
         start = 0
@@ -73,8 +75,9 @@ def describe(data: bytes) -> Iterator[dict]:
 def _text(item: dict, bodies: bool) -> str:
     kind = item["kind"]
     if kind == "header":
+        links = "".join(f", {k} {item[k]}" for k in ("prev", "prev_end", "next") if item.get(k))
         return f"{item['offset']:>10}  header   segment {item['segment']}, " \
-               f"format {item['version']}, {item['bytes']} bytes"
+               f"format {item['version']}, {item['bytes']} bytes{links}"
     if kind == "damaged":
         return f"{item['offset']:>10}  DAMAGED  {item['size']} bytes: {item['reason']}"
     parts = []

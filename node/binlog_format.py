@@ -3,12 +3,21 @@
 How this works
 --------------
 A binlog is a directory of segment files ``binlog.N`` (N = 1, 2, ...), read in
-order of N.  Every segment starts with a 16-byte header::
+order of N.  Every segment starts with a 32-byte header (format 2)::
 
-    magic  8 bytes  b"BSNWAL\\r\\n"   (the CRLF catches text-mode mangling)
-    u16    version  FORMAT_VERSION, big-endian
-    u16    flags    0
-    u32    N        the segment's own number
+    magic     8 bytes  b"BSNWAL\\r\\n"   (the CRLF catches text-mode mangling)
+    u16       version  FORMAT_VERSION, big-endian
+    u16       flags    0
+    u32       N        the segment's own number
+    u32       prev     the segment written before this one, 0 if none (or unknown)
+    u32       next     the segment written after this one, 0 while it is written
+    u64       prev_end where prev's records end (its size once finished)
+
+``prev``/``prev_end`` are filled in when the segment becomes the one being
+written, ``next`` when it is finished: the links let replay tell a segment
+that was removed (compaction) from one that went missing, or lost its end.
+Format 1 segments (16 bytes: magic, version, flags, N) are still read; they
+carry no links.
 
 followed by records, each one frame::
 
@@ -31,6 +40,7 @@ Records (the first element says which):
              reserves, timeouts, releases, buries, kicks]
     DELETE  [3, id]
     MARK    [4, next_id]        ids below next_id have been issued
+    HEAD    [5, N]              segments below N are no longer needed (format 2)
 
 ``deadline_ms`` is the wall-clock time (ms since the epoch) at which a
 delayed job becomes ready, 0 otherwise; ``created_ms`` the wall-clock time
@@ -52,6 +62,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import msgpack
 from bsclient.protocol import (
@@ -63,16 +74,18 @@ from bsclient.protocol import (
 )
 
 MAGIC = b"BSNWAL\r\n"
-FORMAT_VERSION = 1
-HEADER = struct.Struct(">8sHHI")
-HEADER_SIZE = HEADER.size  # 16
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+HEADER = struct.Struct(">8sHHIIIQ")
+HEADER_SIZE = HEADER.size  # 32: where a new segment's records start
+HEADER_V1 = struct.Struct(">8sHHI")  # format 1: no links
 FRAME = struct.Struct(">BIBI")
 FRAME_SIZE = FRAME.size  # 10
 FRAME_TAG = 0xCE
 
-FULL, UPDATE, DELETE, MARK = 1, 2, 3, 4
-RECORD_NAMES = {FULL: "full", UPDATE: "update", DELETE: "delete", MARK: "mark"}
-RECORD_LENGTHS = {FULL: 15, UPDATE: 11, DELETE: 2, MARK: 2}
+FULL, UPDATE, DELETE, MARK, HEAD = 1, 2, 3, 4, 5
+RECORD_NAMES = {FULL: "full", UPDATE: "update", DELETE: "delete", MARK: "mark", HEAD: "head"}
+RECORD_LENGTHS = {FULL: 15, UPDATE: 11, DELETE: 2, MARK: 2, HEAD: 2}
 
 STATE_READY, STATE_DELAYED, STATE_BURIED, STATE_RESERVED = 1, 2, 3, 4
 STATE_CODES = {"ready": STATE_READY, "delayed": STATE_DELAYED,
@@ -104,8 +117,20 @@ class FormatError(Exception):
 
 
 # --- writing ------------------------------------------------------------------
-def header(num: int) -> bytes:
-    return HEADER.pack(MAGIC, FORMAT_VERSION, 0, num)
+@dataclass(frozen=True)
+class Header:
+    num: int
+    version: int
+    size: int  # where the records start
+    flags: int = 0
+    prev: int = 0  # 0: none, or not known (format 1)
+    next: int = 0
+    prev_end: int = 0
+
+
+def header(num: int, flags: int = 0, prev: int = 0, next_num: int = 0,
+           prev_end: int = 0) -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, flags, num, prev, next_num, prev_end)
 
 
 def frame(payload: bytes) -> bytes:
@@ -135,6 +160,11 @@ def mark(next_id: int) -> bytes:
     return frame(msgpack.packb((MARK, next_id)))
 
 
+def head(first_needed: int) -> bytes:
+    """HEAD: segments numbered below ``first_needed`` are no longer needed."""
+    return frame(msgpack.packb((HEAD, first_needed)))
+
+
 # A DELETE record, [3, id], in fixed-width msgpack: always SMALL_RECORD_MAX bytes framed.
 DELETE_PAYLOAD = struct.Struct(">3sQ")
 DELETE_MARK = bytes((0x92, DELETE, 0xCF))  # array of 2, DELETE, uint64 tag of the id
@@ -145,16 +175,26 @@ def delete(job_id: int) -> bytes:
 
 
 # --- reading ------------------------------------------------------------------
-def parse_header(data: bytes) -> int:
-    """The segment number in ``data``'s header; FormatError if it has none."""
-    if len(data) < HEADER_SIZE:
+def read_header(data: bytes) -> Header:
+    """``data``'s header (format 1 or 2); FormatError if it has none."""
+    if len(data) < HEADER_V1.size:
         raise FormatError(0, f"short header ({len(data)} bytes)")
-    magic, version, _flags, num = HEADER.unpack_from(data)
+    magic, version, flags, num = HEADER_V1.unpack_from(data)
     if magic != MAGIC:
         raise FormatError(0, "not a bsnode binlog segment (bad magic)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise FormatError(0, f"unsupported format version {version}")
-    return num
+    if version == 1:
+        return Header(num, 1, HEADER_V1.size, flags)
+    if len(data) < HEADER_SIZE:
+        raise FormatError(0, f"short header ({len(data)} bytes)")
+    _, _, _, _, prev, next_num, prev_end = HEADER.unpack_from(data)
+    return Header(num, version, HEADER_SIZE, flags, prev, next_num, prev_end)
+
+
+def parse_header(data: bytes) -> int:
+    """The segment number in ``data``'s header; FormatError if it has none."""
+    return read_header(data).num
 
 
 def frame_end(data, pos: int, end: int) -> int:
@@ -266,6 +306,9 @@ def problem(rec) -> str | None:
     kind = rec[0]
     if RECORD_LENGTHS.get(kind) != len(rec):
         return f"a record of kind {kind} with {len(rec)} fields"
+    if kind == HEAD:
+        ok = rec[1].__class__ is int and 0 < rec[1] <= U32_MAX
+        return None if ok else f"a bad segment number: {rec[1]!r:.40}"
     if kind in (DELETE, MARK):
         ok = rec[1].__class__ is int and 0 < rec[1] <= U64_MAX
         return None if ok else f"a bad {'id' if kind == DELETE else 'next id'}: {rec[1]!r:.40}"

@@ -19,10 +19,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import mmap
 import os
+import pwd
 import re
 import threading
+
+from .ratelog import Complaints
+
+log = logging.getLogger("bsnode")
 
 LOCK_NAME = "lock"
 MAP_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "tmpfs"})
@@ -133,6 +139,16 @@ class DirLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, b"%d\n" % os.getpid(), 0)
 
+    def give_to(self, user: str) -> None:
+        """Make the lock file ``user``'s, for a node about to become ``user``
+        (-u): taken before privileges are dropped, it is the only binlog file
+        the node creates as root."""
+        try:
+            pw = pwd.getpwnam(user)
+            os.fchown(self.fd, pw.pw_uid, pw.pw_gid)
+        except (KeyError, OSError):
+            pass  # an unknown user is reported by -u itself
+
     def release(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)  # closing drops both locks
@@ -147,7 +163,8 @@ class Syncer:
     by the newer one (one sync covers both).  ``done`` is the highest number
     whose sync completed; ``error`` the last failure, for the caller to report
     and clear.  The thread is a plain OS thread: fdatasync releases the GIL,
-    so the node's event loop runs on meanwhile.
+    so the node's event loop runs on meanwhile.  When no descriptor is left
+    for the hand-off (EMFILE), the request is synced on the caller's thread.
     """
 
     def __init__(self, io: OsIO) -> None:
@@ -155,6 +172,8 @@ class Syncer:
         self.requested = 0
         self.done = 0
         self.error: OSError | None = None
+        self.inline = 0  # syncs run on the caller's thread, for want of a descriptor
+        self.complaints = Complaints(log)
         self._want: tuple[int, int] | None = None
         self._stop = False
         self._cond = threading.Condition()
@@ -162,7 +181,10 @@ class Syncer:
         self._thread.start()
 
     def request(self, fd: int) -> int:
-        dup = os.dup(fd)  # the caller may close its fd (segment roll) while we sync
+        try:
+            dup = os.dup(fd)  # the caller may close its fd (segment roll) while we sync
+        except OSError as e:  # no descriptor to spare (EMFILE): sync here, not never
+            return self._sync_here(fd, e)
         with self._cond:
             if self._want is not None:
                 os.close(self._want[0])
@@ -170,6 +192,29 @@ class Syncer:
             self._want = (dup, self.requested)
             self._cond.notify()
             return self.requested
+
+    def _sync_here(self, fd: int, why: OSError) -> int:
+        """Sync ``fd`` on the caller's thread: the hand-off to the thread
+        needs a descriptor of its own, and there is none (a node at its
+        descriptor limit).  The event loop waits for the disk meanwhile,
+        which is better than persistence silently off."""
+        self.inline += 1
+        with self._cond:
+            self.requested += 1
+            number = self.requested
+        try:
+            self.io.fdatasync(fd)
+        except OSError as e:
+            with self._cond:
+                self.error = e
+                self._cond.notify_all()
+            return number
+        with self._cond:
+            self.done = max(self.done, number)
+            self._cond.notify_all()
+        self.complaints.error("sync hand-off", "binlog: cannot hand a sync to its thread (%s); "
+                              "syncing in the event loop meanwhile", why.strerror or why)
+        return number
 
     def wait(self, number: int, timeout: float) -> bool:
         """Block until request ``number`` is done (True) or failed / timed out."""

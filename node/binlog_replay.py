@@ -80,8 +80,9 @@ class SegmentInfo:
     size: int  # bytes in the file
     end: int  # end of the last valid record
     records: int = 0
-    marks: int = 0  # how many of them are MARKs
+    marks: int = 0  # how many of them are not about a job (MARK, HEAD)
     max_id: int = 0  # highest id named by a record (or a MARK) in it
+    header: F.Header | None = None  # None: no valid header (a torn or foreign file)
 
 
 @dataclass
@@ -93,6 +94,8 @@ class Replay:
     torn: list[Damage] = field(default_factory=list)
     skipped: list[Damage] = field(default_factory=list)
     tubes: set = field(default_factory=set)  # tube names seen, all valid
+    head: int = 0  # the latest HEAD record: segments below it are not needed
+    lost: list[str] = field(default_factory=list)  # missing or cut segments, when recovering
 
 
 def list_segments(dirpath: str) -> list[tuple[int, str]]:
@@ -131,6 +134,7 @@ def replay(dirpath: str, recover: bool = False, max_segment: int | None = None) 
         if progress is not None:
             progress.advance(len(data), r.records)
     r.torn = pending
+    check_links(r, recover)
     return r
 
 
@@ -139,11 +143,14 @@ def _segment(r: Replay, info: SegmentInfo, index: int, data: bytes, pending: lis
     """Apply one segment's records; note its damage in ``pending``."""
     num, path = info.num, info.path
     try:
-        if F.parse_header(data) != num:
+        hdr = F.read_header(data)
+        if hdr.num != num:
             raise F.FormatError(0, f"header does not say segment {num}")
-        pos = F.HEADER_SIZE
+        info.header = hdr
+        pos = hdr.size
     except F.FormatError as e:
         nz = F.nonzero_end(data, 0)
+        # a crash while the segment was created: a prefix of its first header
         torn_header = nz < F.HEADER_SIZE and data[:nz] == F.header(num)[:nz]
         nxt = F.next_frame(data, 0)
         if not torn_header and nxt == -1:
@@ -206,7 +213,7 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
     pop = live.pop
     u32 = U32_MAX
     tubes = r.tubes
-    full, update, delete, mark = F.FULL, F.UPDATE, F.DELETE, F.MARK
+    full, update, delete, mark, head = F.FULL, F.UPDATE, F.DELETE, F.MARK, F.HEAD
     max_id = info.max_id
     seen = r.max_id  # the highest id of the segments before
     count = 0
@@ -263,6 +270,11 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
             elif kind == mark and len(rec) == 2 and jid.__class__ is int and jid > 0:
                 jid -= 1  # ids below rec[1] were issued
                 info.marks += 1
+            elif kind == head and len(rec) == 2 and jid.__class__ is int and 0 < jid <= u32:
+                if jid > r.head:
+                    r.head = jid
+                info.marks += 1
+                jid = 0  # a segment number, not an id
             else:
                 raise ValueError("unknown record")
             if jid > max_id:
@@ -278,6 +290,76 @@ def _read(r: Replay, info: SegmentInfo, index: int, data: bytes, pos: int) -> in
     r.records += count
     r.max_id = max(r.max_id, max_id)
     return pos
+
+
+class IncompleteLog(LogError):
+    """A segment the log needs is missing, or lost its end."""
+
+
+def check_links(r: Replay, recover: bool) -> None:
+    """Check that every segment the log still needs is there, whole.
+
+    Each segment's header names the one written before it and where that
+    one's records end (``prev``, ``prev_end``), and the one written after it
+    once it is finished (``next``); HEAD records say which segments
+    compaction removed (those below ``r.head``).  So every segment a link
+    names, down to the head, must be present, with records up to where the
+    link says (a ``next`` may be gone only if a later start linked past it).  A missing, emptied or cut segment is refused
+    (IncompleteLog, naming the file), or with ``recover`` logged, counted in
+    ``r.lost``, and started past.  Format 1 segments carry no links.  The
+    newest segment itself cut at a record boundary (down to its header)
+    cannot be told from a crash: its end is where the last write stopped.
+    """
+    present = {info.num: info for info in r.segments if info.header is not None}
+    named = {info.num for info in r.segments}
+    problems: list[str] = []
+    floor = r.head
+    if floor and floor not in named:
+        problems.append(f"binlog.{floor} is missing (the log says segments from "
+                        f"{floor} on are needed)")
+    for info in r.segments:
+        hdr = info.header
+        if hdr is None or hdr.num < floor:
+            continue
+        if hdr.prev and hdr.prev >= floor:
+            problems.extend(_link_problems(r, info, present, named))
+    followed = {info.header.prev for info in r.segments if info.header is not None}
+    for info in r.segments:
+        hdr = info.header
+        # a finished segment names the next; that one may be gone only if it
+        # held nothing (removed at a start, which linked the new segment here)
+        if (hdr is not None and hdr.num >= floor and hdr.next and hdr.next not in named
+                and hdr.num not in followed):
+            problems.append(f"binlog.{hdr.next} is missing (the log continued in it after "
+                            f"{info.path})")
+    for info in r.segments:  # named by a link but not a segment any more (emptied)
+        if info.header is None and any(
+                i.header is not None and info.num in (i.header.prev, i.header.next)
+                and info.num >= floor for i in r.segments):
+            problems.append(f"{info.path} lost its header and records (it was written: "
+                            f"the next segment names it)")
+    if not problems:
+        return
+    if not recover:
+        raise IncompleteLog(f"binlog in {os.path.dirname(r.segments[0].path) or '.'} is "
+                            f"incomplete: {'; '.join(problems)}; refusing to start")
+    for p in problems:
+        log.warning("binlog: %s; starting without it (recovery asked for)", p)
+    r.lost.extend(problems)
+
+
+def _link_problems(r: Replay, info: SegmentInfo, present: dict, named: set) -> list[str]:
+    hdr = info.header
+    prev = present.get(hdr.prev)
+    if prev is None:
+        if hdr.prev in named:
+            return []  # there, but with no header: reported as emptied by the caller
+        return [f"binlog.{hdr.prev} is missing ({info.path} was written after it)"]
+    if prev.end < hdr.prev_end:
+        return [f"{prev.path} lost its end: its records stop at offset {prev.end}, but "
+                f"{info.path} was begun after it reached {hdr.prev_end} "
+                f"({hdr.prev_end - prev.end} bytes of records lost)"]
+    return []
 
 
 def save_damage(damage: list[Damage], kind: str, truncate: bool, sync: bool) -> None:

@@ -38,7 +38,7 @@ ERROR_LOG_EVERY = 10.0  # seconds between repeats of the same complaint
 
 class Segment:
     __slots__ = ("num", "path", "fd", "map", "size", "used", "order", "cursor", "live",
-                 "max_id")
+                 "max_id", "flags", "prev", "next", "prev_end")
 
     def __init__(self, num: int, path: str, fd: int, size: int, used: int) -> None:
         self.num = num
@@ -51,6 +51,11 @@ class Segment:
         self.cursor = 0  # order[:cursor] are all None
         self.live = 0  # jobs homed here
         self.max_id = 0  # highest id a record here names
+        # the header's links (binlog_format): written when it becomes cur / is finished
+        self.flags = 0
+        self.prev = 0
+        self.next = 0
+        self.prev_end = 0
 
 
 class SegmentFiles:
@@ -90,25 +95,42 @@ class SegmentFiles:
                 if (nfree - n) // SLOT + self.spare_slots - nfree // SLOT >= keep:
                     self._roll()
                     return True
-            else:  # a record bigger than a segment gets a segment of its own
-                if not self._add_spare(F.HEADER_SIZE + n + SLOT, front=True):
+            else:  # a record bigger than a segment: the next spare grows to take it
+                big = F.HEADER_SIZE + n + SLOT
+                if not (self._grow_spare(self.spares[0], big) if self.spares
+                        else self._add_spare(big)):
                     return False
                 continue
             if not self._add_spare(self.seg_size):
                 return False
 
-    def _add_spare(self, size: int, front: bool = False) -> bool:
+    def _add_spare(self, size: int) -> bool:
         try:
             seg = self._open_segment(max(size, self.seg_size))
         except OSError as e:
             self._complain("cannot allocate a new segment", e)
             return False
-        if front:
-            self.spares.insert(0, seg)
-        else:
-            self.spares.append(seg)
+        self.spares.append(seg)
         self.spare_slots += (seg.size - seg.used) // SLOT
         self._quick = -1  # more disk: the bound on disk use is checked again
+        return True
+
+    def _grow_spare(self, seg: Segment, size: int) -> bool:
+        """Allocate more room in an unused spare.  (Not a new, bigger spare
+        placed before it: segments are written in the order of their
+        numbers, which is the order replay reads them in.)"""
+        header = F.header(seg.num, seg.flags, seg.prev, seg.next, seg.prev_end)
+        try:
+            self.io.allocate(seg.fd, size)
+            # allocating by writing zeros (no fallocate here) zeroed the header too
+            self._write_rest(seg.fd, header, 0, self.io.pwrite(seg.fd, header, 0))
+        except OSError as e:
+            self._complain("cannot allocate a bigger segment", e)
+            return False
+        self.spare_slots += (size - seg.used) // SLOT - (seg.size - seg.used) // SLOT
+        self.disk += size - seg.size
+        seg.size = size
+        self._quick = -1
         return True
 
     def _open_segment(self, size: int) -> Segment:
@@ -139,19 +161,35 @@ class SegmentFiles:
         old = self.cur
         nxt = self.spares.pop(0)
         self.spare_slots -= (nxt.size - nxt.used) // SLOT
+        old.next = nxt.num
+        self._link(old)  # synced by _close
         self._close(old)
         self.segments.append(nxt)
-        self._make_current(nxt)
+        self._make_current(nxt, old)
 
-    def _make_current(self, seg: Segment) -> None:
+    def _make_current(self, seg: Segment, prev: Segment | None) -> None:
+        """``seg`` is the segment written from now on; ``prev`` the one before it."""
         self.cur = seg
         self._quick = -1
         self.by_num[seg.num] = seg
+        if prev is not None:
+            seg.prev, seg.prev_end = prev.num, prev.used
+            self._link(seg)
         try:
             seg.map = self.io.map(seg.fd, seg.size, self.dir)
         except (OSError, ValueError) as e:  # no map: pwrite works as well, slower
             log.warning("binlog: cannot map %s (%s); writing with pwrite", seg.path, e)
             seg.map = None
+
+    def _link(self, seg: Segment) -> None:
+        """Write ``seg``'s header again with its links (inside its allocated
+        space, so no full disk can refuse it).  A failure costs replay its
+        check of this link, nothing else: logged, not fatal."""
+        header = F.header(seg.num, seg.flags, seg.prev, seg.next, seg.prev_end)
+        try:
+            self._write_rest(seg.fd, header, 0, self.io.pwrite(seg.fd, header, 0))
+        except OSError as e:
+            log.error("binlog: cannot write the links in the header of %s: %s", seg.path, e)
 
     def _close(self, seg: Segment) -> None:
         """Sync a finished segment and give back its unused tail."""

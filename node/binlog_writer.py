@@ -413,6 +413,13 @@ class LogWriter(SegmentFiles):
         Records in older segments were synced when those were closed."""
         return os.dup(self.cur.fd), self.records_written
 
+    def sync_here(self) -> int:
+        """Sync cur on this thread, for when ``sync_start`` has no descriptor
+        to spare (EMFILE); returns ``records_written`` as it covers them."""
+        upto = self.records_written
+        self.io.fdatasync(self.cur.fd)
+        return upto
+
     def sync_done(self, upto: int, err: OSError | None) -> None:
         if err is not None:
             self._complain(f"cannot sync {self.cur.path}", err)

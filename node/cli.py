@@ -8,6 +8,7 @@ once into a frozen ``NodeOptions``; nothing reads argv after that.
 
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
@@ -16,16 +17,20 @@ import resource
 import socket
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 
+from . import caps, tls
+from .caps import NO_CAPS, Caps
 from .commands import PROTOCOL_VERSION, VERSION
+from .tls import TlsFiles
 
 log = logging.getLogger("bsnode")
 
 DEFAULT_FSYNC_MS = 50
 DEFAULT_BINLOG_SIZE = 10485760
+UNIX_PROBE_TIMEOUT = 1.0  # seconds to wait for a server on an existing socket file
 
 USAGE = """\
 Use: {prog} [OPTIONS]
@@ -48,10 +53,14 @@ Options:
 
 Extension (not in beanstalkd; off unless given):
  --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics
+ --metrics-max-tubes N  per-tube series for the N tubes with the most jobs
+                      (default {maxtubes}); the others are only counted
  --binlog-recover     start past damage in the middle of the binlog, skipping
-                      the damaged bytes (jobs in them are lost); the default is
-                      to refuse to start and name the file and offset
-
+                      the damaged bytes, or a segment that is missing or lost
+                      its end (jobs in them are lost, deleted ones may come
+                      back; a warning says what); the default is to refuse to
+                      start and name the file (and offset)
+{tls}{caps}
 bsnode speaks the beanstalkd {proto} protocol.  Once listening it writes
 "listening on ADDR:PORT" to stderr.  Under systemd socket activation
 (LISTEN_FDS) it serves the socket it is given and ignores -l and -p.
@@ -77,7 +86,11 @@ class NodeOptions:
     listen_given: bool = False
     port_given: bool = False
     metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT (an extension)
+    metrics_max_tubes: int | None = None  # --metrics-max-tubes N (None: the default)
     binlog_recover: bool | None = None  # --binlog-recover (an extension)
+    tls: TlsFiles | None = None  # --tls-cert/--tls-key/--tls-client-ca (tls.py)
+    tls_port: int | None = None  # --tls-port: TLS there, plain TCP on -p
+    caps: Caps = NO_CAPS  # --max-jobs/--max-job-bytes (caps.py)
 
 
 def _size(text: str) -> int:
@@ -124,7 +137,22 @@ def parse_args(argv: list[str]) -> NodeOptions | str:
                 return "version"
             else:
                 raise UsageError(f"unknown flag: -{c}")
+    _extensions(o, o.pop("ext", {}))
     return NodeOptions(**o)
+
+
+def _extensions(o: dict, ext: dict) -> None:
+    """The TLS and caps options, checked as a whole."""
+    try:
+        o["tls"] = tls.files_from(ext)
+        o["caps"] = caps.parse(ext)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    port = ext.get("tls_port")
+    if port is not None:
+        if not port.isdigit() or int(port) > 65535:
+            raise UsageError(f"invalid --tls-port: {port}")
+        o["tls_port"] = int(port)
 
 
 def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
@@ -135,12 +163,25 @@ def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
     if name == "--binlog-recover" and not eq:
         o["binlog_recover"] = True
         return i
-    if name != "--metrics":
+    key = tls.FLAGS.get(name) or caps.FLAGS.get(name)
+    if key is not None:
+        if not eq:
+            if i >= len(args):
+                raise UsageError(f"option requires an argument: {name}")
+            value, i = args[i], i + 1
+        o.setdefault("ext", {})[key] = value
+        return i
+    if name not in ("--metrics", "--metrics-max-tubes"):
         raise UsageError(f"unknown option: {name}")
     if not eq:
         if i >= len(args):
-            raise UsageError("option requires an argument: --metrics")
+            raise UsageError(f"option requires an argument: {name}")
         value, i = args[i], i + 1
+    if name == "--metrics-max-tubes":
+        if not value.isdigit():
+            raise UsageError(f"--metrics-max-tubes: expected a number, got {value!r}")
+        o["metrics_max_tubes"] = int(value)
+        return i
     try:
         o["metrics"] = parse_listen(value)
     except ValueError as e:
@@ -205,11 +246,7 @@ def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
         return sock, _describe(sock)
     if opts.listen.startswith("unix:"):
         path = opts.listen[5:]
-        try:
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+        _remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         return sock, f"unix:{path}"
@@ -221,6 +258,34 @@ def make_listener(opts: NodeOptions) -> tuple[socket.socket, str]:
     _tcp_options(sock)
     sock.bind(addr)
     return sock, _describe(sock)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket file left by a server that is gone (as after a crash).
+
+    A socket some server still answers on is left alone: OSError
+    (EADDRINUSE), and the caller exits 111.  Anything but a socket is never
+    removed (bind then fails with EADDRINUSE)."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(UNIX_PROBE_TIMEOUT)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise  # cannot tell (EACCES, a full backlog): do not take it over
+    else:
+        raise OSError(errno.EADDRINUSE, f"{path}: another server is listening on it")
+    finally:
+        probe.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _tcp_options(sock: socket.socket) -> None:
@@ -280,13 +345,24 @@ def raise_fd_limit() -> None:
             pass
 
 
-def attach_binlog(opts: NodeOptions, store) -> None:
+def lock_binlog(opts: NodeOptions):
+    """Lock -b DIR (exit 10 if another process holds it, as beanstalkd)."""
+    from . import binlog
+
+    try:
+        return binlog.lock_dir(opts.binlog_dir)
+    except binlog.BinlogError as e:
+        log.error("%s", e)
+        raise SystemExit(e.exit_code) from None
+
+
+def attach_binlog(opts: NodeOptions, store, lock=None) -> None:
     """Open the binlog in -b DIR, replay it into the store and keep it attached."""
     from . import binlog
 
     try:
         binlog.attach(store, opts.binlog_dir, segment_size=opts.binlog_size,
-                      fsync_ms=opts.fsync_ms, recover=opts.binlog_recover)
+                      fsync_ms=opts.fsync_ms, recover=opts.binlog_recover, lock=lock)
     except binlog.BinlogError as e:
         log.error("%s", e)
         raise SystemExit(e.exit_code) from None
@@ -313,9 +389,34 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _usage(prog: str) -> str:
+    from .metrics import DEFAULT_MAX_TUBES
+
     return USAGE.format(prog=prog, fsync=DEFAULT_FSYNC_MS, port=DEFAULT_PORT,
+                        maxtubes=DEFAULT_MAX_TUBES,
                         maxjob=DEFAULT_MAX_JOB_SIZE, maxlimit=MAX_JOB_SIZE_LIMIT,
-                        binlog=DEFAULT_BINLOG_SIZE, proto=PROTOCOL_VERSION)
+                        binlog=DEFAULT_BINLOG_SIZE, proto=PROTOCOL_VERSION,
+                        tls=tls.USAGE, caps=caps.USAGE)
+
+
+def _tls_endpoint(opts: NodeOptions):
+    """The TLS endpoint and its own listener (--tls-port), if TLS is on."""
+    if opts.tls is None:
+        return None, None
+    try:
+        endpoint = tls.TlsEndpoint(opts.tls)
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        log.error("cannot load the TLS certificate %s / key %s: %s", opts.tls.cert,
+                  opts.tls.key, e)
+        raise SystemExit(6) from None
+    tls.install_reload(endpoint)
+    if opts.tls_port is None:
+        return endpoint, None
+    try:
+        sock, _ = make_listener(replace(opts, port=opts.tls_port))
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", opts.listen, opts.tls_port, e.strerror or e)
+        raise SystemExit(111) from None
+    return endpoint, sock
 
 
 def run(opts: NodeOptions) -> None:
@@ -325,10 +426,14 @@ def run(opts: NodeOptions) -> None:
 
     if opts.verbose:
         log.info("pid %d", os.getpid())
+    # The binlog's lock first: a second node on the same DIR is refused
+    # before it touches anything of the running one's (its UNIX socket file).
+    lock = lock_binlog(opts) if opts.binlog_dir else None
     try:
         listener, where = make_listener(opts)
     except OSError as e:
-        log.error("cannot listen on %s:%s: %s", opts.listen, opts.port, e.strerror or e)
+        asked = opts.listen if opts.listen.startswith("unix:") else f"{opts.listen}:{opts.port}"
+        log.error("cannot listen on %s: %s", asked, e.strerror or e)
         raise SystemExit(111) from None
     metrics_listener = _metrics_listener(opts) if opts.metrics else None
     raise_fd_limit()
@@ -337,20 +442,31 @@ def run(opts: NodeOptions) -> None:
     if opts.binlog_dir:
         from . import binlog  # noqa: F401
     store = Store()
+    store.caps = opts.caps
     commands = Commands(store, opts.max_job_size, opts.binlog_size)
-    server = NodeServer(listener, store, commands, opts.verbose)
+    endpoint, tls_listener = _tls_endpoint(opts)
+    server = NodeServer(listener, store, commands, opts.verbose, endpoint, tls_listener)
     install_signal_handlers(server)
     if metrics_listener is not None:
         from . import metrics
 
-        metrics.serve(metrics_listener, commands, store, opts.binlog_dir)
+        max_tubes = opts.metrics_max_tubes
+        metrics.serve(metrics_listener, commands, store, opts.binlog_dir,
+                      metrics.DEFAULT_MAX_TUBES if max_tubes is None else max_tubes)
         log.info("metrics on http://%s/metrics", _describe(metrics_listener))
     if opts.user:
+        if lock is not None:
+            lock.give_to(opts.user)  # the binlog's files are the user's (beanstalkd: -u first)
         drop_privileges(opts.user)
     os.umask(0o077)  # binlog files are the owner's alone
     if opts.binlog_dir:
-        attach_binlog(opts, store)
+        attach_binlog(opts, store, lock)
     listener.listen(1024)  # a no-op for a socket systemd already listens on
+    if tls_listener is not None:
+        tls_listener.listen(1024)
+        log.info("serving %s on %s", opts.tls.describe(), _describe(tls_listener))
+    elif opts.tls is not None:
+        where += f" ({opts.tls.describe(only=True)})"
     log.info("listening on %s", where)
     try:
         server.serve_forever()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+from collections.abc import Callable
 
 from bsclient import protocol as P
 
@@ -238,10 +239,10 @@ class Commands:
             f"pause-time-left: {max(left, 0)}\n"
         )
 
-    def stats_fields(self) -> list[tuple[str, object]]:
-        """Every field of `stats`, in beanstalkd's order."""
+    def stats_fields(self, pause: Callable[[], None] | None = None) -> list[tuple[str, object]]:
+        """Every field of `stats`, in beanstalkd's order (``pause``: Store.totals)."""
         store = self.store
-        tot = store.totals()
+        tot = store.totals(pause)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         wal = store.wal.stats()
         u = self.uname
@@ -279,6 +280,7 @@ class Commands:
             ("os", u.version),
             ("platform", u.machine),
         ]
+        fields += store.caps.stats_fields(store)  # nothing unless a cap is set (caps.py)
         return fields
 
     def _cmd_stats(self, s: Session, ev: tuple) -> bytes:

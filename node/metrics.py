@@ -18,18 +18,31 @@ counter), and ``bscluster web`` serves what it polls from every node under
 ``beanstalkd`` with a ``node`` label.  Only ``serve`` touches the network:
 a gevent WSGI server inside the node's own hub, started by
 ``bsnode --metrics ADDR:PORT``.
+
+A scrape runs in the node's event loop, so it must never hold it for long:
+per-tube series are exported for the ``max_tubes`` busiest tubes only (most
+jobs; the others are counted in ``bsnode_metrics_tubes_omitted``), and the
+walk over the tubes and the rendering call ``pause()`` (the server's
+``gevent.sleep(0)``) every ``PAUSE_EVERY`` items, so other clients are served
+in between.  One scrape renders at a time; scrapes meanwhile share its page.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from . import caps
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NODE_PREFIX = "bsnode"
+DEFAULT_MAX_TUBES = 1000  # tubes with series of their own (--metrics-max-tubes)
+PAUSE_EVERY = 200  # tubes looked at, or samples rendered, between two pauses
+PAUSE_EVERY_TUBE = 32  # tubes whose series are collected between two pauses
 INFO_FIELDS = ("version", "id", "hostname", "os", "platform")
 BINLOG_FILE_PREFIX = "binlog."
 
@@ -144,17 +157,22 @@ class Collector:
             spec = describe(key, "stats-tube")
             self.family("tube_" + spec.name, spec.type, spec.help).add(labels, v)
 
-    def render(self) -> str:
-        return render(self.families.values())
+    def render(self, pause: Callable[[], None] | None = None) -> str:
+        return render(self.families.values(), pause)
 
 
-def render(families: Iterable[Family]) -> str:
+def render(families: Iterable[Family], pause: Callable[[], None] | None = None) -> str:
+    """Text format 0.0.4; ``pause()`` is called every PAUSE_EVERY samples."""
     out = []
+    n = 0
     for fam in families:
         out.append(f"# HELP {fam.name} {_escape_help(fam.help)}")
         out.append(f"# TYPE {fam.name} {fam.type}")
         for labels, value in fam.samples:
             out.append(f"{fam.name}{_labels(labels)} {_value(value)}")
+            n += 1
+            if pause is not None and n % PAUSE_EVERY == 0:
+                pause()
     return "\n".join(out) + "\n"
 
 
@@ -202,15 +220,34 @@ def tube_fields(tube, now: float) -> list[tuple[str, object]]:
     ]
 
 
-def oldest_ready(store) -> dict[str, object]:
+def oldest_ready(tubes) -> dict[str, object]:
     """Tube name -> its oldest ready job (the smallest id: ids follow creation)."""
     found: dict[str, object] = {}
-    for t in store.tube_list:
+    for t in tubes:
         if t.ready.count:
             job = t.ready.oldest()
             if job is not None:
                 found[t.name] = job
     return found
+
+
+def busiest(tubes: list, limit: int, pause: Callable[[], None] | None = None) -> list:
+    """The ``limit`` tubes with the most jobs (ties: the older tube), in
+    ``tubes``' order; ``pause()`` is called every PAUSE_EVERY tubes."""
+    if len(tubes) <= limit:
+        return list(tubes)
+    if limit <= 0:
+        return []
+    heap: list = []  # (jobs, -index): the smallest is the first to give way
+    for i, t in enumerate(tubes):
+        key = (t.ready.count + t.reserved + t.delayed_count + len(t.buried), -i)
+        if len(heap) < limit:
+            heapq.heappush(heap, key)
+        elif key > heap[0]:
+            heapq.heapreplace(heap, key)
+        if pause is not None and i % PAUSE_EVERY == PAUSE_EVERY - 1:
+            pause()
+    return [tubes[-k[1]] for k in sorted(heap, key=lambda k: -k[1])]
 
 
 def binlog_bytes(binlog_dir: str | None) -> int:
@@ -228,23 +265,35 @@ def binlog_bytes(binlog_dir: str | None) -> int:
     return total
 
 
-def node_families(commands, store, binlog_dir: str | None = None) -> Collector:
-    """Everything bsnode exposes: stats, stats-tube per tube, binlog size, oldest ages."""
+def node_families(commands, store, binlog_dir: str | None = None,
+                  max_tubes: int = DEFAULT_MAX_TUBES,
+                  pause: Callable[[], None] | None = None) -> Collector:
+    """Everything bsnode exposes: stats, stats-tube for the ``max_tubes``
+    busiest tubes, binlog size, oldest ages."""
     c = Collector(NODE_PREFIX)
-    c.stats(commands.stats_fields(), {})
+    c.stats(commands.stats_fields(pause), {})
+    everything = list(store.tube_list)
+    tubes = busiest(everything, max_tubes, pause)
+    c.family("tubes", "gauge", "tubes that exist now").add({}, len(everything))
+    c.family("metrics_tubes_omitted", "gauge",
+             "tubes without series of their own here (all but the "
+             "--metrics-max-tubes busiest)").add({}, len(everything) - len(tubes))
     now = store.clock()
-    oldest = oldest_ready(store)
-    for t in store.tube_list:
+    oldest = oldest_ready(tubes)
+    for i, t in enumerate(tubes):
         c.tube(tube_fields(t, now), {"tube": t.name})
+        if pause is not None and i % PAUSE_EVERY_TUBE == PAUSE_EVERY_TUBE - 1:
+            pause()
     age = c.family("tube_oldest_ready_age_seconds", "gauge",
                    "age of the tube's oldest ready job, 0 when none is ready "
                    "(the age field of beanstalkd stats-job)")
-    for t in store.tube_list:
+    for t in tubes:
         job = oldest.get(t.name)
         age.add({"tube": t.name}, max(0.0, now - job.created) if job is not None else 0.0)
     c.family("binlog_size_bytes", "gauge",
              "bytes in the binlog files (beanstalkd has no stats field for it; "
              "see binlog-max-size)").add({}, binlog_bytes(binlog_dir))
+    caps.add_metrics(c, store)
     return c
 
 
@@ -292,12 +341,52 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(listener: socket.socket, commands, store, binlog_dir: str | None = None):
+class Page:
+    """The node's page, rendered with pauses; scrapes that arrive while a
+    render is under way get that render's page rather than start another."""
+
+    def __init__(self, commands, store, binlog_dir: str | None, max_tubes: int) -> None:
+        from gevent import sleep
+
+        self.commands, self.store, self.binlog_dir = commands, store, binlog_dir
+        self.max_tubes = max_tubes
+        self._pause = lambda: sleep(0)
+        self._rendering = None  # an Event while a render is under way
+        self._text = ""
+
+    def __call__(self) -> str:
+        from gevent.event import Event
+
+        if self._rendering is not None:
+            self._rendering.wait()
+            return self._text
+        self._rendering = done = Event()
+        try:
+            fams = node_families(self.commands, self.store, self.binlog_dir,
+                                 self.max_tubes, self._pause)
+            self._text = fams.render(self._pause)
+            return self._text
+        finally:
+            self._rendering = None
+            done.set()
+
+
+def serve(listener: socket.socket, commands, store, binlog_dir: str | None = None,
+          max_tubes: int = DEFAULT_MAX_TUBES):
     """Start serving /metrics in the running gevent hub; returns the server."""
+    import logging
+
     from gevent.pywsgi import WSGIServer
 
+    from .limits import AcceptBrake
+    from .ratelog import Complaints
+
+    class MetricsServer(AcceptBrake, WSGIServer):
+        """Out of descriptors, brakes as the protocol's listener does."""
+
     listener.setblocking(False)
-    app = make_app(lambda: node_families(commands, store, binlog_dir).render())
-    server = WSGIServer(listener, app, log=None, error_log=None)
+    app = make_app(Page(commands, store, binlog_dir, max_tubes))
+    server = MetricsServer(listener, app, log=None, error_log=None)
+    server.complaints = Complaints(logging.getLogger("bsnode.metrics"))
     server.start()
     return server

@@ -20,6 +20,13 @@ every record written so far is on disk, and one fdatasync, run on a worker
 thread while the event loop serves on, covers every write made while the
 sync before it ran: many answers for one sync, never an answer early.
 
+What clients can make the node hold is bounded (limits.py): a big read is
+parsed 4 KiB at a time as its commands run, and past a node-wide budget of
+unsent replies each connection sends every reply before its next command.
+Out of descriptors, the accept loop brakes instead of spinning, and neither
+the clock loop nor a sync hand-off dies of an exception: each is logged
+(rate-limited, ratelog.py) and retried.
+
 A wake-up from another greenlet never writes to this connection's socket
 itself (a client that does not read must not stall anyone else): it leaves
 the reply with the connection and interrupts the parked read, the way
@@ -33,6 +40,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 
 import gevent
 import gevent.threadpool  # noqa: F401 - imported before -u drops privileges (GroupCommit)
@@ -42,14 +50,19 @@ from gevent.server import StreamServer
 
 from .commands import CLOSE, Commands, reserved_reply
 from .gc_policy import freeze_survivors
+from .limits import AcceptBrake, ReplyBudget
+from .ratelog import Complaints
 from .store import Job, Store
 
 log = logging.getLogger("bsnode")
 
 RECV_SIZE = 65536
+RECV_TIGHT = 4096  # what a connection reads at once while the reply budget is spent
+FEED_SLICE = 4096  # a big read is parsed this much at a time, as its commands run
 PARKED_BACKLOG = 1 << 20  # unrun bytes we accept from a parked connection
 SEND_BATCH = 1 << 18  # replies held before a send, when one read asks for many
 SYNC_RETRY = 1.0  # seconds between tries of a failed -f 0 sync (as the binlog's retries)
+CLOCK_RETRY = 1.0  # seconds before the clock ticks again after a failure
 
 
 class _Wakeup(BaseException):
@@ -60,11 +73,13 @@ class _Conn:
     """One client socket, driven with raw non-blocking calls and two
     persistent libev watchers (cheaper than gevent's socket wrapper)."""
 
-    __slots__ = ("sock", "raw", "glet", "reply", "in_wait", "session", "_hub",
+    __slots__ = ("sock", "raw", "glet", "reply", "in_wait", "session", "budget", "_hub",
                  "_read_ev", "_write_ev")
 
-    def __init__(self, sock) -> None:
+    def __init__(self, sock, budget: ReplyBudget | None = None) -> None:
         self.sock = sock
+        # the node's budget (NodeServer sets it); alone, a connection has its own
+        self.budget = budget if budget is not None else ReplyBudget()
         self.raw = getattr(sock, "_sock", sock)
         self.glet = gevent.getcurrent()
         self.reply = None  # the answer to a parked reserve
@@ -77,10 +92,11 @@ class _Conn:
     def recv(self) -> bytes:
         """Wait until readable, then read; b"" at end of stream."""
         raw = self.raw
+        budget = self.budget
         while True:
             self._hub.wait(self._read_ev)
             try:
-                return raw.recv(RECV_SIZE)
+                return raw.recv(RECV_SIZE if budget.held < budget.limit else RECV_TIGHT)
             except BlockingIOError:
                 continue
 
@@ -95,12 +111,18 @@ class _Conn:
         view = memoryview(data)[sent:]
         if self._write_ev is None:
             self._write_ev = self._hub.loop.io(self.raw.fileno(), 2)
-        while view:
-            self._hub.wait(self._write_ev)
-            try:
-                view = view[raw.send(view):]
-            except BlockingIOError:
-                continue
+        held = len(data)  # alive until the client has taken the rest
+        budget = self.budget
+        budget.held += held
+        try:
+            while view:
+                self._hub.wait(self._write_ev)
+                try:
+                    view = view[raw.send(view):]
+                except BlockingIOError:
+                    continue
+        finally:
+            budget.held -= held
 
     def close(self) -> None:
         self._read_ev.close()
@@ -163,8 +185,12 @@ class GroupCommit:
             err = None
             try:
                 fd, upto = wal.sync_start()
-            except OSError as e:  # no descriptor to spare (EMFILE): as a failed sync
-                fd, upto, err = -1, 0, e
+            except OSError:  # no descriptor to spare (EMFILE): sync on the event loop
+                fd, upto = -1, 0
+                try:
+                    upto = wal.sync_here()
+                except OSError as e:
+                    err = e
             if fd >= 0:
                 try:
                     self._pool.apply(_sync_and_close, (wal.io, fd))
@@ -188,18 +214,37 @@ def _sync_and_close(io, fd: int) -> None:
         os.close(fd)
 
 
+class _Acceptor(AcceptBrake, StreamServer):
+    """The protocol's listener."""
+
+    def __init__(self, listener, handle, complaints: Complaints) -> None:
+        StreamServer.__init__(self, listener, handle)
+        self.complaints = complaints
+
+
 class NodeServer:
     """Serves one store on a listening socket until stopped."""
 
     def __init__(self, listener: socket.socket, store: Store, commands: Commands,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, tls=None, tls_listener: socket.socket | None = None
+                 ) -> None:
         self.store = store
         self.commands = commands
         self.verbose = verbose
         self._tick_event = Event()
         store.sched.on_earlier = self._on_earlier
         listener.setblocking(False)  # gevent's accept loop needs it
-        self._server = StreamServer(listener, self._handle)
+        self.complaints = Complaints(log)
+        self.budget = ReplyBudget()
+        # tls (a tls.TlsEndpoint): TLS on tls_listener if given, else on listener
+        main_tls = tls if tls_listener is None else None
+        self._server = _Acceptor(listener, partial(self._handle, tls=main_tls),
+                                 self.complaints)
+        self._tls_server = None
+        if tls_listener is not None:
+            tls_listener.setblocking(False)
+            self._tls_server = _Acceptor(tls_listener, partial(self._handle, tls=tls),
+                                         self.complaints)
         self._timer = None
         self.group: GroupCommit | None = None
 
@@ -213,19 +258,32 @@ class NodeServer:
         self._tick_event.set()
 
     def _clock_loop(self) -> None:
-        store = self.store
+        """Run every timer when due, for as long as the node runs: a failure
+        here (the scheduler already catches its callbacks') is logged,
+        rate-limited, and the loop goes on after CLOCK_RETRY seconds."""
         event = self._tick_event
         while True:
             event.clear()
-            delay = store.tick()
-            group = self.group
-            if group is not None and not group.busy and group.owed():
-                # written by a timer (a retried DELETE or UPDATE): no answer waits on it
-                gevent.spawn(group.wait)
+            try:
+                delay = self._tick()
+            except Exception as e:  # noqa: BLE001 - nothing may stop the node's clock
+                self.complaints.error("clock", "clock: %s: %s; ticking again in %.0f s",
+                                      type(e).__name__, e, CLOCK_RETRY)
+                delay = CLOCK_RETRY
             event.wait(delay)
+
+    def _tick(self) -> float | None:
+        delay = self.store.tick()
+        group = self.group
+        if group is not None and not group.busy and group.owed():
+            # written by a timer (a retried DELETE or UPDATE): no answer waits on it
+            gevent.spawn(group.wait)
+        return delay
 
     def start(self) -> None:
         self._group_syncs()
+        if self._tls_server is not None:
+            self._tls_server.start()
         self._server.start()
         self._timer = gevent.spawn(self._clock_loop)
 
@@ -234,9 +292,13 @@ class NodeServer:
         freeze_survivors()
         self._group_syncs()
         self._timer = gevent.spawn(self._clock_loop)
+        if self._tls_server is not None:
+            self._tls_server.start()
         self._server.serve_forever()
 
     def stop(self) -> None:
+        if self._tls_server is not None:
+            self._tls_server.stop(timeout=1)
         self._server.stop(timeout=1)
         if self._timer is not None:
             self._timer.kill()
@@ -245,12 +307,24 @@ class NodeServer:
         self.store.draining = True
         log.info("SIGUSR1: drain mode on, new jobs are refused with DRAINING")
 
+    def _freed(self) -> None:
+        """A connection closed: a descriptor is free, accept again if braked."""
+        self._server.unbrake()
+        if self._tls_server is not None:
+            self._tls_server.unbrake()
+
     # --- one connection ---------------------------------------------------
-    def _handle(self, sock, address) -> None:
-        if self.group is None:
-            conn = _Conn(sock)
+    def _handle(self, sock, address, tls=None) -> None:
+        if tls is not None:
+            conn = tls.accept(sock, address, self.group)  # None: refused (logged)
+            if conn is None:
+                self._freed()
+                return
+            conn.budget = self.budget
+        elif self.group is None:
+            conn = _Conn(sock, self.budget)
         else:
-            conn = _DurableConn(sock)
+            conn = _DurableConn(sock, self.budget)
             conn.group = self.group
         conn.session = self.store.connect(conn.wake)
         if self.verbose:
@@ -262,6 +336,7 @@ class NodeServer:
         finally:
             self.store.disconnect(conn.session)
             conn.close()
+            self._freed()
             if self.verbose:
                 log.info("close %s", address or "unix")
 
@@ -275,6 +350,12 @@ class NodeServer:
             data = recv()
             if not data:
                 return
+            if len(data) > FEED_SLICE:  # parsed as it runs: a burst costs its bytes only
+                for at in range(0, len(data), FEED_SLICE):
+                    events = reader.feed(data[at:at + FEED_SLICE])
+                    if events and not self._run(conn, reader, events):
+                        return
+                continue
             events = reader.feed(data)
             if len(events) == 1:  # the common case: one command, one reply
                 r = execute(session, events[0])
@@ -293,6 +374,7 @@ class NodeServer:
         Returns False when the connection is to be closed."""
         execute = self.commands.execute
         session = conn.session
+        budget = self.budget
         out: list[bytes] = []
         pending = 0  # bytes in out: sent once past SEND_BATCH, so unread replies stay bounded
         if first != b"":
@@ -318,10 +400,11 @@ class NodeServer:
             elif r:
                 out.append(r)
                 pending += len(r)
-                if pending > SEND_BATCH:
-                    conn.send(b"".join(out))
-                    out = []
+                if pending > SEND_BATCH or budget.held + pending > budget.limit:
+                    data = b"".join(out)
+                    out = []  # not held twice while the send waits for the client
                     pending = 0
+                    conn.send(data)
             if i >= len(events):
                 break
             r = execute(session, events[i])

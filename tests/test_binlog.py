@@ -78,7 +78,7 @@ def test_a_valid_crc_over_a_malformed_record_is_named_by_offset():
 def test_headers_need_magic_and_version():
     with pytest.raises(F.FormatError, match="magic"):
         F.parse_header(b"\x07\x00\x00\x00" + bytes(12))
-    bad = F.HEADER.pack(F.MAGIC, F.FORMAT_VERSION + 1, 0, 1)
+    bad = F.HEADER.pack(F.MAGIC, F.FORMAT_VERSION + 1, 0, 1, 0, 0, 0)
     with pytest.raises(F.FormatError, match="version"):
         F.parse_header(bad)
 
@@ -218,7 +218,7 @@ def test_segments_roll_over_at_the_size_limit(tmp_path):
     assert (tmp_path / f"binlog.{nums[-1]}").stat().st_size == 4096  # allocated whole
     st = wal.stats()
     assert (st["oldest_index"], st["current_index"], st["max_size"]) == (1, nums[-1], 4096)
-    assert st["records_written"] == 150 + 1  # the puts and the opening MARK
+    assert st["records_written"] == 150 + 2  # the puts, the opening MARK and HEAD
     assert wal.file_of(jobs[0]) == 1 and wal.file_of(jobs[-1]) == nums[-1]
     assert wal.usage()["disk"] == disk_bytes(tmp_path)
     before = snapshot(store)
@@ -342,6 +342,23 @@ def script(store):
     yield
 
 
+def unfinished(d, used: dict, starts: dict, cut: int) -> None:
+    """A segment is linked to the next one (its header's ``next``) when the
+    next one becomes cur, whose header was written when it was created: so
+    in a log cut before the next one's header, the link is not there yet."""
+    for num in sorted(used):
+        later = [n for n in sorted(used) if n > num]
+        if later and starts[later[0]] + F.HEADER_SIZE > cut and (d / f"binlog.{num}").exists():
+            path = d / f"binlog.{num}"
+            data = bytearray(path.read_bytes())
+            try:
+                h = F.read_header(bytes(data))
+            except F.FormatError:
+                continue  # cut inside its own header
+            data[:F.HEADER_SIZE] = F.header(h.num, h.flags, h.prev, 0, h.prev_end)
+            path.write_bytes(bytes(data))
+
+
 def test_replay_of_a_log_cut_at_every_byte_is_a_prefix_of_what_was_committed(tmp_path):
     src = tmp_path / "src"
     store, wal, clock = open_store(src, segment_size=1024)
@@ -364,6 +381,9 @@ def test_replay_of_a_log_cut_at_every_byte_is_a_prefix_of_what_was_committed(tmp
     whole = [starts[num] + len(files[num][:u].rstrip(b"\0")) for num, u, _, _ in marks]
     clean = {c for w, e in zip(whole, ends, strict=True) for c in range(w, e + 1)}
     clean |= {starts[n] + F.HEADER_SIZE for n in used} | set(starts.values())
+    # a header cut after its format-1 part reads as a header whose links are zero
+    clean |= {starts[n] + c for n in used for c in range(F.HEADER_V1.size, F.HEADER_SIZE)}
+    clean.add(F.HEADER_SIZE + len(F.mark(1)))  # between the opening MARK and HEAD
 
     for cut in range(total + 1):
         d = tmp_path / f"cut{cut}"
@@ -376,6 +396,7 @@ def test_replay_of_a_log_cut_at_every_byte_is_a_prefix_of_what_was_committed(tmp
             elif starts[num] < cut:  # the segment being written: zeros after the cut
                 keep = cut - starts[num]
                 (d / f"binlog.{num}").write_bytes(data[:keep] + bytes(len(data) - keep))
+        unfinished(d, used, starts, cut)
         last = max((w for w in whole if w <= cut), default=whole[0])
         expect = whole.index(last)  # a reserve-job writes nothing: the state before it
         store2, wal2, _ = open_store(d, Clock(clock.now), segment_size=1024)
@@ -575,11 +596,11 @@ def test_dump_prints_every_record_and_flags_damage(tmp_path, capsys):
     assert "delete   id=2" in out and "mark     next_id=1" in out
     path = tmp_path / "binlog.1"
     data = bytearray(path.read_bytes())
-    data[40] ^= 0xFF
+    data[60] ^= 0xFF  # in the first FULL record, after the opening MARK and HEAD
     path.write_bytes(bytes(data))
     assert dump_main(["--json", str(path)]) == 1
     items = [i for i in describe(bytes(data))]
-    assert [i["kind"] for i in items][:3] == ["header", "mark", "damaged"]
+    assert [i["kind"] for i in items][:4] == ["header", "mark", "head", "damaged"]
 
 
 # the console script of this installation (beside its python), not one on PATH
@@ -668,3 +689,71 @@ def test_short_writes_are_finished(tmp_path):
     store2, wal2, _ = open_store(tmp_path, Clock(clock.now), segment_size=1024)
     assert snapshot(store2) == before
     wal2.close()
+
+
+def test_a_job_bigger_than_a_segment_keeps_the_segments_in_number_order(tmp_path):
+    """Replay reads segments by number.  A record bigger than a segment used
+    to get a new segment placed before the spares already allocated, which
+    have lower numbers: the log was then written 6, 9, 7, 8, ... and a job
+    put in 9 and deleted in 7 came back after a restart (found while
+    checking issue 19's segment links)."""
+    store, wal, _ = open_store(tmp_path, segment_size=1024)
+    s = store.connect()
+    for _ in range(60):  # enough live jobs that spares are allocated for their deletes
+        store.put(s, 1, 0, 60, b"s" * 20)
+    assert wal.spares
+    big = store.put(s, 1, 0, 60, b"B" * 3000).id
+    home = wal.cur.num
+    while wal.cur.num == home:
+        store.put(s, 1, 0, 60, b"t" * 20)
+    store.delete(s, big)
+    nums = [seg.num for seg in wal.segments + wal.spares]
+    assert nums == sorted(nums)
+    want = snapshot(store)
+    wal.close()
+    store2, wal2, _ = open_store(tmp_path, segment_size=1024)
+    try:
+        assert big not in store2.jobs
+        assert snapshot(store2) == want
+    finally:
+        wal2.close()
+
+
+def test_restarts_and_crashes_under_compaction_are_never_refused(tmp_path):
+    """The segment links (issue 19, case 6) raise no false alarm: rounds of
+    random puts and deletes in 1 KiB segments (compaction moving jobs and
+    removing segments all along), each ended by a clean stop or by a crash
+    (the files copied as they are, as a kill -9 leaves them); every restart
+    starts, with exactly the jobs that were there."""
+    import random
+    import shutil
+
+    rng = random.Random(7)
+    d = tmp_path / "log"
+    clock = Clock()
+    store, wal, _ = open_store(d, clock, segment_size=1024)
+    migrated = 0
+    for n in range(40):
+        s = store.connect()
+        for _ in range(rng.randint(0, 400)):
+            ready = [j.id for j in store.jobs.values() if j.state == "ready"]
+            if rng.random() < 0.5 or not ready:
+                store.put(s, 1, 0, 60, b"x" * rng.choice([10, 50, 200, 1500]))
+            else:
+                store.delete(s, rng.choice(ready))
+        migrated += wal.stats()["records_migrated"]
+        want = snapshot(store)
+        if rng.random() < 0.6:  # a crash: the files as they are, then the process gone
+            crashed = tmp_path / f"crash{n}"
+            crashed.mkdir()
+            for name in segs(d):
+                shutil.copyfile(d / name, crashed / name)
+            wal.close()
+            shutil.rmtree(d)
+            crashed.rename(d)
+        else:
+            wal.close()
+        store, wal, _ = open_store(d, clock, segment_size=1024)
+        assert snapshot(store) == want, n
+    wal.close()
+    assert migrated > 500  # compaction was at work throughout

@@ -299,6 +299,6 @@ def test_stats_report_the_binlog(tmp_path):
         assert st["binlog-max-size"] == 4096
         assert st["binlog-oldest-index"] == 1
         assert st["binlog-current-index"] >= 4
-        assert st["binlog-records-written"] == 101 + 1  # the puts and the opening mark
+        assert st["binlog-records-written"] == 101 + 2  # the puts, the opening MARK and HEAD
         assert c.stats_job(first)["file"] == 1
         assert c.stats_job(c.put(b"last"))["file"] == st["binlog-current-index"]

@@ -349,3 +349,138 @@ def test_the_refusal_says_valid_records_follow_when_they_do(tmp_path, bad):
     err = _refusal_in_process(tmp_path, rec(full(jid=2)) + bad + rec(full(jid=3)))
     assert "valid records follow" in err, err
     assert f"{tmp_path / 'log' / 'binlog.1'}" in err, err
+
+
+# --- whole segments missing, emptied or cut (issue 19, case 6) ----------------------------
+@pytest.fixture(scope="module")
+def long_log(tmp_path_factory) -> tuple[Path, dict]:
+    """300 jobs put, 100 deleted, in about a dozen 4 KiB segments, left as a
+    crash leaves them (the store's binlog is still open); and its jobs."""
+    from test_binlog_harness import open_store, snapshot
+
+    d = tmp_path_factory.mktemp("long") / "log"
+    store, wal, _ = open_store(d, segment_size=4096)
+    s = store.connect()
+    ids = [store.put(s, 100, 0, 60, b"job %03d " % i + b"x" * 92).id for i in range(300)]
+    everything = snapshot(store)
+    for jid in ids[::3]:
+        store.delete(s, jid)
+    jobs = snapshot(store)
+    copy = copy_log(d, d.parent / "copy")
+    wal.close()
+    return copy, jobs, everything
+
+
+def written(d: Path) -> list[str]:
+    """The segments holding records (spares, allocated ahead, hold none), in order."""
+    out = []
+    for name in segments(d):
+        data = (d / name).read_bytes()
+        hdr = F.read_header(data)
+        if F.scan_frames(data, hdr.size)[0]:
+            out.append(name)
+    return out
+
+
+def attach_jobs(d: Path, recover: bool = False):
+    from test_binlog_harness import open_store, snapshot
+
+    store, wal, _ = open_store(d, segment_size=4096, recover=recover)
+    try:
+        return snapshot(store)
+    finally:
+        wal.close()
+
+
+DAMAGE = {
+    "deleted": lambda p: p.unlink(),
+    "emptied": lambda p: p.write_bytes(b""),
+    "header-only": lambda p: p.write_bytes(p.read_bytes()[:F.HEADER_SIZE]),
+}
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("how", sorted(DAMAGE))
+def test_a_missing_emptied_or_cut_segment_is_refused_with_its_name(long_log, tmp_path,
+                                                                   how, where):
+    """Before issue 19 a deleted first or middle segment, or a middle one cut
+    to its header, started silently with jobs gone.  Now replay follows the
+    segments' links (each header names the segment before it and where that
+    one ended, and the next one once it is finished): any of them missing,
+    emptied or cut is refused, naming the file, unless recovery is asked for,
+    which starts without it, says what was lost, and leaves a whole log."""
+    src, jobs, everything = long_log
+    d = copy_log(src, tmp_path / "log")
+    names = written(d)
+    assert len(names) >= 10, names
+    name = {"first": names[0], "middle": names[len(names) // 2], "last": names[-1]}[where]
+    DAMAGE[how](d / name)
+    if where == "last" and how == "header-only":
+        # The newest segment cut at a record boundary cannot be told from a
+        # crash (its end is where the last write stopped): it starts, with
+        # every job the segments before it hold.
+        back = attach_jobs(d)
+        assert back != jobs and all(back[j] == everything[j] for j in back)
+        return
+    with pytest.raises(binlog.BinlogError) as e:
+        attach_jobs(d)
+    assert name in str(e.value) and "--binlog-recover" in str(e.value), str(e.value)
+    # salvage: what is left, with a warning; jobs put there are lost, and
+    # jobs deleted there come back
+    back = attach_jobs(d, recover=True)
+    assert back != jobs and all(back[j] == everything[j] for j in back)
+    assert attach_jobs(d) == back  # and the log is whole again
+
+
+def test_links_allow_what_compaction_and_restarts_remove(tmp_path):
+    """No false alarm: segments removed by compaction (a HEAD record says so),
+    idle segments left by restarts, and spares allocated ahead."""
+    from test_binlog_harness import open_store, snapshot
+
+    d = tmp_path / "log"
+    store, wal, _ = open_store(d, segment_size=1024)
+    s = store.connect()
+    keep = store.put(s, 0, 0, 60, b"kept all along").id
+    for i in range(3000):  # compaction moves ``keep`` along and drops the head
+        store.delete(s, store.put(s, 1, 0, 60, b"%05d" % i + b"y" * 60).id)
+    assert wal.stats()["oldest_index"] > 10
+    want = snapshot(store)
+    wal.close()
+    for _ in range(3):  # restarts with nothing written
+        store, wal, _ = open_store(d, segment_size=1024)
+        assert snapshot(store) == want and keep in store.jobs
+        wal.close()
+    # and with the first segment still needed gone, it is refused
+    first = segments(d)[0]
+    (d / first).unlink()
+    with pytest.raises(binlog.BinlogError, match=first.replace(".", r"\.")):
+        open_store(d, segment_size=1024)
+
+
+def test_a_format_1_log_is_still_read(tmp_path):
+    """Logs written before the links (format 1: a 16-byte header) still start."""
+    d = tmp_path / "log"
+    d.mkdir()
+    full = [F.FULL, 7, "old", 5, 0, 60, b"from format 1", F.STATE_READY, 0,
+            1_700_000_000_000, 0, 0, 0, 0, 0]
+    (d / "binlog.3").write_bytes(F.HEADER_V1.pack(F.MAGIC, 1, 0, 3) + F.mark(7)
+                                 + F.frame(msgpack.packb(full)))
+    store = Store()
+    wal = binlog.attach(store, str(d), segment_size=4096, fsync_ms=None)
+    try:
+        assert store.jobs[7].body == b"from format 1" and store.next_id == 8
+    finally:
+        wal.close()
+    assert F.read_header((d / "binlog.4").read_bytes()).version == F.FORMAT_VERSION
+
+
+def test_bsnode_refuses_a_log_with_a_segment_missing(long_log, tmp_path):
+    src = long_log[0]
+    d = copy_log(src, tmp_path / "log")
+    names = written(d)
+    (d / names[len(names) // 2]).unlink()
+    r = subprocess.run(bsnode_command() + ["-l", "127.0.0.1", "-p", "0", "-b", str(d)],
+                       capture_output=True, text=True, timeout=STARTUP_DEADLINE)
+    assert r.returncode == 1, r.stderr
+    assert names[len(names) // 2] in r.stderr and "is missing" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -324,9 +324,137 @@ def test_metrics_flag_parses(argv, want):
     assert parse_args(argv).metrics == want
 
 
-@pytest.mark.parametrize("argv", [["--metrics"], ["--metrics", "9311"], ["--metric", "h:1"]])
+@pytest.mark.parametrize("argv,want", [
+    (["--metrics-max-tubes", "50"], 50),
+    (["--metrics-max-tubes=0"], 0),
+    (["--metrics", "127.0.0.1:1"], None),  # None: metrics.DEFAULT_MAX_TUBES
+])
+def test_metrics_max_tubes_flag_parses(argv, want):
+    from bsnode.cli import parse_args
+
+    assert parse_args(argv).metrics_max_tubes == want
+
+
+@pytest.mark.parametrize("argv", [["--metrics"], ["--metrics", "9311"], ["--metric", "h:1"],
+                                  ["--metrics-max-tubes"], ["--metrics-max-tubes", "-1"],
+                                  ["--metrics-max-tubes=lots"]])
 def test_metrics_flag_errors(argv):
     from bsnode.cli import UsageError, parse_args
 
     with pytest.raises(UsageError):
         parse_args(argv)
+
+
+# --- many tubes (issue 19, case 4) -------------------------------------------------------
+MANY_TUBES = 50_000
+SCRAPE_STALL = 0.5  # worst round trip of another client while a scrape renders (was 2.5 s)
+
+
+def _watch_many(server, n: int):
+    """A connection watching ``n`` empty tubes (they live while it watches them)."""
+    import socket
+
+    s = socket.create_connection(server.address, timeout=60)
+    s.sendall(b"".join(b"watch t%05d\r\n" % i for i in range(n)))
+    want, got = n, b""
+    while got.count(b"\r\n") < want:
+        chunk = s.recv(1 << 16)
+        assert chunk, "connection closed"
+        got += chunk
+    return s
+
+
+def test_a_scrape_of_50000_tubes_does_not_stall_the_node():
+    """Before, a scrape rendered every tube's series inside the event loop:
+    2.5 s at 50,000 empty tubes, every other client waiting.  Now the node
+    exports the busiest --metrics-max-tubes tubes (the rest are counted in
+    bsnode_metrics_tubes_omitted) and yields to other clients while it
+    renders."""
+    from test_hostile import Probe, in_background
+
+    with start_bsnode("--metrics", "127.0.0.1:0") as server:
+        url = _metrics_url(server)
+        hold = _watch_many(server, MANY_TUBES)
+        with Client(server.address) as c:
+            c.use("busy")
+            c.put(b"x")
+        probe = Probe(server)
+        try:
+            for _ in range(5):
+                probe.round()
+            probe.latencies.clear()
+            pages: list = []
+            thread, errors = in_background(lambda: pages.append(_scrape(url)))
+            probe.run_while(thread.is_alive, min_rounds=20)
+            thread.join(60)
+            assert not errors, errors
+            text, samples = pages[0]
+        finally:
+            probe.close()
+            hold.close()
+    print(f"{MANY_TUBES} tubes: scrape of {len(text)} bytes; other clients' worst round "
+          f"trip {probe.worst * 1000:.1f} ms over {probe.rounds} rounds")
+    assert probe.worst < SCRAPE_STALL
+    tubes = samples["bsnode_tube_current_jobs_ready"]
+    assert len(tubes) == M.DEFAULT_MAX_TUBES
+    assert (("tube", "busy"),) in tubes  # the busiest tube is among them
+    assert samples["bsnode_tubes"][()] == MANY_TUBES + 3  # default, busy, probe
+    assert samples["bsnode_metrics_tubes_omitted"][()] == MANY_TUBES + 3 - M.DEFAULT_MAX_TUBES
+
+
+def test_a_page_of_many_tubes_pauses_all_along():
+    """The walk over every tube and the rendering hand the loop back every
+    few hundred items: no stretch of the work grows with the tube count."""
+    store = Store()
+    commands = Commands(store, 65535, 0)
+    for i in range(10_000):
+        store._tube(f"t{i:05d}")
+    work, stretches = [0], []
+
+    def pause():
+        stretches.append(work[0])
+        work[0] = 0
+
+    real_tube = M.tube_fields
+
+    def counted(t, now):
+        work[0] += 1
+        return real_tube(t, now)
+
+    M.tube_fields, saved = counted, M.tube_fields
+    try:
+        fams = M.node_families(commands, store, None, 1000, pause)
+        fams.render(pause)
+    finally:
+        M.tube_fields = saved
+    assert len(stretches) >= 2 * 10_000 // M.PAUSE_EVERY + 1000 // M.PAUSE_EVERY_TUBE
+    assert max(stretches + [work[0]]) <= M.PAUSE_EVERY_TUBE  # tubes collected per stretch
+    assert len(fams.families["bsnode_tube_current_jobs_ready"].samples) == 1000
+
+
+def test_busiest_tubes():
+    store = Store()
+    for name in ("a", "b", "c", "d"):
+        store._tube(name)
+    tubes = list(store.tube_list)  # default, a, b, c, d: all empty
+    assert M.busiest(tubes, 10) == tubes
+    assert M.busiest(tubes, 0) == []
+    assert M.busiest(tubes, 2) == tubes[:2]  # ties: the older tubes
+    d = tubes[4]
+    d.buried[99] = object()  # a job counted in d (buried)
+    assert M.busiest(tubes, 2) == [tubes[0], d]  # in the store's order
+
+
+def test_max_tubes_flag_caps_the_tube_series(tmp_path):
+    with start_bsnode("--metrics", "127.0.0.1:0", "--metrics-max-tubes", "2") as server:
+        url = _metrics_url(server)
+        with Client(server.address) as c:
+            for name in ("a", "b", "c"):
+                c.use(name)
+                c.put(b"x")
+            c.use("b")
+            c.put(b"y")
+            _, samples = _scrape(url)
+    assert set(samples["bsnode_tube_current_jobs_ready"]) == {(("tube", "b"),),
+                                                              (("tube", "a"),)}
+    assert samples["bsnode_metrics_tubes_omitted"][()] == 2  # default and c

@@ -37,6 +37,40 @@ def test_scheduler_runs_due_entries_in_time_then_insertion_order():
     assert len(s) == 1
 
 
+def test_a_callback_that_raises_is_logged_once_and_retried_without_stopping_the_clock(caplog):
+    """Issue 19, case 1: an exception in one timer (EMFILE in the fsync
+    timer's dup) killed the loop that runs every timer."""
+    from bsnode.timers import RETRY_AFTER
+
+    s = Scheduler()
+    ran, calls = [], []
+
+    def flaky(arg, now):
+        calls.append(now)
+        if len(calls) <= 3:
+            raise OSError(24, "Too many open files")
+
+    entry = s.add(1, flaky, None)
+    s.add(1, lambda arg, now: ran.append(now), None)
+    with caplog.at_level("ERROR", logger="bsnode"):
+        assert s.run_due(1) == 2  # the other entry due at the same time ran too
+        assert ran == [1]
+        assert s.next_deadline() == 1 + RETRY_AFTER  # the failed one comes back
+        s.run_due(1 + RETRY_AFTER)
+        s.run_due(1 + 2 * RETRY_AFTER)
+        s.run_due(1 + 3 * RETRY_AFTER)  # succeeds this time, and is gone
+    assert calls == [1, 1 + RETRY_AFTER, 1 + 2 * RETRY_AFTER, 1 + 3 * RETRY_AFTER]
+    assert s.failures == 3 and len(s) == 0
+    lines = [r.getMessage() for r in caplog.records if "flaky" in r.getMessage()]
+    assert len(lines) == 1 and "Too many open files" in lines[0], lines  # rate-limited
+    # an entry retried after a failure can still be cancelled by its holder
+    calls.clear()
+    entry = s.add(10, flaky, None)
+    s.run_due(10)
+    s.cancel(entry)
+    assert s.next_deadline() is None
+
+
 def test_scheduler_cancel_and_skip_dead_entries():
     s = Scheduler()
     ran = []
