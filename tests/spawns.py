@@ -3,20 +3,22 @@
 How this works
 --------------
 A test is integration when it starts a process (a bsnode, beanstalkd, a
-cluster, a CLI run as a command).  Nobody marks that by hand: ``starts_processes``
-reads the code a test can reach, its own function and every fixture it uses
-(pytest's fixture closure, so a fixture built on ``bsnode`` counts), and
-follows each global name that is test-suite code (tests/servers.py's
-``start_bsnode``, a module's ``Cluster`` class, a helper function) until it
-finds a way to start a process: the ``subprocess`` or ``multiprocessing``
-module, ``os.fork``/``posix_spawn``, or product code that starts nodes (the
-supervisor).  Reaching one is enough: the test is marked.
+cluster, openssl, a CLI run as a command).  Nobody marks that by hand:
+``item_starts_processes`` reads the code a test can reach, its own function
+and every fixture it uses (pytest's fixture closure, so a fixture built on
+``bsnode`` counts), and follows each global name that is test-suite code
+(tests/servers.py's ``start_bsnode``, a module's ``Cluster`` class, a helper,
+a table of them) or a plain function of the project (``control.start_detached``,
+``tls_init.make_ca``) until it finds a way to start a process: the
+``subprocess`` or ``multiprocessing`` module, or ``os.fork``/``posix_spawn``
+and friends.  Reaching one is enough: the test is marked.
 
-Reading code can miss a path (a process started through product code not
-listed in ``_PRODUCT_SPAWNERS``), so ``forbid_processes`` is the check:
-in a ``-m "not integration"`` run every unmarked test runs with process
-creation made to fail, naming the test, so a miss is a failure, not a
-server quietly started in a unit run.
+Reading code can miss a path (the project's classes are not followed, so
+that tests driving the supervisor on a fake clock stay unit tests), so
+``forbid_processes`` is the check: in a ``-m "not integration"`` run every
+unmarked test runs (fixtures included) with process creation made to fail,
+naming the test, so a miss is a failure, not a process quietly started in a
+unit run.
 """
 
 from __future__ import annotations
@@ -36,13 +38,16 @@ _SPAWN_NAMES = frozenset({"fork", "forkpty", "posix_spawn", "posix_spawnp", "exe
                           "execvp", "execvpe"})
 
 
-def _product_spawners() -> tuple[object, ...]:
-    """Product code that always starts a process when a test calls it in-process.
+PRODUCT_PACKAGES = ("bsnode", "bsclient", "bscluster")
 
-    (The supervisor is not listed: tests drive it with a fake clock and no
-    processes; one that lets it spawn is caught by ``forbid_processes``.)"""
-    from bscluster import control
-    return (control.start_detached,)
+
+def _is_product_function(obj: object) -> bool:
+    """A plain function of this project (bscluster.tls_init.make_ca running
+    openssl, control.start_detached).  Classes are not followed: tests drive
+    the supervisor on a fake clock with no process; one that lets it spawn is
+    caught by ``forbid_processes``."""
+    module = getattr(obj, "__module__", None) or ""
+    return isinstance(obj, types.FunctionType) and module.split(".")[0] in PRODUCT_PACKAGES
 
 
 def _is_test_code(obj: object) -> bool:
@@ -77,7 +82,6 @@ class SpawnFinder:
 
     def __init__(self) -> None:
         self._known: dict[int, bool] = {}
-        self._spawners = _product_spawners()
 
     def starts_processes(self, obj: object) -> bool:
         key = id(obj)
@@ -94,15 +98,15 @@ class SpawnFinder:
                 target = names.get(name)
                 if target is None or isinstance(target, (int, float, str, bytes)):
                     continue
-                if any(target is s for s in self._spawners) or \
-                        getattr(target, "__module__", None) in _SPAWN_MODULES:
+                if getattr(target, "__module__", None) in _SPAWN_MODULES:
                     return True
                 if any(self._follow(t) for t in _callables(target)):
                     return True
         return False
 
     def _follow(self, target: object) -> bool:
-        return _is_test_code(target) and self.starts_processes(target)
+        return (_is_test_code(target) or _is_product_function(target)) and \
+            self.starts_processes(target)
 
 
 def _callables(target: object) -> tuple[object, ...]:
@@ -138,9 +142,9 @@ def forbid_processes(test_id: str) -> Iterator[None]:
     """Make every way of starting a process fail while the test runs."""
     def refuse(*args, **kwargs):
         raise ProcessForbidden(
-            f"{test_id} starts a process but is not marked integration; make the way it "
-            f"starts one visible to tests/spawns.py (a fixture, a tests/ helper, or a "
-            f"product spawner listed there)")
+            f"{test_id} starts a process but is not marked integration; start it "
+            f"through a fixture, a tests/ helper or a project function, which "
+            f"tests/spawns.py follows, not through a method of a project class")
 
     patches = [(subprocess.Popen, "_execute_child"), (os, "fork"), (os, "posix_spawn"),
                (os, "posix_spawnp"), (os, "system"), (multiprocessing.Process, "start")]

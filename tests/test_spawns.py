@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import servers
-import spawns
 from spawns import ProcessForbidden, SpawnFinder, forbid_processes
 
 
@@ -70,5 +69,12 @@ def test_the_guard_refuses_every_way_and_puts_them_back():
     assert (subprocess.Popen._execute_child, os.fork) == before
 
 
-def test_the_product_spawners_are_real_functions():
-    assert all(callable(f) for f in spawns._product_spawners())
+def test_project_functions_are_followed_classes_are_not():
+    from bscluster import control, tls_init
+    from bscluster.config import load_config
+    from bscluster.supervisor import Supervisor
+    finder = SpawnFinder()
+    assert finder.starts_processes(control.start_detached)
+    assert finder.starts_processes(tls_init.make_ca)  # runs openssl
+    assert not finder.starts_processes(load_config)
+    assert not finder._follow(Supervisor)  # driven on a fake clock by unit tests
