@@ -36,6 +36,7 @@ from bscluster.config import (
     parse_listen,
 )
 from bscluster.probe import connect_host, probe_all
+from bscluster.proxy import proxy
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
@@ -497,6 +498,7 @@ def supervise(data_dir) -> None:
 
 cli.add_command(top)
 cli.add_command(web)
+cli.add_command(proxy)
 
 from .bench import bench  # noqa: E402
 

@@ -1,0 +1,248 @@
+"""`bscluster proxy`: one beanstalkd address in front of the whole cluster.
+
+How this works
+--------------
+A gevent ``StreamServer`` accepts beanstalkd clients (any language) and
+gives each connection two greenlets:
+
+* the *reader* reads what the client sends, cuts it into commands with the
+  node's own codec (``CommandReader``) and queues them; it keeps reading
+  while a command waits (so a hang-up during a reserve is seen at once) and
+  stops once ``BACKLOG`` commands are queued and unrun;
+* the *worker* (the connection's own greenlet, so the shared
+  ``ClusterClient`` gives it its own session: node connections, used tube,
+  watch list, held jobs) runs the commands in order through
+  ``ProxyCommands`` and answers a pipelined burst with one send.
+
+When the client hangs up, the reader interrupts a worker blocked in a
+reserve; the worker then closes its node connections, so every job the
+client had reserved goes back to ready at once, as with one beanstalkd.
+
+A job the multiplexed reserve got ahead of the client (two nodes answered
+together) is handed to the same client's next reserve; if the client has
+not asked again within ``BUFFER_HOLD`` seconds it goes back to its node
+(docs/PROXY.md, "Reserve").
+
+The process is gevent-patched in ``serve`` (an entry point, never at import),
+so bsclient's blocking sockets and its ``select.poll`` wait cooperate.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import socket
+import sys
+from collections import deque
+
+import click
+import gevent
+from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, CommandReader
+from bscluster import proxy_cluster as pc
+from bscluster.config import ConfigError, load_config, parse_listen
+from bscluster.proxy_commands import CLOSE, ProxyCommands
+from gevent.event import Event
+from gevent.server import StreamServer
+
+log = logging.getLogger("bscluster.proxy")
+
+DEFAULT_PROXY_LISTEN = "127.0.0.1:11400"
+RECV_SIZE = 65536
+BACKLOG = 1024  # unrun commands queued per connection before the reader pauses
+SEND_BATCH = 1 << 18  # reply bytes held before a send within one burst
+BUFFER_HOLD = 0.2  # seconds a job reserved ahead waits for its client's next reserve
+LISTEN_BACKLOG = 1024
+_EOF = ("eof",)
+
+
+class ClientGone(BaseException):
+    """The client hung up while its worker waited in a reserve."""
+
+
+class ProxyServer:
+    """The listening socket and one handler per client connection."""
+
+    def __init__(self, cc, max_job_size: int) -> None:
+        self.cc = cc
+        self.max_job_size = max_job_size
+        self.commands = ProxyCommands(cc, max_job_size)
+        self.server = None
+
+    def start(self, host: str, port: int) -> tuple[str, int]:
+        self.server = StreamServer((host, port), self.handle, backlog=LISTEN_BACKLOG)
+        self.server.init_socket()
+        self.server.start()
+        return self.server.address[:2]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(timeout=1)
+            self.server = None
+        self.cc.close()
+
+    def handle(self, sock, _addr) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        commands = self.commands
+        state = commands.opened()
+        events: deque = deque()
+        ready, room = Event(), Event()
+        me = gevent.getcurrent()
+        flags = {"reserving": False}
+
+        def read() -> None:
+            codec = CommandReader(self.max_job_size)
+            try:
+                while True:
+                    if len(events) >= BACKLOG:
+                        room.clear()
+                        room.wait()
+                        continue
+                    data = sock.recv(RECV_SIZE)
+                    if not data:
+                        break
+                    evs = codec.feed(data)
+                    if evs:
+                        events.extend(evs)
+                        ready.set()
+            except OSError:
+                pass
+            events.append(_EOF)
+            ready.set()
+            if flags["reserving"]:
+                me.kill(ClientGone, block=False)
+
+        reader = gevent.spawn(read)
+        out: list[bytes] = []
+        held = 0
+        try:
+            while True:
+                if not events:
+                    if out:
+                        sock.sendall(b"".join(out))
+                        out, held = [], 0
+                    self._idle(ready)
+                    continue
+                ev = events.popleft()
+                if len(events) < BACKLOG:
+                    room.set()
+                if ev is _EOF:
+                    break
+                op = ev[0]
+                if op is CMD_RESERVE or (op is CMD_RESERVE_WITH_TIMEOUT and ev[1] != 0):
+                    if out:  # answer what came before, then wait
+                        sock.sendall(b"".join(out))
+                        out, held = [], 0
+                    flags["reserving"] = True
+                    try:
+                        reply = commands.execute(state, ev)
+                    finally:
+                        flags["reserving"] = False
+                else:
+                    reply = commands.execute(state, ev)
+                if reply is CLOSE:
+                    break
+                if reply:
+                    out.append(reply)
+                    held += len(reply)
+                    if held >= SEND_BATCH:
+                        sock.sendall(b"".join(out))
+                        out, held = [], 0
+            if out:
+                sock.sendall(b"".join(out))
+        except (ClientGone, OSError):
+            pass
+        finally:
+            reader.kill(block=False)
+            commands.closed(state)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _idle(self, ready) -> None:
+        """Wait for the next command; give back a job reserved ahead if it is slow to come."""
+        ready.clear()
+        if pc.has_buffered(self.cc):
+            if ready.wait(BUFFER_HOLD):
+                return
+            pc.give_back(self.cc)
+        ready.wait()
+
+
+def raise_nofile() -> int:
+    """Raise the descriptor limit to its hard maximum (idle clients are cheap)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def build(config):
+    """The shared ClusterClient and the proxy's job-size limit, from a ClusterConfig."""
+    from bsclient.config import read_tube_settings
+    from bscluster.webhost import node_addresses
+
+    spread = read_tube_settings(config.path) if config.path else {}
+    cc = pc.make_cluster(node_addresses(config.nodes), spread=spread)
+    return cc, min(n.max_job_size for n in config.nodes)
+
+
+def serve(listen: str, config) -> None:
+    """Run the proxy until SIGTERM/SIGINT (patches this process for gevent)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    host, port = parse_listen(listen)
+    limit = raise_nofile()
+    cc, max_job_size = build(config)
+    server = ProxyServer(cc, max_job_size)
+    try:
+        bound = server.start(host, port)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another address with "
+            f"--listen ADDR:PORT (or proxy in the config file)") from None
+    stop = Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    log.info("listening on %s:%d (%d nodes: %s; %d descriptors)", bound[0], bound[1],
+             len(cc.nodes), ", ".join(cc.nodes), limit)
+    stop.wait()
+    log.info("stopping")
+    server.stop()
+
+
+@click.command()
+@click.option("--listen", "-l", "listen", metavar="ADDR:PORT",
+              help=f"Where clients connect [config proxy; default {DEFAULT_PROXY_LISTEN}; "
+                   f"port 0: a free one, printed on stderr].")
+@click.option("--config", "-c", "config_file", metavar="PATH",
+              help="Config file naming the nodes [env BSCLUSTER_CONFIG; default "
+                   "./bscluster.toml if present].")
+def proxy(listen, config_file) -> None:
+    """Serve beanstalkd's protocol on one address, routed over the whole cluster.
+
+    Any beanstalkd client (PHP, Ruby, Node, Go, ...) connects to the proxy as
+    to one beanstalkd: puts go to their tube's node on the ring, reserves
+    wait on every node that can hold the watched tubes, job ids name their
+    node.  Run one per application host (a sidecar) or one shared; several
+    side by side agree on every id.  Differences from one beanstalkd:
+    docs/PROXY.md.
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s bscluster proxy: %(message)s")
+    try:
+        config = load_config(config_file)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    listen = listen or getattr(config, "proxy", "") or DEFAULT_PROXY_LISTEN
+    try:
+        parse_listen(listen)
+    except ValueError as e:
+        raise click.ClickException(f"--listen: {e}") from None
+    serve(listen, config)

@@ -1,0 +1,81 @@
+"""The proxy's view of a ClusterClient: the few things its public API lacks.
+
+How this works
+--------------
+The proxy routes every command with one shared ``ClusterClient`` (ring,
+failover, drain, the multiplexed reserve): each client connection is served
+by its own greenlet, and the ClusterClient gives each greenlet its own
+session (node connections, used tube, watch list, held jobs), exactly as it
+gives each thread one.  This module is the one place that reaches past the
+ClusterClient's public methods, into its pool's per-greenlet session, for
+what a server needs and a library caller does not:
+
+* ``end_session`` closes this greenlet's node connections when its client
+  hangs up (the nodes release whatever it had reserved, as beanstalkd does);
+* ``cancel_waits`` ends reserves still in flight after a reserve returned,
+  so no node hands a job to a proxy client that is no longer waiting;
+* ``has_buffered`` / ``give_back`` deal with a second job the multiplexed
+  reserve got ahead of the client;
+* ``per_node`` runs a ``Client`` method on every live node (list-tubes in
+  each node's own order).
+
+If bsclient grows public equivalents, only this module changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from bsclient import ClusterClient
+from bsclient.config import NodeAddress
+
+
+def make_cluster(nodes: Iterable[NodeAddress], spread: dict[str, int] | None = None,
+                 **kwargs) -> ClusterClient:
+    """The ClusterClient every proxy connection shares (bodies stay bytes)."""
+    return ClusterClient(tuple(nodes), spread=spread or {}, encoding=None, **kwargs)
+
+
+def _session(cc: ClusterClient):
+    return cc._pool.session()  # this greenlet's (see module docstring)
+
+
+def end_session(cc: ClusterClient) -> None:
+    """Close this greenlet's connections: reserved and buffered jobs go back."""
+    _session(cc).close()
+
+
+def cancel_waits(cc: ClusterClient) -> int:
+    """Close connections with a reserve still in flight; how many were closed.
+
+    Closing is the protocol's only way to cancel a reserve: the node drops
+    the wait, or releases the job it had just reserved on that connection.
+    """
+    s = _session(cc)
+    cancelled = 0
+    for conns in list(s.conns.values()):
+        for conn in conns:
+            if conn.pending:
+                s.lost(conn)
+                cancelled += 1
+    return cancelled
+
+
+def has_buffered(cc: ClusterClient) -> bool:
+    return bool(_session(cc).buffer)
+
+
+def give_back(cc: ClusterClient) -> int:
+    return cc.return_buffered()
+
+
+def per_node(cc: ClusterClient, fn: Callable, *args) -> dict:
+    """``{node: fn(client, *args)}`` over live nodes (failover drops the dead)."""
+    return cc._pool.each(fn, *args)
+
+
+def all_draining(cc: ClusterClient) -> bool:
+    """Every live member answered DRAINING lately (a put then gets DRAINING)."""
+    pool = cc._pool
+    live = pool.live()
+    return bool(live) and all(pool.draining(m) for m in live)
