@@ -27,6 +27,7 @@ from bsclient.errors import BadFormatError
 from bscluster import control
 from bscluster.config import (
     DEFAULT_CONFIG_PATH,
+    DEFAULT_PROXY_LISTEN,
     DEFAULT_WEB_LISTEN,
     ENV_CONFIG,
     ClusterConfig,
@@ -95,6 +96,15 @@ def web_option(f):
     )(f)
 
 
+def proxy_option(f):
+    return click.option(
+        "--proxy", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_PROXY_LISTEN,
+        default=None, help=f"Also run `bscluster proxy` (one beanstalkd address for the whole "
+        f"cluster, docs/PROXY.md) and restart it if it dies (--proxy alone: "
+        f"{DEFAULT_PROXY_LISTEN}; --proxy off: none) [env BSCLUSTER_PROXY].",
+    )(f)
+
+
 def node_options(f):
     for option in reversed(_NODE_OPTIONS):
         f = option(f)
@@ -158,6 +168,7 @@ def init(path, force, **values) -> None:
 @config_option
 @node_options
 @web_option
+@proxy_option
 @click.option("--detach", "-d", is_flag=True, help="Run in the background.")
 def up(config_file, detach, **flags) -> None:
     """Start the cluster and keep every node running.
@@ -288,6 +299,8 @@ def banner(config: ClusterConfig, state: dict) -> str:
     first = next(iter(addresses.values()))
     host, port = first.rsplit(":", 1)
     where = _where_flags(config)
+    if config.proxy:
+        lines += [f"any beanstalkd client, whole cluster: {config.proxy} (bscluster proxy)"]
     lines += ["talk to one node by hand:", f"    telnet {host} {port}",
               f"look: bscluster status{where} | bscluster stats{where} | bscluster top{where}",
               (f"dashboard: {sup['web']}  (Prometheus: {sup['web']}metrics)" if sup.get("web")

@@ -29,25 +29,32 @@ so bsclient's blocking sockets and its ``select.poll`` wait cooperate.
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import signal
 import socket
 import sys
 from collections import deque
+from pathlib import Path
 
 import click
 import gevent
 from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, CommandReader
 from bscluster import proxy_cluster as pc
-from bscluster.config import ConfigError, load_config, parse_listen
+from bscluster.config import (
+    DEFAULT_PROXY_LISTEN,
+    ClusterConfig,
+    ConfigError,
+    load_config,
+    parse_listen,
+)
 from bscluster.proxy_commands import CLOSE, ProxyCommands
 from gevent.event import Event
 from gevent.server import StreamServer
 
 log = logging.getLogger("bscluster.proxy")
 
-DEFAULT_PROXY_LISTEN = "127.0.0.1:11400"
 RECV_SIZE = 65536
 BACKLOG = 1024  # unrun commands queued per connection before the reader pauses
 SEND_BATCH = 1 << 18  # reply bytes held before a send within one burst
@@ -224,7 +231,9 @@ def serve(listen: str, config) -> None:
 @click.option("--config", "-c", "config_file", metavar="PATH",
               help="Config file naming the nodes [env BSCLUSTER_CONFIG; default "
                    "./bscluster.toml if present].")
-def proxy(listen, config_file) -> None:
+@click.option("--wanted", metavar="PATH", hidden=True,
+              help="The supervisor's wanted.json (how `up --proxy` starts the proxy).")
+def proxy(listen, config_file, wanted) -> None:
     """Serve beanstalkd's protocol on one address, routed over the whole cluster.
 
     Any beanstalkd client (PHP, Ruby, Node, Go, ...) connects to the proxy as
@@ -237,10 +246,15 @@ def proxy(listen, config_file) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s bscluster proxy: %(message)s")
     try:
-        config = load_config(config_file)
+        if wanted:
+            config = ClusterConfig.from_dict(json.loads(Path(wanted).read_text()))
+        else:
+            config = load_config(config_file)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    listen = listen or getattr(config, "proxy", "") or DEFAULT_PROXY_LISTEN
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read {wanted}: {e}") from None
+    listen = listen or config.proxy or DEFAULT_PROXY_LISTEN
     try:
         parse_listen(listen)
     except ValueError as e:
