@@ -19,9 +19,10 @@ reserve; the worker then closes its node connections, so every job the
 client had reserved goes back to ready at once, as with one beanstalkd.
 
 A job the multiplexed reserve got ahead of the client (two nodes answered
-together) is handed to the same client's next reserve; if the client has
-not asked again within ``BUFFER_HOLD`` seconds it goes back to its node
-(docs/PROXY.md, "Reserve").
+together) is handed to the same client's next reserve only if that reserve
+is already queued (pipelined); otherwise it goes back to its node at once,
+so no job is held that the client was not given (docs/PROXY.md, "Reserve").
+A client that half-closes while it waits gets TIMED_OUT, as from beanstalkd.
 
 The process is gevent-patched in ``serve`` (an entry point, never at import),
 so bsclient's blocking sockets and its ``select.poll`` wait cooperate.
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import click
 import gevent
-from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, CommandReader
+from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, TIMED_OUT, CommandReader
 from bscluster import proxy_cluster as pc
 from bscluster.config import (
     DEFAULT_PROXY_LISTEN,
@@ -58,9 +59,9 @@ log = logging.getLogger("bscluster.proxy")
 RECV_SIZE = 65536
 BACKLOG = 1024  # unrun commands queued per connection before the reader pauses
 SEND_BATCH = 1 << 18  # reply bytes held before a send within one burst
-BUFFER_HOLD = 0.2  # seconds a job reserved ahead waits for its client's next reserve
 LISTEN_BACKLOG = 1024
 _EOF = ("eof",)
+RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
 
 
 class ClientGone(BaseException):
@@ -95,7 +96,8 @@ class ProxyServer:
         events: deque = deque()
         ready, room = Event(), Event()
         me = gevent.getcurrent()
-        flags = {"reserving": False}
+        flags = {"reserving": False, "eof": False}
+        hub = gevent.get_hub()
 
         def read() -> None:
             codec = CommandReader(self.max_job_size)
@@ -115,6 +117,7 @@ class ProxyServer:
             except OSError:
                 pass
             events.append(_EOF)
+            flags["eof"] = True
             ready.set()
             if flags["reserving"]:
                 me.kill(ClientGone, block=False)
@@ -128,7 +131,8 @@ class ProxyServer:
                     if out:
                         sock.sendall(b"".join(out))
                         out, held = [], 0
-                    self._idle(ready)
+                    ready.clear()
+                    ready.wait()
                     continue
                 ev = events.popleft()
                 if len(events) < BACKLOG:
@@ -136,15 +140,23 @@ class ProxyServer:
                 if ev is _EOF:
                     break
                 op = ev[0]
-                if op is CMD_RESERVE or (op is CMD_RESERVE_WITH_TIMEOUT and ev[1] != 0):
+                if op in RESERVES:
                     if out:  # answer what came before, then wait
                         sock.sendall(b"".join(out))
                         out, held = [], 0
                     flags["reserving"] = True
+                    if flags["eof"]:  # hung up before this reserve began: it ends at once
+                        hub.loop.run_callback(lambda: flags["reserving"] and me.kill(
+                            ClientGone, block=False))
                     try:
                         reply = commands.execute(state, ev)
+                    except ClientGone:
+                        out.append(TIMED_OUT)  # beanstalkd's answer to a FIN while waiting
+                        break
                     finally:
                         flags["reserving"] = False
+                    if pc.has_buffered(self.cc) and not (events and events[0][0] in RESERVES):
+                        pc.give_back(self.cc)
                 else:
                     reply = commands.execute(state, ev)
                 if reply is CLOSE:
@@ -167,14 +179,10 @@ class ProxyServer:
             except OSError:
                 pass
 
-    def _idle(self, ready) -> None:
-        """Wait for the next command; give back a job reserved ahead if it is slow to come."""
-        ready.clear()
-        if pc.has_buffered(self.cc):
-            if ready.wait(BUFFER_HOLD):
-                return
-            pc.give_back(self.cc)
-        ready.wait()
+
+def _drain(server: ProxyServer) -> None:
+    server.commands.draining = True
+    log.info("SIGUSR1: drain mode on, puts through this proxy get DRAINING")
 
 
 def raise_nofile() -> int:
@@ -217,6 +225,7 @@ def serve(listen: str, config) -> None:
     stop = Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)
+    gevent.signal_handler(signal.SIGUSR1, lambda: _drain(server))
     log.info("listening on %s:%d (%d nodes: %s; %d descriptors)", bound[0], bound[1],
              len(cc.nodes), ", ".join(cc.nodes), limit)
     stop.wait()

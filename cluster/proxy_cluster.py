@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from bsclient import ClusterClient
+from bsclient import Client, ClusterClient
 from bsclient.config import NodeAddress
 
 
@@ -59,6 +59,18 @@ def cancel_waits(cc: ClusterClient) -> int:
                 s.lost(conn)
                 cancelled += 1
     return cancelled
+
+
+def holds_jobs(cc: ClusterClient) -> bool:
+    """This greenlet's client holds reserved jobs (handed out, not yet done)."""
+    return any(conn.held for conns in _session(cc).conns.values() for conn in conns)
+
+
+def make_tube(cc: ClusterClient, tube: str) -> None:
+    """Make ``tube`` exist on its owner node: this greenlet's connection there uses it."""
+    pool = cc._pool
+    member = pool.members[cc.node_for(tube)]
+    pool.call(member, Client.use, tube)
 
 
 def has_buffered(cc: ClusterClient) -> bool:

@@ -28,6 +28,7 @@ for a command is INTERNAL_ERROR; a reserve waits on the nodes that remain.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import secrets
@@ -35,7 +36,7 @@ import time
 
 import gevent
 from bsclient import protocol as P
-from bsclient.client import Client, Job
+from bsclient.client import Client, Job, _ms_remove
 from bsclient.errors import (
     BeanstalkError,
     BuriedError,
@@ -52,6 +53,7 @@ from . import proxy_ids
 CLOSE = object()
 VERSION = "1.12"  # the protocol the proxy speaks (stats' version)
 NONE_REACHABLE_RETRY = 0.5  # seconds a reserve waits before asking a dead cluster again
+HOLDING_SLICE = 1  # a client holding jobs waits in slices this long, to see DEADLINE_SOON
 CONN_STATS = ("current-connections", "current-producers", "current-workers",
               "current-waiting", "total-connections")
 MAX_OVER_NODES = frozenset({"binlog-oldest-index", "binlog-current-index", "binlog-max-size",
@@ -85,6 +87,7 @@ class ProxyCommands:
         self.clients: set[ClientState] = set()
         self.total_connections = 0
         self.counts = dict.fromkeys((op for op in _COUNTED), 0)
+        self.draining = False  # SIGUSR1, as beanstalkd: puts get DRAINING
         self.instance_id = secrets.token_hex(8)
         self.started = time.monotonic()
         self.numbers = {}  # node name -> its number in proxy ids
@@ -142,6 +145,8 @@ class ProxyCommands:
     # --- producing ------------------------------------------------------------------
     def _cmd_put(self, c: ClientState, ev: tuple) -> bytes:
         c.producer = True
+        if self.draining:
+            return P.DRAINING
         try:
             handle = self.cc.put(ev[4], ev[1], ev[2], ev[3])
         except NoNodeAvailableError:
@@ -155,14 +160,16 @@ class ProxyCommands:
 
     # --- consuming ------------------------------------------------------------------
     def _cmd_watch(self, c: ClientState, ev: tuple) -> bytes:
-        n = self.cc.watch(ev[1])
-        c.watching = self.cc.watching
-        return b"WATCHING %d\r\n" % n
+        self.cc.watch(ev[1])
+        if ev[1] not in c.watching:
+            c.watching.append(ev[1])
+        return b"WATCHING %d\r\n" % len(c.watching)
 
     def _cmd_ignore(self, c: ClientState, ev: tuple) -> bytes:
-        n = self.cc.ignore(ev[1])
-        c.watching = self.cc.watching
-        return b"WATCHING %d\r\n" % n
+        self.cc.ignore(ev[1])  # NOT_IGNORED for the last one
+        if ev[1] in c.watching:
+            _ms_remove(c.watching, ev[1])  # beanstalkd's order after a removal
+        return b"WATCHING %d\r\n" % len(c.watching)
 
     def _cmd_reserve(self, c: ClientState, ev: tuple) -> bytes:
         return self._reserve(c, None)
@@ -177,8 +184,9 @@ class ProxyCommands:
         try:
             while True:
                 try:
-                    job = self.cc.reserve(timeout)
-                    break
+                    job = self._reserve_once(deadline)
+                    if job is not None:
+                        break
                 except NoNodeAvailableError:
                     # no node can be asked: to the client that is an empty queue
                     left = None if deadline is None else deadline - time.monotonic()
@@ -192,12 +200,28 @@ class ProxyCommands:
             pc.cancel_waits(self.cc)
         return self._found(b"RESERVED", job)
 
+    def _reserve_once(self, deadline: float | None) -> Job | None:
+        """One ClusterClient reserve up to ``deadline`` (None: a slice ended).
+
+        A client holding jobs waits in slices, each of which asks the holding
+        nodes for DEADLINE_SOON first (beanstalkd tells a waiting client when
+        a job it holds nears its TTR)."""
+        timeout = None if deadline is None else max(0, math.ceil(deadline - time.monotonic()))
+        sliced = pc.holds_jobs(self.cc) and (timeout is None or timeout > HOLDING_SLICE)
+        try:
+            return self.cc.reserve(HOLDING_SLICE if sliced else timeout)
+        except TimedOutError:
+            if sliced:
+                return None
+            raise
+
     def _cmd_reserve_job(self, c: ClientState, ev: tuple) -> bytes:
         job = self._job(ev[1])
         if job is None:
             return P.NOT_FOUND
+        reply = self._found(b"RESERVED", self.cc.reserve_job(job))
         c.worker = True
-        return self._found(b"RESERVED", self.cc.reserve_job(job))
+        return reply
 
     # --- by job ---------------------------------------------------------------------
     def _by_job(self, method, ev: tuple, *args):
@@ -248,7 +272,13 @@ class ProxyCommands:
         return b"KICKED %d\r\n" % self.cc.kick(ev[1])
 
     def _cmd_pause_tube(self, c, ev) -> bytes:
-        self.cc.pause_tube(ev[1], ev[2])
+        try:
+            self.cc.pause_tube(ev[1], ev[2])
+        except NotFoundError:
+            if ev[1] not in set(self._local_tubes()):
+                raise
+            pc.make_tube(self.cc, ev[1])  # used or watched here only: make it on its owner
+            self.cc.pause_tube(ev[1], ev[2])
         return P.PAUSED
 
     def _cmd_list_tubes(self, c, ev) -> bytes:
@@ -311,7 +341,7 @@ class ProxyCommands:
             "pid": os.getpid(), "version": f'"{VERSION}"',
             "rusage-utime": _secs(ru.ru_utime), "rusage-stime": _secs(ru.ru_stime),
             "uptime": int(time.monotonic() - self.started),
-            "draining": "true" if merged.get("draining") else "false",
+            "draining": "true" if self.draining or merged.get("draining") else "false",
             "id": self.instance_id, "hostname": u.nodename, "os": u.version,
             "platform": u.machine,
         })

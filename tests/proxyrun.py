@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from differential.pristine import start_pristine_bsnode
@@ -58,8 +59,16 @@ class ProxiedCluster:
         self.nodes: list[Server] = []
         self.proxy: Server | None = None
         try:
-            for _ in range(count):
-                self.nodes.append(start_pristine_bsnode(*node_flags))
+            with ThreadPoolExecutor(count) as pool:  # at once: each start waits on imports
+                futures = [pool.submit(start_pristine_bsnode, *node_flags)
+                           for _ in range(count)]
+            for future in futures:
+                if future.exception() is None:
+                    self.nodes.append(future.result())
+            for future in futures:
+                future.result()  # raise the first failure (started ones are stopped)
+            if "-z" in node_flags:  # the proxy reads the job size limit from the config
+                extra += f"\nmax_job_size = {node_flags[node_flags.index('-z') + 1]}"
             self.config = write_config(tmp / "proxy.toml", [n.port for n in self.nodes], extra)
             self.proxy = start_proxy(self.config)
         except BaseException:
