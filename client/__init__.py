@@ -1,7 +1,8 @@
 """bsclient: clients for beanstalkd-protocol servers and for bscluster.
 
 ``Client`` talks to one server; ``ClusterClient`` shards tubes over many
-independent nodes.  See docs/CLIENT.md.
+independent nodes (docs/CLIENT.md); ``Worker`` runs a handler over their
+jobs (docs/WORKER.md).
 """
 
 from .client import Client, Job
@@ -11,6 +12,7 @@ from .errors import (
     BadFormatError,
     BeanstalkError,
     BuriedError,
+    ConcurrentUseError,
     ConnectionLostError,
     DeadlineSoonError,
     DrainingError,
@@ -27,14 +29,16 @@ from .errors import (
     UnexpectedReplyError,
     UnknownCommandError,
 )
+from .retry import Backoff, Bury, Retry
 from .ring import Ring
+from .worker import Worker
 
 __all__ = [
     "Client", "ClusterClient", "Job", "Ring", "NodeAddress", "ConfigError",
-    "FAILOVER", "FAIL_FAST",
+    "FAILOVER", "FAIL_FAST", "Worker", "Retry", "Bury", "Backoff",
     "BeanstalkError", "ReplyError", "NotFoundError", "BuriedError", "DeadlineSoonError",
     "TimedOutError", "JobTooBigError", "DrainingError", "BadFormatError",
     "UnknownCommandError", "ExpectedCrlfError", "OutOfMemoryError", "InternalError",
-    "NotIgnoredError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
+    "NotIgnoredError", "ConcurrentUseError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
     "UnexpectedReplyError",
 ]

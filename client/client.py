@@ -43,6 +43,7 @@ import operator
 import select
 import socket
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import protocol as p
@@ -401,6 +402,18 @@ class Client:
             return words, body
         raise self._error(words)
 
+    @contextmanager
+    def exclusive(self, timeout: float | None):
+        """Hold this Client for a few commands from another thread, waiting up to
+        ``timeout`` seconds for the thread using it (ConcurrentUseError after)."""
+        if not self._busy.acquire(timeout=-1 if timeout is None else timeout):
+            raise ConcurrentUseError(
+                f"Client for {self.name} stayed busy in another thread for {timeout} s")
+        try:
+            yield self
+        finally:
+            self._busy.release()
+
     # --- one command, reply later (for waiting on many connections) ---------
     def send(self, data: bytes) -> None:
         """Send an encoded command without reading its reply (see ``read_ready``).
@@ -408,6 +421,15 @@ class Client:
         Reconnects first if needed.  The caller must read the reply before
         any other command is sent on this Client.
         """
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError(f"Client for {self.name} is in a command in another "
+                                     f"thread or greenlet")
+        try:
+            self._send_locked(data)
+        finally:
+            self._busy.release()
+
+    def _send_locked(self, data: bytes) -> None:
         sock = self._sock
         if sock is None:
             sock = self._connect()

@@ -53,7 +53,12 @@ from .consume import (  # noqa: F401 - re-exported
     Consumer,
     check_tube,
 )
-from .errors import ConnectionLostError, DrainingError, NoNodeAvailableError, NotFoundError
+from .errors import (
+    ConcurrentUseError,
+    ConnectionLostError,
+    DrainingError,
+    NoNodeAvailableError,
+)
 from .fanout import MAX_TUBE_STATS, NON_ADDITIVE_STATS, merge_stats  # noqa: F401
 from .pool import (  # noqa: F401 - re-exported
     DEFAULT_CONNECT_TIMEOUT,
@@ -67,7 +72,7 @@ from .pool import (  # noqa: F401 - re-exported
     Member,
     NodePool,
 )
-from .ring import Ring
+from .ring import OWNER_CACHE_SIZE, Ring
 
 JobHandle = Job | str
 
@@ -255,9 +260,18 @@ class ClusterClient:
         """
         s = self._pool.session()
         tube = s.using if tube is None else check_tube(tube)
-        order = self._put_order(tube, s)
-        first = self._nodes[order[0]]
-        conn = s.conn(first.name, first.address)
+        route = s.routes.get(tube)  # (ring, owner, connection) of an unspread tube
+        if route is not None and route[0] is self._ring and not route[2].pending:
+            _, first, conn = route
+            order = None
+        else:
+            order = self._put_order(tube, s)
+            first = self._nodes[order[0]]
+            conn = s.conn(first.name, first.address)
+            if tube not in self._spread:
+                if len(s.routes) >= OWNER_CACHE_SIZE:
+                    s.routes.clear()
+                s.routes[tube] = (self._ring, first, conn)
         client = conn.client
         if client.using == tube and first.dead_until == 0.0 and first.draining_until == 0.0:
             try:  # the hot path: one round trip, no health bookkeeping
@@ -266,6 +280,7 @@ class ClusterClient:
                 if self.policy == FAIL_FAST:
                     raise
                 self._pool.drained(first)
+                order = order or self._ring.preference_tuple(tube)
                 return self._put_failover(tube, order, body, priority, delay, ttr,
                                           [f"{first.name}: draining"], skip=first.name)
             except ConnectionLostError as e:
@@ -273,8 +288,10 @@ class ClusterClient:
                 s.lost(conn)
                 if e.sent or self.policy == FAIL_FAST:
                     raise NoNodeAvailableError(first.name, str(e), sent=e.sent) from e
+                order = order or self._ring.preference_tuple(tube)
                 return self._put_failover(tube, order, body, priority, delay, ttr,
                                           [f"{first.name}: {e}"], skip=first.name)
+        order = order or self._put_order(tube, s)
         return self._put_failover(tube, order, body, priority, delay, ttr, [])
 
     def _put_order(self, tube: str, s) -> tuple[str, ...]:
@@ -405,31 +422,55 @@ class ClusterClient:
         return node, job_id
 
     def _by_job(self, fn: Callable, job: JobHandle, *args, done: bool = False):
-        """``fn`` on the connection that reserved the job (any, if none of ours did).
+        """``fn`` on the connection that reserved the job: this thread's, or another
+        thread's (then it waits up to ``op_timeout`` for that thread to be out of
+        its own command); any of this thread's if no thread of ours reserved it.
 
-        ``done``: the command ends our reservation (delete, release, bury).
+        ``done``: the command ends the reservation (delete, release, bury).
         """
         node, job_id = self._locate(job)
         pool = self._pool
         s = pool.session()
         conn = s.holder(node.name, job_id)
-        conn = s.ready(conn) if conn is not None else pool.conn(node)
-        try:
-            result = pool.call_on(node, conn, fn, job_id, *args)
-        except NotFoundError:
-            if conn.held.pop(job_id, None) is None and self._held_elsewhere(node.name, job_id):
-                raise NotFoundError(
-                    f"NOT_FOUND: job {node.name}/{job_id} was reserved by another thread or "
-                    f"greenlet; a reserved job can only be touched, released, buried or "
-                    f"deleted from the thread that reserved it") from None
-            raise
-        if done:
+        if conn is not None:
+            result = pool.call_on(node, s.ready(conn), fn, job_id, *args)
+        else:
+            owner = self._holder_elsewhere(node.name, job_id)
+            if owner is None:
+                result = pool.call(node, fn, job_id, *args)
+            else:
+                conn = owner
+                result = self._call_foreign(node, conn, fn, job_id, *args)
+        if done and conn is not None:
             conn.held.pop(job_id, None)
         return result
 
-    def _held_elsewhere(self, name: str, job_id: int) -> bool:
+    def _holder_elsewhere(self, name: str, job_id: int):
         me = self._pool.session()
-        return any(s.holds(name, job_id) for s in self._pool.sessions() if s is not me)
+        for s in self._pool.sessions():
+            if s is not me:
+                conn = s.holder(name, job_id)
+                if conn is not None:
+                    return conn
+        return None
+
+    def _call_foreign(self, node: Member, conn, fn: Callable, *args):
+        """``fn`` on another thread's connection, while that thread is not using it."""
+        pool = self._pool
+        with conn.client.exclusive(pool.op_timeout):
+            if conn.pending:
+                raise ConcurrentUseError(
+                    f"job {node.name}/{args[0]}: the thread that reserved it is waiting for "
+                    f"a reserve on that connection; touch, release, bury or delete it from "
+                    f"that thread")
+            try:
+                result = fn(conn.client, *args)
+            except ConnectionLostError as e:
+                pool.failed(node, hung=isinstance(e, TimeoutError))
+                conn.held.clear()  # the node released them; the owner's next use
+                conn.watch_gen = -1  # reconnects and sends its watch list again
+                raise NoNodeAvailableError(node.name, str(e), sent=e.sent) from e
+        return result
 
     def delete(self, job: JobHandle) -> None:
         self._by_job(Client.delete, job, done=True)

@@ -23,6 +23,11 @@ waits with ``select.poll`` (gevent's cooperative one when gevent has patched
   or a ring change) are polled with ``reserve-with-timeout 0`` every
   ``SWEEP_SECONDS``, and on every round while they keep giving jobs
   (``Session.warm``), so a backlog there drains at full speed;
+* ``reserve(timeout=0)`` polls (``reserve-with-timeout 0``) the likely
+  nodes first - hot ones not found empty in the last ``SWEEP_SECONDS``,
+  ones that just gave a job, cold ones when their sweep is due - and only if
+  none had a job every other node not asked yet, so a backlog on one node
+  costs about one command per job, and "no job" means every node was asked;
 * a reserve still in flight when the call returns stays in flight; the next
   call reuses it.  If it answers RESERVED meanwhile, the job is *buffered*
   (reserved by the client, not yet by the caller) and handed out by the next
@@ -49,6 +54,7 @@ from . import protocol as p
 from .client import DEFAULT_TUBE, Client, Job
 from .errors import (
     BadFormatError,
+    ConcurrentUseError,
     ConnectionLostError,
     DeadlineSoonError,
     NoNodeAvailableError,
@@ -63,8 +69,9 @@ from .session import Conn, Session
 HOT_WAIT = 20  # seconds one blocking reserve on a hot node may last
 SWEEP_SECONDS = 0.5  # cold nodes are polled this often by a waiting consumer
 HOLD_TOUCH_AFTER = 0.5  # a buffered job older than this is touched before it is handed out
-POLL_GRACE = 1.0  # seconds past the deadline a call waits for polls still unanswered
+POLL_GRACE = 0.5  # seconds past the deadline a call waits for polls still unanswered
 MAX_WAKE = 1.0  # the wait loop looks at deadlines and health at least this often
+WAIT, LIKELY, REST = "wait", "likely", "rest"  # what a round of reserves is for
 
 
 def check_tube(tube: str) -> str:
@@ -116,6 +123,7 @@ class Consumer:
         """Reserves in flight were sent with the old list: end them."""
         s.watch_gen += 1
         s.warm.clear()
+        s.empty_at.clear()
         for conns in s.conns.values():
             for conn in conns:
                 if conn.pending:
@@ -133,29 +141,54 @@ class Consumer:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0 (None waits forever)")
         s = self.pool.session()
-        start = self.clock()
-        deadline = None if timeout is None else start + math.ceil(timeout)
-        poll_only = deadline == start  # timeout 0: ask every node once, wait for all
-        polls: set[Conn] = set()  # zero-wait reserves of this call not answered yet
+        if timeout is not None and math.ceil(timeout) == 0:
+            return self._poll_every_node(s)
+        return self._wait(s, None if timeout is None else self.clock() + math.ceil(timeout))
+
+    def _wait(self, s: Session, deadline: float | None) -> Job:
+        """Block on the hot nodes, sweep the cold ones, until a job or the deadline."""
+        polls: set[Conn] = set()  # zero-wait reserves not answered yet
         first = True
         soon = False
         while True:
+            job = self._hand_out(s)
+            if job is not None:
+                return job
             now = self.clock()
-            settling = poll_only and not first and polls and now < deadline + POLL_GRACE
-            if not settling:
-                job = self._hand_out(s)
-                if job is not None:
-                    return job
-                if not first:
-                    if soon:
-                        raise DeadlineSoonError()
-                    if deadline is not None and now >= deadline and (
-                            not polls or now >= deadline + POLL_GRACE):
-                        raise TimedOutError()
+            if not first:
+                if soon:
+                    raise DeadlineSoonError()
+                if deadline is not None and now >= deadline and (
+                        not polls or now >= deadline + POLL_GRACE):
+                    raise TimedOutError()
             if first or deadline is None or now < deadline:
-                self._send_round(s, now, deadline, first, polls)
+                secs = HOT_WAIT if deadline is None else min(
+                    HOT_WAIT, max(1, math.ceil(deadline - now)))
+                self._send_round(s, WAIT, first, polls, secs=secs)
             first = False
             soon = self._collect(s, self._wake_at(s, now, deadline, polls), polls) or soon
+
+    def _poll_every_node(self, s: Session) -> Job:
+        """``reserve(timeout=0)``: the likely nodes first, then, if none had a job,
+        every other node not asked yet; every answer of a phase is waited for
+        (POLL_GRACE at most), so the nodes that had jobs take turns."""
+        start = self.clock()
+        polls: set[Conn] = set()
+        asked: set[str] = set()
+        soon = self._collect(s, start, polls)  # answers already in
+        for mode in (LIKELY, REST):
+            job = self._hand_out(s)
+            if job is not None:
+                return job
+            self._send_round(s, mode, mode == LIKELY, polls, asked=asked)
+            while polls and self.clock() < start + POLL_GRACE:  # all answers: fair turns
+                soon = self._collect(s, start + POLL_GRACE, polls) or soon
+        job = self._hand_out(s)
+        if job is not None:
+            return job
+        if soon:
+            raise DeadlineSoonError()
+        raise TimedOutError()
 
     def _hand_out(self, s: Session) -> Job | None:
         """The next buffered job still ours, nodes taking turns (touched if held long)."""
@@ -176,24 +209,21 @@ class Consumer:
             return job
         return None
 
-    def _send_round(self, s: Session, now: float, deadline: float | None, first: bool,
-                    polls: set[Conn]) -> None:
-        """Send the reserves this round needs: block on hot nodes, poll cold ones."""
+    def _send_round(self, s: Session, mode: str, first: bool, polls: set[Conn], *,
+                    secs: int = 0, asked: set[str] | None = None) -> None:
+        """Send the reserves this round needs (see ``_send_node``)."""
         pool = self.pool
+        now = self.clock()
         live = pool.live()
         hot = self.hot_nodes(s.watching)
-        zero = deadline is not None and deadline <= now
-        if deadline is None:
-            secs = HOT_WAIT
-        else:
-            secs = min(HOT_WAIT, max(1, math.ceil(deadline - now)))
-        sweep = zero or now >= s.next_sweep
+        sweep = mode != REST and now >= s.next_sweep
         if sweep:
             s.next_sweep = now + SWEEP_SECONDS
         failed = 0
         for member in live:
             try:
-                self._send_node(s, member, member.name in hot, secs, zero, sweep, first, polls)
+                self._send_node(s, member, mode, member.name in hot, sweep, first, polls,
+                                secs, asked)
             except NoNodeAvailableError:
                 if pool.policy == FAIL_FAST:
                     raise
@@ -202,25 +232,50 @@ class Consumer:
                 c.pending for conns in s.conns.values() for c in conns):
             pool.raise_none_available()
 
-    def _send_node(self, s: Session, member: Member, hot: bool, secs: int, zero: bool,
-                   sweep: bool, first: bool, polls: set[Conn]) -> None:
-        conns = s.conns.get(member.name, ())
+    def _send_node(self, s: Session, member: Member, mode: str, hot: bool, sweep: bool,
+                   first: bool, polls: set[Conn], secs: int, asked: set[str] | None) -> None:
+        """What one node gets this round.
+
+        WAIT: a blocking reserve if hot, a poll if cold and the sweep is due
+        or it just gave a job.  LIKELY (timeout 0, first): a poll if hot and
+        not found empty in the last sweep period, or it just gave a job, or
+        the sweep is due.  REST: a poll for every node not asked yet.  A node
+        with a reserve in flight is never sent another.
+        """
+        name = member.name
+        conns = s.conns.get(name, ())
         if first:  # DEADLINE_SOON, and ready jobs, on connections holding ours
             for conn in list(conns):
                 if conn.held and not conn.pending:
-                    self._send(s, member, conn, 0)
+                    try:
+                        self._send(s, member, conn, 0)
+                    except ConcurrentUseError:
+                        continue  # another thread is touching one of its jobs
                     polls.add(conn)
-        if any(conn.pending for conn in conns):
-            return  # already waiting there
-        if hot and not zero:
-            conn = s.free(member.name, member.address)
+        pending = [conn for conn in conns if conn.pending]
+        if pending:
+            if asked is not None:
+                asked.add(name)
+                # a poll still unanswered (from an earlier call) is waited for;
+                # a blocking reserve would have answered already if a job were there
+                polls.update(conn for conn in pending if conn.secs == 0)
+            return
+        if mode == WAIT and hot:
+            conn = s.free(name, member.address)
             if conn is not None:
                 self._send(s, member, conn, secs)
                 return
-        if zero or sweep or member.name in s.warm:
-            conn = s.conn(member.name, member.address)
+        if mode == REST:
+            wanted = name not in asked
+        else:
+            recently_empty = self.clock() - s.empty_at.get(name, -1e18) < SWEEP_SECONDS
+            wanted = sweep or name in s.warm or (mode == LIKELY and hot and not recently_empty)
+        if wanted:
+            conn = s.conn(name, member.address)
             self._send(s, member, conn, 0)
             polls.add(conn)
+            if asked is not None:
+                asked.add(name)
 
     def _send(self, s: Session, member: Member, conn: Conn, secs: int) -> None:
         """Send (pipelined) the watch list changes and ``reserve-with-timeout secs``."""
@@ -240,6 +295,7 @@ class Consumer:
             raise NoNodeAvailableError(member.name, str(e), sent=False) from e
         op = self.pool.op_timeout
         conn.pending = True
+        conn.secs = secs
         conn.skip = skip
         conn.due = self.clock() + secs + (op if op is not None else 1e9)
 
@@ -248,7 +304,7 @@ class Consumer:
         wake = now + MAX_WAKE
         if deadline is not None:
             wake = min(wake, deadline + POLL_GRACE if deadline <= now and polls else deadline)
-        if s.conns and (deadline is None or deadline > now):
+        if deadline is None or deadline > now:
             wake = min(wake, s.next_sweep)
         for conns in s.conns.values():
             for conn in conns:
@@ -297,10 +353,12 @@ class Consumer:
         for word in words:
             if word == "RESERVED":
                 s.warm.add(name)  # asked again next round, hot or not
+                s.empty_at.pop(name, None)
                 if member is not None and member.failures:
                     self.pool.ok(member)
             elif word == "TIMED_OUT":
                 s.warm.discard(name)
+                s.empty_at[name] = self.clock()
         return "DEADLINE_SOON" in words
 
 

@@ -192,7 +192,8 @@ class NodePool:
     def call_on(self, member: Member, conn: Conn, fn: Callable, *args):
         """``call`` on a given connection of this thread's session."""
         try:
-            result = fn(conn.client, *args)
+            with conn.client.exclusive(self.op_timeout):  # another thread may be touching
+                result = fn(conn.client, *args)
         except ConnectionLostError as e:
             self.failed(member, hung=isinstance(e, SocketTimeoutError))
             self.session().lost(conn)

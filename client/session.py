@@ -3,10 +3,12 @@
 How this works
 --------------
 A beanstalkd connection carries state (the used tube, the watch list, the
-jobs it reserved), so connections are never shared between threads: each
-thread, or greenlet under gevent's monkey-patching (``threading.local`` is
-greenlet-local then), gets its own ``Session`` from the ``NodePool``.  Two
-threads that ``use`` different tubes therefore never put into each other's.
+jobs it reserved), so each thread, or greenlet under gevent's
+monkey-patching (``threading.local`` is greenlet-local then), gets its own
+``Session`` from the ``NodePool``.  Two threads that ``use`` different tubes
+therefore never put into each other's.  The one exception: a command on a
+job another thread reserved goes on that thread's connection (the node
+only accepts it there), holding the Client's lock (``Client.exclusive``).
 
 Per node a session keeps a short list of ``Conn`` (at most
 ``MAX_CONNS_PER_NODE``), each one ``Client`` plus what the multiplexed
@@ -42,6 +44,7 @@ class Conn:
 
     client: Client
     pending: bool = False  # a reserve is in flight
+    secs: int = 0  # its wait (0: a poll)
     due: float = 0.0  # its reply is overdue after this (clock time): the node hangs
     skip: int = 0  # WATCHING replies to read before the reserve's own
     watch_gen: int = -1  # the session watch list last sent on it
@@ -59,9 +62,11 @@ class Session:
         self.watching = list(watch)
         self.watch_gen = 0
         self.buffer: deque[tuple[Job, Conn, float]] = deque()
-        self.warm: set[str] = set()  # non-hot nodes that just gave a job: asked every round
+        self.warm: set[str] = set()  # nodes that just gave a job: asked every round
+        self.empty_at: dict[str, float] = {}  # when a node last had no job for us
         self.next_sweep = 0.0  # when the non-hot nodes are asked next
         self.put_turn = 0  # rotation over a spread tube's nodes
+        self.routes: dict[str, tuple] = {}  # tube -> (ring, owner, connection): put's cache
         self.last_node = -1  # index of the node the last handed-out job came from
 
     # --- connections ----------------------------------------------------------
@@ -181,6 +186,12 @@ class Session:
     def give_back(self) -> int:
         """Return buffered jobs to their nodes by closing the connections that hold
         nothing else (the node keeps each job's priority); how many were returned."""
+        for conns in self.conns.values():
+            for conn in conns:
+                if conn.pending and conn.secs == 0:
+                    self.settle(conn)  # a poll: its answer is on its way
+                elif conn.pending and not conn.held:
+                    self.lost(conn)  # closing cancels a blocking reserve
         returned = 0
         for conn in {id(c): c for _, c, _ in self.buffer}.values():
             mine = [job.id for job, c, _ in self.buffer if c is conn]
@@ -193,6 +204,7 @@ class Session:
         return self.holder(name, job_id) is not None
 
     def forget(self, name: str) -> None:
+        self.routes.clear()
         for conn in self.conns.pop(name, ()):
             conn.client.close()
         self.buffer = deque(b for b in self.buffer if b[0].node != name)

@@ -514,8 +514,10 @@ cli.add_command(web)
 cli.add_command(proxy)
 
 from .bench import bench  # noqa: E402
+from .work import work  # noqa: E402
 
 cli.add_command(bench)
+cli.add_command(work)
 
 
 def main() -> None:

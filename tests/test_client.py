@@ -6,7 +6,9 @@ doubles as a check that bsnode answers as beanstalkd does.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -28,6 +30,7 @@ from bsclient import (
     TimedOutError,
     UnknownCommandError,
 )
+from bsclient.client import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL
 from servers import HAVE_BEANSTALKD, free_port, start, start_bsnode
 
 pytestmark = pytest.mark.integration
@@ -366,3 +369,17 @@ def test_works_under_gevent_monkey_patching(server):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_every_connection_has_tcp_keepalive(client):
+    client.stats()  # connected
+    probe = socket.socket(fileno=os.dup(client.fileno()))  # the same socket, another fd
+    try:
+        assert probe.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+            assert probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == \
+                KEEPALIVE_INTERVAL
+            assert probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT
+    finally:
+        probe.close()  # the duplicate only

@@ -220,6 +220,12 @@ def test_node_killed_and_restarted_loses_no_job(tmp_path):
         consumers = Consumers(nodes, tubes, 2, **kw)
         producers = run_threads([lambda p=p: produce(p) for p in range(n_producers)])
         wait_for(lambda: consumers.count() >= 800, RUN_DEADLINE, "consumers under way")
+        # jobs node2 certainly still has when it dies (consumers may keep up with
+        # the producers, and the producers may be done before the restart)
+        with Client(nodes["node2"], use=tubes[0]) as c:
+            for i in range(5):
+                c.put(f"late-{i}".encode(), delay=2)
+                expected.add(f"late-{i}".encode())
         victim = servers[1]
         victim.kill()
         killed_at = time.monotonic()

@@ -6,9 +6,11 @@ import bisect
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from bsclient import ClusterClient
@@ -136,3 +138,19 @@ def test_invalid_rings_are_refused():
         Ring(["node/1"])
     with pytest.raises(ValueError):
         Ring({"node1": 0})
+
+
+def test_the_docs_example_names_the_node_emails_really_lands_on():
+    # docs/CLIENT.md's ten-line example prints a handle for "emails" on 4 nodes
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "CLIENT.md").read_text()
+    m = re.search(r'cc\.put\(f"hello \{i\}"\.encode\(\)\)\)\s+# -> "(node\d+)/1"', doc)
+    assert m, "the example's handle comment is gone from docs/CLIENT.md"
+    assert Ring(NODES4).node_for("emails") == m.group(1)
+    assert f'"emails" lands on {m.group(1)}' in doc
+
+
+def test_preference_tuple_is_preference_cached():
+    ring = Ring(NODES4)
+    for tube in TUBES[:200]:
+        assert list(ring.preference_tuple(tube)) == ring.preference(tube)
+        assert ring.preference_tuple(tube) is ring.preference_tuple(tube)

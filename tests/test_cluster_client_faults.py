@@ -1,0 +1,148 @@
+"""ClusterClient with a hung node (SIGSTOP) and a draining node (SIGUSR1), on real nodes.
+
+A SIGSTOPped node keeps its socket: connects succeed (the kernel accepts),
+nothing is ever answered, nothing is reset.  Every test here SIGCONTs it in
+teardown before the node is killed.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from contextlib import contextmanager
+
+import pytest
+from bsclient import Client, ClusterClient, NoNodeAvailableError, TimedOutError
+from test_cluster_client import running_nodes, tube_owned_by, wait_until
+
+pytestmark = pytest.mark.integration
+OP_TIMEOUT = 1.0
+
+
+@contextmanager
+def stopped(server):
+    server.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def cluster3():
+    with running_nodes(3) as (servers, nodes):
+        try:
+            yield servers, nodes
+        finally:
+            for s in servers:  # never leave a stopped process behind
+                if s.proc.poll() is None:
+                    s.signal(signal.SIGCONT)
+
+
+def timed(fn):
+    started = time.monotonic()
+    result = fn()
+    return result, time.monotonic() - started
+
+
+def test_a_hung_node_does_not_slow_tubes_owned_by_others(cluster3):
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        t1, t3 = tube_owned_by(cc, "node1"), tube_owned_by(cc, "node3")
+        for t in (t1, t3):
+            cc.watch(t)
+        cc.ignore("default")
+        with stopped(servers[1]):
+            slowest = 0.0
+            for i in range(200):
+                handle, took = timed(lambda i=i: cc.put(b"%d" % i, tube=(t1, t3)[i % 2]))
+                assert handle.split("/")[0] in ("node1", "node3")
+                slowest = max(slowest, took)
+                job, took2 = timed(lambda: cc.reserve(timeout=2))
+                cc.delete(job)
+                slowest = max(slowest, took2)
+            # no call waited for the hung node (each is a round trip or two)
+            assert slowest < 0.5
+            assert cc.stats()["nodes-unavailable"] == ["node2"]
+
+
+def test_a_put_whose_owner_hangs_fails_over_within_the_op_timeout(cluster3):
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        tube = tube_owned_by(cc, "node2")
+        with stopped(servers[1]):
+            handle, took = timed(lambda: cc.put(b"first", tube=tube))
+            # `use` was not answered: the put itself was never sent, so it moved on
+            assert handle.split("/")[0] == cc.ring.preference(tube)[1]
+            assert took < OP_TIMEOUT + 1.0
+            assert "node2" in cc.dead_nodes()
+            handle, took = timed(lambda: cc.put(b"second", tube=tube))
+            assert handle.split("/")[0] != "node2" and took < 0.5  # no second wait
+
+
+def test_a_put_sent_to_a_node_that_then_hangs_says_it_was_sent(cluster3):
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        tube = tube_owned_by(cc, "node2")
+        cc.put(b"warm", tube=tube)  # the connection now uses the tube
+        with stopped(servers[1]):
+            started = time.monotonic()
+            with pytest.raises(NoNodeAvailableError) as err:
+                cc.put(b"maybe", tube=tube)
+            assert time.monotonic() - started < OP_TIMEOUT + 1.0
+            assert err.value.sent is True and err.value.node == "node2"
+
+
+def test_reserve_on_a_hung_owner_keeps_its_timeout(cluster3):
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        tube = tube_owned_by(cc, "node2")
+        cc.watch(tube)
+        with stopped(servers[1]):
+            for timeout in (0, 1, 2):
+                started = time.monotonic()
+                with pytest.raises(TimedOutError):
+                    cc.reserve(timeout=timeout)
+                assert time.monotonic() - started < timeout + 1.0
+        # back: its jobs are reserved again
+        with Client(nodes["node2"], use=tube) as c:
+            c.put(b"after")
+        job = cc.reserve(timeout=OP_TIMEOUT + 12)  # after the dead timeout at worst
+        assert job.body == b"after"
+        cc.delete(job)
+
+
+def test_a_blocked_reserve_returns_a_job_from_a_healthy_node_while_another_hangs(cluster3):
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        t1, t2 = tube_owned_by(cc, "node1"), tube_owned_by(cc, "node2")
+        cc.watch(t1)
+        cc.watch(t2)
+        with pytest.raises(TimedOutError):
+            cc.reserve(timeout=0)  # every node asked: connections are up
+        with stopped(servers[1]):
+            with Client(nodes["node1"], use=t1) as c:
+                c.put(b"healthy")
+            job, took = timed(lambda: cc.reserve(timeout=5))
+            assert job.body == b"healthy" and took < 0.5
+            cc.delete(job)
+
+
+def test_a_draining_node_sends_puts_to_the_next_node_and_still_gets_emptied(cluster3):
+    servers, nodes = cluster3
+    with ClusterClient(nodes) as cc:
+        tube = tube_owned_by(cc, "node1")
+        cc.watch(tube)
+        before = [cc.put(b"before-%d" % i, tube=tube) for i in range(3)]
+        assert {h.split("/")[0] for h in before} == {"node1"}
+        servers[0].signal(signal.SIGUSR1)
+        with Client(nodes["node1"]) as c:
+            wait_until(lambda: c.stats()["draining"], what="node1 draining")
+        after = [cc.put(b"after-%d" % i, tube=tube) for i in range(3)]
+        assert {h.split("/")[0] for h in after} == {cc.ring.preference(tube)[1]}
+        got = set()
+        for _ in range(6):
+            job = cc.reserve(timeout=5)
+            got.add(job.body)
+            cc.delete(job)
+        assert got == {b"before-%d" % i for i in range(3)} | {b"after-%d" % i for i in range(3)}
