@@ -16,6 +16,10 @@ what a server needs and a library caller does not:
   so no node hands a job to a proxy client that is no longer waiting;
 * ``has_buffered`` / ``give_back`` deal with a second job the multiplexed
   reserve got ahead of the client;
+* ``by_job`` runs a by-job command on *this* greenlet's connections only:
+  ClusterClient lets one thread act on a job another thread reserved (it
+  borrows that thread's connection), but a proxy client, like a beanstalkd
+  connection, must get NOT_FOUND for a job another client holds;
 * ``per_node`` runs a ``Client`` method on every live node (list-tubes in
   each node's own order).
 
@@ -59,6 +63,21 @@ def cancel_waits(cc: ClusterClient) -> int:
                 s.lost(conn)
                 cancelled += 1
     return cancelled
+
+
+def by_job(cc: ClusterClient, fn: Callable, name: str, job_id: int, *args, done: bool = False):
+    """``fn(client, job_id, *args)`` on node ``name``, on the connection of this
+    greenlet that reserved the job, else any of this greenlet's to that node.
+    ``done``: the command ends the reservation (delete, release, bury)."""
+    pool = cc._pool
+    member = pool.members[name]
+    s = pool.session()
+    conn = s.holder(name, job_id)
+    conn = s.ready(conn) if conn is not None else pool.conn(member)
+    result = pool.call_on(member, conn, fn, job_id, *args)
+    if done:
+        conn.held.pop(job_id, None)
+    return result
 
 
 def holds_jobs(cc: ClusterClient) -> bool:

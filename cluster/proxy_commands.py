@@ -224,37 +224,37 @@ class ProxyCommands:
         return reply
 
     # --- by job ---------------------------------------------------------------------
-    def _by_job(self, method, ev: tuple, *args):
-        job = self._job(ev[1])
-        if job is None:
+    def _by_job(self, fn, ev: tuple, *args, done: bool = False):
+        where = proxy_ids.decode(ev[1])
+        if where is None or where[0] not in self.numbers:
             raise NotFoundError()
-        return method(job, *args)
+        return pc.by_job(self.cc, fn, where[0], where[1], *args, done=done)
 
     def _cmd_delete(self, c, ev) -> bytes:
-        self._by_job(self.cc.delete, ev)
+        self._by_job(Client.delete, ev, done=True)
         return P.DELETED
 
     def _cmd_release(self, c, ev) -> bytes:
-        self._by_job(self.cc.release, ev, ev[2], ev[3])
+        self._by_job(Client.release, ev, ev[2], ev[3], done=True)
         return P.RELEASED
 
     def _cmd_bury(self, c, ev) -> bytes:
-        self._by_job(self.cc.bury, ev, ev[2])
+        self._by_job(Client.bury, ev, ev[2], done=True)
         return P.BURIED
 
     def _cmd_touch(self, c, ev) -> bytes:
-        self._by_job(self.cc.touch, ev)
+        self._by_job(Client.touch, ev)
         return P.TOUCHED
 
     def _cmd_kick_job(self, c, ev) -> bytes:
-        self._by_job(self.cc.kick_job, ev)
+        self._by_job(Client.kick_job, ev)
         return P.KICKED
 
     def _cmd_peek(self, c, ev) -> bytes:
-        return self._found(b"FOUND", self._by_job(self.cc.peek, ev))
+        return self._found(b"FOUND", self._by_job(Client.peek, ev))
 
     def _cmd_stats_job(self, c, ev) -> bytes:
-        stats = self._by_job(self.cc.stats_job, ev)
+        stats = self._by_job(Client.stats_job, ev)
         stats["id"] = ev[1]
         return _yaml(stats.items())
 
