@@ -50,6 +50,8 @@ from bscluster.config import (
     load_config,
     parse_listen,
 )
+from bscluster.proxy_burst import KINDS as BURST_KINDS
+from bscluster.proxy_burst import MAX_BURST, Burst
 from bscluster.proxy_commands import CLOSE, ProxyCommands
 from gevent.event import Event
 from gevent.server import StreamServer
@@ -75,6 +77,7 @@ class ProxyServer:
         self.cc = cc
         self.max_job_size = max_job_size
         self.commands = ProxyCommands(cc, max_job_size)
+        self.burst = Burst(self.commands)
         self.server = None
 
     def start(self, host: str, port: int) -> tuple[str, int]:
@@ -140,6 +143,12 @@ class ProxyServer:
                 if ev is _EOF:
                     break
                 op = ev[0]
+                kind = BURST_KINDS.get(op)
+                if kind is not None:
+                    ev = self._burst(state, kind, ev, events, out)
+                    if ev is None:
+                        continue
+                    op = ev[0]
                 if op in RESERVES:
                     if out:  # answer what came before, then wait
                         sock.sendall(b"".join(out))
@@ -178,6 +187,21 @@ class ProxyServer:
                 sock.close()
             except OSError:
                 pass
+
+
+    def _burst(self, state, kind: str, ev: tuple, events: deque, out: list):
+        """Answer a run of ``kind`` commands in one node exchange; the first command
+        left unanswered (the rest go back to the queue), or None."""
+        run = [ev]
+        while events and len(run) < MAX_BURST and BURST_KINDS.get(events[0][0]) == kind:
+            run.append(events.popleft())
+        replies = self.burst.run(state, kind, run)
+        out.extend(replies)
+        rest = run[len(replies):]
+        if not rest:
+            return None
+        events.extendleft(reversed(rest[1:]))
+        return rest[0]
 
 
 def _drain(server: ProxyServer) -> None:
