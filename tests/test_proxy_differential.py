@@ -52,6 +52,10 @@ DIFFERENT: dict[str, tuple[str, tuple[int, ...]]] = {
         "priority is exact within a node; tubes on different nodes take turns, so a "
         "less urgent job on one node can come before a more urgent one on another "
         "(docs/CLIENT.md, \"Reserve semantics\")", (201, 203, 205)),
+    "pause-tube-ends": (
+        "pause-tube goes to every node that has the tube and each ends the pause by its "
+        "own clock; just when it ends, a node that has not yet reset it still reports "
+        "pause: 1 (stats-tube takes the largest)", (50,)),
     "pause-tube-empty-tube-disappears": (_KEPT, (127, 131)),
     "tube-kept-by-jobs": (_KEPT, (238, 240)),
     "tube-kept-by-buried-and-delayed": (_KEPT, (269,)),
