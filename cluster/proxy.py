@@ -2,20 +2,20 @@
 
 How this works
 --------------
-A gevent ``StreamServer`` accepts beanstalkd clients (any language) and
-gives each connection two greenlets:
+A gevent ``StreamServer`` accepts beanstalkd clients (any language):
 
-* the *reader* reads what the client sends, cuts it into commands with the
-  node's own codec (``CommandReader``) and queues them; it keeps reading
-  while a command waits (so a hang-up during a reserve is seen at once) and
-  stops once ``BACKLOG`` commands are queued and unrun;
-* the *worker* (the connection's own greenlet, so the shared
-  ``ClusterClient`` gives it its own session: node connections, used tube,
-  watch list, held jobs) runs the commands in order through
-  ``ProxyCommands`` and answers a pipelined burst with one send.
+* the connection's own greenlet (so the shared ``ClusterClient`` gives it
+  its own session: node connections, used tube, watch list, held jobs)
+  reads what the client sends, cuts it into commands with the node's own
+  codec (``CommandReader``), runs them in order through ``ProxyCommands``
+  (runs of one kind through ``proxy_burst``) and answers what one read
+  brought with one send;
+* while a reserve waits, a *watcher* greenlet keeps reading, so a hang-up
+  is seen at once (and commands sent meanwhile are queued, up to
+  ``BACKLOG``).
 
-When the client hangs up, the reader interrupts a worker blocked in a
-reserve; the worker then closes its node connections, so every job the
+When the client hangs up, the watcher interrupts the reserve; the
+connection's greenlet then closes its node connections, so every job the
 client had reserved goes back to ready at once, as with one beanstalkd.
 
 A job the multiplexed reserve got ahead of the client (two nodes answered
@@ -70,6 +70,50 @@ class ClientGone(BaseException):
     """The client hung up while its worker waited in a reserve."""
 
 
+class _Conn:
+    """A client socket read by its own greenlet, and by a watcher while it waits."""
+
+    __slots__ = ("sock", "codec", "events", "eof")
+
+    def __init__(self, sock, codec: CommandReader) -> None:
+        self.sock = sock
+        self.codec = codec
+        self.events: deque = deque()
+        self.eof = False
+
+    def read(self) -> bool:
+        """Read once and queue the commands; False at end of stream."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.events.extend(self.codec.feed(data))
+        return True
+
+    def waiting(self, fn, *args):
+        """``fn(*args)`` (a reserve) while a watcher keeps reading: commands sent
+        meanwhile are queued (up to BACKLOG), and a hang-up raises ClientGone here."""
+        me = gevent.getcurrent()
+
+        def watch() -> None:
+            while len(self.events) < BACKLOG and self.read():
+                pass
+            if self.eof:
+                me.kill(ClientGone, block=False)
+
+        watcher = None if self.eof else gevent.spawn(watch)
+        try:
+            if self.eof:  # hung up before this reserve began: it ends at once
+                gevent.get_hub().loop.run_callback(lambda: me.kill(ClientGone, block=False))
+            return fn(*args)
+        finally:
+            if watcher is not None:
+                watcher.kill()  # at once: it waits in recv, which the next read needs
+
+
 class ProxyServer:
     """The listening socket and one handler per client connection."""
 
@@ -96,36 +140,8 @@ class ProxyServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         commands = self.commands
         state = commands.opened()
-        events: deque = deque()
-        ready, room = Event(), Event()
-        me = gevent.getcurrent()
-        flags = {"reserving": False, "eof": False}
-        hub = gevent.get_hub()
-
-        def read() -> None:
-            codec = CommandReader(self.max_job_size)
-            try:
-                while True:
-                    if len(events) >= BACKLOG:
-                        room.clear()
-                        room.wait()
-                        continue
-                    data = sock.recv(RECV_SIZE)
-                    if not data:
-                        break
-                    evs = codec.feed(data)
-                    if evs:
-                        events.extend(evs)
-                        ready.set()
-            except OSError:
-                pass
-            events.append(_EOF)
-            flags["eof"] = True
-            ready.set()
-            if flags["reserving"]:
-                me.kill(ClientGone, block=False)
-
-        reader = gevent.spawn(read)
+        conn = _Conn(sock, CommandReader(self.max_job_size))
+        events = conn.events
         out: list[bytes] = []
         held = 0
         try:
@@ -134,14 +150,10 @@ class ProxyServer:
                     if out:
                         sock.sendall(b"".join(out))
                         out, held = [], 0
-                    ready.clear()
-                    ready.wait()
+                    if conn.eof or not conn.read():
+                        break
                     continue
                 ev = events.popleft()
-                if len(events) < BACKLOG:
-                    room.set()
-                if ev is _EOF:
-                    break
                 op = ev[0]
                 kind = BURST_KINDS.get(op)
                 if kind is not None:
@@ -153,17 +165,11 @@ class ProxyServer:
                     if out:  # answer what came before, then wait
                         sock.sendall(b"".join(out))
                         out, held = [], 0
-                    flags["reserving"] = True
-                    if flags["eof"]:  # hung up before this reserve began: it ends at once
-                        hub.loop.run_callback(lambda: flags["reserving"] and me.kill(
-                            ClientGone, block=False))
                     try:
-                        reply = commands.execute(state, ev)
+                        reply = conn.waiting(commands.execute, state, ev)
                     except ClientGone:
                         out.append(TIMED_OUT)  # beanstalkd's answer to a FIN while waiting
                         break
-                    finally:
-                        flags["reserving"] = False
                     if pc.has_buffered(self.cc) and not (events and events[0][0] in RESERVES):
                         pc.give_back(self.cc)
                 else:
@@ -181,13 +187,11 @@ class ProxyServer:
         except (ClientGone, OSError):
             pass
         finally:
-            reader.kill(block=False)
             commands.closed(state)
             try:
                 sock.close()
             except OSError:
                 pass
-
 
     def _burst(self, state, kind: str, ev: tuple, events: deque, out: list):
         """Answer a run of ``kind`` commands in one node exchange; the first command
