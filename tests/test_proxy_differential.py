@@ -36,6 +36,8 @@ TRANSCRIPTS = transcripts()
 _KEPT = ("a tube lives on a node while a proxy connection there still uses or watches "
          "it: the proxy's node connections keep the last tube a put or reserve needed "
          "(docs/PROXY.md, \"Tubes\")")
+_HOP = ("a client's hang-up reaches the nodes one hop later: a command another client "
+        "sends at once may still see the job it held as reserved")
 # transcript name -> (why the proxy differs, the transcript lines whose replies may differ)
 DIFFERENT: dict[str, tuple[str, tuple[int, ...]]] = {
     "line-222-bytes-accepted": (
@@ -45,9 +47,8 @@ DIFFERENT: dict[str, tuple[str, tuple[int, ...]]] = {
         "list-tubes is default, then each node's tubes in node order; one beanstalkd's "
         "order after a tube disappears (its last tube moves into the gap) is not kept "
         "across nodes", (186, 190, 194, 198)),
-    "stats-connection-counters": (
-        "a client's hang-up reaches the nodes one hop later: a stats sent by another "
-        "client at once may still count the job it held as reserved", (188,)),
+    "stats-connection-counters": (_HOP, (188,)),
+    "reserve-waiter-disconnects": (_HOP, (388, 390)),
     "reserve-multi-tube-priority": (
         "priority is exact within a node; tubes on different nodes take turns, so a "
         "less urgent job on one node can come before a more urgent one on another "
