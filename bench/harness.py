@@ -4,11 +4,16 @@ How this works
 --------------
 Servers are started with tests/servers.py (free 127.0.0.1 ports, readiness
 with a deadline) and then pinned to one core with ``sched_setaffinity`` on
-every thread of the process.  The compiled load generator
-(``/work/shared/tools/loadgen``, or ``$LOADGEN``) is found, or built with its
-``build.sh`` when missing, and run under ``taskset`` with a wall-clock bound;
-its one JSON line is returned as a dict.  Every subprocess started here is
-waited for or killed before the function that started it returns.
+every thread of the process.  The compiled load generator is the project's
+own ``bench/loadgen.c``: it is built with ``cc -O2`` into ``bench/.build/``
+(git-ignored) when the binary is missing or older than the source, or
+``$LOADGEN`` names another binary with the same options.  It runs under
+``taskset`` with a wall-clock bound; its one JSON line is returned as a dict.
+Every subprocess started here is waited for or killed before the function
+that started it returns.
+
+``python bench/harness.py`` builds the load generator if needed and prints
+its path.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from servers import (  # noqa: E402
     start_bsnode,
 )
 
-LOADGEN_DIR = Path(os.environ.get("LOADGEN_DIR", "/work/shared/tools/loadgen"))
-LOADGEN_BUILT = Path(os.environ.get("CARGO_TARGET_DIR", "/tmp/loadgen-target")) / "release/loadgen"
+LOADGEN_SOURCE = HERE / "loadgen.c"
+LOADGEN_BUILT = HERE / ".build" / "loadgen"
+CC_FLAGS = ("-O2", "-std=c99", "-Wall")
+CC_HINT = "install a C compiler (Debian: apt-get install gcc libc6-dev)"
 SERVER_CORE = 0
 CLIENT_CORE = 1
 GRACE = 20.0  # seconds a loadgen run may take beyond --seconds to finish in-flight work
@@ -56,27 +63,50 @@ def cores() -> int:
 
 # --- the load generator ----------------------------------------------------------
 def find_loadgen(build: bool = True) -> str:
-    """Path of the compiled load generator, building it if needed."""
+    """Path of the compiled load generator: $LOADGEN, or bench/loadgen.c built
+    into bench/.build/ (rebuilt when the source is newer than the binary)."""
     env = os.environ.get("LOADGEN")
     if env:
         if not os.access(env, os.X_OK):
             raise BenchError(f"LOADGEN={env} is not an executable")
         return env
-    if os.access(LOADGEN_BUILT, os.X_OK):
+    if _is_current(LOADGEN_BUILT):
         return str(LOADGEN_BUILT)
-    script = LOADGEN_DIR / "build.sh"
-    if not build or not script.exists():
-        raise BenchError(f"no load generator at {LOADGEN_BUILT} and no {script} to build one")
-    print(f"building the load generator with {script} ...", file=sys.stderr)
+    if not build:
+        raise BenchError(f"{LOADGEN_BUILT} is missing or older than {LOADGEN_SOURCE}")
+    return str(build_loadgen(LOADGEN_BUILT))
+
+
+def _is_current(binary: Path) -> bool:
     try:
-        out = subprocess.run(["sh", str(script)], capture_output=True, text=True,
-                             timeout=900, check=True)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        raise BenchError(f"{script} failed: {getattr(e, 'stderr', '') or e}") from None
-    path = out.stdout.strip().splitlines()[-1]
-    if not os.access(path, os.X_OK):
-        raise BenchError(f"{script} printed {path!r}, which is not an executable")
-    return path
+        return (os.access(binary, os.X_OK)
+                and binary.stat().st_mtime >= LOADGEN_SOURCE.stat().st_mtime)
+    except FileNotFoundError:
+        return False
+
+
+def build_loadgen(out: Path) -> Path:
+    """Compile bench/loadgen.c to ``out`` with ``$CC`` (default cc).
+
+    The binary is written beside ``out`` and renamed into place, so parallel
+    builds never leave a half-written file."""
+    cc = os.environ.get("CC", "cc")
+    if not shutil.which(cc):
+        raise BenchError(f"no C compiler ({cc!r}) to build {LOADGEN_SOURCE}: {CC_HINT}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")
+    argv = [cc, *CC_FLAGS, "-o", str(tmp), str(LOADGEN_SOURCE)]
+    print(f"building the load generator: {' '.join(argv)}", file=sys.stderr)
+    try:
+        subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+    except subprocess.CalledProcessError as e:
+        tmp.unlink(missing_ok=True)
+        raise BenchError(f"{' '.join(argv)} failed ({CC_HINT}):\n{e.stderr.strip()}") from None
+    except subprocess.TimeoutExpired:
+        tmp.unlink(missing_ok=True)
+        raise BenchError(f"{' '.join(argv)} did not finish in 120 s") from None
+    os.replace(tmp, out)
+    return out
 
 
 def loadgen_argv(loadgen: str, port: int, mode: str, *, conns: int, pipeline: int = 1,
@@ -241,3 +271,10 @@ def wait_until(predicate, deadline_s: float, what: str, step: float = 0.05) -> N
 
 def which(cmd: str) -> str | None:
     return shutil.which(cmd)
+
+
+if __name__ == "__main__":
+    try:
+        print(find_loadgen())
+    except BenchError as e:
+        sys.exit(f"harness: {e}")

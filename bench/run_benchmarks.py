@@ -9,8 +9,9 @@ How this works
 Every section starts its own servers on free 127.0.0.1 ports (bsnode, and
 /usr/bin/beanstalkd when installed; without it the bsnode column is still
 measured and ratios are left empty), pins each server to core 0 and the
-compiled load generator to core 1, and alternates the two servers run by run
-so that noise from the rest of the machine hits both alike.  Figures are
+compiled load generator (bench/loadgen.c, built by harness.py) to core 1,
+and alternates the two servers run by run so that noise from the rest of the
+machine hits both alike.  Figures are
 medians over ``--runs`` runs.  Beside ops/s it records the server's CPU time
 per command (from /proc, via ``loadgen --server-pid``), which is far less
 sensitive to other processes stealing the cores than ops/s is.
@@ -437,6 +438,12 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def shown_path(path: str) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    root = HERE.parent
+    return os.path.relpath(path, root) if Path(path).resolve().is_relative_to(root) else path
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, list[str]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -509,11 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(
                 {"settings": s.__dict__, "results": bench.results, "machine": machine(),
-                 "command": argv_shown}, indent=1, default=str))
+                 "command": argv_shown, "loadgen": shown_path(bench.loadgen)},
+                indent=1, default=str))
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"{when} — {machine()}\n`{argv_shown}` — medians of {s.runs} runs of {s.seconds:g} s, "
-          f"{s.size}-byte bodies, server on core {H.SERVER_CORE}, load generator on core "
-          f"{H.CLIENT_CORE}; took {time.monotonic() - started:.0f} s\n")
+          f"{s.size}-byte bodies, server on core {H.SERVER_CORE}, load generator "
+          f"({shown_path(bench.loadgen)}) on core {H.CLIENT_CORE}; took {time.monotonic() - started:.0f} s\n")
     if s.bsnode_path:
         print(f"bsnode run from {s.bsnode_path}/bsnode, not the installed package\n")
     print(report(bench.results, s))

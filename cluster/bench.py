@@ -62,8 +62,9 @@ DRAIN_BATCH = 200
 DRAIN_LIMIT = 120.0  # seconds the clean-up may take
 RECV_SIZE = 262144
 DEFAULT_CONFIG = "bscluster.toml"
-LOADGEN_HINT = ("/work/shared/tools/loadgen (build.sh prints its path): "
-                "one compiled process at about 10 µs of client CPU per command")
+LOADGEN_HINT = ("bench/loadgen.c in the source tree (`python bench/harness.py`\n"
+                "builds it with cc and prints its path; bench/run_benchmarks.py uses it),\n"
+                "one compiled process at a few µs of client CPU per command")
 
 
 @dataclass(frozen=True)
@@ -523,6 +524,10 @@ times the node count), else $BSCLUSTER_CONFIG or ./bscluster.toml, else
 in the same run (alternating, --rounds times) and prints the ratio.  Jobs left in
 the bench.* tubes are deleted afterwards unless --keep-jobs.
 
+Short options mean what they mean in the other bscluster commands: -c is --config;
+--conns, --pipeline and --seconds have none (-d is --detach in `up`, and -p is
+the port in bsnode).
+
 \b
 Note: this is a Python client.  A Python client costs tens of µs of CPU per
 command, so against a fast server the client itself can be the bottleneck (the
@@ -537,19 +542,21 @@ server's own figures use the compiled load generator:
               show_default=True)
 @click.option("--size", "-s", type=click.IntRange(0, 1 << 20), default=100, show_default=True,
               help="Body size in bytes.")
-@click.option("--conns", "-c", type=click.IntRange(1), default=10, show_default=True,
+@click.option("--conns", type=click.IntRange(1), default=10, show_default=True,
               help="Connections in total.")
-@click.option("--pipeline", "-p", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--pipeline", type=click.IntRange(1), default=1, show_default=True,
               help="Commands in flight per connection.")
 @click.option("--tubes", "-t", type=click.IntRange(1), default=1, show_default=True,
               help="Tubes (bench.0 ...), dealt to connections round-robin.")
-@click.option("--seconds", "-d", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option("--seconds", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              help="How long each run puts load on.")
 @click.option("--procs", "-P", type=click.IntRange(1), default=None,
               help="Load processes [default: the number of CPUs, at most --conns].")
 @click.option("--host", metavar="ADDR", help="Server address (127.0.0.1).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Server port (11300).")
-@click.option("--config", "-C", "config", metavar="PATH",
-              help="A bscluster config file: load the cluster's nodes.")
+@click.option("--config", "-c", "config", metavar="PATH",
+              help="A bscluster config file: load the cluster's nodes (-c means --config "
+                   "in every bscluster command).")
 @click.option("--compare", metavar="HOST:PORT",
               help="Run the same load against this server too and print the ratio.")
 @click.option("--rounds", type=click.IntRange(1), default=1, show_default=True,

@@ -1,4 +1,7 @@
-"""The `bscluster` command: init, up, status, stats, restart, down, config.
+"""The `bscluster` command: init, up, status, stats, route, restart, down, config.
+
+Commands with a module of their own are registered at the bottom: top, web,
+bench, rebalance (rebalance.py), drain/undrain/remove (ops.py), logs (logs.py).
 
 How this works
 --------------
@@ -29,13 +32,14 @@ from bscluster.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_PROXY_LISTEN,
     DEFAULT_WEB_LISTEN,
-    ENV_CONFIG,
+    DEFAULT_WEB_MAX_TUBES,
     ClusterConfig,
     ConfigError,
     config_path,
     load_config,
     parse_listen,
 )
+from bscluster.options import config_option, data_dir_option, load
 from bscluster.probe import connect_host, probe_all
 from bscluster.proxy import proxy
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
@@ -44,25 +48,19 @@ from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
 from bscluster.supervisor import AlreadyRunning, Supervisor
 from bscluster.template import render_config
 from bscluster.top import top
+from bscluster.truth import (
+    EXIT_CODES_HELP,
+    EXIT_NO_CLUSTER,
+    EXIT_NODES_DOWN,
+    EXIT_OK,
+    ClusterView,
+    changed_settings,
+    cluster_view,
+)
 from bscluster.web import DEFAULT_LISTEN, web
 from bscluster.webhost import WebError
 
-NOT_ALL_UP = 3  # `status` exit code when some node is not answering (as systemctl)
-
-
 # --- options ---------------------------------------------------------------------
-def config_option(f):
-    return click.option(
-        "--config", "-c", "config_file", metavar="PATH",
-        help=f"Config file [env {ENV_CONFIG}; default ./{DEFAULT_CONFIG_PATH} if present].",
-    )(f)
-
-
-def data_dir_option(f):
-    return click.option("--data-dir", metavar="DIR",
-                        help="Where state, logs and binlogs live [env BSCLUSTER_DATA_DIR].")(f)
-
-
 _NODE_OPTIONS = [
     click.option("--nodes", "-n", type=int, help="Number of nodes, named node1..nodeN."),
     click.option("--host", metavar="ADDR", help="Address the nodes listen on (127.0.0.1)."),
@@ -89,6 +87,10 @@ _NODE_OPTIONS = [
 
 
 def web_option(f):
+    f = click.option(
+        "--web-max-tubes", type=int, metavar="N", default=None,
+        help=f"Tubes the dashboard lists and keeps a history for, busiest first "
+        f"({DEFAULT_WEB_MAX_TUBES}) [env BSCLUSTER_WEB_MAX_TUBES].")(f)
     return click.option(
         "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
         default=None, help=f"Serve the dashboard and the cluster's /metrics from the "
@@ -111,11 +113,7 @@ def node_options(f):
     return data_dir_option(f)
 
 
-def _load(config_file: str | None, flags: dict) -> ClusterConfig:
-    try:
-        return load_config(config_file, flags)
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+_load = load
 
 
 def _fail(e: Exception):
@@ -136,13 +134,19 @@ def cli() -> None:
 # --- init ------------------------------------------------------------------------
 @cli.command()
 @click.argument("path", required=False, metavar="[PATH]")
-@click.option("--nodes", "-n", type=int)
-@click.option("--host", metavar="ADDR")
-@click.option("--base-port", type=int, metavar="PORT")
-@click.option("--data-dir", metavar="DIR")
+@_NODE_OPTIONS[0]  # --nodes, --host, --base-port: the values the file starts with
+@_NODE_OPTIONS[1]
+@_NODE_OPTIONS[2]
+@click.option("--data-dir", metavar="DIR",
+              help="Where state, logs and binlogs will live, relative to the file "
+                   "(./bscluster-data).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path, force, **values) -> None:
-    """Write a commented config file (./bscluster.toml by default)."""
+    """Write a commented config file (./bscluster.toml by default).
+
+    Every setting is in it, commented, with its default; these options set
+    the first few. `bscluster up` and ClusterClient.from_config() read it.
+    """
     target, _ = config_path(path, os.environ)
     if target.exists() and not force:
         raise click.ClickException(f"{target} already exists; edit it, or overwrite it "
@@ -176,7 +180,9 @@ def up(config_file, detach, **flags) -> None:
     In the foreground (the default) node output is prefixed with the node's
     name and Ctrl-C stops every node. With --detach the supervisor runs in the
     background; `status`, `stats`, `restart` and `down` find it through the
-    data dir. Against a running cluster, a larger --nodes adds nodes.
+    data dir. Against a running cluster, a larger --nodes adds nodes; changed
+    settings for running nodes are refused (`down`, then `up`, applies them),
+    and `bscluster remove NODE` takes a node away.
 
     With --web the supervisor also serves the dashboard, its JSON API and the
     cluster's /metrics (read-only unless BSCLUSTER_WEB_TOKEN is set); `down`
@@ -199,9 +205,10 @@ def up(config_file, detach, **flags) -> None:
         _up_running(config_file, flags, config, paths, state)
         return
     if detach:
+        since = control.log_size(paths)  # reasons come from this run's lines only
         pid = control.start_detached(config)
         try:
-            state = control.wait_settled(paths, pid)
+            state = control.wait_settled(paths, pid, since=since, on_poll=_ProgressShown())
         except control.ClusterError as e:
             _fail(e)
         click.echo(banner(config, state))
@@ -223,11 +230,14 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
         kept = {k: _flag_value(current, k) for k, src in config.sources.items()
                 if src == "default"}
         config = _load(config_file, {**kept, **{k: v for k, v in flags.items() if v is not None}})
-    if len(config.nodes) < len(running):
+    gone = [n for n in running if n not in {spec.name for spec in config.nodes}]
+    if gone:
         raise click.ClickException(
-            f"the running cluster has {len(running)} nodes and `up` only adds nodes: taking "
-            f"away {', '.join(running[len(config.nodes):])} would strand the jobs "
-            f"they hold. Drain them, then `bscluster down` and `bscluster up --nodes {len(config.nodes)}`.")
+            f"the running cluster has {', '.join(gone)}, which this config does not, and `up` "
+            f"only adds nodes: taking them away would strand the jobs they hold. Remove each "
+            f"with `bscluster remove NODE` (it moves the jobs off first)")
+    if current is not None:
+        _refuse_changes(current, config)
     if current is not None and config.web != current.web:
         serving = state["supervisor"].get("web")
         click.echo(("the running supervisor serves the dashboard at " + serving if serving else
@@ -242,12 +252,43 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
     click.echo(f"adding {', '.join(added)} to the running cluster")
     try:
         state = control.wait_settled(paths, control.supervisor_pid(state),
-                                     [n.name for n in config.nodes])
+                                     [n.name for n in config.nodes], on_poll=_ProgressShown())
     except control.ClusterError as e:
         _fail(e)
     click.echo(banner(config, state))
     if any(state["nodes"][n]["state"] == State.FATAL.value for n in added):
         sys.exit(1)
+
+
+class _ProgressShown:
+    """Prints a starting node's replay progress each time it changes (stderr)."""
+
+    def __init__(self):
+        self.shown: dict[str, str] = {}
+
+    def __call__(self, state: dict) -> None:
+        for name, entry in state.get("nodes", {}).items():
+            progress = entry.get("progress")
+            if progress and self.shown.get(name) != progress:
+                self.shown[name] = progress
+                click.echo(f"{name} STARTING: binlog {progress}", err=True)
+
+
+def _refuse_changes(current: ClusterConfig, config: ClusterConfig) -> None:
+    """`up` never changes a running node's settings silently: it refuses."""
+    started = {n.name: n for n in current.nodes}
+    changes = [f"{spec.name}: {', '.join(changed_settings(started[spec.name], spec))}"
+               for spec in config.nodes
+               if spec.name in started and changed_settings(started[spec.name], spec)]
+    if current.node_command != config.node_command:
+        changes.append(f"node_command: {shlex.join(current.node_command)} -> "
+                       f"{shlex.join(config.node_command)}")
+    if changes:
+        raise click.ClickException(
+            "the running nodes were started with other settings, and `up` does not change "
+            "running nodes:\n  " + "\n  ".join(changes) + "\nTo apply them: `bscluster down`, "
+            "then `bscluster up` again (binlogs keep the jobs). To add nodes to the running "
+            "cluster, leave the other settings as they are.")
 
 
 def _flag_value(config: ClusterConfig, key: str):
@@ -326,7 +367,9 @@ def _nodes_to_probe(config: ClusterConfig, state: dict | None) -> dict[str, dict
     if state is not None:
         return {name: {"address": f"{e['host']}:{e['port']}", "host": e["host"],
                        "port": e["port"], "state": e["state"], "pid": e["pid"],
-                       "restarts": e["restarts"], "reason": e["reason"],
+                       "restarts": e["restarts"],
+                       "reason": e["reason"] or (f"binlog {e['progress']}"
+                                                 if e.get("progress") else None),
                        "crashes": e.get("crashes"), "metrics": e.get("metrics")}
                 for name, e in state["nodes"].items()}
     return {n.name: {"address": n.address, "host": n.host, "port": n.port,
@@ -335,28 +378,47 @@ def _nodes_to_probe(config: ClusterConfig, state: dict | None) -> dict[str, dict
 
 def _look(config_file, data_dir):
     config = _load(config_file, {"data_dir": data_dir})
-    state = control.running_state(Paths(config.data_dir))
-    nodes = _nodes_to_probe(config, state)
+    view = cluster_view(config)
+    nodes = _nodes_to_probe(config, view.state)
     reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()})
-    return config, state, nodes, reports
+    return view, nodes, reports
 
 
-@cli.command()
+def _look_status(view: ClusterView, up: list[bool]) -> int:
+    """The exit status of a looking command (truth.EXIT_*)."""
+    if view.orphaned or (not view.supervised and not any(up)):
+        return EXIT_NO_CLUSTER
+    return EXIT_OK if all(up) else EXIT_NODES_DOWN
+
+
+def _orphan_note(view: ClusterView) -> str:
+    return (f"supervisor: GONE (killed?) for {view.config.data_dir}; its nodes run "
+            f"unsupervised: `bscluster up -d` adopts them, `bscluster down` stops them")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
 @config_option
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config_file, data_dir, as_json) -> None:
     """Each node: state, pid, address, uptime, jobs ready/reserved/delayed/buried.
 
-    Exits with status 3 if any node does not answer.
+    With a supervisor running, the nodes are those it runs, where they were
+    started (a config changed since is listed as pending). Without one, the
+    nodes of the config, so it also works for nodes run by systemd and the like.
     """
-    config, state, nodes, reports = _look(config_file, data_dir)
+    view, nodes, reports = _look(config_file, data_dir)
+    config, state = view.config, view.state
     rows = status_rows(nodes, reports)
+    code = _look_status(view, [r["up"] for r in rows])
     if as_json:
         click.echo(json.dumps({"supervisor": state["supervisor"] if state else None,
-                               "nodes": rows}, indent=2))
+                               "orphaned": view.orphaned, "nodes": rows,
+                               "pending": view.pending, "exit": code}, indent=2))
     else:
-        if state is None:
+        if view.orphaned:
+            click.echo(_orphan_note(view))
+        elif state is None:
             click.echo(f"supervisor: not running for {config.data_dir} (showing the nodes "
                        f"of the config)")
         else:
@@ -366,19 +428,23 @@ def status(config_file, data_dir, as_json) -> None:
                        + (f", log {sup['log']}" if sup.get("log") else "")
                        + (f", dashboard {sup['web']}" if sup.get("web") else ""))
         click.echo(render_status(rows))
-    if not all(r["up"] for r in rows):
-        sys.exit(NOT_ALL_UP)
+        for note in view.pending:
+            click.echo(f"pending: {note}")
+    sys.exit(code)
 
 
-@cli.command()
+@cli.command(epilog=EXIT_CODES_HELP)
 @config_option
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stats(config_file, data_dir, as_json) -> None:
     """Cluster-wide totals and per-tube rows, summed over the nodes."""
-    _, _, nodes, reports = _look(config_file, data_dir)
+    view, nodes, reports = _look(config_file, data_dir)
     result = cluster_stats({n: i["address"] for n, i in nodes.items()}, reports)
     click.echo(json.dumps(result, indent=2) if as_json else render_stats(result))
+    if view.orphaned and not as_json:
+        click.echo(_orphan_note(view), err=True)
+    sys.exit(_look_status(view, [r.up for r in reports.values()]))
 
 
 @cli.command()
@@ -388,30 +454,42 @@ def stats(config_file, data_dir, as_json) -> None:
 @_NODE_OPTIONS[2]
 @click.argument("tubes", nargs=-1, required=True, metavar="TUBE...")
 @click.option("--ketama", is_flag=True,
-              help="libketama's continuum, as ClusterClient(..., ketama=True).")
+              help="libketama's continuum, as ClusterClient(..., ketama=True) "
+                   "(overrides ring = \"md5\" in the config).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def route(config_file, tubes, ketama, as_json, **flags) -> None:
     """Which node owns each TUBE, and where its jobs go when that node is down.
 
-    The mapping every ClusterClient built from this config uses: for clients in
-    other languages (point each tube's producers and workers at its node) and
-    for finding a tube. FAILOVER lists the other nodes in the order a client
-    tries them. Needs no running cluster.
+    The mapping every ClusterClient built from this config uses (its nodes,
+    weights, `leaving` marks and `ring`): for clients in other languages
+    (point each tube's producers and workers at its node) and for finding a
+    tube. FAILOVER lists the other nodes in the order a client tries them.
+    Needs no running cluster; when one runs, ADDRESS is where its node was
+    started.
     """
     config = _load(config_file, flags)
+    view = cluster_view(config)
     for tube in tubes:
         try:
             check_tube(tube)
         except BadFormatError:
             raise click.UsageError(f"{tube!r} is not a valid tube name (1-200 of A-Z a-z "
                                    f"0-9 - + / ; . $ _ ( ), not starting with -)") from None
-    nodes = {n.name: n for n in config.nodes}
-    ring = Ring({name: n.weight for name, n in nodes.items()}, ketama=ketama)
+    try:
+        ring = config.placement()
+    except ConfigError as e:
+        _fail(e)
+    if ketama:
+        ring = Ring(ring.weights, ketama=True)
+    running = view.addresses() if view.supervised else {}
     rows = []
     for tube in tubes:
         owner, *failover = ring.preference(tube)
-        rows.append({"tube": tube, "node": owner, "address": nodes[owner].address,
-                     "failover": failover})
+        address = (f"{running[owner][0]}:{running[owner][1]}" if owner in running
+                   else config.node(owner).address)
+        rows.append({"tube": tube, "node": owner, "address": address, "failover": failover})
+    for note in view.pending:
+        click.echo(f"pending: {note}", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -483,9 +561,18 @@ def show_config(config_file, **flags) -> None:
     click.echo(f"# config file: {config.path or 'none'}")
     for key, source in config.sources.items():
         click.echo(f"{key} = {json.dumps(_flag_value(config, key))}  # {source}")
+    view = cluster_view(config)
+    if view.supervised:
+        sup = view.state["supervisor"]
+        click.echo(f"# a cluster runs from {config.data_dir} (supervisor pid {sup['pid']}); "
+                   f"its nodes, as started:")
     for n in config.nodes:
-        click.echo(f"# {n.name}: {n.address} weight {n.weight} data {n.data_dir}"
-                   + (f" metrics {n.metrics_url}" if n.metrics_url else ""))
+        address = view.address(n.name) if n.name in view.addresses() else n.address
+        click.echo(f"# {n.name}: {address} weight {n.weight} data {n.data_dir}"
+                   + (f" metrics {n.metrics_url}" if n.metrics_url else "")
+                   + (" (leaving)" if n.leaving else ""))
+    for note in view.pending:
+        click.echo(f"# pending: {note}")
     if config.web:
         host, port = parse_listen(config.web)
         shown = connect_host(host)
@@ -518,6 +605,19 @@ from .work import work  # noqa: E402
 
 cli.add_command(bench)
 cli.add_command(work)
+
+from .rebalance import rebalance  # noqa: E402
+
+cli.add_command(rebalance)
+
+from .ops import commands as ops_commands  # noqa: E402
+
+for _command in ops_commands():
+    cli.add_command(_command)
+
+from .logs import logs  # noqa: E402
+
+cli.add_command(logs)
 
 
 def main() -> None:

@@ -23,8 +23,10 @@ The file's shape (clients read the same file, so it stays this shape)::
     crash_window = 60      #   (crash_limit = 0: restart for ever)
     web = "127.0.0.1:11380"        # `up` serves the dashboard here ("" = off)
     proxy = "127.0.0.1:11400"      # `up` runs `bscluster proxy` here ("" = off)
+    web_max_tubes = 1000           # tubes the dashboard lists and keeps history for
     metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
     metrics_host = "127.0.0.1"
+    ring = "md5"           # the tube -> node hash: "md5" (uhashring) or "ketama"
 
     [nodes.node2]          # optional per-node overrides
     host = "10.0.0.2"
@@ -32,6 +34,8 @@ The file's shape (clients read the same file, so it stays this shape)::
     weight = 2             # share of tubes in the client's ring
     data_dir = "/srv/bs2"  # this node's own binlog directory
     metrics_port = 9400    # this node's --metrics port
+    leaving = true         # being removed: no tubes on the ring, still served
+    removed = true         # gone (`bscluster remove`); its name is never reused
 
 Unknown keys are errors that name the key and suggest the nearest valid
 one; every value is checked here so a bad one is reported with where it
@@ -56,6 +60,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from bsclient import Ring
 from bsclient.config import ConfigError as ClientConfigError
 from bsclient.config import tube_settings
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
@@ -72,6 +77,8 @@ DEFAULT_NODE_COMMAND = "bsnode"
 DEFAULT_WEIGHT = 1
 DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
 DEFAULT_PROXY_LISTEN = "127.0.0.1:11400"  # `bscluster proxy`, `up --proxy`
+DEFAULT_WEB_MAX_TUBES = 1000  # tubes the dashboard lists and keeps a history for
+MAX_WEB_MAX_TUBES = 1_000_000
 WEB_OFF = ("", "off")  # values of `web` that mean: no dashboard
 METRICS_OFF = 0  # metrics_base_port that means: nodes get no --metrics
 NODE_METRICS_FLAG = "--metrics"  # bsnode's extension flag (beanstalkd has none)
@@ -80,6 +87,9 @@ ENV_PREFIX = "BSCLUSTER_"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 NEVER_FSYNC = -1
 MAX_NODES = 1000
+RING_MD5 = "md5"  # uhashring's own ring (ClusterClient's default)
+RING_KETAMA = "ketama"  # libketama's continuum (ClusterClient(..., ketama=True))
+RING_MODES = (RING_MD5, RING_KETAMA)
 
 CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "nodes": DEFAULT_NODES,
@@ -95,13 +105,17 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "crash_window": CRASH_WINDOW,
     "web": "",
     "proxy": "",
+    "web_max_tubes": DEFAULT_WEB_MAX_TUBES,
     "metrics_base_port": METRICS_OFF,
     "metrics_host": DEFAULT_HOST,
+    "ring": RING_MD5,
 })
 # keys a [nodes.nodeI] table may hold: the node's own address and weight,
 # plus any node option (these default to the [cluster] value)
 NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_dir")
-NODE_KEYS = ("host", "port", "weight", "metrics_port") + NODE_OPTION_KEYS
+# leaving: still run and reserved from, but owns no tubes (`bscluster remove`);
+# removed: not part of the cluster any more (its number is not reused)
+NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + NODE_OPTION_KEYS
 TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes")  # [tubes.NAME] is the clients' (spread)
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
 
@@ -125,6 +139,9 @@ class NodeSpec:
     binlog_size: int
     metrics_host: str = DEFAULT_HOST
     metrics_port: int | None = None  # bsnode --metrics; None: off
+    # owns no tubes on the ring; still served until removed.  Not a setting of
+    # the process: changing it needs no restart
+    leaving: bool = field(default=False, compare=False)
 
     @property
     def index(self) -> int:
@@ -166,6 +183,7 @@ class NodeSpec:
             "data_dir": str(self.data_dir), "binlog": self.binlog, "fsync_ms": self.fsync_ms,
             "max_job_size": self.max_job_size, "binlog_size": self.binlog_size,
             "metrics_host": self.metrics_host, "metrics_port": self.metrics_port,
+            "leaving": self.leaving,
         }
 
     @classmethod
@@ -190,8 +208,10 @@ class ClusterConfig:
     crash_window: int = CRASH_WINDOW
     web: str = ""  # ADDR:PORT where `up` serves the dashboard; "" = off
     proxy: str = ""  # ADDR:PORT where `up` runs `bscluster proxy`; "" = off
+    web_max_tubes: int = DEFAULT_WEB_MAX_TUBES
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
+    ring: str = RING_MD5  # which hash places tubes on nodes (RING_MODES)
     path: Path | None = None  # the config file read, if any
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -212,6 +232,15 @@ class ClusterConfig:
         """``{"node1": "host:port", ...}``: what ``ClusterClient`` takes."""
         return {n.name: n.address for n in self.nodes}
 
+    def placement(self) -> Ring:
+        """The ring every client of this config uses for puts: the nodes that
+        are not leaving, with their weights, hashed as ``ring`` says.  (A
+        leaving node is still reserved from; it just owns no tube.)"""
+        owners = {n.name: n.weight for n in self.nodes if not n.leaving}
+        if not owners:
+            raise ConfigError("every node is leaving: at least one must stay to own tubes")
+        return Ring(owners, ketama=self.ring == RING_KETAMA)
+
     def to_dict(self) -> dict:
         return {
             "nodes": [n.to_dict() for n in self.nodes], "host": self.host,
@@ -219,8 +248,9 @@ class ClusterConfig:
             "fsync_ms": self.fsync_ms, "max_job_size": self.max_job_size,
             "binlog_size": self.binlog_size, "node_command": list(self.node_command),
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
-            "web": self.web, "proxy": self.proxy, "metrics_base_port": self.metrics_base_port,
-            "metrics_host": self.metrics_host,
+            "web": self.web, "web_max_tubes": self.web_max_tubes, "proxy": self.proxy,
+            "metrics_base_port": self.metrics_base_port,
+            "metrics_host": self.metrics_host, "ring": self.ring,
             "path": str(self.path) if self.path else None,
         }
 
@@ -234,8 +264,10 @@ class ClusterConfig:
             # settings newer than a wanted.json written by an older bscluster
             crash_limit=d.get("crash_limit", CRASH_LIMIT),
             crash_window=d.get("crash_window", CRASH_WINDOW),
-            web=d.get("web", ""), proxy=d.get("proxy", ""), metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
-            metrics_host=d.get("metrics_host", DEFAULT_HOST),
+            web=d.get("web", ""), web_max_tubes=d.get("web_max_tubes", DEFAULT_WEB_MAX_TUBES),
+            proxy=d.get("proxy", ""),
+            metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
+            metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
             path=Path(d["path"]) if d.get("path") else None,
         )
 
@@ -335,6 +367,8 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         where = f"[nodes.{name}] in {path}"
         for key, value in over.items():
             _check_value(key, value, where)
+        if over.get("removed", False):
+            continue
         port = over.get("port", values["base_port"] + i - 1)
         if port > 65535:
             raise ConfigError(f"{name} would listen on port {port}: base_port "
@@ -351,9 +385,13 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
             name=name, host=over.get("host", values["host"]), port=port,
             weight=over.get("weight", DEFAULT_WEIGHT),
             metrics_host=values["metrics_host"], metrics_port=metrics_port,
+            leaving=over.get("leaving", False),
             data_dir=_abs(over["data_dir"], base) if "data_dir" in over else data_dir / name,
             **{k: over.get(k, values[k]) for k in NODE_OPTION_KEYS if k != "data_dir"},
         ))
+    if not specs:
+        raise ConfigError(f"every node of {path} is marked removed = true; a cluster needs "
+                          f"at least one node")
     web = "" if values["web"].strip().lower() in WEB_OFF else values["web"].strip()
     proxy = "" if values["proxy"].strip().lower() in WEB_OFF else values["proxy"].strip()
     _check_unique(specs, web, proxy)
@@ -362,7 +400,8 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         sources=MappingProxyType(sources), web=web, proxy=proxy,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
-                                  "metrics_base_port", "metrics_host")},
+                                  "web_max_tubes", "metrics_base_port", "metrics_host",
+                                  "ring")},
     )
 
 
@@ -506,11 +545,17 @@ _RULES = {
             f"ADDR:PORT for the dashboard (e.g. {DEFAULT_WEB_LISTEN}), or \"\" for none"),
     "proxy": (str, _listen_ok,
               "ADDR:PORT for `bscluster proxy` (e.g. 127.0.0.1:11400), or \"\" for none"),
+    "web_max_tubes": (int, lambda v: 1 <= v <= MAX_WEB_MAX_TUBES,
+                      f"a number of tubes from 1 to {MAX_WEB_MAX_TUBES}"),
     "metrics_base_port": (int, lambda v: v == METRICS_OFF or _port_ok(v),
                           "a TCP port between 1 and 65535, or 0 for no node metrics"),
     "metrics_host": (str, lambda v: v.strip() != "" and not v.startswith("unix:"),
                      "an IP address to serve node metrics on (e.g. 127.0.0.1)"),
     "metrics_port": (int, _port_ok, "a TCP port between 1 and 65535"),
+    "ring": (str, lambda v: v in RING_MODES,
+             " or ".join(f'"{m}"' for m in RING_MODES) + " (the hash that places tubes)"),
+    "leaving": (bool, lambda v: True, "true or false"),
+    "removed": (bool, lambda v: True, "true or false"),
 }
 
 

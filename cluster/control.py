@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bscluster.config import ClusterConfig
@@ -97,29 +98,46 @@ def start_detached(config: ClusterConfig) -> int:
     return proc.pid
 
 
+def log_size(paths: Paths) -> int:
+    """Where the supervisor log ends now: a new run's lines start there."""
+    try:
+        return paths.log.stat().st_size
+    except OSError:
+        return 0
+
+
 def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = None,
-                 timeout: float = SETTLE_TIMEOUT) -> dict:
-    """Poll until every node (or ``names``) is RUNNING or FATAL."""
+                 timeout: float = SETTLE_TIMEOUT, since: int = 0,
+                 on_poll: Callable[[dict], None] | None = None) -> dict:
+    """Poll until every node (or ``names``) is RUNNING or FATAL; errors quote the
+    supervisor log from offset ``since`` (this run) on.  ``on_poll`` sees each
+    state read meanwhile (to show a replay's progress)."""
     deadline = time.monotonic() + timeout
     while True:
         state = read_json(paths.state)
+        if state and on_poll is not None:
+            on_poll(state)
         if state and (sup_pid is None or state["supervisor"]["pid"] == sup_pid):
             nodes = state["nodes"]
             want = names if names is not None else list(nodes)
             if all(n in nodes and nodes[n]["state"] in SETTLED for n in want):
                 return state
         if sup_pid is not None and not pid_alive(sup_pid):
-            raise ClusterError("the supervisor exited before the cluster was up" + log_tail(paths))
+            raise ClusterError("the supervisor exited before the cluster was up"
+                               + log_tail(paths, since=since))
         if time.monotonic() > deadline:
-            raise ClusterError(f"the cluster did not come up within {timeout:g}s" + log_tail(paths))
+            raise ClusterError(f"the cluster did not come up within {timeout:g}s"
+                               + log_tail(paths, since=since))
         time.sleep(POLL)
 
 
-def log_tail(paths: Paths, lines: int = 8) -> str:
-    """Why it failed, from the supervisor's log: each node's FATAL reason if
-    there are any, else the last lines."""
+def log_tail(paths: Paths, lines: int = 8, since: int = 0) -> str:
+    """Why it failed, from the supervisor's log after offset ``since``: each
+    node's FATAL reason if there are any, else the last lines."""
     try:
-        text = paths.log.read_text(errors="replace").splitlines()
+        with open(paths.log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace").splitlines()
     except OSError:
         return ""
     fatal: dict[str, str] = {}

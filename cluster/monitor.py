@@ -18,6 +18,17 @@ each tube's depth and rates) for the dashboard's charts.  The view-making
 functions are pure; only ``Monitor`` has a clock and sockets, and both are
 injected so tests can drive it with made-up reports.
 
+Tubes cost by what happens in them, not by how many exist (anyone who can
+``watch`` makes tubes).  A *quiet* tube (no jobs, nobody waiting, not
+paused, no put or delete since the last poll, on every node that has it)
+gets no full row unless there is room: the view lists at most ``max_tubes``
+tubes (``web_max_tubes``), the busy ones first, and counts the rest in
+``tubes_omitted``.  History is kept only for tubes that have or had jobs
+or traffic within the history window, for at most ``max_tubes`` of them;
+one more evicts the tube whose last activity is the oldest.  So memory and
+poll time do not grow with tubes nobody uses (docs/MONITORING.md has the
+figures at 20,000 tubes).
+
 ``inspect_tube`` and ``inspect_job`` are the read-only look inside a tube
 for the dashboard: the protocol lets a client see only the next job of each
 state (peek-ready/-delayed/-buried) or a job by id (peek), so that is what
@@ -28,14 +39,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from bsclient import Client, ConnectionLostError, NotFoundError, ReplyError
 from bsclient.client import parse_address
 from bsclient.config import ConfigError as ClientConfigError
 from bsclient.config import NodeAddress, nodes_from_mapping
+from bscluster.config import DEFAULT_WEB_MAX_TUBES
 from bscluster.probe import NodeReport, connect_host, probe_all
 from bsnode.metrics import Collector
 
@@ -51,6 +63,9 @@ NODE_RATES = {"puts": ("cmd-put",), "reserves": ("cmd-reserve", "cmd-reserve-wit
               "deletes": ("cmd-delete",), "ops": OPS_COMMANDS}
 TUBE_RATES = {"puts": ("total-jobs",), "deletes": ("cmd-delete",),
               "ops": ("total-jobs", "cmd-delete")}
+TUBE_COUNTERS = ("total-jobs", "cmd-delete")  # the fields TUBE_RATES read
+# a tube is quiet while all of these are 0 (and its counters stand still)
+QUIET_FIELDS = (*(f"current-jobs-{s}" for s in STATES), "current-waiting", "pause-time-left")
 CLUSTER_METRICS_PREFIX = "beanstalkd"
 
 # attention levels, highest first: why a tube is at the top of the list
@@ -185,9 +200,52 @@ def tube_sort_key(row: Mapping) -> tuple:
     return (-row["attention"], -row["buried"], -row["ready"], -row["delayed"], row["name"])
 
 
+def _quiet(st: Mapping, before: Mapping | None) -> bool:
+    """Nothing in the tube, nobody waiting, not paused, and no put or delete since
+    ``before`` (its stats-tube at the last poll; None: unknown, counts as still)."""
+    get = st.get  # (plain loops: this runs once per tube per poll)
+    for f in QUIET_FIELDS:
+        if get(f):
+            return False
+    if before is not None:
+        for f in TUBE_COUNTERS:
+            if get(f, 0) != before.get(f, 0):
+                return False
+    return True
+
+
+def _tube_row(name: str, entries: list, dt: float) -> dict:
+    """One tube summed over the nodes in ``entries``: (node, stats-tube, stats before)."""
+    row = {"name": name, **dict.fromkeys(STATES, 0), "urgent": 0, "waiting": 0,
+           "watching": 0, "using": 0, "total_jobs": 0, "paused": 0, "nodes": [],
+           **dict.fromkeys(TUBE_RATES, None)}
+    for node, st, before in entries:
+        row["nodes"].append(node)
+        for state in STATES:
+            row[state] += st.get(f"current-jobs-{state}", 0)
+        row["urgent"] += st.get("current-jobs-urgent", 0)
+        row["waiting"] += st.get("current-waiting", 0)
+        row["watching"] += st.get("current-watching", 0)
+        row["using"] += st.get("current-using", 0)
+        row["total_jobs"] += st.get("total-jobs", 0)
+        row["paused"] = max(row["paused"], st.get("pause-time-left", 0))
+        for key, fields in TUBE_RATES.items():
+            r = _rate(before, st, fields, dt)
+            if r is not None:
+                row[key] = (row[key] or 0.0) + r
+    row["attention"] = attention(row)
+    row["why"] = ATTENTION[row["attention"]]
+    return row
+
+
 def tube_rows(nodes: Sequence[NodeAddress], cur: Mapping[str, NodeReport],
-              prev: Mapping[str, NodeReport] | None, dt: float) -> list[dict]:
-    rows: dict[str, dict] = {}
+              prev: Mapping[str, NodeReport] | None, dt: float,
+              limit: int | None = None) -> tuple[list[dict], int]:
+    """The tubes' rows, busy ones first (``tube_sort_key``), at most ``limit`` of
+    them; and how many tubes there are in all.  Quiet tubes get a row only
+    while there is room, in name order."""
+    busy: dict[str, list] = {}
+    quiet: dict[str, list] = {}
     for node in nodes:
         rep = cur[node.name]
         if not rep.up:
@@ -195,36 +253,26 @@ def tube_rows(nodes: Sequence[NodeAddress], cur: Mapping[str, NodeReport],
         old = None if prev is None else prev.get(node.name)
         old_tubes = None if old is None or _restarted(old, rep) else old.tubes
         for name, st in rep.tubes.items():
-            row = rows.get(name)
-            if row is None:
-                row = rows[name] = {"name": name, **dict.fromkeys(STATES, 0), "urgent": 0,
-                                    "waiting": 0, "watching": 0, "using": 0, "total_jobs": 0,
-                                    "paused": 0, "nodes": [],
-                                    **dict.fromkeys(TUBE_RATES, None)}
-            row["nodes"].append(node.name)
-            for state in STATES:
-                row[state] += st.get(f"current-jobs-{state}", 0)
-            row["urgent"] += st.get("current-jobs-urgent", 0)
-            row["waiting"] += st.get("current-waiting", 0)
-            row["watching"] += st.get("current-watching", 0)
-            row["using"] += st.get("current-using", 0)
-            row["total_jobs"] += st.get("total-jobs", 0)
-            row["paused"] = max(row["paused"], st.get("pause-time-left", 0))
             # a tube new since the last poll started from zero
             before = None if old_tubes is None else old_tubes.get(name, {})
-            for key, fields in TUBE_RATES.items():
-                r = _rate(before, st, fields, dt)
-                if r is not None:
-                    row[key] = (row[key] or 0.0) + r
-    for row in rows.values():
-        row["attention"] = attention(row)
-        row["why"] = ATTENTION[row["attention"]]
-    return sorted(rows.values(), key=tube_sort_key)
+            entry = (node.name, st, before)
+            if name in busy:
+                busy[name].append(entry)
+            elif _quiet(st, before):
+                quiet.setdefault(name, []).append(entry)
+            else:
+                busy[name] = quiet.pop(name, []) + [entry]
+    total = len(busy) + len(quiet)
+    rows = sorted((_tube_row(n, e, dt) for n, e in busy.items()), key=tube_sort_key)
+    room = len(quiet) if limit is None else max(0, limit - len(rows))
+    rows += sorted((_tube_row(n, quiet[n], dt) for n in sorted(quiet)[:room]),
+                   key=tube_sort_key)
+    return (rows if limit is None else rows[:limit]), total
 
 
-def totals(node_rows: Sequence[Mapping], tubes: Sequence[Mapping]) -> dict:
+def totals(node_rows: Sequence[Mapping], tube_count: int) -> dict:
     up = [r for r in node_rows if r["up"]]
-    out = {"nodes": len(node_rows), "nodes_up": len(up), "tubes": len(tubes)}
+    out = {"nodes": len(node_rows), "nodes_up": len(up), "tubes": tube_count}
     for key in (*STATES, "urgent", "connections", "producers", "workers", "waiting",
                 "total_jobs"):
         out[key] = sum(r[key] for r in up)
@@ -235,13 +283,16 @@ def totals(node_rows: Sequence[Mapping], tubes: Sequence[Mapping]) -> dict:
 
 
 def make_view(nodes: Sequence[NodeAddress], cur: Mapping[str, NodeReport],
-              prev: Mapping[str, NodeReport] | None, dt: float, now: float) -> dict:
-    """The whole picture of one poll, JSON-able (docs/MONITORING.md, GET /api/overview)."""
+              prev: Mapping[str, NodeReport] | None, dt: float, now: float,
+              max_tubes: int | None = None) -> dict:
+    """The whole picture of one poll, JSON-able (docs/MONITORING.md, GET /api/overview);
+    at most ``max_tubes`` tube rows, the rest counted in ``tubes_omitted``."""
     node_rows = [node_row(n, cur[n.name], None if prev is None else prev.get(n.name), dt)
                  for n in nodes]
-    tubes = tube_rows(nodes, cur, prev, dt)
+    tubes, count = tube_rows(nodes, cur, prev, dt, max_tubes)
     return {"time": now, "interval": dt if prev is not None else None,
-            "totals": totals(node_rows, tubes), "nodes": node_rows, "tubes": tubes}
+            "totals": totals(node_rows, count), "nodes": node_rows, "tubes": tubes,
+            "tubes_omitted": count - len(tubes)}
 
 
 def history_point(view: Mapping) -> dict:
@@ -253,8 +304,15 @@ def tube_point(view: Mapping, row: Mapping) -> dict:
     return {"t": view["time"], **{k: row[k] for k in (*STATES, *TUBE_RATES)}}
 
 
-def cluster_metrics(nodes: Sequence[NodeAddress], reports: Mapping[str, NodeReport]) -> str:
-    """Every node's stats and stats-tube as Prometheus text, labelled by node (and tube)."""
+def busy_row(row: Mapping) -> bool:
+    """Does this tube row show jobs or traffic (so its history is worth keeping)?"""
+    return any(row[k] for k in STATES) or any(row[k] for k in TUBE_RATES)
+
+
+def cluster_metrics(nodes: Sequence[NodeAddress], reports: Mapping[str, NodeReport],
+                    tubes: Container[str] | None = None) -> str:
+    """Every node's stats and stats-tube as Prometheus text, labelled by node (and
+    tube); only the tubes in ``tubes`` when given (the view's, busiest first)."""
     c = Collector(CLUSTER_METRICS_PREFIX)
     up = c.family("up", "gauge", "1 if the node answered the last poll, else 0")
     for node in nodes:
@@ -266,7 +324,8 @@ def cluster_metrics(nodes: Sequence[NodeAddress], reports: Mapping[str, NodeRepo
     for node in nodes:
         rep = reports[node.name]
         for tube, st in rep.tubes.items() if rep.up else ():
-            c.tube(st.items(), {"node": node.name, "tube": tube})
+            if tubes is None or tube in tubes:
+                c.tube(st.items(), {"node": node.name, "tube": tube})
     return c.render()
 
 
@@ -279,9 +338,11 @@ class Monitor:
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  history_seconds: float = HISTORY_SECONDS,
-                 interval: float = POLL_INTERVAL) -> None:
+                 interval: float = POLL_INTERVAL,
+                 max_tubes: int = DEFAULT_WEB_MAX_TUBES) -> None:
         self.nodes = tuple(nodes)
         self.interval = interval
+        self.max_tubes = max_tubes  # tube rows in a view, and tubes with a history
         self._addresses = {n.name: _host_port(n.address) for n in self.nodes}
         self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT))
         self._clock = clock
@@ -290,7 +351,9 @@ class Monitor:
         self._poll_lock = threading.Lock()
         self._keep = max(2, int(history_seconds / interval))
         self._history: deque = deque(maxlen=self._keep)
-        self._tube_history: dict[str, deque] = {}
+        self._window = history_seconds
+        # tube -> (its points, wall time it last had jobs or traffic), least recent first
+        self._tube_history: OrderedDict[str, tuple[deque, float]] = OrderedDict()
         self._prev: tuple[float, dict[str, NodeReport]] | None = None
         self.view: dict | None = None
         self.reports: dict[str, NodeReport] = {}
@@ -311,7 +374,8 @@ class Monitor:
             now = self._clock()
             prev = self._prev
             dt = now - prev[0] if prev else 0.0
-            view = make_view(nodes, reports, prev[1] if prev else None, dt, self._wall())
+            view = make_view(nodes, reports, prev[1] if prev else None, dt, self._wall(),
+                             self.max_tubes)
             with self._lock:
                 self._prev = (now, reports)
                 self.reports, self._reported = reports, nodes
@@ -321,36 +385,52 @@ class Monitor:
             return view
 
     def _record_tubes(self, view: dict) -> None:
-        seen = set()
+        now, tracked = view["time"], self._tube_history
         for row in view["tubes"]:
-            seen.add(row["name"])
-            h = self._tube_history.get(row["name"])
-            if h is None:
-                h = self._tube_history[row["name"]] = deque(maxlen=self._keep)
-            h.append(tube_point(view, row))
-        for name in [n for n in self._tube_history if n not in seen]:
-            h = self._tube_history[name]
-            if not h or view["time"] - h[-1]["t"] > self._keep * self.interval:
-                del self._tube_history[name]  # gone for a whole window
+            name = row["name"]
+            entry = tracked.get(name)
+            if busy_row(row):
+                if entry is None:
+                    if len(tracked) >= self.max_tubes:
+                        tracked.popitem(last=False)  # the one quiet the longest
+                    entry = (deque(maxlen=self._keep), now)
+                tracked[name] = (entry[0], now)
+                tracked.move_to_end(name)
+            if entry is not None:
+                entry[0].append(tube_point(view, row))
+        while tracked:  # quiet (or gone) for a whole window: forget it
+            name, (_, active) = next(iter(tracked.items()))
+            if now - active <= self._window:
+                break
+            del tracked[name]
+
+    def tracked_tubes(self) -> list[str]:
+        """The tubes with a history, least recently busy first."""
+        with self._lock:
+            return list(self._tube_history)
 
     def history(self, tube: str | None = None) -> list[dict]:
         with self._lock:
             if tube is None:
                 return list(self._history)
-            return list(self._tube_history.get(tube, ()))
+            entry = self._tube_history.get(tube)
+            return list(entry[0]) if entry is not None else []
 
     def latest(self) -> dict | None:
         with self._lock:
             return self.view
 
     def metrics(self) -> str:
+        """The cluster /metrics: per-tube series for the tubes in the view only."""
         with self._lock:
-            reports, nodes = self.reports, self._reported
+            reports, nodes, view = self.reports, self._reported, self.view
         if not reports:
             self.poll()
             with self._lock:
-                reports, nodes = self.reports, self._reported
-        return cluster_metrics(nodes, reports)
+                reports, nodes, view = self.reports, self._reported, self.view
+        shown = {row["name"] for row in view["tubes"]} if view and view["tubes_omitted"] \
+            else None
+        return cluster_metrics(nodes, reports, shown)
 
     def client(self, name: str, timeout: float = 5.0) -> Client:
         """A fresh connection to one node (the caller closes it)."""

@@ -16,6 +16,7 @@ supervisor's loop does that for every node at once.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -23,9 +24,11 @@ from collections import deque
 from pathlib import Path
 
 from bscluster.config import NodeSpec
-from bscluster.runtime import open_private, pid_alive, process_start_time
+from bscluster.runtime import log_stamp, open_private, pid_alive, process_start_time
 from bscluster.states import HAS_PROCESS, MAX_CRASH_LIMIT, Event, State, next_state
 
+START_MARK = "--- bscluster: starting"  # the line written to a node's log at each start
+LINE_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[0-9:.+-]+ ")  # a log line's time: not in reasons
 TAIL_LINES = 20
 REASON_LINES = 3
 _READ = 65536
@@ -76,7 +79,7 @@ class NodeProc:
         else:
             out = open_private(self.log_path)
             self._log_offset = os.lseek(out, 0, os.SEEK_END)
-            os.write(out, f"--- bscluster: starting {self.name}: {' '.join(argv)}\n".encode())
+            os.write(out, f"{log_stamp()} {START_MARK} {self.name}: {' '.join(argv)}\n".encode())
         try:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -157,7 +160,7 @@ class NodeProc:
         """The last lines the node wrote in this run, for error messages."""
         if self.log_path is not None:
             self._tail_log()
-        lines = [ln for ln in self.tail if ln.strip()]
+        lines = [LINE_STAMP.sub("", ln) for ln in self.tail if ln.strip()]
         return " / ".join(lines[-REASON_LINES:])
 
     def _tail_log(self) -> None:
@@ -169,7 +172,7 @@ class NodeProc:
         except OSError:
             return
         self.tail.clear()
-        self.tail.extend(ln for ln in text.splitlines() if not ln.startswith("--- bscluster:"))
+        self.tail.extend(ln for ln in text.splitlines() if START_MARK not in ln)
 
     # --- reporting -------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from bscluster.probe import NodeReport
 
 JOB_STATES = ("ready", "reserved", "delayed", "buried")
+DRAINING = "DRAINING"  # status's STATE for a running node that refuses new jobs
 JOB_FIELDS = tuple(f"current-jobs-{s}" for s in JOB_STATES)
 # cluster-wide totals are sums of these node ``stats`` fields
 SUMMED_STATS = (
@@ -59,9 +60,13 @@ def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport]) ->
     rows = []
     for name, info in nodes.items():
         rep = reports[name]
+        state = info.get("state") or ("UP" if rep.up else "DOWN")
+        draining = rep.up and str(rep.stats.get("draining")) == "true"
         row = {
             "node": name, "address": info["address"], "up": rep.up,
-            "state": info.get("state") or ("UP" if rep.up else "DOWN"),
+            # a node that refuses puts (`bscluster drain`, SIGUSR1) says so in its stats
+            "state": DRAINING if draining and state in ("RUNNING", "UP") else state,
+            "draining": draining,
             "pid": rep.stats.get("pid", info.get("pid")) if rep.up else info.get("pid"),
             "uptime": rep.stats.get("uptime") if rep.up else None,
             "restarts": info.get("restarts"),
@@ -87,7 +92,7 @@ def render_status(rows: list[dict]) -> str:
             line.append(r.get("metrics") or "-")
     out = [table(headers, body)]
     for r in rows:
-        if r["reason"] and (not r["up"] or r["state"] not in ("RUNNING", "UP")):
+        if r["reason"] and (not r["up"] or r["state"] not in ("RUNNING", "UP", DRAINING)):
             out.append(f"  {r['node']}: {r['reason']}")
     return "\n".join(out)
 

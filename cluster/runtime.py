@@ -18,8 +18,16 @@ The supervisor owns a few files in the data dir (all owner-only)::
 The lock, not the pid, says whether a supervisor is alive: the kernel
 drops it when the process dies however it dies.  Node pids are checked
 against their start time in /proc, so a reused pid is never mistaken for a
-node, and a zombie counts as dead.  A clean stop removes the lock, the
-state, wanted.json and requests/; logs and binlogs stay.
+node, and a zombie counts as dead.  "Cannot tell" is never "dead": when
+/proc cannot be read (no descriptor left, say) a pid that ``kill(pid, 0)``
+finds is alive (``pid_state`` says UNKNOWN, ``pid_alive`` True), so nothing
+is left running unsignalled because the supervisor was short of files.
+A clean stop removes the lock, the state, wanted.json and requests/; logs
+and binlogs stay.
+
+``raise_fd_limit`` lifts the process's soft descriptor limit towards the
+hard one, and ``RateLimitedLog`` says each kind of recurring trouble at
+most once a minute, counting the repeats.
 """
 
 from __future__ import annotations
@@ -28,9 +36,14 @@ import errno
 import fcntl
 import json
 import os
+import resource
 import signal
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
 
 STATE_FILE = "bscluster.json"
@@ -41,6 +54,8 @@ SUPERVISOR_LOG = "bscluster.log"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 STATE_VERSION = 1
+FD_LIMIT_CAP = 65536  # raise_fd_limit goes no higher than this
+LOG_EVERY = 60.0  # seconds between two reports of the same trouble
 
 
 @dataclass(frozen=True)
@@ -86,9 +101,16 @@ def write_json(path: Path, doc: dict) -> None:
     """Replace ``path`` atomically, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
 
 
 def read_json(path: Path) -> dict | None:
@@ -103,6 +125,11 @@ def read_json(path: Path) -> dict | None:
 
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
     return os.open(path, flags, FILE_MODE)
+
+
+def log_stamp() -> str:
+    """The time that starts every line bscluster writes to a log (ISO 8601, ms)."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 # --- the supervisor lock -----------------------------------------------------
@@ -150,39 +177,58 @@ def supervisor_alive(paths: Paths) -> bool:
 
 
 # --- processes ---------------------------------------------------------------
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            raw = f.read()
-    except OSError:
-        return None
+class Liveness(Enum):
+    ALIVE = "alive"
+    DEAD = "dead"
+    UNKNOWN = "unknown"  # it exists, but /proc could not be read to tell more
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields after the command name of /proc/PID/stat; raises OSError."""
+    with open(f"/proc/{pid}/stat") as f:
+        raw = f.read()
     # the command name is in parentheses and may itself hold spaces or ')'
     return raw[raw.rindex(")") + 2:].split()
 
 
 def process_start_time(pid: int) -> int | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), if known."""
-    fields = _proc_stat(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
+    try:
+        fields = _proc_stat(pid)
+    except OSError:
+        return None
+    return int(fields[19]) if len(fields) > 19 else None
 
 
-def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
+def pid_state(pid: int | None, start_time: int | None = None) -> Liveness:
     """Is ``pid`` a live (non-zombie) process, and the same one that started at
-    ``start_time`` when that is given?"""
+    ``start_time`` when that is given?  UNKNOWN when the process exists but
+    /proc could not say more (no /proc, or no descriptor to read it with)."""
     if not pid or pid <= 0:
-        return False
+        return Liveness.DEAD
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return Liveness.DEAD
     except PermissionError:
-        return True  # exists, someone else's
-    fields = _proc_stat(pid)
-    if fields is None:
-        return not os.path.exists("/proc/self/stat")  # no /proc: trust kill()
+        pass  # exists, someone else's
+    try:
+        fields = _proc_stat(pid)
+    except FileNotFoundError:
+        # gone since kill(), or no /proc at all (then kill() is all we know)
+        return Liveness.UNKNOWN if not os.path.isdir("/proc/self") else Liveness.DEAD
+    except (OSError, ValueError):
+        return Liveness.UNKNOWN  # EMFILE, EACCES, ...: cannot tell is not dead
     if fields[0] in ("Z", "X"):
-        return False
-    return start_time is None or int(fields[19]) == start_time
+        return Liveness.DEAD
+    if start_time is None or len(fields) <= 19:
+        return Liveness.ALIVE
+    return Liveness.ALIVE if int(fields[19]) == start_time else Liveness.DEAD
+
+
+def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
+    """True unless ``pid`` is known to be dead (or to be another process now)."""
+    return pid_state(pid, start_time) is not Liveness.DEAD
 
 
 def wait_gone(pids: dict[int, int | None], timeout: float) -> bool:
@@ -214,3 +260,45 @@ def stop_pids(pids: dict[int, int | None], timeout: float) -> None:
         for pid, start in pids.items():
             signal_pid(pid, signal.SIGKILL, start)
         wait_gone(pids, 5.0)
+
+
+def raise_fd_limit(cap: int = FD_LIMIT_CAP) -> tuple[int, int]:
+    """Lift the soft RLIMIT_NOFILE to the hard limit (at most ``cap``); returns
+    (before, after).  Never lowers it; a refusal leaves it as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError):
+            return soft, soft
+        return soft, want
+    return soft, soft
+
+
+class RateLimitedLog:
+    """Says each kind of recurring trouble at most once per ``every`` seconds.
+
+    ``log(kind, message)``: the first message of a kind is said at once; the
+    ones within ``every`` seconds after it are counted, and the next one said
+    carries the count.  Thread-safe.
+    """
+
+    def __init__(self, say: Callable[[str], None], every: float = LOG_EVERY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.say, self.every, self.clock = say, every, clock
+        self._seen: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, message: str) -> bool:
+        """Log ``message`` unless ``kind`` was logged recently; True if it was said."""
+        now = self.clock()
+        with self._lock:
+            last, skipped = self._seen.get(kind, (None, 0))
+            if last is not None and now - last < self.every:
+                self._seen[kind] = (last, skipped + 1)
+                return False
+            self._seen[kind] = (now, 0)
+        self.say(message + (f" ({skipped} more like this since the last report)"
+                            if skipped else ""))
+        return True

@@ -24,11 +24,18 @@ that dies every few seconds is broken, not unlucky, and restarting it for
 ever only hides that.  ``limit = 0`` never gives up.  Stopping is a
 separate path (STOPPING -> STOPPED) that never restarts.
 
+A node whose command cannot even be launched is FATAL at once (no such
+program), unless the reason is one that passes: the supervisor itself is
+short of descriptors, processes or memory (``TRANSIENT_LAUNCH_ERRNOS``).
+Then it waits in BACKOFF and tries again after ``launch_retry_delay``, for
+as long as it takes; such attempts are not failed starts.
+
 Everything here is pure: times are passed in, so tests need no clock.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -43,6 +50,10 @@ MAX_CRASH_LIMIT = 64  # crashes remembered per node, so the largest crash_limit
 CRASH_BACKOFF = 0.5  # first delay inside a crash loop, doubling
 CRASH_BACKOFF_MAX = 30.0
 STOP_TIMEOUT = 10.0  # SIGTERM, then SIGKILL after this
+LAUNCH_BACKOFF = 0.25  # first delay after a launch failed for a passing reason, doubling
+LAUNCH_BACKOFF_MAX = 5.0
+# why a launch may fail and work later: no descriptor, process slot or memory left
+TRANSIENT_LAUNCH_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
 
 class State(str, Enum):
@@ -73,6 +84,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (S.STARTING, E.EXIT): S.BACKOFF,
     (S.RUNNING, E.EXIT): S.BACKOFF,
     (S.STOPPED, E.EXIT): S.BACKOFF,  # spawning failed outright (bad command)
+    (S.BACKOFF, E.EXIT): S.BACKOFF,  # launching failed again, for a passing reason
+    (S.FATAL, E.EXIT): S.BACKOFF,  # a restart request could not launch it yet
     (S.BACKOFF, E.GIVE_UP): S.FATAL,
     (S.STOPPED, E.GIVE_UP): S.FATAL,  # cannot even try (port taken, bad dir)
     (S.FATAL, E.GIVE_UP): S.FATAL,  # asked again, still cannot
@@ -109,6 +122,12 @@ def start_retry_delay(failed_starts: int) -> float | None:
     if failed_starts > START_RETRIES:
         return None
     return START_BACKOFF * 2 ** (failed_starts - 1)
+
+
+def launch_retry_delay(failures: int) -> float:
+    """Seconds to wait after the n-th launch in a row that failed for a passing
+    reason (``TRANSIENT_LAUNCH_ERRNOS``); these never give up."""
+    return min(LAUNCH_BACKOFF_MAX, LAUNCH_BACKOFF * 2 ** (max(1, failures) - 1))
 
 
 def crash_delay(recent_crashes: int) -> float:

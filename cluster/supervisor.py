@@ -9,15 +9,16 @@ each turn:
 
 1. handles queued signals: TERM/INT/QUIT stop everything (a second one
    kills), HUP re-reads ``wanted.json`` and the request mailbox (that is how
-   `bscluster up` adds nodes and `bscluster restart` restarts one), CHLD
-   only wakes us;
+   `bscluster up` adds nodes, `bscluster remove` takes one away, and
+   `restart`, `drain` and `undrain` reach one), CHLD only wakes us;
 2. reaps every exited child with ``waitpid(-1, WNOHANG)`` and checks adopted
    nodes (not our children) by pid and start time;
 3. moves timers: a STARTING node that accepts connections is RUNNING, one
    that is too slow is killed; a BACKOFF delay that ran out spawns again; a
    STOPPING node past its deadline gets SIGKILL;
 4. reconciles wanted against running: every wanted node that is STOPPED is
-   spawned (FATAL ones are not);
+   spawned (FATAL ones are not); a node no longer wanted is stopped, then
+   forgotten;
 5. publishes ``bscluster.json`` if anything changed, then sleeps in
    ``select`` on the wakeup fd and the nodes' output pipes.
 
@@ -25,15 +26,30 @@ With ``web`` set (`up --web`), the dashboard and the cluster /metrics run on
 threads of this process (webhost.py); they only read what the loop
 publishes, so the loop stays the one place that changes anything.
 
+A drained node (`bscluster drain`) is sent SIGUSR1 each time it becomes
+RUNNING, so it stays drained across restarts; the set of drained nodes is
+part of the published state, and an adopting supervisor takes it over.
+
 Node states and the retry policy are in ``states.py``.  The supervisor
 never blocks on one node, so a slow or dead node never holds up the others.
+
+Nothing that goes wrong in a turn ends the loop: the error is logged (each
+kind at most once a minute, with a count) and the turn is tried again, so a
+supervisor short of descriptors keeps its nodes supervised and its state
+file in place instead of dying and orphaning them.  At start it lifts its
+own soft descriptor limit to the hard one (``runtime.raise_fd_limit``); a
+node that cannot be launched for want of descriptors waits in BACKOFF, and
+a STARTING one is not killed as too slow while the supervisor cannot open a
+socket to try it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -46,11 +62,15 @@ from bscluster.probe import connectable
 from bscluster.proxy_proc import ProxyProc
 from bscluster.runtime import (
     STATE_VERSION,
+    Liveness,
     Lock,
     Paths,
+    RateLimitedLog,
+    log_stamp,
     make_private_dir,
-    pid_alive,
+    pid_state,
     process_start_time,
+    raise_fd_limit,
     read_json,
     write_json,
 )
@@ -58,8 +78,10 @@ from bscluster.states import (
     SETTLED,
     START_TIMEOUT,
     STOP_TIMEOUT,
+    TRANSIENT_LAUNCH_ERRNOS,
     Event,
     State,
+    launch_retry_delay,
     start_retry_delay,
 )
 
@@ -67,7 +89,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
 IDLE_INTERVAL = 1.0
+# what bsnode writes while it replays a large binlog (node/binlog_replay.py's
+# progress lines): "binlog: replayed 40% (123 records, 1.0 s)"
+REPLAY_PROGRESS = re.compile(r"binlog: (replay(?:ing|ed) [^(]*?)\s*(\(.*\))?$")
 CRASHES_SHOWN = 5  # exits named in a crash-loop FATAL reason
+LOOP_ERROR_DELAY = 0.5  # seconds before a turn that failed is tried again
 
 
 class AlreadyRunning(RuntimeError):
@@ -90,6 +116,8 @@ class Supervisor:
         self.web_url: str | None = None
         self.proxy: ProxyProc | None = None  # `bscluster proxy` when the config sets proxy
         self.nodes: dict[str, NodeProc] = {}
+        self.drained: set[str] = set()  # nodes that refuse puts (SIGUSR1 on every start)
+        self.progress: dict[str, str] = {}  # STARTING node -> "replayed 40%" (its last words)
         self.signals: deque[int] = deque()
         self.stopping = False
         self.awaiting_settle = True
@@ -103,11 +131,14 @@ class Supervisor:
         self._old_handlers: dict = {}
         self._width = max(len("bscluster"), *(len(n.name) for n in config.nodes))
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.trouble = RateLimitedLog(self.say)  # recurring errors, said once a minute
+        self._launch_failures: dict[str, int] = {}  # launches in a row that failed for now
 
     # --- life ------------------------------------------------------------------
     def run(self) -> int:
         """Supervise until stopped; returns the exit status."""
         make_private_dir(self.config.data_dir)
+        fd_limit = raise_fd_limit()
         if not self.lock.acquire():
             raise AlreadyRunning(f"a supervisor is already running for {self.config.data_dir}")
         clean = False
@@ -122,6 +153,8 @@ class Supervisor:
             self._adopt_leftovers()
             self.say(f"supervising {len(self.nodes)} nodes (pid {os.getpid()}, "
                      f"data in {self.config.data_dir})")
+            if fd_limit[1] > fd_limit[0]:
+                self.say(f"raised the descriptor limit from {fd_limit[0]} to {fd_limit[1]}")
             self._loop()
             clean = True
         finally:
@@ -132,21 +165,38 @@ class Supervisor:
 
     def _loop(self) -> None:
         while True:
-            self._handle_signals()
-            self._reap()
-            self._tick(self.clock())
-            if self.proxy is not None:
-                self.proxy.tick(self.clock(), self.env)
-            if not self.stopping:
-                self._reconcile()
-            self._publish()
-            self._check_settled()
-            if self.stopping and not any(n.state in (State.STOPPING,) or n.alive()
-                                         for n in self.nodes.values()) \
-                    and not (self.proxy is not None and self.proxy.alive()):
-                self.say("all nodes stopped")
-                return
-            self._sleep(self._timeout(self.clock()))
+            try:
+                if self._turn():
+                    return
+            except Exception as e:  # noqa: BLE001 - supervising must outlive any error
+                self.trouble("loop", f"error in the supervision loop: {type(e).__name__}: "
+                                     f"{e}; retrying every {LOOP_ERROR_DELAY:g}s")
+                self._rest(LOOP_ERROR_DELAY)
+
+    def _turn(self) -> bool:
+        """One pass of the loop; True when everything has stopped."""
+        self._handle_signals()
+        self._reap()
+        self._tick(self.clock())
+        if self.proxy is not None:
+            self.proxy.tick(self.clock(), self.env)
+        if not self.stopping:
+            self._reconcile()
+        self._publish()
+        self._check_settled()
+        if self.stopping and not any(n.state in (State.STOPPING,) or n.alive()
+                                     for n in self.nodes.values()) \
+                and not (self.proxy is not None and self.proxy.alive()):
+            self.say("all nodes stopped")
+            return True
+        self._sleep(self._timeout(self.clock()))
+        return False
+
+    def _rest(self, seconds: float) -> None:
+        try:
+            self._sleep(seconds)
+        except Exception:  # noqa: BLE001 - even the sleep failed: sleep without it
+            time.sleep(seconds)
 
     # --- signals: handlers only enqueue ------------------------------------------
     def _install_signals(self) -> None:
@@ -184,7 +234,9 @@ class Supervisor:
             elif self.proxy is not None:
                 self.proxy.exited(pid, os.waitstatus_to_exitcode(status))
         for node in self.nodes.values():
-            if node.adopted and node.pid and not node.alive():
+            # an adopted node is not our child: only a pid known dead has exited
+            if node.adopted and node.pid and \
+                    pid_state(node.pid, node.pid_start) is Liveness.DEAD:
                 self._on_exit(node, None)
 
     def _on_exit(self, node: NodeProc, code: int | None) -> None:
@@ -246,13 +298,22 @@ class Supervisor:
         for node in self.nodes.values():
             self._echo_output(node, node.read_output())
             if node.state is State.STARTING:
+                self._note_progress(node)
                 if connectable(node.spec.host, node.spec.port) and node.alive():
                     node.fire(Event.READY)
                     node.failed_starts, node.wake_at = 0, None
                     node.reason = None
                     node.restart_requested = False
                     self.say(f"{node.name} RUNNING on {node.spec.address} (pid {node.pid})")
+                    if node.name in self.drained:
+                        node.send(signal.SIGUSR1)
+                        self.say(f"{node.name} drained again (it refuses new jobs)")
                 elif node.wake_at is not None and now >= node.wake_at:
+                    if not _can_probe():  # no descriptor to try it with: not its fault
+                        node.wake_at = now + LOOP_ERROR_DELAY
+                        self.trouble("probe", f"cannot check whether {node.name} accepts "
+                                              f"connections: no descriptor left; waiting")
+                        continue
                     node.reason = f"did not accept connections within {START_TIMEOUT:g}s"
                     node.send(signal.SIGKILL)
                     node.wake_at = None
@@ -265,10 +326,34 @@ class Supervisor:
                 node.send(signal.SIGKILL)
                 node.wake_at = None
 
+    def _note_progress(self, node: NodeProc) -> None:
+        """Remember how far a starting node's binlog replay got, from its output."""
+        node.last_words()  # reads a detached node's log tail into node.tail
+        for line in reversed(node.tail):
+            m = REPLAY_PROGRESS.search(line)
+            if m:
+                self.progress[node.name] = m.group(1)
+                return
+
     def _reconcile(self) -> None:
-        for node in self.nodes.values():
-            if node.state is State.STOPPED:
+        wanted = {spec.name for spec in self.config.nodes}
+        for name, node in list(self.nodes.items()):
+            if name not in wanted:
+                self._retire(node)
+            elif node.state is State.STOPPED:
                 self._spawn(node)
+
+    def _retire(self, node: NodeProc) -> None:
+        """A node taken out of the configuration: stop it, then forget it."""
+        if node.state in (State.STARTING, State.RUNNING):
+            self.say(f"{node.name} removed from the cluster; stopping it")
+            node.stop(self.clock() + STOP_TIMEOUT)
+        elif node.state is State.BACKOFF:
+            node.fire(Event.STOP)
+        elif node.state in (State.STOPPED, State.FATAL) and not node.alive():
+            del self.nodes[node.name]
+            self.drained.discard(node.name)
+            self.say(f"{node.name} removed")
 
     def _spawn(self, node: NodeProc) -> None:
         problem = self._cannot_start(node.spec)
@@ -281,17 +366,34 @@ class Supervisor:
         try:
             node.spawn(self.env)
         except OSError as e:
+            if e.errno in TRANSIENT_LAUNCH_ERRNOS:
+                self._launch_later(node, e)
+                return
             node.reason = (f"cannot run node command {node.command[0]!r}: "
                            f"{e.strerror or e}; install it or set node_command "
                            f"(BSCLUSTER_NODE_COMMAND)")
             node.fire(Event.GIVE_UP)
             self.say(f"{node.name} FATAL: {node.reason}")
             return
+        self._launch_failures.pop(node.name, None)
+        self.progress.pop(node.name, None)
         if previous is not None:
             node.restarts += 1
         node.reason = None
         node.fire(Event.SPAWN)
         node.wake_at = self.clock() + START_TIMEOUT
+
+    def _launch_later(self, node: NodeProc, error: OSError) -> None:
+        """The launch failed for a reason that passes (no descriptor, process
+        slot or memory left in the supervisor): BACKOFF, then try again."""
+        failures = self._launch_failures.get(node.name, 0) + 1
+        self._launch_failures[node.name] = failures
+        delay = launch_retry_delay(failures)
+        node.reason = (f"cannot launch it for now: {error.strerror or error}; "
+                       f"retrying every {delay:g}s at most")
+        node.fire(Event.EXIT)
+        node.wake_at = self.clock() + delay
+        self.trouble(f"launch {node.name}", f"{node.name} {node.reason}")
 
     def _cannot_start(self, spec: NodeSpec) -> str | None:
         """Why a node cannot start at all, so it goes FATAL without retrying."""
@@ -396,7 +498,8 @@ class Supervisor:
         from bscluster.webhost import WebHost
 
         token = os.environ.get(ENV_TOKEN) or None
-        self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published)
+        self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published,
+                           log=self.say, max_tubes=self.config.web_max_tubes)
         self.web_url = self.web.start()
         self.say(f"dashboard on {self.web_url} (metrics at {self.web_url}metrics; "
                  + ("actions enabled, token required)" if token else
@@ -424,8 +527,28 @@ class Supervisor:
             for path in sorted(self.paths.requests.iterdir()):
                 request = read_json(path)
                 _unlink(path)
-                if request and request.get("op") == "restart":
+                op = (request or {}).get("op")
+                if op == "restart":
                     self._restart(request.get("node", ""))
+                elif op in ("drain", "undrain"):
+                    self._drain(request.get("node", ""), op == "drain")
+
+    def _drain(self, name: str, on: bool) -> None:
+        """Drain a node (SIGUSR1 now and after every start), or stop draining it:
+        a node cannot leave drain mode, so undrain restarts it."""
+        node = self.nodes.get(name)
+        if node is None:
+            self.say(f"drain: no node named {name!r}")
+            return
+        if on:
+            self.drained.add(name)
+            self.say(f"draining {name}: it refuses new jobs from now on")
+            if node.state is State.RUNNING:
+                node.send(signal.SIGUSR1)
+        elif name in self.drained:
+            self.drained.discard(name)
+            self.say(f"undraining {name}: restarting it without drain mode")
+            self._restart(name)
 
     def _restart(self, name: str) -> None:
         node = self.nodes.get(name)
@@ -446,8 +569,10 @@ class Supervisor:
         """Take over nodes a killed supervisor left running, so none is started twice."""
         old = read_json(self.paths.state) or {}
         for name, entry in (old.get("nodes") or {}).items():
+            if entry.get("draining") and name in self.nodes:
+                self.drained.add(name)  # a killed supervisor's drained nodes stay drained
             pid, start = entry.get("pid"), entry.get("pid_start")
-            if not pid_alive(pid, start):
+            if pid_state(pid, start) is Liveness.DEAD:
                 continue
             node = self.nodes.get(name)
             if node is None or (entry.get("host"), entry.get("port")) != \
@@ -466,7 +591,7 @@ class Supervisor:
         self._line("bscluster", message)
 
     def _line(self, who: str, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S ") if self.detached else ""
+        stamp = log_stamp() + " " if self.detached else ""
         try:
             self.out.write(f"{stamp}{who:<{self._width}} | {text}\n")
             self.out.flush()
@@ -486,7 +611,10 @@ class Supervisor:
                 "log": str(self.paths.log) if self.detached else None,
                 "web": self.web_url,
             },
-            "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
+            "nodes": {name: {**n.to_dict(), "draining": name in self.drained,
+                             "progress": self.progress.get(name)
+                             if n.state is State.STARTING else None}
+                      for name, n in self.nodes.items()},
         }
 
     def _publish(self) -> None:
@@ -535,9 +663,12 @@ class Supervisor:
         return timeout
 
     def _sleep(self, timeout: float) -> None:
-        fds = [self._wake_r] + [n.fd for n in self.nodes.values() if n.fd is not None]
+        # poll(), not select(): descriptors above 1023 are fine, none is allocated
+        poller = select.poll()
+        for fd in [self._wake_r] + [n.fd for n in self.nodes.values() if n.fd is not None]:
+            poller.register(fd, select.POLLIN)
         try:
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready = {fd for fd, _ in poller.poll(timeout * 1000)}
         except InterruptedError:
             return
         if self._wake_r in ready:
@@ -546,6 +677,15 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
+
+
+def _can_probe() -> bool:
+    """Can this process open a socket at all (to try a node's port)?"""
+    try:
+        socket.socket().close()
+    except OSError:
+        return False
+    return True
 
 
 def _describe_exit(code: int | None) -> str:

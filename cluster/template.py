@@ -62,9 +62,18 @@ binlog_size = {binlog_size}
 # metrics_base_port = 9311
 # metrics_host = "{metrics_host}"
 
+# The hash that places tubes on nodes, for every client of this file and for
+# `bscluster route`: "md5" (uhashring's ring, ClusterClient's default) or
+# "ketama" (libketama's continuum, which ketama clients in other languages
+# compute from the same node names and weights).
+# ring = "{ring}"
+
 # Per-node overrides. Any of host, port, weight (share of tubes in the
 # client's ring, default 1), data_dir (this node's own binlog directory),
 # metrics_port, binlog, fsync_ms, max_job_size, binlog_size.
+# `bscluster remove nodeN` writes two more: leaving = true (it owns no tubes
+# but is still served) while its jobs move away, then removed = true (gone;
+# its name is not reused). Removing the last node lowers `nodes` instead.
 #
 # [nodes.node2]
 # host = "10.0.0.12"

@@ -2,7 +2,8 @@
 
 How this works
 --------------
-One ``ThreadingHTTPServer`` (stdlib, a thread per request) serves the
+One ``BoundedServer`` (webserver.py: a fixed pool of worker threads, idle
+connections capped and timed out, request bodies bounded) serves the
 static dashboard from cluster/static/ and a small JSON API (documented in
 docs/MONITORING.md).  `bscluster web` runs it on its own; `bscluster up
 --web` runs the same thing on threads inside the supervisor (webhost.py).
@@ -34,7 +35,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -47,7 +47,7 @@ from bsclient import (
     NotFoundError,
 )
 from bsclient.protocol import valid_tube_name
-from bscluster.config import DEFAULT_WEB_LISTEN
+from bscluster.config import DEFAULT_WEB_LISTEN, DEFAULT_WEB_MAX_TUBES, MAX_WEB_MAX_TUBES
 from bscluster.monitor import (
     POLL_INTERVAL,
     Monitor,
@@ -58,6 +58,7 @@ from bscluster.monitor import (
     watch_options,
 )
 from bscluster.supervisor_metrics import supervisor_metrics
+from bscluster.webserver import BoundedHandler, BoundedServer
 from bsnode.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -284,7 +285,7 @@ def _segments(path: str) -> list[str]:
     return [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(BoundedHandler):
     server_version = "bscluster-web"
     dashboard: Dashboard  # set on the subclass made by make_server
     allowed_hosts: frozenset[str] | None = None
@@ -367,7 +368,10 @@ class Handler(BaseHTTPRequestHandler):
             tube = query.get("tube", [None])[0]
             return self._json(200, {"tube": tube, "points": d.monitor.history(tube)})
         if seg[1] == "tubes" and len(seg) == 3:
-            return self._json(200, inspect_tube(d.monitor, _tube(seg[2])))
+            found = inspect_tube(d.monitor, _tube(seg[2]))
+            if not found["nodes"]:  # every node answered, and none has it
+                raise ApiError(404, f"no node has a tube named {seg[2]!r}")
+            return self._json(200, found)
         if seg[1] == "jobs" and len(seg) == 4:
             job = inspect_job(d.monitor, seg[2], _job_id(seg[3]))
             if job is None:
@@ -393,9 +397,10 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, result)
 
     def _body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = _content_length(self.headers.get("Content-Length"))
         if length > MAX_REQUEST_BODY:
-            raise ApiError(413, "request body too large")
+            self.close_connection = True  # the body is left unread
+            raise ApiError(413, f"request body too large (at most {MAX_REQUEST_BODY} bytes)")
         if not length:
             return {}
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
@@ -448,19 +453,29 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, path.read_bytes(), ctype)
 
 
+def _content_length(value: str | None) -> int:
+    """The request's body length; ApiError 400 unless it is a plain decimal."""
+    if value is None or not value.strip():
+        return 0
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise ApiError(400, f"bad Content-Length {value[:40]!r}: expected a number of bytes")
+    return int(value)
+
+
 def _job_id(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 2**64:
         raise ApiError(400, f"{text!r} is not a job id")
     return int(text)
 
 
-def make_server(dashboard: Dashboard, host: str, port: int,
-                quiet: bool = True) -> ThreadingHTTPServer:
-    """Bind the dashboard; the caller runs ``serve_forever`` and ``server_close``."""
+def make_server(dashboard: Dashboard, host: str, port: int, quiet: bool = True,
+                log: Callable[[str], None] | None = None) -> BoundedServer:
+    """Bind the dashboard; the caller runs ``serve_forever`` and ``server_close``.
+    ``log`` hears of trouble the server survives (out of descriptors, say)."""
     loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
     handler = type("DashboardHandler", (Handler,), {"dashboard": dashboard, "quiet": quiet})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = BoundedServer((host, port), handler, log=log)
     if loopback:
         bound = server.server_address[1]
         handler.allowed_hosts = frozenset(f"{h}:{bound}" for h in LOOPBACK_HOSTS)
@@ -483,15 +498,21 @@ def _listen(text: str) -> tuple[str, int]:
               f"this token [env {ENV_TOKEN}]; --token alone makes one up and prints it.")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=POLL_INTERVAL,
               show_default=True, metavar="SECONDS", help="Time between polls of the nodes.")
+@click.option("--max-tubes", type=click.IntRange(1, MAX_WEB_MAX_TUBES),
+              default=DEFAULT_WEB_MAX_TUBES, show_default=True, metavar="N",
+              envvar="BSCLUSTER_WEB_MAX_TUBES", help="Tubes listed and charted, busiest "
+              "first; quiet tubes beyond this are only counted [env BSCLUSTER_WEB_MAX_TUBES].")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request.")
-def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> None:
+def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
+        verbose) -> None:
     """Serve the dashboard, its JSON API and the cluster's /metrics.
 
     Read-only unless a token is set; see docs/MONITORING.md.
     """
     host, port = _listen(listen)
     try:
-        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval)
+        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval,
+                          max_tubes=max_tubes)
     except MonitorError as e:
         raise click.ClickException(str(e)) from None
     if token == _GENERATE:
@@ -500,7 +521,7 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
     state = None if node_flags else _supervisor_state_source(config_file, data_dir)
     dashboard = Dashboard(monitor, token, state)
     try:
-        server = make_server(dashboard, host, port, quiet=not verbose)
+        server = make_server(dashboard, host, port, quiet=not verbose, log=_log_stderr)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if handler_open_to_others(host):
@@ -524,6 +545,10 @@ def web(config_file, data_dir, node_flags, listen, token, interval, verbose) -> 
     finally:
         dashboard.stop()
         server.server_close()
+
+
+def _log_stderr(message: str) -> None:
+    click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", err=True)
 
 
 def _supervisor_state_source(config_file: str | None,

@@ -3,14 +3,18 @@
 How this works
 --------------
 ``WebHost`` is the same dashboard `bscluster web` serves (web.py: a
-``Monitor`` polling the nodes, a poller thread, a ``ThreadingHTTPServer``)
-run on daemon threads of the supervisor process, so it lives and dies with
+``Monitor`` polling the nodes, a poller thread, a ``BoundedServer``) run on
+daemon threads of the supervisor process, so it lives and dies with
 the supervisor: `down`, Ctrl-C or a crash of the supervisor leave nothing
 behind, and there is no extra process to adopt or supervise.  The threads
 never touch the supervisor's state: /metrics reads the snapshot the loop
 last published (a dict replaced whole, never changed in place), and the
 loop tells the host about new nodes with ``set_nodes``.  The port is bound
 in ``start``, before any node starts, so a taken port is an error at once.
+The server's share of the supervisor is bounded (webserver.py: at most
+``MAX_CONNECTIONS`` descriptors and ``WORKERS`` threads), so clients of the
+dashboard cannot starve the loop that keeps the nodes running; trouble it
+survives is said through ``log`` (the supervisor's log).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from bsclient.config import NodeAddress
-from bscluster.config import NodeSpec, parse_listen
+from bscluster.config import DEFAULT_WEB_MAX_TUBES, NodeSpec, parse_listen
 from bscluster.monitor import Monitor
 from bscluster.probe import connect_host
 from bscluster.web import Dashboard, handler_open_to_others, make_server
@@ -38,9 +42,12 @@ def node_addresses(specs: Iterable[NodeSpec]) -> tuple[NodeAddress, ...]:
 
 class WebHost:
     def __init__(self, listen: str, specs: Iterable[NodeSpec], token: str | None,
-                 supervisor_state: Callable[[], dict | None]) -> None:
+                 supervisor_state: Callable[[], dict | None],
+                 log: Callable[[str], None] | None = None,
+                 max_tubes: int = DEFAULT_WEB_MAX_TUBES) -> None:
         self.listen = listen
-        self.monitor = Monitor(node_addresses(specs))
+        self.log = log
+        self.monitor = Monitor(node_addresses(specs), max_tubes=max_tubes)
         self.dashboard = Dashboard(self.monitor, token, supervisor_state)
         self.server = None
         self._thread: threading.Thread | None = None
@@ -49,7 +56,7 @@ class WebHost:
         """Bind and serve; returns the dashboard's URL.  Raises WebError."""
         host, port = parse_listen(self.listen)
         try:
-            self.server = make_server(self.dashboard, host, port)
+            self.server = make_server(self.dashboard, host, port, log=self.log)
         except OSError as e:
             raise WebError(f"cannot serve the dashboard on {host}:{port}: {e.strerror or e}; "
                            f"choose another address with --web ADDR:PORT (or web in the "

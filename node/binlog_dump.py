@@ -6,7 +6,9 @@ shortened unless ``--bodies``), and one line for every damaged stretch, so a
 refused start can be looked at before deciding to recover past it.
 ``--json`` prints one JSON object per line instead.  It only reads; it takes
 no lock, so it can look at the log of a running node.  Exit status 1 when
-any damage was found.
+any damage was found, 2 when a path cannot be read or is a directory
+without segments (``binlog.N`` files).  Output cut short by its reader
+(``| head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -32,9 +34,18 @@ BODY_PREVIEW = 40
 
 
 def segment_paths(paths: list[str]) -> list[str]:
+    """The segment files named or found in the directories named; OSError when a
+    directory holds none."""
     out = []
     for p in paths:
-        out.extend(path for _, path in list_segments(p)) if os.path.isdir(p) else out.append(p)
+        if not os.path.isdir(p):
+            out.append(p)
+            continue
+        found = [path for _, path in list_segments(p)]
+        if not found:
+            raise OSError(f"{p} holds no binlog segments (binlog.N files); name a node's "
+                          f"binlog directory (bsnode -b DIR) or segment files")
+        out.extend(found)
     return out
 
 
@@ -93,11 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--bodies", action="store_true", help="print job bodies in full")
     args = ap.parse_args(argv)
-    damaged = False
     try:
         paths = segment_paths(args.paths)
     except OSError as e:
         ap.error(str(e))
+    try:
+        return _dump(ap, paths, args)
+    except BrokenPipeError:  # the reader stopped early (`| head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _dump(ap: argparse.ArgumentParser, paths: list[str], args: argparse.Namespace) -> int:
+    damaged = False
     for path in paths:
         try:
             with open(path, "rb") as f:

@@ -384,5 +384,6 @@ def install_signal_handlers(server: NodeServer) -> None:
 def setup_logging(verbose: int) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO,
-        format="bsnode[%(process)d]: %(message)s",
+        # every line starts with its time (ISO 8601), as bscluster's own log lines do
+        format="%(asctime)s bsnode[%(process)d]: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z",
     )

@@ -1,17 +1,24 @@
-"""Smoke tests of the load tools at tiny sizes: `bscluster bench` and bench/*.py.
+"""Smoke tests of the load tools at tiny sizes: `bscluster bench`, the compiled
+load generator bench/loadgen.c and bench/*.py.
 
-They check the plumbing (connections set up, every reply checked, jobs
-cleaned up, figures printed, servers and processes gone afterwards), never
-performance: the figures themselves are measured by bench/run_benchmarks.py.
+They check the plumbing (connections set up, every reply checked, errors
+counted, jobs cleaned up, figures printed, servers and processes gone
+afterwards), never performance: the figures themselves are measured by
+bench/run_benchmarks.py.  The load generator is built with cc by the harness,
+as the bench scripts do; without a C compiler these tests fail (CI installs
+gcc), they do not skip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -80,7 +87,19 @@ def test_percentiles_come_from_the_log_histogram():
 
 def test_help_says_a_python_client_can_be_the_bottleneck():
     out = invoke("--help").output
-    assert "bottleneck" in out and "loadgen" in out
+    assert "bottleneck" in out and "bench/loadgen.c" in out
+
+
+def test_short_options_mean_what_they_mean_in_other_bscluster_commands(tmp_path):
+    """-c is --config everywhere (issue 16); -d (detach in `up`) and -p (bsnode's
+    port) are not taken by bench."""
+    missing = tmp_path / "nope.toml"
+    result = CliRunner().invoke(bench, ["-c", str(missing), *TINY])
+    assert result.exit_code != 0 and "nope.toml" in result.output
+    for short in ("-d", "-p"):
+        result = CliRunner().invoke(bench, [short, "3"])
+        assert result.exit_code == 2 and f"No such option '{short}'" in result.output
+    assert "-c is --config" in " ".join(invoke("--help").output.split())
 
 
 # --- against servers -------------------------------------------------------------
@@ -128,7 +147,7 @@ def test_a_cluster_config_spreads_tubes_over_its_nodes(tmp_path):
         config = tmp_path / "bscluster.toml"
         config.write_text(f'[cluster]\nnodes = 2\nhost = "127.0.0.1"\nbase_port = {a.port}\n'
                           f"[nodes.node2]\nport = {b.port}\n")
-        result = invoke("--config", str(config), "--tubes", "8", "--mode", "put",
+        result = invoke("-c", str(config), "--tubes", "8", "--mode", "put",
                         "--seconds", "0.3", "--conns", "8", "--procs", "2")
         assert result.exit_code == 0, result.output
         assert "cluster of 2 nodes" in result.stdout
@@ -171,16 +190,8 @@ def test_delayed_promotion_measures_every_job(bsnode):
     assert r["samples"] > 10
 
 
-def _loadgen_or_skip() -> str:
-    try:
-        return harness.find_loadgen(build=False)
-    except harness.BenchError as e:
-        pytest.skip(str(e))
-
-
 @pytest.mark.integration
-def test_run_benchmarks_quick_prints_the_table(tmp_path):
-    _loadgen_or_skip()
+def test_run_benchmarks_quick_prints_the_table(tmp_path, loadgen):
     out = tmp_path / "raw.json"
     argv = [sys.executable, str(BENCH_DIR / "run_benchmarks.py"), "--quick", "--only",
             "throughput,memory", "--seconds", "0.3", "--json", str(out)]
@@ -206,3 +217,136 @@ def test_core_cost_prints_every_figure(capsys):
     for _, label, how in core_cost.FIGURES:
         assert f"{label} ({how})" in out
     assert "nan" not in out
+
+
+# --- the compiled load generator, bench/loadgen.c ---------------------------------------
+@pytest.fixture(scope="module")
+def loadgen() -> str:
+    """bench/loadgen.c, built by the harness as the bench scripts build it."""
+    return harness.find_loadgen()
+
+
+def run_lg(loadgen: str, port: int, mode: str, *args: str, expect: int = 0) -> dict:
+    argv = [loadgen, "--port", str(port), "--mode", mode, "--grace", "5", *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == expect, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_harness_rebuilds_a_binary_older_than_its_source(tmp_path, loadgen):
+    out = tmp_path / "loadgen"
+    out.write_text("#!/bin/sh\n")
+    out.chmod(0o755)
+    os.utime(out, (1, 1))
+    assert not harness._is_current(out)
+    assert harness.build_loadgen(out) == out and harness._is_current(out)
+    done = subprocess.run([str(out), "--help"], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0 and "put-reserve-delete" in done.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["loadgen"]  # no temporary left
+
+
+def test_the_load_generator_refuses_what_it_cannot_do(loadgen):
+    for args, words in ((["--host", "10.1.2.3", "--jobs", "1"], "loopback"),
+                        (["--host", "example.com", "--jobs", "1"], "not an IPv4"),
+                        (["--mode", "prd"], "unknown --mode"),
+                        (["--mode", "put"], "give --seconds, --jobs or --ops"),
+                        (["--pipeline", "0", "--jobs", "1"], "--pipeline wants a number"),
+                        (["--mode", "produce-consume", "--conns", "1", "--jobs", "1"],
+                         "--conns 2")):
+        done = subprocess.run([loadgen, "--port", "1", *args], capture_output=True,
+                              text=True, timeout=10)
+        assert done.returncode == 2 and words in done.stderr, (args, done.stderr)
+    done = subprocess.run([loadgen, "--port", str(free_port()), "--jobs", "1"],
+                          capture_output=True, text=True, timeout=10)
+    assert done.returncode == 2 and "Connection refused" in done.stderr
+
+
+@pytest.mark.integration
+def test_fill_and_drain_over_several_tubes(bsnode, loadgen):
+    r = run_lg(loadgen, bsnode.port, "fill", "--jobs", "500", "--conns", "3", "--pipeline",
+               "8", "--tubes", "2", "--server-pid", str(bsnode.pid))
+    assert (r["ops"], r["jobs"], r["errors"], r["incomplete"]) == (500, 500, 0, False)
+    assert r["server_rss_kb"] > 1000 and r["server_cpu_us_per_op"] >= 0
+    with Client(bsnode.address) as c:
+        assert c.stats()["current-jobs-ready"] == 500
+        per_tube = [c.stats_tube(f"loadgen.{i}")["current-jobs-ready"] for i in (0, 1)]
+    assert sum(per_tube) == 500 and min(per_tube) > 0
+    r = run_lg(loadgen, bsnode.port, "drain", "--conns", "2", "--pipeline", "4",
+               "--tubes", "2")
+    assert (r["jobs"], r["ops"], r["errors"]) == (500, 1000, 0)
+    assert ready_jobs(bsnode) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["put-reserve-delete", "produce-consume"])
+def test_jobs_count_three_commands_and_leave_the_tube_empty(bsnode, loadgen, mode):
+    r = run_lg(loadgen, bsnode.port, mode, "--jobs", "300", "--conns", "4", "--pipeline", "3")
+    assert (r["jobs"], r["ops"], r["errors"]) == (300, 900, 0)
+    assert {r["lat"][k]["n"] for k in ("put", "reserve", "delete")} == {300}
+    assert 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
+    assert r["ops_per_s"] == pytest.approx(r["ops"] / r["elapsed_s"], rel=0.1)  # ms rounding
+    with Client(bsnode.address) as c:
+        st = c.stats()
+    assert st["current-jobs-ready"] == 0 and st["cmd-delete"] == 300
+
+
+@pytest.mark.integration
+def test_a_timed_run_stops_and_finishes_its_jobs(bsnode, loadgen):
+    r = run_lg(loadgen, bsnode.port, "produce-consume", "--seconds", "0.3", "--conns", "4",
+               "--pipeline", "2")
+    assert r["jobs"] > 0 and r["errors"] == 0 and 0.3 <= r["elapsed_s"] < 5
+    assert ready_jobs(bsnode) == 0  # consumers took every job the producers put
+
+
+class FakeServer:
+    """A loopback server that answers each command with ``reply(command_line)``
+    (or closes the connection when it returns None)."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, contextlib.suppress(ConnectionError):  # loadgen may reset it
+            buf = b""
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\r\n" in buf:
+                    line, buf = buf.split(b"\r\n", 1)
+                    if line.startswith(b"put "):
+                        buf = buf.split(b"\r\n", 1)[1]  # the body (no CRLF inside)
+                    answer = self.reply(line)
+                    if answer is None:
+                        return
+                    conn.sendall(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("reply, sample, code", [
+    (lambda line: b"OUT_OF_MEMORY\r\n", "put got 'OUT_OF_MEMORY'", 1),
+    (lambda line: None, "connection closed: the server closed it (1 commands", 1),
+    (lambda line: b"INSERTED 7\r\n" if line.startswith(b"put") else
+     b"RESERVED 7 3\r\nabc\r\n" if line == b"reserve" else b"DELETED\r\n",
+     "RESERVED a 3-byte body, not --size 100", 1),
+    (lambda line: b"INSERTED 7\r\n" if line.startswith(b"put") else b"INSERTED 8 9\r\n",
+     "reserve got 'INSERTED 8 9'", 1),
+    (lambda line: b"INSERTED 7\n", "not ended by CRLF", 1),
+])
+def test_every_reply_is_checked_and_errors_are_counted(loadgen, reply, sample, code):
+    server = FakeServer(reply)
+    try:
+        r = run_lg(loadgen, server.port, "put-reserve-delete", "--jobs", "2", "--max-errors",
+                   "3", "--seconds", "5", expect=code)
+    finally:
+        server.close()
+    assert r["errors"] >= 1 and any(sample in s for s in r["error_samples"]), r

@@ -170,8 +170,9 @@ def test_status_with_nothing_running(runner):
     port = free_port()
     r = runner.invoke(cli, ["status", "--json"], env={"BSCLUSTER_BASE_PORT": str(port),
                                                      "BSCLUSTER_NODES": "2"})
-    assert r.exit_code == 3
+    assert r.exit_code == 4  # no cluster: no supervisor, and no node answers
     doc = json.loads(r.output)
+    assert doc["exit"] == 4
     assert doc["supervisor"] is None
     assert [(n["node"], n["up"]) for n in doc["nodes"]] == [("node1", False), ("node2", False)]
     r = runner.invoke(cli, ["status"], env={"BSCLUSTER_BASE_PORT": str(port)})
@@ -180,7 +181,7 @@ def test_status_with_nothing_running(runner):
 
 def test_stats_json_with_nothing_running(runner):
     r = runner.invoke(cli, ["stats", "--json"], env={"BSCLUSTER_BASE_PORT": str(free_port())})
-    assert r.exit_code == 0
+    assert r.exit_code == 4  # 0 of 4 nodes up is no cluster, not success
     doc = json.loads(r.output)
     assert doc["totals"]["nodes-up"] == 0 and doc["totals"]["nodes"] == 4
 

@@ -169,6 +169,7 @@ def test_tube_and_job_inspection(web, nodes):
     assert web.get("/api/jobs/node9/1")[0] == 404
     assert web.get("/api/jobs/node1/abc")[0] == 400
     assert web.get("/api/tubes/" + quote("bad name", safe=""))[0] == 400
+    assert web.get("/api/tubes/no-such-tube")[0] == 404  # every node answered: none has it
 
 
 def test_actions_need_a_configured_token(readonly):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from bsclient.config import NodeAddress
 from bscluster import monitor as M
@@ -168,3 +170,82 @@ def test_parse_node_flags():
     for bad in (["x=h:99999"], ["x=h:1@w"], ["x=h:port"]):
         with pytest.raises(M.MonitorError):
             M.parse_node_flags(bad)
+
+
+# --- tubes nobody uses cost nothing (issue 19, case 3) ------------------------------------
+class ManyTubes:
+    """A node with ``quiet`` empty tubes nobody uses and a few busy ones (jobs, puts)."""
+
+    def __init__(self, quiet: int, busy: tuple[str, ...] = ("jobs",)):
+        self.quiet = {f"idle-{i:06d}": _tube(**{"current-watching": 1}) for i in range(quiet)}
+        self.busy = list(busy)
+        self.puts = 0
+
+    def __call__(self, addresses):
+        self.puts += 1
+        tubes = dict(self.quiet)
+        for name in self.busy:
+            tubes[name] = _tube(**{"current-jobs-ready": 1, "total-jobs": self.puts})
+        return {"node1": _rep(_stats(**{"cmd-put": self.puts}), tubes), "node2": DOWN}
+
+
+def _monitor(probe, max_tubes: int = 1000, history_seconds: float = 600) -> M.Monitor:
+    clock = iter(float(i) for i in range(100_000))
+    wall = iter(float(i) for i in range(100_000))
+    return M.Monitor(NODES, probe=probe, clock=lambda: next(clock), wall=lambda: next(wall),
+                     history_seconds=history_seconds, interval=1.0, max_tubes=max_tubes)
+
+
+def test_quiet_tubes_get_no_history_and_the_view_lists_busy_ones_first():
+    probe = ManyTubes(5000, busy=("jobs", "more"))
+    mon = _monitor(probe, max_tubes=100)
+    for _ in range(3):
+        view = mon.poll()
+    assert view["totals"]["tubes"] == 5002
+    assert len(view["tubes"]) == 100 and view["tubes_omitted"] == 4902
+    assert {r["name"] for r in view["tubes"][:2]} == {"jobs", "more"}
+    assert view["tubes"][2]["name"] == "idle-000000"  # then quiet ones, by name
+    assert sorted(mon.tracked_tubes()) == ["jobs", "more"]
+    assert len(mon.history("jobs")) == 3 and mon.history("idle-000000") == []
+    page = mon.metrics()  # per-tube series only for the tubes in the view
+    assert 'tube="jobs"' in page and 'tube="idle-000099"' not in page
+    assert 'tube="idle-000097"' in page
+
+
+def test_tubes_tracked_are_capped_least_recently_busy_out_first():
+    probe = ManyTubes(0, busy=())
+    mon = _monitor(probe, max_tubes=3)
+    for name in ("a", "b", "c", "d"):  # each busy in turn, then quiet
+        probe.busy = [name]
+        mon.poll()
+    assert mon.tracked_tubes() == ["b", "c", "d"]  # "a" was quiet the longest
+    probe.busy = ["b"]
+    mon.poll()
+    assert mon.tracked_tubes() == ["c", "d", "b"]
+
+
+def test_a_tube_quiet_for_the_whole_window_is_forgotten():
+    probe = ManyTubes(0, busy=("t",))
+    mon = _monitor(probe, history_seconds=5)
+    mon.poll()
+    probe.busy = []
+    for _ in range(5):
+        mon.poll()
+        assert mon.tracked_tubes() == ["t"]  # had jobs recently: its chart goes on
+    mon.poll()
+    assert mon.tracked_tubes() == [] and mon.history("t") == []
+
+
+def test_memory_stays_flat_with_20000_tubes_nobody_uses():
+    probe = ManyTubes(20000)
+    mon = _monitor(probe)
+    for _ in range(3):
+        mon.poll()
+    before = sys.getallocatedblocks()
+    for _ in range(20):
+        mon.poll()
+    grown = sys.getallocatedblocks() - before
+    # before the fix every poll added a point (a dict) to all 20,001 tubes'
+    # histories: ~1,000,000 blocks in 20 polls
+    assert grown < 20_000, grown
+    assert len(mon.tracked_tubes()) == 1

@@ -204,7 +204,7 @@ function renderNodes(nodes) {
   $("nodes").replaceChildren(el("thead", {}, headRow(cols)), el("tbody", {}, ...rows));
 }
 
-function renderTubes(tubes) {
+function renderTubes(tubes, omitted) {
   const cols = [["tube"], ...STATES.map((s) => [s, 1]), ["waiting", 1], ["watching", 1],
                 ["put/s", 1], ["delete/s", 1], ["nodes"], ["attention"]];
   const rows = tubes.map((t) => el("tr", {
@@ -217,6 +217,9 @@ function renderTubes(tubes) {
     el("td", {}, t.paused ? el("span", {class: "pill paused"}, "paused " + t.paused + "s") : null,
        t.paused && t.why && t.why !== "paused" ? " " : null, t.why === "paused" ? null : t.why)));
   if (!rows.length) rows.push(el("tr", {}, el("td", {colspan: cols.length, class: "muted"}, "no tubes")));
+  if (omitted) rows.push(el("tr", {}, el("td", {colspan: cols.length, class: "muted"},
+    fmtNum(omitted) + " more quiet tubes (no jobs, no traffic) not listed: the dashboard " +
+    "lists web_max_tubes tubes, busiest first")));
   $("tubes").replaceChildren(el("thead", {}, headRow(cols)), el("tbody", {}, ...rows));
 }
 
@@ -226,7 +229,7 @@ async function refreshOverview() {
   drawChart($("chart-rate"), $("legend-rate"), h.points, ["puts", "reserves", "deletes"]);
   renderTotals(overview.totals);
   renderNodes(overview.nodes);
-  renderTubes(overview.tubes);
+  renderTubes(overview.tubes, overview.tubes_omitted);
 }
 
 // --- one tube ------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""What runs, against what the config says: the one view the looking commands share.
+
+How this works
+--------------
+Two things can disagree: the config (file, environment, flags: what
+clients read and what the next `up` would start) and the running cluster
+(what the supervisor started, recorded in its state file ``bscluster.json``
+and ``wanted.json``).  ``cluster_view`` reads both once.  Where a node is
+found comes from the running cluster when one runs, because that is where
+it listens; which nodes own tubes (the ring: weights, ``leaving``,
+``ring``) comes from the config, because that is what clients read.
+``pending`` lists every difference in a sentence a person can act on, and
+``EXIT_*`` are the exit codes `status`, `stats` and friends share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bscluster import control
+from bscluster.config import ClusterConfig, NodeSpec
+from bscluster.runtime import Paths, read_json, supervisor_alive
+
+# exit codes of the looking commands (documented in their --help)
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NODES_DOWN = 3  # some node does not answer (as systemctl status)
+EXIT_NO_CLUSTER = 4  # no supervisor runs for the data dir, or no node answers
+EXIT_CODES_HELP = (
+    "\b\nExit status: 0 every node answers; 1 error; 2 usage; "
+    f"{EXIT_NODES_DOWN} some node does not answer;\n"
+    f"{EXIT_NO_CLUSTER} no cluster: the supervisor is gone (its nodes may still run), or\n"
+    "none runs and no node of the config answers."
+)
+
+# NodeSpec fields that a running node was started with and `up` cannot change
+STARTED_WITH = ("host", "port", "data_dir", "binlog", "fsync_ms", "max_job_size",
+                "binlog_size", "metrics_host", "metrics_port")
+
+
+@dataclass
+class ClusterView:
+    config: ClusterConfig
+    state: dict | None  # the live supervisor's state; None when none runs
+    running: ClusterConfig | None  # what it runs (wanted.json)
+    orphaned: bool = False  # a state file without a live supervisor: it was killed
+    pending: list[str] = field(default_factory=list)
+
+    @property
+    def supervised(self) -> bool:
+        return self.state is not None
+
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Where each node listens: as started when a cluster runs, else as configured."""
+        if self.state is not None:
+            return {n: (e["host"], e["port"]) for n, e in self.state["nodes"].items()}
+        return {n.name: (n.host, n.port) for n in self.config.nodes}
+
+    def address(self, name: str) -> str:
+        host, port = self.addresses()[name]
+        return f"{host}:{port}"
+
+
+def cluster_view(config: ClusterConfig) -> ClusterView:
+    paths = Paths(config.data_dir)
+    state = control.running_state(paths)
+    running = control.running_config(paths) if state is not None else None
+    orphaned = state is None and not supervisor_alive(paths) and \
+        bool((read_json(paths.state) or {}).get("nodes"))
+    view = ClusterView(config, state, running, orphaned)
+    if state is not None:
+        view.pending = differences(config, running, state)
+    return view
+
+
+def differences(config: ClusterConfig, running: ClusterConfig | None, state: dict) -> list[str]:
+    """Sentences for each way the config differs from the running cluster."""
+    out = []
+    wanted = {n.name: n for n in config.nodes}
+    started = {n.name: n for n in running.nodes} if running else {}
+    for name, entry in state["nodes"].items():
+        spec = wanted.get(name)
+        if spec is None:
+            out.append(f"{name} runs but is not in the config: `bscluster remove {name}` "
+                       f"moves its jobs away and stops it")
+            continue
+        old = started.get(name)
+        if old is not None:
+            changed = changed_settings(old, spec)
+        elif (entry["host"], entry["port"]) != (spec.host, spec.port):
+            changed = [f"address {entry['host']}:{entry['port']} -> {spec.address}"]
+        else:
+            changed = []
+        if changed:
+            out.append(f"{name}: the config changes {', '.join(changed)}; running nodes keep "
+                       f"what they were started with (see `bscluster up --help`)")
+    for name in wanted:
+        if name not in state["nodes"]:
+            out.append(f"{name} is in the config but not running: `bscluster up -d` adds it")
+    if running is not None and running.node_command != config.node_command:
+        out.append("node_command differs from the running cluster's; it applies to nodes "
+                   "started from now on")
+    return out
+
+
+def changed_settings(old: NodeSpec, new: NodeSpec) -> list[str]:
+    """``["fsync_ms 50 -> 0", ...]`` for the started-with settings that differ."""
+    return [f"{key} {getattr(old, key)} -> {getattr(new, key)}" for key in STARTED_WITH
+            if getattr(old, key) != getattr(new, key)]
