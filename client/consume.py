@@ -64,7 +64,7 @@ from .errors import (
     TimedOutError,
 )
 from .pool import FAIL_FAST, Member, NodePool
-from .session import Conn, Session
+from .session import MAX_CONNS_PER_NODE, Conn, Session
 
 HOT_WAIT = 20  # seconds one blocking reserve on a hot node may last
 SWEEP_SECONDS = 0.5  # cold nodes are polled this often by a waiting consumer
@@ -157,6 +157,9 @@ class Consumer:
             now = self.clock()
             if not first:
                 if soon:
+                    job = self._ask_before_deadline_soon(s, polls)
+                    if job is not None:
+                        return job
                     raise DeadlineSoonError()
                 if deadline is not None and now >= deadline and (
                         not polls or now >= deadline + POLL_GRACE):
@@ -167,6 +170,30 @@ class Consumer:
                 self._send_round(s, WAIT, first, polls, secs=secs)
             first = False
             soon = self._collect(s, self._wake_at(s, now, deadline, polls), polls) or soon
+
+    def _ask_before_deadline_soon(self, s: Session, polls: set[Conn]) -> Job | None:
+        """beanstalkd answers a ready job before DEADLINE_SOON.  A job put on a
+        node whose blocking reserve has not answered yet may be on its way, so
+        each such node is polled once more on another connection, and the
+        answers (POLL_GRACE at most) are read before DEADLINE_SOON is raised."""
+        start = self.clock()
+        for member in self.pool.live():
+            conns = s.conns.get(member.name, ())
+            if not any(c.pending and c.secs > 0 for c in conns):
+                continue
+            if any(c.pending and c.secs == 0 for c in conns):
+                continue  # a poll is in flight there already: waited for below
+            if all(c.pending for c in conns) and len(conns) >= MAX_CONNS_PER_NODE:
+                continue
+            conn = s.conn(member.name, member.address)
+            try:
+                self._send(s, member, conn, 0)
+            except NoNodeAvailableError:
+                continue
+            polls.add(conn)
+        while polls and self.clock() < start + POLL_GRACE:
+            self._collect(s, start + POLL_GRACE, polls)
+        return self._hand_out(s)
 
     def _poll_every_node(self, s: Session) -> Job:
         """``reserve(timeout=0)``: the likely nodes first, then, if none had a job,

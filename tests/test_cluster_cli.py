@@ -134,12 +134,41 @@ def test_data_dir_that_is_a_file(runner, tmp_path):
     assert r.exit_code == 1 and "exists and is not a directory" in r.output
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_data_dir_not_writable(runner, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o500)
-    r = runner.invoke(cli, ["up", "--data-dir", str(ro / "data")])
-    assert r.exit_code == 1 and "permission denied" in r.output
+# The interpreter may live where nobody cannot read it, so the child starts as
+# root, loads the CLI, then drops to nobody before the command runs.
+AS_NOBODY_IF_ROOT = """
+import os, pwd, sys
+from bscluster.cli import cli
+if os.geteuid() == 0:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+cli.main(args=sys.argv[1:], prog_name="bscluster")
+"""
+
+
+def test_data_dir_not_writable():
+    """Root can write anywhere, so as root (CI) `up` runs as user nobody."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="bscluster-ro-")  # pytest's tmp is root-only
+    try:
+        os.chmod(top, 0o755)
+        ro = os.path.join(top, "ro")
+        os.mkdir(ro, mode=0o555)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BSCLUSTER_")}
+        r = subprocess.run([sys.executable, "-c", AS_NOBODY_IF_ROOT, "up", "--data-dir",
+                            os.path.join(ro, "data")], cwd=top, env=env, capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        shutil.rmtree(top)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "cannot create data dir" in r.stdout + r.stderr
+    assert "permission denied" in r.stdout + r.stderr
 
 
 def test_port_taken_for_every_node_fails_fast_with_the_reason(runner, tmp_path):

@@ -9,14 +9,12 @@ from collections import Counter
 
 import pytest
 from bsclient import (
-    BeanstalkError,
-    Client,
     ClusterClient,
     ConnectionLostError,
     NoNodeAvailableError,
     TimedOutError,
 )
-from test_cluster_client import NODE_KIND, restart_node, running_nodes, start_node
+from test_cluster_client import restart_node, running_nodes
 
 pytestmark = pytest.mark.integration
 RUN_DEADLINE = 60.0  # hard stop for any load loop; tests finish far sooner
@@ -169,24 +167,7 @@ def test_a_node_added_to_the_ring_still_gets_old_jobs_consumed():
 
 
 # --- a node killed mid-stream ---------------------------------------------------------
-def binlog_persists(tmp_path) -> bool:
-    """Whether a node started with -b gives its jobs back after a SIGKILL."""
-    d = tmp_path / "probe"
-    d.mkdir()
-    try:
-        with start_node("-b", str(d)) as s:
-            with Client(s.address) as c:
-                job_id = c.put(b"probe")
-            s.kill()
-            with restart_node(s.port, "-b", str(d)) as again, Client(again.address) as c:
-                return c.peek(job_id).body == b"probe"
-    except (RuntimeError, BeanstalkError):  # -b refused at start, or the job is gone
-        return False
-
-
 def test_node_killed_and_restarted_loses_no_job(tmp_path):
-    if not binlog_persists(tmp_path):
-        pytest.xfail(f"{NODE_KIND} -b does not persist jobs yet (the binlog is being built)")
     n_producers, per_producer = 2, 1500
     tubes = [f"crash-{i}" for i in range(30)]
     expected = {f"{p}-{k}".encode() for p in range(n_producers) for k in range(per_producer)}

@@ -238,7 +238,7 @@ def test_template_with_values(tmp_path):
 
 
 def test_template_is_read_by_the_client_too(tmp_path):
-    config = pytest.importorskip("bsclient.config")
+    from bsclient import config
     path = write(tmp_path, render_config(nodes=3, base_port=30000))
     ours = load_config(path, env={}).addresses
     theirs = {n.name: n.address for n in config.read_config_file(path)}

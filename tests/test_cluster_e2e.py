@@ -3,10 +3,11 @@
 Runs once with bsnode and once with /usr/bin/beanstalkd as the node program
 (same flags), on free loopback ports, from a config file that `bscluster
 init` wrote.  One scenario per node kind: round trip through every node
-(raw sockets, and ClusterClient when bsclient has it), `status` and `stats`
-show the jobs, kill -9 of a node is repaired within 2 seconds with its jobs
-(binlog), `restart` keeps the jobs, and `down` leaves no process and no
-socket behind.
+(raw sockets, and ClusterClient), `status` and `stats` show the jobs, kill -9
+of a node is repaired within 2 seconds with its jobs (binlog), `restart` keeps
+the jobs, and `down` leaves no process and no socket behind.  Every node runs
+with its binlog (`bscluster init` writes `binlog = true`): a node that cannot
+start with -b fails `up`, and a job lost to kill -9 fails the test.
 """
 
 from __future__ import annotations
@@ -21,22 +22,13 @@ import time
 from pathlib import Path
 
 import pytest
+from bsclient import ClusterClient
 from bscluster.runtime import pid_alive
-from servers import BEANSTALKD, HAVE_BEANSTALKD, start_bsnode
+from servers import BEANSTALKD, HAVE_BEANSTALKD
 from test_cluster_supervisor import Cluster, free_base_port, poll, port_free
 
 pytestmark = pytest.mark.integration
 NODES = 4
-
-
-def bsnode_binlog_problem(tmp_path: Path) -> str | None:
-    """Why bsnode cannot run with -b yet (another helper is writing the binlog), or None."""
-    try:
-        server = start_bsnode("-b", str(tmp_path / "probe-binlog"))
-    except RuntimeError as e:
-        return str(e)[-300:]
-    server.stop()
-    return None
 
 
 @pytest.fixture(params=["bsnode", "beanstalkd"])
@@ -45,14 +37,13 @@ def cluster(request, tmp_path):
     if kind == "beanstalkd":
         if not HAVE_BEANSTALKD:
             pytest.skip("/usr/bin/beanstalkd is not installed")
-        command, binlog_problem = BEANSTALKD, None
+        command = BEANSTALKD
     else:
         command = f"{sys.executable} -m bsnode"
-        binlog_problem = bsnode_binlog_problem(tmp_path)
     c = Cluster(tmp_path, command, NODES)
     for key in ("BSCLUSTER_NODES", "BSCLUSTER_BASE_PORT", "BSCLUSTER_DATA_DIR"):
         del c.env[key]  # this cluster is described by its config file only
-    c.kind, c.binlog_problem = kind, binlog_problem
+    c.kind = kind
     yield c
     c.cleanup()
 
@@ -99,12 +90,9 @@ def jobs_of(port: int, tube: str) -> tuple[int, int]:
 def test_up_use_kill_restart_down(cluster, tmp_path):
     c = cluster
     base = free_base_port(NODES + 1)
-    binlog = c.binlog_problem is None
-    r = c.run("init", "--nodes", str(NODES), "--base-port", str(base), "--data-dir", "data",
-              check=True)
-    if not binlog:
-        (tmp_path / "bscluster.toml").write_text(
-            (tmp_path / "bscluster.toml").read_text().replace("binlog = true", "binlog = false"))
+    c.run("init", "--nodes", str(NODES), "--base-port", str(base), "--data-dir", "data",
+          check=True)
+    assert "binlog = true" in (tmp_path / "bscluster.toml").read_text()
 
     # --- up ------------------------------------------------------------------
     r = c.run("up", "--detach")
@@ -122,32 +110,27 @@ def test_up_use_kill_restart_down(cluster, tmp_path):
         assert jobs_of(port, f"e2e-{name}") == (3, 1)
 
     # --- ... and through ClusterClient -------------------------------------------
+    client = ClusterClient.from_config(tmp_path / "bscluster.toml")
     try:
-        from bsclient import ClusterClient
-    except ImportError:
-        ClusterClient = None  # reported below; raw round trip above still ran
-    if ClusterClient is not None:
-        client = ClusterClient.from_config(tmp_path / "bscluster.toml")
-        try:
-            owned = {}
-            for i in range(10_000):
-                owned.setdefault(client.node_for(f"cc-{i}"), f"cc-{i}")
-                if len(owned) == NODES:
-                    break
-            assert set(owned) == set(ports), "some node owns no tube in 10,000 names"
-            for name, tube in owned.items():
-                client.use(tube)
-                assert client.put(f"via {name}".encode()).startswith(f"{name}/")
-                client.watch(tube)
-            client.ignore("default")
-            got = {}
-            for _ in range(NODES):
-                job = client.reserve(timeout=5)
-                got[job.node] = job.body
-                client.delete(job)
-            assert got == {name: f"via {name}".encode() for name in ports}
-        finally:
-            client.close()
+        owned = {}
+        for i in range(10_000):
+            owned.setdefault(client.node_for(f"cc-{i}"), f"cc-{i}")
+            if len(owned) == NODES:
+                break
+        assert set(owned) == set(ports), "some node owns no tube in 10,000 names"
+        for name, tube in owned.items():
+            client.use(tube)
+            assert client.put(f"via {name}".encode()).startswith(f"{name}/")
+            client.watch(tube)
+        client.ignore("default")
+        got = {}
+        for _ in range(NODES):
+            job = client.reserve(timeout=5)
+            got[job.node] = job.body
+            client.delete(job)
+        assert got == {name: f"via {name}".encode() for name in ports}
+    finally:
+        client.close()
 
     # --- status and stats show the jobs ---------------------------------------------
     r = c.run("status", "--json")
@@ -175,15 +158,14 @@ def test_up_use_kill_restart_down(cluster, tmp_path):
                 and n["pid"] != victim["pid"] and n, timeout=20.0, what="node2 back")
     print(f"node2 back {time.monotonic() - t0:.2f} s after kill -9")
     assert back["port"] == ports["node2"]
-    survived_kill = jobs_of(ports["node2"], "e2e-node2") if _has_tube(ports["node2"]) else (0, 0)
+    assert _has_tube(ports["node2"]), "node2 lost its tube (and its jobs) to kill -9"
+    assert jobs_of(ports["node2"], "e2e-node2") == (3, 1), "node2 lost jobs to kill -9"
 
     # --- restart (one node, through the supervisor) keeps the jobs too -------------------
-    survived_restart = None
-    if binlog:
-        r = c.run("restart", "node3")
-        assert r.returncode == 0 and "node3 restarted" in r.stdout, r.stdout + r.stderr
-        survived_restart = jobs_of(ports["node3"], "e2e-node3") \
-            if _has_tube(ports["node3"]) else (0, 0)
+    r = c.run("restart", "node3")
+    assert r.returncode == 0 and "node3 restarted" in r.stdout, r.stdout + r.stderr
+    assert _has_tube(ports["node3"]), "node3 lost its tube (and its jobs) to restart"
+    assert jobs_of(ports["node3"], "e2e-node3") == (3, 1), "node3 lost jobs to restart"
 
     # --- down: no process, no socket -----------------------------------------------------
     state = c.state()
@@ -199,20 +181,6 @@ def test_up_use_kill_restart_down(cluster, tmp_path):
     assert not {"bscluster.json", "bscluster.lock", "wanted.json", "requests"} & \
         {p.name for p in data.iterdir()}
     assert oct(data.stat().st_mode & 0o777) == "0o700"
-
-    # --- the binlog part, last, so everything above always runs ----------------------------
-    if ClusterClient is None:
-        pytest.skip("bsclient.ClusterClient is not importable: ClusterClient round trip "
-                    "not checked (raw per-node round trip passed)")
-    if not binlog:
-        pytest.xfail(f"bsnode cannot run with -b yet, so the cluster ran without a binlog "
-                     f"and node2's jobs could not survive kill -9: {c.binlog_problem}")
-    if survived_kill != (3, 1) or survived_restart != (3, 1):
-        if c.kind == "bsnode":
-            pytest.xfail(f"bsnode's binlog did not bring the jobs back yet: after kill -9 "
-                         f"{survived_kill}, after restart {survived_restart}, wanted (3, 1)")
-    assert survived_kill == (3, 1)
-    assert survived_restart == (3, 1)
 
 
 def _has_tube(port: int) -> bool:

@@ -137,8 +137,8 @@ def test_client_sees_the_same_as_on_beanstalkd(name):
     assert any(v[-1] == "610d0a6200ff" for v in drained), \
         "the body with CR LF, NUL and 0xFF did not come back whole"
 
-    if not HAVE_BEANSTALKD:
-        return
+    if not HAVE_BEANSTALKD:  # the checks above ran; the comparison cannot
+        pytest.skip("/usr/bin/beanstalkd is not installed: not compared with beanstalkd")
     theirs = _against(start_pristine_beanstalkd, argv)
     assert _timed(ours, theirs) == _timed(theirs, ours)
 

@@ -201,7 +201,7 @@ def test_dockerfile(bsnode_flags):
 
 
 def test_compose(bsnode_flags):
-    yaml = pytest.importorskip("yaml")
+    import yaml
     doc = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = doc["services"]
     assert sorted(services) == ["node1", "node2", "node3", "node4"]
@@ -227,7 +227,7 @@ def test_compose(bsnode_flags):
 # --- Kubernetes ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def k8s():
-    yaml = pytest.importorskip("yaml")
+    import yaml
     docs = [d for d in yaml.safe_load_all((K8S / "bscluster.yaml").read_text()) if d]
     return {d["kind"]: d for d in docs}
 
@@ -264,7 +264,7 @@ def test_client_config_maps_pods_to_node_names(k8s, tmp_path):
         assert node.name == f"node{i + 1}"
         assert node.host == f"{sts['metadata']['name']}-{i}.{svc['metadata']['name']}"
         assert node.port == port
-    bsclient_config = pytest.importorskip("bsclient.config")
+    from bsclient import config as bsclient_config
     theirs = {n.name: n.address for n in bsclient_config.read_config_file(path)}
     assert theirs == config.addresses
 

@@ -18,7 +18,6 @@ import pytest
 from servers import start_bsnode
 from test_hostile import command
 
-pytest.importorskip("bsnode.binlog", reason="the binlog has not landed yet")
 pytestmark = pytest.mark.integration
 
 DISK = "4m"

@@ -20,8 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import soak  # noqa: E402
 
-pytest.importorskip("bsnode.binlog", reason="the binlog has not landed yet")
-
 SHORT_SOAK = ["--duration", "8", "--kill-every", "1", "--down-max", "0.3",
               "--drain-timeout", "90", "--stall", "20", "--json"]
 

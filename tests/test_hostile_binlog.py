@@ -29,12 +29,11 @@ from pathlib import Path
 import msgpack
 import pytest
 from bsclient.protocol import U32_MAX, U64_MAX, valid_tube_name
+from bsnode import binlog
+from bsnode import binlog_format as F
+from bsnode.store import Store
 from servers import bsnode_command, start_bsnode
 from test_hostile import command
-
-binlog = pytest.importorskip("bsnode.binlog", reason="the binlog has not landed yet")
-F = pytest.importorskip("bsnode.binlog_format")
-from bsnode.store import Store  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

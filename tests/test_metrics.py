@@ -17,9 +17,8 @@ from bsclient import Client
 from bsnode import metrics as M
 from bsnode.commands import Commands
 from bsnode.store import Store
+from prometheus_client import parser
 from servers import start_bsnode
-
-parser = pytest.importorskip("prometheus_client.parser")
 
 _METRICS_LINE = re.compile(r"metrics on http://(\S+)/metrics")
 # fields that move between the `stats` call and the scrape
@@ -294,7 +293,6 @@ def test_endpoint_paths(metrics_node):
 
 
 def test_binlog_size_live(tmp_path):
-    pytest.importorskip("bsnode.binlog")
     with start_bsnode("-b", str(tmp_path), "--metrics", "127.0.0.1:0") as server:
         url = _metrics_url(server)
         with Client(server.address) as c:

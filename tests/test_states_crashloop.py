@@ -70,6 +70,26 @@ def test_old_crashes_leave_the_window():
     assert got[4] == 0.0  # the quiet spell reset the backoff too
 
 
+# The window's edge: "crashes closer together than its window count as a loop"
+# (states.py), so the first crash counts against the 5th one 59.999 s later and
+# not against one 60 s or 60.001 s later.
+@pytest.mark.parametrize("fifth_at, gives_up", [
+    (59.999, True), (60.0, False), (60.001, False),
+])
+def test_the_fifth_crash_at_the_edge_of_the_window(fifth_at, gives_up):
+    times = [0.0, 10.0, 20.0, 30.0, fifth_at]
+    got = decisions(CrashPolicy(5, 60), times)
+    assert got[:4] == [0.0, crash_delay(1), crash_delay(2), crash_delay(3)]
+    assert got[4] is None if gives_up else got[4] == crash_delay(3)
+
+
+@pytest.mark.parametrize("second_at, delay", [
+    (59.999, crash_delay(1)), (60.0, 0.0), (60.001, 0.0),
+])
+def test_the_restart_delay_at_the_edge_of_the_window(second_at, delay):
+    assert decisions(CrashPolicy(5, 60), [0.0, second_at]) == [0.0, delay]
+
+
 def test_limit_zero_restarts_for_ever_with_capped_delays():
     got = decisions(CrashPolicy(0, 60), [float(i) for i in range(100)])
     assert None not in got and max(got) == crash_delay(99)
@@ -143,6 +163,23 @@ def test_supervisor_gives_up_on_the_fifth_quick_crash_and_says_why(sup):
     assert sum("crash loop" in ln for ln in log) == 3  # the delayed restarts before
     assert node.to_dict()["crashes"] == 5 and node.to_dict()["state"] == "FATAL"
     assert s.nodes["node2"].state is State.STOPPED  # the other node is not touched
+
+
+@pytest.mark.parametrize("fifth_after, state", [
+    (59.999, State.FATAL), (60.001, State.BACKOFF),
+])
+def test_supervisor_at_the_edge_of_the_window(sup, fifth_after, state):
+    """Crashes at 0, 10, 20, 30 s and the 5th at 59.999 s or 60.001 s (fake clock)."""
+    s = sup()
+    gaps = [1.0, 10.0, 10.0, 10.0, fifth_after - 30.0]
+    states = [run_then_crash(s, "node1", 1, after=gap) for gap in gaps]
+    assert states == [State.BACKOFF] * 4 + [state]
+    node = s.nodes["node1"]
+    assert node.crashes[-1][0] - node.crashes[0][0] == pytest.approx(fifth_after, abs=1e-9)
+    if state is State.FATAL:
+        assert "crashed 5 times in" in node.reason
+    else:
+        assert node.wake_at is not None and "FATAL" not in s.out.getvalue()
 
 
 def test_a_node_that_crashes_now_and_then_is_always_restarted(sup):

@@ -35,7 +35,6 @@ from bscluster.states import START_RETRIES
 from servers import bsnode_command
 from test_cluster_supervisor import Cluster, poll
 
-pytest.importorskip("bsnode.binlog", reason="the binlog has not landed yet")
 pytestmark = pytest.mark.integration
 
 BSNODE = " ".join(bsnode_command())

@@ -13,8 +13,7 @@ from bscluster.probe import NodeReport
 from bscluster.states import State
 from bscluster.supervisor_metrics import supervisor_metrics
 from bscluster.web import Dashboard
-
-parser = pytest.importorskip("prometheus_client.parser")
+from prometheus_client import parser
 
 STATE = {
     "supervisor": {"pid": 10, "started": 1700000000.5},

@@ -299,7 +299,7 @@ def test_pause_and_resume(web, nodes):
 
 
 def test_metrics_endpoint(web, nodes):
-    parser = pytest.importorskip("prometheus_client.parser")
+    from prometheus_client import parser
     with _client(nodes[1], "m") as c:
         c.put(b"x")
         web.monitor.poll()

@@ -8,8 +8,7 @@ import pytest
 from bsclient.config import NodeAddress
 from bscluster import monitor as M
 from bscluster.probe import NodeReport
-
-parser = pytest.importorskip("prometheus_client.parser")
+from prometheus_client import parser
 
 NODES = (NodeAddress("node1", "127.0.0.1:11300"), NodeAddress("node2", "127.0.0.1:11301"))
 

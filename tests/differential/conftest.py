@@ -4,7 +4,6 @@ candidate), both made ahead of need in background threads."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -12,7 +11,6 @@ from servers import HAVE_BEANSTALKD
 
 from .background import BackgroundRuns
 
-HAVE_BSNODE = importlib.util.find_spec("bsnode.cli") is not None
 # bsnode runs played at once; each starts its own server.
 WORKERS = int(os.environ.get("BSDIFF_WORKERS", "2"))
 
@@ -40,8 +38,6 @@ def reference(request):
 
 @pytest.fixture(scope="session")
 def candidate(request):
-    if not HAVE_BSNODE:
-        pytest.skip("bsnode is not built yet (no bsnode.cli)")
     runs = BackgroundRuns("bsnode", _selected(request.session, ("bsnode",)), WORKERS)
     yield runs
     runs.close()
