@@ -29,10 +29,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+from bsclient import Ring  # noqa: E402
 from harness import cpu_seconds, median  # noqa: E402
 from proxyrun import ProxiedCluster  # noqa: E402
-
-from bsclient import Ring  # noqa: E402
 
 TUBE = "bench"
 BODY = b"x" * 100

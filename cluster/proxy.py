@@ -45,6 +45,7 @@ from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, TIMED_OUT, 
 from bscluster import proxy_cluster as pc
 from bscluster.config import (
     DEFAULT_PROXY_LISTEN,
+    RING_KETAMA,
     ClusterConfig,
     ConfigError,
     load_config,
@@ -231,7 +232,11 @@ def build(config):
     from bscluster.webhost import node_addresses
 
     spread = read_tube_settings(config.path) if config.path else {}
-    cc = pc.make_cluster(node_addresses(config.nodes), spread=spread)
+    cc = pc.make_cluster(node_addresses(config.nodes), spread=spread,
+                         ketama=config.ring == RING_KETAMA)
+    for spec in config.nodes:
+        if spec.leaving:  # owns no tube; still reserved from until it is removed
+            cc.remove_node(spec.name, drain=True)
     return cc, min(n.max_job_size for n in config.nodes)
 
 

@@ -49,3 +49,18 @@ def test_proxy_setting_is_checked(tmp_path):
     path.write_text('[cluster]\nnodes = 2\nproxy = "nowhere"\n')
     with pytest.raises(ConfigError, match="proxy"):
         load_config(path, env={})
+
+
+def test_the_proxy_routes_with_the_configs_ring(tmp_path):
+    """ring = "ketama" and leaving nodes: the proxy's ClusterClient places tubes
+    exactly as the config's placement() (what `bscluster route` prints)."""
+    from bscluster.proxy import build
+
+    path = tmp_path / "c.toml"
+    path.write_text('[cluster]\nnodes = 4\nring = "ketama"\n[nodes.node3]\nleaving = true\n')
+    config = load_config(path, env={})
+    cc, _ = build(config)
+    placement = config.placement()
+    tubes = [f"t{i}" for i in range(200)]
+    assert [cc.node_for(t) for t in tubes] == [placement.node_for(t) for t in tubes]
+    assert "node3" in cc.nodes and "node3" not in {cc.node_for(t) for t in tubes}
