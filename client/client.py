@@ -42,14 +42,17 @@ import math
 import operator
 import select
 import socket
+import ssl
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import protocol as p
+from . import tls
 from .errors import (
     ConcurrentUseError,
     ConnectionLostError,
+    ExpectedCrlfError,
     SocketTimeoutError,
     UnexpectedReplyError,
     reply_error,
@@ -215,7 +218,9 @@ class Client:
         use: str | None = None,
         watch: str | list[str] | tuple[str, ...] | None = None,
         lazy: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.ssl_context = ssl_context  # TLS when set (tls.py builds one from [tls])
         self._addr = parse_address(address)
         self.address = format_address(self._addr)
         self.name = name or self.address
@@ -295,14 +300,18 @@ class Client:
                 sock = socket.create_connection(addr, timeout=self.connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 set_keepalive(sock)
+            if self.ssl_context is not None:
+                sock = tls.wrap(sock, self.ssl_context, addr[0] if addr.__class__ is tuple
+                                else None)
         except TimeoutError as e:
+            hint = f": {e}" if isinstance(e, tls.HandshakeTimeout) else ""
             raise SocketTimeoutError(
-                f"connect to {self.address} timed out", address=self.address, sent=False
+                f"connect to {self.address} timed out{hint}", address=self.address, sent=False
             ) from e
         except OSError as e:
             raise ConnectionLostError(
-                f"cannot connect to {self.address}: {e}", address=self.address, sent=False
-            ) from e
+                f"cannot connect to {self.address}: {tls.explain(e)}", address=self.address,
+                sent=False) from e
         self._sock = sock
         self._sock_timeout = -1.0
         self._reader = p.ReplyReader()
@@ -333,9 +342,10 @@ class Client:
     def _stale(self, sock: socket.socket) -> bool:
         """True if the server closed (or wrote to) an idle connection."""
         try:
-            return bool(select.select([sock], [], [], 0)[0])
+            readable = bool(select.select([sock], [], [], 0)[0])
         except (OSError, ValueError):
             return True
+        return readable and (self.ssl_context is None or tls.stale(sock))
 
     def _call(self, data: bytes, wait: float | None | bool = True) -> tuple[list, bytes | None]:
         """Send one command, return its reply ``(words, body)``.
@@ -387,7 +397,7 @@ class Client:
         except OSError as e:
             self.close()
             raise ConnectionLostError(
-                f"connection to {self.address} lost: {e}", address=self.address
+                f"connection to {self.address} lost: {tls.explain(e)}", address=self.address
             ) from e
         except BaseException:
             # ConnectionLostError, or an interrupt (KeyboardInterrupt,
@@ -460,8 +470,10 @@ class Client:
             sock.setblocking(False)
             self._sock_timeout = 0.0
             chunk = sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return []
+            if chunk and self.ssl_context is not None:
+                chunk += tls.read_pending(sock)  # poll() cannot see what OpenSSL holds
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            return []  # (TLS: a record not complete yet, or housekeeping only)
         except OSError as e:
             self.close()
             raise ConnectionLostError(
@@ -487,6 +499,8 @@ class Client:
                     raise ConnectionLostError(
                         f"{self.address} closed the connection", address=self.address
                     )
+                if self.ssl_context is not None:
+                    chunk += tls.read_pending(sock)  # a later poll() could not see it
                 replies = self._reader.feed(chunk)
                 if replies:
                     return replies
@@ -514,7 +528,10 @@ class Client:
 
     def _error(self, words: list):
         err = reply_error(words)
-        if isinstance(err, UnexpectedReplyError):
+        if isinstance(err, (UnexpectedReplyError, ExpectedCrlfError)):
+            # out of step: after EXPECTED_CRLF the server reads what followed the
+            # body's first bytes as commands, and their replies may come later
+            # (beanstalkd writes each on its own), so no next reply can be trusted
             self.close()
         return err
 

@@ -32,6 +32,7 @@ beanstalkd connection's.
 from __future__ import annotations
 
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -39,12 +40,13 @@ from . import fanout
 from . import protocol as p
 from .client import DEFAULT_TUBE, Client, Job
 from .config import (
+    ClusterLayout,
     NodeAddress,
     check_spread,
-    nodes_from_env,
+    layout_from_env,
     nodes_from_mapping,
-    read_config_file,
-    read_tube_settings,
+    read_layout,
+    read_tls_settings,
 )
 from .consume import (  # noqa: F401 - re-exported
     HOLD_TOUCH_AFTER,
@@ -72,16 +74,22 @@ from .pool import (  # noqa: F401 - re-exported
     Member,
     NodePool,
 )
-from .ring import OWNER_CACHE_SIZE, Ring
+from .ring import OWNER_CACHE_SIZE, RING_KETAMA, RING_MD5, Ring, placement
 
 JobHandle = Job | str
+
+
+def _context(settings) -> ssl.SSLContext | None:
+    return None if settings is None else settings.client_context()
 
 
 class ClusterClient:
     """A sharded beanstalkd: a ring of named nodes behind one client.
 
     ``nodes`` is ``{"node1": "127.0.0.1:11300", ...}`` (values may also be
-    ``{"address": ..., "weight": 2}``) or a sequence of ``NodeAddress``.
+    ``{"address": ..., "weight": 2, "leaving": True}``) or a sequence of
+    ``NodeAddress``.  A leaving node is reserved from but never put to: the
+    put ring (``ring.placement``) leaves it out.
     """
 
     def __init__(
@@ -101,6 +109,7 @@ class ClusterClient:
         watch: str | Iterable[str] | None = None,
         spread: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if timeout is not None:  # the old name of op_timeout
             op_timeout = timeout
@@ -114,7 +123,7 @@ class ClusterClient:
             policy=policy, failure_threshold=failure_threshold, dead_timeout=dead_timeout,
             connect_timeout=connect_timeout, op_timeout=op_timeout, encoding=encoding,
             clock=clock, use=check_tube(use) if use is not None else DEFAULT_TUBE,
-            watch=tuple(watching),
+            watch=tuple(watching), ssl_context=ssl_context,
         )
         specs = nodes_from_mapping(nodes) if isinstance(nodes, Mapping) else tuple(nodes)
         if not specs:
@@ -122,25 +131,63 @@ class ClusterClient:
         for spec in specs:
             pool.add(spec.name, spec.address, spec.weight)
         self._nodes = pool.members  # name -> Member, shared with the pool
-        self._ring = Ring({m.name: m.weight for m in pool.members.values()},
-                          ketama=ketama, vnodes=vnodes)
+        self._ring = placement(specs, RING_KETAMA if ketama else RING_MD5, vnodes=vnodes)
         self._spread = check_spread(spread or {}, "spread")
         self._consumer = Consumer(pool, self._hot_nodes)
         pool.session()  # this thread's: other threads start from its tubes
 
     @classmethod
     def from_config(cls, path: str | os.PathLike, **kwargs) -> ClusterClient:
-        """Nodes (and spread tubes) from a bscluster TOML config file (see bsclient.config).
+        """Nodes, ring and spread tubes from a bscluster TOML config file (bsclient.config).
 
-        A ``spread`` argument adds to, and wins over, the file's [tubes.*] tables.
+        Removed nodes are left out, leaving ones are reserved from but not put
+        to, ``[cluster] ring = "ketama"`` means ``ketama=True`` (a ``ketama``
+        argument wins).  A ``spread`` argument adds to, and wins over, the
+        file's [tubes.*] tables.  TLS comes from its [tls] table and
+        BSCLUSTER_TLS_* unless ``ssl_context`` is given.
         """
-        spread = {**read_tube_settings(path), **(kwargs.pop("spread", None) or {})}
-        return cls(read_config_file(path), spread=spread, **kwargs)
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(path))
+        return cls.from_layout(read_layout(path), **kwargs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs) -> ClusterClient:
-        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file)."""
-        return cls(nodes_from_env(env), **kwargs)
+        """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file);
+        TLS from BSCLUSTER_TLS_* (and that file's [tls]) unless ``ssl_context`` is given."""
+        if "ssl_context" not in kwargs:
+            kwargs["ssl_context"] = _context(read_tls_settings(None, env))
+        return cls.from_layout(layout_from_env(env), **kwargs)
+
+    @classmethod
+    def from_layout(cls, layout: ClusterLayout, **kwargs) -> ClusterClient:
+        """A client of ``layout`` (``read_layout``, ``ClusterConfig.layout()``)."""
+        spread = {**layout.spread, **(kwargs.pop("spread", None) or {})}
+        kwargs.setdefault("ketama", layout.ring == RING_KETAMA)
+        return cls(layout.nodes, spread=spread, **kwargs)
+
+    def clone(self) -> ClusterClient:
+        """A new ClusterClient with this one's nodes (as they are now: added,
+        removed, leaving), ring, spread tubes and settings (TLS too), and no
+        connections."""
+        pool = self._pool
+        nodes = [NodeAddress(m.name, m.address, m.weight, leaving=m.name not in self._ring.weights)
+                 for m in (pool.members[name] for name in pool.order)]
+        return type(self)(
+            nodes, policy=pool.policy, failure_threshold=pool.failure_threshold,
+            dead_timeout=pool.dead_timeout, ketama=self._ring.ketama, vnodes=self._ring.vnodes,
+            connect_timeout=pool.connect_timeout, op_timeout=pool.op_timeout,
+            encoding=pool.encoding, use=pool.default_use, watch=pool.default_watch,
+            spread=self._spread, clock=pool.clock, ssl_context=pool.ssl_context)
+
+    def work(self, handler: Callable[[Job], object], tubes: str | Iterable[str] = (DEFAULT_TUBE,),
+             **options) -> bool:
+        """Run ``handler`` over ``tubes`` with a ``bsclient.Worker`` until stopped
+        (SIGTERM/SIGINT); each slot gets its own ``clone()``.  ``options`` are the
+        Worker's (concurrency, mode, max_attempts, ...); returns ``Worker.run()``'s
+        answer (True if every handler finished)."""
+        from .worker import Worker
+
+        return Worker(self.clone, handler, tubes, **options).run()
 
     # --- settings (kept by the pool) ---------------------------------------------
     @property
@@ -382,6 +429,15 @@ class ClusterClient:
         untouched (e.g. before a long pause); returns how many.
         """
         return self._pool.session().give_back()
+
+    def buffer_returner(self) -> Callable[[], int]:
+        """``return_buffered`` for this thread's jobs, callable from another thread.
+
+        For a supervisor of this thread (the Worker's keeper): call it only
+        while this thread is not inside a call of this client (e.g. while it
+        runs a handler), and under a lock this thread also takes.
+        """
+        return self._pool.session().give_back
 
     def _hot_nodes(self, watching: list[str]) -> frozenset:
         """The nodes puts to ``watching`` go to now: each tube's owner (or first

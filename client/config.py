@@ -2,9 +2,12 @@
 
 How this works
 --------------
-Each source is read once into a tuple of frozen ``NodeAddress`` (stable name,
-address, ring weight); nothing else in bsclient reads files or the
-environment.  Only what a client needs is read; other keys bscluster keeps
+Each source is read once into a frozen ``ClusterLayout``: a tuple of
+``NodeAddress`` (stable name, address, ring weight, leaving), the ring mode
+and the spread tubes; nothing else in bsclient reads files or the
+environment.  ``ClusterLayout.placement()`` is the put ring (``ring.placement``:
+leaving nodes own no tube); bscluster's own config builds the same layout
+(``ClusterConfig.layout()``), so both decide placement with one rule.  Only what a client needs is read; other keys bscluster keeps
 in the same file (data_dir, fsync_ms, ...) are ignored here, and validated
 by bscluster itself.
 
@@ -14,11 +17,14 @@ The file (shared with ``bscluster``)::
     nodes = 4             # nodes are node1..node4 (required)
     host = "127.0.0.1"    # default 127.0.0.1
     base_port = 11300     # nodeI listens on base_port + I - 1 (default 11300)
+    ring = "md5"          # or "ketama": the tube -> node hash (default md5)
 
     [nodes.node2]         # optional overrides, each key optional
     host = "10.0.0.2"
     port = 11400
     weight = 2            # default 1
+    leaving = true        # owns no tubes (puts skip it); still reserved from
+    removed = true        # gone: not a member at all (its name is not reused)
 
     [tubes.emails]        # optional: a hot tube
     spread = 2            # its jobs go to its first 2 ring nodes (default 1)
@@ -31,8 +37,8 @@ the two overlap:
   else is read.  This form is bsclient's own; bscluster refuses it.
 * ``BSCLUSTER_NODES=N`` (a node count, bscluster's meaning), or no
   ``BSCLUSTER_NODES`` but a ``BSCLUSTER_CONFIG`` file: the nodes are
-  node1..nodeN, each setting (``nodes``, ``host``, ``base_port``) taken from
-  ``BSCLUSTER_NODES``/``BSCLUSTER_HOST``/``BSCLUSTER_BASE_PORT`` if set, else
+  node1..nodeN, each setting (``nodes``, ``host``, ``base_port``, ``ring``) taken
+  from ``BSCLUSTER_NODES``/``_HOST``/``_BASE_PORT``/``_RING`` if set, else
   from the ``BSCLUSTER_CONFIG`` file's [cluster] table, else the default;
   the file's [nodes.*] tables then apply.  So a client and ``bscluster up``
   given the same environment agree on every address.  Unlike bscluster,
@@ -45,7 +51,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -55,12 +61,15 @@ else:  # pragma: no cover - Python 3.10
 
 from .client import MAX_PORT, format_address, parse_address
 from .protocol import DEFAULT_PORT
+from .ring import RING_MD5, RING_MODES, Ring, placement
+from .tls import TlsSettings, settings_from
 
 DEFAULT_HOST = "127.0.0.1"
 ENV_NODES = "BSCLUSTER_NODES"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 ENV_HOST = "BSCLUSTER_HOST"
 ENV_BASE_PORT = "BSCLUSTER_BASE_PORT"
+ENV_RING = "BSCLUSTER_RING"
 NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
 TUBE_KEYS = ("spread",)  # the keys a [tubes.NAME] table may have
 
@@ -71,16 +80,40 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class NodeAddress:
-    """One node as a client sees it: its stable name, where it listens, its weight."""
+    """One node as a client sees it: its stable name, where it listens, its weight,
+    and whether it is leaving (reserved from, never put to)."""
 
     name: str
     address: str  # "host:port" or "unix:/path"
     weight: int = 1
+    leaving: bool = False
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """What a client needs of a cluster's config: its nodes, ring mode and hot tubes."""
+
+    nodes: tuple[NodeAddress, ...]
+    ring: str = RING_MD5  # one of ring.RING_MODES
+    spread: Mapping[str, int] = field(default_factory=dict)  # tube -> nodes sharing it
+
+    def placement(self) -> Ring:
+        """The ring puts use (``ring.placement``); ConfigError if every node is leaving."""
+        try:
+            return placement(self.nodes, self.ring)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _weight(name: str, value, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}: weight of {name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _flag(name: str, key: str, value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} of {name} must be true or false, got {value!r}")
     return value
 
 
@@ -94,7 +127,7 @@ def nodes_from_mapping(nodes: Mapping, where: str = "nodes") -> tuple[NodeAddres
     """``{"node1": "127.0.0.1:11300", "node2": {"address": "...", "weight": 2}, ...}``.
 
     A value is an address string, a ``(host, port)`` tuple, or a dict with
-    ``address`` (or ``host``/``port``) and optional ``weight``.
+    ``address`` (or ``host``/``port``) and optional ``weight`` and ``leaving``.
     """
     if not nodes:
         raise ConfigError(f"{where}: no nodes")
@@ -102,9 +135,10 @@ def nodes_from_mapping(nodes: Mapping, where: str = "nodes") -> tuple[NodeAddres
     for name, value in nodes.items():
         if not isinstance(name, str) or not name or "/" in name:
             raise ConfigError(f"{where}: invalid node name {name!r} (non-empty, no '/')")
-        weight = 1
+        weight, leaving = 1, False
         if isinstance(value, Mapping):
             weight = _weight(name, value.get("weight", 1), where)
+            leaving = _flag(name, "leaving", value.get("leaving", False), where)
             if "address" in value:
                 value = value["address"]
             else:
@@ -114,7 +148,7 @@ def nodes_from_mapping(nodes: Mapping, where: str = "nodes") -> tuple[NodeAddres
             address = format_address(parse_address(value))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{where}: bad address for {name}: {value!r}: {e}") from e
-        out.append(NodeAddress(name, address, weight))
+        out.append(NodeAddress(name, address, weight, leaving))
     return tuple(out)
 
 
@@ -171,13 +205,27 @@ def _load_toml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
 
 
-def read_config_file(path: str | os.PathLike) -> tuple[NodeAddress, ...]:
-    """The nodes of a bscluster TOML config file."""
+def read_layout(path: str | os.PathLike) -> ClusterLayout:
+    """Nodes, ring mode and spread tubes of a bscluster TOML config file."""
     data = _load_toml(path)
     cluster = data.get("cluster")
     if not isinstance(cluster, Mapping) or "nodes" not in cluster:
         raise ConfigError(f"{path}: needs a [cluster] table with nodes = N")
-    return _nodes_from_settings(data, str(path), {})
+    return _layout(data, str(path), {})
+
+
+def read_config_file(path: str | os.PathLike) -> tuple[NodeAddress, ...]:
+    """The nodes of a bscluster TOML config file (removed ones left out)."""
+    return read_layout(path).nodes
+
+
+def _layout(data: Mapping, where: str, env: Mapping[str, int | str]) -> ClusterLayout:
+    nodes = _nodes_from_settings(data, where, env)
+    ring = env.get("ring", data.get("cluster", {}).get("ring", RING_MD5))
+    if ring not in RING_MODES:
+        raise ConfigError(f"{where}: [cluster] ring must be "
+                          f"{' or '.join(map(repr, RING_MODES))}, got {ring!r}")
+    return ClusterLayout(nodes, ring, tube_settings(data, where))
 
 
 def _nodes_from_settings(data: Mapping, where: str, env: Mapping[str, int | str]
@@ -211,22 +259,30 @@ def _nodes_from_settings(data: Mapping, where: str, env: Mapping[str, int | str]
         over = overrides.get(name, {})
         if not isinstance(over, Mapping):
             raise ConfigError(f"{where}: [nodes.{name}] must be a table")
+        if _flag(name, "removed", over.get("removed", False), where):
+            continue
         node_host = over.get("host", host)
         if not isinstance(node_host, str) or not node_host:
             raise ConfigError(f"{where}: host of {name} must be a non-empty string")
         port = _port(name, over.get("port", base_port + i - 1), where)
         nodes[name] = {"host": node_host, "port": port,
-                       "weight": _weight(name, over.get("weight", 1), where)}
+                       "weight": _weight(name, over.get("weight", 1), where),
+                       "leaving": over.get("leaving", False)}
+    if not nodes:
+        raise ConfigError(f"{where}: every node is marked removed = true")
     return nodes_from_mapping(nodes, where)
 
 
 def _env_settings(env: Mapping[str, str], count: str | None) -> dict[str, int | str]:
-    """BSCLUSTER_NODES (a count), BSCLUSTER_HOST, BSCLUSTER_BASE_PORT, where set."""
+    """BSCLUSTER_NODES (a count), BSCLUSTER_HOST, BSCLUSTER_BASE_PORT, BSCLUSTER_RING,
+    where set."""
     out: dict[str, int | str] = {}
     if count is not None:
         out["nodes"] = int(count)
     if env.get(ENV_HOST):
         out["host"] = env[ENV_HOST].strip()
+    if env.get(ENV_RING):
+        out["ring"] = env[ENV_RING].strip()
     if env.get(ENV_BASE_PORT):
         try:
             out["base_port"] = int(env[ENV_BASE_PORT].strip())
@@ -251,13 +307,29 @@ def _parse_env_list(text: str) -> tuple[NodeAddress, ...]:
     return nodes_from_mapping(nodes, ENV_NODES)
 
 
+def read_tls_settings(path: str | os.PathLike | None = None,
+                      env: Mapping[str, str] | None = None) -> TlsSettings | None:
+    """The [tls] table of ``path`` (else of the BSCLUSTER_CONFIG file) with the
+    BSCLUSTER_TLS_* variables on top; None: plain TCP (see bsclient.tls)."""
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_CONFIG)
+    data = _load_toml(path) if path else {}
+    base = Path(path).resolve().parent if path else None
+    return settings_from(data.get("tls"), env, base, f"{path} [tls]")
+
+
 def nodes_from_env(env: Mapping[str, str] | None = None) -> tuple[NodeAddress, ...]:
     """The nodes the environment names; see the module comment for the two forms."""
+    return layout_from_env(env).nodes
+
+
+def layout_from_env(env: Mapping[str, str] | None = None) -> ClusterLayout:
+    """The layout the environment names (a node list: md5 ring, no spread tubes)."""
     env = os.environ if env is None else env
     text = (env.get(ENV_NODES) or "").strip()
     path = env.get(ENV_CONFIG)
     if text and not text.isdigit():
-        return _parse_env_list(text)  # the node list: the whole answer
+        return ClusterLayout(_parse_env_list(text))  # the node list: the whole answer
     if not text and not path:
         raise ConfigError(
             f"set {ENV_NODES} (node1=host:port,... or a node count) or {ENV_CONFIG} (a config file)"
@@ -267,4 +339,4 @@ def nodes_from_env(env: Mapping[str, str] | None = None) -> tuple[NodeAddress, .
     if path:
         where += f" (file {path})"
     data = _load_toml(Path(path)) if path else {}
-    return _nodes_from_settings(data, where, _env_settings(env, text or None))
+    return _layout(data, where, _env_settings(env, text or None))

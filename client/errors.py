@@ -172,7 +172,11 @@ def reply_error(words: list[bytes]) -> BeanstalkError:
     word = words[0].decode("ascii", "replace")
     cls = REPLY_ERRORS.get(word)
     if cls is None:
-        return UnexpectedReplyError(" ".join(w.decode("ascii", "replace") for w in words))
+        text = " ".join(w.decode("ascii", "replace") for w in words)
+        if word == "TLS_REQUIRED":  # bsnode's answer to plain TCP on a TLS port
+            text += (": the node serves TLS only; connect with ssl_context= "
+                     "(or a [tls] table / BSCLUSTER_TLS_CA)")
+        return UnexpectedReplyError(text)
     if cls is BuriedError:
         return BuriedError(int(words[1]) if len(words) > 1 and words[1].isdigit() else None)
     return cls()

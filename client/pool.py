@@ -81,6 +81,7 @@ class NodePool:
         clock: Callable[[], float],
         use: str = DEFAULT_TUBE,
         watch: tuple[str, ...] = (DEFAULT_TUBE,),
+        ssl_context=None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -95,6 +96,7 @@ class NodePool:
         self.clock = clock
         self.default_use = use  # a new session starts with these tubes
         self.default_watch = tuple(watch)
+        self.ssl_context = ssl_context  # every connection uses it (TLS) if set
         self.members: dict[str, Member] = {}
         self.order: list[str] = []  # member names in natural order
         self.index: dict[str, int] = {}  # name -> its position in ``order``

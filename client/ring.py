@@ -19,16 +19,25 @@ Two modes:
 
 ``preference(tube)`` lists the owner first and then every other node in
 ring order from the tube's point: the deterministic failover order.
+
+``placement(nodes, mode)`` is the one rule for which nodes own tubes: every
+node not marked ``leaving``, with its weight, hashed as ``mode`` ("md5" or
+"ketama") says.  ClusterClient's put ring, ``bscluster route`` and
+``bscluster rebalance`` (through ``ClusterConfig.placement``) all ask it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from uhashring import HashRing
 
 OWNER_CACHE_SIZE = 8192
+RING_MD5 = "md5"  # uhashring's own ring (the default)
+RING_KETAMA = "ketama"  # libketama's continuum
+RING_MODES = (RING_MD5, RING_KETAMA)
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -107,3 +116,26 @@ class Ring:
     def __repr__(self) -> str:
         mode = "ketama" if self.ketama else "md5"
         return f"<Ring {mode} {self.weights}>"
+
+
+class Placed(Protocol):
+    """A node as placement sees it (``NodeAddress`` and bscluster's ``NodeSpec`` fit)."""
+
+    name: str
+    weight: int
+    leaving: bool
+
+
+def placement(nodes: Iterable[Placed], mode: str = RING_MD5, *,
+              vnodes: int | None = None) -> Ring:
+    """The ring puts use: the nodes that are not leaving, weighted, hashed by ``mode``.
+
+    A leaving node owns no tube (it is still reserved from until removed).
+    ValueError if ``mode`` is unknown or every node is leaving.
+    """
+    if mode not in RING_MODES:
+        raise ValueError(f"ring must be {' or '.join(map(repr, RING_MODES))}, got {mode!r}")
+    owners = {n.name: n.weight for n in nodes if not n.leaving}
+    if not owners:
+        raise ValueError("every node is leaving: at least one must stay to own tubes")
+    return Ring(owners, ketama=mode == RING_KETAMA, vnodes=vnodes)

@@ -73,7 +73,8 @@ class Session:
     def _new(self, name: str, address: str) -> Conn:
         s = self.settings
         client = Client(address, name=name, connect_timeout=s.connect_timeout,
-                        timeout=s.op_timeout, encoding=s.encoding, lazy=True)
+                        timeout=s.op_timeout, encoding=s.encoding, lazy=True,
+                        ssl_context=s.ssl_context)
         conn = Conn(client)
         self.conns.setdefault(name, []).append(conn)
         return conn

@@ -25,6 +25,16 @@ warning says the job may run twice; the result is still settled if it can
 be.  The slot's lock keeps the keeper's touches and the slot's settling
 from using the client at the same time.
 
+Jobs reserved ahead.  A ``ClusterClient`` reserve waits on several nodes
+at once and may keep a second job (or a reserve still in flight that takes
+one) for the slot's next reserve.  At its first look, the keeper hands
+those back to their nodes (``ClusterClient.buffer_returner``, the slot's
+own ``return_buffered``), so while a handler runs long no other job sits
+reserved by this slot with its TTR running: another worker gets it.  A
+short handler (done within ``FIRST_LOOK``) keeps the buffered job, and the
+next reserve costs no round trip.  A stopping slot closes its client, which
+returns them too.
+
 Stopping.  ``stop()`` is graceful: slots finish the job in hand and reserve
 nothing new; a job a reserve returns after the stop is handed back
 untouched by closing the slot's connections (the node returns it to ready
@@ -52,12 +62,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from . import retry
 from .client import DEFAULT_TUBE, Job
 from .cluster import ClusterClient
-from .config import read_config_file
+from .config import read_layout, read_tls_settings
 from .consume import check_tube
 from .errors import ConnectionLostError, DeadlineSoonError, NotFoundError, TimedOutError
 from .retry import Policy
@@ -91,6 +101,13 @@ class QueueClient(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ReservesAhead(Protocol):
+    """A client that may hold jobs reserved ahead of its caller (``ClusterClient``)."""
+
+    def buffer_returner(self) -> Callable[[], int]: ...
+
+
 Source = Callable[[], QueueClient] | str | os.PathLike | Mapping
 Handler = Callable[[Job], object]
 
@@ -102,8 +119,10 @@ def client_factory(source: Source) -> Callable[[], QueueClient]:
     path (read once, now) or a ``{"node1": "host:port", ...}`` mapping.
     """
     if isinstance(source, (str, os.PathLike)):
-        nodes = read_config_file(source)
-        return lambda: ClusterClient(nodes)
+        layout = read_layout(source)  # nodes, ring and spread tubes, as the file says
+        tls = read_tls_settings(source)  # [tls] and BSCLUSTER_TLS_*
+        ctx = tls.client_context() if tls else None
+        return lambda: ClusterClient.from_layout(layout, ssl_context=ctx)
     if isinstance(source, Mapping):
         return lambda: ClusterClient(source)
     if callable(source):
@@ -151,6 +170,7 @@ class Slot:
         self.lock = rt.lock()
         self.wake = rt.event()  # the keeper's: a job came or went, or the slot ended
         self.client: QueueClient | None = None
+        self.give_back: Callable[[], int] | None = None  # the client's return_buffered
         self.held: Held | None = None
         self.ended = False
         self.abandoned = False  # stop(now=True) handed the job back: settle nothing
@@ -186,6 +206,9 @@ class Slot:
                 client.close()
                 raise
             self.client = client
+            # bound in this thread: the keeper calls it for this slot's session
+            self.give_back = client.buffer_returner() if isinstance(client, ReservesAhead) \
+                else None
         return self.client
 
     def _reserve(self) -> Job | None:
@@ -293,6 +316,7 @@ class Slot:
         lease = held.lease
         try:
             if lease.ttr is None:
+                self._return_buffered()
                 now = clock()
                 stats = self.client.stats_job(held.job)
                 lease.learned(now, stats["ttr"], stats["time-left"])
@@ -310,6 +334,20 @@ class Slot:
             held.lost = True
             log.warning("job %s: keep-alive failed (%s: %s); it may run twice",
                         held.job.handle, type(e).__name__, e)
+
+    def _return_buffered(self) -> None:
+        """The handler runs long: no other job waits reserved by this slot meanwhile."""
+        if self.give_back is None:
+            return
+        try:
+            returned = self.give_back()
+        except Exception as e:  # the next reserve reconnects; the node has them back
+            log.debug("%s: returning buffered jobs failed: %s", self.name, e)
+            return
+        if returned:
+            self.counts["returned"] += returned
+            log.debug("%s: %d job(s) reserved ahead handed back while a handler runs",
+                      self.name, returned)
 
     # --- ending ------------------------------------------------------------------------
     def abandon(self) -> None:

@@ -37,17 +37,20 @@ import os
 import queue
 import selectors
 import socket
+import ssl
 import statistics
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import click
 from bsclient.client import format_address, parse_address
-from bsclient.config import ConfigError, read_config_file
+from bsclient.config import ConfigError, read_config_file, read_tls_settings
 from bsclient.ring import Ring
+from bsclient.tls import TlsSettings
+from bsclient.tls import wrap as wrap_tls
 
 MODES = ("put", "put-reserve-delete", "produce-consume")
 PUT, RESERVE, DELETE = 0, 1, 2
@@ -83,6 +86,7 @@ class ConnSpec:
     address: str  # "host:port" or "unix:/path"
     role: str
     tube: str
+    tls: TlsSettings | None = None  # connect over TLS (a picklable recipe, not a context)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class Target:
 
     nodes: dict
     weights: dict | None = None
+    tls: TlsSettings | None = None  # [tls] / BSCLUSTER_TLS_*: the nodes speak TLS
 
     def describe(self) -> str:
         if len(self.nodes) == 1:
@@ -156,7 +161,7 @@ def plan_conns(load: Load, nodes: dict[str, str],
     return specs
 
 
-def _connect(address: str) -> socket.socket:
+def _connect(address: str, tls: TlsSettings | None = None) -> socket.socket:
     where = parse_address(address)
     if isinstance(where, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -165,6 +170,8 @@ def _connect(address: str) -> socket.socket:
     else:
         sock = socket.create_connection(where, timeout=SETUP_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        sock = wrap_tls(sock, tls.client_context(), None if isinstance(where, str) else where[0])
     return sock
 
 
@@ -223,7 +230,7 @@ class _Worker:
 
     def setup(self) -> None:
         for spec in self.specs:
-            sock = _connect(spec.address)
+            sock = _connect(spec.address, spec.tls)
             _setup(sock, spec)
             sock.setblocking(False)
             conn = _Conn(sock, spec.role, spec.address)
@@ -276,7 +283,9 @@ class _Worker:
     def read(self, c: _Conn, now: float) -> bool:
         try:
             data = c.sock.recv(RECV_SIZE)
-        except BlockingIOError:
+            while getattr(c.sock, "pending", None) and c.sock.pending():
+                data += c.sock.recv(RECV_SIZE)  # TLS: decrypted bytes select() cannot see
+        except (BlockingIOError, ssl.SSLWantReadError):
             return True
         except OSError as e:
             data, why = b"", str(e)
@@ -373,7 +382,7 @@ def run_load(load: Load, target: Target, label: str | None = None) -> Result:
     """Run the load once against ``target``; returns the merged result.
 
     ``label`` names the run in the progress line."""
-    specs = plan_conns(load, target.nodes, target.weights)
+    specs = [replace(s, tls=target.tls) for s in plan_conns(load, target.nodes, target.weights)]
     procs = max(1, min(load.procs, len(specs)))
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     slot = ctx.Array("q", procs, lock=False)
@@ -448,10 +457,10 @@ def _replies(sock: socket.socket, buf: bytes, n: int) -> tuple[list[bytes], byte
     return lines, buf
 
 
-def drain(address: str, tube: str, deadline: float) -> int:
+def drain(address: str, tube: str, deadline: float, tls: TlsSettings | None = None) -> int:
     """Delete every ready job of ``tube``; returns how many."""
     deleted = 0
-    with _connect(address) as sock:
+    with _connect(address, tls) as sock:
         _setup(sock, ConnSpec(address, CONSUMER, tube))
         buf = b""
         while time.monotonic() < deadline:
@@ -474,7 +483,7 @@ def clean_up(load: Load, target: Target) -> int:
     for spec in plan_conns(load, target.nodes, target.weights):
         if (spec.address, spec.tube) not in seen:
             seen.add((spec.address, spec.tube))
-            total += drain(spec.address, spec.tube, deadline)
+            total += drain(spec.address, spec.tube, deadline, target.tls)
     if time.monotonic() >= deadline:
         click.echo("warning: clean-up stopped at its time limit; jobs are left in "
                    f"{TUBE_PREFIX}* tubes", err=True)
@@ -493,10 +502,19 @@ def resolve_nodes(host: str | None, port: int | None, config: str | None) -> Tar
             raise click.UsageError("give --config or --host/--port, not both")
         try:
             found = read_config_file(config)
+            tls = read_tls_settings(config)
         except ConfigError as e:
             raise click.ClickException(str(e)) from None
-        return Target({n.name: n.address for n in found}, {n.name: n.weight for n in found})
-    return Target({"node": format_address((host or "127.0.0.1", port or 11300))})
+        except ValueError as e:  # a bad [tls] table
+            raise click.ClickException(str(e)) from None
+        return Target({n.name: n.address for n in found}, {n.name: n.weight for n in found},
+                      tls)
+    try:
+        tls = read_tls_settings(None, {k: v for k, v in os.environ.items()
+                                       if k.startswith("BSCLUSTER_TLS_")})
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    return Target({"node": format_address((host or "127.0.0.1", port or 11300))}, None, tls)
 
 
 def _line(r: Result) -> str:

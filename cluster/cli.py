@@ -141,7 +141,11 @@ def cli() -> None:
               help="Where state, logs and binlogs will live, relative to the file "
                    "(./bscluster-data).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(path, force, **values) -> None:
+@click.option("--tls", is_flag=True,
+              help="Also make a private CA and node/client certificates for a trial "
+                   "(in tls/ beside the file, with openssl) and a [tls] table: nodes "
+                   "serve TLS only and require client certificates.")
+def init(path, force, tls, **values) -> None:
     """Write a commented config file (./bscluster.toml by default).
 
     Every setting is in it, commented, with its default; these options set
@@ -152,6 +156,8 @@ def init(path, force, **values) -> None:
         raise click.ClickException(f"{target} already exists; edit it, or overwrite it "
                                    f"with `bscluster init --force`")
     text = render_config(**values)
+    if tls:
+        text += _trial_tls(target, values.get("host"))
     try:
         target.write_text(text)
         config = load_config(target, {}, env={})
@@ -165,6 +171,20 @@ def init(path, force, **values) -> None:
                f"{first.port}-{last.port}, data in {config.data_dir}")
     hint = "" if str(target) == DEFAULT_CONFIG_PATH else f" --config {target}"
     click.echo(f"start the cluster with: bscluster up{hint}")
+
+
+def _trial_tls(target, host: str | None) -> str:
+    from bscluster import tls_init
+    from bscluster.config import DEFAULT_HOST
+
+    try:
+        table = tls_init.trial_table(target.resolve(), host or DEFAULT_HOST)
+    except (tls_init.TlsInitError, OSError) as e:
+        _fail(e)
+    click.echo(f"wrote a private CA and node/client certificates in "
+               f"{target.resolve().parent / tls_init.TRIAL_DIR}")
+    click.echo(f"warning: {tls_init.TRIAL_WARNING}", err=True)
+    return table
 
 
 # --- up ----------------------------------------------------------------------------
@@ -342,7 +362,11 @@ def banner(config: ClusterConfig, state: dict) -> str:
     where = _where_flags(config)
     if config.proxy:
         lines += [f"any beanstalkd client, whole cluster: {config.proxy} (bscluster proxy)"]
-    lines += ["talk to one node by hand:", f"    telnet {host} {port}",
+    by_hand = f"    telnet {host} {port}"
+    if config.tls is not None:  # the nodes speak TLS: openssl is the telnet of TLS
+        from bscluster.tls_init import by_hand_command
+        by_hand = f"    {by_hand_command(config.tls, host, port)}"
+    lines += ["talk to one node by hand:", by_hand,
               f"look: bscluster status{where} | bscluster stats{where} | bscluster top{where}",
               (f"dashboard: {sup['web']}  (Prometheus: {sup['web']}metrics)" if sup.get("web")
                else f"dashboard: bscluster web{where}  (then open http://{DEFAULT_LISTEN}/), "
@@ -380,7 +404,11 @@ def _look(config_file, data_dir):
     config = _load(config_file, {"data_dir": data_dir})
     view = cluster_view(config)
     nodes = _nodes_to_probe(config, view.state)
-    reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()})
+    try:
+        ctx = config.ssl_context()  # [tls]: TLS to the nodes
+    except ConfigError as e:
+        _fail(e)
+    reports = probe_all({n: (i["host"], i["port"]) for n, i in nodes.items()}, ssl_context=ctx)
     return view, nodes, reports
 
 
@@ -409,7 +437,7 @@ def status(config_file, data_dir, as_json) -> None:
     """
     view, nodes, reports = _look(config_file, data_dir)
     config, state = view.config, view.state
-    rows = status_rows(nodes, reports)
+    rows = status_rows(nodes, reports, {n.name for n in config.nodes if n.leaving})
     code = _look_status(view, [r["up"] for r in rows])
     if as_json:
         click.echo(json.dumps({"supervisor": state["supervisor"] if state else None,

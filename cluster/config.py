@@ -27,6 +27,11 @@ The file's shape (clients read the same file, so it stays this shape)::
     metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
     metrics_host = "127.0.0.1"
     ring = "md5"           # the tube -> node hash: "md5" (uhashring) or "ketama"
+    max_jobs = 0           # --max-jobs: a put beyond answers OUT_OF_MEMORY (0 = no cap)
+    max_job_bytes = 0      # --max-job-bytes: cap on the sum of job bodies (0 = no cap)
+
+    [tls]                  # optional: TLS between clients and nodes (bsclient/tls.py)
+    ca = "tls/ca.pem"      #   keys: ca, cert, key, verify, node_cert, node_key, client_auth
 
     [nodes.node2]          # optional per-node overrides
     host = "10.0.0.2"
@@ -46,8 +51,8 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import shlex
+import ssl
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,9 +66,11 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 from bsclient import Ring
+from bsclient.config import NODE_NAME, ClusterLayout, NodeAddress, tube_settings
 from bsclient.config import ConfigError as ClientConfigError
-from bsclient.config import tube_settings
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
+from bsclient.ring import RING_MD5, RING_MODES
+from bsclient.tls import TlsConfigError, TlsSettings, settings_from
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
 
 # --- defaults and names (the one place they live) -------------------------
@@ -87,9 +94,6 @@ ENV_PREFIX = "BSCLUSTER_"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 NEVER_FSYNC = -1
 MAX_NODES = 1000
-RING_MD5 = "md5"  # uhashring's own ring (ClusterClient's default)
-RING_KETAMA = "ketama"  # libketama's continuum (ClusterClient(..., ketama=True))
-RING_MODES = (RING_MD5, RING_KETAMA)
 
 CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "nodes": DEFAULT_NODES,
@@ -109,15 +113,17 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "metrics_base_port": METRICS_OFF,
     "metrics_host": DEFAULT_HOST,
     "ring": RING_MD5,
+    "max_jobs": 0,  # bsnode --max-jobs (node/caps.py); 0: no cap
+    "max_job_bytes": 0,  # bsnode --max-job-bytes
 })
 # keys a [nodes.nodeI] table may hold: the node's own address and weight,
 # plus any node option (these default to the [cluster] value)
-NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_dir")
+NODE_OPTION_KEYS = ("binlog", "fsync_ms", "max_job_size", "binlog_size", "data_dir",
+                    "max_jobs", "max_job_bytes")
 # leaving: still run and reserved from, but owns no tubes (`bscluster remove`);
 # removed: not part of the cluster any more (its number is not reused)
 NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + NODE_OPTION_KEYS
-TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes")  # [tubes.NAME] is the clients' (spread)
-NODE_NAME = re.compile(r"node([1-9][0-9]*)\Z")
+TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes", "tls")  # [tubes.NAME] is the clients' (spread)
 
 
 class ConfigError(ValueError):
@@ -139,6 +145,9 @@ class NodeSpec:
     binlog_size: int
     metrics_host: str = DEFAULT_HOST
     metrics_port: int | None = None  # bsnode --metrics; None: off
+    max_jobs: int = 0
+    max_job_bytes: int = 0
+    tls_args: tuple[str, ...] = ()  # bsnode's TLS flags, from [tls] (TlsSettings.node_args)
     # owns no tubes on the ring; still served until removed.  Not a setting of
     # the process: changing it needs no restart
     leaving: bool = field(default=False, compare=False)
@@ -175,6 +184,7 @@ class NodeSpec:
             args += ["-F"] if self.fsync_ms == NEVER_FSYNC else ["-f", str(self.fsync_ms)]
         if self.metrics_address is not None:
             args += [NODE_METRICS_FLAG, self.metrics_address]
+        args += [*self.tls_args, *caps_args(self.max_jobs, self.max_job_bytes)]
         return args
 
     def to_dict(self) -> dict:
@@ -183,12 +193,15 @@ class NodeSpec:
             "data_dir": str(self.data_dir), "binlog": self.binlog, "fsync_ms": self.fsync_ms,
             "max_job_size": self.max_job_size, "binlog_size": self.binlog_size,
             "metrics_host": self.metrics_host, "metrics_port": self.metrics_port,
+            "max_jobs": self.max_jobs, "max_job_bytes": self.max_job_bytes,
+            "tls_args": list(self.tls_args),
             "leaving": self.leaving,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> NodeSpec:
-        return cls(**{**d, "data_dir": Path(d["data_dir"])})
+        return cls(**{**d, "data_dir": Path(d["data_dir"]),
+                      "tls_args": tuple(d.get("tls_args", ()))})
 
 
 @dataclass(frozen=True)
@@ -212,8 +225,22 @@ class ClusterConfig:
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
     ring: str = RING_MD5  # which hash places tubes on nodes (RING_MODES)
+    # hot tubes ([tubes.NAME] spread = k): tube -> how many ring nodes share it
+    spread: Mapping[str, int] = field(default_factory=dict, hash=False)
     path: Path | None = None  # the config file read, if any
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    tls: TlsSettings | None = None  # the [tls] table (+ BSCLUSTER_TLS_*); None: plain TCP
+    max_jobs: int = 0
+    max_job_bytes: int = 0
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What bscluster's own connections to the nodes use (None: plain TCP)."""
+        if self.tls is None:
+            return None
+        try:
+            return self.tls.client_context()
+        except TlsConfigError as e:
+            raise ConfigError(str(e)) from None
 
     def node(self, name: str) -> NodeSpec:
         for spec in self.nodes:
@@ -232,14 +259,19 @@ class ClusterConfig:
         """``{"node1": "host:port", ...}``: what ``ClusterClient`` takes."""
         return {n.name: n.address for n in self.nodes}
 
+    def layout(self) -> ClusterLayout:
+        """This config as a client reads it (``ClusterClient.from_layout``)."""
+        return ClusterLayout(
+            tuple(NodeAddress(n.name, n.address, n.weight, n.leaving) for n in self.nodes),
+            self.ring, dict(self.spread))
+
     def placement(self) -> Ring:
-        """The ring every client of this config uses for puts: the nodes that
-        are not leaving, with their weights, hashed as ``ring`` says.  (A
-        leaving node is still reserved from; it just owns no tube.)"""
-        owners = {n.name: n.weight for n in self.nodes if not n.leaving}
-        if not owners:
-            raise ConfigError("every node is leaving: at least one must stay to own tubes")
-        return Ring(owners, ketama=self.ring == RING_KETAMA)
+        """The ring every client of this config uses for puts, from bsclient's one
+        rule (``bsclient.ring.placement``: leaving nodes own no tube)."""
+        try:
+            return self.layout().placement()
+        except ClientConfigError as e:
+            raise ConfigError(str(e)) from None
 
     def to_dict(self) -> dict:
         return {
@@ -250,8 +282,10 @@ class ClusterConfig:
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
             "web": self.web, "web_max_tubes": self.web_max_tubes, "proxy": self.proxy,
             "metrics_base_port": self.metrics_base_port,
-            "metrics_host": self.metrics_host, "ring": self.ring,
+            "metrics_host": self.metrics_host, "ring": self.ring, "spread": dict(self.spread),
             "path": str(self.path) if self.path else None,
+            "tls": self.tls.to_dict() if self.tls else None,
+            "max_jobs": self.max_jobs, "max_job_bytes": self.max_job_bytes,
         }
 
     @classmethod
@@ -268,7 +302,9 @@ class ClusterConfig:
             proxy=d.get("proxy", ""),
             metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
             metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
-            path=Path(d["path"]) if d.get("path") else None,
+            spread=d.get("spread", {}), path=Path(d["path"]) if d.get("path") else None,
+            tls=TlsSettings(**d["tls"]) if d.get("tls") else None,
+            max_jobs=d.get("max_jobs", 0), max_job_bytes=d.get("max_job_bytes", 0),
         )
 
 
@@ -338,12 +374,17 @@ def load_config(path: str | os.PathLike | None = None, flags: Mapping[str, Any] 
     file_dir = file_path.resolve().parent if doc else Path.cwd()
     from_user = sources["data_dir"].startswith(("flag", "env"))
     values["data_dir"] = _abs(values["data_dir"], Path.cwd() if from_user else file_dir)
+    try:
+        tls = settings_from(doc.get("tls"), env, file_dir, f"{file_path} [tls]")
+    except TlsConfigError as e:
+        raise ConfigError(str(e)) from None
     return _build(values, doc.get("nodes", {}), sources, file_dir,
-                  file_path.resolve() if doc else None)
+                  file_path.resolve() if doc else None, tube_settings(doc, str(file_path)), tls)
 
 
 def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
-           path: Path | None) -> ClusterConfig:
+           path: Path | None, spread: Mapping[str, int],
+           tls: TlsSettings | None = None) -> ClusterConfig:
     count = values["nodes"]
     for name in node_tables:
         if NODE_NAME.match(name) and int(name[4:]) > count:
@@ -385,6 +426,7 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
             name=name, host=over.get("host", values["host"]), port=port,
             weight=over.get("weight", DEFAULT_WEIGHT),
             metrics_host=values["metrics_host"], metrics_port=metrics_port,
+            tls_args=tuple(tls.node_args()) if tls else (),
             leaving=over.get("leaving", False),
             data_dir=_abs(over["data_dir"], base) if "data_dir" in over else data_dir / name,
             **{k: over.get(k, values[k]) for k in NODE_OPTION_KEYS if k != "data_dir"},
@@ -397,11 +439,12 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
     _check_unique(specs, web, proxy)
     return ClusterConfig(
         nodes=tuple(specs), data_dir=data_dir, node_command=command, path=path,
-        sources=MappingProxyType(sources), web=web, proxy=proxy,
+        sources=MappingProxyType(sources), web=web, proxy=proxy, spread=spread,
+        tls=tls,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
                                   "web_max_tubes", "metrics_base_port", "metrics_host",
-                                  "ring")},
+                                  "ring", "max_jobs", "max_job_bytes")},
     )
 
 
@@ -446,7 +489,7 @@ def _check_shape(doc: Mapping, path: Path) -> None:
     for key, value in doc.items():
         if key not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{path}: unknown table [{key}]" + _suggest(key, TOP_LEVEL_KEYS)
-                              + "; valid tables are [cluster], [nodes.nodeN] and [tubes.NAME]")
+                              + "; valid tables are [cluster], [nodes.nodeN], [tubes.NAME] and [tls]")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: {key} must be a table ([{key}]), not a value")
     try:
@@ -556,7 +599,15 @@ _RULES = {
              " or ".join(f'"{m}"' for m in RING_MODES) + " (the hash that places tubes)"),
     "leaving": (bool, lambda v: True, "true or false"),
     "removed": (bool, lambda v: True, "true or false"),
+    "max_jobs": (int, lambda v: v >= 0, "a number of jobs >= 1, or 0 for no cap"),
+    "max_job_bytes": (int, lambda v: v >= 0, "a number of bytes >= 1, or 0 for no cap"),
 }
+
+
+def caps_args(max_jobs: int, max_job_bytes: int) -> list[str]:
+    """bsnode's cap flags (node/caps.py); none when no cap is set."""
+    return ((["--max-jobs", str(max_jobs)] if max_jobs else [])
+            + (["--max-job-bytes", str(max_job_bytes)] if max_job_bytes else []))
 
 
 def _check_value(key: str, value: Any, where: str) -> None:

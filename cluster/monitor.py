@@ -120,6 +120,16 @@ def cluster_nodes(config_file: str | None, data_dir: str | None) -> tuple[NodeAd
                  for n in config.nodes)
 
 
+def cluster_ssl_context(config_file: str | None):
+    """TLS for watching the nodes: the config's [tls] and BSCLUSTER_TLS_* (None: plain)."""
+    from bscluster.config import ConfigError, load_config
+
+    try:
+        return load_config(config_file, {}).ssl_context()
+    except ConfigError as e:
+        raise MonitorError(str(e)) from None
+
+
 def watch_options(f):
     """The options of commands that watch a cluster: which nodes to look at."""
     import click
@@ -165,9 +175,21 @@ def _restarted(prev: NodeReport | None, cur: NodeReport) -> bool:
             or prev.stats.get("pid") != cur.stats.get("pid"))
 
 
+def fullness(s: Mapping) -> dict | None:
+    """How full a capped bsnode is (its stats show caps only when one is set)."""
+    pairs = [(s.get("current-jobs", 0), s.get("max-jobs", 0)),
+             (s.get("current-job-bytes", 0), s.get("max-job-bytes", 0))]
+    if not any(limit for _, limit in pairs):
+        return None
+    return {"fraction": max(now / limit for now, limit in pairs if limit),
+            "jobs": pairs[0][0], "max_jobs": pairs[0][1],
+            "job_bytes": pairs[1][0], "max_job_bytes": pairs[1][1]}
+
+
 def node_row(node: NodeAddress, cur: NodeReport, prev: NodeReport | None, dt: float) -> dict:
     s = cur.stats
     row = {"name": node.name, "address": node.address, "up": cur.up, "error": cur.error}
+    row["full"] = fullness(s) if cur.up else None  # bsnode --max-jobs/--max-job-bytes
     before = None if _restarted(prev, cur) else prev.stats
     row.update({k: (_rate(before, s, f, dt) if cur.up else None) for k, f in NODE_RATES.items()})
     if not cur.up:
@@ -339,12 +361,13 @@ class Monitor:
                  wall: Callable[[], float] = time.time,
                  history_seconds: float = HISTORY_SECONDS,
                  interval: float = POLL_INTERVAL,
-                 max_tubes: int = DEFAULT_WEB_MAX_TUBES) -> None:
+                 max_tubes: int = DEFAULT_WEB_MAX_TUBES, ssl_context=None) -> None:
         self.nodes = tuple(nodes)
         self.interval = interval
         self.max_tubes = max_tubes  # tube rows in a view, and tubes with a history
+        self.ssl_context = ssl_context  # TLS to the nodes ([tls] in the config) if set
         self._addresses = {n.name: _host_port(n.address) for n in self.nodes}
-        self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT))
+        self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT, ssl_context))
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
@@ -436,7 +459,8 @@ class Monitor:
         """A fresh connection to one node (the caller closes it)."""
         for n in self.nodes:
             if n.name == name:
-                return Client(n.address, connect_timeout=2.0, timeout=timeout, name=name)
+                return Client(n.address, connect_timeout=2.0, timeout=timeout, name=name,
+                              ssl_context=self.ssl_context)
         raise MonitorError(f"no node named {name!r}; watching "
                            f"{', '.join(n.name for n in self.nodes)}")
 

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bsclient import tls
 from bsclient.client import STATS_JOB_STR_KEYS, parse_yaml_dict
 from bsclient.protocol import (
     CMD_BURY,
@@ -74,12 +75,16 @@ class MoveError(Exception):
 class Pipe:
     """One pipelined protocol connection: send N commands, read N replies."""
 
-    def __init__(self, name: str, host: str, port: int, timeout: float = PIPE_TIMEOUT):
+    def __init__(self, name: str, host: str, port: int, timeout: float = PIPE_TIMEOUT,
+                 ssl_context=None):
         self.name = name
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
+            if ssl_context is not None:  # [tls]: the nodes speak TLS
+                self.sock = tls.wrap(self.sock, ssl_context, host)
         except OSError as e:
-            raise MoveError(f"cannot connect to {name} ({host}:{port}): {e}") from None
+            raise MoveError(f"cannot connect to {name} ({host}:{port}): "
+                            f"{tls.explain(e)}") from None
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = ReplyReader()
 

@@ -85,7 +85,7 @@ def wait_for(paths: Paths, test, timeout: float, what: str) -> dict:
         time.sleep(POLL)
 
 
-def drain_node(paths: Paths, state: dict, name: str) -> None:
+def drain_node(paths: Paths, state: dict, name: str, ssl_context=None) -> None:
     """Ask the supervisor to drain ``name`` and wait until the node says it is."""
     send_request(paths, state, "drain", name)
     wait_for(paths, lambda s: s.get("nodes", {}).get(name, {}).get("draining"),
@@ -95,7 +95,7 @@ def drain_node(paths: Paths, state: dict, name: str) -> None:
         return  # drained as soon as it runs
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while True:
-        rep = node_report(entry["host"], entry["port"])
+        rep = node_report(entry["host"], entry["port"], ssl_context=ssl_context)
         if not rep.up:
             raise click.ClickException(f"{name} does not answer ({rep.error}); it drains as "
                                        f"soon as it runs again (`bscluster restart {name}`)")
@@ -120,9 +120,9 @@ def drain(config_file, data_dir, name) -> None:
     it. `status` shows DRAINING. Its jobs stay until `bscluster rebalance`
     moves them; `bscluster remove NODE` does all of it.
     """
-    _, paths, state = _running(config_file, data_dir)
+    config, paths, state = _running(config_file, data_dir)
     _known(state, name)
-    drain_node(paths, state, name)
+    drain_node(paths, state, name, config.ssl_context())
     click.echo(f"{name} is draining: it refuses new jobs, its jobs stay until `bscluster "
                f"rebalance` moves them (`bscluster undrain {name}` takes it back)")
 
@@ -154,10 +154,10 @@ def undrain(config_file, data_dir, name, force) -> None:
 
 
 # --- remove --------------------------------------------------------------------------
-def _left_on(name: str, entry: dict) -> dict[str, int]:
+def _left_on(name: str, entry: dict, ssl_context=None) -> dict[str, int]:
     """The jobs still on the node; an error when it does not answer (a node that
     is down may hold any number of jobs in its binlog)."""
-    rep = node_report(entry["host"], entry["port"])
+    rep = node_report(entry["host"], entry["port"], ssl_context=ssl_context)
     if not rep.up:
         raise click.ClickException(
             f"{name} does not answer ({rep.error}), so its jobs cannot be moved or counted; "
@@ -210,7 +210,7 @@ def _empty_node(config_file, data_dir, name: str, timeout: float, rate) -> int:
         moves, _ = rebalance_once(view, rate, progress=sys.stderr.isatty())
         result = summary(moves, None)
         moved += result["moved_total"]
-        left = _left_on(name, view.state["nodes"][name])
+        left = _left_on(name, view.state["nodes"][name], config.ssl_context())
         if not any(left.values()):
             return moved
         if time.monotonic() > deadline:
@@ -260,7 +260,7 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
             raise click.ClickException(f"{name} is still a full member after editing the file "
                                        f"(flags or BSCLUSTER_* settings decide the nodes?)")
     if not state["nodes"][name].get("draining"):
-        drain_node(paths, state, name)
+        drain_node(paths, state, name, config.ssl_context())
         click.echo(f"{name} drained")
     moved = _empty_node(config_file, data_dir, name, timeout, rate)
     click.echo(f"{name} is empty ({moved} jobs moved; they have new ids)")

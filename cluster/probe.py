@@ -14,9 +14,11 @@ with the reason, never an exception.
 from __future__ import annotations
 
 import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from bsclient import tls
 from bsclient.protocol import (
     CMD_LIST_TUBES,
     CMD_STATS,
@@ -79,10 +81,11 @@ def _body(reply: tuple, what: str) -> bytes:
     return body
 
 
-def node_report(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> NodeReport:
-    """Stats, and per-tube stats, of the node at host:port."""
+def node_report(host: str, port: int, timeout: float = PROBE_TIMEOUT,
+                ssl_context: ssl.SSLContext | None = None) -> NodeReport:
+    """Stats, and per-tube stats, of the node at host:port (over TLS with a context)."""
     try:
-        with socket.create_connection((connect_host(host), port), timeout=timeout) as sock:
+        with _open(connect_host(host), port, timeout, ssl_context) as sock:
             reader = ReplyReader()
             stats_r, tubes_r = _exchange(
                 sock, reader, encode_command(CMD_STATS) + encode_command(CMD_LIST_TUBES), 2)
@@ -100,11 +103,18 @@ def node_report(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> NodeRep
         return NodeReport(up=False, error=_describe(e))
 
 
+def _open(host: str, port: int, timeout: float, ssl_context) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    return sock if ssl_context is None else tls.wrap(sock, ssl_context, host)
+
+
 def _describe(e: Exception) -> str:
     if isinstance(e, ConnectionRefusedError):
         return "connection refused (nothing listening)"
     if isinstance(e, socket.timeout):
         return "no answer (timed out)"
+    if isinstance(e, ssl.SSLError):
+        return tls.explain(e)
     return str(e) or type(e).__name__
 
 
@@ -122,12 +132,12 @@ def connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
-def probe_all(addresses: dict[str, tuple[str, int]],
-              timeout: float = PROBE_TIMEOUT) -> dict[str, NodeReport]:
+def probe_all(addresses: dict[str, tuple[str, int]], timeout: float = PROBE_TIMEOUT,
+              ssl_context: ssl.SSLContext | None = None) -> dict[str, NodeReport]:
     """``node_report`` for every node at once, so one dead node costs one timeout."""
     if not addresses:
         return {}
     with ThreadPoolExecutor(max_workers=min(16, len(addresses))) as pool:
-        futures = {name: pool.submit(node_report, host, port, timeout)
+        futures = {name: pool.submit(node_report, host, port, timeout, ssl_context)
                    for name, (host, port) in addresses.items()}
         return {name: f.result() for name, f in futures.items()}

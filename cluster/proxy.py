@@ -45,7 +45,6 @@ from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, TIMED_OUT, 
 from bscluster import proxy_cluster as pc
 from bscluster.config import (
     DEFAULT_PROXY_LISTEN,
-    RING_KETAMA,
     ClusterConfig,
     ConfigError,
     load_config,
@@ -227,16 +226,10 @@ def raise_nofile() -> int:
 
 
 def build(config):
-    """The shared ClusterClient and the proxy's job-size limit, from a ClusterConfig."""
-    from bsclient.config import read_tube_settings
-    from bscluster.webhost import node_addresses
-
-    spread = read_tube_settings(config.path) if config.path else {}
-    cc = pc.make_cluster(node_addresses(config.nodes), spread=spread,
-                         ketama=config.ring == RING_KETAMA)
-    for spec in config.nodes:
-        if spec.leaving:  # owns no tube; still reserved from until it is removed
-            cc.remove_node(spec.name, drain=True)
+    """The shared ClusterClient and the proxy's job-size limit, from a ClusterConfig:
+    its nodes, ring mode, leaving nodes, spread tubes and TLS to the nodes, read as
+    every client of that config reads them (``ClusterConfig.layout``)."""
+    cc = pc.make_cluster(config.layout(), config.ssl_context())
     return cc, min(n.max_job_size for n in config.nodes)
 
 

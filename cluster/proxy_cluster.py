@@ -28,16 +28,15 @@ If bsclient grows public equivalents, only this module changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from bsclient import Client, ClusterClient
-from bsclient.config import NodeAddress
+from bsclient.config import ClusterLayout
 
 
-def make_cluster(nodes: Iterable[NodeAddress], spread: dict[str, int] | None = None,
-                 **kwargs) -> ClusterClient:
+def make_cluster(layout: ClusterLayout, ssl_context=None) -> ClusterClient:
     """The ClusterClient every proxy connection shares (bodies stay bytes)."""
-    return ClusterClient(tuple(nodes), spread=spread or {}, encoding=None, **kwargs)
+    return ClusterClient.from_layout(layout, ssl_context=ssl_context, encoding=None)
 
 
 def _session(cc: ClusterClient):

@@ -10,6 +10,8 @@ tubes they do not own.  ``survey`` asks every node for its tubes
 with the config's ring (``ClusterConfig.placement``, the ring clients
 use: leaving nodes own nothing): the owner, or, when the owner is drained,
 the next node in the tube's failover order (where clients put meanwhile).
+A hot tube (``[tubes.NAME] spread = k``) has k targets, its first k nodes
+that are not drained; its jobs on any of them stay.
 ``plan`` lists one ``Move`` per (node, tube) whose jobs are elsewhere than
 their target, ``execute`` moves them with ``mover.move_tube`` (put on the
 target before delete on the source: a crash duplicates, never loses).
@@ -89,6 +91,9 @@ class Survey:
 
 
 def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
+    """Every node's tubes, the put ring and the hot tubes (``spread``: the config's
+    [tubes.*] tables unless given), so ``plan`` keeps a spread tube's jobs on any of
+    its first k nodes."""
     addresses = view.addresses()
     for spec in view.config.nodes:  # configured but not (yet) running: still a possible owner
         addresses.setdefault(spec.name, (spec.host, spec.port))
@@ -98,7 +103,9 @@ def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
         ring = view.config.placement()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    return Survey(addresses, probe_all(addresses), ring, leaving, dict(spread or {}))
+    spread = dict(view.config.spread if spread is None else spread)
+    ctx = view.config.ssl_context()  # [tls]: the nodes speak TLS
+    return Survey(addresses, probe_all(addresses, ssl_context=ctx), ring, leaving, spread)
 
 
 def plan(s: Survey) -> list[Move]:
@@ -120,7 +127,7 @@ def plan(s: Survey) -> list[Move]:
 
 
 def execute(moves: list[Move], addresses: dict[str, tuple[str, int]], rate: float | None,
-            on_moved: Callable[[int], None] = lambda n: None) -> None:
+            on_moved: Callable[[int], None] = lambda n: None, ssl_context=None) -> None:
     """Carry out every move that has a target; fills in ``moved`` and ``error``."""
     limiter = Limiter(rate)
     targets: dict[str, Pipe] = {}
@@ -129,9 +136,9 @@ def execute(moves: list[Move], addresses: dict[str, tuple[str, int]], rate: floa
             if move.target is None or not move.movable:
                 continue
             try:
-                dst = targets.get(move.target) or _pipe(move.target, addresses)
+                dst = targets.get(move.target) or _pipe(move.target, addresses, ssl_context)
                 targets[move.target] = dst
-                src = _pipe(move.source, addresses)
+                src = _pipe(move.source, addresses, ssl_context)
             except MoveError as e:
                 move.error = str(e)
                 continue
@@ -149,9 +156,9 @@ def execute(moves: list[Move], addresses: dict[str, tuple[str, int]], rate: floa
             pipe.close()
 
 
-def _pipe(name: str, addresses: dict[str, tuple[str, int]]) -> Pipe:
+def _pipe(name: str, addresses: dict[str, tuple[str, int]], ssl_context=None) -> Pipe:
     host, port = addresses[name]
-    return Pipe(name, connect_host(host), port)
+    return Pipe(name, connect_host(host), port, ssl_context=ssl_context)
 
 
 def run(view: ClusterView, rate: float | None, progress: bool) -> tuple[list[Move], float]:
@@ -163,9 +170,9 @@ def run(view: ClusterView, rate: float | None, progress: bool) -> tuple[list[Mov
     if progress and total:
         with click.progressbar(length=total, label="moving jobs", file=sys.stderr,
                                show_pos=True, show_eta=True) as bar:
-            execute(moves, s.addresses, rate, bar.update)
+            execute(moves, s.addresses, rate, bar.update, view.config.ssl_context())
     else:
-        execute(moves, s.addresses, rate)
+        execute(moves, s.addresses, rate, ssl_context=view.config.ssl_context())
     return moves, time.monotonic() - started
 
 

@@ -7,12 +7,13 @@ tested with made-up numbers.  Job counts use beanstalkd's ``stats`` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from bscluster.probe import NodeReport
 
 JOB_STATES = ("ready", "reserved", "delayed", "buried")
 DRAINING = "DRAINING"  # status's STATE for a running node that refuses new jobs
+LEAVING = "LEAVING"  # status's mark for a node the config marks leaving = true
 JOB_FIELDS = tuple(f"current-jobs-{s}" for s in JOB_STATES)
 # cluster-wide totals are sums of these node ``stats`` fields
 SUMMED_STATS = (
@@ -51,11 +52,13 @@ def table(headers: list[str], rows: Iterable[list]) -> str:
 
 
 # --- status ----------------------------------------------------------------------
-def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport]) -> list[dict]:
+def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport],
+                leaving: Collection[str] = ()) -> list[dict]:
     """One row per node: what the supervisor says merged with what the node says.
 
     ``nodes`` maps a name to ``{"address", "state"?, "pid"?, "restarts"?, "crashes"?,
     "reason"?, "metrics"?}`` (``metrics``: the node's Prometheus URL, if it serves one).
+    ``leaving``: the nodes the config marks ``leaving = true`` (they own no tubes).
     """
     rows = []
     for name, info in nodes.items():
@@ -67,6 +70,7 @@ def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport]) ->
             # a node that refuses puts (`bscluster drain`, SIGUSR1) says so in its stats
             "state": DRAINING if draining and state in ("RUNNING", "UP") else state,
             "draining": draining,
+            "leaving": name in leaving,
             "pid": rep.stats.get("pid", info.get("pid")) if rep.up else info.get("pid"),
             "uptime": rep.stats.get("uptime") if rep.up else None,
             "restarts": info.get("restarts"),
@@ -83,8 +87,7 @@ def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport]) ->
 def render_status(rows: list[dict]) -> str:
     headers = ["NODE", "STATE", "PID", "ADDRESS", "UPTIME", *(s.upper() for s in JOB_STATES),
                "RESTARTS"]
-    body = [[r["node"], r["state"] if r["up"] or r["state"] != "RUNNING" else "NO ANSWER",
-             r["pid"] or "-", r["address"], human_duration(r["uptime"]),
+    body = [[r["node"], _state(r), r["pid"] or "-", r["address"], human_duration(r["uptime"]),
              *(_n(r[s]) for s in JOB_STATES), _n(r["restarts"])] for r in rows]
     if any(r.get("metrics") for r in rows):
         headers.append("METRICS")
@@ -95,6 +98,19 @@ def render_status(rows: list[dict]) -> str:
         if r["reason"] and (not r["up"] or r["state"] not in ("RUNNING", "UP", DRAINING)):
             out.append(f"  {r['node']}: {r['reason']}")
     return "\n".join(out)
+
+
+def _state(row: dict) -> str:
+    """STATE as printed: a running node that does not answer is NO ANSWER; a
+    leaving one is LEAVING (LEAVING,DRAINING once drained; DOWN,LEAVING if down)."""
+    state = row["state"] if row["up"] or row["state"] != "RUNNING" else "NO ANSWER"
+    if not row.get("leaving"):
+        return state
+    if state in ("RUNNING", "UP"):
+        return LEAVING
+    if state == DRAINING:
+        return f"{LEAVING},{DRAINING}"
+    return f"{state},{LEAVING}"
 
 
 def _n(v) -> str:

@@ -494,12 +494,15 @@ class Supervisor:
         """Serve the dashboard and /metrics here (raises webhost.WebError)."""
         if not self.config.web:
             return
+        from bscluster.tls_init import dashboard_context
         from bscluster.web import ENV_TOKEN
         from bscluster.webhost import WebHost
 
         token = os.environ.get(ENV_TOKEN) or None
         self.web = WebHost(self.config.web, self.config.nodes, token, lambda: self._published,
-                           log=self.say, max_tubes=self.config.web_max_tubes)
+                           log=self.say, max_tubes=self.config.web_max_tubes,
+                           ssl_context=self.config.ssl_context(),
+                           https=dashboard_context(self.config))
         self.web_url = self.web.start()
         self.say(f"dashboard on {self.web_url} (metrics at {self.web_url}metrics; "
                  + ("actions enabled, token required)" if token else

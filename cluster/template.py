@@ -68,6 +68,14 @@ binlog_size = {binlog_size}
 # compute from the same node names and weights).
 # ring = "{ring}"
 
+# Opt-in caps per node (bsnode --max-jobs / --max-job-bytes): a put beyond
+# either answers OUT_OF_MEMORY; 0 = no cap. max_job_bytes counts job bodies.
+# Only bsnode has these flags (and TLS), so leave them 0 with beanstalkd.
+# max_jobs = 0
+# max_job_bytes = 0
+
+# TLS: a [tls] table (see `bscluster init --tls` and docs/SECURITY.md).
+
 # Per-node overrides. Any of host, port, weight (share of tubes in the
 # client's ring, default 1), data_dir (this node's own binlog directory),
 # metrics_port, binlog, fsync_ms, max_job_size, binlog_size.

@@ -29,6 +29,7 @@ from bscluster.monitor import (
     POLL_INTERVAL,
     Monitor,
     MonitorError,
+    cluster_ssl_context,
     resolve_nodes,
     tube_sort_key,
     watch_options,
@@ -216,7 +217,8 @@ def top(config_file, data_dir, node_flags, sort, interval, once) -> None:
     b buried, w waiting, o ops/s, n name.
     """
     try:
-        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval)
+        monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval,
+                          ssl_context=cluster_ssl_context(config_file))
     except MonitorError as e:
         raise click.ClickException(str(e)) from None
     if once or not (sys.stdin.isatty() and sys.stdout.isatty()):

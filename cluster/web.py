@@ -52,6 +52,7 @@ from bscluster.monitor import (
     POLL_INTERVAL,
     Monitor,
     MonitorError,
+    cluster_ssl_context,
     inspect_job,
     inspect_tube,
     resolve_nodes,
@@ -166,7 +167,8 @@ class Actions:
             raise ApiError(400, "the target tube is the tube itself")
         deadline = time.monotonic() + ACTION_DEADLINE
         moved, complete, down = 0, True, []
-        target = ClusterClient(self.monitor.nodes, connect_timeout=2.0, timeout=5.0, use=to)
+        target = ClusterClient(self.monitor.nodes, connect_timeout=2.0, timeout=5.0, use=to,
+                               ssl_context=self.monitor.ssl_context)
         try:
             for _, c in self._holding(tube, down):
                 peek = getattr(c, f"peek_{state}")
@@ -470,12 +472,16 @@ def _job_id(text: str) -> int:
 
 
 def make_server(dashboard: Dashboard, host: str, port: int, quiet: bool = True,
-                log: Callable[[str], None] | None = None) -> BoundedServer:
+                log: Callable[[str], None] | None = None, ssl_context=None) -> BoundedServer:
     """Bind the dashboard; the caller runs ``serve_forever`` and ``server_close``.
-    ``log`` hears of trouble the server survives (out of descriptors, say)."""
+    ``log`` hears of trouble the server survives (out of descriptors, say).  With
+    ``ssl_context`` it serves HTTPS (the handshake runs in each request's thread)."""
     loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
     handler = type("DashboardHandler", (Handler,), {"dashboard": dashboard, "quiet": quiet})
     server = BoundedServer((host, port), handler, log=log)
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True,
+                                                do_handshake_on_connect=False)
     if loopback:
         bound = server.server_address[1]
         handler.allowed_hosts = frozenset(f"{h}:{bound}" for h in LOOPBACK_HOSTS)
@@ -512,7 +518,7 @@ def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
     host, port = _listen(listen)
     try:
         monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval,
-                          max_tubes=max_tubes)
+                          max_tubes=max_tubes, ssl_context=cluster_ssl_context(config_file))
     except MonitorError as e:
         raise click.ClickException(str(e)) from None
     if token == _GENERATE:
@@ -521,7 +527,9 @@ def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
     state = None if node_flags else _supervisor_state_source(config_file, data_dir)
     dashboard = Dashboard(monitor, token, state)
     try:
-        server = make_server(dashboard, host, port, quiet=not verbose, log=_log_stderr)
+        https = _https(config_file)
+        server = make_server(dashboard, host, port, quiet=not verbose, log=_log_stderr,
+                             ssl_context=https)
     except OSError as e:
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     if handler_open_to_others(host):
@@ -533,7 +541,7 @@ def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
         dashboard.start()  # the first poll: the URL below is ready when printed
         bound_host, bound_port = server.server_address[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        click.echo(f"dashboard on http://{shown}:{bound_port}/ watching "
+        click.echo(f"dashboard on http{'s' if https else ''}://{shown}:{bound_port}/ watching "
                    f"{', '.join(n.name for n in monitor.nodes)}")
         click.echo("actions enabled (token required)" if token else
                    f"read-only: set --token or {ENV_TOKEN} to enable "
@@ -549,6 +557,17 @@ def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
 
 def _log_stderr(message: str) -> None:
     click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", err=True)
+
+
+def _https(config_file: str | None):
+    """The dashboard's HTTPS context from [tls] (None: plain HTTP)."""
+    from bscluster.config import ConfigError, load_config
+    from bscluster.tls_init import dashboard_context
+
+    try:
+        return dashboard_context(load_config(config_file, {}))
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _supervisor_state_source(config_file: str | None,

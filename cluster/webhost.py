@@ -44,10 +44,13 @@ class WebHost:
     def __init__(self, listen: str, specs: Iterable[NodeSpec], token: str | None,
                  supervisor_state: Callable[[], dict | None],
                  log: Callable[[str], None] | None = None,
-                 max_tubes: int = DEFAULT_WEB_MAX_TUBES) -> None:
+                 max_tubes: int = DEFAULT_WEB_MAX_TUBES, ssl_context=None,
+                 https=None) -> None:
         self.listen = listen
         self.log = log
-        self.monitor = Monitor(node_addresses(specs), max_tubes=max_tubes)
+        self.monitor = Monitor(node_addresses(specs), max_tubes=max_tubes,
+                               ssl_context=ssl_context)
+        self.https = https  # serve HTTPS with this server context (tls_init.dashboard_context)
         self.dashboard = Dashboard(self.monitor, token, supervisor_state)
         self.server = None
         self._thread: threading.Thread | None = None
@@ -56,7 +59,8 @@ class WebHost:
         """Bind and serve; returns the dashboard's URL.  Raises WebError."""
         host, port = parse_listen(self.listen)
         try:
-            self.server = make_server(self.dashboard, host, port, log=self.log)
+            self.server = make_server(self.dashboard, host, port, log=self.log,
+                                      ssl_context=self.https)
         except OSError as e:
             raise WebError(f"cannot serve the dashboard on {host}:{port}: {e.strerror or e}; "
                            f"choose another address with --web ADDR:PORT (or web in the "
@@ -72,7 +76,8 @@ class WebHost:
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         host = connect_host(host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+        scheme = "https" if self.https else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}/"
 
     @property
     def exposed(self) -> bool:

@@ -25,6 +25,8 @@ import traceback
 import click
 from bsclient import retry
 from bsclient.client import Client
+from bsclient.cluster import ClusterClient
+from bsclient.config import read_tls_settings
 from bsclient.errors import BeanstalkError
 from bsclient.worker import DEFAULT_CONCURRENCY, MODES, Worker
 from bscluster.config import ConfigError, load_config
@@ -100,16 +102,24 @@ def _source(server: str | None, config_file: str | None):
             raise click.UsageError("give --server or --config, not both")
         try:
             Client(server, lazy=True)
+            tls = read_tls_settings(None)  # BSCLUSTER_TLS_* (and BSCLUSTER_CONFIG's [tls])
+            ctx = tls.client_context() if tls else None
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--server") from None
-        return (lambda: Client(server, lazy=True)), server
+        return (lambda: Client(server, lazy=True, ssl_context=ctx)), server
     try:
         config = load_config(config_file, {})
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     where = f"config {config.path}" if config.path else "the default cluster"
     names = [n.name for n in config.nodes]
-    return config.addresses, f"{names[0]}..{names[-1]} ({where})"
+    try:
+        ctx = config.ssl_context()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    layout = config.layout()  # ring, leaving nodes and spread tubes too, as the config says
+    return (lambda: ClusterClient.from_layout(layout, ssl_context=ctx)), \
+        f"{names[0]}..{names[-1]} ({where})"
 
 
 @click.command("work", help=HELP)

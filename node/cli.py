@@ -16,11 +16,14 @@ import resource
 import socket
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 
+from . import caps, tls
+from .caps import NO_CAPS, Caps
 from .commands import PROTOCOL_VERSION, VERSION
+from .tls import TlsFiles
 
 log = logging.getLogger("bsnode")
 
@@ -51,7 +54,7 @@ Extension (not in beanstalkd; off unless given):
  --binlog-recover     start past damage in the middle of the binlog, skipping
                       the damaged bytes (jobs in them are lost); the default is
                       to refuse to start and name the file and offset
-
+{tls}{caps}
 bsnode speaks the beanstalkd {proto} protocol.  Once listening it writes
 "listening on ADDR:PORT" to stderr.  Under systemd socket activation
 (LISTEN_FDS) it serves the socket it is given and ignores -l and -p.
@@ -78,6 +81,9 @@ class NodeOptions:
     port_given: bool = False
     metrics: tuple[str, int] | None = None  # --metrics ADDR:PORT (an extension)
     binlog_recover: bool | None = None  # --binlog-recover (an extension)
+    tls: TlsFiles | None = None  # --tls-cert/--tls-key/--tls-client-ca (tls.py)
+    tls_port: int | None = None  # --tls-port: TLS there, plain TCP on -p
+    caps: Caps = NO_CAPS  # --max-jobs/--max-job-bytes (caps.py)
 
 
 def _size(text: str) -> int:
@@ -124,7 +130,22 @@ def parse_args(argv: list[str]) -> NodeOptions | str:
                 return "version"
             else:
                 raise UsageError(f"unknown flag: -{c}")
+    _extensions(o, o.pop("ext", {}))
     return NodeOptions(**o)
+
+
+def _extensions(o: dict, ext: dict) -> None:
+    """The TLS and caps options, checked as a whole."""
+    try:
+        o["tls"] = tls.files_from(ext)
+        o["caps"] = caps.parse(ext)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    port = ext.get("tls_port")
+    if port is not None:
+        if not port.isdigit() or int(port) > 65535:
+            raise UsageError(f"invalid --tls-port: {port}")
+        o["tls_port"] = int(port)
 
 
 def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
@@ -134,6 +155,14 @@ def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
     name, eq, value = arg.partition("=")
     if name == "--binlog-recover" and not eq:
         o["binlog_recover"] = True
+        return i
+    key = tls.FLAGS.get(name) or caps.FLAGS.get(name)
+    if key is not None:
+        if not eq:
+            if i >= len(args):
+                raise UsageError(f"option requires an argument: {name}")
+            value, i = args[i], i + 1
+        o.setdefault("ext", {})[key] = value
         return i
     if name != "--metrics":
         raise UsageError(f"unknown option: {name}")
@@ -315,7 +344,29 @@ def main(argv: list[str] | None = None) -> None:
 def _usage(prog: str) -> str:
     return USAGE.format(prog=prog, fsync=DEFAULT_FSYNC_MS, port=DEFAULT_PORT,
                         maxjob=DEFAULT_MAX_JOB_SIZE, maxlimit=MAX_JOB_SIZE_LIMIT,
-                        binlog=DEFAULT_BINLOG_SIZE, proto=PROTOCOL_VERSION)
+                        binlog=DEFAULT_BINLOG_SIZE, proto=PROTOCOL_VERSION,
+                        tls=tls.USAGE, caps=caps.USAGE)
+
+
+def _tls_endpoint(opts: NodeOptions):
+    """The TLS endpoint and its own listener (--tls-port), if TLS is on."""
+    if opts.tls is None:
+        return None, None
+    try:
+        endpoint = tls.TlsEndpoint(opts.tls)
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        log.error("cannot load the TLS certificate %s / key %s: %s", opts.tls.cert,
+                  opts.tls.key, e)
+        raise SystemExit(6) from None
+    tls.install_reload(endpoint)
+    if opts.tls_port is None:
+        return endpoint, None
+    try:
+        sock, _ = make_listener(replace(opts, port=opts.tls_port))
+    except OSError as e:
+        log.error("cannot listen on %s:%s: %s", opts.listen, opts.tls_port, e.strerror or e)
+        raise SystemExit(111) from None
+    return endpoint, sock
 
 
 def run(opts: NodeOptions) -> None:
@@ -337,8 +388,10 @@ def run(opts: NodeOptions) -> None:
     if opts.binlog_dir:
         from . import binlog  # noqa: F401
     store = Store()
+    store.caps = opts.caps
     commands = Commands(store, opts.max_job_size, opts.binlog_size)
-    server = NodeServer(listener, store, commands, opts.verbose)
+    endpoint, tls_listener = _tls_endpoint(opts)
+    server = NodeServer(listener, store, commands, opts.verbose, endpoint, tls_listener)
     install_signal_handlers(server)
     if metrics_listener is not None:
         from . import metrics
@@ -351,6 +404,11 @@ def run(opts: NodeOptions) -> None:
     if opts.binlog_dir:
         attach_binlog(opts, store)
     listener.listen(1024)  # a no-op for a socket systemd already listens on
+    if tls_listener is not None:
+        tls_listener.listen(1024)
+        log.info("serving %s on %s", opts.tls.describe(), _describe(tls_listener))
+    elif opts.tls is not None:
+        where += f" ({opts.tls.describe(only=True)})"
     log.info("listening on %s", where)
     try:
         server.serve_forever()

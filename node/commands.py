@@ -279,6 +279,7 @@ class Commands:
             ("os", u.version),
             ("platform", u.machine),
         ]
+        fields += store.caps.stats_fields(store)  # nothing unless a cap is set (caps.py)
         return fields
 
     def _cmd_stats(self, s: Session, ev: tuple) -> bytes:

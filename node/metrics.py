@@ -28,6 +28,8 @@ import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from . import caps
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NODE_PREFIX = "bsnode"
 INFO_FIELDS = ("version", "id", "hostname", "os", "platform")
@@ -245,6 +247,7 @@ def node_families(commands, store, binlog_dir: str | None = None) -> Collector:
     c.family("binlog_size_bytes", "gauge",
              "bytes in the binlog files (beanstalkd has no stats field for it; "
              "see binlog-max-size)").add({}, binlog_bytes(binlog_dir))
+    caps.add_metrics(c, store)
     return c
 
 

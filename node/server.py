@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import sys
+from functools import partial
 
 import gevent
 import gevent.threadpool  # noqa: F401 - imported before -u drops privileges (GroupCommit)
@@ -192,14 +193,21 @@ class NodeServer:
     """Serves one store on a listening socket until stopped."""
 
     def __init__(self, listener: socket.socket, store: Store, commands: Commands,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, tls=None, tls_listener: socket.socket | None = None
+                 ) -> None:
         self.store = store
         self.commands = commands
         self.verbose = verbose
         self._tick_event = Event()
         store.sched.on_earlier = self._on_earlier
         listener.setblocking(False)  # gevent's accept loop needs it
-        self._server = StreamServer(listener, self._handle)
+        # tls (a tls.TlsEndpoint): TLS on tls_listener if given, else on listener
+        main_tls = tls if tls_listener is None else None
+        self._server = StreamServer(listener, partial(self._handle, tls=main_tls))
+        self._tls_server = None
+        if tls_listener is not None:
+            tls_listener.setblocking(False)
+            self._tls_server = StreamServer(tls_listener, partial(self._handle, tls=tls))
         self._timer = None
         self.group: GroupCommit | None = None
 
@@ -226,6 +234,8 @@ class NodeServer:
 
     def start(self) -> None:
         self._group_syncs()
+        if self._tls_server is not None:
+            self._tls_server.start()
         self._server.start()
         self._timer = gevent.spawn(self._clock_loop)
 
@@ -234,9 +244,13 @@ class NodeServer:
         freeze_survivors()
         self._group_syncs()
         self._timer = gevent.spawn(self._clock_loop)
+        if self._tls_server is not None:
+            self._tls_server.start()
         self._server.serve_forever()
 
     def stop(self) -> None:
+        if self._tls_server is not None:
+            self._tls_server.stop(timeout=1)
         self._server.stop(timeout=1)
         if self._timer is not None:
             self._timer.kill()
@@ -246,8 +260,12 @@ class NodeServer:
         log.info("SIGUSR1: drain mode on, new jobs are refused with DRAINING")
 
     # --- one connection ---------------------------------------------------
-    def _handle(self, sock, address) -> None:
-        if self.group is None:
+    def _handle(self, sock, address, tls=None) -> None:
+        if tls is not None:
+            conn = tls.accept(sock, address, self.group)  # None: refused (logged)
+            if conn is None:
+                return
+        elif self.group is None:
             conn = _Conn(sock)
         else:
             conn = _DurableConn(sock)

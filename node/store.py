@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 from bsclient.protocol import DEADLINE_SOON, TIMED_OUT, URGENT_THRESHOLD
 
+from .caps import NO_CAPS
 from .job import Job, NullWal, Session
 from .timers import Scheduler
 from .tube import BURIED, DELAYED, INVALID, READY, RESERVED, Tube
@@ -59,6 +60,8 @@ class Store:
         self.draining = False
         self.job_timeouts = 0
         self.total_jobs = 0
+        self.job_bytes = 0  # sum of the bodies held (caps.py judges it)
+        self.caps = NO_CAPS
         self.cur_conns = self.total_conns = self.producers = self.workers = self.waiting = 0
         self.default_tube = self._tube(DEFAULT_TUBE)
         self.default_tube.refs += 1  # held forever
@@ -351,8 +354,10 @@ class Store:
 
     def put(self, s: Session, pri: int, delay: int, ttr: int, body: bytes,
             job_id: int | None = None):
-        """Returns the new job, or None when the binlog cannot take it."""
+        """Returns the new job, or None when the binlog or a cap cannot take it."""
         self.set_producer(s)
+        if not self.caps.admits(self, len(body)):
+            return None
         now = self.clock()
         t = s.use
         if job_id is None:
@@ -368,6 +373,7 @@ class Store:
         if not self.wal.put(job, now):
             return None
         self.jobs[job.id] = job
+        self.job_bytes += len(body)
         t.refs += 1
         t.total_jobs += 1
         self.total_jobs += 1
@@ -394,6 +400,7 @@ class Store:
             self._undelay(job)
         job.state = INVALID
         del self.jobs[job_id]
+        self.job_bytes -= len(job.body)
         t = job.tube
         t.deletes += 1
         self.wal.delete(job)
@@ -582,6 +589,7 @@ class Store:
         if any(counters[1:]):  # most jobs never timed out, were released, buried or kicked
             job.timeouts, job.releases, job.buries, job.kicks = counters[1:]
         self.jobs[job_id] = job
+        self.job_bytes += len(body)
         t.refs += 1
         if job_id >= self.next_id:
             self.next_id = job_id + 1

@@ -263,6 +263,60 @@ def test_expected_crlf(server):
         assert c.peek(job_id).body == b"fine"
 
 
+def test_expected_crlf_with_the_stray_reply_late():
+    """beanstalkd writes EXPECTED_CRLF and the stray line's UNKNOWN_COMMAND in two
+    writes; when the second is late (the server descheduled between them), it is
+    not there yet when the next command is sent, so only dropping the connection
+    on EXPECTED_CRLF keeps the client in step.  A scripted server holds the stray
+    reply back until the next command comes, on the same connection or not."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(POLL_DEADLINE)
+    seen: list[bytes] = []
+
+    def serve():
+        first, _ = listener.accept()
+        with first:
+            first.settimeout(POLL_DEADLINE)
+            seen.append(read_until(first, b"abc\r\n"))
+            first.sendall(b"EXPECTED_CRLF\r\n")
+            try:
+                late = first.recv(4096)  # the next command, if it comes here
+            except OSError:
+                late = b""
+            if late:
+                seen.append(late)
+                first.sendall(b"UNKNOWN_COMMAND\r\nINSERTED 1\r\n")
+                return
+        second, _ = listener.accept()  # the client reconnected
+        with second:
+            second.settimeout(POLL_DEADLINE)
+            seen.append(read_until(second, b"fine\r\n"))
+            second.sendall(b"INSERTED 2\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with Client(listener.getsockname()) as c:
+            with pytest.raises(ExpectedCrlfError):
+                c.execute(b"put 0 0 60 1", body=b"abc")
+            assert c.put(b"fine") == 2  # on a new connection, not UNKNOWN_COMMAND
+        thread.join(POLL_DEADLINE)
+        assert len(seen) == 2 and seen[0] == b"put 0 0 60 1\r\nabc\r\n"
+        assert seen[1].startswith(b"put ") and seen[1].endswith(b" 4\r\nfine\r\n")
+    finally:
+        listener.close()
+
+
+def read_until(sock: socket.socket, end: bytes) -> bytes:
+    data = b""
+    while not data.endswith(end):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def test_tube_names_cannot_inject_commands(client):
     with pytest.raises(ValueError):
         client.use("a\r\nput 0 0 1 1")

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 from bsclient import (
+    Client,
     ClusterClient,
     ConnectionLostError,
     NoNodeAvailableError,

@@ -179,6 +179,14 @@ function headRow(cols) {
   return el("tr", {}, ...cols.map(([label, num]) => el("th", {class: num ? "num" : ""}, label)));
 }
 
+// bsnode's opt-in caps: "jobs 730 / 1000, bodies 1.2 MB / 10 MB" (0 = no cap)
+function fullTitle(f) {
+  if (!f) return "";
+  const part = (name, now, max) => max ? name + " " + fmtNum(now) + " / " + fmtNum(max) : "";
+  return [part("jobs", f.jobs, f.max_jobs), part("body bytes", f.job_bytes, f.max_job_bytes)]
+    .filter(Boolean).join(", ");
+}
+
 function renderNodes(nodes) {
   const cols = [["node"], ["address"], ["state"], ...STATES.map((s) => [s, 1]), ["urgent", 1],
                 ["connections", 1], ["workers", 1], ["waiting", 1], ["tubes", 1], ["ops/s", 1], ["uptime", 1]];
@@ -194,7 +202,8 @@ function renderNodes(nodes) {
     }
     return el("tr", {data: {node: n.name}},
       el("td", {}, n.name), el("td", {}, n.address),
-      el("td", {}, el("span", {class: "pill up"}, n.draining ? "draining" : "up")),
+      el("td", {}, el("span", {class: "pill up", title: fullTitle(n.full)},
+                      (n.draining ? "draining" : "up") + (n.full ? " · " + Math.round(100 * n.full.fraction) + "% full" : ""))),
       ...STATES.map((s) => el("td", {class: "num", data: {field: s}}, fmtNum(n[s]))),
       el("td", {class: "num"}, fmtNum(n.urgent)), el("td", {class: "num"}, fmtNum(n.connections)),
       el("td", {class: "num"}, fmtNum(n.workers)), el("td", {class: "num"}, fmtNum(n.waiting)),
