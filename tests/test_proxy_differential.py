@@ -38,6 +38,9 @@ _KEPT = ("a tube lives on a node while a proxy connection there still uses or wa
          "(docs/PROXY.md, \"Tubes\")")
 _HOP = ("a client's hang-up reaches the nodes one hop later: a command another client "
         "sends at once may still see the job it held as reserved")
+_ACROSS = ("priority (and age among equals) is exact within a node; tubes on different "
+           "nodes take turns, so a job on one node can come before a more urgent or older "
+           "one on another (docs/CLIENT.md, \"Reserve semantics\")")
 # transcript name -> (why the proxy differs, the transcript lines whose replies may differ)
 DIFFERENT: dict[str, tuple[str, tuple[int, ...]]] = {
     "line-222-bytes-accepted": (
@@ -49,10 +52,8 @@ DIFFERENT: dict[str, tuple[str, tuple[int, ...]]] = {
         "across nodes", (186, 190, 194, 198)),
     "stats-connection-counters": (_HOP, (188,)),
     "reserve-waiter-disconnects": (_HOP, (388, 390)),
-    "reserve-multi-tube-priority": (
-        "priority is exact within a node; tubes on different nodes take turns, so a "
-        "less urgent job on one node can come before a more urgent one on another "
-        "(docs/CLIENT.md, \"Reserve semantics\")", (201, 203, 205)),
+    "reserve-multi-tube-priority": (_ACROSS, (201, 203, 205)),
+    "reserve-multi-tube-equal-priority": (_ACROSS, (222, 224)),
     "pause-tube-ends": (
         "pause-tube goes to every node that has the tube and each ends the pause by its "
         "own clock; just when it ends, a node that has not yet reset it still reports "
