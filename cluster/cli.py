@@ -30,6 +30,7 @@ from bsclient.errors import BadFormatError
 from bscluster import control
 from bscluster.config import (
     DEFAULT_CONFIG_PATH,
+    DEFAULT_PROXY_LISTEN,
     DEFAULT_WEB_LISTEN,
     DEFAULT_WEB_MAX_TUBES,
     NODE_COMMAND_HELP,
@@ -41,6 +42,7 @@ from bscluster.config import (
 )
 from bscluster.options import config_option, data_dir_option, load
 from bscluster.probe import connect_host, probe_all
+from bscluster.proxy import proxy
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
@@ -95,6 +97,15 @@ def web_option(f):
         "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
         default=None, help=f"Serve the dashboard and the cluster's /metrics from the "
         f"supervisor (--web alone: {DEFAULT_WEB_LISTEN}; --web off: none) [env BSCLUSTER_WEB].",
+    )(f)
+
+
+def proxy_option(f):
+    return click.option(
+        "--proxy", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_PROXY_LISTEN,
+        default=None, help=f"Also run `bscluster proxy` (one beanstalkd address for the whole "
+        f"cluster, docs/PROXY.md) and restart it if it dies (--proxy alone: "
+        f"{DEFAULT_PROXY_LISTEN}; --proxy off: none) [env BSCLUSTER_PROXY].",
     )(f)
 
 
@@ -183,6 +194,7 @@ def _trial_tls(target, host: str | None) -> str:
 @config_option
 @node_options
 @web_option
+@proxy_option
 @click.option("--detach", "-d", is_flag=True, help="Run in the background.")
 def up(config_file, detach, **flags) -> None:
     """Start the cluster and keep every node running.
@@ -356,6 +368,8 @@ def banner(config: ClusterConfig, state: dict) -> str:
     first = next(iter(addresses.values()))
     host, port = first.rsplit(":", 1)
     where = _where_flags(config)
+    if config.proxy:
+        lines += [f"any beanstalkd client, whole cluster: {config.proxy} (bscluster proxy)"]
     by_hand = f"    telnet {host} {port}"
     if config.tls is not None:  # the nodes speak TLS: openssl is the telnet of TLS
         from bscluster.tls_init import by_hand_command
@@ -620,6 +634,7 @@ def supervise(data_dir) -> None:
 
 cli.add_command(top)
 cli.add_command(web)
+cli.add_command(proxy)
 
 from .bench import bench  # noqa: E402
 from .work import work  # noqa: E402
