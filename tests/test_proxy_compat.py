@@ -81,3 +81,24 @@ def test_client_through_the_proxy_sees_what_beanstalkd_shows(name, tmp_path):
 
     theirs = _against(start_pristine_beanstalkd, argv)
     assert _timed(ours, theirs) == _timed(theirs, ours)
+
+
+def test_readme_php_lines_through_the_proxy(tmp_path):
+    """README's three PHP lines, as written but for the port, through a proxy."""
+    import subprocess
+
+    import readme_blocks
+
+    (block,) = readme_blocks.in_section(readme_blocks.read(), "Use it from PHP", "php")
+    assert "11400" in block.text
+    script = tmp_path / "readme.php"
+    script.write_text(
+        "<?php\nrequire_once 'Pheanstalk/autoload.php';\n"
+        "$mail = ['to' => 'a@example.org'];\n"
+        + block.text.replace("11400", "(int)$argv[1]")
+        + "echo $job->getData(), \"\\n\";\n$q->delete($job);\n")
+    with ProxiedCluster(tmp_path, NODES) as cluster:
+        out = subprocess.run(["php", str(script), str(cluster.port)], capture_output=True,
+                             text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"to": "a@example.org"}
