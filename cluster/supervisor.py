@@ -594,7 +594,10 @@ class Supervisor:
         self._line("bscluster", message)
 
     def _line(self, who: str, text: str) -> None:
-        stamp = log_stamp() + " " if self.detached else ""
+        # the log file gets the full ISO time; a terminal the time of day, as
+        # node lines already carry bsnode's own full stamp
+        stamp = log_stamp() if self.detached else log_stamp()[11:23]
+        stamp += " "
         try:
             self.out.write(f"{stamp}{who:<{self._width}} | {text}\n")
             self.out.flush()
