@@ -609,6 +609,11 @@ def show_config(config_file, **flags) -> None:
                    + (" (leaving)" if n.leaving else ""))
     for note in view.pending:
         click.echo(f"# pending: {note}")
+    if config.tls is not None:
+        shown = {k: v for k, v in config.tls.to_dict().items() if v not in (None, "")}
+        click.echo("# [tls]: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in shown.items()))
+    else:
+        click.echo("# [tls]: none (plain TCP)")
     if config.web:
         host, port = parse_listen(config.web)
         shown = connect_host(host)
