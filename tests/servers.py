@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import threading
 import time
 from collections import deque
+
+import bsnode
 
 BEANSTALKD = "/usr/bin/beanstalkd"
 HAVE_BEANSTALKD = os.path.exists(BEANSTALKD)
@@ -104,8 +105,13 @@ def _drain(stream, lines: deque, found: threading.Event, holder: list) -> None:
 
 
 def bsnode_command() -> list[str]:
-    exe = shutil.which("bsnode")
-    return [exe] if exe else [sys.executable, "-m", "bsnode"]
+    """The installed bsnode, as bscluster runs it (never looked up on PATH)."""
+    return bsnode.command_line()
+
+
+def bscluster_command() -> list[str]:
+    """The installed bscluster (this interpreter's, never one found on PATH)."""
+    return [sys.executable, "-m", "bscluster"]
 
 
 def start_bsnode(*args: str, env: dict | None = None) -> Server:

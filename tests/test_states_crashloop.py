@@ -22,6 +22,7 @@ from bscluster.states import (
     crash_delay,
 )
 from bscluster.supervisor import Supervisor
+from servers import free_port
 
 
 class FakeClock:
@@ -124,8 +125,10 @@ def test_bad_crash_settings_say_what_is_wrong(tmp_path, text, words):
 @pytest.fixture
 def sup(tmp_path):
     def make(detached: bool = False, **flags) -> Supervisor:
+        # a free base port: _spawn checks that nothing listens there (never 11300,
+        # where the user's own beanstalkd may run)
         config = load_config(flags={"nodes": 2, "data_dir": str(tmp_path), "binlog": False,
-                                    **flags}, env={})
+                                    "base_port": free_port(), **flags}, env={})
         s = Supervisor(config, detached=detached, out=io.StringIO(), clock=FakeClock())
         s._set_nodes(config)
         return s
