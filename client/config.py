@@ -59,12 +59,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .client import MAX_PORT, format_address, parse_address
-from .protocol import DEFAULT_PORT
+from .address import DEFAULT_HOST, MAX_PORT, format_address, parse_address
+from .protocol import DEFAULT_PORT, TUBE_NAME_RULE, is_tube_name
 from .ring import RING_MD5, RING_MODES, Ring, placement
 from .tls import TlsSettings, settings_from
 
-DEFAULT_HOST = "127.0.0.1"
 ENV_NODES = "BSCLUSTER_NODES"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 ENV_HOST = "BSCLUSTER_HOST"
@@ -156,8 +155,8 @@ def check_spread(spread: Mapping, where: str) -> dict[str, int]:
     """``{tube: k}`` with every k a whole number >= 1 (ConfigError otherwise)."""
     out = {}
     for tube, k in spread.items():
-        if not isinstance(tube, str) or not tube:
-            raise ConfigError(f"{where}: tube names are non-empty strings, got {tube!r}")
+        if not is_tube_name(tube):
+            raise ConfigError(f"{where}: {tube!r} is not a valid tube name ({TUBE_NAME_RULE})")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"{where}: spread of tube {tube!r} must be a whole number "
                               f">= 1 (how many ring nodes share it), got {k!r}")

@@ -165,12 +165,24 @@ def _u64(rest: bytes):
 
 
 def valid_tube_name(name: bytes) -> bool:
-    """beanstalkd's is_valid_tube(): 1..200 name chars, not starting with '-'."""
+    """beanstalkd's is_valid_tube(): 1..200 name chars, not starting with '-'.
+
+    The one tube-name rule: every other check (the clients, the config's
+    [tubes.NAME], the CLI, the dashboard) asks this or ``is_tube_name``.
+    """
     return (
         0 < len(name) <= MAX_TUBE_NAME
         and name[0] != 45  # '-'
         and NAME_CHARS.issuperset(name)
     )
+
+
+TUBE_NAME_RULE = (f"1-{MAX_TUBE_NAME} of A-Z a-z 0-9 - + / ; . $ _ ( ), not starting with -")
+
+
+def is_tube_name(name: object) -> bool:
+    """``valid_tube_name`` for a str (what the clients and tools hold)."""
+    return isinstance(name, str) and name.isascii() and valid_tube_name(name.encode("ascii"))
 
 
 def _strtol(rest: bytes):
