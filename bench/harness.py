@@ -2,7 +2,7 @@
 
 How this works
 --------------
-Servers are started with tests/servers.py (free 127.0.0.1 ports, readiness
+Servers are started with bscluster/procs.py (free 127.0.0.1 ports, readiness
 with a deadline) and then pinned to one core with ``sched_setaffinity`` on
 every thread of the process.  The compiled load generator is the project's
 own ``bench/loadgen.c``: it is built with ``cc -O2`` into ``bench/.build/``
@@ -12,8 +12,8 @@ own ``bench/loadgen.c``: it is built with ``cc -O2`` into ``bench/.build/``
 Every subprocess started here is waited for or killed before the function
 that started it returns.
 
-``python bench/harness.py`` builds the load generator if needed and prints
-its path.
+``python bench/harness.py [OUT]`` builds the load generator if needed (into
+OUT if given) and prints its path; tests/test_bench.py runs it that way.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-from servers import (  # noqa: E402
+from bscluster.procs import (  # noqa: E402
     HAVE_BEANSTALKD,
     Server,
     start_beanstalkd,
@@ -70,11 +69,14 @@ def find_loadgen(build: bool = True) -> str:
         if not os.access(env, os.X_OK):
             raise BenchError(f"LOADGEN={env} is not an executable")
         return env
-    if _is_current(LOADGEN_BUILT):
-        return str(LOADGEN_BUILT)
-    if not build:
+    if not build and not _is_current(LOADGEN_BUILT):
         raise BenchError(f"{LOADGEN_BUILT} is missing or older than {LOADGEN_SOURCE}")
-    return str(build_loadgen(LOADGEN_BUILT))
+    return str(ensure_loadgen(LOADGEN_BUILT))
+
+
+def ensure_loadgen(out: Path) -> Path:
+    """``out``, compiled from bench/loadgen.c first if missing or older than it."""
+    return out if _is_current(out) else build_loadgen(out)
 
 
 def _is_current(binary: Path) -> bool:
@@ -274,7 +276,8 @@ def which(cmd: str) -> str | None:
 
 
 if __name__ == "__main__":
+    # python bench/harness.py [OUT]: the load generator's path (built into OUT if given)
     try:
-        print(find_loadgen())
+        print(ensure_loadgen(Path(sys.argv[1])) if len(sys.argv) > 1 else find_loadgen())
     except BenchError as e:
         sys.exit(f"harness: {e}")
