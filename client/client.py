@@ -336,6 +336,20 @@ class Client:
         finally:
             self._busy.release()
 
+    def _broken(self, e: BaseException, wait) -> BaseException:
+        """Close after a failure mid-exchange (the stream is out of step) and say
+        what to raise: SocketTimeoutError for a timeout, ConnectionLostError for
+        any other socket error, else ``e`` itself (ConnectionLostError, or an
+        interrupt such as KeyboardInterrupt or gevent.Timeout)."""
+        self.close()
+        if isinstance(e, TimeoutError):
+            return SocketTimeoutError(f"no reply from {self.address} within {wait} s",
+                                      address=self.address)
+        if isinstance(e, OSError):
+            return ConnectionLostError(f"connection to {self.address} lost: {tls.explain(e)}",
+                                       address=self.address)
+        return e
+
     def _call_locked(self, data: bytes, wait) -> tuple[list, bytes | None]:
         sock = self._sock
         if sock is None:
@@ -362,21 +376,11 @@ class Client:
                     if len(replies) > 1:
                         self.close()  # more replies than commands: out of step
                     return replies[0]
-        except TimeoutError as e:
-            self.close()
-            raise SocketTimeoutError(
-                f"no reply from {self.address} within {wait} s", address=self.address
-            ) from e
-        except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {tls.explain(e)}", address=self.address
-            ) from e
-        except BaseException:
-            # ConnectionLostError, or an interrupt (KeyboardInterrupt,
-            # gevent.Timeout) mid-reply: the stream is out of step.
-            self.close()
-            raise
+        except BaseException as e:
+            error = self._broken(e, wait)
+            if error is e:
+                raise
+            raise error from e
 
     def _expect(self, data: bytes, ok: bytes, wait: float | None | bool = True) -> tuple:
         """Send, and return the reply if its word is ``ok``; else raise."""
@@ -477,19 +481,11 @@ class Client:
                 replies = self._reader.feed(chunk)
                 if replies:
                     return replies
-        except TimeoutError as e:
-            self.close()
-            raise SocketTimeoutError(
-                f"no reply from {self.address} within {wait} s", address=self.address
-            ) from e
-        except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {e}", address=self.address
-            ) from e
-        except BaseException:
-            self.close()
-            raise
+        except BaseException as e:
+            error = self._broken(e, wait)
+            if error is e:
+                raise
+            raise error from e
 
     def job_from(self, reply: tuple) -> Job:
         """The Job of a RESERVED reply (as ``reserve`` would return it)."""
