@@ -25,7 +25,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 from bscluster.procs import (  # noqa: E402
     HAVE_BEANSTALKD,
     Server,
+    poll,
     start_beanstalkd,
     start_bsnode,
 )
@@ -264,11 +264,10 @@ def median(values: Sequence[float]) -> float:
 
 def wait_until(predicate, deadline_s: float, what: str, step: float = 0.05) -> None:
     """Poll ``predicate`` until it is true or the deadline passes."""
-    end = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise BenchError(f"timed out after {deadline_s:.0f}s waiting for {what}")
-        time.sleep(step)
+    try:
+        poll(predicate, deadline_s, what, step)
+    except TimeoutError as e:
+        raise BenchError(str(e)) from None
 
 
 def which(cmd: str) -> str | None:

@@ -350,13 +350,18 @@ class Client:
                                        address=self.address)
         return e
 
-    def _call_locked(self, data: bytes, wait) -> tuple[list, bytes | None]:
+    def _usable_socket(self) -> socket.socket:
+        """The connected socket; (re)connected first if there is none or it went stale."""
         sock = self._sock
         if sock is None:
-            sock = self._connect()
-        elif self._stale(sock):
+            return self._connect()
+        if self._stale(sock):
             self.close()
-            sock = self._connect()
+            return self._connect()
+        return sock
+
+    def _call_locked(self, data: bytes, wait) -> tuple[list, bytes | None]:
+        sock = self._usable_socket()
         if wait is True:
             wait = self.timeout
         try:
@@ -417,22 +422,14 @@ class Client:
             self._busy.release()
 
     def _send_locked(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is None:
-            sock = self._connect()
-        elif self._stale(sock):
-            self.close()
-            sock = self._connect()
+        sock = self._usable_socket()
         try:
             if self._sock_timeout != self.timeout:
                 sock.settimeout(self.timeout)
                 self._sock_timeout = self.timeout
             sock.sendall(data)
         except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {e}", address=self.address
-            ) from e
+            raise self._broken(e, self.timeout) from e
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 when not connected)."""
@@ -452,10 +449,7 @@ class Client:
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return []  # (TLS: a record not complete yet, or housekeeping only)
         except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {e}", address=self.address
-            ) from e
+            raise self._broken(e, 0.0) from e
         if not chunk:
             self.close()
             raise ConnectionLostError(f"{self.address} closed the connection",

@@ -48,6 +48,20 @@ def wait_connectable(port: int, deadline: float, proc: subprocess.Popen | None =
             time.sleep(0.01)
 
 
+def poll(predicate, timeout: float = START_DEADLINE, what: str = "condition",
+         step: float = 0.02):
+    """Call ``predicate`` every ``step`` s until it returns something true, and return
+    that; TimeoutError naming ``what`` once ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
 class Server:
     """A running server process; ``host``/``port`` say where it listens."""
 

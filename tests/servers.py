@@ -8,6 +8,7 @@ from bscluster.procs import (  # noqa: F401 - re-exported
     Server,
     bsnode_command,
     free_port,
+    poll,
     start,
     start_beanstalkd,
     start_bsnode,
