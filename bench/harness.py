@@ -18,6 +18,7 @@ OUT if given) and prints its path; tests/test_bench.py runs it that way.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -274,9 +275,17 @@ def which(cmd: str) -> str | None:
     return shutil.which(cmd)
 
 
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Build the load generator (bench/loadgen.c) "
+                                 "if it is missing or older than its source; print its path.")
+    ap.add_argument("out", nargs="?", type=Path,
+                    help=f"where to build it (default: $LOADGEN, else {LOADGEN_BUILT})")
+    args = ap.parse_args(argv)
+    print(ensure_loadgen(args.out) if args.out else find_loadgen())
+
+
 if __name__ == "__main__":
-    # python bench/harness.py [OUT]: the load generator's path (built into OUT if given)
     try:
-        print(ensure_loadgen(Path(sys.argv[1])) if len(sys.argv) > 1 else find_loadgen())
+        main()
     except BenchError as e:
         sys.exit(f"harness: {e}")
