@@ -52,20 +52,14 @@ import difflib
 import os
 import shlex
 import ssl
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 from bsclient import Ring, address
-from bsclient.config import NODE_NAME, ClusterLayout, NodeAddress, tube_settings
+from bsclient.config import NODE_NAME, ClusterLayout, NodeAddress, read_toml, tube_settings
 from bsclient.config import ConfigError as ClientConfigError
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 from bsclient.ring import RING_MD5, RING_MODES
@@ -125,8 +119,11 @@ NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + N
 TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes", "tls")  # [tubes.NAME] is the clients' (spread)
 
 
-class ConfigError(ValueError):
-    """A setting is missing, misspelt or out of range; the message says which."""
+class ConfigError(ClientConfigError):
+    """A setting is missing, misspelt or out of range; the message says which.
+
+    A bsclient.config.ConfigError too: the clients' reader and this one read the
+    same file, and a caller catching the clients' error catches both."""
 
 
 @dataclass(frozen=True)
@@ -318,19 +315,11 @@ def config_path(flag: str | None, env: Mapping[str, str]) -> tuple[Path, bool]:
 def read_file(path: Path, required: bool) -> dict:
     """The parsed TOML document, or {} when an unnamed default file is absent."""
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"config file {path} does not exist; create one with "
-                              f"`bscluster init {path}`") from None
+        doc = read_toml(path, required)
+    except ClientConfigError as e:
+        raise ConfigError(str(e)) from None
+    if not doc:
         return {}
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} is not readable by this user") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     _check_shape(doc, path)
     return doc
 
