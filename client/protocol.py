@@ -73,6 +73,15 @@ CMD_QUIT = "quit"
 ERROR = "error"  # pseudo-op: the codec answered the command itself
 PUT_BODY = "put-body"  # pseudo-op: a put whose line was counted in an earlier read
 
+# the fields of a stats-tube reply, in beanstalkd's order (the node writes them,
+# the proxy fills them for a tube no node has made yet)
+STATS_TUBE_FIELDS = (
+    "name", "current-jobs-urgent", "current-jobs-ready", "current-jobs-reserved",
+    "current-jobs-delayed", "current-jobs-buried", "total-jobs", "current-using",
+    "current-watching", "current-waiting", "cmd-delete", "cmd-pause-tube", "pause",
+    "pause-time-left",
+)
+
 # --- reply words ---------------------------------------------------------
 OUT_OF_MEMORY = b"OUT_OF_MEMORY\r\n"
 INTERNAL_ERROR = b"INTERNAL_ERROR\r\n"

@@ -32,8 +32,10 @@ from bscluster.config import (
     DEFAULT_BINLOG_SIZE,
     DEFAULT_CONFIG_PATH,
     DEFAULT_FSYNC_MS,
+    DEFAULT_PROXY_LISTEN,
     DEFAULT_WEB_LISTEN,
     DEFAULT_WEB_MAX_TUBES,
+    NODE_COMMAND_HELP,
     ClusterConfig,
     ConfigError,
     config_path,
@@ -42,6 +44,7 @@ from bscluster.config import (
 )
 from bscluster.options import config_option, data_dir_option, load
 from bscluster.probe import probe_all
+from bscluster.proxy import proxy
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
@@ -74,7 +77,8 @@ _NODE_OPTIONS = [
     click.option("--binlog-size", type=int, metavar="BYTES",
                  help=f"Size of each binlog file ({DEFAULT_BINLOG_SIZE})."),
     click.option("--node-command", metavar="CMD",
-                 help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] (bsnode)."),
+                 help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] "
+                      f"({NODE_COMMAND_HELP})."),
     click.option("--metrics-base-port", type=int, metavar="PORT",
                  help="Give nodeI `--metrics METRICS_HOST:PORT+I-1` (bsnode only); 0 = off (0)."),
     click.option("--metrics-host", metavar="ADDR",
@@ -95,6 +99,15 @@ def web_option(f):
         "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
         default=None, help=f"Serve the dashboard and the cluster's /metrics from the "
         f"supervisor (--web alone: {DEFAULT_WEB_LISTEN}; --web off: none) [env BSCLUSTER_WEB].",
+    )(f)
+
+
+def proxy_option(f):
+    return click.option(
+        "--proxy", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_PROXY_LISTEN,
+        default=None, help=f"Also run `bscluster proxy` (one beanstalkd address for the whole "
+        f"cluster, docs/PROXY.md) and restart it if it dies (--proxy alone: "
+        f"{DEFAULT_PROXY_LISTEN}; --proxy off: none) [env BSCLUSTER_PROXY].",
     )(f)
 
 
@@ -183,6 +196,7 @@ def _trial_tls(target, host: str | None) -> str:
 @config_option
 @node_options
 @web_option
+@proxy_option
 @click.option("--detach", "-d", is_flag=True, help="Run in the background.")
 def up(config_file, detach, **flags) -> None:
     """Start the cluster and keep every node running.
@@ -320,13 +334,14 @@ def _where_flags(config: ClusterConfig) -> str:
 
 
 def banner(config: ClusterConfig, state: dict) -> str:
-    """Where every node listens and how to connect."""
+    """Where every node listens and how to connect; or, when no node runs, why."""
     nodes = state["nodes"]
     sup = state["supervisor"]
     up_count = sum(1 for e in nodes.values() if e["state"] == State.RUNNING.value)
     mode = f"detached, log {sup['log']}" if sup.get("detached") else "Ctrl-C stops all"
     lines = [f"bscluster: {up_count} of {len(nodes)} nodes running "
-             f"(supervisor pid {sup['pid']}, {mode})"]
+             f"(supervisor pid {sup['pid']}, {mode})" if up_count else
+             f"bscluster: none of the {len(nodes)} nodes could start"]
     width = max(len(n) for n in nodes)
     for name, e in nodes.items():
         addr = f"{e['host']}:{e['port']}"
@@ -334,6 +349,11 @@ def banner(config: ClusterConfig, state: dict) -> str:
         if e.get("metrics") and e["state"] == State.RUNNING.value:
             extra += f", metrics {e['metrics']}"
         lines.append(f"  {name:<{width}}  {addr:<21}  {e['state']:<8}  {extra}")
+    if up_count == 0:  # how to connect would be no help: say what to do instead
+        lines += ["", control.NONE_RUNNING_HINT,
+                  f"(`bscluster config{_where_flags(config)}` shows every setting and where it "
+                  f"came from)"]
+        return "\n".join(lines)
     addresses = {n: f"{connect_host(e['host'])}:{e['port']}" for n, e in nodes.items()}
     lines += ["", "connect from Python:", "    from bsclient import ClusterClient"]
     if _file_matches(config, addresses):
@@ -346,6 +366,8 @@ def banner(config: ClusterConfig, state: dict) -> str:
     first = next(iter(addresses.values()))
     host, port = first.rsplit(":", 1)
     where = _where_flags(config)
+    if config.proxy:
+        lines += [f"any beanstalkd client, whole cluster: {config.proxy} (bscluster proxy)"]
     by_hand = f"    telnet {host} {port}"
     if config.tls is not None:  # the nodes speak TLS: openssl is the telnet of TLS
         from bscluster.tls_init import by_hand_command
@@ -582,6 +604,11 @@ def show_config(config_file, **flags) -> None:
                    + (" (leaving)" if n.leaving else ""))
     for note in view.pending:
         click.echo(f"# pending: {note}")
+    if config.tls is not None:
+        shown = {k: v for k, v in config.tls.to_dict().items() if v not in (None, "")}
+        click.echo("# [tls]: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in shown.items()))
+    else:
+        click.echo("# [tls]: none (plain TCP)")
     if config.web:
         host, port = parse_listen(config.web)
         shown = connect_host(host)
@@ -607,6 +634,7 @@ def supervise(data_dir) -> None:
 
 cli.add_command(top)
 cli.add_command(web)
+cli.add_command(proxy)
 
 from .bench import bench  # noqa: E402
 from .work import work  # noqa: E402

@@ -22,6 +22,7 @@ The file's shape (clients read the same file, so it stays this shape)::
     crash_limit = 5        # the 5th crash within crash_window seconds: FATAL
     crash_window = 60      #   (crash_limit = 0: restart for ever)
     web = "127.0.0.1:11380"        # `up` serves the dashboard here ("" = off)
+    proxy = "127.0.0.1:11400"      # `up` runs `bscluster proxy` here ("" = off)
     web_max_tubes = 1000           # tubes the dashboard lists and keeps history for
     metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
     metrics_host = "127.0.0.1"
@@ -58,6 +59,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import bsnode
 from bsclient import Ring, address
 from bsclient.config import NODE_NAME, ClusterLayout, NodeAddress, read_toml, tube_settings
 from bsclient.config import ConfigError as ClientConfigError
@@ -75,9 +77,12 @@ DEFAULT_NODES = 4  # the cluster the README starts
 # the node's own defaults (bsnode -f, -s): one owner, node/cli.py
 DEFAULT_FSYNC_MS = node_defaults.DEFAULT_FSYNC_MS
 DEFAULT_BINLOG_SIZE = node_defaults.DEFAULT_BINLOG_SIZE
-DEFAULT_NODE_COMMAND = "bsnode"
+# this installation's bsnode (python -m bsnode), found without PATH
+DEFAULT_NODE_COMMAND = tuple(bsnode.command_line())
+NODE_COMMAND_HELP = "this installation's bsnode, run by bscluster's own Python"
 DEFAULT_WEIGHT = 1
 DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
+DEFAULT_PROXY_LISTEN = "127.0.0.1:11400"  # `bscluster proxy`, `up --proxy`
 DEFAULT_WEB_MAX_TUBES = 1000  # tubes the dashboard lists and keeps a history for
 MAX_WEB_MAX_TUBES = 1_000_000
 WEB_OFF = ("", "off")  # values of `web` that mean: no dashboard
@@ -102,6 +107,7 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "crash_limit": CRASH_LIMIT,
     "crash_window": CRASH_WINDOW,
     "web": "",
+    "proxy": "",
     "web_max_tubes": DEFAULT_WEB_MAX_TUBES,
     "metrics_base_port": METRICS_OFF,
     "metrics_host": DEFAULT_HOST,
@@ -216,6 +222,7 @@ class ClusterConfig:
     crash_limit: int = CRASH_LIMIT
     crash_window: int = CRASH_WINDOW
     web: str = ""  # ADDR:PORT where `up` serves the dashboard; "" = off
+    proxy: str = ""  # ADDR:PORT where `up` runs `bscluster proxy`; "" = off
     web_max_tubes: int = DEFAULT_WEB_MAX_TUBES
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
@@ -275,7 +282,7 @@ class ClusterConfig:
             "fsync_ms": self.fsync_ms, "max_job_size": self.max_job_size,
             "binlog_size": self.binlog_size, "node_command": list(self.node_command),
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
-            "web": self.web, "web_max_tubes": self.web_max_tubes,
+            "web": self.web, "web_max_tubes": self.web_max_tubes, "proxy": self.proxy,
             "metrics_base_port": self.metrics_base_port,
             "metrics_host": self.metrics_host, "ring": self.ring, "spread": dict(self.spread),
             "path": str(self.path) if self.path else None,
@@ -294,6 +301,7 @@ class ClusterConfig:
             crash_limit=d.get("crash_limit", CRASH_LIMIT),
             crash_window=d.get("crash_window", CRASH_WINDOW),
             web=d.get("web", ""), web_max_tubes=d.get("web_max_tubes", DEFAULT_WEB_MAX_TUBES),
+            proxy=d.get("proxy", ""),
             metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
             metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
             spread=d.get("spread", {}), path=Path(d["path"]) if d.get("path") else None,
@@ -382,7 +390,7 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
     command = tuple(shlex.split(command)) if isinstance(command, str) else tuple(command)
     if not command:
         raise ConfigError("node_command is empty; it names the program that runs a node "
-                          "(default: bsnode)")
+                          f"(default: {NODE_COMMAND_HELP})")
     if "/" in command[0] and not os.path.isabs(command[0]):
         # a relative program path means the same wherever the supervisor runs
         origin = base if sources["node_command"].startswith("file") else Path.cwd()
@@ -421,10 +429,12 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         raise ConfigError(f"every node of {path} is marked removed = true; a cluster needs "
                           f"at least one node")
     web = "" if values["web"].strip().lower() in WEB_OFF else values["web"].strip()
-    _check_unique(specs, web)
+    proxy = "" if values["proxy"].strip().lower() in WEB_OFF else values["proxy"].strip()
+    _check_unique(specs, web, proxy)
     return ClusterConfig(
         nodes=tuple(specs), data_dir=data_dir, node_command=command, path=path,
-        sources=MappingProxyType(sources), web=web, spread=spread, tls=tls,
+        sources=MappingProxyType(sources), web=web, proxy=proxy, spread=spread,
+        tls=tls,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
                                   "web_max_tubes", "metrics_base_port", "metrics_host",
@@ -437,7 +447,7 @@ def _abs(value: str, base: Path) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
-def _check_unique(specs: list[NodeSpec], web: str) -> None:
+def _check_unique(specs: list[NodeSpec], web: str, proxy: str = "") -> None:
     """No two listeners (nodes, their metrics endpoints, the dashboard) on one port."""
     seen: dict[tuple[str, int], str] = {}
     listeners = [(spec.name, spec.host, spec.port) for spec in specs]
@@ -445,6 +455,8 @@ def _check_unique(specs: list[NodeSpec], web: str) -> None:
                   for spec in specs if spec.metrics_port is not None]
     if web:
         listeners.append(("the dashboard (web)", *parse_listen(web)))
+    if proxy:
+        listeners.append(("the proxy (proxy)", *parse_listen(proxy)))
     for who, host, port in listeners:
         if port == 0:
             continue  # a free port, picked when it binds
@@ -558,6 +570,8 @@ _RULES = {
                      f"a number of seconds from 1 to {MAX_CRASH_WINDOW}"),
     "web": (str, _listen_ok,
             f"ADDR:PORT for the dashboard (e.g. {DEFAULT_WEB_LISTEN}), or \"\" for none"),
+    "proxy": (str, _listen_ok,
+              "ADDR:PORT for `bscluster proxy` (e.g. 127.0.0.1:11400), or \"\" for none"),
     "web_max_tubes": (int, lambda v: 1 <= v <= MAX_WEB_MAX_TUBES,
                       f"a number of tubes from 1 to {MAX_WEB_MAX_TUBES}"),
     "metrics_base_port": (int, lambda v: v == METRICS_OFF or _port_ok(v),

@@ -36,6 +36,8 @@ from bscluster.states import SETTLED, START_TIMEOUT, STOP_TIMEOUT, State
 
 SETTLE_TIMEOUT = START_TIMEOUT + 15.0
 POLL = 0.05
+# what `up` says when every node is FATAL, under the nodes' reasons
+NONE_RUNNING_HINT = "no node is running: fix what each line above names, then run `bscluster up` again"
 
 
 class ClusterError(Exception):
@@ -148,7 +150,8 @@ def log_tail(paths: Paths, lines: int = 8, since: int = 0) -> str:
             fatal[name] = reason
     if fatal:
         return "; the nodes could not start:\n" + "\n".join(
-            f"  {name}: {reason}" for name, reason in fatal.items()) + f"\n(log: {paths.log})"
+            f"  {name}: {reason}" for name, reason in fatal.items()) + \
+            f"\n{NONE_RUNNING_HINT} (log: {paths.log})"
     text = text[-lines:]
     return f"; last lines of {paths.log}:\n  " + "\n  ".join(text) if text else ""
 

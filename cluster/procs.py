@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +21,10 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import bsnode
 
 BEANSTALKD = "/usr/bin/beanstalkd"
 HAVE_BEANSTALKD = os.path.exists(BEANSTALKD)
@@ -121,8 +124,13 @@ def _drain(stream, lines: deque, found: threading.Event, holder: list) -> None:
 
 
 def bsnode_command() -> list[str]:
-    exe = shutil.which("bsnode")
-    return [exe] if exe else [sys.executable, "-m", "bsnode"]
+    """The installed bsnode, as bscluster runs it (never looked up on PATH)."""
+    return bsnode.command_line()
+
+
+def bscluster_command() -> list[str]:
+    """The installed bscluster (this interpreter's, never one found on PATH)."""
+    return [sys.executable, "-m", "bscluster"]
 
 
 def start_bsnode(*args: str, env: dict | None = None) -> Server:
@@ -176,3 +184,85 @@ def start_beanstalkd(*args: str) -> Server:
 
 def start(kind: str, *args: str) -> Server:
     return start_beanstalkd(*args) if kind == "beanstalkd" else start_bsnode(*args)
+
+
+# --- a cluster behind `bscluster proxy` (tests/test_proxy_*.py, bench/bench_proxy.py) -------
+# Spawns get a copy of the environment taken once, at import, on the main thread:
+# pytest's main thread changes os.environ (PYTEST_CURRENT_TEST) while worker threads
+# spawn, and a concurrent putenv made execve fail with EFAULT.
+_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+def write_config(path: Path, ports: list[int], extra: str = "") -> Path:
+    lines = ["[cluster]", f"nodes = {len(ports)}", "binlog = false", extra, ""]
+    for i, port in enumerate(ports, 1):
+        lines += [f"[nodes.node{i}]", f"port = {port}", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def start_proxy(config: Path, *flags: str) -> Server:
+    argv = [sys.executable, "-m", "bscluster", "proxy", "-l", "127.0.0.1:0",
+            "-c", str(config), *flags]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=_ENV)
+    lines: deque = deque(maxlen=200)
+    found = threading.Event()
+    holder: list = []
+    threading.Thread(target=_drain, args=(proc.stderr, lines, found, holder),
+                     daemon=True).start()
+    deadline = time.monotonic() + START_DEADLINE
+    while not found.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise RuntimeError("proxy did not start: " + " | ".join(lines))
+    return Server("proxy", proc, holder[0], lines)
+
+
+class ProxiedCluster:
+    """``nodes`` (Servers, node1 first) behind ``proxy`` (a Server)."""
+
+    def __init__(self, tmp: Path, count: int = 3, *node_flags: str, extra: str = "") -> None:
+        self.nodes: list[Server] = []
+        self.proxy: Server | None = None
+        try:
+            with ThreadPoolExecutor(count) as pool:  # at once: each start waits on imports
+                futures = [pool.submit(start_bsnode, *node_flags, env=_ENV)
+                           for _ in range(count)]
+            for future in futures:
+                if future.exception() is None:
+                    self.nodes.append(future.result())
+            for future in futures:
+                future.result()  # raise the first failure (started ones are stopped)
+            if "-z" in node_flags:  # the proxy reads the job size limit from the config
+                extra += f"\nmax_job_size = {node_flags[node_flags.index('-z') + 1]}"
+            self.config = write_config(tmp / "proxy.toml", [n.port for n in self.nodes], extra)
+            self.proxy = start_proxy(self.config)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = self.proxy.port
+        self.kind = "proxy"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def restart_proxy(self) -> None:
+        self.proxy.kill()
+        self.proxy = start_proxy(self.config)
+        self.port = self.proxy.port
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

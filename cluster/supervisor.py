@@ -59,6 +59,7 @@ from typing import TextIO
 from bscluster.config import ClusterConfig, NodeSpec
 from bscluster.nodeproc import NodeProc
 from bscluster.probe import connectable
+from bscluster.proxy_proc import ProxyProc
 from bscluster.runtime import (
     STATE_VERSION,
     Liveness,
@@ -113,6 +114,7 @@ class Supervisor:
         self.first_settle = True
         self.web = None  # webhost.WebHost when the config asks for the dashboard
         self.web_url: str | None = None
+        self.proxy: ProxyProc | None = None  # `bscluster proxy` when the config sets proxy
         self.nodes: dict[str, NodeProc] = {}
         self.drained: set[str] = set()  # nodes that refuse puts (SIGUSR1 on every start)
         self.progress: dict[str, str] = {}  # STARTING node -> "replayed 40%" (its last words)
@@ -146,6 +148,8 @@ class Supervisor:
             write_json(self.paths.wanted, self.config.to_dict())
             self._set_nodes(self.config)
             self._start_web()
+            if self.config.proxy:
+                self.proxy = ProxyProc(self.config.proxy, self.paths.wanted, self.say, self.clock)
             self._adopt_leftovers()
             self.say(f"supervising {len(self.nodes)} nodes (pid {os.getpid()}, "
                      f"data in {self.config.data_dir})")
@@ -174,12 +178,15 @@ class Supervisor:
         self._handle_signals()
         self._reap()
         self._tick(self.clock())
+        if self.proxy is not None:
+            self.proxy.tick(self.clock(), self.env)
         if not self.stopping:
             self._reconcile()
         self._publish()
         self._check_settled()
         if self.stopping and not any(n.state in (State.STOPPING,) or n.alive()
-                                     for n in self.nodes.values()):
+                                     for n in self.nodes.values()) \
+                and not (self.proxy is not None and self.proxy.alive()):
             self.say("all nodes stopped")
             return True
         self._sleep(self._timeout(self.clock()))
@@ -224,6 +231,8 @@ class Supervisor:
             node = by_pid.get(pid)
             if node is not None:
                 self._on_exit(node, os.waitstatus_to_exitcode(status))
+            elif self.proxy is not None:
+                self.proxy.exited(pid, os.waitstatus_to_exitcode(status))
         for node in self.nodes.values():
             # an adopted node is not our child: only a pid known dead has exited
             if node.adopted and node.pid and \
@@ -410,6 +419,8 @@ class Supervisor:
 
     # --- stopping ------------------------------------------------------------------
     def _stop_all(self, kill: bool) -> None:
+        if self.proxy is not None:
+            self.proxy.stop(signal.SIGKILL if kill else signal.SIGTERM)
         if kill:
             self.say("stopping now (second signal): killing every node")
             for node in self.nodes.values():
@@ -423,6 +434,8 @@ class Supervisor:
 
     def _kill_all(self) -> None:
         """Last resort when the loop itself failed: leave no node behind."""
+        if self.proxy is not None:
+            self.proxy.stop(signal.SIGKILL)
         for node in self.nodes.values():
             node.send(signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
@@ -581,7 +594,10 @@ class Supervisor:
         self._line("bscluster", message)
 
     def _line(self, who: str, text: str) -> None:
-        stamp = log_stamp() + " " if self.detached else ""
+        # the log file gets the full ISO time; a terminal the time of day, as
+        # node lines already carry bsnode's own full stamp
+        stamp = log_stamp() if self.detached else log_stamp()[11:23]
+        stamp += " "
         try:
             self.out.write(f"{stamp}{who:<{self._width}} | {text}\n")
             self.out.flush()

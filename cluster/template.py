@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bscluster.config import CLUSTER_DEFAULTS
+from bscluster.config import CLUSTER_DEFAULTS, NODE_COMMAND_HELP
 
 _TEMPLATE = """\
 # bscluster configuration. bscluster and ClusterClient.from_config() read
@@ -40,9 +40,10 @@ max_job_size = {max_job_size}
 # Size of each binlog file in bytes (bsnode -s).
 binlog_size = {binlog_size}
 
-# The program that runs one node. It must take beanstalkd's flags, so
-# "beanstalkd" works too.
-# node_command = "{node_command}"
+# The program that runs one node; by default {node_command_help}
+# (python -m bsnode), whatever PATH holds. It must take beanstalkd's flags,
+# so "beanstalkd" works too.
+# node_command = "/usr/bin/beanstalkd"
 
 # A node that crashes crash_limit times within crash_window seconds is given
 # up on: FATAL, with its last exits in `bscluster status`, until
@@ -94,4 +95,5 @@ def render_config(**overrides) -> str:
     """The config file text, with the defaults or the given values filled in."""
     values = {**CLUSTER_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
     values["binlog"] = "true" if values["binlog"] else "false"
+    values["node_command_help"] = NODE_COMMAND_HELP
     return _TEMPLATE.format(**values)

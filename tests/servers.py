@@ -6,6 +6,8 @@ from bscluster.procs import (  # noqa: F401 - re-exported
     HAVE_BEANSTALKD,
     START_DEADLINE,
     Server,
+    _drain,  # noqa: F401 - tests/differential/pristine.py
+    bscluster_command,
     bsnode_command,
     free_port,
     poll,

@@ -30,6 +30,12 @@ from bsnode.store import NOT_LOGGED
 from test_binlog_harness import Clock, FaultyIO, advance, disk_bytes, open_store, snapshot
 
 
+@pytest.fixture
+def tmp_path(binlog_tmp):
+    """Every test here, with its binlog on each filesystem (binlog_tmp in conftest.py)."""
+    return binlog_tmp
+
+
 def segs(path) -> list[str]:
     return sorted((n for n in os.listdir(path) if n.startswith("binlog.") and n[7:].isdigit()),
                   key=lambda n: int(n[7:]))
@@ -597,13 +603,17 @@ def test_dump_prints_every_record_and_flags_damage(tmp_path, capsys):
     assert [i["kind"] for i in items][:4] == ["header", "mark", "head", "damaged"]
 
 
+# the console script of this installation (beside its python), not one on PATH
+DUMP_SCRIPT = os.path.join(os.path.dirname(sys.executable), "bsnode-dump")
+
+
 @pytest.mark.parametrize("argv", [
-    pytest.param(["bsnode-dump"], id="console-script"),
+    pytest.param([DUMP_SCRIPT], id="console-script"),
     pytest.param([sys.executable, "-m", "bsnode.binlog_dump"], id="python-m"),
 ])
 def test_the_dump_tool_runs_as_a_command(tmp_path, argv):
-    if argv[0] == "bsnode-dump" and shutil.which("bsnode-dump") is None:
-        pytest.fail("no bsnode-dump on PATH: run `pip install -e .` (setup.cfg entry point)")
+    if argv[0] == DUMP_SCRIPT and not os.access(DUMP_SCRIPT, os.X_OK):
+        pytest.fail(f"no {DUMP_SCRIPT}: run `pip install -e .` (setup.cfg entry point)")
     store, wal, _ = open_store(tmp_path)
     store.put(store.connect(), 3, 0, 60, b"from the command")
     wal.close()
@@ -611,7 +621,7 @@ def test_the_dump_tool_runs_as_a_command(tmp_path, argv):
     assert out.returncode == 0, out.stderr
     assert "body(16)=b'from the command'" in out.stdout
     usage = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60)
-    assert usage.stdout.startswith(f"usage: {argv[0] if len(argv) == 1 else 'python -m'}")
+    assert usage.stdout.startswith(f"usage: {'bsnode-dump' if len(argv) == 1 else 'python -m'}")
 
 
 @pytest.mark.parametrize("payload", [

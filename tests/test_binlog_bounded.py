@@ -8,8 +8,16 @@ binlog's own count (which must match them: stats report it truthfully).
 
 from __future__ import annotations
 
+import pytest
 from bsnode.binlog import SLOT
 from test_binlog_harness import advance, disk_bytes, open_store, snapshot
+
+
+@pytest.fixture
+def tmp_path(binlog_tmp):
+    """Every test here, with its binlog on each filesystem (binlog_tmp in conftest.py)."""
+    return binlog_tmp
+
 
 SEGMENT = 1 << 20
 RECORD_OVERHEAD = 64  # a FULL record's fields and frame, generously

@@ -1,7 +1,8 @@
 """The binlog with real processes: kill -9 under load, beanstalkd's behaviour, damage, locking.
 
 Every server is started and reaped here (tests/servers.py), on 127.0.0.1
-with free ports, with its binlog in tmp_path.
+with free ports, with its binlog in tmp_path: a directory on each filesystem
+the machine has (ext4, tmpfs, overlayfs; binlog_tmp in conftest.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from bsnode import binlog_format as F
 from servers import HAVE_BEANSTALKD, bsnode_command, start, start_bsnode
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def tmp_path(binlog_tmp):
+    return binlog_tmp
+
 
 WORKERS = 4
 LOAD_SECONDS = 1.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ def test_no_file_gives_defaults_in_current_directory(tmp_path):
     assert c.data_dir == tmp_path / "bscluster-data"
     assert c.nodes[2].data_dir == tmp_path / "bscluster-data" / "node3"
     assert (c.binlog, c.fsync_ms, c.max_job_size, c.binlog_size) == (True, 50, 65535, 10485760)
-    assert c.node_command == ("bsnode",)
+    # this installation's bsnode, not whatever PATH finds
+    assert c.node_command == (sys.executable, "-m", "bsnode")
     assert set(c.sources.values()) == {"default"}
 
 
@@ -225,7 +227,7 @@ def test_template_parses_back_to_the_defaults(tmp_path):
         elif key == "data_dir":
             assert c.data_dir == tmp_path / default
         elif key == "node_command":
-            assert c.node_command == (default,)
+            assert c.node_command == default
         else:
             assert getattr(c, key) == default, key
     assert set(c.sources.values()) - {"default"}  # the file set them

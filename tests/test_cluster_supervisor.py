@@ -182,8 +182,10 @@ def test_foreground_prefixes_output_and_ctrl_c_stops_everything(fake):
     proc = c.start_foreground()
     poll(lambda: "2 of 2 nodes running" in c.output(), what="the banner")
     out = c.output()
-    assert re.search(rf"^node1 +\| fake node says hello on {c.base_port}$", out, re.M)
-    assert re.search(rf"^node2 +\| fake node says hello on {c.base_port + 1}$", out, re.M)
+    stamp = r"\d\d:\d\d:\d\d\.\d{3} "  # every line starts with the time of day
+    assert re.search(rf"^{stamp}node1 +\| fake node says hello on {c.base_port}$", out, re.M)
+    assert re.search(rf"^{stamp}node2 +\| fake node says hello on {c.base_port + 1}$", out, re.M)
+    assert re.search(rf"^{stamp}bscluster +\| ", out, re.M)
     assert f"telnet 127.0.0.1 {c.base_port}" in out
     assert 'ClusterClient({"node1": "127.0.0.1:' in out
     pids = [c.node(n)["pid"] for n in ("node1", "node2")]

@@ -24,6 +24,13 @@ from bsnode.server import GroupCommit, NodeServer
 from bsnode.store import Store
 from gevent import socket
 
+
+@pytest.fixture
+def tmp_path(binlog_tmp):
+    """Every test here, with its binlog on each filesystem (binlog_tmp in conftest.py)."""
+    return binlog_tmp
+
+
 DEADLINE = 60.0
 CLIENTS, PUTS = 20, 10
 

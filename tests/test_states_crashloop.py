@@ -23,6 +23,7 @@ from bscluster.states import (
 )
 from bscluster.supervisor import Supervisor
 from fake_clock import FakeClock
+from servers import free_port
 
 
 # --- the policy ----------------------------------------------------------------------------
@@ -114,8 +115,10 @@ def test_bad_crash_settings_say_what_is_wrong(tmp_path, text, words):
 @pytest.fixture
 def sup(tmp_path):
     def make(detached: bool = False, **flags) -> Supervisor:
+        # a free base port: _spawn checks that nothing listens there (never 11300,
+        # where the user's own beanstalkd may run)
         config = load_config(flags={"nodes": 2, "data_dir": str(tmp_path), "binlog": False,
-                                    **flags}, env={})
+                                    "base_port": free_port(), **flags}, env={})
         s = Supervisor(config, detached=detached, out=io.StringIO(), clock=FakeClock())
         s._set_nodes(config)
         return s

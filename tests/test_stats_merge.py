@@ -60,3 +60,17 @@ def test_report_monitor_and_client_merge_alike():
     assert report["tubes"]["t"]["current-watching"] == row["watching"] == 4
     assert row["paused"] == 9 and sorted(row["nodes"]) == ["node1", "node2"]
     assert sorted(report["tubes"]["t"]["nodes"]) == ["node1", "node2"]
+
+
+def test_stats_tube_fields_are_the_nodes_reply():
+    """bsclient.protocol.STATS_TUBE_FIELDS (the proxy's) is what bsnode's stats-tube says."""
+    from bsclient.client import parse_yaml_dict
+    from bsclient.protocol import STATS_TUBE_FIELDS
+    from bsnode.commands import Commands
+    from bsnode.store import Store
+
+    commands = Commands(Store(clock=lambda: 1000.0))
+    session = commands.store.connect()
+    reply = commands.execute(session, ("stats-tube", "default"))
+    body = reply.split(b"\r\n", 1)[1]
+    assert tuple(parse_yaml_dict(body)) == STATS_TUBE_FIELDS

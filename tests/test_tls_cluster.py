@@ -164,6 +164,8 @@ def test_cluster_from_init_tls_serves_only_mutual_tls(tmp_path):
                       "--json", check=True)
         result = json.loads(bench.stdout)
         assert result["target"]["ops_per_s"] > 0 and result["target"]["errors"] == 0
+        shown = c.run("config", check=True).stdout
+        assert '# [tls]: ' in shown and '"client_auth": ' not in shown and "client_auth = true" in shown
         port = c.base_port
         with pytest.raises(UnexpectedReplyError, match="TLS_REQUIRED"):
             Client(("127.0.0.1", port)).stats()

@@ -7,18 +7,16 @@ import os
 import pty
 import re
 import select
-import shutil
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
 
 import pytest
 from bsclient import Client
 from bscluster.top import HOME_CLEAR, LEAVE, render
-from servers import start_bsnode
+from servers import bscluster_command, start_bsnode
 
 
 def _view(**over) -> dict:
@@ -106,8 +104,7 @@ def test_render_before_the_first_poll():
 
 
 def _bscluster() -> list[str]:
-    exe = shutil.which("bscluster")
-    return [exe] if exe else [sys.executable, "-m", "bscluster"]
+    return bscluster_command()
 
 
 @pytest.fixture

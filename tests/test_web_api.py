@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -19,7 +17,7 @@ from bsclient import Client, ClusterClient
 from bsclient.config import NodeAddress
 from bscluster.monitor import Monitor
 from bscluster.web import Dashboard, make_server
-from servers import start_bsnode
+from servers import bscluster_command, start_bsnode
 
 TOKEN = "s3cret-token"
 DEADLINE = 10.0
@@ -338,8 +336,7 @@ def test_foreign_host_header_is_refused(web):
 
 
 def _bscluster() -> list[str]:
-    exe = shutil.which("bscluster")
-    return [exe] if exe else [sys.executable, "-m", "bscluster"]
+    return bscluster_command()
 
 
 def test_web_command_prints_url_and_token_and_stops_on_sigterm(nodes):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from bsclient import Client, ClusterClient, TimedOutError
 from bsclient.config import NodeAddress
-from servers import start_bsnode
+from servers import bscluster_command, start_bsnode
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
@@ -209,8 +209,7 @@ def cluster():
 
 
 def _bscluster() -> list[str]:
-    exe = shutil.which("bscluster")
-    return [exe] if exe else [sys.executable, "-m", "bscluster"]
+    return bscluster_command()
 
 
 class WebProcess:

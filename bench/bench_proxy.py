@@ -1,0 +1,143 @@
+"""put-reserve-delete through `bscluster proxy` beside a direct connection to one node.
+
+How this works
+--------------
+Three bsnodes and a proxy in front of them are started once.  The load is
+cycles of ``put`` / ``reserve`` / ``delete`` on one tube, ``--pipeline P``
+commands of a kind written before their replies are read, by ``--clients``
+client processes (plain sockets, no client library).  Direct runs connect to
+the tube's owner node itself; proxied runs connect to the proxy, which sends
+the jobs to that same node.  Rounds alternate direct and proxied, so both see
+the same machine; the report gives each round's rates, the medians, the
+ratio proxied/direct, and the proxy's own CPU seconds per command (from
+/proc, over the proxied rounds).
+
+    python bench/bench_proxy.py --pipeline 1 --pipeline 16 --seconds 5 --rounds 3
+    python bench/bench_proxy.py --json ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+from bsclient import Ring  # noqa: E402
+from bscluster.procs import ProxiedCluster  # noqa: E402
+from harness import cpu_seconds, median  # noqa: E402
+
+TUBE = "bench"
+BODY = b"x" * 100
+
+
+def _read_replies(sock: socket.socket, buf: bytearray, count: int, word: bytes) -> None:
+    """Read ``count`` replies; RESERVED carries a body (counted by its size)."""
+    got = 0
+    while got < count:
+        end = buf.find(b"\r\n")
+        if end < 0:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+            continue
+        line = bytes(buf[:end])
+        if not line.startswith(word):
+            raise RuntimeError(f"expected {word!r}, got {line!r}")
+        need = end + 2
+        if word == b"RESERVED":
+            need += int(line.rsplit(b" ", 1)[1]) + 2
+        while len(buf) < need:
+            buf += sock.recv(1 << 16)
+        yield line
+        del buf[:need]
+        got += 1
+
+
+def client(port: int, pipeline: int, seconds: float, out) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    sock.sendall(b"use %s\r\nwatch %s\r\nignore default\r\n" % (TUBE.encode(), TUBE.encode()))
+    list(_read_replies(sock, buf, 1, b"USING"))
+    list(_read_replies(sock, buf, 2, b"WATCHING"))
+    put = b"put 1024 0 60 %d\r\n%s\r\n" % (len(BODY), BODY)
+    cycles = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sock.sendall(put * pipeline)
+        list(_read_replies(sock, buf, pipeline, b"INSERTED"))
+        sock.sendall(b"reserve\r\n" * pipeline)
+        ids = [line.split(b" ")[1] for line in _read_replies(sock, buf, pipeline, b"RESERVED")]
+        sock.sendall(b"".join(b"delete %s\r\n" % i for i in ids))
+        list(_read_replies(sock, buf, pipeline, b"DELETED"))
+        cycles += pipeline
+    sock.close()
+    out.put(cycles)
+
+
+def run(port: int, clients: int, pipeline: int, seconds: float) -> float:
+    """put-reserve-delete cycles per second over ``clients`` processes."""
+    q = mp.Queue()
+    procs = [mp.Process(target=client, args=(port, pipeline, seconds, q)) for _ in range(clients)]
+    start = time.monotonic()
+    for p in procs:
+        p.start()
+    total = sum(q.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join(10)
+    return total / (time.monotonic() - start)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pipeline", type=int, action="append", help="(repeatable; default 1, 16)")
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    pipelines = args.pipeline or [1, 16]
+    owner = Ring({f"node{i}": 1 for i in range(1, 4)}).node_for(TUBE)
+    report: dict = {"clients": args.clients, "seconds": args.seconds, "tube_owner": owner,
+                    "pipelines": {}}
+    with tempfile.TemporaryDirectory() as tmp, ProxiedCluster(Path(tmp), 3) as cluster:
+        direct_port = cluster.nodes[int(owner[4:]) - 1].port
+        proxy_pid = cluster.proxy.pid
+        for pipeline in pipelines:
+            rows = {"direct": [], "proxy": []}
+            cpu = cycles = 0.0
+            for _ in range(args.rounds):
+                rows["direct"].append(run(direct_port, args.clients, pipeline, args.seconds))
+                before = cpu_seconds(proxy_pid)
+                t0 = time.monotonic()
+                rate = run(cluster.port, args.clients, pipeline, args.seconds)
+                cpu += cpu_seconds(proxy_pid) - before
+                cycles += rate * (time.monotonic() - t0)
+                rows["proxy"].append(rate)
+            d, p = median(rows["direct"]), median(rows["proxy"])
+            report["pipelines"][pipeline] = {
+                "direct_cycles_per_s": [round(x) for x in rows["direct"]],
+                "proxy_cycles_per_s": [round(x) for x in rows["proxy"]],
+                "ratio": round(p / d, 3),
+                "proxy_cpu_us_per_command": round(cpu / (3 * cycles) * 1e6, 1),
+            }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"put-reserve-delete, {args.clients} clients, {args.seconds:g} s x "
+              f"{args.rounds} rounds each, tube {TUBE!r} on {owner}")
+        for pipeline, r in report["pipelines"].items():
+            print(f"  pipeline {pipeline:>3}: direct {r['direct_cycles_per_s']} cycles/s, "
+                  f"proxy {r['proxy_cycles_per_s']}; ratio {r['ratio']:.2f}; proxy CPU "
+                  f"{r['proxy_cpu_us_per_command']} us/command")
+    return report
+
+
+if __name__ == "__main__":
+    main()

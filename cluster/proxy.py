@@ -1,0 +1,297 @@
+"""`bscluster proxy`: one beanstalkd address in front of the whole cluster.
+
+How this works
+--------------
+A gevent ``StreamServer`` accepts beanstalkd clients (any language):
+
+* the connection's own greenlet (so the shared ``ClusterClient`` gives it
+  its own session: node connections, used tube, watch list, held jobs)
+  reads what the client sends, cuts it into commands with the node's own
+  codec (``CommandReader``), runs them in order through ``ProxyCommands``
+  (runs of one kind through ``proxy_burst``) and answers what one read
+  brought with one send;
+* while a reserve waits, a *watcher* greenlet keeps reading, so a hang-up
+  is seen at once (and commands sent meanwhile are queued, up to
+  ``BACKLOG``).
+
+When the client hangs up, the watcher interrupts the reserve; the
+connection's greenlet then closes its node connections, so every job the
+client had reserved goes back to ready at once, as with one beanstalkd.
+
+A job the multiplexed reserve got ahead of the client (two nodes answered
+together) is handed to the same client's next reserve only if that reserve
+is already queued (pipelined); otherwise it goes back to its node at once,
+so no job is held that the client was not given (docs/PROXY.md, "Reserve").
+A client that half-closes while it waits gets TIMED_OUT, as from beanstalkd.
+
+The process is gevent-patched in ``serve`` (an entry point, never at import),
+so bsclient's blocking sockets and its ``select.poll`` wait cooperate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import signal
+import socket
+import sys
+from collections import deque
+from pathlib import Path
+
+import click
+import gevent
+from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, TIMED_OUT, CommandReader
+from bscluster import proxy_cluster as pc
+from bscluster.config import (
+    DEFAULT_PROXY_LISTEN,
+    ClusterConfig,
+    ConfigError,
+    load_config,
+    parse_listen,
+)
+from bscluster.proxy_burst import KINDS as BURST_KINDS
+from bscluster.proxy_burst import MAX_BURST, Burst
+from bscluster.proxy_commands import CLOSE, ProxyCommands
+from gevent.event import Event
+from gevent.server import StreamServer
+
+log = logging.getLogger("bscluster.proxy")
+
+RECV_SIZE = 65536
+BACKLOG = 1024  # unrun commands queued per connection before the reader pauses
+SEND_BATCH = 1 << 18  # reply bytes held before a send within one burst
+LISTEN_BACKLOG = 1024
+_EOF = ("eof",)
+RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
+
+
+class ClientGone(BaseException):
+    """The client hung up while its worker waited in a reserve."""
+
+
+class _Conn:
+    """A client socket read by its own greenlet, and by a watcher while it waits."""
+
+    __slots__ = ("sock", "codec", "events", "eof")
+
+    def __init__(self, sock, codec: CommandReader) -> None:
+        self.sock = sock
+        self.codec = codec
+        self.events: deque = deque()
+        self.eof = False
+
+    def read(self) -> bool:
+        """Read once and queue the commands; False at end of stream."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.events.extend(self.codec.feed(data))
+        return True
+
+    def waiting(self, fn, *args):
+        """``fn(*args)`` (a reserve) while a watcher keeps reading: commands sent
+        meanwhile are queued (up to BACKLOG), and a hang-up raises ClientGone here."""
+        me = gevent.getcurrent()
+
+        def watch() -> None:
+            while len(self.events) < BACKLOG and self.read():
+                pass
+            if self.eof:
+                me.kill(ClientGone, block=False)
+
+        watcher = None if self.eof else gevent.spawn(watch)
+        try:
+            if self.eof:  # hung up before this reserve began: it ends at once
+                gevent.get_hub().loop.run_callback(lambda: me.kill(ClientGone, block=False))
+            return fn(*args)
+        finally:
+            if watcher is not None:
+                watcher.kill()  # at once: it waits in recv, which the next read needs
+
+
+class ProxyServer:
+    """The listening socket and one handler per client connection."""
+
+    def __init__(self, cc, max_job_size: int) -> None:
+        self.cc = cc
+        self.max_job_size = max_job_size
+        self.commands = ProxyCommands(cc, max_job_size)
+        self.burst = Burst(self.commands)
+        self.server = None
+
+    def start(self, host: str, port: int) -> tuple[str, int]:
+        self.server = StreamServer((host, port), self.handle, backlog=LISTEN_BACKLOG)
+        self.server.init_socket()
+        self.server.start()
+        return self.server.address[:2]
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(timeout=1)
+            self.server = None
+        self.cc.close()
+
+    def handle(self, sock, _addr) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        commands = self.commands
+        state = commands.opened()
+        conn = _Conn(sock, CommandReader(self.max_job_size))
+        events = conn.events
+        out: list[bytes] = []
+        held = 0
+        try:
+            while True:
+                if not events:
+                    if out:
+                        sock.sendall(b"".join(out))
+                        out, held = [], 0
+                    if conn.eof or not conn.read():
+                        break
+                    continue
+                ev = events.popleft()
+                op = ev[0]
+                kind = BURST_KINDS.get(op)
+                if kind is not None:
+                    ev = self._burst(state, kind, ev, events, out)
+                    if ev is None:
+                        continue
+                    op = ev[0]
+                if op in RESERVES:
+                    if out:  # answer what came before, then wait
+                        sock.sendall(b"".join(out))
+                        out, held = [], 0
+                    try:
+                        reply = conn.waiting(commands.execute, state, ev)
+                    except ClientGone:
+                        out.append(TIMED_OUT)  # beanstalkd's answer to a FIN while waiting
+                        break
+                    if pc.has_buffered(self.cc) and not (events and events[0][0] in RESERVES):
+                        pc.give_back(self.cc)
+                else:
+                    reply = commands.execute(state, ev)
+                if reply is CLOSE:
+                    break
+                if reply:
+                    out.append(reply)
+                    held += len(reply)
+                    if held >= SEND_BATCH:
+                        sock.sendall(b"".join(out))
+                        out, held = [], 0
+            if out:
+                sock.sendall(b"".join(out))
+        except (ClientGone, OSError):
+            pass
+        finally:
+            commands.closed(state)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _burst(self, state, kind: str, ev: tuple, events: deque, out: list):
+        """Answer a run of ``kind`` commands in one node exchange; the first command
+        left unanswered (the rest go back to the queue), or None."""
+        run = [ev]
+        while events and len(run) < MAX_BURST and BURST_KINDS.get(events[0][0]) == kind:
+            run.append(events.popleft())
+        replies = self.burst.run(state, kind, run)
+        out.extend(replies)
+        rest = run[len(replies):]
+        if not rest:
+            return None
+        events.extendleft(reversed(rest[1:]))
+        return rest[0]
+
+
+def _drain(server: ProxyServer) -> None:
+    server.commands.draining = True
+    log.info("SIGUSR1: drain mode on, puts through this proxy get DRAINING")
+
+
+def raise_nofile() -> int:
+    """Raise the descriptor limit to its hard maximum (idle clients are cheap)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def build(config):
+    """The shared ClusterClient and the proxy's job-size limit, from a ClusterConfig:
+    its nodes, ring mode, leaving nodes, spread tubes and TLS to the nodes, read as
+    every client of that config reads them (``ClusterConfig.layout``)."""
+    cc = pc.make_cluster(config.layout(), config.ssl_context())
+    return cc, min(n.max_job_size for n in config.nodes)
+
+
+def serve(listen: str, config) -> None:
+    """Run the proxy until SIGTERM/SIGINT (patches this process for gevent)."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    host, port = parse_listen(listen)
+    limit = raise_nofile()
+    cc, max_job_size = build(config)
+    server = ProxyServer(cc, max_job_size)
+    try:
+        bound = server.start(host, port)
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another address with "
+            f"--listen ADDR:PORT (or proxy in the config file)") from None
+    stop = Event()
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    gevent.signal_handler(signal.SIGUSR1, lambda: _drain(server))
+    log.info("listening on %s:%d (%d nodes: %s; %d descriptors)", bound[0], bound[1],
+             len(cc.nodes), ", ".join(cc.nodes), limit)
+    stop.wait()
+    log.info("stopping")
+    server.stop()
+
+
+@click.command()
+@click.option("--listen", "-l", "listen", metavar="ADDR:PORT",
+              help=f"Where clients connect [config proxy; default {DEFAULT_PROXY_LISTEN}; "
+                   f"port 0: a free one, printed on stderr].")
+@click.option("--config", "-c", "config_file", metavar="PATH",
+              help="Config file naming the nodes [env BSCLUSTER_CONFIG; default "
+                   "./bscluster.toml if present].")
+@click.option("--wanted", metavar="PATH", hidden=True,
+              help="The supervisor's wanted.json (how `up --proxy` starts the proxy).")
+def proxy(listen, config_file, wanted) -> None:
+    """Serve beanstalkd's protocol on one address, routed over the whole cluster.
+
+    Any beanstalkd client (PHP, Ruby, Node, Go, ...) connects to the proxy as
+    to one beanstalkd: puts go to their tube's node on the ring, reserves
+    wait on every node that can hold the watched tubes, job ids name their
+    node.  Run one per application host (a sidecar) or one shared; several
+    side by side agree on every id.  Differences from one beanstalkd:
+    docs/PROXY.md.
+    """
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s bscluster proxy: %(message)s")
+    try:
+        if wanted:
+            config = ClusterConfig.from_dict(json.loads(Path(wanted).read_text()))
+        else:
+            config = load_config(config_file)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot read {wanted}: {e}") from None
+    listen = listen or config.proxy or DEFAULT_PROXY_LISTEN
+    try:
+        parse_listen(listen)
+    except ValueError as e:
+        raise click.ClickException(f"--listen: {e}") from None
+    serve(listen, config)

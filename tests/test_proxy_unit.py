@@ -1,0 +1,66 @@
+"""The proxy's id scheme and its config setting, without servers."""
+
+from __future__ import annotations
+
+import pytest
+from bsclient.protocol import U64_MAX
+from bscluster.config import ConfigError, load_config
+from bscluster.proxy_ids import ID_RADIX, decode, encode, node_number
+
+
+@pytest.mark.parametrize("node,job", [(1, 1), (3, 17), (ID_RADIX, 5), (2, 10**15)])
+def test_ids_round_trip(node, job):
+    proxy_id = encode(node, job)
+    assert decode(proxy_id) == (f"node{node}", job)
+
+
+def test_ids_are_unique_across_nodes_and_a_pure_function():
+    ids = {encode(n, j) for n in range(1, 11) for j in range(1, 101)}
+    assert len(ids) == 1000
+    assert encode(3, 17) == 17002 == encode(3, 17)
+
+
+def test_ids_no_node_can_have_are_refused():
+    assert decode(0) is None
+    assert decode(ID_RADIX - 1) is None  # node id 0
+    assert decode(U64_MAX + 1) is None
+
+
+@pytest.mark.parametrize("name", ["node0", "node01", "web1", "node", f"node{ID_RADIX + 1}"])
+def test_node_names_the_scheme_cannot_carry(name):
+    with pytest.raises(ValueError):
+        node_number(name)
+
+
+def test_proxy_setting_from_file_env_and_flag(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[cluster]\nnodes = 2\nproxy = "127.0.0.1:11400"\n')
+    assert load_config(path, env={}).proxy == "127.0.0.1:11400"
+    assert load_config(path, env={"BSCLUSTER_PROXY": "off"}).proxy == ""
+    assert load_config(path, {"proxy": "127.0.0.1:12000"}, env={}).proxy == "127.0.0.1:12000"
+    assert load_config(path, env={}).to_dict()["proxy"] == "127.0.0.1:11400"
+
+
+def test_proxy_setting_is_checked(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[cluster]\nnodes = 2\nbase_port = 12000\nproxy = "127.0.0.1:12001"\n')
+    with pytest.raises(ConfigError, match="node2 and the proxy"):
+        load_config(path, env={})
+    path.write_text('[cluster]\nnodes = 2\nproxy = "nowhere"\n')
+    with pytest.raises(ConfigError, match="proxy"):
+        load_config(path, env={})
+
+
+def test_the_proxy_routes_with_the_configs_ring(tmp_path):
+    """ring = "ketama" and leaving nodes: the proxy's ClusterClient places tubes
+    exactly as the config's placement() (what `bscluster route` prints)."""
+    from bscluster.proxy import build
+
+    path = tmp_path / "c.toml"
+    path.write_text('[cluster]\nnodes = 4\nring = "ketama"\n[nodes.node3]\nleaving = true\n')
+    config = load_config(path, env={})
+    cc, _ = build(config)
+    placement = config.placement()
+    tubes = [f"t{i}" for i in range(200)]
+    assert [cc.node_for(t) for t in tubes] == [placement.node_for(t) for t in tubes]
+    assert "node3" in cc.nodes and "node3" not in {cc.node_for(t) for t in tubes}
