@@ -39,6 +39,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bscluster.procs import BEANSTALKD, bsnode_command, free_port  # noqa: E402
 from harness import (  # noqa: E402
     BenchError,
     find_loadgen,
@@ -47,7 +48,6 @@ from harness import (  # noqa: E402
     run_loadgen,
     start_server,
 )
-from servers import BEANSTALKD, bsnode_command, free_port  # noqa: E402
 
 TARGET_RATIO = 0.90
 TARGET_RESTART_S = 10.0

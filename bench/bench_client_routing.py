@@ -26,16 +26,13 @@ Servers are started here on free loopback ports: bsnode by default,
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import sys
 import time
 from contextlib import ExitStack
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from bsclient import Client, ClusterClient  # noqa: E402
-from servers import start  # noqa: E402
+from bscluster.procs import start  # noqa: E402
 
 
 def load(put_target, use, jobs: int, tubes: list[str], batch: int, body: bytes) -> float:

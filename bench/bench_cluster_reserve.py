@@ -1,6 +1,6 @@
 """What does ClusterClient.reserve cost when the backlog is not spread evenly?
 
-Starts ``--nodes`` bsnode processes on free loopback ports (tests/servers.py),
+Starts ``--nodes`` bsnode processes on free loopback ports (bscluster/procs.py),
 loads ``--jobs`` jobs straight onto chosen nodes with plain Clients, then
 drains them through one ``ClusterClient`` (``reserve(timeout=0)`` + ``delete``)
 and prints, per layout:
@@ -21,14 +21,12 @@ by ``--max-seconds``; servers are stopped at the end.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from contextlib import ExitStack
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from bsclient import Client, ClusterClient, TimedOutError  # noqa: E402
-from servers import start  # noqa: E402
+from bscluster.procs import start  # noqa: E402
 
 TUBE = "backlog"
 LAYOUTS = {

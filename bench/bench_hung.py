@@ -1,6 +1,6 @@
 """What does a hung (SIGSTOPped) node cost the tubes of the other nodes?
 
-Starts 3 bsnode processes on free loopback ports (tests/servers.py).  One
+Starts 3 bsnode processes on free loopback ports (bscluster/procs.py).  One
 ``ClusterClient`` (``--op-timeout``) puts, reserves and deletes in a loop on
 two tubes, one owned by node1 and one by node3, for ``--seconds``: first with
 every node running, then with node2 SIGSTOPped (a hung node: its socket
@@ -16,16 +16,13 @@ stopped / running (the issue's bar: >= 0.90, and no call over 1 s).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import statistics
-import sys
 import time
 from contextlib import ExitStack
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from bsclient import ClusterClient  # noqa: E402
-from servers import start_bsnode  # noqa: E402
+from bscluster.procs import start_bsnode  # noqa: E402
 
 
 def owned_by(cc: ClusterClient, node: str) -> str:

@@ -1,6 +1,6 @@
 """How fast does an idle consumer get a job, and what does waiting cost the nodes?
 
-Starts ``--nodes`` bsnode processes on free loopback ports (tests/servers.py).
+Starts ``--nodes`` bsnode processes on free loopback ports (bscluster/procs.py).
 For each case a consumer thread sits in ``reserve()`` (no timeout) and deletes
 what it gets; a producer puts ``--jobs`` jobs, one every ``--gap-min`` to
 ``--gap-max`` ms (seeded), each body carrying the ``perf_counter`` time of its
@@ -27,17 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import sys
 import threading
 import time
 from contextlib import ExitStack
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from bsclient import Client, ClusterClient  # noqa: E402
-from servers import start_bsnode  # noqa: E402
+from bscluster.procs import start_bsnode  # noqa: E402
 
 STOP = b"stop"
 

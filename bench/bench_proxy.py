@@ -22,16 +22,14 @@ import argparse
 import json
 import multiprocessing as mp
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 from bsclient import Ring  # noqa: E402
+from bscluster.procs import ProxiedCluster  # noqa: E402
 from harness import cpu_seconds, median  # noqa: E402
-from proxyrun import ProxiedCluster  # noqa: E402
 
 TUBE = "bench"
 BODY = b"x" * 100

@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bsclient.protocol import encode_command  # noqa: E402
 from bscluster.mover import Pipe  # noqa: E402
+from bscluster.procs import HAVE_BEANSTALKD, start_beanstalkd, start_bsnode  # noqa: E402
 from bscluster.rebalance import Move, execute  # noqa: E402
-from servers import HAVE_BEANSTALKD, start_beanstalkd, start_bsnode  # noqa: E402
 
 
 def fill(port: int, jobs: int, tubes: int) -> dict[str, int]:

@@ -1,6 +1,6 @@
 """Hot tubes: one tube's put-reserve-delete rate on one node (spread 1) and on two (spread 2).
 
-Starts 2 bsnode processes on free loopback ports (tests/servers.py), then
+Starts 2 bsnode processes on free loopback ports (bscluster/procs.py), then
 alternates, ``--rounds`` times, the two layouts of one tube "hot":
 
 * ``spread 1``: all of the tube's work on its owner;
@@ -39,10 +39,9 @@ import time
 from contextlib import ExitStack
 
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from bsclient import ClusterClient  # noqa: E402
+from bscluster.procs import start_bsnode  # noqa: E402
 from harness import find_loadgen  # noqa: E402
-from servers import start_bsnode  # noqa: E402
 
 TUBE = "hot"
 

@@ -2,7 +2,7 @@
 
 How this works
 --------------
-Servers are started with tests/servers.py (free 127.0.0.1 ports, readiness
+Servers are started with bscluster/procs.py (free 127.0.0.1 ports, readiness
 with a deadline) and then pinned to one core with ``sched_setaffinity`` on
 every thread of the process.  The compiled load generator is the project's
 own ``bench/loadgen.c``: it is built with ``cc -O2`` into ``bench/.build/``
@@ -12,12 +12,13 @@ own ``bench/loadgen.c``: it is built with ``cc -O2`` into ``bench/.build/``
 Every subprocess started here is waited for or killed before the function
 that started it returns.
 
-``python bench/harness.py`` builds the load generator if needed and prints
-its path.
+``python bench/harness.py [OUT]`` builds the load generator if needed (into
+OUT if given) and prints its path; tests/test_bench.py runs it that way.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -25,16 +26,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-from servers import (  # noqa: E402
+from bscluster.procs import (  # noqa: E402
     HAVE_BEANSTALKD,
     Server,
+    poll,
     start_beanstalkd,
     start_bsnode,
 )
@@ -70,11 +70,14 @@ def find_loadgen(build: bool = True) -> str:
         if not os.access(env, os.X_OK):
             raise BenchError(f"LOADGEN={env} is not an executable")
         return env
-    if _is_current(LOADGEN_BUILT):
-        return str(LOADGEN_BUILT)
-    if not build:
+    if not build and not _is_current(LOADGEN_BUILT):
         raise BenchError(f"{LOADGEN_BUILT} is missing or older than {LOADGEN_SOURCE}")
-    return str(build_loadgen(LOADGEN_BUILT))
+    return str(ensure_loadgen(LOADGEN_BUILT))
+
+
+def ensure_loadgen(out: Path) -> Path:
+    """``out``, compiled from bench/loadgen.c first if missing or older than it."""
+    return out if _is_current(out) else build_loadgen(out)
 
 
 def _is_current(binary: Path) -> bool:
@@ -262,19 +265,27 @@ def median(values: Sequence[float]) -> float:
 
 def wait_until(predicate, deadline_s: float, what: str, step: float = 0.05) -> None:
     """Poll ``predicate`` until it is true or the deadline passes."""
-    end = time.monotonic() + deadline_s
-    while not predicate():
-        if time.monotonic() > end:
-            raise BenchError(f"timed out after {deadline_s:.0f}s waiting for {what}")
-        time.sleep(step)
+    try:
+        poll(predicate, deadline_s, what, step)
+    except TimeoutError as e:
+        raise BenchError(str(e)) from None
 
 
 def which(cmd: str) -> str | None:
     return shutil.which(cmd)
 
 
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Build the load generator (bench/loadgen.c) "
+                                 "if it is missing or older than its source; print its path.")
+    ap.add_argument("out", nargs="?", type=Path,
+                    help=f"where to build it (default: $LOADGEN, else {LOADGEN_BUILT})")
+    args = ap.parse_args(argv)
+    print(ensure_loadgen(args.out) if args.out else find_loadgen())
+
+
 if __name__ == "__main__":
     try:
-        print(find_loadgen())
+        main()
     except BenchError as e:
         sys.exit(f"harness: {e}")

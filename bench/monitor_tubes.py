@@ -28,13 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 from bsclient import Client  # noqa: E402
 from bsclient.config import NodeAddress  # noqa: E402
 from bscluster.monitor import POLL_TIMEOUT, Monitor  # noqa: E402
 from bscluster.probe import probe_all  # noqa: E402
-from servers import start_beanstalkd, start_bsnode  # noqa: E402
+from bscluster.procs import start_beanstalkd, start_bsnode  # noqa: E402
 
 
 def rss_mb() -> float:

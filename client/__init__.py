@@ -18,6 +18,7 @@ from .errors import (
     DrainingError,
     ExpectedCrlfError,
     InternalError,
+    InvalidTubeNameError,
     JobTooBigError,
     NoNodeAvailableError,
     NotFoundError,
@@ -39,6 +40,6 @@ __all__ = [
     "BeanstalkError", "ReplyError", "NotFoundError", "BuriedError", "DeadlineSoonError",
     "TimedOutError", "JobTooBigError", "DrainingError", "BadFormatError",
     "UnknownCommandError", "ExpectedCrlfError", "OutOfMemoryError", "InternalError",
-    "NotIgnoredError", "ConcurrentUseError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
+    "NotIgnoredError", "InvalidTubeNameError", "ConcurrentUseError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
     "UnexpectedReplyError",
 ]

@@ -49,21 +49,24 @@ from dataclasses import dataclass
 
 from . import protocol as p
 from . import tls
+from .address import DEFAULT_HOST, MAX_PORT, format_address, parse_address  # noqa: F401
 from .errors import (
     ConcurrentUseError,
     ConnectionLostError,
     ExpectedCrlfError,
+    InvalidTubeNameError,
     SocketTimeoutError,
     UnexpectedReplyError,
     reply_error,
 )
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_CONNECT_TIMEOUT = 10.0
+# seconds a TCP (and TLS) connect may take, for Client and ClusterClient alike: a
+# reachable server answers in milliseconds, so a longer wait only delays the error
+# (and, in a cluster, the failover to the next node)
+DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_TIMEOUT = 30.0
 RECV_SIZE = 65536
 DEFAULT_TUBE = "default"
-MAX_PORT = 65535
 # TCP keepalive on every connection: first probe after KEEPALIVE_IDLE s of
 # silence, then every KEEPALIVE_INTERVAL s; KEEPALIVE_COUNT unanswered
 # probes and the kernel reports the connection dead (about 40 s in all).
@@ -101,41 +104,6 @@ class Job:
 
 
 JobRef = Job | int
-
-
-def parse_address(address: str | tuple[str, int]) -> tuple[str, int] | str:
-    """``"host:port"``, ``"host"``, ``(host, port)`` or ``"unix:/path"``.
-
-    Returns ``(host, port)`` for TCP, or the socket path for a unix socket.
-    IPv6 literals take brackets when a port follows (``"[::1]:11300"``).
-    A port that is not a whole number in 1..65535 raises ``ValueError``.
-    """
-    if isinstance(address, tuple):
-        host, port = address
-        return (host, _check_port(port, address))
-    if address.startswith("unix:"):
-        return address[len("unix:"):]
-    host, sep, port = address.rpartition(":")
-    if not sep or (":" in host and not host.endswith("]")):  # no port, or bare IPv6
-        return (address.strip("[]"), p.DEFAULT_PORT)
-    return (host.strip("[]") or DEFAULT_HOST, _check_port(port, address))
-
-
-def _check_port(port: str | int, address: object) -> int:
-    try:
-        number = int(port)
-    except (TypeError, ValueError):
-        number = None
-    if isinstance(port, str) and not (port.isascii() and port.isdigit()):
-        number = None
-    if isinstance(port, bool) or number is None or not 1 <= number <= MAX_PORT:
-        raise ValueError(f"bad port in address {address!r}: {port!r} "
-                         f"(a TCP port is a whole number from 1 to {MAX_PORT})")
-    return number
-
-
-def format_address(addr: tuple[str, int] | str) -> str:
-    return f"unix:{addr}" if isinstance(addr, str) else f"{addr[0]}:{addr[1]}"
 
 
 # --- beanstalkd's flat YAML -----------------------------------------------
@@ -190,11 +158,16 @@ def _u(value) -> int:
     return operator.index(value)
 
 
-def _tube(name: str) -> str:
+def check_tube(name: str) -> str:
+    """The tube name, or TypeError/InvalidTubeNameError before anything is sent.
+
+    The rule itself is ``protocol.is_tube_name``; every client entry point
+    (Client, ClusterClient, Worker) calls this.
+    """
     if not isinstance(name, str):
         raise TypeError(f"tube name must be str, not {type(name).__name__}")
-    if "\r" in name or "\n" in name or " " in name:
-        raise ValueError(f"invalid tube name {name!r}")
+    if not p.is_tube_name(name):
+        raise InvalidTubeNameError(f"BAD_FORMAT: invalid tube name {name!r} ({p.TUBE_NAME_RULE})")
     return name
 
 
@@ -236,9 +209,9 @@ class Client:
         watch = [watch] if isinstance(watch, str) else watch
         if lazy:  # the first connect replays these
             if use is not None:
-                self._using = _tube(use)
+                self._using = check_tube(use)
             if watch:
-                self._watching = list(dict.fromkeys(_tube(t) for t in watch))
+                self._watching = list(dict.fromkeys(check_tube(t) for t in watch))
             return
         self.connect()
         if use is not None:
@@ -363,13 +336,32 @@ class Client:
         finally:
             self._busy.release()
 
-    def _call_locked(self, data: bytes, wait) -> tuple[list, bytes | None]:
+    def _broken(self, e: BaseException, wait) -> BaseException:
+        """Close after a failure mid-exchange (the stream is out of step) and say
+        what to raise: SocketTimeoutError for a timeout, ConnectionLostError for
+        any other socket error, else ``e`` itself (ConnectionLostError, or an
+        interrupt such as KeyboardInterrupt or gevent.Timeout)."""
+        self.close()
+        if isinstance(e, TimeoutError):
+            return SocketTimeoutError(f"no reply from {self.address} within {wait} s",
+                                      address=self.address)
+        if isinstance(e, OSError):
+            return ConnectionLostError(f"connection to {self.address} lost: {tls.explain(e)}",
+                                       address=self.address)
+        return e
+
+    def _usable_socket(self) -> socket.socket:
+        """The connected socket; (re)connected first if there is none or it went stale."""
         sock = self._sock
         if sock is None:
-            sock = self._connect()
-        elif self._stale(sock):
+            return self._connect()
+        if self._stale(sock):
             self.close()
-            sock = self._connect()
+            return self._connect()
+        return sock
+
+    def _call_locked(self, data: bytes, wait) -> tuple[list, bytes | None]:
+        sock = self._usable_socket()
         if wait is True:
             wait = self.timeout
         try:
@@ -389,21 +381,11 @@ class Client:
                     if len(replies) > 1:
                         self.close()  # more replies than commands: out of step
                     return replies[0]
-        except TimeoutError as e:
-            self.close()
-            raise SocketTimeoutError(
-                f"no reply from {self.address} within {wait} s", address=self.address
-            ) from e
-        except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {tls.explain(e)}", address=self.address
-            ) from e
-        except BaseException:
-            # ConnectionLostError, or an interrupt (KeyboardInterrupt,
-            # gevent.Timeout) mid-reply: the stream is out of step.
-            self.close()
-            raise
+        except BaseException as e:
+            error = self._broken(e, wait)
+            if error is e:
+                raise
+            raise error from e
 
     def _expect(self, data: bytes, ok: bytes, wait: float | None | bool = True) -> tuple:
         """Send, and return the reply if its word is ``ok``; else raise."""
@@ -440,22 +422,14 @@ class Client:
             self._busy.release()
 
     def _send_locked(self, data: bytes) -> None:
-        sock = self._sock
-        if sock is None:
-            sock = self._connect()
-        elif self._stale(sock):
-            self.close()
-            sock = self._connect()
+        sock = self._usable_socket()
         try:
             if self._sock_timeout != self.timeout:
                 sock.settimeout(self.timeout)
                 self._sock_timeout = self.timeout
             sock.sendall(data)
         except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {e}", address=self.address
-            ) from e
+            raise self._broken(e, self.timeout) from e
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 when not connected)."""
@@ -475,10 +449,7 @@ class Client:
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return []  # (TLS: a record not complete yet, or housekeeping only)
         except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {e}", address=self.address
-            ) from e
+            raise self._broken(e, 0.0) from e
         if not chunk:
             self.close()
             raise ConnectionLostError(f"{self.address} closed the connection",
@@ -504,19 +475,11 @@ class Client:
                 replies = self._reader.feed(chunk)
                 if replies:
                     return replies
-        except TimeoutError as e:
-            self.close()
-            raise SocketTimeoutError(
-                f"no reply from {self.address} within {wait} s", address=self.address
-            ) from e
-        except OSError as e:
-            self.close()
-            raise ConnectionLostError(
-                f"connection to {self.address} lost: {e}", address=self.address
-            ) from e
-        except BaseException:
-            self.close()
-            raise
+        except BaseException as e:
+            error = self._broken(e, wait)
+            if error is e:
+                raise
+            raise error from e
 
     def job_from(self, reply: tuple) -> Job:
         """The Job of a RESERVED reply (as ``reserve`` would return it)."""
@@ -566,7 +529,7 @@ class Client:
 
     def use(self, tube: str) -> str:
         """Use ``tube`` for later puts; returns the tube name."""
-        words, _ = self._expect(p.encode_command(p.CMD_USE, _tube(tube)), b"USING")
+        words, _ = self._expect(p.encode_command(p.CMD_USE, check_tube(tube)), b"USING")
         self._using = words[1].decode("ascii")
         return self._using
 
@@ -626,14 +589,14 @@ class Client:
 
     def watch(self, tube: str) -> int:
         """Watch ``tube``; returns how many tubes are watched."""
-        words, _ = self._expect(p.encode_command(p.CMD_WATCH, _tube(tube)), b"WATCHING")
+        words, _ = self._expect(p.encode_command(p.CMD_WATCH, check_tube(tube)), b"WATCHING")
         if tube not in self._watching:
             self._watching.append(tube)
         return int(words[1])
 
     def ignore(self, tube: str) -> int:
         """Stop watching ``tube``; NotIgnoredError for the last one."""
-        words, _ = self._expect(p.encode_command(p.CMD_IGNORE, _tube(tube)), b"WATCHING")
+        words, _ = self._expect(p.encode_command(p.CMD_IGNORE, check_tube(tube)), b"WATCHING")
         _ms_remove(self._watching, tube)
         return int(words[1])
 
@@ -646,11 +609,11 @@ class Client:
         data = []
         for tube in tubes:
             if tube not in self._watching:
-                data.append(p.encode_command(p.CMD_WATCH, _tube(tube)))
+                data.append(p.encode_command(p.CMD_WATCH, check_tube(tube)))
                 self._watching.append(tube)
         for tube in list(self._watching):
             if tube not in tubes:
-                data.append(p.encode_command(p.CMD_IGNORE, _tube(tube)))
+                data.append(p.encode_command(p.CMD_IGNORE, check_tube(tube)))
                 _ms_remove(self._watching, tube)
         return b"".join(data), len(data)
 
@@ -703,7 +666,7 @@ class Client:
         return parse_yaml_dict(body, STATS_JOB_STR_KEYS)
 
     def stats_tube(self, tube: str) -> dict:
-        _, body = self._expect(p.encode_command(p.CMD_STATS_TUBE, _tube(tube)), b"OK")
+        _, body = self._expect(p.encode_command(p.CMD_STATS_TUBE, check_tube(tube)), b"OK")
         return parse_yaml_dict(body, STATS_TUBE_STR_KEYS)
 
     def list_tubes(self) -> list[str]:
@@ -722,7 +685,7 @@ class Client:
 
     def pause_tube(self, tube: str, delay: int) -> None:
         """Hold back reserves from ``tube`` for ``delay`` seconds."""
-        self._expect(p.encode_command(p.CMD_PAUSE_TUBE, _tube(tube), _u(delay)), b"PAUSED")
+        self._expect(p.encode_command(p.CMD_PAUSE_TUBE, check_tube(tube), _u(delay)), b"PAUSED")
 
 
 def _ms_remove(tubes: list[str], tube: str) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from . import fanout
 from . import protocol as p
-from .client import DEFAULT_TUBE, Client, Job
+from .client import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TUBE, Client, Job
 from .config import (
     ClusterLayout,
     NodeAddress,
@@ -64,7 +64,6 @@ from .errors import (
 )
 from .fanout import MAX_TUBE_STATS, NON_ADDITIVE_STATS, merge_stats  # noqa: F401
 from .pool import (  # noqa: F401 - re-exported
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DEAD_TIMEOUT,
     DEFAULT_FAILURE_THRESHOLD,
     DEFAULT_OP_TIMEOUT,

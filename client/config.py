@@ -59,12 +59,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .client import MAX_PORT, format_address, parse_address
-from .protocol import DEFAULT_PORT
+from .address import DEFAULT_HOST, MAX_PORT, format_address, parse_address
+from .protocol import DEFAULT_PORT, TUBE_NAME_RULE, is_tube_name
 from .ring import RING_MD5, RING_MODES, Ring, placement
 from .tls import TlsSettings, settings_from
 
-DEFAULT_HOST = "127.0.0.1"
 ENV_NODES = "BSCLUSTER_NODES"
 ENV_CONFIG = "BSCLUSTER_CONFIG"
 ENV_HOST = "BSCLUSTER_HOST"
@@ -156,8 +155,8 @@ def check_spread(spread: Mapping, where: str) -> dict[str, int]:
     """``{tube: k}`` with every k a whole number >= 1 (ConfigError otherwise)."""
     out = {}
     for tube, k in spread.items():
-        if not isinstance(tube, str) or not tube:
-            raise ConfigError(f"{where}: tube names are non-empty strings, got {tube!r}")
+        if not is_tube_name(tube):
+            raise ConfigError(f"{where}: {tube!r} is not a valid tube name ({TUBE_NAME_RULE})")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"{where}: spread of tube {tube!r} must be a whole number "
                               f">= 1 (how many ring nodes share it), got {k!r}")
@@ -185,7 +184,7 @@ def tube_settings(data: Mapping, where: str) -> dict[str, int]:
 
 def read_tube_settings(path: str | os.PathLike) -> dict[str, int]:
     """The spread tubes of a bscluster TOML config file: ``{tube: k}``."""
-    return tube_settings(_load_toml(path), str(path))
+    return tube_settings(read_toml(path), str(path))
 
 
 def _int_setting(table: Mapping, key: str, default: int, where: str) -> int:
@@ -195,19 +194,30 @@ def _int_setting(table: Mapping, key: str, default: int, where: str) -> int:
     return value
 
 
-def _load_toml(path: str | os.PathLike) -> dict:
+def read_toml(path: str | os.PathLike, required: bool = True) -> dict:
+    """The parsed TOML document of a bscluster config file (bsclient and bscluster both
+    read it here), or {} when ``required`` is False and the file does not exist."""
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist; create one with "
+                              f"`bscluster init {path}`") from None
+        return {}
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable by this user") from None
     except OSError as e:
-        raise ConfigError(f"cannot read cluster config {path}: {e.strerror}") from e
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
 def read_layout(path: str | os.PathLike) -> ClusterLayout:
     """Nodes, ring mode and spread tubes of a bscluster TOML config file."""
-    data = _load_toml(path)
+    data = read_toml(path)
     cluster = data.get("cluster")
     if not isinstance(cluster, Mapping) or "nodes" not in cluster:
         raise ConfigError(f"{path}: needs a [cluster] table with nodes = N")
@@ -313,7 +323,7 @@ def read_tls_settings(path: str | os.PathLike | None = None,
     BSCLUSTER_TLS_* variables on top; None: plain TCP (see bsclient.tls)."""
     env = os.environ if env is None else env
     path = path or env.get(ENV_CONFIG)
-    data = _load_toml(path) if path else {}
+    data = read_toml(path) if path else {}
     base = Path(path).resolve().parent if path else None
     return settings_from(data.get("tls"), env, base, f"{path} [tls]")
 
@@ -338,5 +348,5 @@ def layout_from_env(env: Mapping[str, str] | None = None) -> ClusterLayout:
     where = f"{ENV_NODES}={text}" if text else ENV_CONFIG
     if path:
         where += f" (file {path})"
-    data = _load_toml(Path(path)) if path else {}
+    data = read_toml(Path(path)) if path else {}
     return _layout(data, where, _env_settings(env, text or None))

@@ -51,9 +51,8 @@ import select
 from collections.abc import Callable
 
 from . import protocol as p
-from .client import DEFAULT_TUBE, Client, Job
+from .client import DEFAULT_TUBE, Client, Job, check_tube
 from .errors import (
-    BadFormatError,
     ConcurrentUseError,
     ConnectionLostError,
     DeadlineSoonError,
@@ -72,15 +71,6 @@ HOLD_TOUCH_AFTER = 0.5  # a buffered job older than this is touched before it is
 POLL_GRACE = 0.5  # seconds past the deadline a call waits for polls still unanswered
 MAX_WAKE = 1.0  # the wait loop looks at deadlines and health at least this often
 WAIT, LIKELY, REST = "wait", "likely", "rest"  # what a round of reserves is for
-
-
-def check_tube(tube: str) -> str:
-    """The tube name, or BadFormatError/TypeError before anything is sent."""
-    if not isinstance(tube, str):
-        raise TypeError(f"tube name must be str, not {type(tube).__name__}")
-    if not p.valid_tube_name(tube.encode("ascii", "replace")) or not tube.isascii():
-        raise BadFormatError(f"BAD_FORMAT: invalid tube name {tube!r}")
-    return tube
 
 
 class Consumer:

@@ -87,6 +87,14 @@ class BadFormatError(ReplyError):
     word = "BAD_FORMAT"
 
 
+class InvalidTubeNameError(BadFormatError, ValueError):
+    """A tube name the protocol refuses, caught before it is sent.
+
+    A BadFormatError (what the server would answer) and a ValueError (a bad
+    argument), so callers catching either keep working.
+    """
+
+
 class UnknownCommandError(ReplyError):
     """UNKNOWN_COMMAND: the server does not know the command."""
 

@@ -127,8 +127,15 @@ def pause_tube(pool: NodePool, tube: str, delay: int) -> None:
         raise NotFoundError()
 
 
-def merge_stats(dicts: Iterable[dict], leave_out: frozenset, take_max: frozenset) -> dict:
-    """Sum the numeric fields of several stats dicts (``take_max`` ones: max)."""
+def merge_stats(dicts: Iterable[Mapping], leave_out: frozenset = frozenset(),
+                take_max: frozenset = frozenset()) -> dict:
+    """Sum the numeric fields of several stats dicts (``take_max`` ones: max).
+
+    The one stats merge: ClusterClient.stats/stats_tube, ``bscluster stats``
+    (report.py) and the dashboard's totals (monitor.py) all add up through
+    it.  Booleans and non-numbers (strings, None) are not summed, so a key
+    no dict has a number for is absent from the result.
+    """
     merged: dict = {}
     for one in dicts:
         for key, value in one.items():

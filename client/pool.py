@@ -48,7 +48,6 @@ FAIL_FAST = "fail_fast"
 POLICIES = (FAILOVER, FAIL_FAST)
 DEFAULT_FAILURE_THRESHOLD = 2
 DEFAULT_DEAD_TIMEOUT = 10.0
-DEFAULT_CONNECT_TIMEOUT = 2.0
 DEFAULT_OP_TIMEOUT = 2.0  # seconds to wait for any reply (a reserve: its own wait longer)
 DEFAULT_TIMEOUT = DEFAULT_OP_TIMEOUT  # the old name
 DRAIN_RECHECK = 5.0  # seconds puts skip a node that answered DRAINING

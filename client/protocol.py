@@ -73,6 +73,15 @@ CMD_QUIT = "quit"
 ERROR = "error"  # pseudo-op: the codec answered the command itself
 PUT_BODY = "put-body"  # pseudo-op: a put whose line was counted in an earlier read
 
+# the fields of a stats-tube reply, in beanstalkd's order (the node writes them,
+# the proxy fills them for a tube no node has made yet)
+STATS_TUBE_FIELDS = (
+    "name", "current-jobs-urgent", "current-jobs-ready", "current-jobs-reserved",
+    "current-jobs-delayed", "current-jobs-buried", "total-jobs", "current-using",
+    "current-watching", "current-waiting", "cmd-delete", "cmd-pause-tube", "pause",
+    "pause-time-left",
+)
+
 # --- reply words ---------------------------------------------------------
 OUT_OF_MEMORY = b"OUT_OF_MEMORY\r\n"
 INTERNAL_ERROR = b"INTERNAL_ERROR\r\n"
@@ -165,12 +174,24 @@ def _u64(rest: bytes):
 
 
 def valid_tube_name(name: bytes) -> bool:
-    """beanstalkd's is_valid_tube(): 1..200 name chars, not starting with '-'."""
+    """beanstalkd's is_valid_tube(): 1..200 name chars, not starting with '-'.
+
+    The one tube-name rule: every other check (the clients, the config's
+    [tubes.NAME], the CLI, the dashboard) asks this or ``is_tube_name``.
+    """
     return (
         0 < len(name) <= MAX_TUBE_NAME
         and name[0] != 45  # '-'
         and NAME_CHARS.issuperset(name)
     )
+
+
+TUBE_NAME_RULE = (f"1-{MAX_TUBE_NAME} of A-Z a-z 0-9 - + / ; . $ _ ( ), not starting with -")
+
+
+def is_tube_name(name: object) -> bool:
+    """``valid_tube_name`` for a str (what the clients and tools hold)."""
+    return isinstance(name, str) and name.isascii() and valid_tube_name(name.encode("ascii"))
 
 
 def _strtol(rest: bytes):

@@ -125,12 +125,7 @@ class Session:
 
     def lost(self, conn: Conn) -> None:
         """The connection broke: the node released whatever it had reserved on it."""
-        conn.client.close()
-        conn.client.forget_tubes()
-        conn.pending = False
-        conn.skip = 0
-        conn.watch_gen = -1
-        conn.held.clear()
+        _reset(conn)
         self.buffer = deque(b for b in self.buffer if b[1] is not conn)
 
     # --- replies to reserves -------------------------------------------------------
@@ -213,10 +208,15 @@ class Session:
     def close(self) -> None:
         for conns in self.conns.values():
             for conn in conns:
-                conn.client.close()
-                conn.client.forget_tubes()
-                conn.pending = False
-                conn.skip = 0
-                conn.watch_gen = -1
-                conn.held.clear()
+                _reset(conn)
         self.buffer.clear()
+
+
+def _reset(conn: Conn) -> None:
+    """Close ``conn`` and forget everything it stood for: tubes, reserves in flight, jobs held."""
+    conn.client.close()
+    conn.client.forget_tubes()
+    conn.pending = False
+    conn.skip = 0
+    conn.watch_gen = -1
+    conn.held.clear()

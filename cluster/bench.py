@@ -46,11 +46,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import click
-from bsclient.client import format_address, parse_address
-from bsclient.config import ConfigError, read_config_file, read_tls_settings
+from bsclient.address import DEFAULT_HOST, format_address, parse_address
+from bsclient.config import read_tls_settings
+from bsclient.protocol import DEFAULT_PORT
 from bsclient.ring import Ring
 from bsclient.tls import TlsSettings
 from bsclient.tls import wrap as wrap_tls
+from bscluster.config import DEFAULT_CONFIG_PATH, ENV_CONFIG, load_config
+from bscluster.truth import cluster_view
 
 MODES = ("put", "put-reserve-delete", "produce-consume")
 PUT, RESERVE, DELETE = 0, 1, 2
@@ -64,7 +67,6 @@ HIST_SIZE = 1200  # up to e^24 µs, far beyond any run
 DRAIN_BATCH = 200
 DRAIN_LIMIT = 120.0  # seconds the clean-up may take
 RECV_SIZE = 262144
-DEFAULT_CONFIG = "bscluster.toml"
 LOADGEN_HINT = ("bench/loadgen.c in the source tree (`python bench/harness.py`\n"
                 "builds it with cc and prints its path; bench/run_benchmarks.py uses it),\n"
                 "one compiled process at a few µs of client CPU per command")
@@ -494,27 +496,25 @@ def clean_up(load: Load, target: Target) -> int:
 def resolve_nodes(host: str | None, port: int | None, config: str | None) -> Target:
     """The nodes named by --host/--port, --config, $BSCLUSTER_CONFIG or ./bscluster.toml."""
     if config is None and host is None and port is None:
-        env = os.environ.get("BSCLUSTER_CONFIG")
-        if env or Path(DEFAULT_CONFIG).exists():
-            config = env or DEFAULT_CONFIG
+        env = os.environ.get(ENV_CONFIG)
+        if env or Path(DEFAULT_CONFIG_PATH).exists():
+            config = env or DEFAULT_CONFIG_PATH
     if config is not None:
         if host is not None or port is not None:
             raise click.UsageError("give --config or --host/--port, not both")
         try:
-            found = read_config_file(config)
-            tls = read_tls_settings(config)
-        except ConfigError as e:
+            loaded = load_config(config, {})
+        except ValueError as e:  # a bad file, environment or [tls] table
             raise click.ClickException(str(e)) from None
-        except ValueError as e:  # a bad [tls] table
-            raise click.ClickException(str(e)) from None
+        found = cluster_view(loaded).layout().nodes
         return Target({n.name: n.address for n in found}, {n.name: n.weight for n in found},
-                      tls)
+                      loaded.tls)
     try:
         tls = read_tls_settings(None, {k: v for k, v in os.environ.items()
                                        if k.startswith("BSCLUSTER_TLS_")})
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    return Target({"node": format_address((host or "127.0.0.1", port or 11300))}, None, tls)
+    return Target({"node": format_address((host or DEFAULT_HOST, port or DEFAULT_PORT))}, None, tls)
 
 
 def _line(r: Result) -> str:

@@ -25,11 +25,13 @@ from pathlib import Path
 
 import click
 from bsclient import Ring
-from bsclient.consume import check_tube
-from bsclient.errors import BadFormatError
+from bsclient.address import connect_host, is_loopback
+from bsclient.protocol import TUBE_NAME_RULE, is_tube_name
 from bscluster import control
 from bscluster.config import (
+    DEFAULT_BINLOG_SIZE,
     DEFAULT_CONFIG_PATH,
+    DEFAULT_FSYNC_MS,
     DEFAULT_PROXY_LISTEN,
     DEFAULT_WEB_LISTEN,
     DEFAULT_WEB_MAX_TUBES,
@@ -41,7 +43,7 @@ from bscluster.config import (
     parse_listen,
 )
 from bscluster.options import config_option, data_dir_option, load
-from bscluster.probe import connect_host, probe_all
+from bscluster.probe import probe_all
 from bscluster.proxy import proxy
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
@@ -70,10 +72,10 @@ _NODE_OPTIONS = [
     click.option("--binlog/--no-binlog", default=None,
                  help="Keep a write-ahead log so jobs survive restarts (on)."),
     click.option("--fsync-ms", type=int, metavar="MS",
-                 help="fsync the binlog at most every MS ms; -1 = never (50)."),
+                 help=f"fsync the binlog at most every MS ms; -1 = never ({DEFAULT_FSYNC_MS})."),
     click.option("--max-job-size", type=int, metavar="BYTES", help="Largest job body (65535)."),
     click.option("--binlog-size", type=int, metavar="BYTES",
-                 help="Size of each binlog file (10485760)."),
+                 help=f"Size of each binlog file ({DEFAULT_BINLOG_SIZE})."),
     click.option("--node-command", metavar="CMD",
                  help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] "
                       f"({NODE_COMMAND_HELP})."),
@@ -217,7 +219,7 @@ def up(config_file, detach, **flags) -> None:
         control.prepare_data_dir(config.data_dir)
     except control.ClusterError as e:
         _fail(e)
-    exposed = sorted({n.host for n in config.nodes if not _loopback(n.host)})
+    exposed = sorted({n.host for n in config.nodes if not is_loopback(n.host)})
     if exposed:
         click.echo(f"warning: nodes listen on {', '.join(exposed)}; the beanstalkd protocol "
                    f"has no authentication, so anyone who can reach these ports can read and "
@@ -320,10 +322,6 @@ def _flag_value(config: ClusterConfig, key: str):
     if key == "node_command":
         return shlex.join(value)
     return str(value) if isinstance(value, Path) else value
-
-
-def _loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _where_flags(config: ClusterConfig) -> str:
@@ -506,11 +504,8 @@ def route(config_file, tubes, ketama, as_json, **flags) -> None:
     config = _load(config_file, flags)
     view = cluster_view(config)
     for tube in tubes:
-        try:
-            check_tube(tube)
-        except BadFormatError:
-            raise click.UsageError(f"{tube!r} is not a valid tube name (1-200 of A-Z a-z "
-                                   f"0-9 - + / ; . $ _ ( ), not starting with -)") from None
+        if not is_tube_name(tube):
+            raise click.UsageError(f"{tube!r} is not a valid tube name ({TUBE_NAME_RULE})")
     try:
         ring = config.placement()
     except ConfigError as e:

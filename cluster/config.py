@@ -53,34 +53,30 @@ import difflib
 import os
 import shlex
 import ssl
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 import bsnode
-from bsclient import Ring
-from bsclient.config import NODE_NAME, ClusterLayout, NodeAddress, tube_settings
+from bsclient import Ring, address
+from bsclient.config import NODE_NAME, ClusterLayout, NodeAddress, read_toml, tube_settings
 from bsclient.config import ConfigError as ClientConfigError
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 from bsclient.ring import RING_MD5, RING_MODES
 from bsclient.tls import TlsConfigError, TlsSettings, settings_from
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
+from bsnode import cli as node_defaults
 
 # --- defaults and names (the one place they live) -------------------------
 DEFAULT_CONFIG_PATH = "bscluster.toml"
-DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HOST = address.DEFAULT_HOST
 DEFAULT_DATA_DIR = "bscluster-data"
 DEFAULT_NODES = 4  # the cluster the README starts
-DEFAULT_FSYNC_MS = 50
-DEFAULT_BINLOG_SIZE = 10485760
+# the node's own defaults (bsnode -f, -s): one owner, node/cli.py
+DEFAULT_FSYNC_MS = node_defaults.DEFAULT_FSYNC_MS
+DEFAULT_BINLOG_SIZE = node_defaults.DEFAULT_BINLOG_SIZE
 # this installation's bsnode (python -m bsnode), found without PATH
 DEFAULT_NODE_COMMAND = tuple(bsnode.command_line())
 NODE_COMMAND_HELP = "this installation's bsnode, run by bscluster's own Python"
@@ -129,8 +125,11 @@ NODE_KEYS = ("host", "port", "weight", "metrics_port", "leaving", "removed") + N
 TOP_LEVEL_KEYS = ("cluster", "nodes", "tubes", "tls")  # [tubes.NAME] is the clients' (spread)
 
 
-class ConfigError(ValueError):
-    """A setting is missing, misspelt or out of range; the message says which."""
+class ConfigError(ClientConfigError):
+    """A setting is missing, misspelt or out of range; the message says which.
+
+    A bsclient.config.ConfigError too: the clients' reader and this one read the
+    same file, and a caller catching the clients' error catches both."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +174,7 @@ class NodeSpec:
         """Where Prometheus scrapes this node (bsnode --metrics), if it serves metrics."""
         if self.metrics_port is None:
             return None
-        host = _connect_host(self.metrics_host)
+        host = address.connect_host(self.metrics_host)
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.metrics_port}/metrics"
 
@@ -324,19 +323,11 @@ def config_path(flag: str | None, env: Mapping[str, str]) -> tuple[Path, bool]:
 def read_file(path: Path, required: bool) -> dict:
     """The parsed TOML document, or {} when an unnamed default file is absent."""
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"config file {path} does not exist; create one with "
-                              f"`bscluster init {path}`") from None
+        doc = read_toml(path, required)
+    except ClientConfigError as e:
+        raise ConfigError(str(e)) from None
+    if not doc:
         return {}
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path} is not readable by this user") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     _check_shape(doc, path)
     return doc
 
@@ -469,7 +460,7 @@ def _check_unique(specs: list[NodeSpec], web: str, proxy: str = "") -> None:
     for who, host, port in listeners:
         if port == 0:
             continue  # a free port, picked when it binds
-        key = (_connect_host(host), port)
+        key = (address.connect_host(host), port)
         if key in seen:
             raise ConfigError(f"{seen[key]} and {who} would both listen on "
                               f"{host}:{port}; give one a different port")
@@ -544,13 +535,8 @@ def _port_ok(v: int) -> bool:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """``ADDR:PORT`` or ``[v6]:PORT`` -> (host, port); ValueError if malformed.
-    An empty ADDR means 127.0.0.1; port 0 picks a free one."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected ADDR:PORT (e.g. {DEFAULT_WEB_LISTEN}), got {text!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or DEFAULT_HOST, int(port)
+    """bsclient.address.parse_listen, with the dashboard's default as the example."""
+    return address.parse_listen(text, DEFAULT_WEB_LISTEN)
 
 
 def _listen_ok(v: str) -> bool:
@@ -561,11 +547,6 @@ def _listen_ok(v: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _connect_host(host: str) -> str:
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1",
-            "localhost": "127.0.0.1"}.get(host, host)
 
 
 _RULES = {

@@ -41,14 +41,14 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from pathlib import Path
 
 from bsclient import Client, ConnectionLostError, NotFoundError, ReplyError
-from bsclient.client import parse_address
+from bsclient.address import parse_address
 from bsclient.config import ConfigError as ClientConfigError
 from bsclient.config import NodeAddress, nodes_from_mapping
+from bsclient.fanout import MAX_TUBE_STATS, merge_stats
 from bscluster.config import DEFAULT_WEB_MAX_TUBES
-from bscluster.probe import NodeReport, connect_host, probe_all
+from bscluster.probe import NodeReport, probe_all
 from bsnode.metrics import Collector
 
 POLL_INTERVAL = 1.0  # seconds between polls in top and web
@@ -56,6 +56,11 @@ POLL_TIMEOUT = 1.5  # a node that takes longer counts as down for that poll
 HISTORY_SECONDS = 600  # how far back the charts go
 PREVIEW_BYTES = 200  # body preview length in the dashboard
 STATES = ("ready", "reserved", "delayed", "buried")
+# a tube row's counts: row key -> the stats-tube field summed over nodes (paused: max)
+TUBE_ROW_FIELDS = {**{s: f"current-jobs-{s}" for s in STATES}, "urgent": "current-jobs-urgent",
+                   "waiting": "current-waiting", "watching": "current-watching",
+                   "using": "current-using", "total_jobs": "total-jobs",
+                   "paused": "pause-time-left"}
 # job commands: their per-second sum is a node's "ops/s"
 OPS_COMMANDS = ("cmd-put", "cmd-reserve", "cmd-reserve-with-timeout", "cmd-delete",
                 "cmd-release", "cmd-bury", "cmd-kick", "cmd-touch")
@@ -100,24 +105,14 @@ def parse_node_flags(flags: Sequence[str]) -> tuple[NodeAddress, ...]:
 
 def cluster_nodes(config_file: str | None, data_dir: str | None) -> tuple[NodeAddress, ...]:
     """The running cluster's nodes (from its data dir), else the config's."""
-    from bscluster import control
     from bscluster.config import ConfigError, load_config
-    from bscluster.runtime import Paths
+    from bscluster.truth import cluster_view
 
     try:
         config = load_config(config_file, {"data_dir": data_dir})
     except ConfigError as e:
         raise MonitorError(str(e)) from None
-    paths = Paths(Path(config.data_dir))
-    state = control.running_state(paths)
-    running = control.running_config(paths) if state is not None else None
-    weights = {n.name: n.weight for n in (running or config).nodes}
-    if state is not None:
-        return tuple(NodeAddress(name, f"{connect_host(e['host'])}:{e['port']}",
-                                 weights.get(name, 1))
-                     for name, e in state["nodes"].items())
-    return tuple(NodeAddress(n.name, f"{connect_host(n.host)}:{n.port}", n.weight)
-                 for n in config.nodes)
+    return cluster_view(config).layout().nodes
 
 
 def cluster_ssl_context(config_file: str | None):
@@ -241,16 +236,11 @@ def _tube_row(name: str, entries: list, dt: float) -> dict:
     row = {"name": name, **dict.fromkeys(STATES, 0), "urgent": 0, "waiting": 0,
            "watching": 0, "using": 0, "total_jobs": 0, "paused": 0, "nodes": [],
            **dict.fromkeys(TUBE_RATES, None)}
+    summed = merge_stats((st for _, st, _ in entries), take_max=MAX_TUBE_STATS)
+    for key, field in TUBE_ROW_FIELDS.items():
+        row[key] = summed.get(field, 0)
     for node, st, before in entries:
         row["nodes"].append(node)
-        for state in STATES:
-            row[state] += st.get(f"current-jobs-{state}", 0)
-        row["urgent"] += st.get("current-jobs-urgent", 0)
-        row["waiting"] += st.get("current-waiting", 0)
-        row["watching"] += st.get("current-watching", 0)
-        row["using"] += st.get("current-using", 0)
-        row["total_jobs"] += st.get("total-jobs", 0)
-        row["paused"] = max(row["paused"], st.get("pause-time-left", 0))
         for key, fields in TUBE_RATES.items():
             r = _rate(before, st, fields, dt)
             if r is not None:
@@ -295,12 +285,12 @@ def tube_rows(nodes: Sequence[NodeAddress], cur: Mapping[str, NodeReport],
 def totals(node_rows: Sequence[Mapping], tube_count: int) -> dict:
     up = [r for r in node_rows if r["up"]]
     out = {"nodes": len(node_rows), "nodes_up": len(up), "tubes": tube_count}
+    merged = merge_stats(up)  # a rate no node has yet (None everywhere) stays None
     for key in (*STATES, "urgent", "connections", "producers", "workers", "waiting",
                 "total_jobs"):
-        out[key] = sum(r[key] for r in up)
+        out[key] = merged.get(key, 0)
     for key in NODE_RATES:
-        rates = [r[key] for r in up if r[key] is not None]
-        out[key] = sum(rates) if rates else None
+        out[key] = merged.get(key)
     return out
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bsclient import tls
+from bsclient.address import connect_host
 from bsclient.protocol import (
     CMD_LIST_TUBES,
     CMD_STATS,
@@ -125,11 +126,6 @@ def connectable(host: str, port: int, timeout: float = 0.25) -> bool:
         return True
     except OSError:
         return False
-
-
-def connect_host(host: str) -> str:
-    """Where to connect to reach a server listening on ``host``."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def probe_all(addresses: dict[str, tuple[str, int]], timeout: float = PROBE_TIMEOUT,

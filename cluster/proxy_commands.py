@@ -58,13 +58,6 @@ CONN_STATS = ("current-connections", "current-producers", "current-workers",
               "current-waiting", "total-connections")
 MAX_OVER_NODES = frozenset({"binlog-oldest-index", "binlog-current-index", "binlog-max-size",
                             "cmd-pause-tube", "pause", "pause-time-left"})
-# stats-tube's fields in beanstalkd's order, for a tube no node has made yet
-STATS_TUBE_FIELDS = (
-    "name", "current-jobs-urgent", "current-jobs-ready", "current-jobs-reserved",
-    "current-jobs-delayed", "current-jobs-buried", "total-jobs", "current-using",
-    "current-watching", "current-waiting", "cmd-delete", "cmd-pause-tube", "pause",
-    "pause-time-left",
-)
 
 
 class ClientState:
@@ -316,7 +309,7 @@ class ProxyCommands:
         except NotFoundError:
             if tube not in set(self._local_tubes()):
                 raise
-            merged, per = {"name": tube}, {"": dict.fromkeys(STATS_TUBE_FIELDS, 0)}
+            merged, per = {"name": tube}, {"": dict.fromkeys(P.STATS_TUBE_FIELDS, 0)}
         local = {
             "current-using": sum(1 for s in self.clients if s.using == tube),
             "current-watching": sum(1 for s in self.clients if tube in s.watching),

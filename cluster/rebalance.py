@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 
 import click
 from bsclient import Ring
+from bsclient.address import connect_host
 from bscluster.config import ConfigError
 from bscluster.mover import BATCH, MOVED_STATES, Limiter, MoveError, Pipe, move_tube
 from bscluster.options import config_option, data_dir_option, json_option, load
-from bscluster.probe import NodeReport, connect_host, probe_all
+from bscluster.probe import NodeReport, probe_all
 from bscluster.truth import EXIT_ERROR, ClusterView, cluster_view
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
+from bsclient.fanout import MAX_TUBE_STATS, NON_ADDITIVE_STATS, merge_stats
 from bscluster.probe import NodeReport
 
 JOB_STATES = ("ready", "reserved", "delayed", "buried")
@@ -120,26 +121,24 @@ def _n(v) -> str:
 # --- stats ------------------------------------------------------------------------
 def cluster_stats(addresses: Mapping[str, str], reports: Mapping[str, NodeReport]) -> dict:
     """Totals and per-tube rows across nodes, as one JSON-able dict."""
-    totals = dict.fromkeys(SUMMED_STATS, 0)
-    tubes: dict[str, dict] = {}
-    nodes = {}
-    for name, address in addresses.items():
-        rep = reports[name]
-        nodes[name] = {"address": address, "up": rep.up, "error": rep.error,
-                       "stats": rep.stats}
-        if not rep.up:
-            continue
-        for key in SUMMED_STATS:
-            totals[key] += _int(rep.stats.get(key))
-        for tube, st in rep.tubes.items():
-            row = tubes.setdefault(tube, {**dict.fromkeys(SUMMED_TUBE_STATS, 0), "nodes": {}})
-            for key in SUMMED_TUBE_STATS:
-                row[key] += _int(st.get(key))
-            row["nodes"][name] = {k: st.get(k) for k in JOB_FIELDS}
+    nodes = {name: {"address": address, "up": reports[name].up, "error": reports[name].error,
+                    "stats": reports[name].stats} for name, address in addresses.items()}
+    up = [name for name in addresses if reports[name].up]
+    merged = merge_stats((reports[name].stats for name in up), NON_ADDITIVE_STATS)
+    totals = {key: merged.get(key, 0) for key in SUMMED_STATS}
+    per_tube: dict[str, dict[str, Mapping]] = {}
+    for name in up:
+        for tube, st in reports[name].tubes.items():
+            per_tube.setdefault(tube, {})[name] = st
+    tubes = {}
+    for tube, by_node in sorted(per_tube.items()):
+        summed = merge_stats(by_node.values(), take_max=MAX_TUBE_STATS)
+        tubes[tube] = {**{key: summed.get(key, 0) for key in SUMMED_TUBE_STATS},
+                       "nodes": {n: {k: st.get(k) for k in JOB_FIELDS} for n, st in by_node.items()}}
     totals["current-tubes"] = len(tubes)
-    totals["nodes-up"] = sum(1 for n in nodes.values() if n["up"])
+    totals["nodes-up"] = len(up)
     totals["nodes"] = len(nodes)
-    return {"totals": totals, "tubes": dict(sorted(tubes.items())), "nodes": nodes}
+    return {"totals": totals, "tubes": tubes, "nodes": nodes}
 
 
 def render_stats(stats: dict) -> str:

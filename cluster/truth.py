@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bsclient.address import connect_host
+from bsclient.config import ClusterLayout, NodeAddress
 from bscluster import control
 from bscluster.config import ClusterConfig, NodeSpec
 from bscluster.runtime import Paths, read_json, supervisor_alive
@@ -59,6 +61,19 @@ class ClusterView:
     def address(self, name: str) -> str:
         host, port = self.addresses()[name]
         return f"{host}:{port}"
+
+    def layout(self) -> ClusterLayout:
+        """The node list every command connects to: the config's ring, weights and
+        spread tubes, each node at the address it listens on (``addresses``) as a
+        client on this machine reaches it.  The one node resolver: bench, top, web
+        and work ask it."""
+        known = {n.name: n for n in (*(self.running.nodes if self.running else ()),
+                                     *self.config.nodes)}  # the config's ring wins
+        nodes = tuple(NodeAddress(name, f"{connect_host(host)}:{port}",
+                                  known[name].weight if name in known else 1,
+                                  known[name].leaving if name in known else False)
+                      for name, (host, port) in self.addresses().items())
+        return ClusterLayout(nodes, self.config.ring, dict(self.config.spread))
 
 
 def cluster_view(config: ClusterConfig) -> ClusterView:

@@ -46,7 +46,8 @@ from bsclient import (
     ConnectionLostError,
     NotFoundError,
 )
-from bsclient.protocol import valid_tube_name
+from bsclient.address import is_loopback, parse_listen
+from bsclient.protocol import TUBE_NAME_RULE, is_tube_name
 from bscluster.config import DEFAULT_WEB_LISTEN, DEFAULT_WEB_MAX_TUBES, MAX_WEB_MAX_TUBES
 from bscluster.monitor import (
     POLL_INTERVAL,
@@ -82,8 +83,8 @@ class ApiError(Exception):
 
 # --- the actions ------------------------------------------------------------------------
 def _tube(name: str) -> str:
-    if not valid_tube_name(name.encode()):
-        raise ApiError(400, f"{name!r} is not a valid tube name")
+    if not is_tube_name(name):
+        raise ApiError(400, f"{name!r} is not a valid tube name ({TUBE_NAME_RULE})")
     return name
 
 
@@ -476,7 +477,7 @@ def make_server(dashboard: Dashboard, host: str, port: int, quiet: bool = True,
     """Bind the dashboard; the caller runs ``serve_forever`` and ``server_close``.
     ``log`` hears of trouble the server survives (out of descriptors, say).  With
     ``ssl_context`` it serves HTTPS (the handshake runs in each request's thread)."""
-    loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
+    loopback = is_loopback(host)
     handler = type("DashboardHandler", (Handler,), {"dashboard": dashboard, "quiet": quiet})
     server = BoundedServer((host, port), handler, log=log)
     if ssl_context is not None:
@@ -489,10 +490,10 @@ def make_server(dashboard: Dashboard, host: str, port: int, quiet: bool = True,
 
 
 def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise click.BadParameter(f"expected ADDR:PORT, got {text!r}", param_hint="--listen")
-    return (host.strip("[]") or "127.0.0.1"), int(port)
+    try:
+        return parse_listen(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--listen") from None
 
 
 @click.command()
@@ -584,5 +585,5 @@ def _supervisor_state_source(config_file: str | None,
 
 
 def handler_open_to_others(host: str) -> bool:
-    return not (host in LOOPBACK_HOSTS or host.startswith("127."))
+    return not is_loopback(host)
 

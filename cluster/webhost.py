@@ -22,10 +22,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+from bsclient.address import connect_host
 from bsclient.config import NodeAddress
 from bscluster.config import DEFAULT_WEB_MAX_TUBES, NodeSpec, parse_listen
 from bscluster.monitor import Monitor
-from bscluster.probe import connect_host
 from bscluster.web import Dashboard, handler_open_to_others, make_server
 
 SHUTDOWN_POLL = 0.5  # how often serve_forever looks for a shutdown request

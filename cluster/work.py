@@ -30,6 +30,7 @@ from bsclient.config import read_tls_settings
 from bsclient.errors import BeanstalkError
 from bsclient.worker import DEFAULT_CONCURRENCY, MODES, Worker
 from bscluster.config import ConfigError, load_config
+from bscluster.truth import cluster_view
 
 EXIT_FORCED = 3  # a forced stop handed back jobs whose handlers had not finished
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -117,7 +118,7 @@ def _source(server: str | None, config_file: str | None):
         ctx = config.ssl_context()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    layout = config.layout()  # ring, leaving nodes and spread tubes too, as the config says
+    layout = cluster_view(config).layout()  # where the nodes listen; the config's ring
     return (lambda: ClusterClient.from_layout(layout, ssl_context=ctx)), \
         f"{names[0]}..{names[-1]} ({where})"
 

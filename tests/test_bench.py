@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -37,12 +38,14 @@ from bscluster.bench import (
 from click.testing import CliRunner
 from servers import HAVE_BEANSTALKD, free_port, start_bsnode
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
-sys.path.insert(0, str(BENCH_DIR))
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"  # run as scripts, never imported
 
-import delayed_promotion  # noqa: E402
-import harness  # noqa: E402
-import idle_conns  # noqa: E402
+
+def bench_script(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(BENCH_DIR / name), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
 
 TINY = ["--seconds", "0.3", "--conns", "2", "--pipeline", "2", "--procs", "1"]
 
@@ -169,22 +172,28 @@ def test_an_unreachable_server_is_a_clear_error():
 # --- bench/ helpers ------------------------------------------------------------------
 @pytest.mark.integration
 def test_idle_connections_hold_tubes_and_waiters(bsnode):
-    socks = idle_conns.open_idle("127.0.0.1", bsnode.port, 30, 10, 4)
-    try:
-        with Client(bsnode.address) as c:
-            st = c.stats()
-        assert st["current-connections"] >= 30
-        assert st["current-tubes"] >= 10 + 1
-        assert st["current-waiting"] == 4
-    finally:
-        for s in socks:
-            s.close()
+    argv = [sys.executable, str(BENCH_DIR / "idle_conns.py"), "--port", str(bsnode.port),
+            "--conns", "30", "--tubes", "10", "--waiting", "4", "--hold", "60"]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout.readline().split()[:4] == ["ready", "30", "10", "4"]
+            with Client(bsnode.address) as c:
+                st = c.stats()
+            assert st["current-connections"] >= 30
+            assert st["current-tubes"] >= 10 + 1
+            assert st["current-waiting"] == 4
+        finally:
+            proc.stdin.close()  # the script lets go of its connections and exits
+            assert proc.wait(30) == 0
 
 
 @pytest.mark.integration
 def test_delayed_promotion_measures_every_job(bsnode):
-    r = delayed_promotion.measure("127.0.0.1", bsnode.port, bsnode.pid, jobs=300, start=1.0,
-                                  spread=0.5, every_ms=5.0)
+    done = bench_script("delayed_promotion.py", "--port", str(bsnode.port), "--pid",
+                        str(bsnode.pid), "--jobs", "300", "--start", "1.0", "--spread", "0.5",
+                        "--every", "5")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
     assert r["promoted"] == r["jobs"] == 300
     assert r["late_max_ms"] >= r["late_max_lo_ms"] >= 0
     assert r["samples"] > 10
@@ -209,13 +218,14 @@ def test_run_benchmarks_quick_prints_the_table(tmp_path, loadgen):
 
 
 @pytest.mark.integration
-def test_core_cost_prints_every_figure(capsys):
-    import core_cost
-
-    core_cost.main(["--repeat", "1", "--jobs", "320", "--fill", "1280"])
-    out = capsys.readouterr().out
-    for _, label, how in core_cost.FIGURES:
-        assert f"{label} ({how})" in out
+def test_core_cost_prints_every_figure():
+    out = bench_script("core_cost.py", "--repeat", "1", "--jobs", "320", "--fill", "1280",
+                       timeout=240).stdout
+    header, *rows = out.strip().splitlines()
+    assert header.split() == ["figure", "-"]
+    assert len(rows) == 6  # core_cost.FIGURES
+    for row in rows:  # "LABEL (min|median)" then the figure (a long label touches it)
+        assert re.fullmatch(r".+ \((min|median)\) *[0-9]+\.[0-9]{2}", row), row
     assert "nan" not in out
 
 
@@ -223,7 +233,7 @@ def test_core_cost_prints_every_figure(capsys):
 @pytest.fixture(scope="module")
 def loadgen() -> str:
     """bench/loadgen.c, built by the harness as the bench scripts build it."""
-    return harness.find_loadgen()
+    return bench_script("harness.py", timeout=300).stdout.strip().splitlines()[-1]
 
 
 def run_lg(loadgen: str, port: int, mode: str, *args: str, expect: int = 0) -> dict:
@@ -238,8 +248,10 @@ def test_the_harness_rebuilds_a_binary_older_than_its_source(tmp_path, loadgen):
     out.write_text("#!/bin/sh\n")
     out.chmod(0o755)
     os.utime(out, (1, 1))
-    assert not harness._is_current(out)
-    assert harness.build_loadgen(out) == out and harness._is_current(out)
+    built = bench_script("harness.py", str(out), timeout=300)
+    assert built.stdout.strip() == str(out) and "building the load generator" in built.stderr
+    again = bench_script("harness.py", str(out))  # now current: not built twice
+    assert again.stdout.strip() == str(out) and "building" not in again.stderr
     done = subprocess.run([str(out), "--help"], capture_output=True, text=True, timeout=10)
     assert done.returncode == 0 and "put-reserve-delete" in done.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["loadgen"]  # no temporary left

@@ -90,8 +90,26 @@ def test_config_file_errors_say_what_is_wrong(tmp_path, text, words):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="does not exist; create one with `bscluster init"):
         read_config_file(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("text", [None, "[cluster\n"])
+def test_bsclient_and_bscluster_read_the_file_alike(tmp_path, text):
+    """One reader of the TOML file (bsclient.config.read_toml): the same refusal from
+    both, and bscluster's ConfigError is a bsclient ConfigError."""
+    from bscluster.config import ConfigError as ClusterConfigError
+    from bscluster.config import read_file
+
+    path = tmp_path / "cluster.toml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError) as client_error:
+        read_config_file(path)
+    with pytest.raises(ClusterConfigError) as cluster_error:
+        read_file(path, required=True)
+    assert isinstance(cluster_error.value, ConfigError)
+    assert str(client_error.value) == str(cluster_error.value)
 
 
 def test_env_node_list():

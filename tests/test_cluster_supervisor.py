@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from bscluster.runtime import pid_alive
 from bscluster.states import START_RETRIES
+from servers import poll
 
 pytestmark = pytest.mark.integration
 
@@ -73,17 +74,6 @@ def free_base_port(count: int) -> int:
             for t in socks:
                 t.close()
     raise RuntimeError("no run of free ports found")
-
-
-def poll(predicate, timeout: float = DEADLINE, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Cluster:

@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from bscluster import delivery_check as soak
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-import soak  # noqa: E402
 
 SHORT_SOAK = ["--duration", "8", "--kill-every", "1", "--down-max", "0.3",
               "--drain-timeout", "90", "--stall", "20", "--json"]

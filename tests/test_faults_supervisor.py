@@ -48,6 +48,7 @@ from bscluster.states import Event, State
 from bscluster.supervisor import Supervisor
 from bscluster.web import Dashboard, make_server
 from bscluster.webserver import MAX_CONNECTIONS, BoundedServer
+from fake_clock import FakeClock
 from test_cluster_supervisor import poll
 from test_supervisor_web import dashboard_url, refused
 
@@ -189,17 +190,6 @@ def test_pid_alive_never_reads_cannot_tell_as_dead():
 
 
 # --- the supervisor's own handling, in process -------------------------------------------
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def sup(tmp_path):
     config = load_config(flags={"nodes": 1, "data_dir": str(tmp_path), "binlog": False,

@@ -26,8 +26,10 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from functools import partial
 
 import pytest
+from servers import poll as poll_until
 from servers import start_bsnode
 
 pytestmark = pytest.mark.integration
@@ -37,6 +39,7 @@ PROBE_LATENCY = 0.5  # seconds: the slowest round trip a probe may see under abu
 # a full garbage collection of the node's heap alone takes ~170 ms
 FLOOD_LATENCY = 1.0
 DEADLINE = 30.0  # any wait in this module gives up after this
+poll = partial(poll_until, timeout=DEADLINE)
 IDLE_CONNS = 5000
 IDLE_CONN_BYTES = 16 * 1024  # measured ~10 KiB: a greenlet, its stack, two watchers
 REPLY_BACKLOG_BOUND = 64 * 1024 * 1024  # unread replies one connection may make us hold
@@ -51,17 +54,6 @@ def proc_kib(pid: int, key: str = "VmRSS") -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise KeyError(key)
-
-
-def poll(predicate: Callable, timeout: float = DEADLINE, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def recv_until(sock: socket.socket, end: bytes, timeout: float = DEADLINE) -> bytes:

@@ -22,18 +22,8 @@ from bscluster.states import (
     crash_delay,
 )
 from bscluster.supervisor import Supervisor
+from fake_clock import FakeClock
 from servers import free_port
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # --- the policy ----------------------------------------------------------------------------
