@@ -32,8 +32,8 @@ import subprocess
 import time
 
 import pytest
-from servers import bsnode_command
-from test_hostile import command, poll, read_reply
+from servers import bsnode_command, poll
+from test_hostile import command, read_reply
 from test_node_cli import Launched
 
 pytestmark = pytest.mark.integration

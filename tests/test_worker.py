@@ -30,7 +30,7 @@ from bsclient.worker import FIRST_LOOK, Lease
 from bsclient.worker_runtime import make_runtime
 from bscluster.work import EXIT_FORCED, work
 from click.testing import CliRunner
-from servers import free_port, start_bsnode
+from servers import free_port, poll, start_bsnode
 
 WAIT = 20  # seconds any expected event may take on a loaded machine
 TTR = 2  # a job TTR short enough to outlive, long enough for a loaded machine's keeper
@@ -377,11 +377,15 @@ def test_grace_turns_a_graceful_stop_into_stop_now(node):
 
 
 def test_stop_now_ends_run_while_a_slot_waits_on_a_hung_node(node):
+    """A plain Client's reserve waits for the hung node's reply (up to its operation
+    timeout, far beyond the test): a graceful stop waits for it, stop(now) does not."""
     producer(node).put(b"one")
     calls = Calls(1)
-    w = Worker(nodes_of(node), calls, ["t"])
+    w = Worker(lambda: Client(f"127.0.0.1:{node.port}", timeout=60), calls, ["t"])
     runner, result = run_in_thread(w)
     assert calls.reached.wait(WAIT)  # the slot now deletes, then reserves again
+    with producer(node) as watcher:  # stopped during the delete, it would not be a reserve
+        poll(lambda: watcher.stats()["current-waiting"] >= 1, WAIT, "the slot to reserve again")
     node.signal(signal.SIGSTOP)
     try:
         w.stop()
@@ -393,6 +397,26 @@ def test_stop_now_ends_run_while_a_slot_waits_on_a_hung_node(node):
     finally:
         node.signal(signal.SIGCONT)
     assert w.join(WAIT)  # once the node answers, the slot ends too
+
+
+def test_graceful_stop_is_not_held_by_a_hung_node_on_a_cluster_client(node):
+    """ClusterClient's reserve never overruns its timeout (a reply still due stays
+    in flight), so a graceful stop ends in about the reserve timeout while the node
+    hangs, with every handler finished."""
+    producer(node).put(b"one")
+    calls = Calls(1)
+    w = Worker(lambda: ClusterClient(nodes_of(node), op_timeout=60), calls, ["t"])
+    runner, result = run_in_thread(w)
+    assert calls.reached.wait(WAIT)
+    with producer(node) as watcher:
+        poll(lambda: watcher.stats()["current-waiting"] >= 1, WAIT, "the slot to reserve again")
+    node.signal(signal.SIGSTOP)
+    try:
+        w.stop()
+        runner.join(WAIT)
+        assert not runner.is_alive() and result == [True]
+    finally:
+        node.signal(signal.SIGCONT)
 
 
 class LogEvent(logging.Handler):
