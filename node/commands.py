@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from bsclient import protocol as P
 
+from .defaults import DEFAULT_BINLOG_SIZE
 from .store import NOT_LOGGED, Job, Session, Store
 
 VERSION = "0.1.0"
@@ -55,7 +56,7 @@ def _yaml_list(names) -> bytes:
 
 class Commands:
     def __init__(self, store: Store, max_job_size: int = P.DEFAULT_MAX_JOB_SIZE,
-                 binlog_max_size: int = 10485760) -> None:
+                 binlog_max_size: int = DEFAULT_BINLOG_SIZE) -> None:
         self.store = store
         self.max_job_size = max_job_size
         self.binlog_max_size = binlog_max_size
@@ -219,25 +220,8 @@ class Commands:
         t = self.store.find_tube(ev[1])
         if t is None:
             return P.NOT_FOUND
-        now = self.store.clock()
-        left = int(t.paused_until - now) if t.paused_until else 0
-        return _ok(
-            "---\n"
-            f"name: {t.name}\n"
-            f"current-jobs-urgent: {t.urgent}\n"
-            f"current-jobs-ready: {t.ready.count}\n"
-            f"current-jobs-reserved: {t.reserved}\n"
-            f"current-jobs-delayed: {t.delayed_count}\n"
-            f"current-jobs-buried: {len(t.buried)}\n"
-            f"total-jobs: {t.total_jobs}\n"
-            f"current-using: {t.using}\n"
-            f"current-watching: {t.watching}\n"
-            f"current-waiting: {len(t.waiters)}\n"
-            f"cmd-delete: {t.deletes}\n"
-            f"cmd-pause-tube: {t.pause_count}\n"
-            f"pause: {t.pause_secs}\n"
-            f"pause-time-left: {max(left, 0)}\n"
-        )
+        fields = t.stats_fields(self.store.clock())
+        return _ok("---\n" + "".join(f"{k}: {v}\n" for k, v in fields))
 
     def stats_fields(self, pause: Callable[[], None] | None = None) -> list[tuple[str, object]]:
         """Every field of `stats`, in beanstalkd's order (``pause``: Store.totals)."""

@@ -30,6 +30,8 @@ import heapq
 from collections import OrderedDict, deque
 from itertools import compress
 
+from bsclient.protocol import STATS_TUBE_FIELDS
+
 READY = "ready"
 RESERVED = "reserved"
 DELAYED = "delayed"
@@ -211,6 +213,15 @@ class Tube:
         return self.paused_until > now
 
     # delayed jobs ------------------------------------------------------
+    def stats_fields(self, now: float) -> list[tuple[str, object]]:
+        """The `stats-tube` reply: STATS_TUBE_FIELDS (bsclient.protocol) and
+        this tube's values, in that order."""
+        left = int(self.paused_until - now) if self.paused_until else 0
+        return list(zip(STATS_TUBE_FIELDS, (
+            self.name, self.urgent, self.ready.count, self.reserved, self.delayed_count,
+            len(self.buried), self.total_jobs, self.using, self.watching, len(self.waiters),
+            self.deletes, self.pause_count, self.pause_secs, max(left, 0)), strict=True))
+
     def push_delayed(self, job) -> None:
         self.delayed.push(job)
         self.delayed_count += 1

@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Callable
 
+from ..defaults import DEFAULT_BINLOG_SIZE
 from . import format as F
 from .compactor import COMPACT_CREDIT, Compactor
 from .durability import RETRY_EVERY, Durability, syncs_files
@@ -45,7 +46,7 @@ from .writer import LogWriter
 
 log = logging.getLogger("bsnode")
 
-DEFAULT_SEGMENT_SIZE = 10485760
+DEFAULT_SEGMENT_SIZE = DEFAULT_BINLOG_SIZE  # bsnode -s; its owner is node/defaults.py
 RECOVER_ENV = "BSNODE_BINLOG_RECOVER"
 
 # names the tests and tools use from here
