@@ -32,11 +32,7 @@ from itertools import compress
 
 from bsclient.protocol import STATS_TUBE_FIELDS
 
-READY = "ready"
-RESERVED = "reserved"
-DELAYED = "delayed"
-BURIED = "buried"
-INVALID = "invalid"  # deleted
+from .lifecycle import DELAYED, READY
 
 _MAX_IDLE_BUCKETS = 64
 _COMPACT_SLACK = 1024  # dead entries tolerated (over 2x the live) before a rebuild

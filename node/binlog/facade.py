@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 
 from ..defaults import DEFAULT_BINLOG_SIZE
+from ..lifecycle import BURIED, DELAYED, READY
 from . import format as F
 from .compactor import COMPACT_CREDIT, Compactor
 from .durability import RETRY_EVERY, Durability, syncs_files
@@ -171,7 +172,7 @@ class Binlog:
             by_index.append(seg)
         restore = store.restore
         # by state code: reserved comes back ready; delayed is decided below
-        names = [None, "ready", "delayed", "buried", "ready"]
+        names = [None, READY, DELAYED, BURIED, READY]
         delayed = F.STATE_DELAYED
         live_bytes = 0
         for jid, e in r.live.items():
@@ -180,7 +181,7 @@ class Binlog:
             remaining = 0.0
             if code == delayed:
                 remaining = rec[8] / 1000 - wall
-                state = "delayed" if remaining > 0 else "ready"
+                state = DELAYED if remaining > 0 else READY
             else:
                 state = names[code]
             age = wall - rec[9] / 1000
