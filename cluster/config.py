@@ -67,14 +67,14 @@ from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_L
 from bsclient.ring import RING_MD5, RING_MODES
 from bsclient.tls import TlsConfigError, TlsSettings, settings_from
 from bscluster.states import CRASH_LIMIT, CRASH_WINDOW, MAX_CRASH_LIMIT, CrashPolicy
-from bsnode import cli as node_defaults
+from bsnode import defaults as node_defaults
 
 # --- defaults and names (the one place they live) -------------------------
 DEFAULT_CONFIG_PATH = "bscluster.toml"
 DEFAULT_HOST = address.DEFAULT_HOST
 DEFAULT_DATA_DIR = "bscluster-data"
 DEFAULT_NODES = 4  # the cluster the README starts
-# the node's own defaults (bsnode -f, -s): one owner, node/cli.py
+# the node's own defaults (bsnode -f, -s): one owner, node/defaults.py
 DEFAULT_FSYNC_MS = node_defaults.DEFAULT_FSYNC_MS
 DEFAULT_BINLOG_SIZE = node_defaults.DEFAULT_BINLOG_SIZE
 # this installation's bsnode (python -m bsnode), found without PATH

@@ -19,17 +19,17 @@ import stat
 import sys
 from dataclasses import dataclass, replace
 
+from bsclient.address import parse_listen
 from bsclient.protocol import DEFAULT_MAX_JOB_SIZE, DEFAULT_PORT, MAX_JOB_SIZE_LIMIT
 
 from . import caps, tls
 from .caps import NO_CAPS, Caps
 from .commands import PROTOCOL_VERSION, VERSION
+from .defaults import DEFAULT_BINLOG_SIZE, DEFAULT_FSYNC_MS
 from .tls import TlsFiles
 
 log = logging.getLogger("bsnode")
 
-DEFAULT_FSYNC_MS = 50
-DEFAULT_BINLOG_SIZE = 10485760
 UNIX_PROBE_TIMEOUT = 1.0  # seconds to wait for a server on an existing socket file
 
 USAGE = """\
@@ -157,8 +157,6 @@ def _extensions(o: dict, ext: dict) -> None:
 
 def _long_option(o: dict, arg: str, args: list[str], i: int) -> int:
     """Our extensions are long options, so no beanstalkd flag can clash."""
-    from .metrics import parse_listen
-
     name, eq, value = arg.partition("=")
     if name == "--binlog-recover" and not eq:
         o["binlog_recover"] = True

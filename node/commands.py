@@ -5,8 +5,10 @@ How this works
 ``Commands.execute(session, event)`` counts the command as beanstalkd does
 (after its arguments parsed), runs the matching ``_cmd_*`` handler against
 the store and returns the reply bytes, ``None`` when the session now blocks
-in a reserve (the reply comes later through ``session.wake``), or ``CLOSE``
-for quit.  Reply texts and the YAML of stats/list replies follow
+in a reserve (the store wakes it later with a job or an Outcome, which
+``wake_reply`` turns into bytes), or ``CLOSE`` for quit.  This is the one
+module that chooses reply words: the store answers with values (a job, a
+count, a node/lifecycle.py ``Outcome``).  Reply texts and the YAML of stats/list replies follow
 beanstalkd 1.12's prot.c byte for byte (doc/protocol.txt, "Other Commands").
 """
 
@@ -19,7 +21,9 @@ from collections.abc import Callable
 
 from bsclient import protocol as P
 
-from .store import NOT_LOGGED, Job, Session, Store
+from .defaults import DEFAULT_BINLOG_SIZE
+from .lifecycle import DELAYED, RESERVED, Outcome
+from .store import Job, Session, Store
 
 VERSION = "0.1.0"
 PROTOCOL_VERSION = "1.12"  # what `stats` reports as version
@@ -44,6 +48,25 @@ def reserved_reply(job: Job) -> bytes:
     return b"RESERVED %d %d\r\n%s\r\n" % (job.id, len(body), body)
 
 
+_WAIT_REPLIES = {Outcome.TIMED_OUT: P.TIMED_OUT, Outcome.DEADLINE_SOON: P.DEADLINE_SOON}
+
+
+def wake_reply(value: Job | Outcome) -> bytes:
+    """The answer to a reserve: a job it got, or why it got none (TIMED_OUT,
+    DEADLINE_SOON); what the store wakes a waiting session with."""
+    if value.__class__ is Job:
+        return reserved_reply(value)
+    return _WAIT_REPLIES[value]
+
+
+# release and bury (OUT_OF_MEMORY / INTERNAL_ERROR: beanstalkd's words when it
+# cannot log the change)
+_RELEASE_REPLIES = {Outcome.DONE: P.RELEASED, Outcome.NOT_FOUND: P.NOT_FOUND,
+                    Outcome.NOT_LOGGED: P.OUT_OF_MEMORY}
+_BURY_REPLIES = {Outcome.DONE: P.BURIED, Outcome.NOT_FOUND: P.NOT_FOUND,
+                 Outcome.NOT_LOGGED: P.INTERNAL_ERROR}
+
+
 def _ok(text: str) -> bytes:
     data = text.encode()
     return b"OK %d\r\n%s\r\n" % (len(data), data)
@@ -55,7 +78,7 @@ def _yaml_list(names) -> bytes:
 
 class Commands:
     def __init__(self, store: Store, max_job_size: int = P.DEFAULT_MAX_JOB_SIZE,
-                 binlog_max_size: int = 10485760) -> None:
+                 binlog_max_size: int = DEFAULT_BINLOG_SIZE) -> None:
         self.store = store
         self.max_job_size = max_job_size
         self.binlog_max_size = binlog_max_size
@@ -83,26 +106,20 @@ class Commands:
             # a put line was read: it is counted and has its id, whether its
             # body is still to come (reply b"") or came with a bad trailer
             self.counts[P.CMD_PUT] += 1
-            self.store.set_producer(s)
-            job_id = self.store.take_id()
-            if not reply:
-                s.put_id = job_id
+            self.store.put_line_read(s, body_follows=not reply)
         elif counted is not None:
             self.counts[counted] += 1
         if reply is P.EXPECTED_CRLF:
-            s.put_id = None
+            self.store.put_abandoned(s)
         return reply
 
     # --- jobs -------------------------------------------------------------
     def _cmd_put(self, s: Session, ev: tuple) -> bytes:
         store = self.store
-        job_id, s.put_id = s.put_id, None
         if store.draining:
-            store.set_producer(s)
-            if job_id is None:
-                store.take_id()
+            store.refuse_put(s)
             return P.DRAINING
-        job = store.put(s, ev[1], ev[2], ev[3], ev[4], job_id)
+        job = store.put(s, ev[1], ev[2], ev[3], ev[4])
         if job is None:
             return P.OUT_OF_MEMORY
         return b"INSERTED %d\r\n" % job.id
@@ -116,9 +133,7 @@ class Commands:
 
     @staticmethod
     def _reserved(r):
-        if r is None or r.__class__ is bytes:
-            return r
-        return reserved_reply(r)
+        return None if r is None else wake_reply(r)
 
     def _cmd_reserve_job(self, s: Session, ev: tuple) -> bytes:
         job = self.store.reserve_job(s, ev[1])
@@ -128,16 +143,10 @@ class Commands:
         return P.DELETED if self.store.delete(s, ev[1]) else P.NOT_FOUND
 
     def _cmd_release(self, s: Session, ev: tuple) -> bytes:
-        r = self.store.release(s, ev[1], ev[2], ev[3])
-        if r is NOT_LOGGED:
-            return P.OUT_OF_MEMORY
-        return P.RELEASED if r else P.NOT_FOUND
+        return _RELEASE_REPLIES[self.store.release(s, ev[1], ev[2], ev[3])]
 
     def _cmd_bury(self, s: Session, ev: tuple) -> bytes:
-        r = self.store.bury(s, ev[1], ev[2])
-        if r is NOT_LOGGED:
-            return P.INTERNAL_ERROR  # beanstalkd's word when it cannot log a bury
-        return P.BURIED if r else P.NOT_FOUND
+        return _BURY_REPLIES[self.store.bury(s, ev[1], ev[2])]
 
     def _cmd_touch(self, s: Session, ev: tuple) -> bytes:
         return P.TOUCHED if self.store.touch(s, ev[1]) else P.NOT_FOUND
@@ -196,7 +205,7 @@ class Commands:
             return P.NOT_FOUND
         now = self.store.clock()
         state = job.state
-        left = int(job.deadline - now) if state in ("reserved", "delayed") else 0
+        left = int(job.deadline - now) if state is RESERVED or state is DELAYED else 0
         return _ok(
             "---\n"
             f"id: {job.id}\n"
@@ -219,25 +228,8 @@ class Commands:
         t = self.store.find_tube(ev[1])
         if t is None:
             return P.NOT_FOUND
-        now = self.store.clock()
-        left = int(t.paused_until - now) if t.paused_until else 0
-        return _ok(
-            "---\n"
-            f"name: {t.name}\n"
-            f"current-jobs-urgent: {t.urgent}\n"
-            f"current-jobs-ready: {t.ready.count}\n"
-            f"current-jobs-reserved: {t.reserved}\n"
-            f"current-jobs-delayed: {t.delayed_count}\n"
-            f"current-jobs-buried: {len(t.buried)}\n"
-            f"total-jobs: {t.total_jobs}\n"
-            f"current-using: {t.using}\n"
-            f"current-watching: {t.watching}\n"
-            f"current-waiting: {len(t.waiters)}\n"
-            f"cmd-delete: {t.deletes}\n"
-            f"cmd-pause-tube: {t.pause_count}\n"
-            f"pause: {t.pause_secs}\n"
-            f"pause-time-left: {max(left, 0)}\n"
-        )
+        fields = t.stats_fields(self.store.clock())
+        return _ok("---\n" + "".join(f"{k}: {v}\n" for k, v in fields))
 
     def stats_fields(self, pause: Callable[[], None] | None = None) -> list[tuple[str, object]]:
         """Every field of `stats`, in beanstalkd's order (``pause``: Store.totals)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .tube import READY, Tube
+from .lifecycle import READY
+from .tube import Tube
 
 
 def _rare_counter(i: int) -> property:

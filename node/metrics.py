@@ -201,23 +201,8 @@ def _value(v: float) -> str:
 
 # --- the node's own figures ----------------------------------------------------------
 def tube_fields(tube, now: float) -> list[tuple[str, object]]:
-    """A tube's `stats-tube` fields, from its attributes (node/tube.py)."""
-    left = int(tube.paused_until - now) if tube.paused_until else 0
-    return [
-        ("current-jobs-urgent", tube.urgent),
-        ("current-jobs-ready", tube.ready.count),
-        ("current-jobs-reserved", tube.reserved),
-        ("current-jobs-delayed", tube.delayed_count),
-        ("current-jobs-buried", len(tube.buried)),
-        ("total-jobs", tube.total_jobs),
-        ("current-using", tube.using),
-        ("current-watching", tube.watching),
-        ("current-waiting", len(tube.waiters)),
-        ("cmd-delete", tube.deletes),
-        ("cmd-pause-tube", tube.pause_count),
-        ("pause", tube.pause_secs),
-        ("pause-time-left", max(left, 0)),
-    ]
+    """A tube's `stats-tube` fields but its name (Tube.stats_fields owns them)."""
+    return tube.stats_fields(now)[1:]
 
 
 def oldest_ready(tubes) -> dict[str, object]:
@@ -298,15 +283,6 @@ def node_families(commands, store, binlog_dir: str | None = None,
 
 
 # --- the HTTP endpoint --------------------------------------------------------------------
-def parse_listen(text: str) -> tuple[str, int]:
-    """``ADDR:PORT`` (``[v6]:PORT``) -> (host, port); ValueError when malformed."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"expected ADDR:PORT, got {text!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    return host or "127.0.0.1", int(port)
-
-
 def make_app(page: Callable[[], str]) -> Callable:
     """A WSGI app answering GET /metrics (and / with a pointer to it)."""
 

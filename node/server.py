@@ -7,7 +7,7 @@ One greenlet per connection reads what the client sent, lets the codec
 of them with one ``sendall`` — a pipelined burst costs one read and one
 write.  A reserve that has to wait parks the connection: its greenlet keeps
 reading (so a hang-up is seen at once) but runs nothing more until the store
-wakes it with a job, TIMED_OUT or DEADLINE_SOON; while parked it stops
+wakes it with a job or an Outcome (commands.wake_reply words it); while parked it stops
 reading once a bounded backlog of unrun commands has piled up.
 
 One more greenlet is the clock: it sleeps until the scheduler's next
@@ -45,15 +45,16 @@ from functools import partial
 
 import gevent
 import gevent.threadpool  # noqa: F401 - imported before -u drops privileges (GroupCommit)
-from bsclient.protocol import TIMED_OUT, CommandReader
+from bsclient.protocol import CommandReader
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from .commands import CLOSE, Commands, reserved_reply
+from .commands import CLOSE, Commands, wake_reply
 from .gc_policy import freeze_survivors
+from .lifecycle import Outcome
 from .limits import AcceptBrake, ReplyBudget
 from .ratelog import Complaints
-from .store import Job, Store
+from .store import Store
 from .wal import GroupSync
 
 log = logging.getLogger("bsnode")
@@ -133,7 +134,7 @@ class _Conn:
         self.sock.close()
 
     def wake(self, value) -> None:
-        self.reply = reserved_reply(value) if value.__class__ is Job else value
+        self.reply = wake_reply(value)  # the store wakes with a job or an Outcome
         if self.in_wait:
             self._hub.loop.run_callback(self._interrupt)
 
@@ -440,8 +441,8 @@ class NodeServer:
                 conn.in_wait = False
             if not data:
                 # beanstalkd answers a hung-up waiter TIMED_OUT
-                self.store._stop_waiting(conn.session)
-                return TIMED_OUT, more, True
+                self.store.stop_waiting(conn.session)
+                return wake_reply(Outcome.TIMED_OUT), more, True
             more.extend(reader.feed(data))
         reply, conn.reply = conn.reply, None
         return reply, more, False

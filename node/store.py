@@ -7,10 +7,11 @@ without the sockets).  Time comes from an injected ``clock()`` returning
 seconds, so tests drive it with a fake clock; every deadline lives in one
 ``Scheduler`` and ``tick()`` runs what is due and says when to call again.
 
-A job is in exactly one place, named by ``job.state``:
-READY in its tube's ready queue, DELAYED in its tube's delay heap, BURIED in
-its tube's buried list, RESERVED in one session's ``reserved`` dict with a
-TTR timer.  ``jobs`` maps every live id to its job.
+A job is in exactly one place, named by ``job.state`` (the states and the
+moves between them are node/lifecycle.py's table): READY in its tube's
+ready queue, DELAYED in its tube's delay heap, BURIED in its tube's buried
+list, RESERVED in one session's ``reserved`` dict with a TTR timer.
+``jobs`` maps every live id to its job.
 
 Invariant that makes reservation cheap: outside of paused tubes, no tube has
 both ready jobs and sessions waiting on it.  So a job becoming ready goes to
@@ -26,8 +27,10 @@ Every state change that must survive a restart is handed to ``self.wal``
 acknowledged, ``update`` before bury/kick/release-with-delay take effect
 (if the log refuses, the job stays as it was and the caller says so, as
 beanstalkd does with its reserved log space), ``delete``.
-Operations return values (a job, a count, None); the wire words are
-chosen by node/commands.py.
+Operations return values (a job, a count, an ``Outcome``, None), and a
+waiting session is woken with a job or an ``Outcome``; the wire words are
+chosen by node/commands.py alone.  beanstalkd's put-id rule (a put has
+its id once its command line is read) is kept here: ``put_line_read``.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bsclient.protocol import DEADLINE_SOON, TIMED_OUT, URGENT_THRESHOLD
+from bsclient.protocol import URGENT_THRESHOLD
 
 from .caps import NO_CAPS
 from .job import Job, Session
+from .lifecycle import BURIED, DELAYED, INVALID, READY, RESERVED, Outcome
 from .timers import Scheduler
-from .tube import BURIED, DELAYED, INVALID, READY, RESERVED, Tube
+from .tube import Tube
 from .wal import NullWal, Wal
 
-NOT_LOGGED = "not-logged"  # the binlog could not take a change: nothing changed
+NOT_LOGGED = Outcome.NOT_LOGGED  # the binlog could not take a change: nothing changed
 SAFETY_MARGIN = 1.0  # seconds before a TTR deadline that count as "soon"
 DEFAULT_TUBE = "default"
 
@@ -67,6 +71,8 @@ class Store:
         self.cur_conns = self.total_conns = self.producers = self.workers = self.waiting = 0
         self.default_tube = self._tube(DEFAULT_TUBE)
         self.default_tube.refs += 1  # held forever
+        # how a job leaves the place its state names (RESERVED: _unreserve)
+        self._leave = {READY: self._unready, DELAYED: self._undelay, BURIED: self._unbury}
 
     # --- tubes ------------------------------------------------------------
     def _tube(self, name: str) -> Tube:
@@ -111,7 +117,7 @@ class Store:
         if s.worker:
             self.workers -= 1
         self.cur_conns -= 1
-        self._stop_waiting(s)
+        self.stop_waiting(s)
         if s.reserved:
             for job in list(s.reserved.values()):
                 self._unreserve(s, job)
@@ -204,6 +210,9 @@ class Store:
     def _undelay(self, job: Job) -> None:
         job.tube.undelay()
 
+    def _unbury(self, job: Job) -> None:
+        del job.tube.buried[job.id]
+
     def _promote_due(self, t: Tube, now: float) -> None:
         t.delay_entry = None
         while True:
@@ -279,21 +288,21 @@ class Store:
         return best
 
     def reserve(self, s: Session, timeout: int | None):
-        """Reserve for ``s``.  Returns a job, a reply word to send now
+        """Reserve for ``s``.  Returns a job, an Outcome to answer now
         (TIMED_OUT / DEADLINE_SOON), or None when the session now waits."""
         if not s.worker:
             self.set_worker(s)
         now = self.clock()
         if s.reserved and self.deadline_soon(s, now) and not any(
                 t.ready.count for t in s.watch):
-            return DEADLINE_SOON
+            return Outcome.DEADLINE_SOON
         t = self._best_ready(s, now)
         if t is not None:
             job = self._pop_ready(t)
             self._reserve(s, job, now)
             return job
         if timeout == 0:
-            return DEADLINE_SOON if self.deadline_soon(s, now) else TIMED_OUT
+            return Outcome.DEADLINE_SOON if self.deadline_soon(s, now) else Outcome.TIMED_OUT
         self._start_waiting(s, now, timeout)
         return None
 
@@ -312,7 +321,8 @@ class Store:
             when = d - SAFETY_MARGIN
         s.wait_entry = self.sched.add(when, self._wait_due, s) if when is not None else None
 
-    def _stop_waiting(self, s: Session) -> None:
+    def stop_waiting(self, s: Session) -> None:
+        """``s`` waits no more (its reserve was answered, or it hung up)."""
         if not s.waiting:
             return
         s.waiting = False
@@ -327,37 +337,55 @@ class Store:
         if not s.waiting:
             return
         if self.deadline_soon(s, now):
-            reply = DEADLINE_SOON
+            outcome = Outcome.DEADLINE_SOON
         elif s.wait_until is not None and now >= s.wait_until:
-            reply = TIMED_OUT
+            outcome = Outcome.TIMED_OUT
         else:
             self._schedule_wait(s)
             return
-        self._stop_waiting(s)
-        s.wake(reply)
+        self.stop_waiting(s)
+        s.wake(outcome)
 
     def _serve(self, t: Tube) -> None:
         """Give ready jobs of ``t`` to its waiting sessions, oldest first."""
         now = self.clock()
         while t.waiters and t.ready.count:
             s = next(iter(t.waiters))
-            self._stop_waiting(s)
+            self.stop_waiting(s)
             job = self._pop_ready(t)
             self._reserve(s, job, now)
             s.wake(job)
 
     # --- commands on jobs ---------------------------------------------------
-    def take_id(self) -> int:
-        """Use up the next job id.  beanstalkd gives a put its id as soon as
-        the command line is read, so a put refused later still uses one."""
+    # beanstalkd gives a put its id as soon as its command line is read, so a
+    # put refused later (bad body, draining, out of memory) still uses one up.
+    def put_line_read(self, s: Session, body_follows: bool) -> None:
+        """A put's command line was read: it takes its id now; the put that
+        brings its body (``body_follows``) gets that id."""
+        self.set_producer(s)
         job_id = self.next_id
         self.next_id += 1
-        return job_id
+        s.put_id = job_id if body_follows else None
 
-    def put(self, s: Session, pri: int, delay: int, ttr: int, body: bytes,
-            job_id: int | None = None):
-        """Returns the new job, or None when the binlog or a cap cannot take it."""
+    def put_abandoned(self, s: Session) -> None:
+        """The body of the put whose line was read never comes (bad trailer)."""
+        s.put_id = None
+
+    def refuse_put(self, s: Session) -> None:
+        """A put answered without storing it (draining): it uses up its id."""
         self.set_producer(s)
+        if s.put_id is None:
+            self.next_id += 1
+        s.put_id = None
+
+    def put(self, s: Session, pri: int, delay: int, ttr: int, body: bytes):
+        """Returns the new job, or None when the binlog or a cap cannot take it.
+        A put whose line and body came together takes its id here, once a
+        cap has admitted it."""
+        self.set_producer(s)
+        job_id = s.put_id
+        if job_id is not None:
+            s.put_id = None
         if not self.caps.admits(self, len(body)):
             return None
         now = self.clock()
@@ -389,17 +417,12 @@ class Store:
         job = self.jobs.get(job_id)
         if job is None:
             return False
-        state = job.state
-        if state is RESERVED:
+        if job.state is RESERVED:
             if job.reserver is not s:
                 return False
             self._unreserve(s, job)
-        elif state is READY:
-            self._unready(job)
-        elif state is BURIED:
-            del job.tube.buried[job.id]
         else:
-            self._undelay(job)
+            self._leave[job.state](job)
         job.state = INVALID
         del self.jobs[job_id]
         self.job_bytes -= len(job.body)
@@ -409,52 +432,60 @@ class Store:
         self._unref(t)
         return True
 
-    def release(self, s: Session, job_id: int, pri: int, delay: int):
-        """True when released, None when not reserved by ``s``, NOT_LOGGED
-        when the binlog cannot take a release with delay (the job stays
-        reserved, as in beanstalkd, which answers OUT_OF_MEMORY)."""
+    def _log_move(self, job: Job, now: float, state: str, counter: str, **fields) -> bool:
+        """Move ``job`` to ``state`` (setting ``fields``, counting ``counter``)
+        and log it, the job still in its old place; when the binlog refuses,
+        everything is put back and the answer is False."""
+        saved = {k: getattr(job, k) for k in fields}
+        old_state = job.state
+        count = getattr(job, counter)
+        for k, v in fields.items():
+            setattr(job, k, v)
+        setattr(job, counter, count + 1)
+        job.state = state
+        if self.wal.update(job, now):
+            return True
+        for k, v in saved.items():
+            setattr(job, k, v)
+        setattr(job, counter, count)
+        job.state = old_state
+        return False
+
+    def release(self, s: Session, job_id: int, pri: int, delay: int) -> Outcome:
+        """DONE; NOT_FOUND when not reserved by ``s``; NOT_LOGGED when the
+        binlog cannot take a release with delay (the job stays reserved, as
+        in beanstalkd, which answers OUT_OF_MEMORY)."""
         job = self.jobs.get(job_id)
         if job is None or job.reserver is not s:
-            return None
+            return Outcome.NOT_FOUND
         now = self.clock()
-        before = job.pri, job.delay, job.deadline
-        job.pri = pri
-        job.delay = delay
-        job.releases += 1
         if delay:
-            job.state = DELAYED
-            job.deadline = now + delay
+            if not self._log_move(job, now, DELAYED, "releases", pri=pri, delay=delay,
+                                  deadline=now + delay):
+                return Outcome.NOT_LOGGED
         else:
+            # kept even if not logged (retried in the background): the job
+            # would come back ready after a restart anyway
+            job.pri = pri
+            job.delay = delay
+            job.releases += 1
             job.state = READY
-        # A release without delay is kept even if not logged (retried in the
-        # background): its job would come back ready after a restart anyway.
-        if not self.wal.update(job, now) and delay:
-            job.pri, job.delay, job.deadline = before
-            job.releases -= 1
-            job.state = RESERVED
-            return NOT_LOGGED
+            self.wal.update(job, now)
         self._unreserve(s, job)
         self._enqueue(job, now)
-        return True
+        return Outcome.DONE
 
-    def bury(self, s: Session, job_id: int, pri: int):
-        """True when buried, False when not reserved by ``s``, NOT_LOGGED when
-        the binlog cannot take it (the job stays reserved)."""
+    def bury(self, s: Session, job_id: int, pri: int) -> Outcome:
+        """DONE; NOT_FOUND when not reserved by ``s``; NOT_LOGGED when the
+        binlog cannot take it (the job stays reserved)."""
         job = self.jobs.get(job_id)
         if job is None or job.reserver is not s:
-            return False
-        old_pri = job.pri
-        job.pri = pri
-        job.state = BURIED
-        job.buries += 1
-        if not self.wal.update(job, self.clock()):
-            job.pri = old_pri
-            job.buries -= 1
-            job.state = RESERVED
-            return NOT_LOGGED
+            return Outcome.NOT_FOUND
+        if not self._log_move(job, self.clock(), BURIED, "buries", pri=pri):
+            return Outcome.NOT_LOGGED
         self._unreserve(s, job)
         job.tube.buried[job.id] = job
-        return True
+        return Outcome.DONE
 
     def touch(self, s: Session, job_id: int) -> bool:
         job = self.jobs.get(job_id)
@@ -470,29 +501,12 @@ class Store:
         job = self.jobs.get(job_id)
         if job is None or job.state is RESERVED:
             return None
-        if job.state is READY:
-            self._unready(job)
-        elif job.state is BURIED:
-            del job.tube.buried[job.id]
-        else:
-            self._undelay(job)
+        self._leave[job.state](job)
         self.set_worker(s)
         now = self.clock()
         self._reserve(s, job, now)
         self.wal.update(job, now)
         return job
-
-    def _log_kick(self, job: Job, now: float) -> bool:
-        """Log a buried or delayed job as kicked, still in its old place;
-        False, with the job unchanged, if the binlog cannot take it."""
-        old_state = job.state
-        job.kicks += 1
-        job.state = READY
-        if self.wal.update(job, now):
-            return True
-        job.kicks -= 1
-        job.state = old_state
-        return False
 
     def kick(self, s: Session, bound: int) -> int:
         """Kick up to ``bound`` jobs; fewer if the binlog stops taking them."""
@@ -503,7 +517,7 @@ class Store:
         if buried:
             while n < bound and buried:
                 job = next(iter(buried.values()))
-                if not self._log_kick(job, now):
+                if not self._log_move(job, now, READY, "kicks"):
                     break
                 del buried[job.id]
                 self._ready(job)
@@ -511,7 +525,7 @@ class Store:
         else:
             while n < bound:
                 job = t.peek_delayed()
-                if job is None or not self._log_kick(job, now):
+                if job is None or not self._log_move(job, now, READY, "kicks"):
                     break
                 self._undelay(job)
                 self._ready(job)
@@ -525,12 +539,9 @@ class Store:
         state = job.state
         if state is not BURIED and state is not DELAYED:
             return False
-        if not self._log_kick(job, self.clock()):
+        if not self._log_move(job, self.clock(), READY, "kicks"):
             return False  # beanstalkd answers NOT_FOUND too
-        if state is BURIED:
-            del job.tube.buried[job.id]
-        else:
-            self._undelay(job)
+        self._leave[state](job)
         self._ready(job)
         return True
 
@@ -595,10 +606,10 @@ class Store:
         t.refs += 1
         if job_id >= self.next_id:
             self.next_id = job_id + 1
-        if state == BURIED:
+        if state is BURIED:
             job.state = BURIED
             t.buried[job_id] = job
-        elif state == DELAYED and remaining > 0:
+        elif state is DELAYED and remaining > 0:
             self._delay(job, now + remaining)
         else:
             self._ready(job)

@@ -30,11 +30,9 @@ import heapq
 from collections import OrderedDict, deque
 from itertools import compress
 
-READY = "ready"
-RESERVED = "reserved"
-DELAYED = "delayed"
-BURIED = "buried"
-INVALID = "invalid"  # deleted
+from bsclient.protocol import STATS_TUBE_FIELDS
+
+from .lifecycle import DELAYED, READY
 
 _MAX_IDLE_BUCKETS = 64
 _COMPACT_SLACK = 1024  # dead entries tolerated (over 2x the live) before a rebuild
@@ -211,6 +209,15 @@ class Tube:
         return self.paused_until > now
 
     # delayed jobs ------------------------------------------------------
+    def stats_fields(self, now: float) -> list[tuple[str, object]]:
+        """The `stats-tube` reply: STATS_TUBE_FIELDS (bsclient.protocol) and
+        this tube's values, in that order."""
+        left = int(self.paused_until - now) if self.paused_until else 0
+        return list(zip(STATS_TUBE_FIELDS, (
+            self.name, self.urgent, self.ready.count, self.reserved, self.delayed_count,
+            len(self.buried), self.total_jobs, self.using, self.watching, len(self.waiters),
+            self.deletes, self.pause_count, self.pause_secs, max(left, 0)), strict=True))
+
     def push_delayed(self, job) -> None:
         self.delayed.push(job)
         self.delayed_count += 1

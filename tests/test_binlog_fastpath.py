@@ -25,6 +25,7 @@ import pytest
 from bsnode.binlog import format as F
 from bsnode.binlog.fileio import MAP_FILESYSTEMS, OsIO, filesystem_type
 from bsnode.binlog.segments import SLOT
+from bsnode.lifecycle import Outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_binlog_harness import WALL_BASE, Clock, advance, open_store, snapshot
@@ -100,7 +101,7 @@ def test_random_commands_keep_room_for_every_delete_and_replay_exactly(
             if job.state == "ready":
                 store.watch(s, job.tube.name)
                 store.reserve_job(s, pick)
-                if kind == "bury" or store.release(s, pick, arg % 100, arg % 30) is not True:
+                if kind == "bury" or store.release(s, pick, arg % 100, arg % 30) is not Outcome.DONE:
                     store.bury(s, pick, arg % 100)
         elif kind == "kick" and pick is not None:
             store.kick_job(pick)

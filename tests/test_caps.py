@@ -18,6 +18,7 @@ from bsclient import Client, OutOfMemoryError
 from bscluster.monitor import fullness
 from bsnode.caps import Caps, parse
 from bsnode.commands import Commands
+from bsnode.lifecycle import Outcome
 from bsnode.store import Store
 from servers import start_bsnode
 
@@ -43,11 +44,11 @@ def test_job_cap_refuses_puts_only_and_frees_on_delete():
     assert store.put(s, 0, 0, 60, b"x") is None  # a 4th: refused
     # a held job still moves: reserve, release with delay, bury, kick
     job = store.reserve(s, 0)
-    assert store.release(s, job.id, 0, 5) is True
+    assert store.release(s, job.id, 0, 5) is Outcome.DONE
     store.clock.now += 10
     store.tick()
     job = store.reserve(s, 0)
-    assert store.bury(s, job.id, 0)
+    assert store.bury(s, job.id, 0) is Outcome.DONE
     assert store.kick(s, 10) == 1
     assert store.delete(s, jobs[0].id)
     assert store.put(s, 0, 0, 60, b"x") is not None

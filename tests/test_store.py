@@ -17,8 +17,8 @@ import re
 import pytest
 from bsclient import protocol as P
 from bsclient.protocol import CommandReader, encode_command
-from bsnode.commands import CLOSE, Commands, reserved_reply
-from bsnode.store import Job, Store
+from bsnode.commands import CLOSE, Commands, wake_reply
+from bsnode.store import Store
 
 
 # --- harness ---------------------------------------------------------------------
@@ -63,7 +63,7 @@ class Client:
         self.session = node.store.connect(self._wake)
 
     def _wake(self, value) -> None:
-        self.woken.append(reserved_reply(value) if isinstance(value, Job) else value)
+        self.woken.append(wake_reply(value))  # the words the shell would send
 
     def send(self, data: bytes) -> list:
         return [self.node.commands.execute(self.session, ev) for ev in self.reader.feed(data)]

@@ -5,7 +5,9 @@ priority, a state and a deadline, and a few client sessions — so that its
 answers are obviously right.  Rules drive the real store through bytes and
 ``Commands.execute`` (test_store's harness, fake clock) and compare each reply
 with the model's; invariants then check that every job sits in exactly one
-place, that all counters agree, and that nothing is lost.
+place, that all counters agree, and that nothing is lost; and that every
+state change the store made is one node/lifecycle.py's table allows for
+what the step did (``EVENTS``).
 
 Reserves use ``reserve-with-timeout 0`` so nothing blocks; blocked reserves
 are covered in test_timers.py and test_store.py.
@@ -16,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bsclient import protocol as P
-from bsnode.tube import BURIED, DELAYED, READY, RESERVED
+from bsnode import lifecycle
+from bsnode.lifecycle import BURIED, DELAYED, INVALID, NEW, READY, RESERVED
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -25,6 +28,16 @@ from test_store import Node, reply_id
 TUBES = ("default", "a", "b")
 PRIS = (0, 1, 5, 1023, 1024, P.U32_MAX)
 N_CLIENTS = 3
+
+
+# what each rule may do to a job, named as in lifecycle.TRANSITIONS (rules
+# not named here must change no job's state)
+EVENTS = {
+    "put_some": ("put",), "reserve": ("reserve",), "reserve_job": ("reserve-job",),
+    "release": ("release",), "bury": ("bury",), "delete": ("delete",), "touch": ("touch",),
+    "kick": ("kick",), "kick_job": ("kick",), "reconnect": ("disconnect",),
+    "advance": ("ttr-expired", "delay-due"),
+}
 
 
 @dataclass
@@ -62,6 +75,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.issued: list[int] = []
         self.paused_until: dict[str, float] = {}
         self.bury_seq = 0
+        self.step = ""  # the rule just run (EVENTS)
+        self.seen: dict[int, str] = {}  # job id -> its state in the store after the last step
 
     # --- model helpers ----------------------------------------------------------
     @property
@@ -103,6 +118,7 @@ class QueueMachine(RuleBasedStateMachine):
         st.sampled_from(TUBES), st.sampled_from(PRIS), st.sampled_from((0, 0, 1, 3)),
         st.sampled_from((0, 1, 2, 5))), min_size=1, max_size=4))
     def put_some(self, ci, jobs):
+        self.step = "put_some"
         for tube, pri, delay, ttr in jobs:
             self.use(ci, tube)
             self.put(ci, pri, delay, ttr)
@@ -144,6 +160,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(ci=st.integers(0, N_CLIENTS - 1))
     def reserve(self, ci):
+        self.step = "reserve"
         m = self.mclients[ci]
         held = self.held(ci)
         soon = bool(held) and self.now >= min(j.deadline for j in held) - 1.0
@@ -163,6 +180,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(ci=st.integers(0, N_CLIENTS - 1), index=st.integers(0, 40))
     def reserve_job(self, ci, index):
+        self.step = "reserve_job"
         job_id = self.pick(index)
         reply = self.clients[ci].cmd("reserve-job", job_id)
         j = self.jobs.get(job_id)
@@ -175,6 +193,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(ci=st.integers(0, N_CLIENTS - 1), index=st.integers(0, 40),
           pri=st.sampled_from(PRIS), delay=st.sampled_from((0, 0, 2)))
     def release(self, ci, index, pri, delay):
+        self.step = "release"
         held = sorted(self.held(ci), key=lambda j: j.id)
         job_id = held[index % len(held)].id if held else self.pick(index)
         reply = self.clients[ci].cmd("release", job_id, pri, delay)
@@ -192,6 +211,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(ci=st.integers(0, N_CLIENTS - 1), index=st.integers(0, 40),
           pri=st.sampled_from(PRIS))
     def bury(self, ci, index, pri):
+        self.step = "bury"
         held = sorted(self.held(ci), key=lambda j: j.id)
         job_id = held[index % len(held)].id if held else self.pick(index)
         reply = self.clients[ci].cmd("bury", job_id, pri)
@@ -205,6 +225,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(ci=st.integers(0, N_CLIENTS - 1), index=st.integers(0, 40))
     def delete(self, ci, index):
+        self.step = "delete"
         job_id = self.pick(index)
         reply = self.clients[ci].cmd("delete", job_id)
         j = self.jobs.get(job_id)
@@ -217,6 +238,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(ci=st.integers(0, N_CLIENTS - 1), index=st.integers(0, 40))
     def touch(self, ci, index):
+        self.step = "touch"
         held = sorted(self.held(ci), key=lambda j: j.id)
         job_id = held[index % len(held)].id if held and index % 3 else self.pick(index)
         reply = self.clients[ci].cmd("touch", job_id)
@@ -229,6 +251,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(ci=st.integers(0, N_CLIENTS - 1), bound=st.sampled_from((0, 1, 2, 100)))
     def kick(self, ci, bound):
+        self.step = "kick"
         tube = self.mclients[ci].use
         buried = sorted((j for j in self.jobs.values() if j.tube == tube and j.state == BURIED),
                         key=lambda j: j.bury_seq)
@@ -245,6 +268,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(ci=st.integers(0, N_CLIENTS - 1), index=st.integers(0, 40))
     def kick_job(self, ci, index):
+        self.step = "kick_job"
         job_id = self.pick(index)
         reply = self.clients[ci].cmd("kick-job", job_id)
         j = self.jobs.get(job_id)
@@ -279,6 +303,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(ci=st.integers(0, N_CLIENTS - 1))
     def reconnect(self, ci):
+        self.step = "reconnect"
         self.clients[ci].close()
         for j in self.held(ci):
             self.make_ready(j)
@@ -288,6 +313,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(dt=st.sampled_from((0.25, 0.5, 1.0, 2.5)))
     def advance(self, dt):
+        self.step = "advance"
         self.node.advance(dt)
         now = self.now
         for j in self.jobs.values():
@@ -296,6 +322,15 @@ class QueueMachine(RuleBasedStateMachine):
         self.forget_dead_tubes()
 
     # --- invariants ---------------------------------------------------------------
+    @invariant()
+    def state_changes_follow_the_lifecycle_table(self):
+        events = EVENTS.get(self.step, ())
+        now = {job_id: job.state for job_id, job in self.node.store.jobs.items()}
+        for job_id in self.seen.keys() | now.keys():
+            before, after = self.seen.get(job_id, NEW), now.get(job_id, INVALID)
+            assert lifecycle.allowed(events, before, after), (self.step, job_id, before, after)
+        self.seen, self.step = now, ""
+
     @invariant()
     def same_jobs_in_the_same_states(self):
         store = self.node.store

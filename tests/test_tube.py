@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from bsnode import tube as tube_module
-from bsnode.tube import DELAYED, INVALID, READY, DelayQueue, Tube
+from bsnode.lifecycle import DELAYED, INVALID, READY
+from bsnode.tube import DelayQueue, Tube
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

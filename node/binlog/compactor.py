@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..lifecycle import INVALID
 from . import format as F
 from .segments import SLOT, SegmentFiles
 
@@ -35,7 +36,6 @@ COMPACT_CREDIT = 2  # bytes migrated per byte of new records, while over the bou
 COMPACT_CREDIT_MAX = 4 << 20
 COMPACT_TICK = 0.05  # seconds between background compaction steps
 COMPACT_TICK_BYTES = 1 << 20
-_INVALID = "invalid"  # the store's state of a deleted job
 
 
 def disk_bound(live_bytes: int, live_count: int, seg_size: int) -> int:
@@ -117,7 +117,7 @@ class Compactor:
     def migrate(self, job) -> bool:
         """Write ``job``'s FULL record again, in cur; its old home can then go."""
         w = self.writer
-        if job.state == _INVALID:  # deleted, its DELETE not written yet
+        if job.state is INVALID:  # deleted, its DELETE not written yet
             if not w.write_delete(job):
                 return False
             w.retry.pop(job.id, None)

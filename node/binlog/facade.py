@@ -34,6 +34,8 @@ import os
 import time
 from collections.abc import Callable
 
+from ..defaults import DEFAULT_BINLOG_SIZE
+from ..lifecycle import BURIED, DELAYED, READY
 from . import format as F
 from .compactor import COMPACT_CREDIT, Compactor
 from .durability import RETRY_EVERY, Durability, syncs_files
@@ -45,7 +47,7 @@ from .writer import LogWriter
 
 log = logging.getLogger("bsnode")
 
-DEFAULT_SEGMENT_SIZE = 10485760
+DEFAULT_SEGMENT_SIZE = DEFAULT_BINLOG_SIZE  # bsnode -s; its owner is node/defaults.py
 RECOVER_ENV = "BSNODE_BINLOG_RECOVER"
 
 # names the tests and tools use from here
@@ -170,7 +172,7 @@ class Binlog:
             by_index.append(seg)
         restore = store.restore
         # by state code: reserved comes back ready; delayed is decided below
-        names = [None, "ready", "delayed", "buried", "ready"]
+        names = [None, READY, DELAYED, BURIED, READY]
         delayed = F.STATE_DELAYED
         live_bytes = 0
         for jid, e in r.live.items():
@@ -179,7 +181,7 @@ class Binlog:
             remaining = 0.0
             if code == delayed:
                 remaining = rec[8] / 1000 - wall
-                state = "delayed" if remaining > 0 else "ready"
+                state = DELAYED if remaining > 0 else READY
             else:
                 state = names[code]
             age = wall - rec[9] / 1000

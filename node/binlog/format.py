@@ -73,6 +73,8 @@ from bsclient.protocol import (
     valid_tube_name,
 )
 
+from ..lifecycle import BURIED, DELAYED, READY, RESERVED
+
 MAGIC = b"BSNWAL\r\n"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -88,8 +90,9 @@ RECORD_NAMES = {FULL: "full", UPDATE: "update", DELETE: "delete", MARK: "mark", 
 RECORD_LENGTHS = {FULL: 15, UPDATE: 11, DELETE: 2, MARK: 2, HEAD: 2}
 
 STATE_READY, STATE_DELAYED, STATE_BURIED, STATE_RESERVED = 1, 2, 3, 4
-STATE_CODES = {"ready": STATE_READY, "delayed": STATE_DELAYED,
-               "buried": STATE_BURIED, "reserved": STATE_RESERVED}
+# the job states (node/lifecycle.py owns them) as the log writes them
+STATE_CODES = {READY: STATE_READY, DELAYED: STATE_DELAYED,
+               BURIED: STATE_BURIED, RESERVED: STATE_RESERVED}
 STATE_NAMES = {v: k for k, v in STATE_CODES.items()}
 
 # Largest DELETE (or MARK) frame: [3, id] with id a uint64.

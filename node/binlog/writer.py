@@ -43,7 +43,7 @@ from collections.abc import Callable
 
 import msgpack
 
-from ..tube import READY
+from ..lifecycle import INVALID, READY, RESERVED
 from . import format as F
 from .compactor import Compactor, disk_bound
 from .durability import RETRY_EVERY, Durability
@@ -69,8 +69,6 @@ _DEL_PACK = F.DELETE_PAYLOAD.pack
 _DEL_MARK = F.DELETE_MARK
 _DEL_SIZE = F.DELETE_PAYLOAD.size
 _DEL_FRAME_SIZE = _FS + _DEL_SIZE
-_INVALID = "invalid"  # the store's state of a deleted job
-_RESERVED = "reserved"
 
 
 class LogWriter:
@@ -218,7 +216,7 @@ class LogWriter:
         self._ready_tail = _TAIL_PACK(F.STATE_READY, 0xCF, 0, 0xCF, ms)
 
     def update(self, job, now: float) -> bool:
-        if job.wal is None or job.state == _RESERVED:
+        if job.wal is None or job.state is RESERVED:
             # A reservation is not logged (as in beanstalkd): a reserved job
             # comes back in the state of its last record, so only the
             # reserves counter could change, and the next record carries it.
@@ -401,7 +399,7 @@ class LogWriter:
         for jid, job in list(self.retry.items()):
             if job.wal is None:
                 ok = True
-            elif job.state == _INVALID:
+            elif job.state is INVALID:
                 ok = self.write_delete(job)
             else:
                 ok = self._write_update(job, now)
