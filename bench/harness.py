@@ -13,7 +13,7 @@ Every subprocess started here is waited for or killed before the function
 that started it returns.
 
 ``python bench/harness.py [OUT]`` builds the load generator if needed (into
-OUT if given) and prints its path; tests/test_bench.py runs it that way.
+OUT if given) and prints its path; tests/cluster/test_bench.py runs it that way.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ attempted, acknowledged, of unknown fate, delivered, deleted); ``check`` is a
 pure function of that history, in the style of Jepsen's queue checker, and
 says what was lost, duplicated, resurrected, corrupt or phantom
 (bench/soak.py describes each).  It lives in the installed package so that
-bench/soak.py and its tests (tests/test_faults_soak.py) share it without
+bench/soak.py and its tests (tests/e2e/test_faults_soak.py) share it without
 importing each other.
 """
 

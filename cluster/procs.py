@@ -186,7 +186,7 @@ def start(kind: str, *args: str) -> Server:
     return start_beanstalkd(*args) if kind == "beanstalkd" else start_bsnode(*args)
 
 
-# --- a cluster behind `bscluster proxy` (tests/test_proxy_*.py, bench/bench_proxy.py) -------
+# --- a cluster behind `bscluster proxy` (tests/*/test_proxy_*.py, bench/bench_proxy.py) ---
 # Spawns get a copy of the environment taken once, at import, on the main thread:
 # pytest's main thread changes os.environ (PYTEST_CURRENT_TEST) while worker threads
 # spawn, and a concurrent putenv made execve fail with EFAULT.

@@ -7,7 +7,7 @@ walks all of them: with a million jobs stored that is a pause of most of a
 second in which nothing is served and no delayed job is promoted.  The
 node frees its objects by reference counting alone: the store breaks the
 links it makes (session <-> connection, job <-> reserver) when a job or a
-connection goes, and ``tests/test_gc_cycles.py`` runs every kind of
+connection goes, and ``tests/node/test_gc_cycles.py`` runs every kind of
 connection life (errors, hang-ups mid-body and mid-reserve, timeouts,
 bury/kick, pause) and checks that it leaves no reference cycle behind.
 

@@ -23,7 +23,7 @@ from, the states it may lead to).  A deleted job is INVALID; a job not yet
 put is NEW.  The store (node/store.py) makes the moves, the tube
 (node/tube.py) files jobs by these states, the binlog (node/binlog/) writes
 them as codes (binlog/format.py's STATE_CODES, keyed by these names); the
-hypothesis model test (tests/test_store_model.py) checks every state change
+hypothesis model test (tests/node/test_store_model.py) checks every state change
 it sees against ``allowed``.
 
 The states are plain strings (one object each, compared with ``is`` on the

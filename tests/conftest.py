@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+# The tests live in folders by package (node/, client/, cluster/, e2e/), with
+# the shared helpers (servers.py, spawns.py, ...) here at the top.  Both are
+# importable by bare name from any test, whichever file pytest collects first:
+# helpers as `from servers import ...`, and the few tests that reuse another's
+# pieces as `from test_hostile import ...` (basenames are unique across tests/).
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TEST_GROUPS = ("node", "client", "cluster", "e2e")
+for _where in (*(os.path.join(TESTS_DIR, g) for g in reversed(TEST_GROUPS)), TESTS_DIR):
+    if _where not in sys.path:
+        sys.path.insert(0, _where)
 
 import filesystems  # noqa: E402
 from servers import HAVE_BEANSTALKD, start_beanstalkd, start_bsnode  # noqa: E402

@@ -4,7 +4,7 @@ How this works
 --------------
 ``blocks`` splits a Markdown text into its fenced code blocks, each with the
 section (the last ``## `` heading) it sits in.  The helpers below pick the
-blocks tests/test_readme.py runs (the first command, the Python snippet,
+blocks tests/e2e/test_readme.py runs (the first command, the Python snippet,
 the kill -9 demo and the output README shows for it) and take them apart the
 way a person reading them would: comment lines dropped, ``sudo`` left out
 (README: as root, leave out the word sudo), ``&&`` steps in order.  Nothing

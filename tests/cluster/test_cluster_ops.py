@@ -40,8 +40,8 @@ from bsclient.errors import (
 from bsclient.protocol import encode_command
 from bscluster.config import load_config
 from bscluster.mover import Pipe
-from servers import BEANSTALKD, HAVE_BEANSTALKD
-from test_cluster_supervisor import Cluster, poll
+from clusters import Cluster
+from servers import BEANSTALKD, HAVE_BEANSTALKD, poll
 
 pytestmark = pytest.mark.integration
 

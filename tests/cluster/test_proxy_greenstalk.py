@@ -1,4 +1,4 @@
-"""greenstalk's lifecycle tests (tests/test_greenstalk.py), unchanged, through the proxy.
+"""greenstalk's lifecycle tests (tests/node/test_greenstalk.py), unchanged, through the proxy.
 
 The same test functions run with ``server`` being a proxy in front of three
 bsnodes instead of one server.

@@ -22,13 +22,13 @@ import os
 import tempfile
 
 import pytest
+from binlog_harness import WALL_BASE, Clock, advance, open_store, snapshot
 from bsnode.binlog import format as F
 from bsnode.binlog.fileio import MAP_FILESYSTEMS, OsIO, filesystem_type
 from bsnode.binlog.segments import SLOT
 from bsnode.lifecycle import Outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_binlog_harness import WALL_BASE, Clock, advance, open_store, snapshot
 
 
 @pytest.fixture

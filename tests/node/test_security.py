@@ -31,7 +31,7 @@ from test_hostile import command, poll
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("node", "client", "cluster", "bench")
 IS_ROOT = os.geteuid() == 0
 try:
@@ -84,7 +84,7 @@ def test_bscluster_config_defaults_to_loopback(tmp_path, monkeypatch):
 
 
 def test_a_running_cluster_listens_on_loopback_only_and_keeps_its_files_private(tmp_path):
-    from test_cluster_supervisor import Cluster
+    from clusters import Cluster
 
     c = Cluster(tmp_path, " ".join(bsnode_command()), nodes=2)
     try:

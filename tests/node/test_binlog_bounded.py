@@ -9,8 +9,8 @@ binlog's own count (which must match them: stats report it truthfully).
 from __future__ import annotations
 
 import pytest
+from binlog_harness import advance, disk_bytes, open_store, snapshot
 from bsnode.binlog import SLOT
-from test_binlog_harness import advance, disk_bytes, open_store, snapshot
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from servers import HAVE_BEANSTALKD
 
 pytestmark = pytest.mark.integration
 
-COMPAT = Path(__file__).parent / "compat"
+COMPAT = Path(__file__).resolve().parents[1] / "compat"
 NODE_MODULES = COMPAT / "node" / "node_modules"
 RUN_DEADLINE = 60.0  # seconds for one scenario; each takes well under one
 

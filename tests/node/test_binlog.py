@@ -1,7 +1,7 @@
 """The binlog in-process: format, restore, damage, locking, rollover, fsync policy, faults.
 
 Everything runs against the real module writing real files in tmp_path, with
-the store on a fake clock (test_binlog_harness).  Server processes are in
+the store on a fake clock (binlog_harness).  Server processes are in
 test_binlog_crash.py; the long bounded-disk runs in test_binlog_bounded.py.
 """
 
@@ -18,6 +18,7 @@ import time
 
 import msgpack
 import pytest
+from binlog_harness import Clock, FaultyIO, advance, disk_bytes, open_store, snapshot
 from bsclient import protocol as P
 from bsclient.protocol import CommandReader
 from bsnode import binlog
@@ -27,7 +28,6 @@ from bsnode.binlog.dump import main as dump_main
 from bsnode.binlog.fileio import MAP_FILESYSTEMS, filesystem_type
 from bsnode.commands import Commands
 from bsnode.store import NOT_LOGGED
-from test_binlog_harness import Clock, FaultyIO, advance, disk_bytes, open_store, snapshot
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ import sys
 
 import pytest
 from bscluster.runtime import pid_alive
-from test_cluster_supervisor import Cluster, poll
+from clusters import Cluster
+from servers import poll
 
 pytestmark = pytest.mark.integration
 ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d"

@@ -43,7 +43,7 @@ import readme_blocks as rb
 from bsclient.protocol import DEFAULT_PORT
 from servers import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MINIMAL_PATH = "/usr/bin:/bin"
 INSTALL_TIMEOUT = 300
 UP_DEADLINE = 60.0

@@ -16,7 +16,7 @@ from bscluster.config import ConfigError, load_config
 from bscluster.config_edit import EditError, edit_file
 from bscluster.mover import Limiter
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*argv: str, **kw) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """The published beanstalkd clients, unchanged, through `bscluster proxy` to 3 nodes.
 
-Each scenario of tests/test_compat_clients.py (pheanstalk, beaneater,
+Each scenario of tests/e2e/test_compat_clients.py (pheanstalk, beaneater,
 fivebeans, beanstalkd npm, pystalk, beanstalkc) runs against a fresh
 /usr/bin/beanstalkd and against a fresh proxy in front of three fresh
 bsnodes; greenstalk's own test module runs through the proxy below.  The

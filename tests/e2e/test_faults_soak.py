@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from bscluster import delivery_check as soak
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 SHORT_SOAK = ["--duration", "8", "--kill-every", "1", "--down-max", "0.3",
               "--drain-timeout", "90", "--stall", "20", "--json"]

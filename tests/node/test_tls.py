@@ -25,7 +25,7 @@ from tls_helpers import make_certs, start_tls_node, tls_args, wait_log
 
 pytestmark = pytest.mark.integration
 RUBY = shutil.which("ruby")
-HERE = Path(__file__).parent
+COMPAT = Path(__file__).resolve().parents[1] / "compat"
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_greenstalk_over_python_ssl(node, certs):
 def test_ruby_openssl_client(node, certs):
     """A non-Python client: Ruby's own OpenSSL sockets drive a transcript."""
     proc = subprocess.run(
-        [RUBY, str(HERE / "compat" / "ruby" / "tls_client.rb"), "127.0.0.1",
+        [RUBY, str(COMPAT / "ruby" / "tls_client.rb"), "127.0.0.1",
          str(node.port), str(certs.ca.cert), str(certs.client.cert), str(certs.client.key)],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr

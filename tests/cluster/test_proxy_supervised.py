@@ -13,8 +13,8 @@ import sys
 import greenstalk
 import pytest
 from bscluster.runtime import pid_alive
-from servers import free_port
-from test_cluster_supervisor import Cluster, poll, port_free
+from clusters import Cluster, port_free
+from servers import free_port, poll
 
 pytestmark = pytest.mark.integration
 

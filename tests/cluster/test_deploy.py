@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from bscluster.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SYSTEMD = DEPLOY / "systemd"
 DOCKER = DEPLOY / "docker"

@@ -49,7 +49,7 @@ from bscluster.supervisor import Supervisor
 from bscluster.web import Dashboard, make_server
 from bscluster.webserver import MAX_CONNECTIONS, BoundedServer
 from fake_clock import FakeClock
-from test_cluster_supervisor import poll
+from servers import poll
 from test_supervisor_web import dashboard_url, refused
 
 cluster = test_supervisor_faults.cluster  # a Cluster factory, cleaned up after

@@ -14,7 +14,7 @@
   binlog, and even two `up -d` racing each other leave exactly one process
   listening on each node's port.
 
-Clusters run in tmp_path on free loopback ports (test_cluster_supervisor's
+Clusters run in tmp_path on free loopback ports (tests/clusters.py's
 ``Cluster``) and are taken down, with every pid they ever had, at the end.
 """
 
@@ -32,8 +32,8 @@ import pytest
 from bsclient import Client
 from bscluster.runtime import pid_alive
 from bscluster.states import START_RETRIES
-from servers import bsnode_command
-from test_cluster_supervisor import Cluster, poll
+from clusters import Cluster
+from servers import bsnode_command, poll
 
 pytestmark = pytest.mark.integration
 

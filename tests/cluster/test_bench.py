@@ -38,7 +38,7 @@ from bscluster.bench import (
 from click.testing import CliRunner
 from servers import HAVE_BEANSTALKD, free_port, start_bsnode
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"  # run as scripts, never imported
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"  # run as scripts, never imported
 
 
 def bench_script(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from bsclient import ClusterClient
 from bscluster.runtime import pid_alive
-from servers import BEANSTALKD, HAVE_BEANSTALKD
-from test_cluster_supervisor import Cluster, free_base_port, poll, port_free
+from clusters import Cluster, free_base_port, port_free
+from servers import BEANSTALKD, HAVE_BEANSTALKD, poll
 
 pytestmark = pytest.mark.integration
 NODES = 4

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # the shared helpers, skip_policy.py
 
 FILES = {
     "plain": "def test_ok():\n    pass\n",

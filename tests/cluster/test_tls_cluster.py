@@ -17,7 +17,7 @@ from bsclient import Client, ClusterClient, ConnectionLostError, UnexpectedReply
 from bsclient.config import read_tls_settings
 from bsclient.tls import client_context
 from bscluster.config import ConfigError, load_config
-from test_cluster_supervisor import Cluster
+from clusters import Cluster
 from tls_helpers import make_certs
 
 TLS_TABLE = """

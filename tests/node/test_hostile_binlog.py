@@ -356,7 +356,7 @@ def test_the_refusal_says_valid_records_follow_when_they_do(tmp_path, bad):
 def long_log(tmp_path_factory) -> tuple[Path, dict]:
     """300 jobs put, 100 deleted, in about a dozen 4 KiB segments, left as a
     crash leaves them (the store's binlog is still open); and its jobs."""
-    from test_binlog_harness import open_store, snapshot
+    from binlog_harness import open_store, snapshot
 
     d = tmp_path_factory.mktemp("long") / "log"
     store, wal, _ = open_store(d, segment_size=4096)
@@ -383,7 +383,7 @@ def written(d: Path) -> list[str]:
 
 
 def attach_jobs(d: Path, recover: bool = False):
-    from test_binlog_harness import open_store, snapshot
+    from binlog_harness import open_store, snapshot
 
     store, wal, _ = open_store(d, segment_size=4096, recover=recover)
     try:
@@ -435,7 +435,7 @@ def test_a_missing_emptied_or_cut_segment_is_refused_with_its_name(long_log, tmp
 def test_links_allow_what_compaction_and_restarts_remove(tmp_path):
     """No false alarm: segments removed by compaction (a HEAD record says so),
     idle segments left by restarts, and spares allocated ahead."""
-    from test_binlog_harness import open_store, snapshot
+    from binlog_harness import open_store, snapshot
 
     d = tmp_path / "log"
     store, wal, _ = open_store(d, segment_size=1024)

@@ -28,9 +28,9 @@ import pytest
 import test_supervisor_faults
 from bsclient import Client
 from bscluster.runtime import pid_alive
+from clusters import Cluster, free_base_port
 from prometheus_client import parser
-from servers import bsnode_command
-from test_cluster_supervisor import Cluster, free_base_port, poll
+from servers import bsnode_command, poll
 from test_supervisor_faults import CRASHER
 
 cluster = test_supervisor_faults.cluster  # the same fixture: a Cluster factory, cleaned up after

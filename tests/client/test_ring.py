@@ -142,7 +142,7 @@ def test_invalid_rings_are_refused():
 
 def test_the_docs_example_names_the_node_emails_really_lands_on():
     # docs/CLIENT.md's ten-line example prints a handle for "emails" on 4 nodes
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "CLIENT.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CLIENT.md").read_text()
     m = re.search(r'cc\.put\(f"hello \{i\}"\.encode\(\)\)\)\s+# -> "(node\d+)/1"', doc)
     assert m, "the example's handle comment is gone from docs/CLIENT.md"
     assert Ring(NODES4).node_for("emails") == m.group(1)

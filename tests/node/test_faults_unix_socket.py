@@ -5,7 +5,7 @@ socket file: with the same ``-b DIR`` it is refused by the binlog lock
 (exit 10) before the path is looked at; without a binlog it finds the
 socket answering and refuses with exit 111.  Either way the first node is
 still reachable at its path.  A socket file nobody answers on (left by a
-crash) is still replaced (tests/test_node_cli.py).
+crash) is still replaced (tests/node/test_node_cli.py).
 """
 
 from __future__ import annotations
