@@ -64,9 +64,11 @@ class NodeProc:
         return self.spec.name
 
     def fire(self, event: Event) -> State:
+        """Move by ``TRANSITIONS`` and apply what entering the new state resets."""
         # ``since`` moves on every event, so a watcher can tell "FATAL again"
         # from "still FATAL"
         self.state, self.since = next_state(self.state, event), time.time()
+        ON_ENTRY.get(self.state, _nothing)(self)
         return self.state
 
     # --- processes -------------------------------------------------------------
@@ -185,3 +187,31 @@ class NodeProc:
             "binlog": self.spec.binlog,
             "log": str(self.log_path) if self.log_path else None,
         }
+
+
+# --- what entering a state resets (the one place; the supervisor never does it by hand)
+def _nothing(node: NodeProc) -> None:
+    pass
+
+
+def _enter_starting(node: NodeProc) -> None:
+    node.reason = None  # a fresh attempt; the supervisor sets its start deadline
+
+
+def _enter_running(node: NodeProc) -> None:
+    node.failed_starts = 0
+    node.wake_at = None
+    node.reason = None
+    node.restart_requested = False
+
+
+def _enter_settled_down(node: NodeProc) -> None:
+    node.wake_at = None  # nothing is due for a node that stays down (STOPPED, FATAL)
+
+
+ON_ENTRY = {
+    State.STARTING: _enter_starting,
+    State.RUNNING: _enter_running,
+    State.STOPPED: _enter_settled_down,
+    State.FATAL: _enter_settled_down,
+}

@@ -245,7 +245,6 @@ class Supervisor:
         now = self.clock()
         if node.state is State.STOPPING:
             node.fire(Event.EXIT)
-            node.wake_at = None
             if not node.restart_requested:
                 self.say(f"{node.name} stopped ({how})")
             return
@@ -272,7 +271,6 @@ class Supervisor:
         if delay is None:
             node.reason = self._crash_loop_reason(node, now)
             node.fire(Event.GIVE_UP)
-            node.wake_at = None
             self.say(f"{node.name} FATAL: {node.reason}; not restarting it again: fix the "
                      f"cause, then `bscluster restart {node.name}`")
             return
@@ -300,10 +298,7 @@ class Supervisor:
             if node.state is State.STARTING:
                 self._note_progress(node)
                 if connectable(node.spec.host, node.spec.port) and node.alive():
-                    node.fire(Event.READY)
-                    node.failed_starts, node.wake_at = 0, None
-                    node.reason = None
-                    node.restart_requested = False
+                    node.fire(Event.READY)  # resets failed starts, timer and reason
                     self.say(f"{node.name} RUNNING on {node.spec.address} (pid {node.pid})")
                     if node.name in self.drained:
                         node.send(signal.SIGUSR1)
@@ -379,7 +374,6 @@ class Supervisor:
         self.progress.pop(node.name, None)
         if previous is not None:
             node.restarts += 1
-        node.reason = None
         node.fire(Event.SPAWN)
         node.wake_at = self.clock() + START_TIMEOUT
 

@@ -119,3 +119,27 @@ def test_status_rows_merge_supervisor_and_node():
                                         (3700, "1h01m"), (90000, "1d01h")])
 def test_human_duration(secs, text):
     assert human_duration(secs) == text
+
+
+def test_entering_a_state_resets_what_it_owns(tmp_path):
+    """NodeProc.fire applies the entry effects (the supervisor sets none by hand)."""
+    from bscluster.config import NodeSpec
+    from bscluster.nodeproc import NodeProc
+
+    spec = NodeSpec("node1", "127.0.0.1", 1, 1, tmp_path, False, 50, 65535, 1 << 20)
+    node = NodeProc(spec, ("true",), None)
+    node.fire(Event.SPAWN)
+    node.reason, node.failed_starts, node.wake_at = "exited with status 3", 2, 5.0
+    node.fire(Event.EXIT)  # BACKOFF keeps the reason, the count and the retry time
+    assert (node.state, node.reason, node.failed_starts, node.wake_at) == \
+        (State.BACKOFF, "exited with status 3", 2, 5.0)
+    node.fire(Event.SPAWN)  # a fresh attempt: no reason yet
+    assert node.state is State.STARTING and node.reason is None
+    node.restart_requested, node.wake_at = True, 9.0
+    node.fire(Event.READY)
+    assert (node.failed_starts, node.wake_at, node.reason, node.restart_requested) == \
+        (0, None, None, False)
+    node.wake_at = 3.0
+    node.fire(Event.EXIT)
+    node.fire(Event.GIVE_UP)  # FATAL: nothing is due
+    assert node.state is State.FATAL and node.wake_at is None
