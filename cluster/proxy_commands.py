@@ -46,6 +46,7 @@ from bsclient.errors import (
     ReplyError,
     TimedOutError,
 )
+from bsclient.fanout import merge_stats
 
 from . import proxy_cluster as pc
 from . import proxy_ids
@@ -58,6 +59,7 @@ CONN_STATS = ("current-connections", "current-producers", "current-workers",
               "current-waiting", "total-connections")
 MAX_OVER_NODES = frozenset({"binlog-oldest-index", "binlog-current-index", "binlog-max-size",
                             "cmd-pause-tube", "pause", "pause-time-left"})
+NOT_MERGED = frozenset({"name"})  # stats-tube's name: the tube's, not a number to add
 
 
 class ClientState:
@@ -341,18 +343,15 @@ class ProxyCommands:
         return _yaml(self._merge(per, merged, local).items())
 
     @staticmethod
-    def _merge(per: dict, summed: dict, local: dict) -> dict:
-        """Fields in the first node's order: ours if local, else max or sum over nodes."""
+    def _merge(per: dict, merged: dict, local: dict) -> dict:
+        """Fields in the first node's order: ours if local, else the nodes' figures
+        through the one stats merge (bsclient.fanout.merge_stats), a max for the
+        fields one beanstalkd shows once (MAX_OVER_NODES), else what ``merged``
+        (ClusterClient's answer) or the first node says."""
         first = next(iter(per.values()))
-        out = {}
-        for key in first:
-            if key in local:
-                out[key] = local[key]
-            elif key in MAX_OVER_NODES:
-                out[key] = max(s.get(key, 0) for s in per.values())
-            else:
-                out[key] = summed.get(key, first[key])
-        return out
+        over = merge_stats(per.values(), leave_out=NOT_MERGED, take_max=MAX_OVER_NODES)
+        return {key: local[key] if key in local else over.get(key, merged.get(key, first[key]))
+                for key in first}
 
 
 _COUNTED = (
