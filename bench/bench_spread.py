@@ -46,13 +46,14 @@ from harness import find_loadgen  # noqa: E402
 TUBE = "hot"
 
 
-def loadgen_run(loadgen: str, ports: list[int], conns: int, seconds: float) -> float:
+def loadgen_run(loadgen: str, ports: list[int], conns: int, seconds: float,
+                pipeline: int = 1) -> float:
     """Jobs/s of put-reserve-delete with ``conns`` split evenly over ``ports``, at once."""
     procs = []
     for i, port in enumerate(ports):
         share = conns // len(ports) + (1 if i < conns % len(ports) else 0)
         argv = [loadgen, "--host", "127.0.0.1", "--port", str(port), "--mode",
-                "put-reserve-delete", "--conns", str(share), "--pipeline", "1",
+                "put-reserve-delete", "--conns", str(share), "--pipeline", str(pipeline),
                 "--size", "100", "--tubes", "1", "--seconds", str(seconds)]
         procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--conns", type=int, default=8, help="loadgen connections in all")
     ap.add_argument("--procs", type=int, default=4, help="python client processes")
+    ap.add_argument("--pipeline", type=int, default=1,
+                    help="loadgen commands in flight per connection (16: the client's own "
+                         "CPU no longer competes with the nodes for the 2 cores)")
     args = ap.parse_args(argv)
     with ExitStack() as stack:
         servers = [stack.enter_context(start_bsnode()) for _ in range(2)]
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
             for k in (1, 2):
                 if args.client == "loadgen":
                     rate = loadgen_run(loadgen, [port_of[n] for n in order[:k]],
-                                       args.conns, args.seconds)
+                                       args.conns, args.seconds, args.pipeline)
                 else:
                     rate = python_run(nodes, k, args.procs, args.seconds)
                 rates[k].append(rate)
