@@ -133,6 +133,24 @@ def bscluster_command() -> list[str]:
     return [sys.executable, "-m", "bscluster"]
 
 
+
+def _listening(kind: str, proc: subprocess.Popen) -> Server:
+    """``proc`` once it says "listening on HOST:PORT" on stderr (killed if it
+    exits or START_DEADLINE passes first)."""
+    lines: deque = deque(maxlen=200)
+    found = threading.Event()
+    holder: list = []
+    threading.Thread(target=_drain, args=(proc.stderr, lines, found, holder),
+                     daemon=True).start()
+    deadline = time.monotonic() + START_DEADLINE
+    while not found.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{kind} did not start: " + " | ".join(lines))
+    return Server(kind, proc, holder[0], lines)
+
 def start_bsnode(*args: str, env: dict | None = None) -> Server:
     """Start bsnode with extra flags; ``-l 127.0.0.1 -p 0`` unless given."""
     argv = list(args)
@@ -146,18 +164,7 @@ def start_bsnode(*args: str, env: dict | None = None) -> Server:
         bsnode_command() + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, env=dict(os.environ) if env is None else env,
     )
-    lines: deque = deque(maxlen=200)
-    found = threading.Event()
-    holder: list = []
-    threading.Thread(target=_drain, args=(proc.stderr, lines, found, holder), daemon=True).start()
-    deadline = time.monotonic() + START_DEADLINE
-    while not found.wait(0.05):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            raise RuntimeError("bsnode did not start: " + " | ".join(lines))
-    return Server("bsnode", proc, holder[0], lines)
+    return _listening("bsnode", proc)
 
 
 def start_beanstalkd(*args: str) -> Server:
@@ -206,19 +213,7 @@ def start_proxy(config: Path, *flags: str) -> Server:
             "-c", str(config), *flags]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=_ENV)
-    lines: deque = deque(maxlen=200)
-    found = threading.Event()
-    holder: list = []
-    threading.Thread(target=_drain, args=(proc.stderr, lines, found, holder),
-                     daemon=True).start()
-    deadline = time.monotonic() + START_DEADLINE
-    while not found.wait(0.05):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            raise RuntimeError("proxy did not start: " + " | ".join(lines))
-    return Server("proxy", proc, holder[0], lines)
+    return _listening("proxy", proc)
 
 
 class ProxiedCluster:
