@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -41,6 +40,7 @@ from pathlib import Path
 import pytest
 import readme_blocks as rb
 from bsclient.protocol import DEFAULT_PORT
+from clusters import free_base_port
 from servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,27 +53,6 @@ DEMO_PORT = 11370
 COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "node_modules", "__pycache__", "*.egg-info",
                                      "build", "dist", ".hypothesis", ".pytest_cache",
                                      ".ruff_cache", ".build", "bscluster-data")
-
-
-def free_port_run(count: int) -> int:
-    """A port P with P..P+count-1 all free on 127.0.0.1."""
-    for _ in range(100):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +126,7 @@ def alive(pid: int) -> bool:
 def test_first_command_starts_four_nodes_the_snippet_uses_and_ctrl_c_stops(installed):
     command = rb.as_root(rb.first_command(rb.read()))
     up = rb.steps(command)[-1]
-    base = free_port_run(4)
+    base = free_base_port(4)
     argv = [str(installed / up[0]), *up[1:]]  # the venv's bscluster, by absolute path
     env = {"PATH": MINIMAL_PATH, "BSCLUSTER_BASE_PORT": str(base)}  # env -i, plus the port
     cluster = Foreground(argv, installed, env)
