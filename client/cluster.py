@@ -265,6 +265,37 @@ class ClusterClient:
         if not drain:
             self._pool.forget(name)
 
+    def apply_layout(self, layout: ClusterLayout) -> None:
+        """Make this client's nodes, ring and spread tubes those of ``layout`` (the
+        config read again), keeping its settings and every thread's session.
+
+        Nodes new to it are added; leaving ones stay members (reserved from, never
+        put to); members ``layout`` leaves out are forgotten, as ``remove_node(name,
+        drain=False)``; a member whose address changed has every thread's
+        connections to it closed (``NodePool.move``); weights, the ring mode and the
+        spread tubes are ``layout``'s (``ring.placement``, the one rule).  Connections
+        to unchanged nodes, and the jobs reserved on them, are kept.  ValueError,
+        with nothing changed, for a layout with no node, every node leaving, or a
+        bad spread.
+        """
+        specs = tuple(layout.nodes)
+        if not specs:
+            raise ValueError("a cluster needs at least one node")
+        ring = placement(specs, layout.ring, vnodes=self._ring.vnodes)
+        spread = check_spread(layout.spread, "spread")
+        pool = self._pool
+        for spec in specs:
+            member = pool.members.get(spec.name)
+            if member is None:
+                pool.add(spec.name, spec.address, spec.weight)
+                continue
+            member.weight = spec.weight
+            if member.address != spec.address:
+                pool.move(spec.name, spec.address)
+        self._ring, self._spread = ring, spread  # members first: the ring names only members
+        for name in set(pool.members) - {spec.name for spec in specs}:
+            pool.forget(name)
+
     def close(self) -> None:
         """Close every thread's connections (reserved and buffered jobs go back to ready)."""
         self._pool.close()

@@ -141,6 +141,17 @@ class NodePool:
             session.forget(name)
         self._reorder()
 
+    def move(self, name: str, address: str) -> None:
+        """Point a member at a new address: every thread's connections to the old
+        one close (jobs reserved on them go back to ready there), its health starts
+        afresh, and the next command connects to ``address``."""
+        member = self.members[name]
+        member.address = address
+        self.ok(member)
+        member.draining_until = 0.0
+        for session in self.sessions():
+            session.forget(name)
+
     def _reorder(self) -> None:
         self.order = sorted(self.members, key=natural_key)
         self.index = {name: i for i, name in enumerate(self.order)}

@@ -12,7 +12,8 @@ drained nodes is the supervisor's (a request in its mailbox + SIGHUP, as
 ``remove NODE`` is the safe order of everything else:
 
 1. mark it ``leaving = true`` in the config file, so clients that read the
-   file stop putting there (they still reserve from it);
+   file stop putting there (they still reserve from it), and in the
+   supervisor's ``wanted.json`` (+ SIGHUP), so the proxy it runs does too;
 2. drain it, so clients with an older copy of the file move their puts on;
 3. rebalance until it holds no job, waiting (up to ``--timeout``) for
    workers to give back the jobs they have reserved there;
@@ -179,6 +180,17 @@ def _mark_leaving(config: ClusterConfig, name: str) -> str:
     return f"{config.path}: {name} marked leaving = true"
 
 
+def _running_leaving(paths: Paths, state: dict, name: str) -> None:
+    """Mark the node leaving in the supervisor's wanted.json too, so the proxy it
+    runs (`up --proxy`) stops putting there now (the supervisor passes it on)."""
+    running = control.running_config(paths)
+    if running is None or all(n.leaving for n in running.nodes if n.name == name):
+        return
+    write_json(paths.wanted, {**running.to_dict(), "nodes": [
+        {**n.to_dict(), "leaving": n.leaving or n.name == name} for n in running.nodes]})
+    os.kill(control.supervisor_pid(state), signal.SIGHUP)
+
+
 def _take_out_of_file(config: ClusterConfig, name: str) -> str:
     if config.path is None:
         return f"no config file: start the cluster without {name} from now on"
@@ -237,7 +249,8 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
     """Take NODE out of the cluster, moving every job it holds first.
 
     \b
-    1. marks it `leaving = true` in the config file (clients stop putting there),
+    1. marks it `leaving = true` in the config file (clients stop putting there;
+       so does the proxy of `up --proxy`),
     2. drains it (clients with an older config move their puts on),
     3. rebalances until it holds no job (waits up to --timeout for reserved ones),
     4. stops it, and
@@ -259,6 +272,7 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
         if any(n.name == name and not n.leaving for n in check.nodes):
             raise click.ClickException(f"{name} is still a full member after editing the file "
                                        f"(flags or BSCLUSTER_* settings decide the nodes?)")
+        _running_leaving(paths, state, name)
     if not state["nodes"][name].get("draining"):
         drain_node(paths, state, name, config.ssl_context())
         click.echo(f"{name} drained")

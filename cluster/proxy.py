@@ -30,14 +30,12 @@ so bsclient's blocking sockets and its ``select.poll`` wait cooperate.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import signal
 import socket
 import sys
 from collections import deque
-from pathlib import Path
 
 import click
 import gevent
@@ -45,14 +43,13 @@ from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, TIMED_OUT, 
 from bscluster import proxy_cluster as pc
 from bscluster.config import (
     DEFAULT_PROXY_LISTEN,
-    ClusterConfig,
     ConfigError,
-    load_config,
     parse_listen,
 )
 from bscluster.proxy_burst import KINDS as BURST_KINDS
 from bscluster.proxy_burst import MAX_BURST, Burst
 from bscluster.proxy_commands import CLOSE, ProxyCommands
+from bscluster.proxy_reload import Reloader, reader
 from gevent.event import Event
 from gevent.server import StreamServer
 
@@ -233,8 +230,9 @@ def build(config):
     return cc, min(n.max_job_size for n in config.nodes)
 
 
-def serve(listen: str, config) -> None:
-    """Run the proxy until SIGTERM/SIGINT (patches this process for gevent)."""
+def serve(listen: str, config, read=None) -> None:
+    """Run the proxy until SIGTERM/SIGINT (patches this process for gevent); SIGHUP
+    applies ``read()``, the config read again (``proxy_reload``)."""
     from gevent import monkey
 
     monkey.patch_all()
@@ -252,6 +250,8 @@ def serve(listen: str, config) -> None:
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGUSR1, lambda: _drain(server))
+    hup = Reloader(cc, server.commands.numbers, config, read or (lambda: config))
+    gevent.signal_handler(signal.SIGHUP, hup.reload)
     log.info("listening on %s:%d (%d nodes: %s; %d descriptors)", bound[0], bound[1],
              len(cc.nodes), ", ".join(cc.nodes), limit)
     stop.wait()
@@ -277,21 +277,25 @@ def proxy(listen, config_file, wanted) -> None:
     node.  Run one per application host (a sidecar) or one shared; several
     side by side agree on every id.  Differences from one beanstalkd:
     docs/PROXY.md.
+
+    SIGHUP re-reads the config and applies it without a restart: nodes
+    added, marked `leaving = true` (no more puts, still reserved from) or
+    removed, a node's new address, weights, the ring and [tubes.NAME]
+    spread.  Clients stay connected and keep the jobs they reserved.  A
+    config that does not read is refused (one log line) and the old routing
+    kept.  Under `bscluster up --proxy` the supervisor sends the SIGHUP when
+    it adds or removes nodes.  SIGUSR1: drain mode (puts get DRAINING).
     """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s bscluster proxy: %(message)s")
+    read = reader(config_file, wanted)
     try:
-        if wanted:
-            config = ClusterConfig.from_dict(json.loads(Path(wanted).read_text()))
-        else:
-            config = load_config(config_file)
+        config = read()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    except (OSError, ValueError) as e:
-        raise click.ClickException(f"cannot read {wanted}: {e}") from None
     listen = listen or config.proxy or DEFAULT_PROXY_LISTEN
     try:
         parse_listen(listen)
     except ValueError as e:
         raise click.ClickException(f"--listen: {e}") from None
-    serve(listen, config)
+    serve(listen, config, read)

@@ -9,8 +9,10 @@ configuration the supervisor runs (its wanted.json).  The supervisor's loop
 reaps every child with ``waitpid(-1, WNOHANG)``; it hands the proxy's exit
 to ``exited`` and calls ``tick`` each round, which restarts a dead proxy after
 a back-off that doubles from ``RESTART_FIRST`` to ``RESTART_MAX`` seconds
-(and resets once a proxy has stayed up ``RESTART_RESET`` seconds).  Its
-stderr goes to the supervisor's output (or log) as is.
+(and resets once a proxy has stayed up ``RESTART_RESET`` seconds).  When the
+supervisor takes a changed wanted.json, ``reload`` sends the proxy SIGHUP, and
+it applies the new node set without a restart.  Its stderr goes to the
+supervisor's output (or log) as is.
 """
 
 from __future__ import annotations
@@ -79,6 +81,16 @@ class ProxyProc:
         self.say(f"proxy exited ({code}); restarting in {self.backoff:g}s")
         self.backoff = min(self.backoff * 2, RESTART_MAX)
         return True
+
+    def reload(self) -> None:
+        """wanted.json changed: SIGHUP makes a running proxy apply it (proxy_reload).
+        A proxy not running reads it when it starts; one still starting, before its
+        handler is in place, is ended by the signal and started again (back-off)."""
+        if self.alive() and not self.stopping:
+            try:
+                self.popen.send_signal(signal.SIGHUP)
+            except ProcessLookupError:
+                pass
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.stopping = True

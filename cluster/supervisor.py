@@ -10,7 +10,8 @@ each turn:
 1. handles queued signals: TERM/INT/QUIT stop everything (a second one
    kills), HUP re-reads ``wanted.json`` and the request mailbox (that is how
    `bscluster up` adds nodes, `bscluster remove` takes one away, and
-   `restart`, `drain` and `undrain` reach one), CHLD only wakes us;
+   `restart`, `drain` and `undrain` reach one; a changed ``wanted.json`` is
+   passed on to the proxy, if one runs, with a SIGHUP), CHLD only wakes us;
 2. reaps every exited child with ``waitpid(-1, WNOHANG)`` and checks adopted
    nodes (not our children) by pid and start time;
 3. moves timers: a STARTING node that accepts connections is RUNNING, one
@@ -514,10 +515,13 @@ class Supervisor:
                 self.say(f"ignoring {self.paths.wanted}: {e}")
             else:
                 added = [s.name for s in wanted.nodes if s.name not in self.nodes]
+                changed = wanted.to_dict() != self.config.to_dict()
                 if wanted.web != self.config.web:
                     self.say("the dashboard setting (web) applies when the supervisor "
                              "restarts (bscluster down, then up)")
                 self._set_nodes(wanted)
+                if changed and self.proxy is not None:
+                    self.proxy.reload()  # it reads the same wanted.json
                 if added:
                     self.say(f"adding {', '.join(added)}")
         if self.paths.requests.is_dir():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bscluster.config import CLUSTER_DEFAULTS, NODE_COMMAND_HELP
+from bscluster.config import CLUSTER_DEFAULTS, DEFAULT_PROXY_LISTEN, NODE_COMMAND_HELP
 
 _TEMPLATE = """\
 # bscluster configuration. bscluster and ClusterClient.from_config() read
@@ -57,6 +57,11 @@ binlog_size = {binlog_size}
 # whoever reaches it sees job bodies.
 # web = "127.0.0.1:11380"
 
+# Run `bscluster proxy` with the nodes, as `bscluster up --proxy` does: one
+# address where any beanstalkd client (PHP, Ruby, Node, ...) uses the whole
+# cluster (docs/PROXY.md); "" = off.
+# proxy = "{proxy_listen}"
+
 # Give every node its own Prometheus endpoint (bsnode --metrics): nodeI
 # serves http://metrics_host:(metrics_base_port + I - 1)/metrics; 0 = off.
 # Only bsnode has this flag, so leave it 0 with node_command = "beanstalkd".
@@ -96,4 +101,5 @@ def render_config(**overrides) -> str:
     values = {**CLUSTER_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
     values["binlog"] = "true" if values["binlog"] else "false"
     values["node_command_help"] = NODE_COMMAND_HELP
+    values["proxy_listen"] = DEFAULT_PROXY_LISTEN
     return _TEMPLATE.format(**values)
