@@ -204,9 +204,10 @@ def up(config_file, detach, **flags) -> None:
     In the foreground (the default) node output is prefixed with the node's
     name and Ctrl-C stops every node. With --detach the supervisor runs in the
     background; `status`, `stats`, `restart` and `down` find it through the
-    data dir. Against a running cluster, a larger --nodes adds nodes; changed
-    settings for running nodes are refused (`down`, then `up`, applies them),
-    and `bscluster remove NODE` takes a node away.
+    data dir. Against a running cluster, a larger --nodes adds nodes; new
+    weights, leaving flags, ring or [tubes] spread are handed to it (and to
+    its proxy); changed settings for running nodes are refused (`down`, then
+    `up`, applies them), and `bscluster remove NODE` takes a node away.
 
     With --web the supervisor also serves the dashboard, its JSON API and the
     cluster's /metrics (read-only unless BSCLUSTER_WEB_TOKEN is set); `down`
@@ -269,6 +270,10 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
                    + "; a new web setting applies after `bscluster down` and `up` (or run "
                      "`bscluster web` next to it)", err=True)
     if len(config.nodes) == len(running):
+        if current is not None and config.layout() != current.layout():
+            control.grow(paths, state, config)  # no new node: only the routing changes
+            click.echo("new weights, leaving nodes, ring or [tubes] spread handed to the "
+                       "running supervisor (and its proxy)")
         click.echo(f"the cluster is already running (supervisor pid {state['supervisor']['pid']})")
         click.echo(banner(config, state))
         return

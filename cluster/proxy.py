@@ -281,10 +281,11 @@ def proxy(listen, config_file, wanted) -> None:
     SIGHUP re-reads the config and applies it without a restart: nodes
     added, marked `leaving = true` (no more puts, still reserved from) or
     removed, a node's new address, weights, the ring and [tubes.NAME]
-    spread.  Clients stay connected and keep the jobs they reserved.  A
-    config that does not read is refused (one log line) and the old routing
-    kept.  Under `bscluster up --proxy` the supervisor sends the SIGHUP when
-    it adds or removes nodes.  SIGUSR1: drain mode (puts get DRAINING).
+    spread.  Clients stay connected and keep the jobs they reserved (except
+    on a node removed or moved).  A config that does not read is refused
+    (one log line) and the old routing kept.  Under `bscluster up --proxy`
+    the supervisor sends the SIGHUP itself when `up` or `remove` changes the
+    cluster.  SIGUSR1: drain mode (puts get DRAINING).
     """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s bscluster proxy: %(message)s")
