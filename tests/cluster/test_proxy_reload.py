@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 
 import greenstalk
 import pytest
@@ -250,6 +251,38 @@ def test_broken_config_on_hup_keeps_routing_and_serving(tmp_path):
             assert c.reserve(timeout=2).id == job_id
         assert cluster.proxy.proc.poll() is None
         assert not logged(cluster.proxy, "reload: ")  # nothing was applied
+
+
+@pytest.mark.integration
+def test_a_waiting_reserve_outlives_a_removed_and_a_moved_node(tmp_path):
+    """A client waits in reserve while node3 is removed, then while node1 (the
+    tube's owner) moves to another address; each time the job put after the
+    reload reaches it (its waits on the closed connections end, new ones start)."""
+    with ProxiedCluster(tmp_path, 3) as cluster:
+        tube = owned("node1", 3)
+        assert owned("node1", 2) == tube
+
+        def across(change, expect: str, body: str) -> None:
+            got = []
+            with greenstalk.Client(cluster.address, watch=tube) as waiter, \
+                    greenstalk.Client(cluster.address, use=tube) as producer:
+                thread = threading.Thread(target=lambda: got.append(waiter.reserve(timeout=20)))
+                thread.start()
+                poll(lambda: producer.stats()["current-waiting"] == 1, what="the reserve")
+                change()
+                hup(cluster, expect)
+                job_id = producer.put(body)
+                thread.join(25)
+                assert [(j.id, j.body) for j in got] == [(job_id, body)]
+                waiter.delete(got[0])
+
+        across(lambda: write(cluster.config, ports(cluster)[:2]), "reload: -node3", "one")
+        new = start_bsnode()
+        cluster.nodes.append(new)  # stopped with the cluster
+        across(lambda: write(cluster.config, [new.port, cluster.nodes[1].port]),
+               f"reload: node1 moved to 127.0.0.1:{new.port}", "two")
+        with Client(("127.0.0.1", new.port)) as node1:
+            assert node1.stats()["total-jobs"] == 1  # "two", at the new address
 
 
 # --- under the supervisor -------------------------------------------------------------
