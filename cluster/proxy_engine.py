@@ -52,6 +52,7 @@ log = logging.getLogger("bscluster.proxy")
 RECV_SIZE = 65536
 BACKLOG = 1024  # unanswered commands read ahead per connection
 OUT_LIMIT = 1 << 20  # reply bytes waiting for a slow client before reading pauses
+LAST_WORDS_SECONDS = 10  # a closing connection's unsent replies get this long
 RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
 
 
@@ -98,6 +99,7 @@ class ClientConn:
         self.out_bytes = 0
         self.eof = False
         self.closing = False
+        self.aborted = False
         self.in_reserve = False  # the slow lane waits in a reserve
         self.wake = Event()
         loop = gevent.get_hub().loop
@@ -109,22 +111,32 @@ class ClientConn:
     def serve(self) -> None:
         """Run the slow lane until the connection ends (in the connection's greenlet)."""
         self.sock.setblocking(False)
-        self.reader.start(self._guard, self._readable)
+        self.reader.start(self.guard, self._readable)
         try:
             while not self.closing:
                 self.wake.wait()
                 self.wake.clear()
                 self._run_lane()
-                self._guard(self.pump)
+                self.guard(self.pump)
         finally:
             self.reader.stop()
             self.writer.stop()
+            self._last_words()
             self.fast.forget(self)
             self.commands.closed(self.state)
             self.reader.close()
             self.writer.close()
             try:
                 self.sock.close()
+            except OSError:
+                pass
+
+    def _last_words(self) -> None:
+        """Replies a slow reader has not taken yet are still sent (bounded) before closing."""
+        if self.out and not self.aborted:
+            try:
+                self.sock.settimeout(LAST_WORDS_SECONDS)
+                self.sock.sendall(b"".join(self.out))
             except OSError:
                 pass
 
@@ -162,7 +174,7 @@ class ClientConn:
         return ev is not None and ev[0] in RESERVES
 
     # --- reading and dispatching ----------------------------------------------------------
-    def _guard(self, fn, *args) -> None:
+    def guard(self, fn, *args) -> None:
         """Run a callback; a bug ends this connection, never the loop."""
         try:
             fn(*args)
@@ -193,7 +205,7 @@ class ClientConn:
         if full:
             self.reader.stop()
         elif not self.eof and not self.closing and not self.reader.active:
-            self.reader.start(self._guard, self._readable)
+            self.reader.start(self.guard, self._readable)
 
     def pump(self) -> None:
         """Dispatch queued commands (fast ones now, the first slow one to the lane)."""
@@ -272,7 +284,7 @@ class ClientConn:
             return
         self.out, self.out_bytes = [data[sent:]], len(data) - sent
         if not self.writer.active:
-            self.writer.start(self._guard, self._writable)
+            self.writer.start(self.guard, self._writable)
 
     def _writable(self) -> None:
         self.writer.stop()
@@ -282,6 +294,7 @@ class ClientConn:
     def abort(self) -> None:
         """The client is gone (or a bug): stop everything, let the greenlet close."""
         self.closing = True
+        self.aborted = True
         self.eof = True
         self.reader.stop()
         self.writer.stop()

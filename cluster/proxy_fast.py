@@ -234,7 +234,7 @@ class FastPath:
         link.out = []
         self._write(link, data)
         if link.expect and not link.reader.active:
-            link.reader.start(self._readable, link)
+            link.reader.start(link.client.guard, self._readable, link)
 
     def _write(self, link: Link, data: bytes) -> None:
         try:
@@ -247,7 +247,7 @@ class FastPath:
             link.out = [data[sent:]]
             link.client.dirty.discard(link)
             if not link.writer.active:
-                link.writer.start(self._writable, link)
+                link.writer.start(link.client.guard, self._writable, link)
 
     def _writable(self, link: Link) -> None:
         link.writer.stop()
@@ -363,14 +363,16 @@ class FastPath:
 
     def _reap(self) -> None:
         """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition)."""
-        if not self.busy:
+        if not self.busy or not self.pool.op_timeout:
             return
-        limit = self.pool.clock() - (self.pool.op_timeout or 0)
+        limit = self.pool.clock() - self.pool.op_timeout
         for link in [lk for lk in self.busy if lk.since < limit]:
             log.warning("%s: no reply within %s s: marked dead", link.name, self.pool.op_timeout)
-            client = link.client
-            self._lost(link, hung=True)
-            client.after_io()
+            link.client.guard(self._hung, link)
+
+    def _hung(self, link: Link) -> None:
+        self._lost(link, hung=True)
+        link.client.after_io()
 
     def forget(self, client) -> None:
         """The client is gone: stop its links (its greenlet closes the connections)."""
