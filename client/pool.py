@@ -143,12 +143,12 @@ class NodePool:
 
     def move(self, name: str, address: str) -> None:
         """Point a member at a new address: every thread's connections to the old
-        one close (jobs reserved on them go back to ready there), its health starts
-        afresh, and the next command connects to ``address``."""
-        member = self.members[name]
-        member.address = address
-        self.ok(member)
-        member.draining_until = 0.0
+        one close (jobs reserved on them go back to ready there) and the next
+        command connects to ``address``.  The member is a new ``Member`` with fresh
+        health, so a command still in flight on an old connection, failing now,
+        marks only the old one failed."""
+        old = self.members[name]
+        self.members[name] = Member(name, address, old.weight)
         for session in self.sessions():
             session.forget(name)
 

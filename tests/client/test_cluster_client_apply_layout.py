@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from bsclient import Client, ClusterClient, ConfigError, NodeAddress, TimedOutError
 from bsclient.config import ClusterLayout
+from bsclient.pool import FAILOVER, NodePool
 from bsclient.ring import placement
 from servers import start_bsnode
 
@@ -67,6 +68,21 @@ def test_a_bad_layout_changes_nothing(bad, error):
         with pytest.raises(error):
             cc.apply_layout(bad)
         assert cc.ring is ring and cc.nodes == ("node1", "node2", "node3")
+
+
+def test_a_moved_node_is_a_new_member_that_old_failures_do_not_touch():
+    """A command in flight on a moved node's old connection fails once the move
+    closes it; that failure must not mark the node at its new address dead."""
+    pool = NodePool(policy=FAILOVER, failure_threshold=2, dead_timeout=10.0,
+                    connect_timeout=1.0, op_timeout=1.0, encoding=None, clock=lambda: 5.0)
+    pool.add("node1", addr(1), weight=2)
+    old = pool.members["node1"]
+    pool.failed(old)
+    pool.move("node1", addr(9))
+    pool.failed(old, hung=True)  # the old connection's command, failing late
+    new = pool.members["node1"]
+    assert (new.address, new.weight, new.failures) == (addr(9), 2, 0)
+    assert pool.dead_nodes() == [] and old.dead_until > 0
 
 
 # --- with real nodes ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 
@@ -283,6 +284,50 @@ def test_a_waiting_reserve_outlives_a_removed_and_a_moved_node(tmp_path):
                f"reload: node1 moved to 127.0.0.1:{new.port}", "two")
         with Client(("127.0.0.1", new.port)) as node1:
             assert node1.stats()["total-jobs"] == 1  # "two", at the new address
+
+
+@pytest.mark.integration
+def test_a_move_under_pipelined_puts_answers_everything_and_keeps_the_node(tmp_path):
+    """Producers pipeline puts to node1's tube while node1 moves: every put is
+    answered (INSERTED, or INTERNAL_ERROR for one in flight on the old
+    connection), and node1 is never taken for dead (no put fails over to
+    another node): the puts after the move go to its new address."""
+    with ProxiedCluster(tmp_path, 3) as cluster:
+        tube = owned("node1", 3)
+        stop = threading.Event()
+        replies: list[list[bytes]] = []
+
+        def produce() -> None:
+            with socket.create_connection(cluster.address, timeout=10) as s:
+                lines = s.makefile("rb")
+                s.sendall(f"use {tube}\r\n".encode())
+                lines.readline()
+                for _ in range(5000):  # bounded; ends when the test has seen the move
+                    if stop.is_set():
+                        break
+                    s.sendall(b"put 0 0 60 1\r\nx\r\n" * 16)
+                    replies.extend(lines.readline().split() for _ in range(16))
+
+        threads = [threading.Thread(target=produce) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            poll(lambda: len(replies) > 500, what="puts through the proxy")
+            new = start_bsnode()
+            cluster.nodes.append(new)  # stopped with the cluster
+            write(cluster.config, [new.port] + ports(cluster)[1:3])
+            hup(cluster, "reload: node1 moved to")
+            moved = len(replies)
+            poll(lambda: len(replies) > moved + 1000, what="puts after the move")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not any(t.is_alive() for t in threads)  # every put was answered
+        assert {r[0] for r in replies} <= {b"INSERTED", b"INTERNAL_ERROR"}
+        assert {decode(int(r[1]))[0] for r in replies if r[0] == b"INSERTED"} == {"node1"}
+        with Client(("127.0.0.1", new.port)) as node1:
+            assert node1.stats()["total-jobs"] >= 900  # the puts after the move
 
 
 # --- under the supervisor -------------------------------------------------------------
