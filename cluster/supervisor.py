@@ -526,6 +526,8 @@ class Supervisor:
                     self.say(f"adding {', '.join(added)}")
         if self.paths.requests.is_dir():
             for path in sorted(self.paths.requests.iterdir()):
+                if path.name.startswith("."):
+                    continue  # still being written (write_json's temp file): next HUP
                 request = read_json(path)
                 _unlink(path)
                 op = (request or {}).get("op")

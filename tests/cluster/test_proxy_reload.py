@@ -9,6 +9,7 @@ Every wait is on an event (a log line, a reply), bounded.
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import socket
@@ -25,8 +26,10 @@ from bscluster.proxy_ids import decode
 from bscluster.proxy_proc import ProxyProc
 from bscluster.proxy_reload import Change, Reloader, reader
 from bscluster.runtime import write_json
+from bscluster.supervisor import Supervisor
 from bscluster.template import render_config
 from clusters import Cluster
+from fake_clock import FakeClock
 from proxyrun import ProxiedCluster
 from servers import poll, start_bsnode
 
@@ -172,6 +175,52 @@ def test_proxy_proc_reload_signals_only_a_running_proxy(tmp_path):
     proc.popen.returncode = 0  # exited
     proc.reload()
     assert sent == [signal.SIGHUP]
+
+
+class FakeProxy:
+    """The supervisor's ProxyProc, counting the SIGHUPs it would send."""
+
+    def __init__(self):
+        self.reloads = 0
+
+    def reload(self):
+        self.reloads += 1
+
+
+@pytest.fixture
+def supervisor(tmp_path):
+    config = load_config(flags={"nodes": 2, "data_dir": str(tmp_path), "binlog": False,
+                                "base_port": 41000}, env={})
+    s = Supervisor(config, out=io.StringIO(), clock=FakeClock())
+    s._set_nodes(config)
+    s.proxy = FakeProxy()
+    s.paths.requests.mkdir(parents=True)
+    return s, config
+
+
+def test_supervisor_passes_a_changed_wanted_json_on_to_its_proxy(supervisor):
+    s, config = supervisor
+    write_json(s.paths.wanted, config.to_dict())
+    s._reload()  # unchanged (a restart or drain request): no SIGHUP
+    assert s.proxy.reloads == 0
+    doc = config.to_dict()
+    doc["nodes"][1]["leaving"] = True  # what `remove` writes first
+    write_json(s.paths.wanted, doc)
+    s._reload()
+    assert s.proxy.reloads == 1 and s.config.layout().nodes[1].leaving
+
+
+def test_supervisor_leaves_a_request_still_being_written(supervisor):
+    """write_json's temp file in requests/ is not a request yet: a HUP arriving
+    while `drain` writes its request must not take (and delete) it."""
+    s, _ = supervisor
+    partial = s.paths.requests / ".1-2.json.2.tmp"
+    partial.write_text('{"op": "drain", "node": "node1"}')
+    s._reload()
+    assert partial.exists() and "node1" not in s.drained
+    partial.rename(s.paths.requests / "1-2.json")
+    s._reload()
+    assert "node1" in s.drained and not any(s.paths.requests.iterdir())
 
 
 def test_init_template_shows_the_proxy_setting(tmp_path):
