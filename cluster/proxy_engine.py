@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import bisect
 import logging
+import ssl
 from collections import deque
 
 import gevent
 from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, ERROR, TIMED_OUT
+from bsclient.tls import read_pending
 from gevent.event import Event
 
 from . import proxy_cluster as pc
@@ -53,6 +55,8 @@ RECV_SIZE = 65536
 BACKLOG = 1024  # unanswered commands read ahead per connection
 OUT_LIMIT = 1 << 20  # reply bytes waiting for a slow client before reading pauses
 LAST_WORDS_SECONDS = 10  # a closing connection's unsent replies get this long
+# a socket not ready after all (TLS: a record not complete, or its housekeeping)
+_TRY_LATER = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
 
 
@@ -98,6 +102,7 @@ class ClientConn:
         self.wake = Event()
         loop = gevent.get_hub().loop
         fd = sock.fileno()
+        self.tls = hasattr(sock, "pending")  # a TLS client (the proxy's own listener)
         self.reader = loop.io(fd, READ)
         self.writer = loop.io(fd, WRITE)
 
@@ -149,16 +154,17 @@ class ClientConn:
     def _slow(self, ev: tuple):
         if ev[0] not in RESERVES:
             return self.commands.execute(self.state, ev)
+        if self.eof:  # hung up: a job ready now is still answered, but nothing waits
+            ev = (CMD_RESERVE_WITH_TIMEOUT, 0)
         self.in_reserve = True
         try:
-            if self.eof:
-                raise ClientGone()
             reply = self.commands.execute(self.state, ev)
         except ClientGone:
-            self.closing = True
-            return TIMED_OUT  # beanstalkd's answer to a hang-up while waiting
+            reply = TIMED_OUT  # beanstalkd's answer to a hang-up while waiting
         finally:
             self.in_reserve = False
+        if self.eof and reply == TIMED_OUT:
+            self.closing = True
         if pc.has_buffered(self.server.cc) and not self._reserve_next():
             pc.give_back(self.server.cc)  # no job held that the client did not get
         return reply
@@ -181,7 +187,9 @@ class ClientConn:
     def _readable(self) -> None:
         try:
             data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            if data and self.tls:
+                data += read_pending(self.sock)  # decrypted already: no readiness for it
+        except _TRY_LATER:
             return
         except OSError:
             data = b""
@@ -279,7 +287,7 @@ class ClientConn:
         data = b"".join(self.out)
         try:
             sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except _TRY_LATER:
             sent = 0
         except OSError:
             self.abort()
