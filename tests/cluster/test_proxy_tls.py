@@ -17,12 +17,13 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import gevent
 import greenstalk
 import pytest
-from bsclient import Client, ConnectionLostError, UnexpectedReplyError
+from bsclient import Client, ConnectionLostError, NotFoundError, UnexpectedReplyError
 from bscluster.config import ClusterConfig, ConfigError, load_config
 from bscluster.procs import start_proxy, write_config
 from bscluster.proxy_tls import ProxyTLS, TlsPlan, config_values
@@ -139,6 +140,56 @@ def test_pipelined_commands_and_greenstalk_over_python_ssl(proxy, certs):
         job = g.reserve(timeout=5)
         assert (job.id, job.body) == (job_id, "via greenstalk")
         g.delete(job)
+
+
+def _until(predicate, what: str, deadline: float = 10.0):
+    end = time.monotonic() + deadline
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _waiting(c: Client) -> int:
+    return c.stats()["current-waiting"]  # the proxy's own clients (docs/PROXY.md)
+
+
+def _ready(c: Client):
+    try:
+        return c.peek_ready()
+    except NotFoundError:
+        return None
+
+
+def test_a_waiting_reserve_and_a_hang_up_while_waiting(proxy, certs, good):
+    """While a reserve waits, the proxy's watcher reads the TLS socket: a job put
+    meanwhile is delivered, and a hang-up ends the wait and releases held jobs."""
+    ctx = certs.good()
+    good.use("waits")
+    got = []
+    with Client(proxy.address, ssl_context=ctx, watch="waits", timeout=15) as worker:
+        t = threading.Thread(target=lambda: got.append(worker.reserve(timeout=10)))
+        t.start()
+        _until(lambda: _waiting(good) >= 1, "the worker to wait")
+        job_id = good.put(b"put while it waited")
+        t.join(10)
+        assert got and (got[0].id, got[0].body) == (job_id, b"put while it waited")
+        worker.delete(job_id)
+    held_id = good.put(b"held, then the client hangs up")
+    raw = socket.create_connection(proxy.address, timeout=10)
+    sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    sock.sendall(b"watch waits\r\nreserve-with-timeout 5\r\n")
+    data = b""
+    while not data.endswith(b"\r\n") or b"RESERVED" not in data:
+        data += sock.recv(65536)
+    assert b"RESERVED %d " % held_id in data
+    sock.sendall(b"reserve\r\n")
+    _until(lambda: _waiting(good) >= 1, "the raw client to wait")
+    sock.close()
+    assert _until(lambda: _ready(good), "the held job to be released").id == held_id
+    good.delete(held_id)
 
 
 # --- refusals, as bsnode's --------------------------------------------------------
