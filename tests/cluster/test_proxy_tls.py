@@ -24,10 +24,12 @@ import gevent
 import greenstalk
 import pytest
 from bsclient import Client, ConnectionLostError, NotFoundError, UnexpectedReplyError
+from bsclient.tls import client_context
 from bscluster.config import ClusterConfig, ConfigError, load_config
 from bscluster.procs import start_proxy, write_config
 from bscluster.proxy_tls import ProxyTLS, TlsPlan, config_values
 from bsnode.tls import TLS_REQUIRED, TlsFiles
+from clusters import Cluster
 from gevent.server import StreamServer
 from tls_helpers import make_certs, start_tls_node, tls_args, wait_log
 
@@ -401,3 +403,37 @@ def test_plan_reads_flags_over_the_config(tmp_path, certs):
     p = plan({"tls_cert": str(certs.node2.cert), "tls_key": str(certs.node2.key)}, config)
     assert (p.files.cert, p.files.client_ca, p.port) == (str(certs.node2.cert),
                                                         str(certs.ca.cert), None)
+
+
+# --- the user's path: `init --tls`, then `up --proxy --proxy-tls` ---------------------
+def test_up_proxy_tls_serves_the_trial_certificates(tmp_path):
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2,
+                extra_env={"BSCLUSTER_BINLOG": "false"})
+    port = c.base_port + 2  # free_base_port keeps two ports spare above the nodes
+    try:
+        c.run("init", "--tls", "--nodes", "2", "--base-port", str(c.base_port),
+              "--data-dir", str(c.data_dir), check=True)
+        c.start_foreground("--proxy", f"127.0.0.1:{port}", "--proxy-tls")
+        d = tmp_path / "tls"
+        ctx = client_context(str(d / "ca.pem"), str(d / "client.pem"), str(d / "client.key"))
+
+        def served():
+            try:
+                with Client(("127.0.0.1", port), ssl_context=ctx, timeout=5) as client:
+                    return client.put(b"through a TLS proxy")
+            except (OSError, ConnectionLostError):
+                return None
+
+        job_id = _until(served, "the proxy to take a put over TLS", deadline=30)
+        _until(lambda: "(bscluster proxy, TLS)" in c.output(), "the banner")
+        with Client(("127.0.0.1", port), ssl_context=ctx, timeout=5) as client:
+            assert client.peek(job_id).body == b"through a TLS proxy"
+            client.delete(job_id)
+        with pytest.raises(UnexpectedReplyError, match="serves TLS only"):
+            Client(("127.0.0.1", port)).stats()
+        with pytest.raises(ConnectionLostError, match="requires a client certificate"):
+            with Client(("127.0.0.1", port), ssl_context=client_context(str(d / "ca.pem")),
+                        timeout=5) as client:
+                client.stats()
+    finally:
+        c.cleanup()
