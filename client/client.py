@@ -204,6 +204,7 @@ class Client:
         self._sock_timeout: float | None = -1.0
         self._reader = p.ReplyReader()
         self._busy = threading.RLock()  # held while a command is in progress
+        self.connects = 0  # connections opened so far (a new one: a new socket)
         self._using = DEFAULT_TUBE
         self._watching = [DEFAULT_TUBE]
         watch = [watch] if isinstance(watch, str) else watch
@@ -288,6 +289,7 @@ class Client:
         self._sock = sock
         self._sock_timeout = -1.0
         self._reader = p.ReplyReader()
+        self.connects += 1
         try:
             self._replay()
         except ConnectionLostError as e:
@@ -430,6 +432,41 @@ class Client:
             sock.sendall(data)
         except OSError as e:
             raise self._broken(e, self.timeout) from e
+
+    def send_nowait(self, data: bytes) -> int:
+        """Write what the connected socket takes now, without waiting: how many bytes.
+
+        For event-loop callers (the proxy), which write the rest when the
+        socket is writable and read replies with ``read_ready``; plain (not
+        TLS) sockets only.  ConnectionLostError if the connection failed."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLostError(f"{self.address}: not connected", address=self.address,
+                                      sent=False)
+        try:
+            sock.setblocking(False)
+            self._sock_timeout = 0.0
+            return sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as e:
+            raise self._broken(e, 0.0) from e
+
+    def still_open(self) -> bool:
+        """Connected, and the server has not closed (or written to) the idle connection
+        meanwhile; never waits, so an event-loop callback may ask (plain sockets)."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.setblocking(False)
+            self._sock_timeout = 0.0
+            sock.recv(1, socket.MSG_PEEK)  # anything, even EOF: closed or out of step
+            return False
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 when not connected)."""
@@ -616,6 +653,12 @@ class Client:
                 data.append(p.encode_command(p.CMD_IGNORE, check_tube(tube)))
                 _ms_remove(self._watching, tube)
         return b"".join(data), len(data)
+
+    def use_command(self, tube: str) -> bytes:
+        """The ``use`` command for ``tube``, for pipelining ahead of a ``send``: the
+        local copy is updated now, so the caller must read (and check) its USING reply."""
+        self._using = check_tube(tube)
+        return p.encode_command(p.CMD_USE, tube)
 
     def forget_tubes(self) -> None:
         """Back to the server defaults (use and watch "default"); only when closed,

@@ -2,27 +2,23 @@
 
 How this works
 --------------
-A gevent ``StreamServer`` accepts beanstalkd clients (any language):
+A gevent ``StreamServer`` accepts beanstalkd clients (any language); each
+connection is a ``proxy_engine.ClientConn``, served by its own greenlet:
 
-* the connection's own greenlet (so the shared ``ClusterClient`` gives it
-  its own session: node connections, used tube, watch list, held jobs)
-  reads what the client sends, cuts it into commands with the node's own
-  codec (``CommandReader``), runs them in order through ``ProxyCommands``
-  (runs of one kind through ``proxy_burst``) and answers what one read
-  brought with one send;
-* while a reserve waits, a *watcher* greenlet keeps reading, so a hang-up
-  is seen at once (and commands sent meanwhile are queued, up to
-  ``BACKLOG``).
+* reading, dispatching and answering happen in event-loop callbacks: what one
+  node can answer at once goes straight to it (``proxy_fast``), many
+  commands in one write, and the replies come back in command order;
+* everything else (fan-out, failover, a reserve that must wait on several
+  nodes) runs in the connection's greenlet through ``ProxyCommands`` and the
+  one shared ``ClusterClient``, which gives each greenlet its own session
+  (node connections, used tube, watch list, held jobs) as it gives each
+  thread one.
 
-When the client hangs up, the watcher interrupts the reserve; the
-connection's greenlet then closes its node connections, so every job the
-client had reserved goes back to ready at once, as with one beanstalkd.
-
-A job the multiplexed reserve got ahead of the client (two nodes answered
-together) is handed to the same client's next reserve only if that reserve
-is already queued (pipelined); otherwise it goes back to its node at once,
-so no job is held that the client was not given (docs/PROXY.md, "Reserve").
-A client that half-closes while it waits gets TIMED_OUT, as from beanstalkd.
+When the client hangs up, its node connections are closed, so every job it
+had reserved goes back to ready at once, as with one beanstalkd.  A job the
+multiplexed reserve got ahead of the client is handed to the same client's
+next reserve only if that reserve is already queued (pipelined); otherwise it
+goes back to its node at once (docs/PROXY.md, "Reserve").
 
 The process is gevent-patched in ``serve`` (an entry point, never at import),
 so bsclient's blocking sockets and its ``select.poll`` wait cooperate.
@@ -36,12 +32,11 @@ import resource
 import signal
 import socket
 import sys
-from collections import deque
 from pathlib import Path
 
 import click
 import gevent
-from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, TIMED_OUT, CommandReader
+from bsclient.protocol import CommandReader
 from bscluster import proxy_cluster as pc
 from bscluster import proxy_tls
 from bscluster.config import (
@@ -51,79 +46,26 @@ from bscluster.config import (
     load_config,
     parse_listen,
 )
-from bscluster.proxy_burst import KINDS as BURST_KINDS
-from bscluster.proxy_burst import MAX_BURST, Burst
-from bscluster.proxy_commands import CLOSE, ProxyCommands
+from bscluster.proxy_commands import ProxyCommands
+from bscluster.proxy_engine import ClientConn
+from bscluster.proxy_fast import FastPath
 from gevent.event import Event
 from gevent.server import StreamServer
 
 log = logging.getLogger("bscluster.proxy")
 
-RECV_SIZE = 65536
-BACKLOG = 1024  # unrun commands queued per connection before the reader pauses
-SEND_BATCH = 1 << 18  # reply bytes held before a send within one burst
 LISTEN_BACKLOG = 1024
-_EOF = ("eof",)
-RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
-
-
-class ClientGone(BaseException):
-    """The client hung up while its worker waited in a reserve."""
-
-
-class _Conn:
-    """A client socket read by its own greenlet, and by a watcher while it waits."""
-
-    __slots__ = ("sock", "codec", "events", "eof")
-
-    def __init__(self, sock, codec: CommandReader) -> None:
-        self.sock = sock
-        self.codec = codec
-        self.events: deque = deque()
-        self.eof = False
-
-    def read(self) -> bool:
-        """Read once and queue the commands; False at end of stream."""
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except OSError:
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.events.extend(self.codec.feed(data))
-        return True
-
-    def waiting(self, fn, *args):
-        """``fn(*args)`` (a reserve) while a watcher keeps reading: commands sent
-        meanwhile are queued (up to BACKLOG), and a hang-up raises ClientGone here."""
-        me = gevent.getcurrent()
-
-        def watch() -> None:
-            while len(self.events) < BACKLOG and self.read():
-                pass
-            if self.eof:
-                me.kill(ClientGone, block=False)
-
-        watcher = None if self.eof else gevent.spawn(watch)
-        try:
-            if self.eof:  # hung up before this reserve began: it ends at once
-                gevent.get_hub().loop.run_callback(lambda: me.kill(ClientGone, block=False))
-            return fn(*args)
-        finally:
-            if watcher is not None:
-                watcher.kill()  # at once: it waits in recv, which the next read needs
 
 
 class ProxyServer:
-    """The listening socket and one handler per client connection."""
+    """The listening socket and one ``ClientConn`` per client connection."""
 
     def __init__(self, cc, max_job_size: int, tls: proxy_tls.ProxyTLS | None = None) -> None:
         self.cc = cc
         self.tls = tls  # TLS on this listener or beside it (proxy_tls.py); None: plain TCP
         self.max_job_size = max_job_size
         self.commands = ProxyCommands(cc, max_job_size)
-        self.burst = Burst(self.commands)
+        self.fast = FastPath(self.commands)
         self.server = None
 
     def start(self, host: str, port: int) -> tuple[str, int]:
@@ -136,6 +78,7 @@ class ProxyServer:
         if self.server is not None:
             self.server.stop(timeout=1)
             self.server = None
+        self.fast.close()
         self.cc.close()
 
     def handle(self, sock, addr) -> None:
@@ -144,74 +87,8 @@ class ProxyServer:
             if sock is None:
                 return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        commands = self.commands
-        state = commands.opened()
-        conn = _Conn(sock, CommandReader(self.max_job_size))
-        events = conn.events
-        out: list[bytes] = []
-        held = 0
-        try:
-            while True:
-                if not events:
-                    if out:
-                        sock.sendall(b"".join(out))
-                        out, held = [], 0
-                    if conn.eof or not conn.read():
-                        break
-                    continue
-                ev = events.popleft()
-                op = ev[0]
-                kind = BURST_KINDS.get(op)
-                if kind is not None:
-                    ev = self._burst(state, kind, ev, events, out)
-                    if ev is None:
-                        continue
-                    op = ev[0]
-                if op in RESERVES:
-                    if out:  # answer what came before, then wait
-                        sock.sendall(b"".join(out))
-                        out, held = [], 0
-                    try:
-                        reply = conn.waiting(commands.execute, state, ev)
-                    except ClientGone:
-                        out.append(TIMED_OUT)  # beanstalkd's answer to a FIN while waiting
-                        break
-                    if pc.has_buffered(self.cc) and not (events and events[0][0] in RESERVES):
-                        pc.give_back(self.cc)
-                else:
-                    reply = commands.execute(state, ev)
-                if reply is CLOSE:
-                    break
-                if reply:
-                    out.append(reply)
-                    held += len(reply)
-                    if held >= SEND_BATCH:
-                        sock.sendall(b"".join(out))
-                        out, held = [], 0
-            if out:
-                sock.sendall(b"".join(out))
-        except (ClientGone, OSError):
-            pass
-        finally:
-            commands.closed(state)
-            try:
-                sock.close()
-            except OSError:
-                pass
-
-    def _burst(self, state, kind: str, ev: tuple, events: deque, out: list):
-        """Answer a run of ``kind`` commands in one node exchange; the first command
-        left unanswered (the rest go back to the queue), or None."""
-        run = [ev]
-        while events and len(run) < MAX_BURST and BURST_KINDS.get(events[0][0]) == kind:
-            run.append(events.popleft())
-        replies = self.burst.run(state, kind, run)
-        out.extend(replies)
-        rest = run[len(replies):]
-        if not rest:
-            return None
-        events.extendleft(reversed(rest[1:]))
-        return rest[0]
+        state = self.commands.opened()
+        ClientConn(self, sock, state, CommandReader(self.max_job_size)).serve()
 
 
 def _drain(server: ProxyServer) -> None:

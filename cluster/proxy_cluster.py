@@ -39,13 +39,14 @@ def make_cluster(layout: ClusterLayout, ssl_context=None) -> ClusterClient:
     return ClusterClient.from_layout(layout, ssl_context=ssl_context, encoding=None)
 
 
-def _session(cc: ClusterClient):
-    return cc._pool.session()  # this greenlet's (see module docstring)
+def session(cc: ClusterClient):
+    """This greenlet's session (see module docstring)."""
+    return cc._pool.session()
 
 
 def end_session(cc: ClusterClient) -> None:
     """Close this greenlet's connections: reserved and buffered jobs go back."""
-    _session(cc).close()
+    session(cc).close()
 
 
 def cancel_waits(cc: ClusterClient) -> int:
@@ -54,7 +55,7 @@ def cancel_waits(cc: ClusterClient) -> int:
     Closing is the protocol's only way to cancel a reserve: the node drops
     the wait, or releases the job it had just reserved on that connection.
     """
-    s = _session(cc)
+    s = session(cc)
     cancelled = 0
     for conns in list(s.conns.values()):
         for conn in conns:
@@ -81,7 +82,7 @@ def by_job(cc: ClusterClient, fn: Callable, name: str, job_id: int, *args, done:
 
 def holds_jobs(cc: ClusterClient) -> bool:
     """This greenlet's client holds reserved jobs (handed out, not yet done)."""
-    return any(conn.held for conns in _session(cc).conns.values() for conn in conns)
+    return any(conn.held for conns in session(cc).conns.values() for conn in conns)
 
 
 def make_tube(cc: ClusterClient, tube: str) -> None:
@@ -92,7 +93,7 @@ def make_tube(cc: ClusterClient, tube: str) -> None:
 
 
 def has_buffered(cc: ClusterClient) -> bool:
-    return bool(_session(cc).buffer)
+    return bool(session(cc).buffer)
 
 
 def give_back(cc: ClusterClient) -> int:

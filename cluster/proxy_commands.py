@@ -103,18 +103,24 @@ class ProxyCommands:
         pc.end_session(self.cc)
 
     # --- dispatch -------------------------------------------------------------------
-    def execute(self, c: ClientState, ev: tuple):
+    def count(self, c: ClientState, ev: tuple) -> None:
+        """Count a command as beanstalkd does (``cmd-*``; a put makes a producer), once,
+        as it is read: the lane that runs it does not count again."""
         op = ev[0]
         if op is P.ERROR:
-            counted = ev[2]
-            if counted is not None:
-                if counted == P.CommandReader.PUT_PRODUCER:
-                    counted = P.CMD_PUT
-                    c.producer = True
-                self.counts[counted] += 1
-            return ev[1]
-        if op is not P.PUT_BODY:
-            self.counts[op] += 1
+            op = ev[2]
+            if op is None:
+                return
+            if op == P.CommandReader.PUT_PRODUCER:
+                op = P.CMD_PUT
+                c.producer = True
+        elif op is P.PUT_BODY:
+            return
+        self.counts[op] += 1
+
+    def execute(self, c: ClientState, ev: tuple):
+        """The reply to one command (counted already), run through the ClusterClient."""
+        op = ev[0]
         try:
             return self._dispatch[op](c, ev)
         except ReplyError as e:

@@ -1,0 +1,398 @@
+"""Commands the proxy sends to one node straight from the event loop.
+
+How this works
+--------------
+Most of what a beanstalkd client sends goes to exactly one node and needs no
+waiting: a put to its tube's owner, a delete/release/bury/touch/peek/kick-job
+(the proxy id names the node), a reserve that one node can answer at once.
+``FastPath.dispatch`` sends such a command on the client's own connection to
+that node (a ``Conn`` of its ClusterClient session: the very connection the
+slow lane would use, so which connection holds which job is known in one
+place) without any greenlet switch:
+
+* every command dispatched in one turn of the loop goes to its node in one
+  write (``flush``), so a pipelining client costs one send per node per read;
+* the node's replies are read by a watcher callback on the connection
+  (``Link``), rewritten (proxy ids, ``proxy_ids``) and put in the client's
+  reply slots, which go out in command order (``proxy_engine``).
+
+A command is only sent this way when nothing unusual can happen on the way
+(``dispatch`` returns False otherwise, and the client's greenlet runs it
+through ``ProxyCommands``, which has every rule: failover, draining, the
+multiplexed reserve, DEADLINE_SOON):
+
+* put: the used tube is not spread, the proxy is not draining, its owner is
+  alive and not draining;
+* by job: the id decodes to a member; the connection that reserved the job
+  (else any of the client's) is connected and idle;
+* reserve: the watched tubes have one owner, not spread, no job is buffered
+  and the other nodes were swept (by the slow lane's reserve) less than
+  ``SWEEP_SECONDS`` ago; the owner is asked ``reserve-with-timeout 0``.
+
+A reply that turns out unusual sends its command to the slow lane after all
+(``REDO``): DRAINING (the slow put fails over), a reserve that found no job
+(the slow reserve waits on every node; a job reserved by a later pipelined
+reserve of the same run is buffered in the session, so the slow reserve hands
+it out first), a connection lost before the command was written.  A lost
+connection is the node's failure (``NodePool.failed``; a reply overdue by the
+operation timeout marks a hung node dead at once), and a command that may
+have run answers INTERNAL_ERROR, as the slow lane does.
+
+Only plain TCP node connections take this path (TLS to the nodes: every
+command takes the slow lane).  The session internals it touches (``Conn``,
+``Session.buffer``, the watch generation) are bsclient's; ``proxy_cluster``
+is the other module that does so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from bsclient import protocol as P
+from bsclient.consume import SWEEP_SECONDS  # noqa: F401  (the rule the reserve check follows)
+from bsclient.errors import ConnectionLostError
+from gevent import get_hub
+
+from . import proxy_ids
+
+log = logging.getLogger("bscluster.proxy")
+
+REDO = object()  # a reply meaning: run this command on the slow lane after all
+READ, WRITE = 1, 2
+REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
+STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
+
+
+class Link:
+    """The fast path's side of one session ``Conn``: replies expected, bytes to write."""
+
+    __slots__ = ("client", "conn", "member", "number", "name", "expect", "out", "queued",
+                 "written", "reader", "writer", "fd", "connects", "since", "used", "turn")
+
+    def __init__(self, client, conn, member, number: int) -> None:
+        self.client = client  # the proxy client (proxy_engine.ClientConn)
+        self.conn = conn
+        self.member = member
+        self.number = number  # the node's number in proxy ids
+        self.name = member.name
+        # replies expected, in order: (reply slot or None for a use/watch sent ahead,
+        # the handler that reads it, the node's job id, offset of its first byte)
+        self.expect: deque[tuple] = deque()
+        self.out: list[bytes] = []  # dispatched this turn, not yet written
+        self.queued = 0  # bytes dispatched so far (the offsets in ``expect``)
+        self.written = 0  # bytes the socket took so far
+        self.fd = conn.client.fileno()
+        self.connects = conn.client.connects
+        loop = get_hub().loop
+        self.reader = loop.io(self.fd, READ)
+        self.writer = loop.io(self.fd, WRITE)
+        self.since = 0.0  # when the oldest reply expected was asked for
+        self.used = 0.0  # when a command was last dispatched on it
+        self.turn = -1  # the client's dispatch turn it was last checked in
+
+    def current(self) -> bool:
+        """Still the connection this link was made for (not closed or reopened)."""
+        c = self.conn.client
+        return c.connects == self.connects and c.fileno() == self.fd
+
+    def stop(self) -> None:
+        self.reader.stop()
+        self.writer.stop()
+        self.reader.close()
+        self.writer.close()
+
+
+class FastPath:
+    """Dispatch and reply handling for every proxy client (one per ProxyServer)."""
+
+    def __init__(self, commands) -> None:
+        self.commands = commands
+        self.cc = commands.cc
+        self.pool = commands.cc._pool
+        self.numbers = commands.numbers
+        self.enabled = self.pool.ssl_context is None
+        self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
+        self.reaper = get_hub().loop.timer(REAP_EVERY, REAP_EVERY)
+        self.reaper.start(self._reap)
+        self._dispatch = {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
+                          **dict.fromkeys(_BY_JOB, self._by_job),
+                          P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve}
+        self._by_job_replies = {"done": self._on_done, "plain": self._on_plain,
+                                "peek": self._on_peek}
+
+    def close(self) -> None:
+        self.reaper.stop()
+        self.reaper.close()
+
+    # --- dispatch ------------------------------------------------------------------------
+    def handler(self, op):
+        """``handler(client, ev, slot)`` sending an ``op`` command to its node now if
+        nothing unusual can happen (False otherwise), or None: the slow lane's."""
+        return self._dispatch.get(op) if self.enabled else None
+
+    def _link(self, client, conn, member) -> Link | None:
+        """The client's link for ``conn``, if the connection is ready for a command.
+
+        A connection idle for ``STALE_AFTER`` seconds is first checked for a
+        close by the node (a restart): then the slow lane reconnects, so that
+        case never makes a command's fate unknown."""
+        link = client.links.get(conn)
+        if link is not None and link.turn == client.turn:
+            return link  # checked already in this turn
+        if conn.pending or not conn.client.connected:
+            return None
+        if link is not None and not link.current():
+            link.stop()
+            link = None
+        if link is None:
+            link = client.links[conn] = Link(client, conn, member, self.numbers[member.name])
+        now = self.pool.clock()
+        if not link.expect and now - link.used > STALE_AFTER and not conn.client.still_open():
+            return None
+        link.used = now
+        link.turn = client.turn
+        return link
+
+    def _send(self, link: Link, data: bytes, slot, handler, job: int = 0) -> None:
+        if not link.expect:
+            link.since = link.used
+            self.busy.add(link)
+        link.expect.append((slot, handler, job, link.queued))
+        link.out.append(data)
+        link.queued += len(data)
+        link.client.dirty.add(link)
+        link.client.inflight += slot is not None
+
+    def _put(self, client, ev: tuple, slot) -> bool:
+        cc, pool, s = self.cc, self.pool, client.session
+        tube = client.state.using
+        if tube in cc.spread or self.commands.draining:
+            return False
+        member = pool.members[cc.node_for(tube)]
+        if member.dead_until or member.draining_until:
+            return False
+        link = self._link(client, s.conn(member.name, member.address), member)
+        if link is None:
+            return False
+        if link.conn.client.using != tube:
+            self._send(link, link.conn.client.use_command(tube), None, self._on_prefix)
+        self._send(link, b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4]),
+                   slot, self._on_put)
+        client.state.producer = True
+        return True
+
+    def _by_job(self, client, ev: tuple, slot) -> bool:
+        where = proxy_ids.decode(ev[1])
+        if where is None:
+            return False
+        name, job_id = where
+        member = self.pool.members.get(name)
+        if member is None or member.dead_until:
+            return False
+        s = client.session
+        conn = s.holder(name, job_id) or s.conn(name, member.address)
+        link = self._link(client, conn, member)
+        if link is None:
+            return False
+        command, kind = _BY_JOB[ev[0]]
+        self._send(link, command(job_id, ev), slot, self._by_job_replies[kind], job_id)
+        return True
+
+    def _reserve(self, client, ev, slot) -> bool:
+        cc, pool, s = self.cc, self.pool, client.session
+        if client.reserve_redone or s.buffer or pool.clock() >= s.next_sweep:
+            return False  # the other nodes are due to be asked: the slow lane sweeps them
+        spread = cc.spread
+        owners = set()
+        for tube in s.watching:
+            if tube in spread:
+                return False
+            owners.add(cc.node_for(tube))
+        if len(owners) != 1:
+            return False
+        member = pool.members[owners.pop()]
+        if member.dead_until:
+            return False
+        link = self._link(client, s.conn(member.name, member.address), member)
+        if link is None:
+            return False
+        conn = link.conn
+        if conn.watch_gen != s.watch_gen:
+            data, count = conn.client.watch_commands(s.watching)
+            conn.watch_gen = s.watch_gen
+            for i in range(count):  # one Pending per WATCHING reply, the bytes with the first
+                self._send(link, data if i == 0 else b"", None, self._on_prefix)
+        self._send(link, b"reserve-with-timeout 0\r\n", slot, self._on_reserve)
+        client.state.worker = True
+        return True
+
+    # --- writing -------------------------------------------------------------------------
+    def flush(self, link: Link) -> None:
+        """Write what was dispatched to ``link`` this turn (the rest when writable)."""
+        data = b"".join(link.out) if len(link.out) > 1 else link.out[0]
+        link.out = []
+        self._write(link, data)
+        if link.expect and not link.reader.active:
+            link.reader.start(link.client.guard, self._readable, link)
+
+    def _write(self, link: Link, data: bytes) -> None:
+        try:
+            sent = link.conn.client.send_nowait(data)
+        except ConnectionLostError:
+            self._lost(link)
+            return
+        link.written += sent
+        if sent < len(data):
+            link.out = [data[sent:]]
+            link.client.dirty.discard(link)
+            if not link.writer.active:
+                link.writer.start(link.client.guard, self._writable, link)
+
+    def _writable(self, link: Link) -> None:
+        link.writer.stop()
+        if link.out:
+            data, link.out = link.out[0], []
+            self._write(link, data)
+        link.client.after_io()
+
+    # --- reading -------------------------------------------------------------------------
+    def _readable(self, link: Link) -> None:
+        client = link.client
+        try:
+            replies = link.conn.client.read_ready()
+        except ConnectionLostError:
+            self._lost(link)
+            client.after_io()
+            return
+        expect = link.expect
+        for reply in replies:
+            if not expect:  # a reply nobody asked for: out of step
+                link.conn.client.close()
+                self._lost(link)
+                break
+            slot, handler, job, _ = expect.popleft()
+            result = handler(link, job, reply)
+            if slot is not None:
+                client.inflight -= 1
+                client.answer(slot, result)
+        if expect:
+            link.since = self.pool.clock()
+        else:
+            link.reader.stop()
+            self.busy.discard(link)
+        if link.member.failures:
+            self.pool.ok(link.member)
+        client.after_io()
+
+    def _id_reply(self, word: bytes, link: Link, words: list) -> bytes:
+        return b"%s %d\r\n" % (word, proxy_ids.encode(link.number, int(words[1])))
+
+    def _on_put(self, link, job, reply):
+        words = reply[0]
+        word = words[0]
+        if word == b"INSERTED" or word == b"BURIED":
+            return self._id_reply(word, link, words)
+        if word == b"DRAINING":
+            self.pool.drained(link.member)
+            return REDO  # the slow lane fails over to the next node
+        if word == b"OUT_OF_MEMORY" and self.cc.spill_when_full:
+            return REDO
+        return _line(words)
+
+    def _on_done(self, link, job, reply):
+        link.conn.held.pop(job, None)  # deleted, released or buried: no longer ours
+        return _line(reply[0])
+
+    def _on_plain(self, link, job, reply):
+        return _line(reply[0])
+
+    def _on_peek(self, link, job, reply):
+        words, body = reply
+        if words[0] != b"FOUND":
+            return _line(words)
+        return b"FOUND %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, int(words[1])),
+                                           len(body), body)
+
+    def _on_reserve(self, link, job, reply):
+        words, body = reply
+        client = link.client
+        if words[0] != b"RESERVED":
+            client.reserve_redone = True  # later reserves of this run: the slow lane
+            return REDO
+        conn = link.conn
+        now = self.pool.clock()
+        job_id = int(words[1])
+        conn.held[job_id] = now
+        if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
+            client.session.buffer.append((conn.client.job_from(reply), conn, now))
+            return REDO
+        return b"RESERVED %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, job_id),
+                                              len(body), body)
+
+    def _on_prefix(self, link, job, reply):
+        word = reply[0][0]
+        if word != b"USING" and word != b"WATCHING":
+            log.warning("%s answered %r to use/watch: connection reset", link.name, word)
+            link.conn.client.close()
+            self._lost(link)
+        return None
+
+    # --- failures ------------------------------------------------------------------------
+    def _lost(self, link: Link, hung: bool = False) -> None:
+        """The connection failed: the node is told failed, every command in flight
+        answered (REDO if never written, else as a lost command)."""
+        if link.client.links.get(link.conn) is link:
+            del link.client.links[link.conn]
+        link.stop()
+        self.busy.discard(link)
+        link.client.dirty.discard(link)
+        self.pool.failed(link.member, hung=hung)
+        link.client.session.lost(link.conn)
+        link.conn.client.close()
+        expect, link.expect = link.expect, deque()
+        for slot, handler, _, start in expect:
+            if slot is None:
+                continue
+            link.client.inflight -= 1
+            if handler == self._on_reserve or start >= link.written:
+                result = REDO  # never written, or a reserve: the node released the job
+            else:
+                result = P.INTERNAL_ERROR
+            link.client.answer(slot, result)
+
+    def _reap(self) -> None:
+        """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition)."""
+        if not self.busy or not self.pool.op_timeout:
+            return
+        limit = self.pool.clock() - self.pool.op_timeout
+        for link in [lk for lk in self.busy if lk.since < limit]:
+            log.warning("%s: no reply within %s s: marked dead", link.name, self.pool.op_timeout)
+            link.client.guard(self._hung, link)
+
+    def _hung(self, link: Link) -> None:
+        self._lost(link, hung=True)
+        link.client.after_io()
+
+    def forget(self, client) -> None:
+        """The client is gone: stop its links (its greenlet closes the connections)."""
+        for link in client.links.values():
+            link.stop()
+            self.busy.discard(link)
+        client.links.clear()
+
+
+# by-job commands: how each is written for the node (from its node job id and the
+# event) and which reply handler reads its answer
+_BY_JOB = {
+    P.CMD_DELETE: (lambda j, ev: b"delete %d\r\n" % j, "done"),
+    P.CMD_RELEASE: (lambda j, ev: b"release %d %d %d\r\n" % (j, ev[2], ev[3]), "done"),
+    P.CMD_BURY: (lambda j, ev: b"bury %d %d\r\n" % (j, ev[2]), "done"),
+    P.CMD_TOUCH: (lambda j, ev: b"touch %d\r\n" % j, "plain"),
+    P.CMD_KICK_JOB: (lambda j, ev: b"kick-job %d\r\n" % j, "plain"),
+    P.CMD_PEEK: (lambda j, ev: b"peek %d\r\n" % j, "peek"),
+}
+
+
+def _line(words: list) -> bytes:
+    return b" ".join(words) + P.CRLF
