@@ -19,9 +19,16 @@ use the new files; a bad file keeps the old context).  This module only
 adapts the result to the proxy:
 
 * ``ProxyTLS.accept`` is the first thing ``ProxyServer.handle`` does; it
-  returns the TLS socket in blocking mode, which the proxy process (gevent
-  patched in ``serve``, so ``ssl`` is gevent's) reads and writes
-  cooperatively like any socket, or None if the client was refused;
+  returns a ``TlsSocket`` (or None if the client was refused), which the
+  proxy's data path drives like a plain non-blocking socket from
+  readiness callbacks (``proxy_engine.ClientConn``).  Two differences from
+  a plain socket are smoothed over there: half a TLS record is no data yet
+  (OpenSSL says "want read": here ``BlockingIOError``, as a plain socket
+  says it, not an error that would end the connection), and bytes OpenSSL
+  has already decrypted are returned with the read (``read_pending``), since
+  no readiness event would announce them.  Writes are gevent's (the
+  process is patched in ``serve``, so ``ssl`` is gevent's): a TLS write
+  that would block sends 0 bytes, and is retried when writable;
 * with ``--tls-port``, ``--listen`` stays plain TCP and a second listener
   here does the handshake before handing the socket to the same handler.
 
@@ -31,6 +38,7 @@ SIGHUP handler calls it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -38,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from bsclient.tls import TlsSettings
+from bsclient.tls import TlsSettings, read_pending
 from bsnode import tls as node_tls
 from gevent.server import StreamServer
 
@@ -98,6 +106,44 @@ def plan(flags: Mapping[str, Any], config) -> TlsPlan | None:
     return TlsPlan(files, values.get("tls_port"))
 
 
+class TlsSocket:
+    """A client's TLS connection with a plain non-blocking socket's manners
+    (what ``proxy_engine.ClientConn`` calls; see "How this works")."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, tls: ssl.SSLSocket) -> None:
+        self.tls = tls
+
+    def recv(self, size: int) -> bytes:
+        try:
+            data = self.tls.recv(size)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise BlockingIOError(errno.EAGAIN, "a TLS record is not complete yet") from None
+        return data + read_pending(self.tls) if data else data
+
+    def send(self, data) -> int:
+        return self.tls.send(data)
+
+    def sendall(self, data) -> None:
+        self.tls.sendall(data)
+
+    def fileno(self) -> int:
+        return self.tls.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.tls.setblocking(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        self.tls.settimeout(value)
+
+    def setsockopt(self, *args) -> None:
+        self.tls.setsockopt(*args)
+
+    def close(self) -> None:
+        self.tls.close()
+
+
 class ProxyTLS:
     """The proxy's TLS: the handshake of each connection, and its listener for --tls-port."""
 
@@ -120,11 +166,9 @@ class ProxyTLS:
             return sock
         return self.secure(sock, address)
 
-    def secure(self, sock, address) -> ssl.SSLSocket | None:
+    def secure(self, sock, address) -> TlsSocket | None:
         tls = self.endpoint.handshake(sock, address)
-        if tls is not None:
-            tls.settimeout(None)  # blocking, which gevent's ssl makes cooperative
-        return tls
+        return TlsSocket(tls) if tls is not None else None
 
     def reload(self) -> bool:
         """Re-read the certificate files (new handshakes use them); False, logged,

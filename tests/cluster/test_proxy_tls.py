@@ -194,6 +194,93 @@ def test_a_waiting_reserve_and_a_hang_up_while_waiting(proxy, certs, good):
     good.delete(held_id)
 
 
+class _BioClient:
+    """A TLS client over a raw socket through memory BIOs, so the test decides
+    how its records reach the proxy (here: cut into small pieces)."""
+
+    def __init__(self, ctx: ssl.SSLContext, address) -> None:
+        self.raw = socket.create_connection(address, timeout=10)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.inc, self.out, server_hostname="127.0.0.1")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.raw.sendall(self.out.read())
+                self._take()
+        self.raw.sendall(self.out.read())
+
+    def _take(self) -> None:
+        data = self.raw.recv(65536)
+        if not data:
+            raise ConnectionError("the proxy closed the connection")
+        self.inc.write(data)
+
+    def send_in_pieces(self, data: bytes, piece: int = 97) -> None:
+        self.tls.write(data)
+        wire = self.out.read()
+        for i in range(0, len(wire), piece):
+            self.raw.sendall(wire[i:i + piece])
+            time.sleep(0.001)  # so the pieces reach the proxy in separate reads
+
+    def read_lines(self, count: int) -> bytes:
+        got = b""
+        while got.count(b"\r\n") < count:
+            try:
+                got += self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                self._take()
+        return got
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def test_records_that_arrive_in_pieces(proxy, certs):
+    """Half a TLS record is no command yet, and no end of stream either."""
+    client = _BioClient(certs.good(), proxy.address)
+    try:
+        body = b"p" * 5000
+        client.send_in_pieces(b"use pieces\r\nput 0 0 60 %d\r\n%s\r\n" % (len(body), body))
+        lines = client.read_lines(2)
+        assert lines.startswith(b"USING pieces\r\nINSERTED ")
+        job_id = int(lines.split(b"INSERTED ")[1].split(b"\r\n")[0])
+        client.send_in_pieces(b"delete %d\r\n" % job_id)
+        assert client.read_lines(1) == b"DELETED\r\n"
+    finally:
+        client.close()
+
+
+def test_a_slow_reader_gets_every_reply_whole(proxy, certs, good):
+    """Replies larger than the socket takes at once wait for the client (TLS writes
+    that would block are retried when writable, not taken for a hang-up)."""
+    count, body = 90, bytes(range(256)) * 234  # 59904 bytes each: 5.4 MB, more than
+    # the proxy's socket buffer takes (tcp_wmem max: 4 MB) with a 4 KB client window
+    good.use("slow-reader")
+    ids = [good.put(body) for _ in range(count)]
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+    raw.settimeout(20)
+    raw.connect(proxy.address)
+    sock = certs.good().wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        sock.sendall(b"watch slow-reader\r\n" + b"reserve-with-timeout 5\r\n" * count)
+        _until(lambda: good.stats()["current-jobs-reserved"] >= count, "the reserves")
+        data = b""
+        while data.count(body) < count:
+            chunk = sock.recv(65536)
+            assert chunk, "the proxy dropped the slow reader"
+            data += chunk
+        got = [int(line.split()[1]) for line in data.split(b"\r\n") if line.startswith(b"RESERVED")]
+        assert sorted(got) == sorted(ids)
+    finally:
+        sock.close()
+    _until(lambda: good.stats()["current-jobs-reserved"] == 0, "the jobs to be released")
+    for job_id in ids:
+        good.delete(job_id)
+
+
 # --- refusals, as bsnode's --------------------------------------------------------
 def test_plain_text_is_told_tls_required(proxy, certs, good):
     mark = len(proxy.lines)
