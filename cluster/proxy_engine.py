@@ -7,7 +7,7 @@ greenlet switch on the way of an ordinary command:
 
 * the client socket's read watcher reads, cuts the bytes into commands with
   the node's own codec (``CommandReader``) and queues them (``pump``);
-* each command gets a reply *slot*, in order.  ``FastPath.dispatch`` sends
+* each command gets a reply *slot*, in order.  ``FastPath.handler(op)`` sends
   what one node can answer at once (``proxy_fast``); its reply fills the
   slot from the node connection's watcher.  Everything else goes to the
   *slow lane*: this connection's own greenlet runs it through
@@ -45,7 +45,7 @@ from gevent.event import Event
 
 from . import proxy_cluster as pc
 from .proxy_commands import CLOSE
-from .proxy_fast import READ, REDO, WRITE
+from .proxy_fast import MAX_RUN, READ, REDO, WRITE
 
 log = logging.getLogger("bscluster.proxy")
 
@@ -60,18 +60,11 @@ class ClientGone(BaseException):
     """The client hung up while its slow lane waited in a reserve."""
 
 
-class Slot:
-    """One command's place in the reply order."""
-
-    __slots__ = ("seq", "ev", "reply")
-
-    def __init__(self, seq: int, ev: tuple) -> None:
-        self.seq = seq
-        self.ev = ev
-        self.reply = None  # bytes (maybe empty), CLOSE, or None while unanswered
-
-    def __lt__(self, other: Slot) -> bool:
-        return self.seq < other.seq
+# A command's reply slot: [seq, event, reply].  Slots are lists (one is made per
+# command, so they must be cheap); ordered by their unique seq, so the slow lane
+# can keep them sorted.  ``reply`` is None until the reply is in; then bytes
+# (maybe empty: no reply) or CLOSE.
+SEQ, EV, REPLY = 0, 1, 2
 
 
 class ClientConn:
@@ -87,14 +80,15 @@ class ClientConn:
         self.session = pc.session(server.cc)  # this greenlet's: the slow lane's too
         self.greenlet = gevent.getcurrent()
         self.queue: deque = deque()  # commands read, not yet dispatched
-        self.slots: deque[Slot] = deque()  # dispatched, in order, answered or not
-        self.lane: list[Slot] = []  # waiting for the slow lane, in order
+        self.slots: deque[list] = deque()  # dispatched, in order, answered or not
+        self.lane: list[list] = []  # slots waiting for the slow lane, in order
         self.links: dict = {}  # session Conn -> proxy_fast.Link
         self.dirty: set = set()  # links with commands to write this turn
-        self.inflight = 0  # fast commands sent, reply not in yet
+        self.inflight = 0  # runs sent to nodes whose replies are not all in (proxy_fast)
         self.reserve_redone = False  # a fast reserve found no job: the rest go slow
         self.seq = 0
         self.turn = 0  # pump rounds (a link checked once per round: proxy_fast)
+        self.put_route = (-1, None, None)  # proxy_fast's (turn, tube, link) of the last put
         self.out: list[bytes] = []  # replies the socket did not take yet
         self.out_bytes = 0
         self.eof = False
@@ -141,9 +135,11 @@ class ClientConn:
                 pass
 
     def _run_lane(self) -> None:
+        if self.lane and not self.inflight:
+            self.fast.quiet(self)
         while self.lane and not self.inflight and not self.closing:
             slot = self.lane[0]
-            reply = self._slow(slot.ev)
+            reply = self._slow(slot[EV])
             del self.lane[0]
             self.answer(slot, reply)
             self._flush()
@@ -170,7 +166,7 @@ class ClientConn:
     def _reserve_next(self) -> bool:
         """The client's next command is a reserve (pipelined): a buffered job is its."""
         nxt = self.lane[1] if len(self.lane) > 1 else None
-        ev = nxt.ev if nxt is not None else (self.queue[0] if self.queue else None)
+        ev = nxt[EV] if nxt is not None else (self.queue[0] if self.queue else None)
         return ev is not None and ev[0] in RESERVES
 
     # --- reading and dispatching ----------------------------------------------------------
@@ -209,37 +205,47 @@ class ClientConn:
 
     def pump(self) -> None:
         """Dispatch queued commands (fast ones now, the first slow one to the lane)."""
-        queue, fast, commands, state = self.queue, self.fast, self.commands, self.state
+        queue, slots, lane = self.queue, self.slots, self.lane
+        count, state, fast = self.commands.count, self.state, self.fast
         self.turn += 1
-        while queue and not self.lane and not self.closing:
+        while queue and not lane and not self.closing:
             ev = queue.popleft()
-            commands.count(state, ev)
+            count(state, ev)
             if ev[0] is ERROR:
                 if ev[1]:
-                    self._slot(ev).reply = ev[1]
+                    self.seq += 1
+                    slots.append([self.seq, ev, ev[1]])
                 continue
-            slot = self._slot(ev)
-            send = fast.handler(ev[0])
-            if send is None or not send(self, ev, slot):
-                self.lane.append(slot)
+            self.seq += 1
+            slot = [self.seq, ev, None]
+            slots.append(slot)
+            kind = fast.kind(ev[0])
+            if kind is None:
+                lane.append(slot)
+                break
+            run = [slot]  # the commands of this kind that follow go with it
+            while queue and len(run) < MAX_RUN and fast.kind(queue[0][0]) == kind:
+                ev = queue.popleft()
+                count(state, ev)
+                self.seq += 1
+                slot = [self.seq, ev, None]
+                slots.append(slot)
+                run.append(slot)
+            sent = fast.send(self, kind, run)
+            if sent < len(run):
+                lane.extend(run[sent:])  # in order: the slow lane runs them one by one
         if self.dirty:
             for link in self.dirty:
-                fast.flush(link)
+                self.fast.flush(link)
             self.dirty.clear()
         self.after_io()
 
-    def _slot(self, ev: tuple) -> Slot:
-        self.seq += 1
-        slot = Slot(self.seq, ev)
-        self.slots.append(slot)
-        return slot
-
-    def answer(self, slot: Slot, reply) -> None:
+    def answer(self, slot: list, reply) -> None:
         """A slot's reply is in (REDO: the slow lane runs its command after all)."""
         if reply is REDO:
             bisect.insort(self.lane, slot)
         else:
-            slot.reply = reply
+            slot[REPLY] = reply
 
     def after_io(self) -> None:
         """After any event: send the replies now due, wake the slow lane, or end."""
@@ -255,8 +261,8 @@ class ClientConn:
     # --- writing --------------------------------------------------------------------------
     def _flush(self) -> None:
         slots, out = self.slots, self.out
-        while slots and slots[0].reply is not None:
-            reply = slots.popleft().reply
+        while slots and slots[0][REPLY] is not None:
+            reply = slots.popleft()[REPLY]
             if reply is CLOSE:
                 self.closing = True
                 slots.clear()

@@ -5,7 +5,7 @@ How this works
 Most of what a beanstalkd client sends goes to exactly one node and needs no
 waiting: a put to its tube's owner, a delete/release/bury/touch/peek/kick-job
 (the proxy id names the node), a reserve that one node can answer at once.
-``FastPath.dispatch`` sends such a command on the client's own connection to
+``FastPath.handler(op)`` sends such a command on the client's own connection to
 that node (a ``Conn`` of its ClusterClient session: the very connection the
 slow lane would use, so which connection holds which job is known in one
 place) without any greenlet switch:
@@ -17,7 +17,7 @@ place) without any greenlet switch:
   reply slots, which go out in command order (``proxy_engine``).
 
 A command is only sent this way when nothing unusual can happen on the way
-(``dispatch`` returns False otherwise, and the client's greenlet runs it
+(its handler returns False otherwise, and the client's greenlet runs it
 through ``ProxyCommands``, which has every rule: failover, draining, the
 multiplexed reserve, DEADLINE_SOON):
 
@@ -50,7 +50,6 @@ import logging
 from collections import deque
 
 from bsclient import protocol as P
-from bsclient.consume import SWEEP_SECONDS  # noqa: F401  (the rule the reserve check follows)
 from bsclient.errors import ConnectionLostError
 from gevent import get_hub
 
@@ -62,10 +61,30 @@ REDO = object()  # a reply meaning: run this command on the slow lane after all
 READ, WRITE = 1, 2
 REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
 STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
+MAX_RUN = 256  # commands of one kind dispatched together
+# the kinds of command this path takes, by event; a run is consecutive commands of one kind
+KINDS = {P.CMD_PUT: "put", P.PUT_BODY: "put", P.CMD_RESERVE: "reserve",
+         P.CMD_RESERVE_WITH_TIMEOUT: "reserve", P.CMD_DELETE: "job", P.CMD_RELEASE: "job",
+         P.CMD_BURY: "job", P.CMD_TOUCH: "job", P.CMD_KICK_JOB: "job", P.CMD_PEEK: "job"}
+# slot fields (proxy_engine owns the layout: [seq, event, reply])
+EV, REPLY = 1, 2
+
+
+class Run:
+    """Commands sent on one link together: their slots and how their replies are read."""
+
+    __slots__ = ("slots", "read", "jobs", "start", "done")
+
+    def __init__(self, slots: list, read, jobs, start: int) -> None:
+        self.slots = slots  # reply slots, in order (None: a use/watch sent ahead)
+        self.read = read  # read(link, run, replies, i) -> index after the replies it took
+        self.jobs = jobs  # the node job ids of by-job commands
+        self.start = start  # offset of its first byte in the link's output stream
+        self.done = 0  # replies read so far
 
 
 class Link:
-    """The fast path's side of one session ``Conn``: replies expected, bytes to write."""
+    """The fast path's side of one session ``Conn``: runs in flight, bytes to write."""
 
     __slots__ = ("client", "conn", "member", "number", "name", "expect", "out", "queued",
                  "written", "reader", "writer", "fd", "connects", "since", "used", "turn")
@@ -76,11 +95,9 @@ class Link:
         self.member = member
         self.number = number  # the node's number in proxy ids
         self.name = member.name
-        # replies expected, in order: (reply slot or None for a use/watch sent ahead,
-        # the handler that reads it, the node's job id, offset of its first byte)
-        self.expect: deque[tuple] = deque()
+        self.expect: deque[Run] = deque()  # runs whose replies are still (partly) due
         self.out: list[bytes] = []  # dispatched this turn, not yet written
-        self.queued = 0  # bytes dispatched so far (the offsets in ``expect``)
+        self.queued = 0  # bytes dispatched so far (``Run.start`` offsets)
         self.written = 0  # bytes the socket took so far
         self.fd = conn.client.fileno()
         self.connects = conn.client.connects
@@ -104,7 +121,7 @@ class Link:
 
 
 class FastPath:
-    """Dispatch and reply handling for every proxy client (one per ProxyServer)."""
+    """Dispatch and reply reading for every proxy client (one per ProxyServer)."""
 
     def __init__(self, commands) -> None:
         self.commands = commands
@@ -115,21 +132,21 @@ class FastPath:
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
         self.reaper = get_hub().loop.timer(REAP_EVERY, REAP_EVERY)
         self.reaper.start(self._reap)
-        self._dispatch = {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
-                          **dict.fromkeys(_BY_JOB, self._by_job),
-                          P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve}
-        self._by_job_replies = {"done": self._on_done, "plain": self._on_plain,
-                                "peek": self._on_peek}
+        self._runs = {"put": self._puts, "reserve": self._reserves, "job": self._by_job}
 
     def close(self) -> None:
         self.reaper.stop()
         self.reaper.close()
 
     # --- dispatch ------------------------------------------------------------------------
-    def handler(self, op):
-        """``handler(client, ev, slot)`` sending an ``op`` command to its node now if
-        nothing unusual can happen (False otherwise), or None: the slow lane's."""
-        return self._dispatch.get(op) if self.enabled else None
+    def kind(self, op) -> str | None:
+        """The kind of run an ``op`` command joins, or None: the slow lane's."""
+        return KINDS.get(op) if self.enabled else None
+
+    def send(self, client, kind: str, slots: list) -> int:
+        """Send the commands of ``slots`` (a run of ``kind``) to their nodes: how many, a
+        prefix (the first one not sent, and those after it, take the slow lane)."""
+        return self._runs[kind](client, slots)
 
     def _link(self, client, conn, member) -> Link | None:
         """The client's link for ``conn``, if the connection is ready for a command.
@@ -154,78 +171,94 @@ class FastPath:
         link.turn = client.turn
         return link
 
-    def _send(self, link: Link, data: bytes, slot, handler, job: int = 0) -> None:
+    def _send(self, link: Link, data: bytes, slots: list, read, jobs=None) -> None:
         if not link.expect:
             link.since = link.used
             self.busy.add(link)
-        link.expect.append((slot, handler, job, link.queued))
+        link.expect.append(Run(slots, read, jobs, link.queued))
+        link.client.inflight += 1
         link.out.append(data)
         link.queued += len(data)
         link.client.dirty.add(link)
-        link.client.inflight += slot is not None
 
-    def _put(self, client, ev: tuple, slot) -> bool:
+    def _puts(self, client, slots: list) -> int:
         cc, pool, s = self.cc, self.pool, client.session
         tube = client.state.using
         if tube in cc.spread or self.commands.draining:
-            return False
+            return 0
         member = pool.members[cc.node_for(tube)]
         if member.dead_until or member.draining_until:
-            return False
+            return 0
         link = self._link(client, s.conn(member.name, member.address), member)
         if link is None:
-            return False
+            return 0
         if link.conn.client.using != tube:
-            self._send(link, link.conn.client.use_command(tube), None, self._on_prefix)
-        self._send(link, b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4]),
-                   slot, self._on_put)
+            self._send(link, link.conn.client.use_command(tube), [None], self._read_prefix)
+        data = b"".join([b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4])
+                         for ev in [slot[EV] for slot in slots]])
+        self._send(link, data, slots, self._read_puts)
         client.state.producer = True
-        return True
+        return len(slots)
 
-    def _by_job(self, client, ev: tuple, slot) -> bool:
-        where = proxy_ids.decode(ev[1])
-        if where is None:
-            return False
-        name, job_id = where
-        member = self.pool.members.get(name)
-        if member is None or member.dead_until:
-            return False
-        s = client.session
-        conn = s.holder(name, job_id) or s.conn(name, member.address)
-        link = self._link(client, conn, member)
-        if link is None:
-            return False
-        command, kind = _BY_JOB[ev[0]]
-        self._send(link, command(job_id, ev), slot, self._by_job_replies[kind], job_id)
-        return True
+    def _by_job(self, client, slots: list) -> int:
+        """Consecutive commands on one link go as one run."""
+        s, members = client.session, self.pool.members
+        sent = 0
+        run: list = []
+        run_link = None
+        for slot in slots:
+            ev = slot[EV]
+            where = proxy_ids.decode(ev[1])
+            member = None if where is None else members.get(where[0])
+            if member is None or member.dead_until:
+                break
+            name, job_id = where
+            link = self._link(client, s.holder(name, job_id) or s.conn(name, member.address),
+                              member)
+            if link is None:
+                break
+            if link is not run_link and run:
+                self._send_jobs(run_link, run)
+                run = []
+            run_link = link
+            run.append((slot, job_id))
+            sent += 1
+        if run:
+            self._send_jobs(run_link, run)
+        return sent
 
-    def _reserve(self, client, ev, slot) -> bool:
+    def _send_jobs(self, link: Link, run: list) -> None:
+        data = b"".join([_BY_JOB[slot[EV][0]](job_id, slot[EV]) for slot, job_id in run])
+        self._send(link, data, [slot for slot, _ in run], self._read_jobs,
+                   [job_id for _, job_id in run])
+
+    def _reserves(self, client, slots: list) -> int:
         cc, pool, s = self.cc, self.pool, client.session
         if client.reserve_redone or s.buffer or pool.clock() >= s.next_sweep:
-            return False  # the other nodes are due to be asked: the slow lane sweeps them
+            return 0  # the other nodes are due to be asked: the slow lane sweeps them
         spread = cc.spread
         owners = set()
         for tube in s.watching:
             if tube in spread:
-                return False
+                return 0
             owners.add(cc.node_for(tube))
         if len(owners) != 1:
-            return False
+            return 0
         member = pool.members[owners.pop()]
         if member.dead_until:
-            return False
+            return 0
         link = self._link(client, s.conn(member.name, member.address), member)
         if link is None:
-            return False
+            return 0
         conn = link.conn
         if conn.watch_gen != s.watch_gen:
             data, count = conn.client.watch_commands(s.watching)
             conn.watch_gen = s.watch_gen
-            for i in range(count):  # one Pending per WATCHING reply, the bytes with the first
-                self._send(link, data if i == 0 else b"", None, self._on_prefix)
-        self._send(link, b"reserve-with-timeout 0\r\n", slot, self._on_reserve)
+            if count:
+                self._send(link, data, [None] * count, self._read_prefix)
+        self._send(link, b"reserve-with-timeout 0\r\n" * len(slots), slots, self._read_reserves)
         client.state.worker = True
-        return True
+        return len(slots)
 
     # --- writing -------------------------------------------------------------------------
     def flush(self, link: Link) -> None:
@@ -259,6 +292,9 @@ class FastPath:
     # --- reading -------------------------------------------------------------------------
     def _readable(self, link: Link) -> None:
         client = link.client
+        if not link.expect:  # the node closed an idle connection (or wrote out of turn)
+            self._idle_closed(link)
+            return
         try:
             replies = link.conn.client.read_ready()
         except ConnectionLostError:
@@ -266,100 +302,130 @@ class FastPath:
             client.after_io()
             return
         expect = link.expect
-        for reply in replies:
+        i, n = 0, len(replies)
+        while i < n:
             if not expect:  # a reply nobody asked for: out of step
                 link.conn.client.close()
                 self._lost(link)
                 break
-            slot, handler, job, _ = expect.popleft()
-            result = handler(link, job, reply)
-            if slot is not None:
+            run = expect[0]
+            i = run.read(link, run, replies, i)
+            if run.done == len(run.slots):
+                expect.popleft()
                 client.inflight -= 1
-                client.answer(slot, result)
         if expect:
             link.since = self.pool.clock()
-        else:
-            link.reader.stop()
+        else:  # the reader stays on until the slow lane runs (``quiet``)
             self.busy.discard(link)
         if link.member.failures:
             self.pool.ok(link.member)
         client.after_io()
 
-    def _id_reply(self, word: bytes, link: Link, words: list) -> bytes:
-        return b"%s %d\r\n" % (word, proxy_ids.encode(link.number, int(words[1])))
+    def _read_puts(self, link: Link, run: Run, replies: list, i: int) -> int:
+        slots, done = run.slots, run.done
+        end = min(len(replies), i + len(slots) - done)
+        radix, number = proxy_ids.ID_RADIX, link.number - 1  # proxy_ids.encode, inlined
+        redo = []
+        for words, _ in replies[i:end]:
+            word = words[0]
+            slot = slots[done]
+            done += 1
+            if word == b"INSERTED" or word == b"BURIED":
+                slot[REPLY] = b"%s %d\r\n" % (word, int(words[1]) * radix + number)
+            elif word == b"DRAINING" or (word == b"OUT_OF_MEMORY" and self.cc.spill_when_full):
+                if word == b"DRAINING":
+                    self.pool.drained(link.member)
+                redo.append(slot)  # the slow lane fails over to the next node
+            else:
+                slot[REPLY] = b" ".join(words) + P.CRLF
+        run.done = done
+        for slot in redo:
+            link.client.answer(slot, REDO)
+        return end
 
-    def _on_put(self, link, job, reply):
-        words = reply[0]
-        word = words[0]
-        if word == b"INSERTED" or word == b"BURIED":
-            return self._id_reply(word, link, words)
-        if word == b"DRAINING":
-            self.pool.drained(link.member)
-            return REDO  # the slow lane fails over to the next node
-        if word == b"OUT_OF_MEMORY" and self.cc.spill_when_full:
-            return REDO
-        return _line(words)
+    def _read_jobs(self, link: Link, run: Run, replies: list, i: int) -> int:
+        slots, jobs, done = run.slots, run.jobs, run.done
+        end = min(len(replies), i + len(slots) - done)
+        held = link.conn.held
+        for words, body in replies[i:end]:
+            slot = slots[done]
+            op = slot[EV][0]
+            if op in _ENDS_RESERVATION:
+                held.pop(jobs[done], None)  # deleted, released or buried: no longer ours
+            if body is not None and words[0] == b"FOUND":  # peek
+                slot[REPLY] = b"FOUND %d %d\r\n%s\r\n" % (
+                    proxy_ids.encode(link.number, int(words[1])), len(body), body)
+            else:
+                slot[REPLY] = b" ".join(words) + P.CRLF
+            done += 1
+        run.done = done
+        return end
 
-    def _on_done(self, link, job, reply):
-        link.conn.held.pop(job, None)  # deleted, released or buried: no longer ours
-        return _line(reply[0])
-
-    def _on_plain(self, link, job, reply):
-        return _line(reply[0])
-
-    def _on_peek(self, link, job, reply):
-        words, body = reply
-        if words[0] != b"FOUND":
-            return _line(words)
-        return b"FOUND %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, int(words[1])),
-                                           len(body), body)
-
-    def _on_reserve(self, link, job, reply):
-        words, body = reply
-        client = link.client
-        if words[0] != b"RESERVED":
-            client.reserve_redone = True  # later reserves of this run: the slow lane
-            return REDO
-        conn = link.conn
+    def _read_reserves(self, link: Link, run: Run, replies: list, i: int) -> int:
+        slots, done = run.slots, run.done
+        end = min(len(replies), i + len(slots) - done)
+        client, conn = link.client, link.conn
         now = self.pool.clock()
-        job_id = int(words[1])
-        conn.held[job_id] = now
-        if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
-            client.session.buffer.append((conn.client.job_from(reply), conn, now))
-            return REDO
-        return b"RESERVED %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, job_id),
-                                              len(body), body)
+        radix, number = proxy_ids.ID_RADIX, link.number - 1  # proxy_ids.encode, inlined
+        for reply in replies[i:end]:
+            words, body = reply
+            slot = slots[done]
+            done += 1
+            if words[0] != b"RESERVED":
+                client.reserve_redone = True  # this and later reserves: the slow lane
+                client.answer(slot, REDO)
+                continue
+            job_id = int(words[1])
+            conn.held[job_id] = now
+            if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
+                client.session.buffer.append((conn.client.job_from(reply), conn, now))
+                client.answer(slot, REDO)
+                continue
+            slot[REPLY] = b"RESERVED %d %d\r\n%s\r\n" % (job_id * radix + number, len(body), body)
+        run.done = done
+        return end
 
-    def _on_prefix(self, link, job, reply):
-        word = reply[0][0]
-        if word != b"USING" and word != b"WATCHING":
-            log.warning("%s answered %r to use/watch: connection reset", link.name, word)
-            link.conn.client.close()
-            self._lost(link)
-        return None
+    def _read_prefix(self, link: Link, run: Run, replies: list, i: int) -> int:
+        end = min(len(replies), i + len(run.slots) - run.done)
+        for words, _ in replies[i:end]:
+            if words[0] != b"USING" and words[0] != b"WATCHING":
+                log.warning("%s answered %r to use/watch: connection reset", link.name, words[0])
+                link.conn.client.close()
+                self._lost(link)
+                return len(replies)
+            run.done += 1
+        return end
 
     # --- failures ------------------------------------------------------------------------
     def _lost(self, link: Link, hung: bool = False) -> None:
         """The connection failed: the node is told failed, every command in flight
         answered (REDO if never written, else as a lost command)."""
-        if link.client.links.get(link.conn) is link:
-            del link.client.links[link.conn]
+        client = link.client
+        if client.links.get(link.conn) is link:
+            del client.links[link.conn]
         link.stop()
         self.busy.discard(link)
-        link.client.dirty.discard(link)
+        client.dirty.discard(link)
         self.pool.failed(link.member, hung=hung)
-        link.client.session.lost(link.conn)
+        client.session.lost(link.conn)
         link.conn.client.close()
         expect, link.expect = link.expect, deque()
-        for slot, handler, _, start in expect:
-            if slot is None:
-                continue
-            link.client.inflight -= 1
-            if handler == self._on_reserve or start >= link.written:
-                result = REDO  # never written, or a reserve: the node released the job
-            else:
-                result = P.INTERNAL_ERROR
-            link.client.answer(slot, result)
+        client.inflight -= len(expect)
+        for run in expect:
+            redo = run.read == self._read_reserves or run.start >= link.written
+            for slot in run.slots[run.done:]:
+                if slot is not None:
+                    # never written, or a reserve (the node released the job): the slow lane
+                    client.answer(slot, REDO if redo else P.INTERNAL_ERROR)
+
+    def _idle_closed(self, link: Link) -> None:
+        """Readable with no reply expected: a node restart closed it (the slow lane will
+        reconnect; the node is not failed for that), or it is out of step."""
+        if not link.conn.client.still_open():
+            link.client.links.pop(link.conn, None)
+            link.stop()
+            link.conn.client.close()
+            link.client.session.lost(link.conn)
 
     def _reap(self) -> None:
         """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition)."""
@@ -374,25 +440,27 @@ class FastPath:
         self._lost(link, hung=True)
         link.client.after_io()
 
+    def quiet(self, client) -> None:
+        """Stop the readers of ``client``'s links: its slow lane uses the connections now."""
+        for link in client.links.values():
+            link.reader.stop()
+
     def forget(self, client) -> None:
         """The client is gone: stop its links (its greenlet closes the connections)."""
         for link in client.links.values():
             link.stop()
             self.busy.discard(link)
         client.links.clear()
+        client.inflight = 0
 
 
-# by-job commands: how each is written for the node (from its node job id and the
-# event) and which reply handler reads its answer
+# by-job commands as written for the node, from the node's job id and the event
 _BY_JOB = {
-    P.CMD_DELETE: (lambda j, ev: b"delete %d\r\n" % j, "done"),
-    P.CMD_RELEASE: (lambda j, ev: b"release %d %d %d\r\n" % (j, ev[2], ev[3]), "done"),
-    P.CMD_BURY: (lambda j, ev: b"bury %d %d\r\n" % (j, ev[2]), "done"),
-    P.CMD_TOUCH: (lambda j, ev: b"touch %d\r\n" % j, "plain"),
-    P.CMD_KICK_JOB: (lambda j, ev: b"kick-job %d\r\n" % j, "plain"),
-    P.CMD_PEEK: (lambda j, ev: b"peek %d\r\n" % j, "peek"),
+    P.CMD_DELETE: lambda j, ev: b"delete %d\r\n" % j,
+    P.CMD_RELEASE: lambda j, ev: b"release %d %d %d\r\n" % (j, ev[2], ev[3]),
+    P.CMD_BURY: lambda j, ev: b"bury %d %d\r\n" % (j, ev[2]),
+    P.CMD_TOUCH: lambda j, ev: b"touch %d\r\n" % j,
+    P.CMD_KICK_JOB: lambda j, ev: b"kick-job %d\r\n" % j,
+    P.CMD_PEEK: lambda j, ev: b"peek %d\r\n" % j,
 }
-
-
-def _line(words: list) -> bytes:
-    return b" ".join(words) + P.CRLF
+_ENDS_RESERVATION = frozenset({P.CMD_DELETE, P.CMD_RELEASE, P.CMD_BURY})
