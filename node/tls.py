@@ -20,9 +20,10 @@ connection's own greenlet, before any command is read:
    no command ever runs on it.
 3. It returns a ``TlsConn`` (``_DurableTlsConn`` under ``-f 0``), which
    the server drives like any connection (``handshake`` alone, steps 1
-   and 2, is what ``bscluster proxy`` uses: cluster/proxy_tls.py).  Reads try the TLS socket first
-   and wait only when OpenSSL wants more bytes: a record already decrypted
-   and buffered (``pending()``) is never left waiting for a readable fd.
+   and 2, is what ``bscluster proxy`` uses: cluster/proxy_tls.py).  Reads
+   try the TLS socket first and wait only when OpenSSL wants more bytes: a
+   record already decrypted and buffered (``pending()``) is never left
+   waiting for a readable fd.
 
 ``reload()`` (SIGHUP) builds a new context from the same files; new
 handshakes use it, connections already open keep theirs.  If the new
