@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import bisect
 import logging
-import ssl
 from collections import deque
 
 import gevent
 from bsclient.protocol import CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT, ERROR, TIMED_OUT
-from bsclient.tls import read_pending
 from gevent.event import Event
 
 from . import proxy_cluster as pc
@@ -55,8 +53,8 @@ RECV_SIZE = 65536
 BACKLOG = 1024  # unanswered commands read ahead per connection
 OUT_LIMIT = 1 << 20  # reply bytes waiting for a slow client before reading pauses
 LAST_WORDS_SECONDS = 10  # a closing connection's unsent replies get this long
-# a socket not ready after all (TLS: a record not complete, or its housekeeping)
-_TRY_LATER = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# a socket not ready after all (a TLS client's socket says so too: proxy_tls.TlsSocket)
+_TRY_LATER = (BlockingIOError, InterruptedError)
 RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
 
 
@@ -102,7 +100,6 @@ class ClientConn:
         self.wake = Event()
         loop = gevent.get_hub().loop
         fd = sock.fileno()
-        self.tls = hasattr(sock, "pending")  # a TLS client (the proxy's own listener)
         self.reader = loop.io(fd, READ)
         self.writer = loop.io(fd, WRITE)
 
@@ -187,8 +184,6 @@ class ClientConn:
     def _readable(self) -> None:
         try:
             data = self.sock.recv(RECV_SIZE)
-            if data and self.tls:
-                data += read_pending(self.sock)  # decrypted already: no readiness for it
         except _TRY_LATER:
             return
         except OSError:

@@ -123,7 +123,10 @@ class TlsSocket:
         return data + read_pending(self.tls) if data else data
 
     def send(self, data) -> int:
-        return self.tls.send(data)
+        try:
+            return self.tls.send(data)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return 0  # nothing taken now: the caller writes again when writable
 
     def sendall(self, data) -> None:
         self.tls.sendall(data)
