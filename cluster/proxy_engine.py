@@ -45,7 +45,7 @@ from gevent.event import Event
 
 from . import proxy_cluster as pc
 from .proxy_commands import CLOSE
-from .proxy_fast import MAX_RUN, READ, REDO, WRITE
+from .proxy_fast import READ, REDO, WRITE
 
 log = logging.getLogger("bscluster.proxy")
 
@@ -91,6 +91,7 @@ class ClientConn:
         self.seq = 0
         self.turn = 0  # pump rounds (a link checked once per round: proxy_fast)
         self.put_route = (-1, None, None)  # proxy_fast's (turn, tube, link) of the last put
+        self.reserve_route = (-1, None)  # and (turn, link) of the last reserve
         self.out: list[bytes] = []  # replies the socket did not take yet
         self.out_bytes = 0
         self.eof = False
@@ -209,34 +210,21 @@ class ClientConn:
     def pump(self) -> None:
         """Dispatch queued commands (fast ones now, the first slow one to the lane)."""
         queue, slots, lane = self.queue, self.slots, self.lane
-        count, state, fast = self.commands.count, self.state, self.fast
+        count, state, handler = self.commands.count, self.state, self.fast.handler
         self.turn += 1
         while queue and not lane and not self.closing:
             ev = queue.popleft()
             count(state, ev)
+            self.seq += 1
             if ev[0] is ERROR:
                 if ev[1]:
-                    self.seq += 1
                     slots.append([self.seq, ev, ev[1]])
                 continue
-            self.seq += 1
             slot = [self.seq, ev, None]
             slots.append(slot)
-            kind = fast.kind(ev[0])
-            if kind is None:
+            send = handler(ev[0])
+            if send is None or not send(self, slot):
                 lane.append(slot)
-                break
-            run = [slot]  # the commands of this kind that follow go with it
-            while queue and len(run) < MAX_RUN and fast.kind(queue[0][0]) == kind:
-                ev = queue.popleft()
-                count(state, ev)
-                self.seq += 1
-                slot = [self.seq, ev, None]
-                slots.append(slot)
-                run.append(slot)
-            sent = fast.send(self, kind, run)
-            if sent < len(run):
-                lane.extend(run[sent:])  # in order: the slow lane runs them one by one
         if self.dirty:
             for link in self.dirty:
                 self.fast.flush(link)

@@ -54,6 +54,7 @@ from bsclient.errors import ConnectionLostError
 from gevent import get_hub
 
 from . import proxy_ids
+from .proxy_ids import ID_RADIX
 
 log = logging.getLogger("bscluster.proxy")
 
@@ -61,25 +62,20 @@ REDO = object()  # a reply meaning: run this command on the slow lane after all
 READ, WRITE = 1, 2
 REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
 STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
-MAX_RUN = 256  # commands of one kind dispatched together
-# the kinds of command this path takes, by event; a run is consecutive commands of one kind
-KINDS = {P.CMD_PUT: "put", P.PUT_BODY: "put", P.CMD_RESERVE: "reserve",
-         P.CMD_RESERVE_WITH_TIMEOUT: "reserve", P.CMD_DELETE: "job", P.CMD_RELEASE: "job",
-         P.CMD_BURY: "job", P.CMD_TOUCH: "job", P.CMD_KICK_JOB: "job", P.CMD_PEEK: "job"}
 # slot fields (proxy_engine owns the layout: [seq, event, reply])
 EV, REPLY = 1, 2
 
 
 class Run:
-    """Commands sent on one link together: their slots and how their replies are read."""
+    """The commands sent on one link in one turn, in order, and how far their replies are."""
 
-    __slots__ = ("slots", "read", "jobs", "start", "done")
+    __slots__ = ("slots", "readers", "jobs", "starts", "done")
 
-    def __init__(self, slots: list, read, jobs, start: int) -> None:
-        self.slots = slots  # reply slots, in order (None: a use/watch sent ahead)
-        self.read = read  # read(link, run, replies, i) -> index after the replies it took
-        self.jobs = jobs  # the node job ids of by-job commands
-        self.start = start  # offset of its first byte in the link's output stream
+    def __init__(self) -> None:
+        self.slots: list = []  # reply slots (None: a use/watch sent ahead of a command)
+        self.readers: list = []  # reader(link, job, reply) -> reply bytes or REDO, each
+        self.jobs: list = []  # the node's job id of each by-job command (else 0)
+        self.starts: list = []  # offset of each command's first byte in the link's stream
         self.done = 0  # replies read so far
 
 
@@ -87,7 +83,7 @@ class Link:
     """The fast path's side of one session ``Conn``: runs in flight, bytes to write."""
 
     __slots__ = ("client", "conn", "member", "number", "name", "expect", "out", "queued",
-                 "written", "reader", "writer", "fd", "connects", "since", "used", "turn")
+                 "written", "reader", "writer", "fd", "connects", "since", "used", "turn", "run")
 
     def __init__(self, client, conn, member, number: int) -> None:
         self.client = client  # the proxy client (proxy_engine.ClientConn)
@@ -107,6 +103,7 @@ class Link:
         self.since = 0.0  # when the oldest reply expected was asked for
         self.used = 0.0  # when a command was last dispatched on it
         self.turn = -1  # the client's dispatch turn it was last checked in
+        self.run: Run | None = None  # this turn's commands, until ``flush``
 
     def current(self) -> bool:
         """Still the connection this link was made for (not closed or reopened)."""
@@ -132,21 +129,19 @@ class FastPath:
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
         self.reaper = get_hub().loop.timer(REAP_EVERY, REAP_EVERY)
         self.reaper.start(self._reap)
-        self._runs = {"put": self._puts, "reserve": self._reserves, "job": self._by_job}
+        self._handlers = {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
+                          P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve,
+                          **dict.fromkeys(_BY_JOB, self._by_job)}
 
     def close(self) -> None:
         self.reaper.stop()
         self.reaper.close()
 
     # --- dispatch ------------------------------------------------------------------------
-    def kind(self, op) -> str | None:
-        """The kind of run an ``op`` command joins, or None: the slow lane's."""
-        return KINDS.get(op) if self.enabled else None
-
-    def send(self, client, kind: str, slots: list) -> int:
-        """Send the commands of ``slots`` (a run of ``kind``) to their nodes: how many, a
-        prefix (the first one not sent, and those after it, take the slow lane)."""
-        return self._runs[kind](client, slots)
+    def handler(self, op):
+        """``handler(client, slot) -> bool`` that sends an ``op`` command to its node now
+        if nothing unusual can happen (False otherwise), or None: the slow lane's."""
+        return self._handlers.get(op) if self.enabled else None
 
     def _link(self, client, conn, member) -> Link | None:
         """The client's link for ``conn``, if the connection is ready for a command.
@@ -171,98 +166,116 @@ class FastPath:
         link.turn = client.turn
         return link
 
-    def _send(self, link: Link, data: bytes, slots: list, read, jobs=None) -> None:
-        if not link.expect:
-            link.since = link.used
-            self.busy.add(link)
-        link.expect.append(Run(slots, read, jobs, link.queued))
-        link.client.inflight += 1
+    def _send(self, link: Link, data: bytes, slot, reader, job: int = 0) -> None:
+        run = link.run
+        if run is None:  # the link's first command this turn
+            if not link.expect:
+                link.since = link.used
+                self.busy.add(link)
+            run = link.run = Run()
+            link.expect.append(run)
+            link.client.inflight += 1
+            link.client.dirty.add(link)
+        run.slots.append(slot)
+        run.readers.append(reader)
+        run.jobs.append(job)
+        run.starts.append(link.queued)
         link.out.append(data)
         link.queued += len(data)
-        link.client.dirty.add(link)
 
-    def _puts(self, client, slots: list) -> int:
-        cc, pool, s = self.cc, self.pool, client.session
+    def _put(self, client, slot) -> bool:
         tube = client.state.using
+        route = client.put_route  # (turn, tube, link): the last put's, this turn
+        if route[0] == client.turn and route[1] is tube:
+            link = route[2]
+        else:
+            link = self._put_link(client, tube)
+            if link is None:
+                return False
+            client.put_route = (client.turn, tube, link)
+        ev = slot[EV]
+        self._send(link, b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4]),
+                   slot, self._read_put)
+        return True
+
+    def _put_link(self, client, tube: str) -> Link | None:
+        """The link a put to ``tube`` goes on now (its ``use`` sent ahead if needed)."""
+        cc, pool, s = self.cc, self.pool, client.session
         if tube in cc.spread or self.commands.draining:
-            return 0
+            return None
         member = pool.members[cc.node_for(tube)]
         if member.dead_until or member.draining_until:
-            return 0
+            return None
         link = self._link(client, s.conn(member.name, member.address), member)
         if link is None:
-            return 0
+            return None
         if link.conn.client.using != tube:
-            self._send(link, link.conn.client.use_command(tube), [None], self._read_prefix)
-        data = b"".join([b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4])
-                         for ev in [slot[EV] for slot in slots]])
-        self._send(link, data, slots, self._read_puts)
+            self._send(link, link.conn.client.use_command(tube), None, self._read_prefix)
         client.state.producer = True
-        return len(slots)
+        return link
 
-    def _by_job(self, client, slots: list) -> int:
-        """Consecutive commands on one link go as one run."""
-        s, members = client.session, self.pool.members
-        sent = 0
-        run: list = []
-        run_link = None
-        for slot in slots:
-            ev = slot[EV]
-            where = proxy_ids.decode(ev[1])
-            member = None if where is None else members.get(where[0])
-            if member is None or member.dead_until:
-                break
-            name, job_id = where
-            link = self._link(client, s.holder(name, job_id) or s.conn(name, member.address),
-                              member)
+    def _by_job(self, client, slot) -> bool:
+        ev = slot[EV]
+        where = proxy_ids.decode(ev[1])
+        if where is None:
+            return False
+        name, job_id = where
+        member = self.pool.members.get(name)
+        if member is None or member.dead_until:
+            return False
+        s = client.session
+        link = self._link(client, s.holder(name, job_id) or s.conn(name, member.address), member)
+        if link is None:
+            return False
+        reader = self._read_done if ev[0] in _ENDS_RESERVATION else self._read_job
+        self._send(link, _BY_JOB[ev[0]](job_id, ev), slot, reader, job_id)
+        return True
+
+    def _reserve(self, client, slot) -> bool:
+        route = client.reserve_route  # (turn, link): the last reserve's, this turn
+        if route[0] == client.turn:
+            link = route[1]
+        else:
+            link = self._reserve_link(client)
             if link is None:
-                break
-            if link is not run_link and run:
-                self._send_jobs(run_link, run)
-                run = []
-            run_link = link
-            run.append((slot, job_id))
-            sent += 1
-        if run:
-            self._send_jobs(run_link, run)
-        return sent
+                return False
+            client.reserve_route = (client.turn, link)
+        self._send(link, b"reserve-with-timeout 0\r\n", slot, self._read_reserve)
+        return True
 
-    def _send_jobs(self, link: Link, run: list) -> None:
-        data = b"".join([_BY_JOB[slot[EV][0]](job_id, slot[EV]) for slot, job_id in run])
-        self._send(link, data, [slot for slot, _ in run], self._read_jobs,
-                   [job_id for _, job_id in run])
-
-    def _reserves(self, client, slots: list) -> int:
+    def _reserve_link(self, client) -> Link | None:
+        """The link a reserve asks now: the one owner node of the watched tubes, if the
+        reserve needs nothing more (else None: the slow lane's multiplexed reserve)."""
         cc, pool, s = self.cc, self.pool, client.session
         if client.reserve_redone or s.buffer or pool.clock() >= s.next_sweep:
-            return 0  # the other nodes are due to be asked: the slow lane sweeps them
+            return None  # the other nodes are due to be asked: the slow lane sweeps them
         spread = cc.spread
         owners = set()
         for tube in s.watching:
             if tube in spread:
-                return 0
+                return None
             owners.add(cc.node_for(tube))
         if len(owners) != 1:
-            return 0
+            return None
         member = pool.members[owners.pop()]
         if member.dead_until:
-            return 0
+            return None
         link = self._link(client, s.conn(member.name, member.address), member)
         if link is None:
-            return 0
+            return None
         conn = link.conn
         if conn.watch_gen != s.watch_gen:
             data, count = conn.client.watch_commands(s.watching)
             conn.watch_gen = s.watch_gen
-            if count:
-                self._send(link, data, [None] * count, self._read_prefix)
-        self._send(link, b"reserve-with-timeout 0\r\n" * len(slots), slots, self._read_reserves)
+            for i in range(count):  # one reply each; the bytes go with the first
+                self._send(link, data if i == 0 else b"", None, self._read_prefix)
         client.state.worker = True
-        return len(slots)
+        return link
 
     # --- writing -------------------------------------------------------------------------
     def flush(self, link: Link) -> None:
         """Write what was dispatched to ``link`` this turn (the rest when writable)."""
+        link.run = None
         data = b"".join(link.out) if len(link.out) > 1 else link.out[0]
         link.out = []
         self._write(link, data)
@@ -302,15 +315,23 @@ class FastPath:
             client.after_io()
             return
         expect = link.expect
-        i, n = 0, len(replies)
-        while i < n:
+        answer = client.answer
+        for reply in replies:
             if not expect:  # a reply nobody asked for: out of step
                 link.conn.client.close()
                 self._lost(link)
                 break
             run = expect[0]
-            i = run.read(link, run, replies, i)
-            if run.done == len(run.slots):
+            i = run.done
+            result = run.readers[i](link, run.jobs[i], reply)
+            slot = run.slots[i]
+            if slot is not None:
+                if result is REDO:
+                    answer(slot, REDO)
+                else:
+                    slot[REPLY] = result
+            run.done = i = i + 1
+            if i == len(run.slots):
                 expect.popleft()
                 client.inflight -= 1
         if expect:
@@ -321,80 +342,53 @@ class FastPath:
             self.pool.ok(link.member)
         client.after_io()
 
-    def _read_puts(self, link: Link, run: Run, replies: list, i: int) -> int:
-        slots, done = run.slots, run.done
-        end = min(len(replies), i + len(slots) - done)
-        radix, number = proxy_ids.ID_RADIX, link.number - 1  # proxy_ids.encode, inlined
-        redo = []
-        for words, _ in replies[i:end]:
-            word = words[0]
-            slot = slots[done]
-            done += 1
-            if word == b"INSERTED" or word == b"BURIED":
-                slot[REPLY] = b"%s %d\r\n" % (word, int(words[1]) * radix + number)
-            elif word == b"DRAINING" or (word == b"OUT_OF_MEMORY" and self.cc.spill_when_full):
-                if word == b"DRAINING":
-                    self.pool.drained(link.member)
-                redo.append(slot)  # the slow lane fails over to the next node
-            else:
-                slot[REPLY] = b" ".join(words) + P.CRLF
-        run.done = done
-        for slot in redo:
-            link.client.answer(slot, REDO)
-        return end
+    def _read_put(self, link: Link, job: int, reply: tuple):
+        words = reply[0]
+        word = words[0]
+        if word == b"INSERTED" or word == b"BURIED":
+            return b"%s %d\r\n" % (word, int(words[1]) * ID_RADIX + link.number - 1)
+        if word == b"DRAINING":
+            self.pool.drained(link.member)
+            return REDO  # the slow lane fails over to the next node
+        if word == b"OUT_OF_MEMORY" and self.cc.spill_when_full:
+            return REDO
+        return b" ".join(words) + P.CRLF
 
-    def _read_jobs(self, link: Link, run: Run, replies: list, i: int) -> int:
-        slots, jobs, done = run.slots, run.jobs, run.done
-        end = min(len(replies), i + len(slots) - done)
-        held = link.conn.held
-        for words, body in replies[i:end]:
-            slot = slots[done]
-            op = slot[EV][0]
-            if op in _ENDS_RESERVATION:
-                held.pop(jobs[done], None)  # deleted, released or buried: no longer ours
-            if body is not None and words[0] == b"FOUND":  # peek
-                slot[REPLY] = b"FOUND %d %d\r\n%s\r\n" % (
-                    proxy_ids.encode(link.number, int(words[1])), len(body), body)
-            else:
-                slot[REPLY] = b" ".join(words) + P.CRLF
-            done += 1
-        run.done = done
-        return end
+    def _read_done(self, link: Link, job: int, reply: tuple):
+        """delete, release, bury: whatever the answer, the job is no longer held."""
+        link.conn.held.pop(job, None)
+        return b" ".join(reply[0]) + P.CRLF
 
-    def _read_reserves(self, link: Link, run: Run, replies: list, i: int) -> int:
-        slots, done = run.slots, run.done
-        end = min(len(replies), i + len(slots) - done)
-        client, conn = link.client, link.conn
+    def _read_job(self, link: Link, job: int, reply: tuple):
+        words, body = reply
+        if body is not None and words[0] == b"FOUND":  # peek
+            return b"FOUND %d %d\r\n%s\r\n" % (
+                int(words[1]) * ID_RADIX + link.number - 1, len(body), body)
+        return b" ".join(words) + P.CRLF
+
+    def _read_reserve(self, link: Link, job: int, reply: tuple):
+        words, body = reply
+        client = link.client
+        if words[0] != b"RESERVED":
+            client.reserve_redone = True  # this and the reserves after it: the slow lane
+            return REDO
+        conn = link.conn
         now = self.pool.clock()
-        radix, number = proxy_ids.ID_RADIX, link.number - 1  # proxy_ids.encode, inlined
-        for reply in replies[i:end]:
-            words, body = reply
-            slot = slots[done]
-            done += 1
-            if words[0] != b"RESERVED":
-                client.reserve_redone = True  # this and later reserves: the slow lane
-                client.answer(slot, REDO)
-                continue
-            job_id = int(words[1])
-            conn.held[job_id] = now
-            if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
-                client.session.buffer.append((conn.client.job_from(reply), conn, now))
-                client.answer(slot, REDO)
-                continue
-            slot[REPLY] = b"RESERVED %d %d\r\n%s\r\n" % (job_id * radix + number, len(body), body)
-        run.done = done
-        return end
+        job_id = int(words[1])
+        conn.held[job_id] = now
+        if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
+            client.session.buffer.append((conn.client.job_from(reply), conn, now))
+            return REDO
+        return b"RESERVED %d %d\r\n%s\r\n" % (job_id * ID_RADIX + link.number - 1,
+                                              len(body), body)
 
-    def _read_prefix(self, link: Link, run: Run, replies: list, i: int) -> int:
-        end = min(len(replies), i + len(run.slots) - run.done)
-        for words, _ in replies[i:end]:
-            if words[0] != b"USING" and words[0] != b"WATCHING":
-                log.warning("%s answered %r to use/watch: connection reset", link.name, words[0])
-                link.conn.client.close()
-                self._lost(link)
-                return len(replies)
-            run.done += 1
-        return end
+    def _read_prefix(self, link: Link, job: int, reply: tuple):
+        word = reply[0][0]
+        if word != b"USING" and word != b"WATCHING":
+            log.warning("%s answered %r to use/watch: connection reset", link.name, word)
+            link.conn.client.close()
+            self._lost(link)
+        return None
 
     # --- failures ------------------------------------------------------------------------
     def _lost(self, link: Link, hung: bool = False) -> None:
@@ -406,17 +400,20 @@ class FastPath:
         link.stop()
         self.busy.discard(link)
         client.dirty.discard(link)
+        link.run = None
         self.pool.failed(link.member, hung=hung)
         client.session.lost(link.conn)
         link.conn.client.close()
         expect, link.expect = link.expect, deque()
         client.inflight -= len(expect)
         for run in expect:
-            redo = run.read == self._read_reserves or run.start >= link.written
-            for slot in run.slots[run.done:]:
-                if slot is not None:
-                    # never written, or a reserve (the node released the job): the slow lane
-                    client.answer(slot, REDO if redo else P.INTERNAL_ERROR)
+            for i in range(run.done, len(run.slots)):
+                slot = run.slots[i]
+                if slot is None:
+                    continue
+                # never written, or a reserve (the node released the job): the slow lane
+                redo = run.starts[i] >= link.written or run.readers[i] == self._read_reserve
+                client.answer(slot, REDO if redo else P.INTERNAL_ERROR)
 
     def _idle_closed(self, link: Link) -> None:
         """Readable with no reply expected: a node restart closed it (the slow lane will
