@@ -7,7 +7,7 @@ greenlet switch on the way of an ordinary command:
 
 * the client socket's read watcher reads, cuts the bytes into commands with
   the node's own codec (``CommandReader``) and queues them (``pump``);
-* each command gets a reply *slot*, in order.  ``FastPath.handler(op)`` sends
+* each command gets a reply *slot*, in order.  ``FastPath.handlers`` send
   what one node can answer at once (``proxy_fast``); its reply fills the
   slot from the node connection's watcher.  Everything else goes to the
   *slow lane*: this connection's own greenlet runs it through
@@ -210,7 +210,7 @@ class ClientConn:
     def pump(self) -> None:
         """Dispatch queued commands (fast ones now, the first slow one to the lane)."""
         queue, slots, lane = self.queue, self.slots, self.lane
-        count, state, handler = self.commands.count, self.state, self.fast.handler
+        count, state, handlers = self.commands.count, self.state, self.fast.handlers
         self.turn += 1
         while queue and not lane and not self.closing:
             ev = queue.popleft()
@@ -222,7 +222,7 @@ class ClientConn:
                 continue
             slot = [self.seq, ev, None]
             slots.append(slot)
-            send = handler(ev[0])
+            send = handlers.get(ev[0])
             if send is None or not send(self, slot):
                 lane.append(slot)
         if self.dirty:

@@ -5,13 +5,13 @@ How this works
 Most of what a beanstalkd client sends goes to exactly one node and needs no
 waiting: a put to its tube's owner, a delete/release/bury/touch/peek/kick-job
 (the proxy id names the node), a reserve that one node can answer at once.
-``FastPath.handler(op)`` sends such a command on the client's own connection to
+``FastPath.handlers[op]`` sends such a command on the client's own connection to
 that node (a ``Conn`` of its ClusterClient session: the very connection the
 slow lane would use, so which connection holds which job is known in one
 place) without any greenlet switch:
 
-* every command dispatched in one turn of the loop goes to its node in one
-  write (``flush``), so a pipelining client costs one send per node per read;
+* every command dispatched to one node in one turn of the loop (a ``Run``) goes
+  there in one write (``flush``): a pipelining client costs one send per node per read;
 * the node's replies are read by a watcher callback on the connection
   (``Link``), rewritten (proxy ids, ``proxy_ids``) and put in the client's
   reply slots, which go out in command order (``proxy_engine``).
@@ -129,7 +129,9 @@ class FastPath:
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
         self.reaper = get_hub().loop.timer(REAP_EVERY, REAP_EVERY)
         self.reaper.start(self._reap)
-        self._handlers = {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
+        # op -> handler(client, slot) -> bool: sends the command to its node now if
+        # nothing unusual can happen (False otherwise); an op not here: the slow lane's
+        self.handlers = {} if not self.enabled else {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
                           P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve,
                           **dict.fromkeys(_BY_JOB, self._by_job)}
 
@@ -138,10 +140,6 @@ class FastPath:
         self.reaper.close()
 
     # --- dispatch ------------------------------------------------------------------------
-    def handler(self, op):
-        """``handler(client, slot) -> bool`` that sends an ``op`` command to its node now
-        if nothing unusual can happen (False otherwise), or None: the slow lane's."""
-        return self._handlers.get(op) if self.enabled else None
 
     def _link(self, client, conn, member) -> Link | None:
         """The client's link for ``conn``, if the connection is ready for a command.
