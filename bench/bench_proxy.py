@@ -3,17 +3,26 @@
 How this works
 --------------
 Three bsnodes and a proxy in front of them are started once.  The load is
-cycles of ``put`` / ``reserve`` / ``delete`` on one tube, ``--pipeline P``
-commands of a kind written before their replies are read, by ``--clients``
-client processes (plain sockets, no client library).  Direct runs connect to
-the tube's owner node itself; proxied runs connect to the proxy, which sends
-the jobs to that same node.  Rounds alternate direct and proxied, so both see
-the same machine; the report gives each round's rates, the medians, the
-ratio proxied/direct, and the proxy's own CPU seconds per command (from
-/proc, over the proxied rounds).
+cycles of ``put`` / ``reserve`` / ``delete`` on one tube with ``--pipeline P``
+commands in flight per connection, from ``--clients`` connections.  Direct
+runs connect to the tube's owner node itself; proxied runs connect to the
+proxy, which sends the jobs to that same node.  Rounds alternate direct and
+proxied, so both see the same machine; the report gives each round's rates,
+the medians, the ratio proxied/direct, and the proxy's own CPU per command
+(from /proc, over the proxied rounds).
+
+Two clients (``--client``):
+
+* ``loadgen`` (default): the project's compiled load generator
+  (bench/loadgen.c, one process, ``--clients`` connections; each keeps P
+  cycles' commands in flight, so puts, reserves and deletes interleave).  A
+  client that costs little CPU measures the servers, not the client;
+* ``python``: ``--clients`` Python processes on plain sockets, each writing
+  P commands of a kind, then reading their replies (P puts, P reserves, P
+  deletes): how a pipelining script uses the proxy, client CPU included.
 
     python bench/bench_proxy.py --pipeline 1 --pipeline 16 --seconds 5 --rounds 3
-    python bench/bench_proxy.py --json ...
+    python bench/bench_proxy.py --client python --json ...
 """
 
 from __future__ import annotations
@@ -29,9 +38,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 from bsclient import Ring  # noqa: E402
 from bscluster.procs import ProxiedCluster  # noqa: E402
-from harness import cpu_seconds, median  # noqa: E402
+from harness import cpu_seconds, find_loadgen, median, run_loadgen  # noqa: E402
 
-TUBE = "bench"
+TUBE = "bench"  # the python client's tube (loadgen uses "default")
 BODY = b"x" * 100
 
 
@@ -81,6 +90,14 @@ def client(port: int, pipeline: int, seconds: float, out) -> None:
     out.put(cycles)
 
 
+def run_loadgen_cycles(loadgen: str, port: int, clients: int, pipeline: int,
+                       seconds: float) -> float:
+    """put-reserve-delete cycles per second from the compiled generator."""
+    result = run_loadgen(loadgen, port, "put-reserve-delete", conns=clients, pipeline=pipeline,
+                         size=len(BODY), seconds=seconds, core=None)
+    return result["jobs"] / result["elapsed_s"]
+
+
 def run(port: int, clients: int, pipeline: int, seconds: float) -> float:
     """put-reserve-delete cycles per second over ``clients`` processes."""
     q = mp.Queue()
@@ -97,15 +114,25 @@ def run(port: int, clients: int, pipeline: int, seconds: float) -> float:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pipeline", type=int, action="append", help="(repeatable; default 1, 16)")
-    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--client", choices=("loadgen", "python"), default="loadgen",
+                    help="the load: compiled generator (default) or Python processes")
+    ap.add_argument("--clients", type=int, default=2, help="connections (default 2)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     pipelines = args.pipeline or [1, 16]
-    owner = Ring({f"node{i}": 1 for i in range(1, 4)}).node_for(TUBE)
-    report: dict = {"clients": args.clients, "seconds": args.seconds, "tube_owner": owner,
-                    "pipelines": {}}
+    tube = TUBE if args.client == "python" else "default"
+    owner = Ring({f"node{i}": 1 for i in range(1, 4)}).node_for(tube)
+    if args.client == "python":
+        load = run
+    else:
+        loadgen = find_loadgen()
+
+        def load(port, clients, pipeline, seconds):
+            return run_loadgen_cycles(loadgen, port, clients, pipeline, seconds)
+    report: dict = {"client": args.client, "clients": args.clients, "seconds": args.seconds,
+                    "tube": tube, "tube_owner": owner, "pipelines": {}}
     with tempfile.TemporaryDirectory() as tmp, ProxiedCluster(Path(tmp), 3) as cluster:
         direct_port = cluster.nodes[int(owner[4:]) - 1].port
         proxy_pid = cluster.proxy.pid
@@ -113,10 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows = {"direct": [], "proxy": []}
             cpu = cycles = 0.0
             for _ in range(args.rounds):
-                rows["direct"].append(run(direct_port, args.clients, pipeline, args.seconds))
+                rows["direct"].append(load(direct_port, args.clients, pipeline, args.seconds))
                 before = cpu_seconds(proxy_pid)
                 t0 = time.monotonic()
-                rate = run(cluster.port, args.clients, pipeline, args.seconds)
+                rate = load(cluster.port, args.clients, pipeline, args.seconds)
                 cpu += cpu_seconds(proxy_pid) - before
                 cycles += rate * (time.monotonic() - t0)
                 rows["proxy"].append(rate)
@@ -130,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"put-reserve-delete, {args.clients} clients, {args.seconds:g} s x "
-              f"{args.rounds} rounds each, tube {TUBE!r} on {owner}")
+        print(f"put-reserve-delete, {args.client} client, {args.clients} connections, "
+              f"{args.seconds:g} s x {args.rounds} rounds each, tube {tube!r} on {owner}")
         for pipeline, r in report["pipelines"].items():
             print(f"  pipeline {pipeline:>3}: direct {r['direct_cycles_per_s']} cycles/s, "
                   f"proxy {r['proxy_cycles_per_s']}; ratio {r['ratio']:.2f}; proxy CPU "

@@ -103,6 +103,11 @@ def web_option(f):
 
 
 def proxy_option(f):
+    f = click.option(
+        "--proxy-tls/--no-proxy-tls", default=None,
+        help="The proxy serves TLS only, with [tls] node_cert/node_key, and requires "
+        "client certificates when [tls] client_auth = true, as the nodes do (off: plain TCP, "
+        "for a sidecar on 127.0.0.1) [env BSCLUSTER_PROXY_TLS].")(f)
     return click.option(
         "--proxy", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_PROXY_LISTEN,
         default=None, help=f"Also run `bscluster proxy` (one beanstalkd address for the whole "
@@ -372,7 +377,8 @@ def banner(config: ClusterConfig, state: dict) -> str:
     host, port = first.rsplit(":", 1)
     where = _where_flags(config)
     if config.proxy:
-        lines += [f"any beanstalkd client, whole cluster: {config.proxy} (bscluster proxy)"]
+        over = ", TLS" if config.proxy_tls else ""
+        lines += [f"any beanstalkd client, whole cluster: {config.proxy} (bscluster proxy{over})"]
     by_hand = f"    telnet {host} {port}"
     if config.tls is not None:  # the nodes speak TLS: openssl is the telnet of TLS
         from bscluster.tls_init import by_hand_command

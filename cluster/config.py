@@ -23,6 +23,7 @@ The file's shape (clients read the same file, so it stays this shape)::
     crash_window = 60      #   (crash_limit = 0: restart for ever)
     web = "127.0.0.1:11380"        # `up` serves the dashboard here ("" = off)
     proxy = "127.0.0.1:11400"      # `up` runs `bscluster proxy` here ("" = off)
+    proxy_tls = false      # the proxy serves TLS with [tls] node_cert (docs/PROXY.md, "TLS")
     web_max_tubes = 1000           # tubes the dashboard lists and keeps history for
     metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
     metrics_host = "127.0.0.1"
@@ -108,6 +109,7 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "crash_window": CRASH_WINDOW,
     "web": "",
     "proxy": "",
+    "proxy_tls": False,  # the proxy's listener serves [tls] node_cert/node_key (proxy_tls.py)
     "web_max_tubes": DEFAULT_WEB_MAX_TUBES,
     "metrics_base_port": METRICS_OFF,
     "metrics_host": DEFAULT_HOST,
@@ -223,6 +225,7 @@ class ClusterConfig:
     crash_window: int = CRASH_WINDOW
     web: str = ""  # ADDR:PORT where `up` serves the dashboard; "" = off
     proxy: str = ""  # ADDR:PORT where `up` runs `bscluster proxy`; "" = off
+    proxy_tls: bool = False  # the proxy serves TLS as the nodes do ([tls] node_cert, client_auth)
     web_max_tubes: int = DEFAULT_WEB_MAX_TUBES
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
@@ -283,6 +286,7 @@ class ClusterConfig:
             "binlog_size": self.binlog_size, "node_command": list(self.node_command),
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
             "web": self.web, "web_max_tubes": self.web_max_tubes, "proxy": self.proxy,
+            "proxy_tls": self.proxy_tls,
             "metrics_base_port": self.metrics_base_port,
             "metrics_host": self.metrics_host, "ring": self.ring, "spread": dict(self.spread),
             "path": str(self.path) if self.path else None,
@@ -301,7 +305,7 @@ class ClusterConfig:
             crash_limit=d.get("crash_limit", CRASH_LIMIT),
             crash_window=d.get("crash_window", CRASH_WINDOW),
             web=d.get("web", ""), web_max_tubes=d.get("web_max_tubes", DEFAULT_WEB_MAX_TUBES),
-            proxy=d.get("proxy", ""),
+            proxy=d.get("proxy", ""), proxy_tls=d.get("proxy_tls", False),
             metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
             metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
             spread=d.get("spread", {}), path=Path(d["path"]) if d.get("path") else None,
@@ -431,6 +435,10 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
     web = "" if values["web"].strip().lower() in WEB_OFF else values["web"].strip()
     proxy = "" if values["proxy"].strip().lower() in WEB_OFF else values["proxy"].strip()
     _check_unique(specs, web, proxy)
+    if values["proxy_tls"] and not (tls and tls.node_cert):
+        raise ConfigError(f"proxy_tls = true (from {sources['proxy_tls']}) needs a [tls] table "
+                          f"with node_cert and node_key: the proxy serves the nodes' "
+                          f"certificate (docs/PROXY.md, \"TLS\")")
     return ClusterConfig(
         nodes=tuple(specs), data_dir=data_dir, node_command=command, path=path,
         sources=MappingProxyType(sources), web=web, proxy=proxy, spread=spread,
@@ -438,7 +446,7 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
                                   "web_max_tubes", "metrics_base_port", "metrics_host",
-                                  "ring", "max_jobs", "max_job_bytes")},
+                                  "ring", "max_jobs", "max_job_bytes", "proxy_tls")},
     )
 
 
@@ -572,6 +580,7 @@ _RULES = {
             f"ADDR:PORT for the dashboard (e.g. {DEFAULT_WEB_LISTEN}), or \"\" for none"),
     "proxy": (str, _listen_ok,
               "ADDR:PORT for `bscluster proxy` (e.g. 127.0.0.1:11400), or \"\" for none"),
+    "proxy_tls": (bool, lambda v: True, "true or false"),
     "web_max_tubes": (int, lambda v: 1 <= v <= MAX_WEB_MAX_TUBES,
                       f"a number of tubes from 1 to {MAX_WEB_MAX_TUBES}"),
     "metrics_base_port": (int, lambda v: v == METRICS_OFF or _port_ok(v),

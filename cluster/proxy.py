@@ -36,6 +36,7 @@ import click
 import gevent
 from bsclient.protocol import CommandReader
 from bscluster import proxy_cluster as pc
+from bscluster import proxy_tls
 from bscluster.config import (
     DEFAULT_PROXY_LISTEN,
     ConfigError,
@@ -56,8 +57,9 @@ LISTEN_BACKLOG = 1024
 class ProxyServer:
     """The listening socket and one ``ClientConn`` per client connection."""
 
-    def __init__(self, cc, max_job_size: int) -> None:
+    def __init__(self, cc, max_job_size: int, tls: proxy_tls.ProxyTLS | None = None) -> None:
         self.cc = cc
+        self.tls = tls  # TLS on this listener or beside it (proxy_tls.py); None: plain TCP
         self.max_job_size = max_job_size
         self.commands = ProxyCommands(cc, max_job_size)
         self.fast = FastPath(self.commands)
@@ -76,7 +78,11 @@ class ProxyServer:
         self.fast.close()
         self.cc.close()
 
-    def handle(self, sock, _addr) -> None:
+    def handle(self, sock, addr) -> None:
+        if self.tls is not None:
+            sock = self.tls.accept(sock, addr)  # None: refused or gone (logged)
+            if sock is None:
+                return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         state = self.commands.opened()
         ClientConn(self, sock, state, CommandReader(self.max_job_size)).serve()
@@ -107,7 +113,7 @@ def build(config):
     return cc, min(n.max_job_size for n in config.nodes)
 
 
-def serve(listen: str, config, read=None) -> None:
+def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=None) -> None:
     """Run the proxy until SIGTERM/SIGINT (patches this process for gevent); SIGHUP
     applies ``read()``, the config read again (``proxy_reload``)."""
     from gevent import monkey
@@ -115,24 +121,30 @@ def serve(listen: str, config, read=None) -> None:
     monkey.patch_all()
     host, port = parse_listen(listen)
     limit = raise_nofile()
+    tls = proxy_tls.load(tls_plan)  # after patching: its sockets are gevent's
     cc, max_job_size = build(config)
-    server = ProxyServer(cc, max_job_size)
+    server = ProxyServer(cc, max_job_size, tls)
     try:
         bound = server.start(host, port)
     except OSError as e:
         raise click.ClickException(
             f"cannot listen on {host}:{port}: {e.strerror or e}; choose another address with "
             f"--listen ADDR:PORT (or proxy in the config file)") from None
+    if tls is not None:
+        tls.start_port(host, server.handle)
     stop = Event()
     gevent.signal_handler(signal.SIGTERM, stop.set)
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGUSR1, lambda: _drain(server))
     hup = Reloader(cc, server.commands.numbers, config, read or (lambda: config))
     gevent.signal_handler(signal.SIGHUP, hup.reload)
-    log.info("listening on %s:%d (%d nodes: %s; %d descriptors)", bound[0], bound[1],
+    log.info("listening on %s:%d (%s; %d nodes: %s; %d descriptors)", bound[0], bound[1],
+             tls.describe() if tls is not None and tls.on_listen else "plain TCP",
              len(cc.nodes), ", ".join(cc.nodes), limit)
     stop.wait()
     log.info("stopping")
+    if tls is not None:
+        tls.stop()
     server.stop()
 
 
@@ -145,7 +157,8 @@ def serve(listen: str, config, read=None) -> None:
                    "./bscluster.toml if present].")
 @click.option("--wanted", metavar="PATH", hidden=True,
               help="The supervisor's wanted.json (how `up --proxy` starts the proxy).")
-def proxy(listen, config_file, wanted) -> None:
+@proxy_tls.options
+def proxy(listen, config_file, wanted, **tls_flags) -> None:
     """Serve beanstalkd's protocol on one address, routed over the whole cluster.
 
     Any beanstalkd client (PHP, Ruby, Node, Go, ...) connects to the proxy as
@@ -154,6 +167,13 @@ def proxy(listen, config_file, wanted) -> None:
     node.  Run one per application host (a sidecar) or one shared; several
     side by side agree on every id.  Differences from one beanstalkd:
     docs/PROXY.md.
+
+    Plain TCP unless given a certificate: --tls-cert/--tls-key (bsnode's
+    flags, same meaning), or proxy_tls = true in the config, which serves
+    the nodes' certificate ([tls] node_cert/node_key; with client_auth =
+    true, client certificates signed by [tls] ca are required).  A
+    plain-text client on a TLS port is answered TLS_REQUIRED.
+    docs/PROXY.md, "TLS".
 
     SIGHUP re-reads the config and applies it without a restart: nodes
     added, marked `leaving = true` (no more puts, still reserved from) or
@@ -176,4 +196,4 @@ def proxy(listen, config_file, wanted) -> None:
         parse_listen(listen)
     except ValueError as e:
         raise click.ClickException(f"--listen: {e}") from None
-    serve(listen, config, read)
+    serve(listen, config, proxy_tls.plan(tls_flags, config), read)

@@ -7,7 +7,7 @@ greenlet switch on the way of an ordinary command:
 
 * the client socket's read watcher reads, cuts the bytes into commands with
   the node's own codec (``CommandReader``) and queues them (``pump``);
-* each command gets a reply *slot*, in order.  ``FastPath.dispatch`` sends
+* each command gets a reply *slot*, in order.  ``FastPath.handlers`` send
   what one node can answer at once (``proxy_fast``); its reply fills the
   slot from the node connection's watcher.  Everything else goes to the
   *slow lane*: this connection's own greenlet runs it through
@@ -53,6 +53,8 @@ RECV_SIZE = 65536
 BACKLOG = 1024  # unanswered commands read ahead per connection
 OUT_LIMIT = 1 << 20  # reply bytes waiting for a slow client before reading pauses
 LAST_WORDS_SECONDS = 10  # a closing connection's unsent replies get this long
+# a socket not ready after all (a TLS client's socket says so too: proxy_tls.TlsSocket)
+_TRY_LATER = (BlockingIOError, InterruptedError)
 RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
 
 
@@ -60,18 +62,11 @@ class ClientGone(BaseException):
     """The client hung up while its slow lane waited in a reserve."""
 
 
-class Slot:
-    """One command's place in the reply order."""
-
-    __slots__ = ("seq", "ev", "reply")
-
-    def __init__(self, seq: int, ev: tuple) -> None:
-        self.seq = seq
-        self.ev = ev
-        self.reply = None  # bytes (maybe empty), CLOSE, or None while unanswered
-
-    def __lt__(self, other: Slot) -> bool:
-        return self.seq < other.seq
+# A command's reply slot: [seq, event, reply].  Slots are lists (one is made per
+# command, so they must be cheap); ordered by their unique seq, so the slow lane
+# can keep them sorted.  ``reply`` is None until the reply is in; then bytes
+# (maybe empty: no reply) or CLOSE.
+SEQ, EV, REPLY = 0, 1, 2
 
 
 class ClientConn:
@@ -87,14 +82,16 @@ class ClientConn:
         self.session = pc.session(server.cc)  # this greenlet's: the slow lane's too
         self.greenlet = gevent.getcurrent()
         self.queue: deque = deque()  # commands read, not yet dispatched
-        self.slots: deque[Slot] = deque()  # dispatched, in order, answered or not
-        self.lane: list[Slot] = []  # waiting for the slow lane, in order
+        self.slots: deque[list] = deque()  # dispatched, in order, answered or not
+        self.lane: list[list] = []  # slots waiting for the slow lane, in order
         self.links: dict = {}  # session Conn -> proxy_fast.Link
         self.dirty: set = set()  # links with commands to write this turn
-        self.inflight = 0  # fast commands sent, reply not in yet
+        self.inflight = 0  # runs sent to nodes whose replies are not all in (proxy_fast)
         self.reserve_redone = False  # a fast reserve found no job: the rest go slow
         self.seq = 0
         self.turn = 0  # pump rounds (a link checked once per round: proxy_fast)
+        self.put_route = (-1, None, None)  # proxy_fast's (turn, tube, link) of the last put
+        self.reserve_route = (-1, None)  # and (turn, link) of the last reserve
         self.out: list[bytes] = []  # replies the socket did not take yet
         self.out_bytes = 0
         self.eof = False
@@ -141,9 +138,11 @@ class ClientConn:
                 pass
 
     def _run_lane(self) -> None:
+        if self.lane and not self.inflight:
+            self.fast.quiet(self)
         while self.lane and not self.inflight and not self.closing:
             slot = self.lane[0]
-            reply = self._slow(slot.ev)
+            reply = self._slow(slot[EV])
             del self.lane[0]
             self.answer(slot, reply)
             self._flush()
@@ -153,16 +152,17 @@ class ClientConn:
     def _slow(self, ev: tuple):
         if ev[0] not in RESERVES:
             return self.commands.execute(self.state, ev)
+        if self.eof:  # hung up: a job ready now is still answered, but nothing waits
+            ev = (CMD_RESERVE_WITH_TIMEOUT, 0)
         self.in_reserve = True
         try:
-            if self.eof:
-                raise ClientGone()
             reply = self.commands.execute(self.state, ev)
         except ClientGone:
-            self.closing = True
-            return TIMED_OUT  # beanstalkd's answer to a hang-up while waiting
+            reply = TIMED_OUT  # beanstalkd's answer to a hang-up while waiting
         finally:
             self.in_reserve = False
+        if self.eof and reply == TIMED_OUT:
+            self.closing = True
         if pc.has_buffered(self.server.cc) and not self._reserve_next():
             pc.give_back(self.server.cc)  # no job held that the client did not get
         return reply
@@ -170,7 +170,7 @@ class ClientConn:
     def _reserve_next(self) -> bool:
         """The client's next command is a reserve (pipelined): a buffered job is its."""
         nxt = self.lane[1] if len(self.lane) > 1 else None
-        ev = nxt.ev if nxt is not None else (self.queue[0] if self.queue else None)
+        ev = nxt[EV] if nxt is not None else (self.queue[0] if self.queue else None)
         return ev is not None and ev[0] in RESERVES
 
     # --- reading and dispatching ----------------------------------------------------------
@@ -185,7 +185,7 @@ class ClientConn:
     def _readable(self) -> None:
         try:
             data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except _TRY_LATER:
             return
         except OSError:
             data = b""
@@ -209,37 +209,34 @@ class ClientConn:
 
     def pump(self) -> None:
         """Dispatch queued commands (fast ones now, the first slow one to the lane)."""
-        queue, fast, commands, state = self.queue, self.fast, self.commands, self.state
+        queue, slots, lane = self.queue, self.slots, self.lane
+        count, state, handlers = self.commands.count, self.state, self.fast.handlers
         self.turn += 1
-        while queue and not self.lane and not self.closing:
+        while queue and not lane and not self.closing:
             ev = queue.popleft()
-            commands.count(state, ev)
+            count(state, ev)
+            self.seq += 1
             if ev[0] is ERROR:
                 if ev[1]:
-                    self._slot(ev).reply = ev[1]
+                    slots.append([self.seq, ev, ev[1]])
                 continue
-            slot = self._slot(ev)
-            send = fast.handler(ev[0])
-            if send is None or not send(self, ev, slot):
-                self.lane.append(slot)
+            slot = [self.seq, ev, None]
+            slots.append(slot)
+            send = handlers.get(ev[0])
+            if send is None or not send(self, slot):
+                lane.append(slot)
         if self.dirty:
             for link in self.dirty:
-                fast.flush(link)
+                self.fast.flush(link)
             self.dirty.clear()
         self.after_io()
 
-    def _slot(self, ev: tuple) -> Slot:
-        self.seq += 1
-        slot = Slot(self.seq, ev)
-        self.slots.append(slot)
-        return slot
-
-    def answer(self, slot: Slot, reply) -> None:
+    def answer(self, slot: list, reply) -> None:
         """A slot's reply is in (REDO: the slow lane runs its command after all)."""
         if reply is REDO:
             bisect.insort(self.lane, slot)
         else:
-            slot.reply = reply
+            slot[REPLY] = reply
 
     def after_io(self) -> None:
         """After any event: send the replies now due, wake the slow lane, or end."""
@@ -255,8 +252,8 @@ class ClientConn:
     # --- writing --------------------------------------------------------------------------
     def _flush(self) -> None:
         slots, out = self.slots, self.out
-        while slots and slots[0].reply is not None:
-            reply = slots.popleft().reply
+        while slots and slots[0][REPLY] is not None:
+            reply = slots.popleft()[REPLY]
             if reply is CLOSE:
                 self.closing = True
                 slots.clear()
@@ -273,7 +270,7 @@ class ClientConn:
         data = b"".join(self.out)
         try:
             sent = self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except _TRY_LATER:
             sent = 0
         except OSError:
             self.abort()

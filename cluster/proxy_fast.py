@@ -5,19 +5,19 @@ How this works
 Most of what a beanstalkd client sends goes to exactly one node and needs no
 waiting: a put to its tube's owner, a delete/release/bury/touch/peek/kick-job
 (the proxy id names the node), a reserve that one node can answer at once.
-``FastPath.dispatch`` sends such a command on the client's own connection to
+``FastPath.handlers[op]`` sends such a command on the client's own connection to
 that node (a ``Conn`` of its ClusterClient session: the very connection the
 slow lane would use, so which connection holds which job is known in one
 place) without any greenlet switch:
 
-* every command dispatched in one turn of the loop goes to its node in one
-  write (``flush``), so a pipelining client costs one send per node per read;
+* every command dispatched to one node in one turn of the loop (a ``Run``) goes
+  there in one write (``flush``): a pipelining client costs one send per node per read;
 * the node's replies are read by a watcher callback on the connection
   (``Link``), rewritten (proxy ids, ``proxy_ids``) and put in the client's
   reply slots, which go out in command order (``proxy_engine``).
 
 A command is only sent this way when nothing unusual can happen on the way
-(``dispatch`` returns False otherwise, and the client's greenlet runs it
+(its handler returns False otherwise, and the client's greenlet runs it
 through ``ProxyCommands``, which has every rule: failover, draining, the
 multiplexed reserve, DEADLINE_SOON):
 
@@ -50,11 +50,11 @@ import logging
 from collections import deque
 
 from bsclient import protocol as P
-from bsclient.consume import SWEEP_SECONDS  # noqa: F401  (the rule the reserve check follows)
 from bsclient.errors import ConnectionLostError
 from gevent import get_hub
 
 from . import proxy_ids
+from .proxy_ids import ID_RADIX
 
 log = logging.getLogger("bscluster.proxy")
 
@@ -62,13 +62,28 @@ REDO = object()  # a reply meaning: run this command on the slow lane after all
 READ, WRITE = 1, 2
 REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
 STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
+# slot fields (proxy_engine owns the layout: [seq, event, reply])
+EV, REPLY = 1, 2
+
+
+class Run:
+    """The commands sent on one link in one turn, in order, and how far their replies are."""
+
+    __slots__ = ("slots", "readers", "jobs", "starts", "done")
+
+    def __init__(self) -> None:
+        self.slots: list = []  # reply slots (None: a use/watch sent ahead of a command)
+        self.readers: list = []  # reader(link, job, reply) -> reply bytes or REDO, each
+        self.jobs: list = []  # the node's job id of each by-job command (else 0)
+        self.starts: list = []  # offset of each command's first byte in the link's stream
+        self.done = 0  # replies read so far
 
 
 class Link:
-    """The fast path's side of one session ``Conn``: replies expected, bytes to write."""
+    """The fast path's side of one session ``Conn``: runs in flight, bytes to write."""
 
     __slots__ = ("client", "conn", "member", "number", "name", "expect", "out", "queued",
-                 "written", "reader", "writer", "fd", "connects", "since", "used", "turn")
+                 "written", "reader", "writer", "fd", "connects", "since", "used", "turn", "run")
 
     def __init__(self, client, conn, member, number: int) -> None:
         self.client = client  # the proxy client (proxy_engine.ClientConn)
@@ -76,11 +91,9 @@ class Link:
         self.member = member
         self.number = number  # the node's number in proxy ids
         self.name = member.name
-        # replies expected, in order: (reply slot or None for a use/watch sent ahead,
-        # the handler that reads it, the node's job id, offset of its first byte)
-        self.expect: deque[tuple] = deque()
+        self.expect: deque[Run] = deque()  # runs whose replies are still (partly) due
         self.out: list[bytes] = []  # dispatched this turn, not yet written
-        self.queued = 0  # bytes dispatched so far (the offsets in ``expect``)
+        self.queued = 0  # bytes dispatched so far (``Run.start`` offsets)
         self.written = 0  # bytes the socket took so far
         self.fd = conn.client.fileno()
         self.connects = conn.client.connects
@@ -90,6 +103,7 @@ class Link:
         self.since = 0.0  # when the oldest reply expected was asked for
         self.used = 0.0  # when a command was last dispatched on it
         self.turn = -1  # the client's dispatch turn it was last checked in
+        self.run: Run | None = None  # this turn's commands, until ``flush``
 
     def current(self) -> bool:
         """Still the connection this link was made for (not closed or reopened)."""
@@ -104,7 +118,7 @@ class Link:
 
 
 class FastPath:
-    """Dispatch and reply handling for every proxy client (one per ProxyServer)."""
+    """Dispatch and reply reading for every proxy client (one per ProxyServer)."""
 
     def __init__(self, commands) -> None:
         self.commands = commands
@@ -115,21 +129,17 @@ class FastPath:
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
         self.reaper = get_hub().loop.timer(REAP_EVERY, REAP_EVERY)
         self.reaper.start(self._reap)
-        self._dispatch = {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
-                          **dict.fromkeys(_BY_JOB, self._by_job),
-                          P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve}
-        self._by_job_replies = {"done": self._on_done, "plain": self._on_plain,
-                                "peek": self._on_peek}
+        # op -> handler(client, slot) -> bool: sends the command to its node now if
+        # nothing unusual can happen (False otherwise); an op not here: the slow lane's
+        self.handlers = {} if not self.enabled else {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
+                          P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve,
+                          **dict.fromkeys(_BY_JOB, self._by_job)}
 
     def close(self) -> None:
         self.reaper.stop()
         self.reaper.close()
 
     # --- dispatch ------------------------------------------------------------------------
-    def handler(self, op):
-        """``handler(client, ev, slot)`` sending an ``op`` command to its node now if
-        nothing unusual can happen (False otherwise), or None: the slow lane's."""
-        return self._dispatch.get(op) if self.enabled else None
 
     def _link(self, client, conn, member) -> Link | None:
         """The client's link for ``conn``, if the connection is ready for a command.
@@ -154,35 +164,56 @@ class FastPath:
         link.turn = client.turn
         return link
 
-    def _send(self, link: Link, data: bytes, slot, handler, job: int = 0) -> None:
-        if not link.expect:
-            link.since = link.used
-            self.busy.add(link)
-        link.expect.append((slot, handler, job, link.queued))
+    def _send(self, link: Link, data: bytes, slot, reader, job: int = 0) -> None:
+        run = link.run
+        if run is None:  # the link's first command this turn
+            if not link.expect:
+                link.since = link.used
+                self.busy.add(link)
+            run = link.run = Run()
+            link.expect.append(run)
+            link.client.inflight += 1
+            link.client.dirty.add(link)
+        run.slots.append(slot)
+        run.readers.append(reader)
+        run.jobs.append(job)
+        run.starts.append(link.queued)
         link.out.append(data)
         link.queued += len(data)
-        link.client.dirty.add(link)
-        link.client.inflight += slot is not None
 
-    def _put(self, client, ev: tuple, slot) -> bool:
-        cc, pool, s = self.cc, self.pool, client.session
+    def _put(self, client, slot) -> bool:
         tube = client.state.using
-        if tube in cc.spread or self.commands.draining:
-            return False
-        member = pool.members[cc.node_for(tube)]
-        if member.dead_until or member.draining_until:
-            return False
-        link = self._link(client, s.conn(member.name, member.address), member)
-        if link is None:
-            return False
-        if link.conn.client.using != tube:
-            self._send(link, link.conn.client.use_command(tube), None, self._on_prefix)
+        route = client.put_route  # (turn, tube, link): the last put's, this turn
+        if route[0] == client.turn and route[1] is tube:
+            link = route[2]
+        else:
+            link = self._put_link(client, tube)
+            if link is None:
+                return False
+            client.put_route = (client.turn, tube, link)
+        ev = slot[EV]
         self._send(link, b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4]),
-                   slot, self._on_put)
-        client.state.producer = True
+                   slot, self._read_put)
         return True
 
-    def _by_job(self, client, ev: tuple, slot) -> bool:
+    def _put_link(self, client, tube: str) -> Link | None:
+        """The link a put to ``tube`` goes on now (its ``use`` sent ahead if needed)."""
+        cc, pool, s = self.cc, self.pool, client.session
+        if tube in cc.spread or self.commands.draining:
+            return None
+        member = pool.members[cc.node_for(tube)]
+        if member.dead_until or member.draining_until:
+            return None
+        link = self._link(client, s.conn(member.name, member.address), member)
+        if link is None:
+            return None
+        if link.conn.client.using != tube:
+            self._send(link, link.conn.client.use_command(tube), None, self._read_prefix)
+        client.state.producer = True
+        return link
+
+    def _by_job(self, client, slot) -> bool:
+        ev = slot[EV]
         where = proxy_ids.decode(ev[1])
         if where is None:
             return False
@@ -191,45 +222,58 @@ class FastPath:
         if member is None or member.dead_until:
             return False
         s = client.session
-        conn = s.holder(name, job_id) or s.conn(name, member.address)
-        link = self._link(client, conn, member)
+        link = self._link(client, s.holder(name, job_id) or s.conn(name, member.address), member)
         if link is None:
             return False
-        command, kind = _BY_JOB[ev[0]]
-        self._send(link, command(job_id, ev), slot, self._by_job_replies[kind], job_id)
+        reader = self._read_done if ev[0] in _ENDS_RESERVATION else self._read_job
+        self._send(link, _BY_JOB[ev[0]](job_id, ev), slot, reader, job_id)
         return True
 
-    def _reserve(self, client, ev, slot) -> bool:
+    def _reserve(self, client, slot) -> bool:
+        route = client.reserve_route  # (turn, link): the last reserve's, this turn
+        if route[0] == client.turn:
+            link = route[1]
+        else:
+            link = self._reserve_link(client)
+            if link is None:
+                return False
+            client.reserve_route = (client.turn, link)
+        self._send(link, b"reserve-with-timeout 0\r\n", slot, self._read_reserve)
+        return True
+
+    def _reserve_link(self, client) -> Link | None:
+        """The link a reserve asks now: the one owner node of the watched tubes, if the
+        reserve needs nothing more (else None: the slow lane's multiplexed reserve)."""
         cc, pool, s = self.cc, self.pool, client.session
         if client.reserve_redone or s.buffer or pool.clock() >= s.next_sweep:
-            return False  # the other nodes are due to be asked: the slow lane sweeps them
+            return None  # the other nodes are due to be asked: the slow lane sweeps them
         spread = cc.spread
         owners = set()
         for tube in s.watching:
             if tube in spread:
-                return False
+                return None
             owners.add(cc.node_for(tube))
         if len(owners) != 1:
-            return False
+            return None
         member = pool.members[owners.pop()]
         if member.dead_until:
-            return False
+            return None
         link = self._link(client, s.conn(member.name, member.address), member)
         if link is None:
-            return False
+            return None
         conn = link.conn
         if conn.watch_gen != s.watch_gen:
             data, count = conn.client.watch_commands(s.watching)
             conn.watch_gen = s.watch_gen
-            for i in range(count):  # one Pending per WATCHING reply, the bytes with the first
-                self._send(link, data if i == 0 else b"", None, self._on_prefix)
-        self._send(link, b"reserve-with-timeout 0\r\n", slot, self._on_reserve)
+            for i in range(count):  # one reply each; the bytes go with the first
+                self._send(link, data if i == 0 else b"", None, self._read_prefix)
         client.state.worker = True
-        return True
+        return link
 
     # --- writing -------------------------------------------------------------------------
     def flush(self, link: Link) -> None:
         """Write what was dispatched to ``link`` this turn (the rest when writable)."""
+        link.run = None
         data = b"".join(link.out) if len(link.out) > 1 else link.out[0]
         link.out = []
         self._write(link, data)
@@ -259,6 +303,9 @@ class FastPath:
     # --- reading -------------------------------------------------------------------------
     def _readable(self, link: Link) -> None:
         client = link.client
+        if not link.expect:  # the node closed an idle connection (or wrote out of turn)
+            self._idle_closed(link)
+            return
         try:
             replies = link.conn.client.read_ready()
         except ConnectionLostError:
@@ -266,59 +313,62 @@ class FastPath:
             client.after_io()
             return
         expect = link.expect
+        answer = client.answer
         for reply in replies:
             if not expect:  # a reply nobody asked for: out of step
                 link.conn.client.close()
                 self._lost(link)
                 break
-            slot, handler, job, _ = expect.popleft()
-            result = handler(link, job, reply)
+            run = expect[0]
+            i = run.done
+            result = run.readers[i](link, run.jobs[i], reply)
+            slot = run.slots[i]
             if slot is not None:
+                if result is REDO:
+                    answer(slot, REDO)
+                else:
+                    slot[REPLY] = result
+            run.done = i = i + 1
+            if i == len(run.slots):
+                expect.popleft()
                 client.inflight -= 1
-                client.answer(slot, result)
         if expect:
             link.since = self.pool.clock()
-        else:
-            link.reader.stop()
+        else:  # the reader stays on until the slow lane runs (``quiet``)
             self.busy.discard(link)
         if link.member.failures:
             self.pool.ok(link.member)
         client.after_io()
 
-    def _id_reply(self, word: bytes, link: Link, words: list) -> bytes:
-        return b"%s %d\r\n" % (word, proxy_ids.encode(link.number, int(words[1])))
-
-    def _on_put(self, link, job, reply):
+    def _read_put(self, link: Link, job: int, reply: tuple):
         words = reply[0]
         word = words[0]
         if word == b"INSERTED" or word == b"BURIED":
-            return self._id_reply(word, link, words)
+            return b"%s %d\r\n" % (word, int(words[1]) * ID_RADIX + link.number - 1)
         if word == b"DRAINING":
             self.pool.drained(link.member)
             return REDO  # the slow lane fails over to the next node
         if word == b"OUT_OF_MEMORY" and self.cc.spill_when_full:
             return REDO
-        return _line(words)
+        return b" ".join(words) + P.CRLF
 
-    def _on_done(self, link, job, reply):
-        link.conn.held.pop(job, None)  # deleted, released or buried: no longer ours
-        return _line(reply[0])
+    def _read_done(self, link: Link, job: int, reply: tuple):
+        """delete, release, bury: whatever the answer, the job is no longer held."""
+        link.conn.held.pop(job, None)
+        return b" ".join(reply[0]) + P.CRLF
 
-    def _on_plain(self, link, job, reply):
-        return _line(reply[0])
-
-    def _on_peek(self, link, job, reply):
+    def _read_job(self, link: Link, job: int, reply: tuple):
         words, body = reply
-        if words[0] != b"FOUND":
-            return _line(words)
-        return b"FOUND %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, int(words[1])),
-                                           len(body), body)
+        if body is not None and words[0] == b"FOUND":  # peek
+            return b"FOUND %d %d\r\n%s\r\n" % (
+                int(words[1]) * ID_RADIX + link.number - 1, len(body), body)
+        return b" ".join(words) + P.CRLF
 
-    def _on_reserve(self, link, job, reply):
+    def _read_reserve(self, link: Link, job: int, reply: tuple):
         words, body = reply
         client = link.client
         if words[0] != b"RESERVED":
-            client.reserve_redone = True  # later reserves of this run: the slow lane
+            client.reserve_redone = True  # this and the reserves after it: the slow lane
             return REDO
         conn = link.conn
         now = self.pool.clock()
@@ -327,10 +377,10 @@ class FastPath:
         if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
             client.session.buffer.append((conn.client.job_from(reply), conn, now))
             return REDO
-        return b"RESERVED %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, job_id),
+        return b"RESERVED %d %d\r\n%s\r\n" % (job_id * ID_RADIX + link.number - 1,
                                               len(body), body)
 
-    def _on_prefix(self, link, job, reply):
+    def _read_prefix(self, link: Link, job: int, reply: tuple):
         word = reply[0][0]
         if word != b"USING" and word != b"WATCHING":
             log.warning("%s answered %r to use/watch: connection reset", link.name, word)
@@ -342,24 +392,35 @@ class FastPath:
     def _lost(self, link: Link, hung: bool = False) -> None:
         """The connection failed: the node is told failed, every command in flight
         answered (REDO if never written, else as a lost command)."""
-        if link.client.links.get(link.conn) is link:
-            del link.client.links[link.conn]
+        client = link.client
+        if client.links.get(link.conn) is link:
+            del client.links[link.conn]
         link.stop()
         self.busy.discard(link)
-        link.client.dirty.discard(link)
+        client.dirty.discard(link)
+        link.run = None
         self.pool.failed(link.member, hung=hung)
-        link.client.session.lost(link.conn)
+        client.session.lost(link.conn)
         link.conn.client.close()
         expect, link.expect = link.expect, deque()
-        for slot, handler, _, start in expect:
-            if slot is None:
-                continue
-            link.client.inflight -= 1
-            if handler == self._on_reserve or start >= link.written:
-                result = REDO  # never written, or a reserve: the node released the job
-            else:
-                result = P.INTERNAL_ERROR
-            link.client.answer(slot, result)
+        client.inflight -= len(expect)
+        for run in expect:
+            for i in range(run.done, len(run.slots)):
+                slot = run.slots[i]
+                if slot is None:
+                    continue
+                # never written, or a reserve (the node released the job): the slow lane
+                redo = run.starts[i] >= link.written or run.readers[i] == self._read_reserve
+                client.answer(slot, REDO if redo else P.INTERNAL_ERROR)
+
+    def _idle_closed(self, link: Link) -> None:
+        """Readable with no reply expected: a node restart closed it (the slow lane will
+        reconnect; the node is not failed for that), or it is out of step."""
+        if not link.conn.client.still_open():
+            link.client.links.pop(link.conn, None)
+            link.stop()
+            link.conn.client.close()
+            link.client.session.lost(link.conn)
 
     def _reap(self) -> None:
         """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition)."""
@@ -374,25 +435,27 @@ class FastPath:
         self._lost(link, hung=True)
         link.client.after_io()
 
+    def quiet(self, client) -> None:
+        """Stop the readers of ``client``'s links: its slow lane uses the connections now."""
+        for link in client.links.values():
+            link.reader.stop()
+
     def forget(self, client) -> None:
         """The client is gone: stop its links (its greenlet closes the connections)."""
         for link in client.links.values():
             link.stop()
             self.busy.discard(link)
         client.links.clear()
+        client.inflight = 0
 
 
-# by-job commands: how each is written for the node (from its node job id and the
-# event) and which reply handler reads its answer
+# by-job commands as written for the node, from the node's job id and the event
 _BY_JOB = {
-    P.CMD_DELETE: (lambda j, ev: b"delete %d\r\n" % j, "done"),
-    P.CMD_RELEASE: (lambda j, ev: b"release %d %d %d\r\n" % (j, ev[2], ev[3]), "done"),
-    P.CMD_BURY: (lambda j, ev: b"bury %d %d\r\n" % (j, ev[2]), "done"),
-    P.CMD_TOUCH: (lambda j, ev: b"touch %d\r\n" % j, "plain"),
-    P.CMD_KICK_JOB: (lambda j, ev: b"kick-job %d\r\n" % j, "plain"),
-    P.CMD_PEEK: (lambda j, ev: b"peek %d\r\n" % j, "peek"),
+    P.CMD_DELETE: lambda j, ev: b"delete %d\r\n" % j,
+    P.CMD_RELEASE: lambda j, ev: b"release %d %d %d\r\n" % (j, ev[2], ev[3]),
+    P.CMD_BURY: lambda j, ev: b"bury %d %d\r\n" % (j, ev[2]),
+    P.CMD_TOUCH: lambda j, ev: b"touch %d\r\n" % j,
+    P.CMD_KICK_JOB: lambda j, ev: b"kick-job %d\r\n" % j,
+    P.CMD_PEEK: lambda j, ev: b"peek %d\r\n" % j,
 }
-
-
-def _line(words: list) -> bytes:
-    return b" ".join(words) + P.CRLF
+_ENDS_RESERVATION = frozenset({P.CMD_DELETE, P.CMD_RELEASE, P.CMD_BURY})

@@ -82,6 +82,11 @@ binlog_size = {binlog_size}
 
 # TLS: a [tls] table (see `bscluster init --tls` and docs/SECURITY.md).
 
+# proxy_tls = true: `bscluster proxy` serves TLS with [tls] node_cert/node_key
+# (and requires client certificates with client_auth), as the nodes do; off, it
+# speaks plain TCP, as beanstalkd clients do: keep it on 127.0.0.1 (docs/PROXY.md).
+# proxy_tls = false
+
 # Per-node overrides. Any of host, port, weight (share of tubes in the
 # client's ring, default 1), data_dir (this node's own binlog directory),
 # metrics_port, binlog, fsync_ms, max_job_size, binlog_size.

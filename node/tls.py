@@ -19,9 +19,11 @@ connection's own greenlet, before any command is read:
    certificate, bad version) is logged with OpenSSL's reason and closed:
    no command ever runs on it.
 3. It returns a ``TlsConn`` (``_DurableTlsConn`` under ``-f 0``), which
-   the server drives like any connection.  Reads try the TLS socket first
-   and wait only when OpenSSL wants more bytes: a record already decrypted
-   and buffered (``pending()``) is never left waiting for a readable fd.
+   the server drives like any connection (``handshake`` alone, steps 1
+   and 2, is what ``bscluster proxy`` uses: cluster/proxy_tls.py).  Reads
+   try the TLS socket first and wait only when OpenSSL wants more bytes: a
+   record already decrypted and buffered (``pending()``) is never left
+   waiting for a readable fd.
 
 ``reload()`` (SIGHUP) builds a new context from the same files; new
 handshakes use it, connections already open keep theirs.  If the new
@@ -149,6 +151,18 @@ class TlsEndpoint:
 
     def accept(self, sock, address, group=None) -> TlsConn | None:
         """Handshake in the caller's greenlet; None (logged) if refused."""
+        tls = self.handshake(sock, address)
+        if tls is None:
+            return None
+        conn = _DurableTlsConn(tls) if group is not None else TlsConn(tls)
+        if group is not None:
+            conn.group = group
+        return conn
+
+    def handshake(self, sock, address) -> ssl.SSLSocket | None:
+        """The connection's TLS socket (non-blocking) once its handshake is done,
+        in the caller's greenlet; None (logged) if refused or gone.  ``sock`` is
+        detached: the caller owns only what this returns."""
         who = _who(address)
         family, type_ = sock.family, sock.type
         plain = socket.socket(family, type_, fileno=sock.detach())
@@ -164,11 +178,7 @@ class TlsEndpoint:
             return None
         if tls is None:  # hung up before saying anything
             plain.close()
-            return None
-        conn = _DurableTlsConn(tls) if group is not None else TlsConn(tls)
-        if group is not None:
-            conn.group = group
-        return conn
+        return tls
 
     def _handshake(self, plain: socket.socket) -> ssl.SSLSocket | None:
         hub = gevent.get_hub()
@@ -254,7 +264,7 @@ def _reason(e: ssl.SSLError) -> str:
         return f"client certificate not accepted: {e.verify_message}"
     reason = (e.reason or str(e)).replace("_", " ").lower()
     if reason == "peer did not return a certificate":
-        return "the client sent no certificate (this node requires one: mutual TLS)"
+        return "the client sent no certificate (one is required here: mutual TLS)"
     return reason
 
 
