@@ -24,8 +24,8 @@ every SIGHUP.  ``Reloader.reload`` then:
    ids of a new node's jobs decode and a removed node's answer NOT_FOUND;
 5. logs one line saying what changed ("reload: +node4, node2 leaving").
 
-Settings the proxy reads only at start (the [tls] table, the job size limit)
-are named in that line as applying after a restart.
+Settings the proxy reads only at start (the [tls] table, proxy_tls, the job
+size limit) are named in that line as applying after a restart.
 
 Under gevent nothing here yields: a reload happens between two commands of
 every client, never in the middle of one.
@@ -143,6 +143,8 @@ def restart_only(old: ClusterConfig, new: ClusterConfig) -> tuple[str, ...]:
     changed = []
     if old.tls != new.tls:
         changed.append("[tls]")
+    if old.proxy_tls != new.proxy_tls:
+        changed.append("proxy_tls")
     if _job_size(old) != _job_size(new):
         changed.append(f"max_job_size ({_job_size(old)}->{_job_size(new)})")
     return tuple(changed)
