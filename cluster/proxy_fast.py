@@ -142,11 +142,14 @@ class FastPath:
     # --- dispatch ------------------------------------------------------------------------
 
     def _link(self, client, conn, member) -> Link | None:
-        """The client's link for ``conn``, if the connection is ready for a command.
+        """The client's link for ``conn``, if the connection is ready for a command
+        (None: no connection yet, or one that is not ready: the slow lane's).
 
         A connection idle for ``STALE_AFTER`` seconds is first checked for a
         close by the node (a restart): then the slow lane reconnects, so that
         case never makes a command's fate unknown."""
+        if conn is None:
+            return None
         link = client.links.get(conn)
         if link is not None and link.turn == client.turn:
             return link  # checked already in this turn
@@ -204,7 +207,7 @@ class FastPath:
         member = pool.members[cc.node_for(tube)]
         if member.dead_until or member.draining_until:
             return None
-        link = self._link(client, s.conn(member.name, member.address), member)
+        link = self._link(client, _idle_conn(s, member.name), member)
         if link is None:
             return None
         if link.conn.client.using != tube:
@@ -222,7 +225,7 @@ class FastPath:
         if member is None or member.dead_until:
             return False
         s = client.session
-        link = self._link(client, s.holder(name, job_id) or s.conn(name, member.address), member)
+        link = self._link(client, s.holder(name, job_id) or _idle_conn(s, name), member)
         if link is None:
             return False
         reader = self._read_done if ev[0] in _ENDS_RESERVATION else self._read_job
@@ -258,7 +261,7 @@ class FastPath:
         member = pool.members[owners.pop()]
         if member.dead_until:
             return None
-        link = self._link(client, s.conn(member.name, member.address), member)
+        link = self._link(client, _idle_conn(s, member.name), member)
         if link is None:
             return None
         conn = link.conn
@@ -447,6 +450,15 @@ class FastPath:
             self.busy.discard(link)
         client.links.clear()
         client.inflight = 0
+
+
+def _idle_conn(session, name: str):
+    """One of the session's connections to ``name`` with no reserve in flight, or None
+    (never opens or waits: ``Session.conn`` may do both, the slow lane may)."""
+    for conn in session.conns.get(name, ()):
+        if not conn.pending:
+            return conn
+    return None
 
 
 # by-job commands as written for the node, from the node's job id and the event
