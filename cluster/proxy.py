@@ -88,6 +88,13 @@ class ProxyServer:
         ClientConn(self, sock, state, CommandReader(self.max_job_size)).serve()
 
 
+def _reload(hup: Reloader, tls: proxy_tls.ProxyTLS | None) -> None:
+    """SIGHUP: the node set from the config again, and the listener's certificates."""
+    hup.reload()
+    if tls is not None:
+        tls.reload()
+
+
 def _drain(server: ProxyServer) -> None:
     server.commands.draining = True
     log.info("SIGUSR1: drain mode on, puts through this proxy get DRAINING")
@@ -115,7 +122,8 @@ def build(config):
 
 def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=None) -> None:
     """Run the proxy until SIGTERM/SIGINT (patches this process for gevent); SIGHUP
-    applies ``read()``, the config read again (``proxy_reload``)."""
+    applies ``read()``, the config read again (``proxy_reload``), and re-reads the
+    listener's TLS certificate files."""
     from gevent import monkey
 
     monkey.patch_all()
@@ -137,7 +145,7 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
     gevent.signal_handler(signal.SIGINT, stop.set)
     gevent.signal_handler(signal.SIGUSR1, lambda: _drain(server))
     hup = Reloader(cc, server.commands.numbers, config, read or (lambda: config))
-    gevent.signal_handler(signal.SIGHUP, hup.reload)
+    gevent.signal_handler(signal.SIGHUP, lambda: _reload(hup, tls))
     log.info("listening on %s:%d (%s; %d nodes: %s; %d descriptors)", bound[0], bound[1],
              tls.describe() if tls is not None and tls.on_listen else "plain TCP",
              len(cc.nodes), ", ".join(cc.nodes), limit)
@@ -179,7 +187,8 @@ def proxy(listen, config_file, wanted, **tls_flags) -> None:
     added, marked `leaving = true` (no more puts, still reserved from) or
     removed, a node's new address, weights, the ring and [tubes.NAME]
     spread.  Clients stay connected and keep the jobs they reserved (except
-    on a node removed or moved).  A config that does not read is refused
+    on a node removed or moved); the TLS certificate files are read again
+    too.  A config that does not read is refused
     (one log line) and the old routing kept.  Under `bscluster up --proxy`
     the supervisor sends the SIGHUP itself when `up` or `remove` changes the
     cluster.  SIGUSR1: drain mode (puts get DRAINING).

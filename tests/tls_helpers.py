@@ -10,7 +10,9 @@ expired node certificate, and a spare node certificate for reload.
 from __future__ import annotations
 
 import re
+import socket
 import ssl
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,3 +79,17 @@ def wait_log(server, pattern: str, deadline: float = LOG_DEADLINE, after: int = 
         if time.monotonic() > end:
             raise AssertionError(f"no log line like {pattern!r}; got: {list(server.lines)}")
         time.sleep(0.02)
+
+
+def peer_serial(ctx: ssl.SSLContext, address) -> int:
+    """The serial number of the certificate a TLS server at ``address`` shows now."""
+    with socket.create_connection(address, timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        return int(s.getpeercert()["serialNumber"], 16)
+
+
+def cert_serial(pair) -> int:
+    """The serial number of a certificate file (``pair.cert``)."""
+    out = subprocess.run(["openssl", "x509", "-in", str(pair.cert), "-noout", "-serial"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip().split("=")[1], 16)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -31,7 +32,14 @@ from bscluster.proxy_tls import ProxyTLS, TlsPlan, config_values
 from bsnode.tls import TLS_REQUIRED, TlsFiles
 from clusters import Cluster
 from gevent.server import StreamServer
-from tls_helpers import make_certs, start_tls_node, tls_args, wait_log
+from tls_helpers import (
+    cert_serial,
+    make_certs,
+    peer_serial,
+    start_tls_node,
+    tls_args,
+    wait_log,
+)
 
 pytestmark = pytest.mark.integration
 TUBES = [f"t{i}" for i in range(8)]  # enough tubes to land on both nodes
@@ -524,3 +532,27 @@ def test_up_proxy_tls_serves_the_trial_certificates(tmp_path):
                 client.stats()
     finally:
         c.cleanup()
+
+
+def test_sighup_reloads_the_listeners_certificate_and_keeps_connections(certs, config, tmp_path):
+    """SIGHUP to a running proxy: the node set is re-read and so are the TLS files;
+    new handshakes show the new certificate, an old connection carries on."""
+    cert, key = tmp_path / "proxy.pem", tmp_path / "proxy.key"
+    shutil.copy(certs.node.cert, cert)
+    shutil.copy(certs.node.key, key)
+    flags = ("--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(certs.ca.cert))
+    with start_proxy(config, *flags) as proxy:
+        old = Client(proxy.address, ssl_context=certs.good(), timeout=10, use="kept")
+        try:
+            job_id = old.put(b"before reload")
+            assert peer_serial(certs.good(), proxy.address) == cert_serial(certs.node)
+            shutil.copy(certs.node2.cert, cert)
+            shutil.copy(certs.node2.key, key)
+            mark = len(proxy.lines)
+            proxy.signal(signal.SIGHUP)
+            wait_log(proxy, r"SIGHUP: TLS certificates reloaded", after=mark)
+            assert peer_serial(certs.good(), proxy.address) == cert_serial(certs.node2)
+            assert old.peek(job_id).body == b"before reload"
+        finally:
+            old.close()
+

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 from pathlib import Path
 
@@ -21,7 +20,14 @@ import pytest
 from bsclient import Client, ConnectionLostError, UnexpectedReplyError
 from bsclient.tls import client_context
 from servers import start_bsnode
-from tls_helpers import make_certs, start_tls_node, tls_args, wait_log
+from tls_helpers import (
+    cert_serial,
+    make_certs,
+    peer_serial,
+    start_tls_node,
+    tls_args,
+    wait_log,
+)
 
 pytestmark = pytest.mark.integration
 RUBY = shutil.which("ruby")
@@ -238,18 +244,6 @@ def test_flags_that_need_each_other(certs):
 
 
 # --- reload ------------------------------------------------------------------------
-def _serial(ctx: ssl.SSLContext, address) -> int:
-    with socket.create_connection(address, timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-        return int(s.getpeercert()["serialNumber"], 16)
-
-
-def _serial_of(pair) -> int:
-    out = subprocess.run(["openssl", "x509", "-in", str(pair.cert), "-noout", "-serial"],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.strip().split("=")[1], 16)
-
-
 def test_sighup_reloads_certificates_without_dropping_connections(certs, tmp_path):
     cert, key = tmp_path / "node.pem", tmp_path / "node.key"
     shutil.copy(certs.node.cert, cert)
@@ -258,13 +252,13 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, tmp_pat
                       "--tls-client-ca", str(certs.ca.cert)) as node:
         old = Client(node.address, ssl_context=certs.good(), use="kept")
         job_id = old.put(b"before reload")
-        assert _serial(certs.good(), node.address) == _serial_of(certs.node)
+        assert peer_serial(certs.good(), node.address) == cert_serial(certs.node)
         shutil.copy(certs.node2.cert, cert)
         shutil.copy(certs.node2.key, key)
         mark = len(node.lines)
         node.signal(signal.SIGHUP)
         wait_log(node, r"SIGHUP: TLS certificates reloaded", after=mark)
-        assert _serial(certs.good(), node.address) == _serial_of(certs.node2)
+        assert peer_serial(certs.good(), node.address) == cert_serial(certs.node2)
         assert old.peek(job_id).body == b"before reload"  # the old connection lives on
         # a broken file: the node says so and keeps serving the last good certificate
         cert.write_text("not a certificate\n")
@@ -272,7 +266,7 @@ def test_sighup_reloads_certificates_without_dropping_connections(certs, tmp_pat
         node.signal(signal.SIGHUP)
         wait_log(node, r"SIGHUP: TLS certificates not reloaded, still serving the old ones",
                  after=mark)
-        assert _serial(certs.good(), node.address) == _serial_of(certs.node2)
+        assert peer_serial(certs.good(), node.address) == cert_serial(certs.node2)
         old.close()
 
 
