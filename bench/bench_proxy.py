@@ -4,7 +4,8 @@ How this works
 --------------
 Three bsnodes and a proxy in front of them are started once.  The load is
 cycles of ``put`` / ``reserve`` / ``delete`` on one tube with ``--pipeline P``
-commands in flight per connection, from ``--clients`` connections.  Direct
+commands in flight per connection, from ``--clients`` connections (2 and 8 by
+default: a few clients wait on the proxy's round trips, many keep it busy).  Direct
 runs connect to the tube's owner node itself; proxied runs connect to the
 proxy, which sends the jobs to that same node.  Rounds alternate direct and
 proxied, so both see the same machine; the report gives each round's rates,
@@ -116,12 +117,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pipeline", type=int, action="append", help="(repeatable; default 1, 16)")
     ap.add_argument("--client", choices=("loadgen", "python"), default="loadgen",
                     help="the load: compiled generator (default) or Python processes")
-    ap.add_argument("--clients", type=int, default=2, help="connections (default 2)")
+    ap.add_argument("--clients", type=int, action="append",
+                    help="connections (repeatable; default 2, 8)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     pipelines = args.pipeline or [1, 16]
+    counts = args.clients or [2, 8]
     tube = TUBE if args.client == "python" else "default"
     owner = Ring({f"node{i}": 1 for i in range(1, 4)}).node_for(tube)
     if args.client == "python":
@@ -131,39 +134,45 @@ def main(argv: list[str] | None = None) -> dict:
 
         def load(port, clients, pipeline, seconds):
             return run_loadgen_cycles(loadgen, port, clients, pipeline, seconds)
-    report: dict = {"client": args.client, "clients": args.clients, "seconds": args.seconds,
-                    "tube": tube, "tube_owner": owner, "pipelines": {}}
+    report: dict = {"client": args.client, "seconds": args.seconds, "rounds": args.rounds,
+                    "tube": tube, "tube_owner": owner, "runs": []}
     with tempfile.TemporaryDirectory() as tmp, ProxiedCluster(Path(tmp), 3) as cluster:
         direct_port = cluster.nodes[int(owner[4:]) - 1].port
-        proxy_pid = cluster.proxy.pid
-        for pipeline in pipelines:
-            rows = {"direct": [], "proxy": []}
-            cpu = cycles = 0.0
-            for _ in range(args.rounds):
-                rows["direct"].append(load(direct_port, args.clients, pipeline, args.seconds))
-                before = cpu_seconds(proxy_pid)
-                t0 = time.monotonic()
-                rate = load(cluster.port, args.clients, pipeline, args.seconds)
-                cpu += cpu_seconds(proxy_pid) - before
-                cycles += rate * (time.monotonic() - t0)
-                rows["proxy"].append(rate)
-            d, p = median(rows["direct"]), median(rows["proxy"])
-            report["pipelines"][pipeline] = {
-                "direct_cycles_per_s": [round(x) for x in rows["direct"]],
-                "proxy_cycles_per_s": [round(x) for x in rows["proxy"]],
-                "ratio": round(p / d, 3),
-                "proxy_cpu_us_per_command": round(cpu / (3 * cycles) * 1e6, 1),
-            }
+        for clients in counts:
+            for pipeline in pipelines:
+                report["runs"].append(_compare(load, cluster, direct_port, clients, pipeline,
+                                               args))
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"put-reserve-delete, {args.client} client, {args.clients} connections, "
-              f"{args.seconds:g} s x {args.rounds} rounds each, tube {tube!r} on {owner}")
-        for pipeline, r in report["pipelines"].items():
-            print(f"  pipeline {pipeline:>3}: direct {r['direct_cycles_per_s']} cycles/s, "
-                  f"proxy {r['proxy_cycles_per_s']}; ratio {r['ratio']:.2f}; proxy CPU "
-                  f"{r['proxy_cpu_us_per_command']} us/command")
+        print(f"put-reserve-delete, {args.client} client, {args.seconds:g} s x {args.rounds} "
+              f"rounds each, tube {tube!r} on {owner}")
+        for r in report["runs"]:
+            print(f"  {r['clients']} connections, pipeline {r['pipeline']:>3}: direct "
+                  f"{r['direct_cycles_per_s']} cycles/s, proxy {r['proxy_cycles_per_s']}; "
+                  f"ratio {r['ratio']:.2f}; proxy CPU {r['proxy_cpu_us_per_command']} us/command")
     return report
+
+
+def _compare(load, cluster, direct_port: int, clients: int, pipeline: int, args) -> dict:
+    """Rounds of direct, then proxied: the rates, the median ratio, the proxy's CPU."""
+    rows: dict = {"direct": [], "proxy": []}
+    cpu = cycles = 0.0
+    for _ in range(args.rounds):
+        rows["direct"].append(load(direct_port, clients, pipeline, args.seconds))
+        before = cpu_seconds(cluster.proxy.pid)
+        t0 = time.monotonic()
+        rate = load(cluster.port, clients, pipeline, args.seconds)
+        cpu += cpu_seconds(cluster.proxy.pid) - before
+        cycles += rate * (time.monotonic() - t0)
+        rows["proxy"].append(rate)
+    return {
+        "clients": clients, "pipeline": pipeline,
+        "direct_cycles_per_s": [round(x) for x in rows["direct"]],
+        "proxy_cycles_per_s": [round(x) for x in rows["proxy"]],
+        "ratio": round(median(rows["proxy"]) / median(rows["direct"]), 3),
+        "proxy_cpu_us_per_command": round(cpu / (3 * cycles) * 1e6, 1),
+    }
 
 
 if __name__ == "__main__":

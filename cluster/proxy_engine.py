@@ -252,6 +252,7 @@ class ClientConn:
     # --- writing --------------------------------------------------------------------------
     def _flush(self) -> None:
         slots, out = self.slots, self.out
+        queued = len(out)
         while slots and slots[0][REPLY] is not None:
             reply = slots.popleft()[REPLY]
             if reply is CLOSE:
@@ -262,9 +263,11 @@ class ClientConn:
                 break
             if reply:
                 out.append(reply)
-                self.out_bytes += len(reply)
-        if out and not self.writer.active:
-            self._write()
+        if len(out) > queued:
+            if self.writer.active:  # the client is not reading: count what waits
+                self.out_bytes += sum(len(r) for r in out[queued:])
+            else:
+                self._write()
 
     def _write(self) -> None:
         data = b"".join(self.out)

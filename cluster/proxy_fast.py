@@ -69,13 +69,13 @@ EV, REPLY = 1, 2
 class Run:
     """The commands sent on one link in one turn, in order, and how far their replies are."""
 
-    __slots__ = ("slots", "readers", "jobs", "starts", "done")
+    __slots__ = ("items", "done")
 
     def __init__(self) -> None:
-        self.slots: list = []  # reply slots (None: a use/watch sent ahead of a command)
-        self.readers: list = []  # reader(link, job, reply) -> reply bytes or REDO, each
-        self.jobs: list = []  # the node's job id of each by-job command (else 0)
-        self.starts: list = []  # offset of each command's first byte in the link's stream
+        # per command: (its reply slot, or None for a use/watch sent ahead of one;
+        # reader(link, job, reply) -> reply bytes or REDO; the node's job id of a
+        # by-job command, else 0; offset of its first byte in the link's stream)
+        self.items: list[tuple] = []
         self.done = 0  # replies read so far
 
 
@@ -177,10 +177,7 @@ class FastPath:
             link.expect.append(run)
             link.client.inflight += 1
             link.client.dirty.add(link)
-        run.slots.append(slot)
-        run.readers.append(reader)
-        run.jobs.append(job)
-        run.starts.append(link.queued)
+        run.items.append((slot, reader, job, link.queued))
         link.out.append(data)
         link.queued += len(data)
 
@@ -323,16 +320,16 @@ class FastPath:
                 self._lost(link)
                 break
             run = expect[0]
-            i = run.done
-            result = run.readers[i](link, run.jobs[i], reply)
-            slot = run.slots[i]
+            items, i = run.items, run.done
+            slot, reader, job, _ = items[i]
+            result = reader(link, job, reply)
             if slot is not None:
                 if result is REDO:
                     answer(slot, REDO)
                 else:
                     slot[REPLY] = result
             run.done = i = i + 1
-            if i == len(run.slots):
+            if i == len(items):
                 expect.popleft()
                 client.inflight -= 1
         if expect:
@@ -408,12 +405,11 @@ class FastPath:
         expect, link.expect = link.expect, deque()
         client.inflight -= len(expect)
         for run in expect:
-            for i in range(run.done, len(run.slots)):
-                slot = run.slots[i]
+            for slot, reader, _, start in run.items[run.done:]:
                 if slot is None:
                     continue
                 # never written, or a reserve (the node released the job): the slow lane
-                redo = run.starts[i] >= link.written or run.readers[i] == self._read_reserve
+                redo = start >= link.written or reader == self._read_reserve
                 client.answer(slot, REDO if redo else P.INTERNAL_ERROR)
 
     def _idle_closed(self, link: Link) -> None:
