@@ -22,8 +22,12 @@ Two clients (``--client``):
   P commands of a kind, then reading their replies (P puts, P reserves, P
   deletes): how a pipelining script uses the proxy, client CPU included.
 
+With ``--forwarder`` a bare TCP forwarder to the same node
+(bench/forwarder.py) is measured in the same rounds: the second hop alone,
+under the proxy's own work.
+
     python bench/bench_proxy.py --pipeline 1 --pipeline 16 --seconds 5 --rounds 3
-    python bench/bench_proxy.py --client python --json ...
+    python bench/bench_proxy.py --client python --forwarder --json ...
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ import argparse
 import json
 import multiprocessing as mp
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 from bsclient import Ring  # noqa: E402
-from bscluster.procs import ProxiedCluster  # noqa: E402
+from bscluster.procs import ProxiedCluster, free_port, wait_connectable  # noqa: E402
 from harness import cpu_seconds, find_loadgen, median, run_loadgen  # noqa: E402
 
 TUBE = "bench"  # the python client's tube (loadgen uses "default")
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="connections (repeatable; default 2, 8)")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--forwarder", action="store_true",
+                    help="also measure a bare TCP forwarder to the node (bench/forwarder.py): "
+                         "the cost of the second hop alone")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     pipelines = args.pipeline or [1, 16]
@@ -138,10 +147,16 @@ def main(argv: list[str] | None = None) -> dict:
                     "tube": tube, "tube_owner": owner, "runs": []}
     with tempfile.TemporaryDirectory() as tmp, ProxiedCluster(Path(tmp), 3) as cluster:
         direct_port = cluster.nodes[int(owner[4:]) - 1].port
-        for clients in counts:
-            for pipeline in pipelines:
-                report["runs"].append(_compare(load, cluster, direct_port, clients, pipeline,
-                                               args))
+        forwarder = _start_forwarder(direct_port) if args.forwarder else None
+        try:
+            for clients in counts:
+                for pipeline in pipelines:
+                    report["runs"].append(_compare(load, cluster, direct_port, forwarder,
+                                                   clients, pipeline, args))
+        finally:
+            if forwarder is not None:
+                forwarder.kill()
+                forwarder.wait()
     if args.json:
         print(json.dumps(report))
     else:
@@ -151,28 +166,61 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {r['clients']} connections, pipeline {r['pipeline']:>3}: direct "
                   f"{r['direct_cycles_per_s']} cycles/s, proxy {r['proxy_cycles_per_s']}; "
                   f"ratio {r['ratio']:.2f}; proxy CPU {r['proxy_cpu_us_per_command']} us/command")
+            if "forwarder_ratio" in r:
+                print(f"      bare forwarder {r['forwarder_cycles_per_s']}; ratio "
+                      f"{r['forwarder_ratio']:.2f}; its CPU "
+                      f"{r['forwarder_cpu_us_per_command']} us/command")
     return report
 
 
-def _compare(load, cluster, direct_port: int, clients: int, pipeline: int, args) -> dict:
-    """Rounds of direct, then proxied: the rates, the median ratio, the proxy's CPU."""
-    rows: dict = {"direct": [], "proxy": []}
-    cpu = cycles = 0.0
+def _compare(load, cluster, direct_port: int, forwarder, clients: int, pipeline: int,
+             args) -> dict:
+    """Rounds of direct, proxied (and forwarded): the rates, median ratios, CPU per command."""
+    targets = {"proxy": (cluster.port, cluster.proxy.pid)}
+    if forwarder is not None:
+        targets["forwarder"] = (forwarder.port, forwarder.pid)
+    rows: dict = {"direct": [], **{name: [] for name in targets}}
+    cpu = dict.fromkeys(targets, 0.0)
+    cycles = dict.fromkeys(targets, 0.0)
     for _ in range(args.rounds):
         rows["direct"].append(load(direct_port, clients, pipeline, args.seconds))
-        before = cpu_seconds(cluster.proxy.pid)
-        t0 = time.monotonic()
-        rate = load(cluster.port, clients, pipeline, args.seconds)
-        cpu += cpu_seconds(cluster.proxy.pid) - before
-        cycles += rate * (time.monotonic() - t0)
-        rows["proxy"].append(rate)
-    return {
-        "clients": clients, "pipeline": pipeline,
-        "direct_cycles_per_s": [round(x) for x in rows["direct"]],
-        "proxy_cycles_per_s": [round(x) for x in rows["proxy"]],
-        "ratio": round(median(rows["proxy"]) / median(rows["direct"]), 3),
-        "proxy_cpu_us_per_command": round(cpu / (3 * cycles) * 1e6, 1),
-    }
+        for name, (port, pid) in targets.items():
+            before = cpu_seconds(pid)
+            t0 = time.monotonic()
+            rate = load(port, clients, pipeline, args.seconds)
+            cpu[name] += cpu_seconds(pid) - before
+            cycles[name] += rate * (time.monotonic() - t0)
+            rows[name].append(rate)
+    out = {"clients": clients, "pipeline": pipeline,
+           "direct_cycles_per_s": [round(x) for x in rows["direct"]]}
+    for name in targets:
+        out.update({
+            f"{name}_cycles_per_s": [round(x) for x in rows[name]],
+            f"{name}_ratio": round(median(rows[name]) / median(rows["direct"]), 3),
+            f"{name}_cpu_us_per_command": round(cpu[name] / (3 * cycles[name]) * 1e6, 1),
+        })
+    out["ratio"] = out.pop("proxy_ratio")
+    return out
+
+
+class _Forwarder:
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc, self.port, self.pid = proc, port, proc.pid
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def wait(self) -> None:
+        self.proc.wait()
+
+
+def _start_forwarder(node_port: int) -> _Forwarder:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(HERE / "forwarder.py"), str(port),
+                             str(node_port)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_connectable(port, time.monotonic() + 20, proc)
+    return _Forwarder(proc, port)
 
 
 if __name__ == "__main__":
