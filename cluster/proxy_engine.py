@@ -115,6 +115,8 @@ class ClientConn:
                 self.wake.clear()
                 self._run_lane()
                 self.guard(self.pump)
+        except ClientGone:
+            pass  # the hang-up reached the greenlet after its reserve had ended
         finally:
             self.reader.stop()
             self.writer.stop()

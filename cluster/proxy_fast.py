@@ -318,11 +318,13 @@ class FastPath:
             if not expect:  # a reply nobody asked for: out of step
                 link.conn.client.close()
                 self._lost(link)
-                break
+                break  # (``_lost`` gave the link a new, empty expect: handled below)
             run = expect[0]
             items, i = run.items, run.done
             slot, reader, job, _ = items[i]
             result = reader(link, job, reply)
+            if link.expect is not expect:
+                break  # the reader found the connection out of step: ``_lost`` answered all
             if slot is not None:
                 if result is REDO:
                     answer(slot, REDO)
@@ -332,6 +334,9 @@ class FastPath:
             if i == len(items):
                 expect.popleft()
                 client.inflight -= 1
+        if link.expect is not expect:
+            client.after_io()  # lost meanwhile
+            return
         if expect:
             link.since = self.pool.clock()
         else:  # the reader stays on until the slow lane runs (``quiet``)
