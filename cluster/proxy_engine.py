@@ -45,7 +45,7 @@ from gevent.event import Event
 
 from . import proxy_cluster as pc
 from .proxy_commands import CLOSE
-from .proxy_fast import READ, REDO, WRITE
+from .proxy_fast import EV, READ, REDO, REPLY, WRITE
 
 log = logging.getLogger("bscluster.proxy")
 
@@ -60,13 +60,6 @@ RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
 
 class ClientGone(BaseException):
     """The client hung up while its slow lane waited in a reserve."""
-
-
-# A command's reply slot: [seq, event, reply].  Slots are lists (one is made per
-# command, so they must be cheap); ordered by their unique seq, so the slow lane
-# can keep them sorted.  ``reply`` is None until the reply is in; then bytes
-# (maybe empty: no reply) or CLOSE.
-SEQ, EV, REPLY = 0, 1, 2
 
 
 class ClientConn:

@@ -54,7 +54,6 @@ from bsclient.errors import ConnectionLostError
 from gevent import get_hub
 
 from . import proxy_ids
-from .proxy_ids import ID_RADIX
 
 log = logging.getLogger("bscluster.proxy")
 
@@ -62,8 +61,11 @@ REDO = object()  # a reply meaning: run this command on the slow lane after all
 READ, WRITE = 1, 2
 REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
 STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
-# slot fields (proxy_engine owns the layout: [seq, event, reply])
-EV, REPLY = 1, 2
+# A command's reply slot: [seq, event, reply].  Slots are lists (one is made per
+# command, so they must be cheap), ordered by their unique seq, so the slow lane
+# (proxy_engine) can keep them sorted.  ``reply`` is None until the reply is in;
+# then bytes (maybe empty: no reply), or proxy_commands.CLOSE.
+SEQ, EV, REPLY = 0, 1, 2
 
 
 class Run:
@@ -349,7 +351,7 @@ class FastPath:
         words = reply[0]
         word = words[0]
         if word == b"INSERTED" or word == b"BURIED":
-            return b"%s %d\r\n" % (word, int(words[1]) * ID_RADIX + link.number - 1)
+            return b"%s %d\r\n" % (word, proxy_ids.encode(link.number, int(words[1])))
         if word == b"DRAINING":
             self.pool.drained(link.member)
             return REDO  # the slow lane fails over to the next node
@@ -366,7 +368,7 @@ class FastPath:
         words, body = reply
         if body is not None and words[0] == b"FOUND":  # peek
             return b"FOUND %d %d\r\n%s\r\n" % (
-                int(words[1]) * ID_RADIX + link.number - 1, len(body), body)
+                proxy_ids.encode(link.number, int(words[1])), len(body), body)
         return b" ".join(words) + P.CRLF
 
     def _read_reserve(self, link: Link, job: int, reply: tuple):
@@ -382,7 +384,7 @@ class FastPath:
         if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
             client.session.buffer.append((conn.client.job_from(reply), conn, now))
             return REDO
-        return b"RESERVED %d %d\r\n%s\r\n" % (job_id * ID_RADIX + link.number - 1,
+        return b"RESERVED %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, job_id),
                                               len(body), body)
 
     def _read_prefix(self, link: Link, job: int, reply: tuple):

@@ -93,3 +93,15 @@ def cert_serial(pair) -> int:
     out = subprocess.run(["openssl", "x509", "-in", str(pair.cert), "-noout", "-serial"],
                          capture_output=True, text=True, check=True).stdout
     return int(out.strip().split("=")[1], 16)
+
+
+def assert_still_serves(server, certs, good) -> None:
+    """After a refused connection: a client served before it still is, and a new one too."""
+    from bsclient import Client
+
+    good.use("still")
+    job_id = good.put(b"after the refusal")
+    assert good.peek(job_id).body == b"after the refusal"
+    good.delete(job_id)
+    with Client(server.address, ssl_context=certs.good(), timeout=10) as fresh:
+        assert fresh.stats()["current-connections"] >= 2

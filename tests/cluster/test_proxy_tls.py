@@ -27,12 +27,13 @@ import pytest
 from bsclient import Client, ConnectionLostError, NotFoundError, UnexpectedReplyError
 from bsclient.tls import client_context
 from bscluster.config import ClusterConfig, ConfigError, load_config
-from bscluster.procs import start_proxy, write_config
+from bscluster.procs import poll, start_proxy, write_config
 from bscluster.proxy_tls import ProxyTLS, TlsPlan, config_values
 from bsnode.tls import TLS_REQUIRED, TlsFiles
 from clusters import Cluster
 from gevent.server import StreamServer
 from tls_helpers import (
+    assert_still_serves,
     cert_serial,
     make_certs,
     peer_serial,
@@ -90,15 +91,6 @@ def good(proxy, certs):
         yield c
 
 
-def assert_still_serves(proxy, certs, good: Client) -> None:
-    good.use("still")
-    job_id = good.put(b"after the refusal")
-    assert good.peek(job_id).body == b"after the refusal"
-    good.delete(job_id)
-    with Client(proxy.address, ssl_context=certs.good(), timeout=10) as fresh:
-        assert fresh.stats()["current-connections"] >= 2
-
-
 def round_trip(address, ctx: ssl.SSLContext) -> None:
     """Put to every tube (both nodes), reserve each job back and delete it."""
     with Client(address, ssl_context=ctx, timeout=10) as c:
@@ -152,16 +144,6 @@ def test_pipelined_commands_and_greenstalk_over_python_ssl(proxy, certs):
         g.delete(job)
 
 
-def _until(predicate, what: str, deadline: float = 10.0):
-    end = time.monotonic() + deadline
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def _waiting(c: Client) -> int:
     return c.stats()["current-waiting"]  # the proxy's own clients (docs/PROXY.md)
 
@@ -182,7 +164,7 @@ def test_a_waiting_reserve_and_a_hang_up_while_waiting(proxy, certs, good):
     with Client(proxy.address, ssl_context=ctx, watch="waits", timeout=15) as worker:
         t = threading.Thread(target=lambda: got.append(worker.reserve(timeout=10)))
         t.start()
-        _until(lambda: _waiting(good) >= 1, "the worker to wait")
+        poll(lambda: _waiting(good) >= 1, what="the worker to wait")
         job_id = good.put(b"put while it waited")
         t.join(10)
         assert got and (got[0].id, got[0].body) == (job_id, b"put while it waited")
@@ -196,9 +178,9 @@ def test_a_waiting_reserve_and_a_hang_up_while_waiting(proxy, certs, good):
         data += sock.recv(65536)
     assert b"RESERVED %d " % held_id in data
     sock.sendall(b"reserve\r\n")
-    _until(lambda: _waiting(good) >= 1, "the raw client to wait")
+    poll(lambda: _waiting(good) >= 1, what="the raw client to wait")
     sock.close()
-    assert _until(lambda: _ready(good), "the held job to be released").id == held_id
+    assert poll(lambda: _ready(good), what="the held job to be released").id == held_id
     good.delete(held_id)
 
 
@@ -274,7 +256,7 @@ def test_a_slow_reader_gets_every_reply_whole(proxy, certs, good):
     sock = certs.good().wrap_socket(raw, server_hostname="127.0.0.1")
     try:
         sock.sendall(b"watch slow-reader\r\n" + b"reserve-with-timeout 5\r\n" * count)
-        _until(lambda: good.stats()["current-jobs-reserved"] >= count, "the reserves")
+        poll(lambda: good.stats()["current-jobs-reserved"] >= count, what="the reserves")
         data = b""
         while data.count(body) < count:
             chunk = sock.recv(65536)
@@ -284,7 +266,7 @@ def test_a_slow_reader_gets_every_reply_whole(proxy, certs, good):
         assert sorted(got) == sorted(ids)
     finally:
         sock.close()
-    _until(lambda: good.stats()["current-jobs-reserved"] == 0, "the jobs to be released")
+    poll(lambda: good.stats()["current-jobs-reserved"] == 0, what="the jobs to be released")
     for job_id in ids:
         good.delete(job_id)
 
@@ -519,8 +501,8 @@ def test_up_proxy_tls_serves_the_trial_certificates(tmp_path):
             except (OSError, ConnectionLostError):
                 return None
 
-        job_id = _until(served, "the proxy to take a put over TLS", deadline=30)
-        _until(lambda: "(bscluster proxy, TLS)" in c.output(), "the banner")
+        job_id = poll(served, 30, what="the proxy to take a put over TLS")
+        poll(lambda: "(bscluster proxy, TLS)" in c.output(), what="the banner")
         with Client(("127.0.0.1", port), ssl_context=ctx, timeout=5) as client:
             assert client.peek(job_id).body == b"through a TLS proxy"
             client.delete(job_id)

@@ -21,6 +21,7 @@ from bsclient import Client, ConnectionLostError, UnexpectedReplyError
 from bsclient.tls import client_context
 from servers import start_bsnode
 from tls_helpers import (
+    assert_still_serves,
     cert_serial,
     make_certs,
     peer_serial,
@@ -51,15 +52,6 @@ def good(node, certs):
     with Client(node.address, ssl_context=certs.good(), timeout=10) as c:
         c.stats()
         yield c
-
-
-def assert_still_serves(node, certs, good: Client) -> None:
-    tube = good.use("still")
-    job_id = good.put(b"after the refusal")
-    assert good.peek(job_id).body == b"after the refusal"
-    good.delete(job_id)
-    with Client(node.address, ssl_context=certs.good(), use=tube) as fresh:
-        assert fresh.stats()["current-connections"] >= 2
 
 
 def test_client_round_trip_over_mutual_tls(node, certs):
