@@ -40,11 +40,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 from bsclient import Ring  # noqa: E402
-from bscluster.procs import ProxiedCluster, free_port, wait_connectable  # noqa: E402
+from bscluster.procs import ProxiedCluster, Server, free_port, wait_connectable  # noqa: E402
 from harness import cpu_seconds, find_loadgen, median, run_loadgen  # noqa: E402
 
 TUBE = "bench"  # the python client's tube (loadgen uses "default")
@@ -156,7 +157,6 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             if forwarder is not None:
                 forwarder.kill()
-                forwarder.wait()
     if args.json:
         print(json.dumps(report))
     else:
@@ -203,24 +203,13 @@ def _compare(load, cluster, direct_port: int, forwarder, clients: int, pipeline:
     return out
 
 
-class _Forwarder:
-    def __init__(self, proc: subprocess.Popen, port: int) -> None:
-        self.proc, self.port, self.pid = proc, port, proc.pid
-
-    def kill(self) -> None:
-        self.proc.kill()
-
-    def wait(self) -> None:
-        self.proc.wait()
-
-
-def _start_forwarder(node_port: int) -> _Forwarder:
+def _start_forwarder(node_port: int) -> Server:
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(HERE / "forwarder.py"), str(port),
                              str(node_port)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_connectable(port, time.monotonic() + 20, proc)
-    return _Forwarder(proc, port)
+    return Server("forwarder", proc, port, deque())
 
 
 if __name__ == "__main__":

@@ -293,8 +293,7 @@ class ClientConn:
         self.eof = True
         self.reader.stop()
         self.writer.stop()
-        self.fast.forget(self)
-        self.inflight = 0
+        self.fast.forget(self)  # (no run in flight after this)
         if self.in_reserve:
             self.greenlet.kill(ClientGone, block=False)
         self.wake.set()
