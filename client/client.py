@@ -33,7 +33,9 @@ returns.  Error reply words become the exception classes of ``errors``.
   ``ConcurrentUseError`` at once (the stream is left intact).
 * ``send``/``read_ready`` split a command from its reply for callers that
   wait on many connections at once (ClusterClient's reserve): send, wait
-  until the socket is readable, then read.
+  until the socket is readable, then read.  ``nowait_io`` goes one step
+  further for an event loop's callbacks (the proxy): the socket's own
+  non-blocking calls and the reply reader.
 """
 
 from __future__ import annotations
@@ -433,24 +435,27 @@ class Client:
         except OSError as e:
             raise self._broken(e, self.timeout) from e
 
-    def send_nowait(self, data: bytes) -> int:
-        """Write what the connected socket takes now, without waiting: how many bytes.
+    def nowait_io(self) -> tuple:
+        """``(recv, send, feed)`` for an event-loop caller that reads and writes this
+        connection itself (the proxy's fast path; plain sockets, not TLS).
 
-        For event-loop callers (the proxy), which write the rest when the
-        socket is writable and read replies with ``read_ready``; plain (not
-        TLS) sockets only.  ConnectionLostError if the connection failed."""
+        ``recv`` and ``send`` are the connected socket's own and never wait (they
+        raise BlockingIOError instead); ``feed`` turns what ``recv`` returned into
+        replies, as ``read_ready`` does.  They are valid while ``connects`` stays
+        the same.  The caller closes the Client when a call fails, or when
+        ``recv`` returns b"" (the server closed the connection)."""
         sock = self._sock
         if sock is None:
             raise ConnectionLostError(f"{self.address}: not connected", address=self.address,
                                       sent=False)
-        try:
+        if self.ssl_context is not None:
+            raise ValueError("nowait_io is for plain connections: TLS records need read_ready")
+        raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking one
+        if raw is None:
             sock.setblocking(False)
             self._sock_timeout = 0.0
-            return sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as e:
-            raise self._broken(e, 0.0) from e
+            raw = sock
+        return raw.recv, raw.send, self._reader.feed
 
     def still_open(self) -> bool:
         """Connected, and the server has not closed (or written to) the idle connection

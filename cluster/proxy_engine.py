@@ -45,16 +45,13 @@ from gevent.event import Event
 
 from . import proxy_cluster as pc
 from .proxy_commands import CLOSE
-from .proxy_fast import EV, READ, REDO, REPLY, WRITE
+from .proxy_fast import EV, READ, RECV_SIZE, REDO, REPLY, TRY_LATER, WRITE
 
 log = logging.getLogger("bscluster.proxy")
 
-RECV_SIZE = 65536
 BACKLOG = 1024  # unanswered commands read ahead per connection
 OUT_LIMIT = 1 << 20  # reply bytes waiting for a slow client before reading pauses
 LAST_WORDS_SECONDS = 10  # a closing connection's unsent replies get this long
-# a socket not ready after all (a TLS client's socket says so too: proxy_tls.TlsSocket)
-_TRY_LATER = (BlockingIOError, InterruptedError)
 RESERVES = frozenset({CMD_RESERVE, CMD_RESERVE_WITH_TIMEOUT})
 
 
@@ -92,6 +89,10 @@ class ClientConn:
         self.aborted = False
         self.in_reserve = False  # the slow lane waits in a reserve
         self.wake = Event()
+        # never wait: gevent's socket wraps a non-blocking one, whose own calls save a
+        # Python frame per read and write (a TLS client's TlsSocket is used as it is)
+        raw = getattr(sock, "_sock", sock)
+        self.recv, self.send = raw.recv, raw.send
         loop = gevent.get_hub().loop
         fd = sock.fileno()
         self.reader = loop.io(fd, READ)
@@ -101,7 +102,7 @@ class ClientConn:
     def serve(self) -> None:
         """Run the slow lane until the connection ends (in the connection's greenlet)."""
         self.sock.setblocking(False)
-        self.reader.start(self.guard, self._readable)
+        self.reader.start(self._readable)
         try:
             while not self.closing:
                 self.wake.wait()
@@ -178,51 +179,57 @@ class ClientConn:
             self.abort()
 
     def _readable(self) -> None:
+        """The read watcher's callback (it guards itself: one frame less per read)."""
         try:
-            data = self.sock.recv(RECV_SIZE)
-        except _TRY_LATER:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.reader.stop()
-            self.eof = True
-            if self.in_reserve:
-                self.greenlet.kill(ClientGone, block=False)
-        else:
-            self.queue.extend(self.codec.feed(data))
-            self._throttle()
-        self.pump()
+            try:
+                data = self.recv(RECV_SIZE)
+            except TRY_LATER:
+                return
+            except OSError:
+                data = b""
+            if data:
+                self.queue.extend(self.codec.feed(data))
+            else:
+                self.reader.stop()
+                self.eof = True
+                if self.in_reserve:
+                    self.greenlet.kill(ClientGone, block=False)
+            self.pump()  # (its after_io throttles the reading)
+        except Exception:
+            log.exception("proxy connection failed")
+            self.abort()
 
     def _throttle(self) -> None:
         """Read ahead only while the client's backlog and unread replies are bounded."""
-        full = (len(self.queue) + len(self.slots) >= BACKLOG or self.out_bytes > OUT_LIMIT)
-        if full:
+        if len(self.queue) + len(self.slots) >= BACKLOG or self.out_bytes > OUT_LIMIT:
             self.reader.stop()
         elif not self.eof and not self.closing and not self.reader.active:
-            self.reader.start(self.guard, self._readable)
+            self.reader.start(self._readable)
 
     def pump(self) -> None:
         """Dispatch queued commands (fast ones now, the first slow one to the lane)."""
         queue, slots, lane = self.queue, self.slots, self.lane
         count, state, handlers = self.commands.count, self.state, self.fast.handlers
+        seq = self.seq
         self.turn += 1
         while queue and not lane and not self.closing:
             ev = queue.popleft()
             count(state, ev)
-            self.seq += 1
+            seq += 1
             if ev[0] is ERROR:
                 if ev[1]:
-                    slots.append([self.seq, ev, ev[1]])
+                    slots.append([seq, ev, ev[1]])
                 continue
-            slot = [self.seq, ev, None]
+            slot = [seq, ev, None]
             slots.append(slot)
             send = handlers.get(ev[0])
             if send is None or not send(self, slot):
                 lane.append(slot)
+        self.seq = seq
         if self.dirty:
+            flush = self.fast.flush
             for link in self.dirty:
-                self.fast.flush(link)
+                flush(link)
             self.dirty.clear()
         self.after_io()
 
@@ -235,14 +242,17 @@ class ClientConn:
 
     def after_io(self) -> None:
         """After any event: send the replies now due, wake the slow lane, or end."""
-        self._flush()
+        slots = self.slots
+        if slots and slots[0][REPLY] is not None:
+            self._flush()
         if self.lane and not self.inflight:
             self.wake.set()
-        elif self.eof and not self.queue and not self.slots and not self.lane:
+        elif self.eof and not self.queue and not slots and not self.lane:
             self.closing = True
             self.wake.set()
-        else:
-            self._throttle()
+        elif (not self.reader.active or self.out_bytes > OUT_LIMIT
+              or len(self.queue) + len(slots) >= BACKLOG):
+            self._throttle()  # (the common case, reading on and within bounds, needs nothing)
 
     # --- writing --------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -265,17 +275,19 @@ class ClientConn:
                 self._write()
 
     def _write(self) -> None:
-        data = b"".join(self.out)
+        out = self.out
+        data = out[0] if len(out) == 1 else b"".join(out)
         try:
-            sent = self.sock.send(data)
-        except _TRY_LATER:
+            sent = self.send(data)
+        except TRY_LATER:
             sent = 0
         except OSError:
             self.abort()
             return
         if sent == len(data):
             self.out, self.out_bytes = [], 0
-            self.writer.stop()
+            if self.writer.active:
+                self.writer.stop()
             return
         self.out, self.out_bytes = [data[sent:]], len(data) - sent
         if not self.writer.active:

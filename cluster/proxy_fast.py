@@ -50,7 +50,6 @@ import logging
 from collections import deque
 
 from bsclient import protocol as P
-from bsclient.errors import ConnectionLostError
 from gevent import get_hub
 
 from . import proxy_ids
@@ -59,6 +58,9 @@ log = logging.getLogger("bscluster.proxy")
 
 REDO = object()  # a reply meaning: run this command on the slow lane after all
 READ, WRITE = 1, 2
+RECV_SIZE = 65536
+# a socket not ready after all (a TLS client's socket says so too: proxy_tls.TlsSocket)
+TRY_LATER = (BlockingIOError, InterruptedError)
 REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
 STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
 # A command's reply slot: [seq, event, reply].  Slots are lists (one is made per
@@ -85,7 +87,8 @@ class Link:
     """The fast path's side of one session ``Conn``: runs in flight, bytes to write."""
 
     __slots__ = ("client", "conn", "member", "number", "name", "expect", "out", "queued",
-                 "written", "reader", "writer", "fd", "connects", "since", "used", "turn", "run")
+                 "written", "reader", "writer", "connects", "recv", "send", "feed", "since",
+                 "used", "turn", "run")
 
     def __init__(self, client, conn, member, number: int) -> None:
         self.client = client  # the proxy client (proxy_engine.ClientConn)
@@ -97,11 +100,12 @@ class Link:
         self.out: list[bytes] = []  # dispatched this turn, not yet written
         self.queued = 0  # bytes dispatched so far (``Run.start`` offsets)
         self.written = 0  # bytes the socket took so far
-        self.fd = conn.client.fileno()
         self.connects = conn.client.connects
+        self.recv, self.send, self.feed = conn.client.nowait_io()
         loop = get_hub().loop
-        self.reader = loop.io(self.fd, READ)
-        self.writer = loop.io(self.fd, WRITE)
+        fd = conn.client.fileno()
+        self.reader = loop.io(fd, READ)
+        self.writer = loop.io(fd, WRITE)
         self.since = 0.0  # when the oldest reply expected was asked for
         self.used = 0.0  # when a command was last dispatched on it
         self.turn = -1  # the client's dispatch turn it was last checked in
@@ -110,7 +114,7 @@ class Link:
     def current(self) -> bool:
         """Still the connection this link was made for (not closed or reopened)."""
         c = self.conn.client
-        return c.connects == self.connects and c.fileno() == self.fd
+        return c.connects == self.connects and c.connected
 
     def stop(self) -> None:
         self.reader.stop()
@@ -276,16 +280,19 @@ class FastPath:
     def flush(self, link: Link) -> None:
         """Write what was dispatched to ``link`` this turn (the rest when writable)."""
         link.run = None
-        data = b"".join(link.out) if len(link.out) > 1 else link.out[0]
+        out = link.out
         link.out = []
-        self._write(link, data)
+        self._write(link, out[0] if len(out) == 1 else b"".join(out))
         if link.expect and not link.reader.active:
-            link.reader.start(link.client.guard, self._readable, link)
+            link.reader.start(self._readable, link)
 
     def _write(self, link: Link, data: bytes) -> None:
         try:
-            sent = link.conn.client.send_nowait(data)
-        except ConnectionLostError:
+            sent = link.send(data)
+        except TRY_LATER:
+            sent = 0
+        except OSError as e:
+            log.warning("%s: %s: connection lost", link.name, e)
             self._lost(link)
             return
         link.written += sent
@@ -304,16 +311,30 @@ class FastPath:
 
     # --- reading -------------------------------------------------------------------------
     def _readable(self, link: Link) -> None:
+        """The read watcher's callback (it guards itself: one frame less per read)."""
+        try:
+            self._read(link)
+        except Exception:
+            log.exception("proxy connection failed")
+            link.client.abort()
+
+    def _read(self, link: Link) -> None:
         client = link.client
         if not link.expect:  # the node closed an idle connection (or wrote out of turn)
             self._idle_closed(link)
             return
         try:
-            replies = link.conn.client.read_ready()
-        except ConnectionLostError:
+            data = link.recv(RECV_SIZE)
+        except TRY_LATER:
+            return
+        except OSError as e:
+            log.warning("%s: %s: connection lost", link.name, e)
+            data = b""
+        if not data:  # (an EOF with replies due: the node died or closed it)
             self._lost(link)
             client.after_io()
             return
+        replies = link.feed(data)
         expect = link.expect
         answer = client.answer
         for reply in replies:
