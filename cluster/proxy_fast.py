@@ -111,11 +111,6 @@ class Link:
         self.turn = -1  # the client's dispatch turn it was last checked in
         self.run: Run | None = None  # this turn's commands, until ``flush``
 
-    def current(self) -> bool:
-        """Still the connection this link was made for (not closed or reopened)."""
-        c = self.conn.client
-        return c.connects == self.connects and c.connected
-
     def stop(self) -> None:
         self.reader.stop()
         self.writer.stop()
@@ -130,6 +125,7 @@ class FastPath:
         self.commands = commands
         self.cc = commands.cc
         self.pool = commands.cc._pool
+        self.clock = self.pool.clock
         self.numbers = commands.numbers
         self.enabled = self.pool.ssl_context is None
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
@@ -159,15 +155,16 @@ class FastPath:
         link = client.links.get(conn)
         if link is not None and link.turn == client.turn:
             return link  # checked already in this turn
-        if conn.pending or not conn.client.connected:
+        c = conn.client
+        if conn.pending or not c.connected:
             return None
-        if link is not None and not link.current():
+        if link is not None and link.connects != c.connects:  # closed and opened again since
             link.stop()
             link = None
         if link is None:
             link = client.links[conn] = Link(client, conn, member, self.numbers[member.name])
-        now = self.pool.clock()
-        if not link.expect and now - link.used > STALE_AFTER and not conn.client.still_open():
+        now = self.clock()
+        if not link.expect and now - link.used > STALE_AFTER and not c.still_open():
             return None
         link.used = now
         link.turn = client.turn
@@ -205,7 +202,7 @@ class FastPath:
     def _put_link(self, client, tube: str) -> Link | None:
         """The link a put to ``tube`` goes on now (its ``use`` sent ahead if needed)."""
         cc, pool, s = self.cc, self.pool, client.session
-        if tube in cc.spread or self.commands.draining:
+        if cc.is_spread(tube) or self.commands.draining:
             return None
         member = pool.members[cc.node_for(tube)]
         if member.dead_until or member.draining_until:
@@ -251,12 +248,11 @@ class FastPath:
         """The link a reserve asks now: the one owner node of the watched tubes, if the
         reserve needs nothing more (else None: the slow lane's multiplexed reserve)."""
         cc, pool, s = self.cc, self.pool, client.session
-        if client.reserve_redone or s.buffer or pool.clock() >= s.next_sweep:
+        if client.reserve_redone or s.buffer or self.clock() >= s.next_sweep:
             return None  # the other nodes are due to be asked: the slow lane sweeps them
-        spread = cc.spread
         owners = set()
         for tube in s.watching:
-            if tube in spread:
+            if cc.is_spread(tube):
                 return None
             owners.add(cc.node_for(tube))
         if len(owners) != 1:
@@ -361,7 +357,7 @@ class FastPath:
             client.after_io()  # lost meanwhile
             return
         if expect:
-            link.since = self.pool.clock()
+            link.since = self.clock()
         else:  # the reader stays on until the slow lane runs (``quiet``)
             self.busy.discard(link)
         if link.member.failures:
@@ -399,7 +395,7 @@ class FastPath:
             client.reserve_redone = True  # this and the reserves after it: the slow lane
             return REDO
         conn = link.conn
-        now = self.pool.clock()
+        now = self.clock()
         job_id = int(words[1])
         conn.held[job_id] = now
         if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
@@ -453,7 +449,7 @@ class FastPath:
         """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition)."""
         if not self.busy or not self.pool.op_timeout:
             return
-        limit = self.pool.clock() - self.pool.op_timeout
+        limit = self.clock() - self.pool.op_timeout
         for link in [lk for lk in self.busy if lk.since < limit]:
             log.warning("%s: no reply within %s s: marked dead", link.name, self.pool.op_timeout)
             link.client.guard(self._hung, link)

@@ -54,4 +54,10 @@ def decode(proxy_id: int) -> tuple[str, int] | None:
     job_id, slot = divmod(proxy_id, ID_RADIX)
     if job_id == 0 or proxy_id > U64_MAX:
         return None
-    return f"{_PREFIX}{slot + 1}", job_id
+    name = _NAMES.get(slot)
+    if name is None:
+        name = _NAMES[slot] = f"{_PREFIX}{slot + 1}"
+    return name, job_id
+
+
+_NAMES: dict[int, str] = {}  # slot -> node name, as made (a command by id makes none)
