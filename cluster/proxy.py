@@ -146,6 +146,9 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
     gevent.signal_handler(signal.SIGUSR1, lambda: _drain(server))
     hup = Reloader(cc, server.commands.numbers, config, read or (lambda: config))
     gevent.signal_handler(signal.SIGHUP, lambda: _reload(hup, tls))
+    # a supervisor starts its proxy with SIGHUP blocked (proxy_proc): one sent meanwhile
+    # is delivered now, to the handler
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     log.info("listening on %s:%d (%s; %d nodes: %s; %d descriptors)", bound[0], bound[1],
              tls.describe() if tls is not None and tls.on_listen else "plain TCP",
              len(cc.nodes), ", ".join(cc.nodes), limit)

@@ -11,7 +11,8 @@ to ``exited`` and calls ``tick`` each round, which restarts a dead proxy after
 a back-off that doubles from ``RESTART_FIRST`` to ``RESTART_MAX`` seconds
 (and resets once a proxy has stayed up ``RESTART_RESET`` seconds).  When the
 supervisor takes a changed wanted.json, ``reload`` sends the proxy SIGHUP, and
-it applies the new node set without a restart.  Its stderr goes to the
+it applies the new node set without a restart (a proxy still starting applies it
+once it can: it is started with SIGHUP blocked).  Its stderr goes to the
 supervisor's output (or log) as is.
 """
 
@@ -56,12 +57,17 @@ class ProxyProc:
     def tick(self, now: float, env: dict) -> None:
         if self.stopping or self.alive() or self.restart_at is None or now < self.restart_at:
             return
+        # the child starts with SIGHUP blocked and unblocks it once its handler is in
+        # place (proxy.serve): a reload sent while it starts waits for it, not kills it
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=env)
         except OSError as e:
             self.say(f"proxy: cannot start {self.argv[0]}: {e.strerror or e}")
             self.restart_at = now + RESTART_MAX
             return
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.started_at = now
         self.restart_at = None
         self.say(f"proxy starting on {self.listen} (pid {self.popen.pid})")
@@ -84,8 +90,8 @@ class ProxyProc:
 
     def reload(self) -> None:
         """wanted.json changed: SIGHUP makes a running proxy apply it (proxy_reload).
-        A proxy not running reads it when it starts; one still starting, before its
-        handler is in place, is ended by the signal and started again (back-off)."""
+        A proxy not running reads it when it starts; one still starting gets the
+        signal once its handler is in place (see ``tick``)."""
         if self.alive() and not self.stopping:
             try:
                 self.popen.send_signal(signal.SIGHUP)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import signal
 import socket
 import sys
@@ -31,7 +32,7 @@ from bscluster.template import render_config
 from clusters import Cluster
 from fake_clock import FakeClock
 from proxyrun import ProxiedCluster
-from servers import poll, start_bsnode
+from servers import free_port, poll, start_bsnode
 
 TUBES = [f"t{i}" for i in range(500)]
 
@@ -175,6 +176,36 @@ def test_proxy_proc_reload_signals_only_a_running_proxy(tmp_path):
     proc.popen.returncode = 0  # exited
     proc.reload()
     assert sent == [signal.SIGHUP]
+
+
+@pytest.mark.integration
+def test_a_reload_sent_while_the_proxy_starts_is_applied_not_fatal(tmp_path):
+    """SIGHUP's default action ends a process: the supervisor starts its proxy with
+    the signal blocked, and the proxy takes it once its handler is in place."""
+    with start_bsnode() as n1, start_bsnode() as n2, start_bsnode() as n3:
+        wanted = tmp_path / "wanted.json"
+        write_json(wanted, load_config(write(tmp_path / "c.toml", [n1.port, n2.port]),
+                                       env={}).to_dict())
+        port = free_port()
+        proc = ProxyProc(f"127.0.0.1:{port}", wanted, lambda _: None, lambda: 0.0)
+        proc.tick(0.0, dict(os.environ))
+        try:
+            write_json(wanted, load_config(write(tmp_path / "c.toml", [n1.port, n2.port,
+                                                                         n3.port]),
+                                           env={}).to_dict())
+            proc.reload()  # long before the proxy has imported anything
+            tube = owned("node3", 3)
+
+            def put_while_alive():
+                assert proc.popen.poll() is None, f"the proxy died ({proc.popen.returncode})"
+                return _put(port, tube)
+
+            job_id = poll(put_while_alive, what="the proxy to take a put")
+            assert decode(job_id)[0] == "node3"
+            assert proc.popen.poll() is None
+        finally:
+            proc.stop()
+            proc.popen.wait(10)
 
 
 class FakeProxy:
