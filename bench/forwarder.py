@@ -50,11 +50,19 @@ def main(listen_port: int, upstream_port: int) -> None:
             close(src, dst)
             return
         try:
-            dst.setblocking(True)  # a benchmark's replies are small: a blocking write is fine
-            dst.sendall(data)
-            dst.setblocking(False)
+            sent = dst.send(data)
+        except BlockingIOError:
+            sent = 0
         except OSError:
             close(src, dst)
+            return
+        if sent < len(data):  # rare with a benchmark's small writes: finish blocking
+            try:
+                dst.setblocking(True)
+                dst.sendall(data[sent:])
+                dst.setblocking(False)
+            except OSError:
+                close(src, dst)
 
     def accept() -> None:
         try:
