@@ -208,8 +208,9 @@ def write_config(path: Path, ports: list[int], extra: str = "") -> Path:
     return path
 
 
-def start_proxy(config: Path, *flags: str) -> Server:
-    argv = [sys.executable, "-m", "bscluster", "proxy", "-l", "127.0.0.1:0",
+def start_proxy(config: Path, *flags: str, python_args: tuple = ("-m", "bscluster")) -> Server:
+    """`bscluster proxy` on a free port (``python_args``: how Python starts bscluster)."""
+    argv = [sys.executable, *python_args, "proxy", "-l", "127.0.0.1:0",
             "-c", str(config), *flags]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=_ENV)

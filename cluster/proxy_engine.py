@@ -175,11 +175,15 @@ class ClientConn:
         try:
             fn(*args)
         except Exception:
-            log.exception("proxy connection failed")
-            self.abort()
+            self.failed()
+
+    def failed(self) -> None:
+        """A callback raised (a bug): log it and end this connection, never the loop."""
+        log.exception("proxy connection failed")
+        self.abort()
 
     def _readable(self) -> None:
-        """The read watcher's callback (it guards itself: one frame less per read)."""
+        """The read watcher's callback (guarded here, not by ``guard``: a frame less)."""
         try:
             try:
                 data = self.recv(RECV_SIZE)
@@ -196,8 +200,7 @@ class ClientConn:
                     self.greenlet.kill(ClientGone, block=False)
             self.pump()  # (its after_io throttles the reading)
         except Exception:
-            log.exception("proxy connection failed")
-            self.abort()
+            self.failed()
 
     def _throttle(self) -> None:
         """Read ahead only while the client's backlog and unread replies are bounded."""

@@ -307,12 +307,11 @@ class FastPath:
 
     # --- reading -------------------------------------------------------------------------
     def _readable(self, link: Link) -> None:
-        """The read watcher's callback (it guards itself: one frame less per read)."""
+        """The read watcher's callback: a bug ends the client's connection, not the loop."""
         try:
             self._read(link)
         except Exception:
-            log.exception("proxy connection failed")
-            link.client.abort()
+            link.client.failed()
 
     def _read(self, link: Link) -> None:
         client = link.client

@@ -15,9 +15,9 @@ import time
 
 import pytest
 from bsclient import Client, Ring
-from bscluster.procs import poll
+from bscluster.procs import poll, start_bsnode
 from bscluster.proxy_ids import decode
-from proxyrun import ProxiedCluster
+from proxyrun import ProxiedCluster, start_proxy, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -218,3 +218,66 @@ def test_a_half_closed_client_gets_every_reply_then_the_close(tmp_path):
             assert c.sock.recv(10) == b""
         finally:
             c.close()
+
+
+# The proxy with two bugs planted: a put to tube "bug-in-dispatch" raises in the fast
+# lane's dispatch (the client socket's callback), a put to "bug-in-reply" raises where
+# the node's reply is read (the node socket's callback).
+_BUGGY_PROXY = """
+import sys
+from bscluster import proxy_fast
+from bscluster.cli import main
+
+put, read_put = proxy_fast.FastPath._put, proxy_fast.FastPath._read_put
+
+def buggy_put(self, client, slot):
+    if client.state.using == "bug-in-dispatch":
+        raise RuntimeError("planted bug in dispatch")
+    return put(self, client, slot)
+
+def buggy_read_put(self, link, job, reply):
+    if link.client.state.using == "bug-in-reply":
+        raise RuntimeError("planted bug in reply reading")
+    return read_put(self, link, job, reply)
+
+proxy_fast.FastPath._put, proxy_fast.FastPath._read_put = buggy_put, buggy_read_put
+main()
+"""
+
+
+def test_a_bug_in_a_callback_ends_that_connection_only_and_is_logged(tmp_path):
+    nodes = [start_bsnode() for _ in range(3)]
+    proxy = None
+    try:
+        config = write_config(tmp_path / "proxy.toml", [n.port for n in nodes])
+        proxy = start_proxy(config, python_args=("-c", _BUGGY_PROXY))
+        address = ("127.0.0.1", proxy.port)
+        bystander = Raw(address)
+        bystander.send(_put(b"before"))
+        assert bystander.replies(1)[0].startswith(b"INSERTED ")
+
+        def victim(tube: str, planted: str, puts_before: int) -> None:
+            v = Raw(address)
+            v.send(b"use %s\r\n" % tube.encode() + _put(b"ok") * puts_before)
+            assert v.replies(1 + puts_before)[0] == b"USING %s\r\n" % tube.encode()
+            v.send(_put(b"boom"))
+            assert v.sock.recv(100) == b"", "\n".join(proxy.lines)  # closed, no reply
+            v.close()
+            poll(lambda: any(planted in line for line in proxy.lines),
+                 what=f"the proxy to log {planted!r}")
+            # the proxy, and everyone else on it, carry on
+            bystander.send(_put(b"after") + b"reserve-with-timeout 0\r\n")
+            inserted, reserved = bystander.replies(2)
+            assert inserted.startswith(b"INSERTED ") and reserved.startswith(b"RESERVED ")
+            assert proxy.proc.poll() is None
+
+        victim("bug-in-dispatch", "planted bug in dispatch", 0)
+        # a new connection's first put opens its link to the node on the slow lane: the
+        # second takes the fast lane, whose reply reading has the bug
+        victim("bug-in-reply", "planted bug in reply reading", 1)
+        assert sum("proxy connection failed" in line for line in proxy.lines) == 2
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for n in nodes:
+            n.stop()
