@@ -26,8 +26,15 @@ With ``--forwarder`` a bare TCP forwarder to the same node
 (bench/forwarder.py) is measured in the same rounds: the second hop alone,
 under the proxy's own work.
 
+With ``--tls`` the nodes serve mutual TLS (a trial CA made for the run) and
+the proxy talks TLS to them while serving its clients plain TCP, as a sidecar
+on 127.0.0.1 does (docs/PROXY.md, "Deployment"); direct clients (and the
+forwarder's, end to end) use TLS to the node.  The load is Python clients
+then: the load generator has no TLS.
+
     python bench/bench_proxy.py --pipeline 1 --pipeline 16 --seconds 5 --rounds 3
     python bench/bench_proxy.py --client python --forwarder --json ...
+    python bench/bench_proxy.py --tls --clients 2 --clients 8
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 from bsclient import Ring  # noqa: E402
+from bsclient.tls import client_context  # noqa: E402
 from bscluster.procs import ProxiedCluster, Server, free_port, wait_connectable  # noqa: E402
+from bscluster.tls_init import make_trial  # noqa: E402
 from harness import cpu_seconds, find_loadgen, median, run_loadgen  # noqa: E402
 
 TUBE = "bench"  # the python client's tube (loadgen uses "default")
@@ -76,9 +85,11 @@ def _read_replies(sock: socket.socket, buf: bytearray, count: int, word: bytes) 
         got += 1
 
 
-def client(port: int, pipeline: int, seconds: float, out) -> None:
+def client(port: int, pipeline: int, seconds: float, out, tls: tuple | None = None) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:  # (ca, cert, key) paths: a context is not sent to a process
+        sock = client_context(*tls).wrap_socket(sock, server_hostname="127.0.0.1")
     buf = bytearray()
     sock.sendall(b"use %s\r\nwatch %s\r\nignore default\r\n" % (TUBE.encode(), TUBE.encode()))
     list(_read_replies(sock, buf, 1, b"USING"))
@@ -106,10 +117,12 @@ def run_loadgen_cycles(loadgen: str, port: int, clients: int, pipeline: int,
     return result["jobs"] / result["elapsed_s"]
 
 
-def run(port: int, clients: int, pipeline: int, seconds: float) -> float:
+def run(port: int, clients: int, pipeline: int, seconds: float,
+        tls: tuple | None = None) -> float:
     """put-reserve-delete cycles per second over ``clients`` processes."""
     q = mp.Queue()
-    procs = [mp.Process(target=client, args=(port, pipeline, seconds, q)) for _ in range(clients)]
+    procs = [mp.Process(target=client, args=(port, pipeline, seconds, q, tls))
+             for _ in range(clients)]
     start = time.monotonic()
     for p in procs:
         p.start()
@@ -131,37 +144,36 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--forwarder", action="store_true",
                     help="also measure a bare TCP forwarder to the node (bench/forwarder.py): "
                          "the cost of the second hop alone")
+    ap.add_argument("--tls", action="store_true",
+                    help="nodes serve mutual TLS; the proxy talks TLS to them and serves "
+                         "plain TCP (a sidecar); direct clients use TLS (implies --client "
+                         "python)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.tls:
+        args.client = "python"
     pipelines = args.pipeline or [1, 16]
     counts = args.clients or [2, 8]
     tube = TUBE if args.client == "python" else "default"
     owner = Ring({f"node{i}": 1 for i in range(1, 4)}).node_for(tube)
+    report: dict = {"client": args.client, "tls": args.tls, "seconds": args.seconds,
+                    "rounds": args.rounds, "tube": tube, "tube_owner": owner, "runs": []}
     if args.client == "python":
         load = run
     else:
         loadgen = find_loadgen()
 
-        def load(port, clients, pipeline, seconds):
+        def load(port, clients, pipeline, seconds, tls=None):  # (no TLS: see --tls)
             return run_loadgen_cycles(loadgen, port, clients, pipeline, seconds)
-    report: dict = {"client": args.client, "seconds": args.seconds, "rounds": args.rounds,
-                    "tube": tube, "tube_owner": owner, "runs": []}
-    with tempfile.TemporaryDirectory() as tmp, ProxiedCluster(Path(tmp), 3) as cluster:
-        direct_port = cluster.nodes[int(owner[4:]) - 1].port
-        forwarder = _start_forwarder(direct_port) if args.forwarder else None
-        try:
-            for clients in counts:
-                for pipeline in pipelines:
-                    report["runs"].append(_compare(load, cluster, direct_port, forwarder,
-                                                   clients, pipeline, args))
-        finally:
-            if forwarder is not None:
-                forwarder.kill()
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = make_trial(Path(tmp) / "tls", ["127.0.0.1"]) if args.tls else None
+        _measure(load, trial, owner, counts, pipelines, args, report, Path(tmp))
     if args.json:
         print(json.dumps(report))
     else:
         print(f"put-reserve-delete, {args.client} client, {args.seconds:g} s x {args.rounds} "
-              f"rounds each, tube {tube!r} on {owner}")
+              f"rounds each, tube {tube!r} on {owner}"
+              + (", nodes over mutual TLS (the proxy's clients: plain TCP)" if args.tls else ""))
         for r in report["runs"]:
             print(f"  {r['clients']} connections, pipeline {r['pipeline']:>3}: direct "
                   f"{r['direct_cycles_per_s']} cycles/s, proxy {r['proxy_cycles_per_s']}; "
@@ -174,20 +186,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _compare(load, cluster, direct_port: int, forwarder, clients: int, pipeline: int,
-             args) -> dict:
+             args, tls: tuple | None) -> dict:
     """Rounds of direct, proxied (and forwarded): the rates, median ratios, CPU per command."""
-    targets = {"proxy": (cluster.port, cluster.proxy.pid)}
+    # name -> (port, pid, its clients' TLS files: the proxy's are plain, a sidecar's)
+    targets = {"proxy": (cluster.port, cluster.proxy.pid, None)}
     if forwarder is not None:
-        targets["forwarder"] = (forwarder.port, forwarder.pid)
+        targets["forwarder"] = (forwarder.port, forwarder.pid, tls)  # (TLS end to end)
     rows: dict = {"direct": [], **{name: [] for name in targets}}
     cpu = dict.fromkeys(targets, 0.0)
     cycles = dict.fromkeys(targets, 0.0)
     for _ in range(args.rounds):
-        rows["direct"].append(load(direct_port, clients, pipeline, args.seconds))
-        for name, (port, pid) in targets.items():
+        rows["direct"].append(load(direct_port, clients, pipeline, args.seconds, tls))
+        for name, (port, pid, client_tls) in targets.items():
             before = cpu_seconds(pid)
             t0 = time.monotonic()
-            rate = load(port, clients, pipeline, args.seconds)
+            rate = load(port, clients, pipeline, args.seconds, client_tls)
             cpu[name] += cpu_seconds(pid) - before
             cycles[name] += rate * (time.monotonic() - t0)
             rows[name].append(rate)
@@ -201,6 +214,30 @@ def _compare(load, cluster, direct_port: int, forwarder, clients: int, pipeline:
         })
     out["ratio"] = out.pop("proxy_ratio")
     return out
+
+
+def _measure(load, trial, owner: str, counts, pipelines, args, report: dict,
+             tmp: Path) -> None:
+    """Start the nodes (mutual TLS with ``trial``'s files) and the proxy, run the grid."""
+    flags: tuple = ()
+    table = ""
+    tls = None  # the direct (and forwarded) clients' (ca, cert, key)
+    if trial is not None:
+        flags = ("--tls-cert", str(trial.node.cert), "--tls-key", str(trial.node.key),
+                 "--tls-client-ca", str(trial.ca.cert))
+        tls = (str(trial.ca.cert), str(trial.client.cert), str(trial.client.key))
+        table = f'[tls]\nca = "{tls[0]}"\ncert = "{tls[1]}"\nkey = "{tls[2]}"\n'
+    with ProxiedCluster(tmp, 3, *flags, extra=table) as cluster:
+        direct_port = cluster.nodes[int(owner[4:]) - 1].port
+        forwarder = _start_forwarder(direct_port) if args.forwarder else None
+        try:
+            for clients in counts:
+                for pipeline in pipelines:
+                    report["runs"].append(_compare(load, cluster, direct_port, forwarder,
+                                                   clients, pipeline, args, tls))
+        finally:
+            if forwarder is not None:
+                forwarder.kill()
 
 
 def _start_forwarder(node_port: int) -> Server:

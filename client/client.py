@@ -437,35 +437,43 @@ class Client:
 
     def nowait_io(self) -> tuple:
         """``(recv, send, feed)`` for an event-loop caller that reads and writes this
-        connection itself (the proxy's fast path; plain sockets, not TLS).
+        connection itself (the proxy's fast path).
 
-        ``recv`` and ``send`` are the connected socket's own and never wait (they
-        raise BlockingIOError instead); ``feed`` turns what ``recv`` returned into
-        replies, as ``read_ready`` does.  They are valid while ``connects`` stays
-        the same.  The caller closes the Client when a call fails, or when
-        ``recv`` returns b"" (the server closed the connection)."""
+        ``recv`` and ``send`` never wait (they raise BlockingIOError instead, or
+        send takes 0 bytes); ``feed`` turns what ``recv`` returned into replies, as
+        ``read_ready`` does.  They are valid while ``connects`` stays the same, and
+        a blocking command in between puts the socket's timeout back: call
+        ``nonblocking`` before using them after one (a plain gevent socket's are
+        the non-blocking socket it wraps, which never waits anyway).  The caller
+        closes the Client when a call fails, or when ``recv`` returns b"" (the
+        server closed the connection)."""
         sock = self._sock
         if sock is None:
             raise ConnectionLostError(f"{self.address}: not connected", address=self.address,
                                       sent=False)
-        if self.ssl_context is not None:
-            raise ValueError("nowait_io is for plain connections: TLS records need read_ready")
         raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking one
-        if raw is None:
-            sock.setblocking(False)
-            self._sock_timeout = 0.0
-            raw = sock
+        if self.ssl_context is not None or raw is None:
+            self.nonblocking()
+            recv, send = tls.nowait_calls(sock) if self.ssl_context else (sock.recv, sock.send)
+            return recv, send, self._reader.feed
         return raw.recv, raw.send, self._reader.feed
+
+    def nonblocking(self) -> None:
+        """Make the socket's calls never wait (again, after a blocking command)."""
+        if self._sock is not None and self._sock_timeout != 0.0:
+            self._sock.setblocking(False)
+            self._sock_timeout = 0.0
 
     def still_open(self) -> bool:
         """Connected, and the server has not closed (or written to) the idle connection
-        meanwhile; never waits, so an event-loop callback may ask (plain sockets)."""
+        meanwhile; never waits, so an event-loop callback may ask."""
         sock = self._sock
         if sock is None:
             return False
+        if self.ssl_context is not None:
+            return not tls.stale(sock)  # (TLS housekeeping records do not count)
         try:
-            sock.setblocking(False)
-            self._sock_timeout = 0.0
+            self.nonblocking()
             sock.recv(1, socket.MSG_PEEK)  # anything, even EOF: closed or out of step
             return False
         except (BlockingIOError, InterruptedError):

@@ -31,6 +31,7 @@ on the first read; ``explain`` covers both moments.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -203,6 +204,30 @@ def read_pending(sock: ssl.SSLSocket) -> bytes:
     while sock.pending():
         out += sock.recv(sock.pending())
     return out
+
+
+def nowait_calls(sock: ssl.SSLSocket) -> tuple:
+    """``(recv, send)`` for an event loop's callbacks on a non-blocking TLS socket,
+    with a plain socket's manners: ``recv`` raises BlockingIOError while no whole
+    record is in, and returns what OpenSSL has decrypted already with what it read
+    (``read_pending``); ``send`` returns 0 when TLS cannot write now (the caller
+    writes the same bytes again, maybe with more after them, when writable)."""
+    not_now = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+    def recv(size: int) -> bytes:
+        try:
+            data = sock.recv(size)
+        except not_now:
+            raise BlockingIOError(errno.EAGAIN, "a TLS record is not complete yet") from None
+        return data + read_pending(sock) if data else data
+
+    def send(data) -> int:
+        try:
+            return sock.send(data)
+        except not_now:
+            return 0
+
+    return recv, send
 
 
 def stale(sock: ssl.SSLSocket) -> bool:

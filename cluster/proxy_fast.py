@@ -38,8 +38,10 @@ connection is the node's failure (``NodePool.failed``; a reply overdue by the
 operation timeout marks a hung node dead at once), and a command that may
 have run answers INTERNAL_ERROR, as the slow lane does.
 
-Only plain TCP node connections take this path (TLS to the nodes: every
-command takes the slow lane).  The session internals it touches (``Conn``,
+TLS node connections take this path too (``Client.nowait_io``: OpenSSL's
+buffered records are read with the rest).  A connection is made non-blocking
+again in each turn it is used, since the slow lane's blocking commands set
+its timeout.  The session internals it touches (``Conn``,
 ``Session.buffer``, the watch generation) are bsclient's; ``proxy_cluster``
 is the other module that does so.
 """
@@ -127,15 +129,14 @@ class FastPath:
         self.pool = commands.cc._pool
         self.clock = self.pool.clock
         self.numbers = commands.numbers
-        self.enabled = self.pool.ssl_context is None
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
         self.reaper = get_hub().loop.timer(REAP_EVERY, REAP_EVERY)
         self.reaper.start(self._reap)
         # op -> handler(client, slot) -> bool: sends the command to its node now if
         # nothing unusual can happen (False otherwise); an op not here: the slow lane's
-        self.handlers = {} if not self.enabled else {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
-                          P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve,
-                          **dict.fromkeys(_BY_JOB, self._by_job)}
+        self.handlers = {P.CMD_PUT: self._put, P.PUT_BODY: self._put,
+                         P.CMD_RESERVE: self._reserve, P.CMD_RESERVE_WITH_TIMEOUT: self._reserve,
+                         **dict.fromkeys(_BY_JOB, self._by_job)}
 
     def close(self) -> None:
         self.reaper.stop()
@@ -166,6 +167,7 @@ class FastPath:
         now = self.clock()
         if not link.expect and now - link.used > STALE_AFTER and not c.still_open():
             return None
+        c.nonblocking()  # (the slow lane may have used it, with its timeout)
         link.used = now
         link.turn = client.turn
         return link

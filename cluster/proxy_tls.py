@@ -22,13 +22,13 @@ adapts the result to the proxy:
   returns a ``TlsSocket`` (or None if the client was refused), which the
   proxy's data path drives like a plain non-blocking socket from
   readiness callbacks (``proxy_engine.ClientConn``).  Two differences from
-  a plain socket are smoothed over there: half a TLS record is no data yet
-  (OpenSSL says "want read": here ``BlockingIOError``, as a plain socket
-  says it, not an error that would end the connection), and bytes OpenSSL
-  has already decrypted are returned with the read (``read_pending``), since
-  no readiness event would announce them.  Writes are gevent's (the
-  process is patched in ``serve``, so ``ssl`` is gevent's): a TLS write
-  that would block sends 0 bytes, and is retried when writable;
+  a plain socket are smoothed over by ``bsclient.tls.nowait_calls`` (the
+  proxy's TLS connections to the nodes use them too): half a TLS record is
+  no data yet (OpenSSL says "want read": here ``BlockingIOError``, as a
+  plain socket says it, not an error that would end the connection), and
+  bytes OpenSSL has already decrypted are returned with the read, since no
+  readiness event would announce them.  A TLS write that would block sends
+  0 bytes, and is retried when writable;
 * with ``--tls-port``, ``--listen`` stays plain TCP and a second listener
   here does the handshake before handing the socket to the same handler.
 
@@ -38,7 +38,6 @@ SIGHUP handler calls it.
 
 from __future__ import annotations
 
-import errno
 import logging
 import ssl
 from collections.abc import Callable, Mapping
@@ -46,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-from bsclient.tls import TlsSettings, read_pending
+from bsclient.tls import TlsSettings, nowait_calls
 from bsnode import tls as node_tls
 from gevent.server import StreamServer
 
@@ -108,25 +107,14 @@ def plan(flags: Mapping[str, Any], config) -> TlsPlan | None:
 
 class TlsSocket:
     """A client's TLS connection with a plain non-blocking socket's manners
-    (what ``proxy_engine.ClientConn`` calls; see "How this works")."""
+    (what ``proxy_engine.ClientConn`` calls; see "How this works"): ``recv`` and
+    ``send`` are ``bsclient.tls.nowait_calls``'."""
 
-    __slots__ = ("tls",)
+    __slots__ = ("tls", "recv", "send")
 
     def __init__(self, tls: ssl.SSLSocket) -> None:
         self.tls = tls
-
-    def recv(self, size: int) -> bytes:
-        try:
-            data = self.tls.recv(size)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise BlockingIOError(errno.EAGAIN, "a TLS record is not complete yet") from None
-        return data + read_pending(self.tls) if data else data
-
-    def send(self, data) -> int:
-        try:
-            return self.tls.send(data)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return 0  # nothing taken now: the caller writes again when writable
+        self.recv, self.send = nowait_calls(tls)
 
     def sendall(self, data) -> None:
         self.tls.sendall(data)

@@ -1,6 +1,7 @@
 """bsclient.tls on its own: the idle check against a server that does send
-TLS 1.3 session tickets (bsnode does not, other TLS servers do), and the
-sentences ``explain`` gives."""
+TLS 1.3 session tickets (bsnode does not, other TLS servers do), the
+sentences ``explain`` gives, and ``Client.nowait_io`` over TLS (the proxy's
+event-loop calls), against a server thread."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import select
 import socket
 import ssl
 import threading
+import time
 
 import pytest
-from bsclient import tls
+from bsclient import Client, tls
 from tls_helpers import make_certs
 
 
@@ -61,3 +63,57 @@ def test_explain_names_the_cause():
 def test_client_context_names_unreadable_files(tmp_path):
     with pytest.raises(tls.TlsConfigError, match="cannot load TLS files"):
         tls.client_context(str(tmp_path / "nope.pem"))
+
+
+def _use_server(certs):
+    """A TLS server thread answering ``use T`` lines with ``USING T``; its address."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(certs.node.cert), str(certs.node.key))
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        listener.close()
+        with ctx.wrap_socket(conn, server_side=True) as s, s.makefile("rb") as lines:
+            for line in lines:
+                s.sendall(b"USING " + line.split(b" ", 1)[1])
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()
+
+
+@pytest.mark.parametrize("tls_on", [True, False], ids=["tls", "plain"])
+def test_nowait_io_never_waits_after_nonblocking_even_after_a_blocking_command(certs, tls_on):
+    if tls_on:
+        address = _use_server(certs)
+        ctx = tls.client_context(str(certs.ca.cert))
+    else:  # a plain socket pair stands in for the server
+        listener = socket.create_server(("127.0.0.1", 0))
+        address, ctx = listener.getsockname(), None
+
+        def serve():
+            conn, _ = listener.accept()
+            listener.close()
+            with conn, conn.makefile("rb") as lines:
+                for line in lines:
+                    conn.sendall(b"USING " + line.split(b" ", 1)[1])
+
+        threading.Thread(target=serve, daemon=True).start()
+    with Client(address, ssl_context=ctx, timeout=5) as c:
+        recv, send, feed = c.nowait_io()
+        c.use("first")  # a blocking command: the socket waits again (up to 5 s)
+        c.nonblocking()
+        started = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            recv(100)  # nothing to read: at once, not after the timeout
+        assert time.monotonic() - started < 1
+        assert send(b"use second\r\n") == len(b"use second\r\n")
+        replies: list = []
+        deadline = time.monotonic() + 5
+        while not replies and time.monotonic() < deadline:
+            select.select([c.fileno()], [], [], 1)
+            try:
+                replies += feed(recv(100))
+            except BlockingIOError:
+                continue  # (TLS: only part of a record yet)
+        assert replies == [([b"USING", b"second"], None)]
