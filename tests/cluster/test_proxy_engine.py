@@ -17,7 +17,7 @@ import pytest
 from bsclient import Client, Ring
 from bscluster.procs import poll, start_bsnode
 from bscluster.proxy_ids import decode
-from proxyrun import ProxiedCluster, start_proxy, write_config
+from proxyrun import ProxiedCluster, Raw, start_proxy, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -27,40 +27,6 @@ OP_TIMEOUT = 2.0  # the ClusterClient's reply timeout, which the proxy uses
 def _tube_on(node: str, nodes: int = 3, skip: int = 0) -> str:
     ring = Ring({f"node{i}": 1 for i in range(1, nodes + 1)})
     return [f"t{i}" for i in range(2000) if ring.node_for(f"t{i}") == node][skip]
-
-
-class Raw:
-    """A client socket that sends bytes and reads whole replies."""
-
-    def __init__(self, address) -> None:
-        self.sock = socket.create_connection(address, timeout=10)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def replies(self, count: int) -> list[bytes]:
-        """``count`` replies, each with its body (RESERVED, FOUND, OK)."""
-        out = []
-        while len(out) < count:
-            end = self.buf.find(b"\r\n")
-            if end >= 0:
-                line = self.buf[:end]
-                need = end + 2
-                if line.split(b" ")[0] in (b"RESERVED", b"FOUND", b"OK"):
-                    need += int(line.rsplit(b" ", 1)[1]) + 2
-                if len(self.buf) >= need:
-                    out.append(self.buf[:need])
-                    self.buf = self.buf[need:]
-                    continue
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed after {out}")
-            self.buf += chunk
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _put(body: bytes, pri: int = 10) -> bytes:

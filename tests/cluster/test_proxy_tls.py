@@ -32,6 +32,7 @@ from bscluster.proxy_tls import ProxyTLS, TlsPlan, config_values
 from bsnode.tls import TLS_REQUIRED, TlsFiles
 from clusters import Cluster
 from gevent.server import StreamServer
+from proxyrun import Raw
 from tls_helpers import (
     assert_still_serves,
     cert_serial,
@@ -111,25 +112,6 @@ def round_trip(address, ctx: ssl.SSLContext) -> None:
 
 
 # --- the proxy's own connections to TLS nodes -------------------------------------
-def _read_replies(sock: socket.socket, count: int) -> list[bytes]:
-    """``count`` whole replies (RESERVED with its body) from a plain socket."""
-    buf, out = b"", []
-    while len(out) < count:
-        end = buf.find(b"\r\n")
-        if end >= 0:
-            line, need = buf[:end], end + 2
-            if line.startswith(b"RESERVED "):
-                need += int(line.rsplit(b" ", 1)[1]) + 2
-            if len(buf) >= need:
-                out.append(buf[:need])
-                buf = buf[need:]
-                continue
-        chunk = sock.recv(1 << 16)
-        assert chunk, f"closed after {len(out)} replies"
-        buf += chunk
-    return out
-
-
 def test_a_sidecar_pipelines_over_its_tls_connections_and_survives_a_node_restart(
         certs, tmp_path):
     """A plain sidecar proxy talking TLS to its nodes (the deployment docs/PROXY.md
@@ -139,21 +121,21 @@ def test_a_sidecar_pipelines_over_its_tls_connections_and_survives_a_node_restar
     n1, n2 = start_tls_node(certs), start_tls_node(certs)
     try:
         config = write_config(tmp_path / "proxy.toml", [n1.port, n2.port], tls_table(certs))
-        with start_proxy(config) as proxy, socket.create_connection(proxy.address,
-                                                                    timeout=10) as c:
+        with start_proxy(config) as proxy:
+            c = Raw(proxy.address)
             bodies = [b"%02d" % i + bytes([65 + i]) * 40000 for i in range(20)]
-            c.sendall(b"use t1\r\nwatch t1\r\nignore default\r\n")
-            assert _read_replies(c, 3)[0] == b"USING t1\r\n"
+            c.send(b"use t1\r\nwatch t1\r\nignore default\r\n")
+            assert c.replies(3)[0] == b"USING t1\r\n"
             for _ in range(2):  # the first round opens the connection (slow lane)
-                c.sendall(b"".join(b"put 0 0 60 %d\r\n%s\r\n" % (len(b), b) for b in bodies)
-                          + b"reserve-with-timeout 0\r\n" * len(bodies))
-                replies = _read_replies(c, 2 * len(bodies))
+                c.send(b"".join(b"put 0 0 60 %d\r\n%s\r\n" % (len(b), b) for b in bodies)
+                       + b"reserve-with-timeout 0\r\n" * len(bodies))
+                replies = c.replies(2 * len(bodies))
                 assert all(r.startswith(b"INSERTED ") for r in replies[:20]), replies[:20]
                 got = [r.split(b"\r\n")[1] for r in replies[20:]]
                 assert got == bodies  # one tube, equal priorities: in order
                 ids = [r.split(b" ")[1] for r in replies[20:]]
-                c.sendall(b"".join(b"delete %s\r\n" % i for i in ids))
-                assert _read_replies(c, 20) == [b"DELETED\r\n"] * 20
+                c.send(b"".join(b"delete %s\r\n" % i for i in ids))
+                assert c.replies(20) == [b"DELETED\r\n"] * 20
             owner = [n1, n2][int(ids[0]) % 1000]
             port = owner.port
             owner.kill()
@@ -162,9 +144,10 @@ def test_a_sidecar_pipelines_over_its_tls_connections_and_survives_a_node_restar
                 n1 = restarted
             else:
                 n2 = restarted
-            c.sendall(b"put 0 0 60 3\r\nnew\r\n")
-            reply = _read_replies(c, 1)[0]
+            c.send(b"put 0 0 60 3\r\nnew\r\n")
+            reply = c.replies(1)[0]
             assert reply.startswith(b"INSERTED "), reply
+            c.close()
     finally:
         n1.stop()
         n2.stop()
