@@ -451,12 +451,15 @@ class Client:
         if sock is None:
             raise ConnectionLostError(f"{self.address}: not connected", address=self.address,
                                       sent=False)
-        raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking one
-        if self.ssl_context is not None or raw is None:
+        feed = self._reader.feed
+        if self.ssl_context is not None:
             self.nonblocking()
-            recv, send = tls.nowait_calls(sock) if self.ssl_context else (sock.recv, sock.send)
-            return recv, send, self._reader.feed
-        return raw.recv, raw.send, self._reader.feed
+            return (*tls.nowait_calls(sock), feed)
+        raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking one
+        if raw is not None:
+            return raw.recv, raw.send, feed
+        self.nonblocking()
+        return sock.recv, sock.send, feed
 
     def nonblocking(self) -> None:
         """Make the socket's calls never wait (again, after a blocking command)."""
