@@ -18,7 +18,10 @@ Cases (one run, bounded by the job count, the gaps and ``--idle``):
   each put to a random one;
 * ``cluster-4-twenty-tubes``: 4 nodes, 20 tubes, each put to a random one;
 * ``cluster-4-non-owner``: 4 nodes, each job put straight onto a node that
-  does not own the tube (as after a failover or a ring change).
+  does not own the tube (as after a failover or a ring change);
+* ``proxy-4-one-tube`` and ``proxy-4-twenty-tubes``: the same 4 nodes behind
+  `bscluster proxy`; consumer and producer are plain ``Client``s of the
+  proxy, as any beanstalkd client in any language would be.
 
     python bench/bench_pickup.py [--jobs 200] [--gap-min 10] [--gap-max 50] [--idle 3]
 """
@@ -29,12 +32,14 @@ import argparse
 import json
 import random
 import statistics
+import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from pathlib import Path
 
 from bsclient import Client, ClusterClient  # noqa: E402
-from bscluster.procs import start_bsnode  # noqa: E402
+from bscluster.procs import start_bsnode, start_proxy, write_config  # noqa: E402
 
 STOP = b"stop"
 
@@ -134,7 +139,15 @@ def cluster_putter(addresses):
     return put
 
 
-def cases(addresses: dict[str, str]) -> list:
+def client_putter(client: Client):
+    def put(tube, body):
+        if client.using != tube:
+            client.use(tube)
+        client.put(body)
+    return put
+
+
+def cases(addresses: dict[str, str], proxy: str) -> list:
     one = {"node1": addresses["node1"]}
     ring = ClusterClient(addresses)
     single = "pickup"
@@ -143,20 +156,9 @@ def cases(addresses: dict[str, str]) -> list:
     stray = "stray"
     owner = ring.node_for(stray)
     other = next(n for n in addresses if n != owner)
-    stray_client = Client(addresses[other])
-
-    def put_stray(tube, body):
-        if stray_client.using != tube:
-            stray_client.use(tube)
-        stray_client.put(body)
-
-    plain = Client(addresses["node1"])
-
-    def put_plain(tube, body):
-        if plain.using != tube:
-            plain.use(tube)
-        plain.put(body)
-
+    put_stray = client_putter(Client(addresses[other]))
+    put_plain = client_putter(Client(addresses["node1"]))
+    put_proxied = client_putter(Client(proxy))
     return [
         ("client-1", one, lambda: Client(addresses["node1"]), [single], put_plain),
         ("cluster-1", one, lambda: ClusterClient(one), [single], cluster_putter(one)),
@@ -168,6 +170,8 @@ def cases(addresses: dict[str, str]) -> list:
          cluster_putter(addresses)),
         ("cluster-4-non-owner", addresses, lambda: ClusterClient(addresses), [stray],
          put_stray),
+        ("proxy-4-one-tube", addresses, lambda: Client(proxy), [single], put_proxied),
+        ("proxy-4-twenty-tubes", addresses, lambda: Client(proxy), twenty, put_proxied),
     ]
 
 
@@ -186,10 +190,13 @@ def main(argv: list[str] | None = None) -> None:
     with ExitStack() as stack:
         servers = [stack.enter_context(start_bsnode()) for _ in range(args.nodes)]
         addresses = {f"node{i}": f"{s.host}:{s.port}" for i, s in enumerate(servers, 1)}
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        proxy = stack.enter_context(start_proxy(write_config(tmp / "proxy.toml",
+                                                             [s.port for s in servers])))
         if not args.json:
             print(f"{'case':<24} {'jobs':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
                   f"{'idle cmd/s (max node)':>22}")
-        for name, nodes, make, tubes, put in cases(addresses):
+        for name, nodes, make, tubes, put in cases(addresses, f"127.0.0.1:{proxy.port}"):
             if args.case and name not in args.case:
                 continue
             row = run_case(name, nodes, make, tubes, put, args, rng)
