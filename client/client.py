@@ -494,8 +494,7 @@ class Client:
         if sock is None:
             raise ConnectionLostError(f"{self.address}: not connected", address=self.address)
         try:
-            sock.setblocking(False)
-            self._sock_timeout = 0.0
+            self.nonblocking()
             chunk = sock.recv(RECV_SIZE)
             if chunk and self.ssl_context is not None:
                 chunk += tls.read_pending(sock)  # poll() cannot see what OpenSSL holds
