@@ -117,7 +117,8 @@ def test_a_sidecar_pipelines_over_its_tls_connections_and_survives_a_node_restar
     """A plain sidecar proxy talking TLS to its nodes (the deployment docs/PROXY.md
     suggests): pipelined puts, reserves and deletes of bodies several TLS records
     long take the fast lane and come back whole and in order; a node restarted
-    while its connection idles costs the next put nothing."""
+    while its connection idles costs the next put nothing; one that hangs is
+    answered for within the reply timeout."""
     n1, n2 = start_tls_node(certs), start_tls_node(certs)
     try:
         config = write_config(tmp_path / "proxy.toml", [n1.port, n2.port], tls_table(certs))
@@ -147,6 +148,21 @@ def test_a_sidecar_pipelines_over_its_tls_connections_and_survives_a_node_restar
             c.send(b"put 0 0 60 3\r\nnew\r\n")
             reply = c.replies(1)[0]
             assert reply.startswith(b"INSERTED "), reply
+            # a TLS node that hangs with puts in flight: answered within the reply
+            # timeout (2 s), and the next put fails over to the other node
+            hung = [n1, n2][int(reply.split(b" ")[1]) % 1000]
+            hung.signal(signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                c.send(b"put 0 0 60 1\r\na\r\nput 0 0 60 1\r\nb\r\n")
+                assert c.replies(2) == [b"INTERNAL_ERROR\r\n"] * 2
+                assert time.monotonic() - start < 2.0 + 1.5
+                c.send(b"put 0 0 60 5\r\nafter\r\n")
+                after = c.replies(1)[0]
+                assert after.startswith(b"INSERTED ") and int(after.split(b" ")[1]) % 1000 != \
+                    int(reply.split(b" ")[1]) % 1000, after
+            finally:
+                hung.signal(signal.SIGCONT)
             c.close()
     finally:
         n1.stop()
