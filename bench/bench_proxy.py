@@ -23,8 +23,9 @@ Two clients (``--client``):
   deletes): how a pipelining script uses the proxy, client CPU included.
 
 With ``--forwarder`` a bare TCP forwarder to the same node
-(bench/forwarder.py) is measured in the same rounds: the second hop alone,
-under the proxy's own work.
+(bench/forwarder.c, an epoll loop that copies bytes) is measured in the same
+rounds: the second hop alone, which any proxy must make, under the proxy's
+own work.
 
 With ``--tls`` the nodes serve mutual TLS (a trial CA made for the run) and
 the proxy talks TLS to them while serving its clients plain TCP, as a sidecar
@@ -44,18 +45,16 @@ import json
 import multiprocessing as mp
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-from bsclient import Ring  # noqa: E402
-from bsclient.tls import client_context  # noqa: E402
-from bscluster.procs import ProxiedCluster, Server, free_port, wait_connectable  # noqa: E402
-from bscluster.tls_init import make_trial  # noqa: E402
-from harness import cpu_seconds, find_loadgen, median, run_loadgen  # noqa: E402
+from bsclient import Ring
+from bsclient.tls import client_context
+from bscluster.procs import ProxiedCluster, Server, free_port, wait_connectable
+from bscluster.tls_init import make_trial
+from harness import cpu_seconds, find_forwarder, find_loadgen, median, run_loadgen
 
 TUBE = "bench"  # the python client's tube (loadgen uses "default")
 BODY = b"x" * 100
@@ -142,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--forwarder", action="store_true",
-                    help="also measure a bare TCP forwarder to the node (bench/forwarder.py): "
-                         "the cost of the second hop alone")
+                    help="also measure a bare TCP forwarder to the node (bench/forwarder.c, "
+                         "built with cc): the cost of the second hop alone")
     ap.add_argument("--tls", action="store_true",
                     help="nodes serve mutual TLS; the proxy talks TLS to them and serves "
                          "plain TCP (a sidecar); direct clients use TLS (implies --client "
@@ -242,9 +241,9 @@ def _measure(load, trial, owner: str, counts, pipelines, args, report: dict,
 
 def _start_forwarder(node_port: int) -> Server:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE / "forwarder.py"), str(port),
-                             str(node_port)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([find_forwarder(), str(port), str(node_port)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     wait_connectable(port, time.monotonic() + 20, proc)
     return Server("forwarder", proc, port, deque())
 

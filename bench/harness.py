@@ -41,6 +41,8 @@ from bscluster.procs import (  # noqa: E402
 
 LOADGEN_SOURCE = HERE / "loadgen.c"
 LOADGEN_BUILT = HERE / ".build" / "loadgen"
+FORWARDER_SOURCE = HERE / "forwarder.c"
+FORWARDER_BUILT = HERE / ".build" / "forwarder"
 CC_FLAGS = ("-O2", "-std=c99", "-Wall")
 CC_HINT = "install a C compiler (Debian: apt-get install gcc libc6-dev)"
 SERVER_CORE = 0
@@ -61,7 +63,7 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-# --- the load generator ----------------------------------------------------------
+# --- the compiled programs: the load generator, the bare forwarder ------------------
 def find_loadgen(build: bool = True) -> str:
     """Path of the compiled load generator: $LOADGEN, or bench/loadgen.c built
     into bench/.build/ (rebuilt when the source is newer than the binary)."""
@@ -70,36 +72,47 @@ def find_loadgen(build: bool = True) -> str:
         if not os.access(env, os.X_OK):
             raise BenchError(f"LOADGEN={env} is not an executable")
         return env
-    if not build and not _is_current(LOADGEN_BUILT):
+    if not build and not _is_current(LOADGEN_SOURCE, LOADGEN_BUILT):
         raise BenchError(f"{LOADGEN_BUILT} is missing or older than {LOADGEN_SOURCE}")
     return str(ensure_loadgen(LOADGEN_BUILT))
 
 
 def ensure_loadgen(out: Path) -> Path:
     """``out``, compiled from bench/loadgen.c first if missing or older than it."""
-    return out if _is_current(out) else build_loadgen(out)
+    return ensure_built(LOADGEN_SOURCE, out, "the load generator")
 
 
-def _is_current(binary: Path) -> bool:
+def find_forwarder() -> str:
+    """Path of bench/forwarder.c (a bare TCP forwarder, bench_proxy.py --forwarder)
+    built into bench/.build/ when missing or older than the source."""
+    return str(ensure_built(FORWARDER_SOURCE, FORWARDER_BUILT, "the bare forwarder"))
+
+
+def ensure_built(source: Path, out: Path, what: str) -> Path:
+    """``out``, compiled from ``source`` (``what`` it is) first if missing or older."""
+    return out if _is_current(source, out) else build_c(source, out, what)
+
+
+def _is_current(source: Path, binary: Path) -> bool:
     try:
         return (os.access(binary, os.X_OK)
-                and binary.stat().st_mtime >= LOADGEN_SOURCE.stat().st_mtime)
+                and binary.stat().st_mtime >= source.stat().st_mtime)
     except FileNotFoundError:
         return False
 
 
-def build_loadgen(out: Path) -> Path:
-    """Compile bench/loadgen.c to ``out`` with ``$CC`` (default cc).
+def build_c(source: Path, out: Path, what: str) -> Path:
+    """Compile one of bench/'s C programs to ``out`` with ``$CC`` (default cc).
 
     The binary is written beside ``out`` and renamed into place, so parallel
     builds never leave a half-written file."""
     cc = os.environ.get("CC", "cc")
     if not shutil.which(cc):
-        raise BenchError(f"no C compiler ({cc!r}) to build {LOADGEN_SOURCE}: {CC_HINT}")
+        raise BenchError(f"no C compiler ({cc!r}) to build {source}: {CC_HINT}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
-    argv = [cc, *CC_FLAGS, "-o", str(tmp), str(LOADGEN_SOURCE)]
-    print(f"building the load generator: {' '.join(argv)}", file=sys.stderr)
+    argv = [cc, *CC_FLAGS, "-o", str(tmp), str(source)]
+    print(f"building {what}: {' '.join(argv)}", file=sys.stderr)
     try:
         subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
     except subprocess.CalledProcessError as e:
