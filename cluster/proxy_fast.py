@@ -289,8 +289,7 @@ class FastPath:
             sent = link.send(data)
         except TRY_LATER:
             sent = 0
-        except OSError as e:
-            log.warning("%s: %s: connection lost", link.name, e)
+        except OSError:  # (not logged per link: a node's failure would flood the log)
             self._lost(link)
             return
         link.written += sent
@@ -324,9 +323,8 @@ class FastPath:
             data = link.recv(RECV_SIZE)
         except TRY_LATER:
             return
-        except OSError as e:
-            log.warning("%s: %s: connection lost", link.name, e)
-            data = b""
+        except OSError:
+            data = b""  # (as an end of stream: lost)
         if not data:  # (an EOF with replies due: the node died or closed it)
             self._lost(link)
             client.after_io()
@@ -451,8 +449,12 @@ class FastPath:
         if not self.busy or not self.pool.op_timeout:
             return
         limit = self.clock() - self.pool.op_timeout
-        for link in [lk for lk in self.busy if lk.since < limit]:
-            log.warning("%s: no reply within %s s: marked dead", link.name, self.pool.op_timeout)
+        overdue = [lk for lk in self.busy if lk.since < limit]
+        for name in sorted({lk.name for lk in overdue}):  # one line a node, not a client
+            count = sum(lk.name == name for lk in overdue)
+            log.warning("%s: no reply within %s s on %d connection%s: marked dead", name,
+                        self.pool.op_timeout, count, "" if count == 1 else "s")
+        for link in overdue:
             link.client.guard(self._hung, link)
 
     def _hung(self, link: Link) -> None:

@@ -9,6 +9,7 @@ way PHP and Ruby clients batch) and checks every reply.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -121,16 +122,18 @@ def test_puts_to_a_draining_node_fail_over_in_one_pipelined_write(tmp_path):
 def test_a_node_that_hangs_with_commands_in_flight_answers_within_the_reply_timeout(tmp_path):
     hung_tube, other_tube = _tube_on("node3").encode(), _tube_on("node1").encode()
     with ProxiedCluster(tmp_path, 3) as cluster:
-        c, other = Raw(cluster.address), Raw(cluster.address)
+        c, c2, other = Raw(cluster.address), Raw(cluster.address), Raw(cluster.address)
         node3 = cluster.nodes[2]
         try:
-            c.send(b"use %s\r\n" % hung_tube + _put(b"warm"))
-            c.replies(2)
+            for client in (c, c2):
+                client.send(b"use %s\r\n" % hung_tube + _put(b"warm"))
+                client.replies(2)
             other.send(b"use %s\r\n" % other_tube)
             other.replies(1)
             node3.signal(signal.SIGSTOP)
             start = time.monotonic()
             c.send(_put(b"a") + _put(b"b"))
+            c2.send(_put(b"c"))
             other.send(_put(b"meanwhile"))  # another node's client is not held up
             assert other.replies(1)[0].startswith(b"INSERTED ")
             assert time.monotonic() - start < OP_TIMEOUT / 2
@@ -138,14 +141,21 @@ def test_a_node_that_hangs_with_commands_in_flight_answers_within_the_reply_time
             waited = time.monotonic() - start
             # sent to a node that then said nothing: the put may have run, so no retry
             assert r == [b"INTERNAL_ERROR\r\n"] * 2
+            assert c2.replies(1) == [b"INTERNAL_ERROR\r\n"]
             assert OP_TIMEOUT - 0.1 < waited < OP_TIMEOUT + 1.5
             c.send(_put(b"after"))  # the node is marked dead: the next put fails over
             after = _id(c.replies(1)[0])
             assert decode(after)[0] != "node3"
+            # a log line for the node with the count of connections, not one a client
+            # (one line, unless the two fell due in different ticks of the reaper)
+            said = [line for line in cluster.proxy.lines if "no reply within" in line]
+            counts = [int(re.search(r"node3: .* on (\d+) connection", line).group(1))
+                      for line in said]
+            assert sum(counts) == 2 and len(said) <= 2, said
         finally:
             node3.signal(signal.SIGCONT)
-            c.close()
-            other.close()
+            for client in (c, c2, other):
+                client.close()
 
 
 def test_a_restarted_node_costs_the_next_command_nothing(tmp_path):
