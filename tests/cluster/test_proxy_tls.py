@@ -469,18 +469,6 @@ class _Listener:
         self.server.stop(timeout=1)
 
 
-def _serial(ctx: ssl.SSLContext, address) -> int:
-    with socket.create_connection(address, timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
-        return int(s.getpeercert()["serialNumber"], 16)
-
-
-def _serial_of(pair) -> int:
-    out = subprocess.run(["openssl", "x509", "-in", str(pair.cert), "-noout", "-serial"],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.strip().split("=")[1], 16)
-
-
 def _silent_until_closed(address) -> float:
     start = time.monotonic()
     with socket.create_connection(address, timeout=30) as silent:
@@ -495,8 +483,8 @@ def test_handshake_deadline_closes_a_silent_client(certs, caplog):
     try:
         waited = listener.off_loop(_silent_until_closed, listener.address)
         assert 0.3 <= waited < 10
-        assert listener.off_loop(_serial, certs.context(), listener.address) == \
-            _serial_of(certs.node)
+        assert listener.off_loop(peer_serial, certs.context(), listener.address) == \
+            cert_serial(certs.node)
     finally:
         listener.close()
     assert "no TLS handshake within 0.3 s" in caplog.text
@@ -510,18 +498,18 @@ def test_reload_serves_the_new_certificate_and_keeps_it_on_bad_files(certs, tmp_
     tls = ProxyTLS(TlsPlan(TlsFiles(str(cert), str(key), str(certs.ca.cert))))
     listener = _Listener(tls)
     try:
-        assert listener.off_loop(_serial, certs.good(), listener.address) == \
-            _serial_of(certs.node)
+        assert listener.off_loop(peer_serial, certs.good(), listener.address) == \
+            cert_serial(certs.node)
         shutil.copy(certs.node2.cert, cert)
         shutil.copy(certs.node2.key, key)
         assert tls.reload() is True
-        assert listener.off_loop(_serial, certs.good(), listener.address) == \
-            _serial_of(certs.node2)
+        assert listener.off_loop(peer_serial, certs.good(), listener.address) == \
+            cert_serial(certs.node2)
         cert.write_text("not a certificate\n")
         assert tls.reload() is False
         assert "TLS certificates not reloaded, still serving the old ones" in caplog.text
-        assert listener.off_loop(_serial, certs.good(), listener.address) == \
-            _serial_of(certs.node2)
+        assert listener.off_loop(peer_serial, certs.good(), listener.address) == \
+            cert_serial(certs.node2)
     finally:
         listener.close()
 
