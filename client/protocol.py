@@ -330,7 +330,8 @@ def parse_command(line: bytes) -> tuple:
             return ev
     else:
         op = _WITH_ARGS_WORDS.get(line[:sp])
-        if op is not None and b"\0" not in line:
+        # (0, not b"\0": bytes.__contains__ raises and clears a TypeError for a bytes one)
+        if op is not None and 0 not in line:
             ev = _ARG_PARSERS[op](line[sp + 1:] if op != CMD_PAUSE_TUBE else line[sp:])
             if ev[0] is CMD_PUT:
                 if len(_PUT_LINES) >= _PUT_LINES_MAX:

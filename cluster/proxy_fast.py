@@ -88,7 +88,7 @@ class Run:
 class Link:
     """The fast path's side of one session ``Conn``: runs in flight, bytes to write."""
 
-    __slots__ = ("client", "conn", "member", "number", "name", "expect", "out", "queued",
+    __slots__ = ("client", "conn", "member", "digits", "name", "expect", "out", "queued",
                  "written", "reader", "writer", "connects", "recv", "send", "feed", "since",
                  "used", "turn", "run")
 
@@ -96,7 +96,7 @@ class Link:
         self.client = client  # the proxy client (proxy_engine.ClientConn)
         self.conn = conn
         self.member = member
-        self.number = number  # the node's number in proxy ids
+        self.digits = proxy_ids.digits(number)  # its job ids + these: proxy ids
         self.name = member.name
         self.expect: deque[Run] = deque()  # runs whose replies are still (partly) due
         self.out: list[bytes] = []  # dispatched this turn, not yet written
@@ -367,7 +367,7 @@ class FastPath:
         words = reply[0]
         word = words[0]
         if word == b"INSERTED" or word == b"BURIED":
-            return b"%s %d\r\n" % (word, proxy_ids.encode(link.number, int(words[1])))
+            return b"%s %d%s\r\n" % (word, int(words[1]), link.digits)
         if word == b"DRAINING":
             self.pool.drained(link.member)
             return REDO  # the slow lane fails over to the next node
@@ -383,8 +383,7 @@ class FastPath:
     def _read_job(self, link: Link, job: int, reply: tuple):
         words, body = reply
         if body is not None and words[0] == b"FOUND":  # peek
-            return b"FOUND %d %d\r\n%s\r\n" % (
-                proxy_ids.encode(link.number, int(words[1])), len(body), body)
+            return b"FOUND %d%s %d\r\n%s\r\n" % (int(words[1]), link.digits, len(body), body)
         return b" ".join(words) + P.CRLF
 
     def _read_reserve(self, link: Link, job: int, reply: tuple):
@@ -400,8 +399,7 @@ class FastPath:
         if client.reserve_redone:  # an earlier reserve went slow: it gets this job first
             client.session.buffer.append((conn.client.job_from(reply), conn, now))
             return REDO
-        return b"RESERVED %d %d\r\n%s\r\n" % (proxy_ids.encode(link.number, job_id),
-                                              len(body), body)
+        return b"RESERVED %d%s %d\r\n%s\r\n" % (job_id, link.digits, len(body), body)
 
     def _read_prefix(self, link: Link, job: int, reply: tuple):
         word = reply[0][0]

@@ -30,6 +30,8 @@ from bscluster.config import MAX_NODES
 
 ID_RADIX = MAX_NODES  # changing it changes every id a proxy ever handed out
 _PREFIX = "node"
+_DIGITS = len(str(ID_RADIX - 1))
+assert 10 ** _DIGITS == ID_RADIX, "digits() needs a power of ten"
 
 
 def node_number(name: str) -> int:
@@ -47,6 +49,13 @@ def node_number(name: str) -> int:
 def encode(node_number_: int, job_id: int) -> int:
     """The proxy id of job ``job_id`` on node ``node{node_number_}``."""
     return job_id * ID_RADIX + node_number_ - 1
+
+
+def digits(node_number_: int) -> bytes:
+    """What node ``node{node_number_}``'s job ids get appended, in decimal, to become proxy
+    ids: ``encode(3, 17) == int(b"17" + digits(3))``, so a reply's id is rewritten by
+    formatting ``b"%d%s" % (job_id, digits)``, without the arithmetic."""
+    return b"%0*d" % (_DIGITS, node_number_ - 1)
 
 
 def decode(proxy_id: int) -> tuple[str, int] | None:

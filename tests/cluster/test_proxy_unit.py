@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from bsclient.protocol import U64_MAX
 from bscluster.config import ConfigError, load_config
-from bscluster.proxy_ids import ID_RADIX, decode, encode, node_number
+from bscluster.proxy_ids import ID_RADIX, decode, digits, encode, node_number
 
 
 @pytest.mark.parametrize("node,job", [(1, 1), (3, 17), (ID_RADIX, 5), (2, 10**15)])
@@ -18,6 +18,12 @@ def test_ids_are_unique_across_nodes_and_a_pure_function():
     ids = {encode(n, j) for n in range(1, 11) for j in range(1, 101)}
     assert len(ids) == 1000
     assert encode(3, 17) == 17002 == encode(3, 17)
+
+
+@pytest.mark.parametrize("node,job", [(1, 1), (3, 17), (11, 40), (ID_RADIX, 5), (2, 10**15)])
+def test_a_nodes_ids_with_its_digits_appended_are_its_proxy_ids(node, job):
+    # (the fast lane rewrites replies this way: proxy_fast)
+    assert int(b"%d%s" % (job, digits(node))) == encode(node, job)
 
 
 def test_ids_no_node_can_have_are_refused():
