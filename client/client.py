@@ -195,7 +195,10 @@ class Client:
         lazy: bool = False,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.ssl_context = ssl_context  # TLS when set (tls.py builds one from [tls])
+        # TLS when set (tls.py builds one from [tls]); replaceable: the next connection
+        # uses the new one, an open one keeps what it was opened with
+        self.ssl_context = ssl_context
+        self._tls = False  # the open connection is TLS
         self._addr = parse_address(address)
         self.address = format_address(self._addr)
         self.name = name or self.address
@@ -279,6 +282,7 @@ class Client:
             if self.ssl_context is not None:
                 sock = tls.wrap(sock, self.ssl_context, addr[0] if addr.__class__ is tuple
                                 else None)
+            self._tls = self.ssl_context is not None
         except TimeoutError as e:
             hint = f": {e}" if isinstance(e, tls.HandshakeTimeout) else ""
             raise SocketTimeoutError(
@@ -322,7 +326,7 @@ class Client:
             readable = bool(select.select([sock], [], [], 0)[0])
         except (OSError, ValueError):
             return True
-        return readable and (self.ssl_context is None or tls.stale(sock))
+        return readable and (not self._tls or tls.stale(sock))
 
     def _call(self, data: bytes, wait: float | None | bool = True) -> tuple[list, bytes | None]:
         """Send one command, return its reply ``(words, body)``.
@@ -452,7 +456,7 @@ class Client:
             raise ConnectionLostError(f"{self.address}: not connected", address=self.address,
                                       sent=False)
         feed = self._reader.feed
-        if self.ssl_context is not None:
+        if self._tls:
             self.nonblocking()
             return (*tls.nowait_calls(sock), feed)
         raw = getattr(sock, "_sock", None)  # gevent's socket wraps a non-blocking one
@@ -473,7 +477,7 @@ class Client:
         sock = self._sock
         if sock is None:
             return False
-        if self.ssl_context is not None:
+        if self._tls:
             return not tls.stale(sock)  # (TLS housekeeping records do not count)
         try:
             self.nonblocking()
@@ -496,7 +500,7 @@ class Client:
         try:
             self.nonblocking()
             chunk = sock.recv(RECV_SIZE)
-            if chunk and self.ssl_context is not None:
+            if chunk and self._tls:
                 chunk += tls.read_pending(sock)  # poll() cannot see what OpenSSL holds
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return []  # (TLS: a record not complete yet, or housekeeping only)
@@ -522,7 +526,7 @@ class Client:
                     raise ConnectionLostError(
                         f"{self.address} closed the connection", address=self.address
                     )
-                if self.ssl_context is not None:
+                if self._tls:
                     chunk += tls.read_pending(sock)  # a later poll() could not see it
                 replies = self._reader.feed(chunk)
                 if replies:

@@ -300,6 +300,13 @@ class ClusterClient:
         for name in set(pool.members) - {spec.name for spec in specs}:
             pool.forget(name)
 
+    def use_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None:
+        """Connections opened from now on, by every thread, use ``ssl_context`` (None:
+        plain TCP); open ones keep what they were opened with, and the jobs reserved
+        on them.  For certificates rotated while the client runs: build a context from
+        the new files (``bsclient.tls.client_context``) and pass it here."""
+        self._pool.use_ssl_context(ssl_context)
+
     def close(self) -> None:
         """Close every thread's connections (reserved and buffered jobs go back to ready)."""
         self._pool.close()

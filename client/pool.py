@@ -152,6 +152,13 @@ class NodePool:
         for session in self.sessions():
             session.forget(name)
 
+    def use_ssl_context(self, ssl_context) -> None:
+        """Every connection opened from now on (new ones, and every thread's reconnects)
+        uses ``ssl_context``; open ones keep theirs."""
+        self.ssl_context = ssl_context
+        for session in self.sessions():
+            session.use_ssl_context(ssl_context)
+
     def _reorder(self) -> None:
         self.order = sorted(self.members, key=natural_key)
         self.index = {name: i for i, name in enumerate(self.order)}

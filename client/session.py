@@ -205,6 +205,12 @@ class Session:
             conn.client.close()
         self.buffer = deque(b for b in self.buffer if b[0].node != name)
 
+    def use_ssl_context(self, ssl_context) -> None:
+        """This session's connections reconnect with ``ssl_context`` (open ones stay)."""
+        for conns in self.conns.values():
+            for conn in conns:
+                conn.client.ssl_context = ssl_context
+
     def close(self) -> None:
         for conns in self.conns.values():
             for conn in conns:

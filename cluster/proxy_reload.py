@@ -22,10 +22,16 @@ every SIGHUP.  ``Reloader.reload`` then:
 4. updates the proxy's id numbering (``numbers``: node name -> the I of
    ``nodeI`` in proxy ids, ``proxy_ids``) in place to the new members, so
    ids of a new node's jobs decode and a removed node's answer NOT_FOUND;
-5. logs one line saying what changed ("reload: +node4, node2 leaving").
+5. reads the [tls] files again (paths changed or not: a certificate rotated
+   in place is new content under the same name) into a new client context
+   that every node connection opened from then on uses
+   (``ClusterClient.use_ssl_context``); open connections keep theirs.
+   Files that cannot be loaded refuse the whole reload, as in 1;
+6. logs one line saying what changed ("reload: +node4, node2 leaving").
 
-Settings the proxy reads only at start (the [tls] table, proxy_tls, the job
-size limit) are named in that line as applying after a restart.
+Settings the proxy reads only at start (proxy_tls and the [tls] files its
+own listener serves under it, the job size limit) are named in that line
+as applying after a restart.
 
 Under gevent nothing here yields: a reload happens between two commands of
 every client, never in the middle of one.
@@ -42,6 +48,7 @@ from pathlib import Path
 from bsclient.config import ClusterLayout
 from bscluster import proxy_ids
 from bscluster.config import ClusterConfig, ConfigError, load_config
+from bscluster.proxy_tls import config_values
 
 log = logging.getLogger("bscluster.proxy")
 
@@ -138,13 +145,18 @@ class Change:
         return ", ".join(parts) or "no change"
 
 
+def _served(config: ClusterConfig) -> dict[str, str]:
+    """The TLS files the proxy's own listener takes from the config (proxy_tls)."""
+    return config_values(config.tls) if config.proxy_tls and config.tls else {}
+
+
 def restart_only(old: ClusterConfig, new: ClusterConfig) -> tuple[str, ...]:
     """The settings the proxy reads only at start that differ (named for the log)."""
     changed = []
-    if old.tls != new.tls:
-        changed.append("[tls]")
     if old.proxy_tls != new.proxy_tls:
         changed.append("proxy_tls")
+    elif _served(old) != _served(new):
+        changed.append("the [tls] files the proxy serves (proxy_tls)")
     if _job_size(old) != _job_size(new):
         changed.append(f"max_job_size ({_job_size(old)}->{_job_size(new)})")
     return tuple(changed)
@@ -172,14 +184,17 @@ class Reloader:
             change = Change.between(self.config, new)
             layout = new.layout()
             numbers = numbering(layout)
+            context = new.ssl_context()  # the [tls] files read again (None: plain TCP)
             if change.routing:
                 self.cc.apply_layout(layout)  # validates first; changes nothing if it raises
         except ValueError as e:  # ConfigError is one
-            log.error("reload refused, routing unchanged: %s", e)
+            log.error("reload refused, routing and TLS unchanged: %s", e)
             return None
         self._renumber(numbers)
+        self.cc.use_ssl_context(context)
         self.config = new
-        log.info("reload: %s", change)
+        log.info("reload: %s%s", change, "; TLS to the nodes: [tls] files read again for "
+                 "new connections" if context is not None else "")
         return change
 
     def _renumber(self, numbers: dict[str, int]) -> None:

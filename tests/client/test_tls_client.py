@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from bsclient import Client, tls
+from bsclient import Client, ConnectionLostError, tls
 from tls_helpers import make_certs
 
 
@@ -117,3 +117,37 @@ def test_nowait_io_never_waits_after_nonblocking_even_after_a_blocking_command(c
             except BlockingIOError:
                 continue  # (TLS: only part of a record yet)
         assert replies == [([b"USING", b"second"], None)]
+
+
+def test_a_replaced_context_is_for_the_next_connection_the_open_one_keeps_its_own(certs):
+    """``Client.ssl_context`` replaced while connected (ClusterClient.use_ssl_context,
+    the proxy's SIGHUP): the open plain connection goes on as plain, and the next
+    connection starts with a TLS handshake."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    first_bytes: list[bytes] = []
+
+    def serve():
+        with listener:
+            conn, _ = listener.accept()  # the first connection: plain, answers use
+            with conn, conn.makefile("rb") as lines:
+                for line in lines:
+                    conn.sendall(b"USING " + line.split(b" ", 1)[1])
+            conn, _ = listener.accept()  # the next: what does it start with?
+            with conn:
+                conn.settimeout(5)
+                first_bytes.append(conn.recv(1))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    c = Client(listener.getsockname(), timeout=5)
+    try:
+        c.ssl_context = tls.client_context(str(certs.ca.cert))
+        assert c.use("still-plain") == "still-plain"
+        assert c.still_open()  # (a plain socket's check, not TLS's)
+        c.close()
+        with pytest.raises(ConnectionLostError):
+            c.use("over-tls")
+    finally:
+        c.close()
+    thread.join(10)
+    assert first_bytes == [b"\x16"]  # a TLS handshake record

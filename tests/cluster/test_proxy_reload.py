@@ -90,6 +90,26 @@ def test_settings_read_only_at_start_are_named_not_applied(tmp_path):
     assert str(change) == "max_job_size (65535->1000) changed: applies when the proxy restarts"
 
 
+def test_tls_files_for_the_nodes_apply_at_once_those_the_proxy_serves_at_restart(tmp_path):
+    for name in ("ca.pem", "one.pem", "one.pem.key", "two.pem", "two.pem.key"):
+        (tmp_path / name).write_text("(checked to exist, not read)")
+
+    def config(name, cert, proxy_tls=False):
+        tls = (f"proxy_tls = {str(proxy_tls).lower()}\n[tls]\nca = \"ca.pem\"\n"
+               f"cert = \"{cert}\"\nkey = \"{cert}.key\"\nnode_cert = \"{cert}\"\n"
+               f"node_key = \"{cert}.key\"\n")
+        return load_config(write(tmp_path / name, [1, 2], extra=tls), env={})
+
+    # the proxy's own node connections: read again on every SIGHUP (Reloader), so a
+    # change of path is no restart matter
+    assert not Change.between(config("a.toml", "one.pem"), config("b.toml", "two.pem"))
+    # the files its listener serves under proxy_tls: read at start
+    change = Change.between(config("c.toml", "one.pem", True), config("d.toml", "two.pem", True))
+    assert change and not change.routing
+    assert str(change) == ("the [tls] files the proxy serves (proxy_tls) changed: applies when "
+                           "the proxy restarts")
+
+
 class Read:
     """The proxy's ``read``: the config file at ``path`` (as ``reader`` reads it)."""
 
@@ -132,18 +152,23 @@ def test_reload_applies_the_layout_and_renumbers_in_place(reloader, caplog):
     ("[cluster]\nnodes = = 3\n", "not valid TOML"),
     ("[cluster]\nnodes = 3\nbase_prot = 1\n", "base_prot"),  # a misspelt key
     (None, "every node is leaving"),
+    ("TLS", "cannot load TLS files"),  # a node added too: not applied either
 ])
 def test_a_broken_config_is_refused_and_routing_kept(reloader, caplog, broken, problem):
     r, path = reloader
     if broken is None:
         write(path, [41001, 41002, 41003], leaving=("node1", "node2", "node3"))
+    elif broken == "TLS":
+        (path.parent / "garbage.pem").write_text("not a certificate")
+        write(path, [41001, 41002, 41003, 41004],
+              extra='[tls]\nca = "garbage.pem"\ncert = "garbage.pem"\nkey = "garbage.pem"')
     else:
         path.write_text(broken)
     ring, numbers = r.cc.ring, dict(r.numbers)
     with caplog.at_level(logging.INFO, "bscluster.proxy"):
         assert r.reload() is None
     assert len(caplog.messages) == 1
-    assert caplog.messages[0].startswith("reload refused, routing unchanged: ")
+    assert caplog.messages[0].startswith("reload refused, routing and TLS unchanged: ")
     assert problem in caplog.messages[0]
     assert r.cc.ring is ring and r.numbers == numbers
     write(path, [41001, 41002, 41003, 41004])  # fixed: the next HUP applies it
@@ -323,7 +348,7 @@ def test_broken_config_on_hup_keeps_routing_and_serving(tmp_path):
     with ProxiedCluster(tmp_path, 3) as cluster:
         tube = owned("node3", 3)
         cluster.config.write_text("[cluster]\nnodes = \n")
-        hup(cluster, "reload refused, routing unchanged: config file")
+        hup(cluster, "reload refused, routing and TLS unchanged: config file")
         write(cluster.config, ports(cluster), leaving=("node1", "node2", "node3"))
         hup(cluster, "every node is leaving")
         with greenstalk.Client(cluster.address, use=tube, watch=tube) as c:

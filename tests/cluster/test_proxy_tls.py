@@ -33,6 +33,7 @@ from bsnode.tls import TLS_REQUIRED, TlsFiles
 from clusters import Cluster
 from gevent.server import StreamServer
 from proxyrun import Raw
+from servers import start_bsnode
 from tls_helpers import (
     assert_still_serves,
     cert_serial,
@@ -167,6 +168,59 @@ def test_a_sidecar_pipelines_over_its_tls_connections_and_survives_a_node_restar
     finally:
         n1.stop()
         n2.stop()
+
+
+def test_sighup_rotates_the_client_certificate_the_proxy_shows_its_nodes(certs, tmp_path):
+    """The nodes move to client certificates of a new CA: the proxy's [tls] cert and
+    key are rewritten in place and it gets SIGHUP; node connections it opens from
+    then on present the new certificate (the nodes now refuse the old one), and a
+    client connected before keeps its node connections."""
+    client_ca = tmp_path / "client-ca.pem"  # the CA the nodes require of clients
+    shutil.copy(certs.ca.cert, client_ca)
+    flags = ("--tls-cert", str(certs.node.cert), "--tls-key", str(certs.node.key),
+             "--tls-client-ca", str(client_ca))
+    nodes = [start_bsnode(*flags), start_bsnode(*flags)]
+    cert, key = tmp_path / "proxy-client.pem", tmp_path / "proxy-client.key"
+    shutil.copy(certs.client.cert, cert)
+    shutil.copy(certs.client.key, key)
+    table = f'[tls]\nca = "{certs.ca.cert}"\ncert = "{cert}"\nkey = "{key}"\n'
+    try:
+        config = write_config(tmp_path / "proxy.toml", [n.port for n in nodes], table)
+        with start_proxy(config) as proxy, \
+                Client(proxy.address, timeout=10) as before:
+            round_trip(proxy.address, None)
+            before_ids = {}
+            for tube in (f"kept-{t}" for t in TUBES):  # (connections to both nodes, kept)
+                before.use(tube)
+                before_ids[before.put(b"before")] = tube
+            assert {job_id % 1000 for job_id in before_ids} == {0, 1}
+            shutil.copy(certs.other_ca.cert, client_ca)
+            for node in nodes:
+                mark = len(node.lines)
+                node.signal(signal.SIGHUP)
+                wait_log(node, r"SIGHUP: TLS certificates reloaded", after=mark)
+            shutil.copy(certs.other_client.cert, cert)
+            shutil.copy(certs.other_client.key, key)
+            mark = len(proxy.lines)
+            proxy.signal(signal.SIGHUP)
+            wait_log(proxy, r"TLS to the nodes: \[tls\] files read again", after=mark)
+            round_trip(proxy.address, None)  # a new client: new node connections
+            for job_id, tube in before_ids.items():  # the old client's still serve it
+                before.use(tube)
+                assert before.peek(job_id).body == b"before"
+                before.delete(job_id)
+            port = nodes[0].port  # a node restart: the old client's connection to it
+            nodes[0].kill()  # reconnects, with the new certificate (no failover)
+            nodes[0] = start_bsnode(*flags, "-p", str(port))
+            assert before.stats()["current-connections"] >= 1  # (every node, reconnected)
+            after = set()
+            for tube in before_ids.values():
+                before.use(tube)
+                after.add(before.put(b"after") % 1000)
+            assert after == {0, 1}
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 # --- serving ---------------------------------------------------------------------
