@@ -134,7 +134,8 @@ class ClientConn:
                 pass
 
     def _run_lane(self) -> None:
-        if self.lane and not self.inflight:
+        ran = bool(self.lane) and not self.inflight
+        if ran:
             self.fast.quiet(self)
         while self.lane and not self.inflight and not self.closing:
             slot = self.lane[0]
@@ -144,6 +145,8 @@ class ClientConn:
             self._flush()
         if not self.lane and not self.inflight:
             self.reserve_redone = False
+            if ran and not self.closing:
+                self.fast.listen(self)
 
     def _slow(self, ev: tuple):
         if ev[0] not in RESERVES:

@@ -357,7 +357,7 @@ class FastPath:
             return
         if expect:
             link.since = self.clock()
-        else:  # the reader stays on until the slow lane runs (``quiet``)
+        else:  # the reader stays on until the slow lane runs (``quiet``, ``listen``)
             self.busy.discard(link)
         if link.member.failures:
             self.pool.ok(link.member)
@@ -463,6 +463,17 @@ class FastPath:
         """Stop the readers of ``client``'s links: its slow lane uses the connections now."""
         for link in client.links.values():
             link.reader.stop()
+
+    def listen(self, client) -> None:
+        """The slow lane is done: watch ``client``'s idle links again, so that a node
+        closing one (a restart) is seen (``_idle_closed``) before a command is
+        written to it.  Not a connection with a reserve in flight (the slow lane
+        reads that reply) or one opened again since its link was made."""
+        for conn, link in client.links.items():
+            c = conn.client
+            if (not link.reader.active and not conn.pending and c.connected
+                    and link.connects == c.connects):
+                link.reader.start(self._readable, link)
 
     def forget(self, client) -> None:
         """The client is gone: stop its links (its greenlet closes the connections)."""

@@ -180,6 +180,49 @@ def test_a_restarted_node_costs_the_next_command_nothing(tmp_path):
             c.close()
 
 
+# a proxy that never checks an idle connection before use (proxy_fast.STALE_AFTER):
+# only its watcher on the idle connection can see a node close it
+_NO_IDLE_CHECK_PROXY = """
+from bscluster import proxy_fast
+from bscluster.cli import main
+
+proxy_fast.STALE_AFTER = 3600.0
+main()
+"""
+
+
+@pytest.mark.parametrize("last", [b"use again", b"stats"])
+def test_a_node_restarted_after_a_slow_lane_command_costs_the_next_put_nothing(tmp_path, last):
+    """The slow lane stops the watchers of the client's node connections while it
+    uses them; they watch again when it is done, so a node killed and restarted
+    right after a slow command (``use``, ``stats``) is seen to close the idle
+    connection, and the next put, within a second, goes on a new one."""
+    tube = _tube_on("node2").encode()
+    nodes = [start_bsnode() for _ in range(3)]
+    proxy = None
+    try:
+        config = write_config(tmp_path / "proxy.toml", [n.port for n in nodes])
+        proxy = start_proxy(config, python_args=("-c", _NO_IDLE_CHECK_PROXY))
+        c = Raw(("127.0.0.1", proxy.port))
+        c.send(b"use %s\r\n" % tube + _put(b"one") + _put(b"two"))  # (two: the fast lane)
+        assert decode(_id(c.replies(3)[2]))[0] == "node2"
+        c.send(b"use %s\r\n" % tube if last == b"use again" else b"stats\r\n")
+        assert c.replies(1)[0].startswith(b"USING " if last == b"use again" else b"OK ")
+        port = nodes[1].port
+        nodes[1].kill()
+        nodes[1] = start_bsnode("-p", str(port))
+        c.send(_put(b"three"))
+        reply = c.replies(1)[0]
+        assert reply.startswith(b"INSERTED "), reply
+        assert decode(_id(reply))[0] == "node2"
+        c.close()
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        for n in nodes:
+            n.stop()
+
+
 def test_a_half_closed_client_gets_every_reply_then_the_close(tmp_path):
     with ProxiedCluster(tmp_path, 3) as cluster:
         c = Raw(cluster.address)
