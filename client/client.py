@@ -49,8 +49,8 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from . import flat_yaml, tls
 from . import protocol as p
-from . import tls
 from .address import DEFAULT_HOST, MAX_PORT, format_address, parse_address  # noqa: F401
 from .errors import (
     ConcurrentUseError,
@@ -106,53 +106,6 @@ class Job:
 
 
 JobRef = Job | int
-
-
-# --- beanstalkd's flat YAML -----------------------------------------------
-# stats replies are "---\n" then "key: value" lines; list replies "- name"
-# lines.  Values are ints, floats, true/false or strings (some quoted).
-# Keys whose value is always a string, per reply, so that a hostname or tube
-# called "123" stays a string.
-STATS_STR_KEYS = frozenset({"version", "id", "hostname", "os", "platform"})
-STATS_TUBE_STR_KEYS = frozenset({"name"})
-STATS_JOB_STR_KEYS = frozenset({"tube", "state"})
-
-
-def _scalar(text: str):
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        return text[1:-1]
-    if text in ("true", "false"):
-        return text == "true"
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def parse_yaml_dict(body: bytes, str_keys: frozenset = frozenset()) -> dict:
-    """Parse a stats-style body into a dict; numbers become int/float."""
-    out: dict = {}
-    for line in body.decode("utf-8", "replace").splitlines():
-        key, sep, value = line.partition(": ")
-        if not sep:
-            continue  # "---" and blank lines
-        if key in str_keys:
-            out[key] = value[1:-1] if value[:1] == '"' == value[-1:] else value
-        else:
-            out[key] = _scalar(value)
-    return out
-
-
-def parse_yaml_list(body: bytes) -> list[str]:
-    """Parse a list-tubes body ("- name" lines) into a list of str."""
-    return [
-        line[2:] for line in body.decode("utf-8", "replace").splitlines()
-        if line.startswith("- ")
-    ]
 
 
 def _u(value) -> int:
@@ -721,19 +674,19 @@ class Client:
 
     def stats(self) -> dict:
         _, body = self._expect(p.encode_command(p.CMD_STATS), b"OK")
-        return parse_yaml_dict(body, STATS_STR_KEYS)
+        return flat_yaml.parse_yaml_dict(body, flat_yaml.STATS_STR_KEYS)
 
     def stats_job(self, job: JobRef) -> dict:
         _, body = self._expect(p.encode_command(p.CMD_STATS_JOB, _job_id(job)), b"OK")
-        return parse_yaml_dict(body, STATS_JOB_STR_KEYS)
+        return flat_yaml.parse_yaml_dict(body, flat_yaml.STATS_JOB_STR_KEYS)
 
     def stats_tube(self, tube: str) -> dict:
         _, body = self._expect(p.encode_command(p.CMD_STATS_TUBE, check_tube(tube)), b"OK")
-        return parse_yaml_dict(body, STATS_TUBE_STR_KEYS)
+        return flat_yaml.parse_yaml_dict(body, flat_yaml.STATS_TUBE_STR_KEYS)
 
     def list_tubes(self) -> list[str]:
         _, body = self._expect(p.encode_command(p.CMD_LIST_TUBES), b"OK")
-        return parse_yaml_list(body)
+        return flat_yaml.parse_yaml_list(body)
 
     def list_tube_used(self) -> str:
         """Ask the server which tube is used (``using`` is the local copy)."""
@@ -743,7 +696,7 @@ class Client:
     def list_tubes_watched(self) -> list[str]:
         """Ask the server which tubes are watched (``watching`` is the local copy)."""
         _, body = self._expect(p.encode_command(p.CMD_LIST_TUBES_WATCHED), b"OK")
-        return parse_yaml_list(body)
+        return flat_yaml.parse_yaml_list(body)
 
     def pause_tube(self, tube: str, delay: int) -> None:
         """Hold back reserves from ``tube`` for ``delay`` seconds."""

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bsclient import tls
-from bsclient.client import STATS_JOB_STR_KEYS, parse_yaml_dict
+from bsclient.flat_yaml import STATS_JOB_STR_KEYS, parse_yaml_dict
 from bsclient.protocol import (
     CMD_BURY,
     CMD_DELETE,

@@ -35,6 +35,7 @@ import secrets
 import time
 
 import gevent
+from bsclient import flat_yaml
 from bsclient import protocol as P
 from bsclient.client import Client, Job, _ms_remove
 from bsclient.errors import (
@@ -283,7 +284,7 @@ class ProxyCommands:
         return P.PAUSED
 
     def _cmd_list_tubes(self, c, ev) -> bytes:
-        return _yaml_list(self._tubes())
+        return flat_yaml.yaml_list_reply(self._tubes())
 
     def _tubes(self) -> list[str]:
         """Every node's tubes, "default" first, then in node order (as one beanstalkd
@@ -304,7 +305,7 @@ class ProxyCommands:
         return b"USING %s\r\n" % c.using.encode()
 
     def _cmd_list_tubes_watched(self, c, ev) -> bytes:
-        return _yaml_list(c.watching)
+        return flat_yaml.yaml_list_reply(c.watching)
 
     def _cmd_quit(self, c, ev):
         return CLOSE
@@ -379,13 +380,7 @@ def _value(v) -> str:
 
 
 def _yaml(items) -> bytes:
-    data = ("---\n" + "".join(f"{k}: {_value(v)}\n" for k, v in items)).encode()
-    return b"OK %d\r\n%s\r\n" % (len(data), data)
-
-
-def _yaml_list(names) -> bytes:
-    data = ("---\n" + "".join(f"- {n}\n" for n in names)).encode()
-    return b"OK %d\r\n%s\r\n" % (len(data), data)
+    return flat_yaml.yaml_dict_reply((k, _value(v)) for k, v in items)
 
 
 def _secs(t: float) -> str:

@@ -19,6 +19,7 @@ import resource
 import secrets
 from collections.abc import Callable
 
+from bsclient import flat_yaml
 from bsclient import protocol as P
 
 from .defaults import DEFAULT_BINLOG_SIZE
@@ -65,15 +66,6 @@ _RELEASE_REPLIES = {Outcome.DONE: P.RELEASED, Outcome.NOT_FOUND: P.NOT_FOUND,
                     Outcome.NOT_LOGGED: P.OUT_OF_MEMORY}
 _BURY_REPLIES = {Outcome.DONE: P.BURIED, Outcome.NOT_FOUND: P.NOT_FOUND,
                  Outcome.NOT_LOGGED: P.INTERNAL_ERROR}
-
-
-def _ok(text: str) -> bytes:
-    data = text.encode()
-    return b"OK %d\r\n%s\r\n" % (len(data), data)
-
-
-def _yaml_list(names) -> bytes:
-    return _ok("---\n" + "".join(f"- {n}\n" for n in names))
 
 
 class Commands:
@@ -184,13 +176,13 @@ class Commands:
         return P.NOT_IGNORED if n is None else b"WATCHING %d\r\n" % n
 
     def _cmd_list_tubes(self, s: Session, ev: tuple) -> bytes:
-        return _yaml_list(t.name for t in self.store.tube_list)
+        return flat_yaml.yaml_list_reply(t.name for t in self.store.tube_list)
 
     def _cmd_list_tube_used(self, s: Session, ev: tuple) -> bytes:
         return b"USING %s\r\n" % s.use.name.encode()
 
     def _cmd_list_tubes_watched(self, s: Session, ev: tuple) -> bytes:
-        return _yaml_list(t.name for t in s.watch)
+        return flat_yaml.yaml_list_reply(t.name for t in s.watch)
 
     def _cmd_pause_tube(self, s: Session, ev: tuple) -> bytes:
         return P.PAUSED if self.store.pause(ev[1], ev[2]) else P.NOT_FOUND
@@ -206,30 +198,20 @@ class Commands:
         now = self.store.clock()
         state = job.state
         left = int(job.deadline - now) if state is RESERVED or state is DELAYED else 0
-        return _ok(
-            "---\n"
-            f"id: {job.id}\n"
-            f"tube: {job.tube.name}\n"
-            f"state: {state}\n"
-            f"pri: {job.pri}\n"
-            f"age: {int(now - job.created)}\n"
-            f"delay: {job.delay}\n"
-            f"ttr: {job.ttr}\n"
-            f"time-left: {left}\n"
-            f"file: {self.store.wal.file_of(job)}\n"
-            f"reserves: {job.reserves}\n"
-            f"timeouts: {job.timeouts}\n"
-            f"releases: {job.releases}\n"
-            f"buries: {job.buries}\n"
-            f"kicks: {job.kicks}\n"
-        )
+        return flat_yaml.yaml_dict_reply((
+            ("id", job.id), ("tube", job.tube.name), ("state", state), ("pri", job.pri),
+            ("age", int(now - job.created)), ("delay", job.delay), ("ttr", job.ttr),
+            ("time-left", left), ("file", self.store.wal.file_of(job)),
+            ("reserves", job.reserves), ("timeouts", job.timeouts),
+            ("releases", job.releases), ("buries", job.buries), ("kicks", job.kicks),
+        ))
 
     def _cmd_stats_tube(self, s: Session, ev: tuple) -> bytes:
         t = self.store.find_tube(ev[1])
         if t is None:
             return P.NOT_FOUND
         fields = t.stats_fields(self.store.clock())
-        return _ok("---\n" + "".join(f"{k}: {v}\n" for k, v in fields))
+        return flat_yaml.yaml_dict_reply(fields)
 
     def stats_fields(self, pause: Callable[[], None] | None = None) -> list[tuple[str, object]]:
         """Every field of `stats`, in beanstalkd's order (``pause``: Store.totals)."""
@@ -276,7 +258,7 @@ class Commands:
         return fields
 
     def _cmd_stats(self, s: Session, ev: tuple) -> bytes:
-        return _ok("---\n" + "".join(f"{k}: {v}\n" for k, v in self.stats_fields()))
+        return flat_yaml.yaml_dict_reply(self.stats_fields())
 
 
 def _secs(t: float) -> str:

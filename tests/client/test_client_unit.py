@@ -34,8 +34,9 @@ from bsclient import (
     UnexpectedReplyError,
     UnknownCommandError,
 )
-from bsclient.client import parse_address, parse_yaml_dict, parse_yaml_list
+from bsclient.client import parse_address
 from bsclient.errors import REPLY_ERRORS
+from bsclient.flat_yaml import parse_yaml_dict, parse_yaml_list
 from bsclient.protocol import ERROR_WORDS
 
 CLOSE = object()  # handler result: drop the connection

@@ -64,7 +64,7 @@ def test_report_monitor_and_client_merge_alike():
 
 def test_stats_tube_fields_are_the_nodes_reply():
     """bsclient.protocol.STATS_TUBE_FIELDS (the proxy's) is what bsnode's stats-tube says."""
-    from bsclient.client import parse_yaml_dict
+    from bsclient.flat_yaml import parse_yaml_dict
     from bsclient.protocol import STATS_TUBE_FIELDS
     from bsnode.commands import Commands
     from bsnode.store import Store
