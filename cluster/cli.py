@@ -1,7 +1,9 @@
 """The `bscluster` command: init, up, status, stats, route, restart, down, config.
 
-Commands with a module of their own are registered at the bottom: top, web,
-bench, rebalance (rebalance.py), drain/undrain/remove (ops.py), logs (logs.py).
+Commands with a module of their own are registered at the bottom:
+drain/undrain/remove (ops.py), logs (logs.py); and, loaded only when run
+(``LazyGroup``, so that `bscluster status` does not import a proxy or a
+dashboard), top, web, proxy, bench, work and rebalance.
 
 How this works
 --------------
@@ -44,13 +46,10 @@ from bscluster.config import (
 )
 from bscluster.options import config_option, data_dir_option, load
 from bscluster.probe import probe_all
-from bscluster.proxy import proxy
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
-from bscluster.supervisor import AlreadyRunning, Supervisor
 from bscluster.template import render_config
-from bscluster.top import top
 from bscluster.truth import (
     EXIT_CODES_HELP,
     EXIT_NO_CLUSTER,
@@ -60,8 +59,6 @@ from bscluster.truth import (
     changed_settings,
     cluster_view,
 )
-from bscluster.web import DEFAULT_LISTEN, web
-from bscluster.webhost import WebError
 
 # --- options ---------------------------------------------------------------------
 _NODE_OPTIONS = [
@@ -129,7 +126,28 @@ def _fail(e: Exception):
     raise click.ClickException(str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose ``lazy`` commands are imported when run (or listed in --help)."""
+
+    lazy = {  # command name -> (module, the click command in it)
+        "top": ("bscluster.top", "top"), "web": ("bscluster.web", "web"),
+        "proxy": ("bscluster.proxy", "proxy"), "bench": ("bscluster.bench", "bench"),
+        "work": ("bscluster.work", "work"), "rebalance": ("bscluster.rebalance", "rebalance"),
+    }
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attr = self.lazy[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bscluster")
 def cli() -> None:
     """Run and inspect a cluster of beanstalkd-compatible bsnode processes.
@@ -245,6 +263,9 @@ def up(config_file, detach, **flags) -> None:
         if any(e["state"] == State.FATAL.value for e in state["nodes"].values()):
             sys.exit(1)
         return
+    from bscluster.supervisor import AlreadyRunning, Supervisor
+    from bscluster.webhost import WebError
+
     supervisor = Supervisor(config, on_settled=lambda s: click.echo(banner(config, s.snapshot())))
     try:
         sys.exit(supervisor.run())
@@ -386,7 +407,7 @@ def banner(config: ClusterConfig, state: dict) -> str:
     lines += ["talk to one node by hand:", by_hand,
               f"look: bscluster status{where} | bscluster stats{where} | bscluster top{where}",
               (f"dashboard: {sup['web']}  (Prometheus: {sup['web']}metrics)" if sup.get("web")
-               else f"dashboard: bscluster web{where}  (then open http://{DEFAULT_LISTEN}/), "
+               else f"dashboard: bscluster web{where}  (then open http://{DEFAULT_WEB_LISTEN}/), "
                     f"or start the cluster with `up --web`"),
               f"stop: bscluster down{where}"]
     return "\n".join(lines)
@@ -636,26 +657,15 @@ def supervise(data_dir) -> None:
     doc = read_json(paths.wanted)
     if doc is None:
         raise click.ClickException(f"{paths.wanted} is missing: start with `bscluster up -d`")
+    from bscluster.supervisor import AlreadyRunning, Supervisor
+    from bscluster.webhost import WebError
+
     os.umask(0o077)
     try:
         sys.exit(Supervisor(ClusterConfig.from_dict(doc), detached=True).run())
     except (AlreadyRunning, WebError) as e:
         _fail(e)
 
-
-cli.add_command(top)
-cli.add_command(web)
-cli.add_command(proxy)
-
-from .bench import bench  # noqa: E402
-from .work import work  # noqa: E402
-
-cli.add_command(bench)
-cli.add_command(work)
-
-from .rebalance import rebalance  # noqa: E402
-
-cli.add_command(rebalance)
 
 from .ops import commands as ops_commands  # noqa: E402
 
