@@ -40,7 +40,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:  # what the names are, for type checkers and editors
+if TYPE_CHECKING:  # the same names, for type checkers and editors (``_WHERE`` rules)
     from .client import Client, Job
     from .cluster import FAIL_FAST, FAILOVER, ClusterClient
     from .config import ConfigError, NodeAddress
@@ -70,12 +70,4 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .ring import Ring
     from .worker import Worker
 
-__all__ = [
-    "Client", "ClusterClient", "Job", "Ring", "NodeAddress", "ConfigError",
-    "FAILOVER", "FAIL_FAST", "Worker", "Retry", "Bury", "Backoff",
-    "BeanstalkError", "ReplyError", "NotFoundError", "BuriedError", "DeadlineSoonError",
-    "TimedOutError", "JobTooBigError", "DrainingError", "BadFormatError",
-    "UnknownCommandError", "ExpectedCrlfError", "OutOfMemoryError", "InternalError",
-    "NotIgnoredError", "InvalidTubeNameError", "ConcurrentUseError", "ConnectionLostError", "SocketTimeoutError", "NoNodeAvailableError",
-    "UnexpectedReplyError",
-]
+__all__ = sorted(_WHERE)

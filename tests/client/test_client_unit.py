@@ -331,3 +331,17 @@ def test_lazy_client_applies_initial_tubes_on_connect():
             b"use u", b"watch a", b"watch b", b"ignore default", b"put 1024 0 60 1"]
         assert c.watching == ["b", "a"]  # beanstalkd's order after ignoring default
         c.close()
+
+
+def test_every_public_name_of_the_package_resolves_and_is_listed():
+    # (bsclient imports its names on first use: a wrong entry in its table fails here)
+    import importlib
+
+    import bsclient
+
+    for name in bsclient.__all__:
+        module = importlib.import_module(f"bsclient.{bsclient._WHERE[name]}")
+        assert getattr(bsclient, name) is getattr(module, name)
+    assert set(bsclient.__all__) <= set(dir(bsclient))
+    with pytest.raises(AttributeError):
+        bsclient.NoSuchName  # noqa: B018

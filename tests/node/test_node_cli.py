@@ -8,6 +8,7 @@ killed and reaped before the test ends.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -338,3 +339,16 @@ def test_accepted_connections_get_beanstalkds_socket_options():
                 assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
                 assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
     assert where.startswith("127.0.0.1:")
+
+
+def test_the_node_loads_the_codec_not_the_client_stack():
+    """bsnode imports bsclient's codec only: the clients, the ring and the worker load
+    when a program uses them (bsclient's names are imported on first use), which keeps a
+    node's start short (a supervisor restarting one, every test starting one)."""
+    code = ("import json, sys, bsnode.server, bsnode.cli; "
+            "print(json.dumps([m for m in sys.modules if m.startswith('bsclient.')]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    loaded = set(json.loads(out))
+    assert not loaded & {"bsclient.client", "bsclient.cluster", "bsclient.worker",
+                         "bsclient.pool"}, loaded
