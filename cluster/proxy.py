@@ -190,9 +190,11 @@ def proxy(listen, config_file, wanted, **tls_flags) -> None:
     added, marked `leaving = true` (no more puts, still reserved from) or
     removed, a node's new address, weights, the ring and [tubes.NAME]
     spread.  Clients stay connected and keep the jobs they reserved (except
-    on a node removed or moved); the TLS certificate files are read again
-    too.  A config that does not read is refused
-    (one log line) and the old routing kept.  Under `bscluster up --proxy`
+    on a node removed or moved).  The TLS files are read again too: the
+    certificate the proxy serves, and [tls] ca/cert/key for node connections
+    opened from then on (a rotated client certificate).  A config that does
+    not read, or TLS files that do not load, are refused (one log line) and
+    the old routing and TLS kept.  Under `bscluster up --proxy`
     the supervisor sends the SIGHUP itself when `up` or `remove` changes the
     cluster.  SIGUSR1: drain mode (puts get DRAINING).
     """
