@@ -193,8 +193,9 @@ def proxy(listen, config_file, wanted, **tls_flags) -> None:
     on a node removed or moved).  The TLS files are read again too: the
     certificate the proxy serves, and [tls] ca/cert/key for node connections
     opened from then on (a rotated client certificate).  A config that does
-    not read, or TLS files that do not load, are refused (one log line) and
-    the old routing and TLS kept.  Under `bscluster up --proxy`
+    not read, or [tls] files for the nodes that do not load, are refused (one
+    log line) and the old routing and TLS kept; a served certificate that
+    does not load is logged and the old one kept.  Under `bscluster up --proxy`
     the supervisor sends the SIGHUP itself when `up` or `remove` changes the
     cluster.  SIGUSR1: drain mode (puts get DRAINING).
     """
