@@ -270,7 +270,7 @@ class Client:
                 watching.append(tube)
         if DEFAULT_TUBE not in self._watching:
             self._expect(p.encode_command(p.CMD_IGNORE, DEFAULT_TUBE), b"WATCHING")
-            _ms_remove(watching, DEFAULT_TUBE)
+            remove_watched(watching, DEFAULT_TUBE)
         self._watching = watching
 
     def _stale(self, sock: socket.socket) -> bool:
@@ -606,7 +606,7 @@ class Client:
     def ignore(self, tube: str) -> int:
         """Stop watching ``tube``; NotIgnoredError for the last one."""
         words, _ = self._expect(p.encode_command(p.CMD_IGNORE, check_tube(tube)), b"WATCHING")
-        _ms_remove(self._watching, tube)
+        remove_watched(self._watching, tube)
         return int(words[1])
 
     def watch_commands(self, tubes: list[str]) -> tuple[bytes, int]:
@@ -623,7 +623,7 @@ class Client:
         for tube in list(self._watching):
             if tube not in tubes:
                 data.append(p.encode_command(p.CMD_IGNORE, check_tube(tube)))
-                _ms_remove(self._watching, tube)
+                remove_watched(self._watching, tube)
         return b"".join(data), len(data)
 
     def use_command(self, tube: str) -> bytes:
@@ -703,8 +703,9 @@ class Client:
         self._expect(p.encode_command(p.CMD_PAUSE_TUBE, check_tube(tube), _u(delay)), b"PAUSED")
 
 
-def _ms_remove(tubes: list[str], tube: str) -> None:
-    """Remove as beanstalkd's watch set does: the last entry fills the hole."""
+def remove_watched(tubes: list[str], tube: str) -> None:
+    """Drop ``tube`` from a watch list as beanstalkd's ``ignore`` does (its ms_remove):
+    the last entry fills the hole, so list-tubes-watched comes out in its order."""
     if tube in tubes:
         i = tubes.index(tube)
         tubes[i] = tubes[-1]

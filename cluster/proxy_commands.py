@@ -37,7 +37,7 @@ import time
 import gevent
 from bsclient import flat_yaml
 from bsclient import protocol as P
-from bsclient.client import Client, Job, _ms_remove
+from bsclient.client import Client, Job, remove_watched
 from bsclient.errors import (
     BeanstalkError,
     BuriedError,
@@ -170,7 +170,7 @@ class ProxyCommands:
     def _cmd_ignore(self, c: ClientState, ev: tuple) -> bytes:
         self.cc.ignore(ev[1])  # NOT_IGNORED for the last one
         if ev[1] in c.watching:
-            _ms_remove(c.watching, ev[1])  # beanstalkd's order after a removal
+            remove_watched(c.watching, ev[1])  # beanstalkd's order after a removal
         return b"WATCHING %d\r\n" % len(c.watching)
 
     def _cmd_reserve(self, c: ClientState, ev: tuple) -> bytes:
