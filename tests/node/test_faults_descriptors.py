@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -95,12 +96,14 @@ def timers_run(a: socket.socket, b: socket.socket, tube: bytes) -> None:
 def syncs_during_puts(pid: int, sock: socket.socket, tmp_path, name: str) -> tuple[int, int]:
     """(fdatasync calls, puts) while putting for PUT_WINDOW seconds, strace attached."""
     out = tmp_path / f"strace-{name}.txt"
-    tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fdatasync", "-o", str(out),
+    tracer = subprocess.Popen(["strace", "-f", "-e", "trace=fdatasync", "-o", str(out),
                                "-p", str(pid)], stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)  # strace has no readiness signal of its own: let it attach
-        assert tracer.poll() is None, tracer.stderr.read()
+        # strace says "strace: Process N attached ..." once it traces (bounded wait)
+        ready = select.select([tracer.stderr], [], [], 20)[0]
+        said = tracer.stderr.readline() if ready else "(nothing from strace in 20 s)"
+        assert "attached" in said and tracer.poll() is None, said
         puts = 0
         end = time.monotonic() + PUT_WINDOW
         while time.monotonic() < end and puts < 5000:
