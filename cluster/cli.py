@@ -31,20 +31,24 @@ from bsclient.address import connect_host, is_loopback
 from bsclient.protocol import TUBE_NAME_RULE, is_tube_name
 from bscluster import control
 from bscluster.config import (
-    DEFAULT_BINLOG_SIZE,
     DEFAULT_CONFIG_PATH,
-    DEFAULT_FSYNC_MS,
-    DEFAULT_PROXY_LISTEN,
     DEFAULT_WEB_LISTEN,
-    DEFAULT_WEB_MAX_TUBES,
-    NODE_COMMAND_HELP,
     ClusterConfig,
     ConfigError,
     config_path,
     load_config,
     parse_listen,
 )
-from bscluster.options import config_option, data_dir_option, load
+from bscluster.options import (
+    NODE_OPTIONS,
+    config_option,
+    data_dir_option,
+    json_option,
+    load,
+    node_options,
+    proxy_option,
+    web_option,
+)
 from bscluster.probe import probe_all
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
@@ -59,65 +63,6 @@ from bscluster.truth import (
     changed_settings,
     cluster_view,
 )
-
-# --- options ---------------------------------------------------------------------
-_NODE_OPTIONS = [
-    click.option("--nodes", "-n", type=int, help="Number of nodes, named node1..nodeN."),
-    click.option("--host", metavar="ADDR", help="Address the nodes listen on (127.0.0.1)."),
-    click.option("--base-port", type=int, metavar="PORT",
-                 help="nodeI listens on base-port + I - 1 (11300)."),
-    click.option("--binlog/--no-binlog", default=None,
-                 help="Keep a write-ahead log so jobs survive restarts (on)."),
-    click.option("--fsync-ms", type=int, metavar="MS",
-                 help=f"fsync the binlog at most every MS ms; -1 = never ({DEFAULT_FSYNC_MS})."),
-    click.option("--max-job-size", type=int, metavar="BYTES", help="Largest job body (65535)."),
-    click.option("--binlog-size", type=int, metavar="BYTES",
-                 help=f"Size of each binlog file ({DEFAULT_BINLOG_SIZE})."),
-    click.option("--node-command", metavar="CMD",
-                 help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] "
-                      f"({NODE_COMMAND_HELP})."),
-    click.option("--metrics-base-port", type=int, metavar="PORT",
-                 help="Give nodeI `--metrics METRICS_HOST:PORT+I-1` (bsnode only); 0 = off (0)."),
-    click.option("--metrics-host", metavar="ADDR",
-                 help="Address the nodes' metrics endpoints listen on (127.0.0.1)."),
-    click.option("--crash-limit", type=int, metavar="N",
-                 help="A node crashing N times within --crash-window is FATAL; 0 = never (5)."),
-    click.option("--crash-window", type=int, metavar="SECONDS",
-                 help="The window --crash-limit counts crashes in (60)."),
-]
-
-
-def web_option(f):
-    f = click.option(
-        "--web-max-tubes", type=int, metavar="N", default=None,
-        help=f"Tubes the dashboard lists and keeps a history for, busiest first "
-        f"({DEFAULT_WEB_MAX_TUBES}) [env BSCLUSTER_WEB_MAX_TUBES].")(f)
-    return click.option(
-        "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
-        default=None, help=f"Serve the dashboard and the cluster's /metrics from the "
-        f"supervisor (--web alone: {DEFAULT_WEB_LISTEN}; --web off: none) [env BSCLUSTER_WEB].",
-    )(f)
-
-
-def proxy_option(f):
-    f = click.option(
-        "--proxy-tls/--no-proxy-tls", default=None,
-        help="The proxy serves TLS only, with [tls] node_cert/node_key, and requires "
-        "client certificates when [tls] client_auth = true, as the nodes do (off: plain TCP, "
-        "for a sidecar on 127.0.0.1) [env BSCLUSTER_PROXY_TLS].")(f)
-    return click.option(
-        "--proxy", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_PROXY_LISTEN,
-        default=None, help=f"Also run `bscluster proxy` (one beanstalkd address for the whole "
-        f"cluster, docs/PROXY.md) and restart it if it dies (--proxy alone: "
-        f"{DEFAULT_PROXY_LISTEN}; --proxy off: none) [env BSCLUSTER_PROXY].",
-    )(f)
-
-
-def node_options(f):
-    for option in reversed(_NODE_OPTIONS):
-        f = option(f)
-    return data_dir_option(f)
-
 
 _load = load
 
@@ -161,9 +106,9 @@ def cli() -> None:
 # --- init ------------------------------------------------------------------------
 @cli.command()
 @click.argument("path", required=False, metavar="[PATH]")
-@_NODE_OPTIONS[0]  # --nodes, --host, --base-port: the values the file starts with
-@_NODE_OPTIONS[1]
-@_NODE_OPTIONS[2]
+@NODE_OPTIONS[0]  # --nodes, --host, --base-port: the values the file starts with
+@NODE_OPTIONS[1]
+@NODE_OPTIONS[2]
 @click.option("--data-dir", metavar="DIR",
               help="Where state, logs and binlogs will live, relative to the file "
                    "(./bscluster-data).")
@@ -465,7 +410,7 @@ def _orphan_note(view: ClusterView) -> str:
 @cli.command(epilog=EXIT_CODES_HELP)
 @config_option
 @data_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def status(config_file, data_dir, as_json) -> None:
     """Each node: state, pid, address, uptime, jobs ready/reserved/delayed/buried.
 
@@ -502,7 +447,7 @@ def status(config_file, data_dir, as_json) -> None:
 @cli.command(epilog=EXIT_CODES_HELP)
 @config_option
 @data_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def stats(config_file, data_dir, as_json) -> None:
     """Cluster-wide totals and per-tube rows, summed over the nodes."""
     view, nodes, reports = _look(config_file, data_dir)
@@ -515,14 +460,14 @@ def stats(config_file, data_dir, as_json) -> None:
 
 @cli.command()
 @config_option
-@_NODE_OPTIONS[0]  # --nodes, --host, --base-port: the options that say where nodes are
-@_NODE_OPTIONS[1]
-@_NODE_OPTIONS[2]
+@NODE_OPTIONS[0]  # --nodes, --host, --base-port: the options that say where nodes are
+@NODE_OPTIONS[1]
+@NODE_OPTIONS[2]
 @click.argument("tubes", nargs=-1, required=True, metavar="TUBE...")
 @click.option("--ketama", is_flag=True,
               help="libketama's continuum, as ClusterClient(..., ketama=True) "
                    "(overrides ring = \"md5\" in the config).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 def route(config_file, tubes, ketama, as_json, **flags) -> None:
     """Which node owns each TUBE, and where its jobs go when that node is down.
 

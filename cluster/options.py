@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import click
 from bscluster.config import (
+    DEFAULT_BINLOG_SIZE,
     DEFAULT_CONFIG_PATH,
+    DEFAULT_FSYNC_MS,
+    DEFAULT_PROXY_LISTEN,
+    DEFAULT_WEB_LISTEN,
+    DEFAULT_WEB_MAX_TUBES,
     ENV_CONFIG,
+    NODE_COMMAND_HELP,
     ClusterConfig,
     ConfigError,
     load_config,
@@ -40,3 +46,62 @@ def load(config_file: str | None, flags: dict) -> ClusterConfig:
         return load_config(config_file, flags)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+
+
+# the options that say what the nodes are (init, up, route take the first three)
+NODE_OPTIONS = [
+    click.option("--nodes", "-n", type=int, help="Number of nodes, named node1..nodeN."),
+    click.option("--host", metavar="ADDR", help="Address the nodes listen on (127.0.0.1)."),
+    click.option("--base-port", type=int, metavar="PORT",
+                 help="nodeI listens on base-port + I - 1 (11300)."),
+    click.option("--binlog/--no-binlog", default=None,
+                 help="Keep a write-ahead log so jobs survive restarts (on)."),
+    click.option("--fsync-ms", type=int, metavar="MS",
+                 help=f"fsync the binlog at most every MS ms; -1 = never ({DEFAULT_FSYNC_MS})."),
+    click.option("--max-job-size", type=int, metavar="BYTES", help="Largest job body (65535)."),
+    click.option("--binlog-size", type=int, metavar="BYTES",
+                 help=f"Size of each binlog file ({DEFAULT_BINLOG_SIZE})."),
+    click.option("--node-command", metavar="CMD",
+                 help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] "
+                      f"({NODE_COMMAND_HELP})."),
+    click.option("--metrics-base-port", type=int, metavar="PORT",
+                 help="Give nodeI `--metrics METRICS_HOST:PORT+I-1` (bsnode only); 0 = off (0)."),
+    click.option("--metrics-host", metavar="ADDR",
+                 help="Address the nodes' metrics endpoints listen on (127.0.0.1)."),
+    click.option("--crash-limit", type=int, metavar="N",
+                 help="A node crashing N times within --crash-window is FATAL; 0 = never (5)."),
+    click.option("--crash-window", type=int, metavar="SECONDS",
+                 help="The window --crash-limit counts crashes in (60)."),
+]
+
+
+def web_option(f):
+    f = click.option(
+        "--web-max-tubes", type=int, metavar="N", default=None,
+        help=f"Tubes the dashboard lists and keeps a history for, busiest first "
+        f"({DEFAULT_WEB_MAX_TUBES}) [env BSCLUSTER_WEB_MAX_TUBES].")(f)
+    return click.option(
+        "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
+        default=None, help=f"Serve the dashboard and the cluster's /metrics from the "
+        f"supervisor (--web alone: {DEFAULT_WEB_LISTEN}; --web off: none) [env BSCLUSTER_WEB].",
+    )(f)
+
+
+def proxy_option(f):
+    f = click.option(
+        "--proxy-tls/--no-proxy-tls", default=None,
+        help="The proxy serves TLS only, with [tls] node_cert/node_key, and requires "
+        "client certificates when [tls] client_auth = true, as the nodes do (off: plain TCP, "
+        "for a sidecar on 127.0.0.1) [env BSCLUSTER_PROXY_TLS].")(f)
+    return click.option(
+        "--proxy", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_PROXY_LISTEN,
+        default=None, help=f"Also run `bscluster proxy` (one beanstalkd address for the whole "
+        f"cluster, docs/PROXY.md) and restart it if it dies (--proxy alone: "
+        f"{DEFAULT_PROXY_LISTEN}; --proxy off: none) [env BSCLUSTER_PROXY].",
+    )(f)
+
+
+def node_options(f):
+    for option in reversed(NODE_OPTIONS):
+        f = option(f)
+    return data_dir_option(f)
