@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import click
 from bscluster.config import (
-    DEFAULT_BINLOG_SIZE,
+    CLUSTER_DEFAULTS,
     DEFAULT_CONFIG_PATH,
-    DEFAULT_FSYNC_MS,
     DEFAULT_PROXY_LISTEN,
     DEFAULT_WEB_LISTEN,
-    DEFAULT_WEB_MAX_TUBES,
     ENV_CONFIG,
     NODE_COMMAND_HELP,
     ClusterConfig,
@@ -48,30 +46,35 @@ def load(config_file: str | None, flags: dict) -> ClusterConfig:
         raise click.ClickException(str(e)) from None
 
 
+_D = CLUSTER_DEFAULTS  # what the help texts say the defaults are
+
 # the options that say what the nodes are (init, up, route take the first three)
 NODE_OPTIONS = [
     click.option("--nodes", "-n", type=int, help="Number of nodes, named node1..nodeN."),
-    click.option("--host", metavar="ADDR", help="Address the nodes listen on (127.0.0.1)."),
+    click.option("--host", metavar="ADDR", help=f"Address the nodes listen on ({_D['host']})."),
     click.option("--base-port", type=int, metavar="PORT",
-                 help="nodeI listens on base-port + I - 1 (11300)."),
+                 help=f"nodeI listens on base-port + I - 1 ({_D['base_port']})."),
     click.option("--binlog/--no-binlog", default=None,
-                 help="Keep a write-ahead log so jobs survive restarts (on)."),
+                 help="Keep a write-ahead log so jobs survive restarts "
+                      f"({'on' if _D['binlog'] else 'off'})."),
     click.option("--fsync-ms", type=int, metavar="MS",
-                 help=f"fsync the binlog at most every MS ms; -1 = never ({DEFAULT_FSYNC_MS})."),
-    click.option("--max-job-size", type=int, metavar="BYTES", help="Largest job body (65535)."),
+                 help=f"fsync the binlog at most every MS ms; -1 = never ({_D['fsync_ms']})."),
+    click.option("--max-job-size", type=int, metavar="BYTES", help=f"Largest job body ({_D['max_job_size']})."),
     click.option("--binlog-size", type=int, metavar="BYTES",
-                 help=f"Size of each binlog file ({DEFAULT_BINLOG_SIZE})."),
+                 help=f"Size of each binlog file ({_D['binlog_size']})."),
     click.option("--node-command", metavar="CMD",
                  help="Program that runs one node [env BSCLUSTER_NODE_COMMAND] "
                       f"({NODE_COMMAND_HELP})."),
     click.option("--metrics-base-port", type=int, metavar="PORT",
-                 help="Give nodeI `--metrics METRICS_HOST:PORT+I-1` (bsnode only); 0 = off (0)."),
+                 help="Give nodeI `--metrics METRICS_HOST:PORT+I-1` (bsnode only); 0 = off "
+                      f"({_D['metrics_base_port']})."),
     click.option("--metrics-host", metavar="ADDR",
-                 help="Address the nodes' metrics endpoints listen on (127.0.0.1)."),
+                 help=f"Address the nodes' metrics endpoints listen on ({_D['metrics_host']})."),
     click.option("--crash-limit", type=int, metavar="N",
-                 help="A node crashing N times within --crash-window is FATAL; 0 = never (5)."),
+                 help="A node crashing N times within --crash-window is FATAL; 0 = never "
+                      f"({_D['crash_limit']})."),
     click.option("--crash-window", type=int, metavar="SECONDS",
-                 help="The window --crash-limit counts crashes in (60)."),
+                 help=f"The window --crash-limit counts crashes in ({_D['crash_window']})."),
 ]
 
 
@@ -79,7 +82,7 @@ def web_option(f):
     f = click.option(
         "--web-max-tubes", type=int, metavar="N", default=None,
         help=f"Tubes the dashboard lists and keeps a history for, busiest first "
-        f"({DEFAULT_WEB_MAX_TUBES}) [env BSCLUSTER_WEB_MAX_TUBES].")(f)
+        f"({_D['web_max_tubes']}) [env BSCLUSTER_WEB_MAX_TUBES].")(f)
     return click.option(
         "--web", metavar="[ADDR:PORT]", is_flag=False, flag_value=DEFAULT_WEB_LISTEN,
         default=None, help=f"Serve the dashboard and the cluster's /metrics from the "

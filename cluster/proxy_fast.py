@@ -49,7 +49,7 @@ is the other module that does so.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 
 from bsclient import protocol as P
 from gevent import get_hub
@@ -448,8 +448,8 @@ class FastPath:
             return
         limit = self.clock() - self.pool.op_timeout
         overdue = [lk for lk in self.busy if lk.since < limit]
-        for name in sorted({lk.name for lk in overdue}):  # one line a node, not a client
-            count = sum(lk.name == name for lk in overdue)
+        per_node = Counter(lk.name for lk in overdue)
+        for name, count in sorted(per_node.items()):  # one line a node, not a client
             log.warning("%s: no reply within %s s on %d connection%s: marked dead", name,
                         self.pool.op_timeout, count, "" if count == 1 else "s")
         for link in overdue:
