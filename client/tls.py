@@ -43,6 +43,7 @@ ENV_PREFIX = "BSCLUSTER_TLS_"
 FILE_KEYS = ("ca", "cert", "key", "node_cert", "node_key")
 BOOL_KEYS = {"verify": True, "client_auth": False}
 ENV_KEYS = ("ca", "cert", "key", "verify")  # what a client may set in its environment
+NODE_CERT_FLAG = "--tls-cert"  # bsnode's flag: a node started with it serves TLS
 MIN_VERSION = ssl.TLSVersion.TLSv1_2
 TLS_REQUIRED = "TLS_REQUIRED"  # what bsnode says in clear to a plain client on a TLS port
 
@@ -72,7 +73,7 @@ class TlsSettings:
         """bsnode's TLS flags for these settings (none if nodes serve plain TCP)."""
         if not self.node_cert:
             return []
-        args = ["--tls-cert", self.node_cert, "--tls-key", self.node_key]
+        args = [NODE_CERT_FLAG, self.node_cert, "--tls-key", self.node_key]
         if self.client_auth:
             args += ["--tls-client-ca", self.ca]
         return args

@@ -78,6 +78,7 @@ class LazyGroup(click.Group):
         "top": ("bscluster.top", "top"), "web": ("bscluster.web", "web"),
         "proxy": ("bscluster.proxy", "proxy"), "bench": ("bscluster.bench", "bench"),
         "work": ("bscluster.work", "work"), "rebalance": ("bscluster.rebalance", "rebalance"),
+        "reload": ("bscluster.tls_reload", "reload"),
     }
 
     def list_commands(self, ctx) -> list[str]:

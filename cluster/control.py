@@ -165,14 +165,20 @@ def grow(paths: Paths, state: dict, config: ClusterConfig) -> list[str]:
     return added
 
 
+def send_request(paths: Paths, state: dict, op: str, name: str = "") -> str:
+    """Put a request in the supervisor's mailbox and wake it; returns the request's id."""
+    make_private_dir(paths.requests)
+    ask = f"{time.time_ns()}-{os.getpid()}"
+    write_json(paths.requests / f"{ask}.json", {"op": op, "node": name, "id": ask})
+    os.kill(supervisor_pid(state), signal.SIGHUP)
+    return ask
+
+
 def request_restart(paths: Paths, state: dict, name: str, timeout: float) -> dict:
     """Restart one node and wait until it runs again; returns its new entry."""
     old = state["nodes"][name]
     asked = time.time()
-    make_private_dir(paths.requests)
-    write_json(paths.requests / f"{time.time_ns()}-{os.getpid()}.json",
-               {"op": "restart", "node": name})
-    os.kill(supervisor_pid(state), signal.SIGHUP)
+    send_request(paths, state, "restart", name)
     deadline = time.monotonic() + timeout
     while True:
         doc = read_json(paths.state)

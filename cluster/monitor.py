@@ -357,7 +357,7 @@ class Monitor:
         self.max_tubes = max_tubes  # tube rows in a view, and tubes with a history
         self.ssl_context = ssl_context  # TLS to the nodes ([tls] in the config) if set
         self._addresses = {n.name: _host_port(n.address) for n in self.nodes}
-        self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT, ssl_context))
+        self._probe = probe or (lambda addrs: probe_all(addrs, POLL_TIMEOUT, self.ssl_context))
         self._clock = clock
         self._wall = wall
         self._lock = threading.Lock()
@@ -377,6 +377,11 @@ class Monitor:
         addresses = {n.name: _host_port(n.address) for n in nodes}
         with self._lock:
             self.nodes, self._addresses = tuple(nodes), addresses
+
+    def use_ssl_context(self, ssl_context) -> None:
+        """Connect to the nodes with this context from the next poll (and action) on:
+        client certificates rewritten in place (`bscluster reload`)."""
+        self.ssl_context = ssl_context
 
     def poll(self) -> dict:
         """Ask every node now; returns the new view."""

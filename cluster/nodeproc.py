@@ -23,8 +23,15 @@ import time
 from collections import deque
 from pathlib import Path
 
+from bsclient.tls import NODE_CERT_FLAG
 from bscluster.config import NodeSpec
-from bscluster.runtime import log_stamp, open_private, pid_alive, process_start_time
+from bscluster.runtime import (
+    log_stamp,
+    open_private,
+    pid_alive,
+    process_args,
+    process_start_time,
+)
 from bscluster.states import HAS_PROCESS, MAX_CRASH_LIMIT, Event, State, next_state
 
 START_MARK = "--- bscluster: starting"  # the line written to a node's log at each start
@@ -110,6 +117,13 @@ class NodeProc:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def serves_tls(self) -> bool:
+        """Runs with bsnode's TLS flags (read from /proc: an adopted node's too).  Only
+        such a node may be sent SIGHUP: without TLS bsnode keeps SIGHUP's default
+        action, which ends it."""
+        args = process_args(self.pid) if self.pid else None
+        return args is not None and NODE_CERT_FLAG in args
 
     def stop(self, deadline: float) -> None:
         """Ask the node to exit (SIGTERM); the loop escalates after ``deadline``."""

@@ -41,7 +41,7 @@ from bscluster.options import config_option, data_dir_option, load
 from bscluster.probe import node_report
 from bscluster.rebalance import run as rebalance_once
 from bscluster.rebalance import summary
-from bscluster.runtime import Paths, make_private_dir, read_json, write_json
+from bscluster.runtime import Paths, read_json, write_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
 from bscluster.truth import cluster_view
 
@@ -50,14 +50,16 @@ POLL = 0.1
 DRAIN_TIMEOUT = 10.0
 
 
-def _running(config_file, data_dir) -> tuple[ClusterConfig, Paths, dict]:
+def running(config_file, data_dir) -> tuple[ClusterConfig, Paths, dict]:
+    """The config, paths and state of the cluster whose supervisor a command asks."""
     config = load(config_file, {"data_dir": data_dir})
     paths = Paths(config.data_dir)
     state = control.running_state(paths)
     if state is None:
+        command = click.get_current_context().info_name
         raise click.ClickException(f"no cluster is running for {config.data_dir}; start it "
-                                   f"with `bscluster up -d` (drain and remove need its "
-                                   f"supervisor)")
+                                   f"with `bscluster up -d` (`bscluster {command}` needs "
+                                   f"its supervisor)")
     return config, paths, state
 
 
@@ -65,13 +67,6 @@ def _known(state: dict, name: str) -> None:
     if name not in state["nodes"]:
         raise click.ClickException(f"no node named {name!r}; the cluster runs "
                                    f"{', '.join(state['nodes'])}")
-
-
-def send_request(paths: Paths, state: dict, op: str, name: str) -> None:
-    make_private_dir(paths.requests)
-    write_json(paths.requests / f"{time.time_ns()}-{os.getpid()}.json",
-               {"op": op, "node": name})
-    os.kill(control.supervisor_pid(state), signal.SIGHUP)
 
 
 def wait_for(paths: Paths, test, timeout: float, what: str) -> dict:
@@ -88,7 +83,7 @@ def wait_for(paths: Paths, test, timeout: float, what: str) -> dict:
 
 def drain_node(paths: Paths, state: dict, name: str, ssl_context=None) -> None:
     """Ask the supervisor to drain ``name`` and wait until the node says it is."""
-    send_request(paths, state, "drain", name)
+    control.send_request(paths, state, "drain", name)
     wait_for(paths, lambda s: s.get("nodes", {}).get(name, {}).get("draining"),
              DRAIN_TIMEOUT, f"draining {name}")
     entry = (read_json(paths.state) or {})["nodes"][name]
@@ -121,7 +116,7 @@ def drain(config_file, data_dir, name) -> None:
     it. `status` shows DRAINING. Its jobs stay until `bscluster rebalance`
     moves them; `bscluster remove NODE` does all of it.
     """
-    config, paths, state = _running(config_file, data_dir)
+    config, paths, state = running(config_file, data_dir)
     _known(state, name)
     drain_node(paths, state, name, config.ssl_context())
     click.echo(f"{name} is draining: it refuses new jobs, its jobs stay until `bscluster "
@@ -138,7 +133,7 @@ def undrain(config_file, data_dir, name, force) -> None:
 
     With its binlog it comes back with every job it held.
     """
-    _, paths, state = _running(config_file, data_dir)
+    _, paths, state = running(config_file, data_dir)
     _known(state, name)
     entry = state["nodes"][name]
     if not entry.get("draining"):
@@ -147,7 +142,7 @@ def undrain(config_file, data_dir, name, force) -> None:
     if not entry.get("binlog", True) and not force:
         raise click.ClickException(f"{name} runs without a binlog, so the restart that "
                                    f"undrains it loses its jobs; do it anyway with --force")
-    send_request(paths, state, "undrain", name)
+    control.send_request(paths, state, "undrain", name)
     wait_for(paths, lambda s: (e := s.get("nodes", {}).get(name, {})).get("state") ==
              State.RUNNING.value and e.get("pid") != entry["pid"] and not e.get("draining"),
              START_TIMEOUT + STOP_TIMEOUT + 5, f"restarting {name}")
@@ -258,7 +253,7 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
        `removed = true` in its table: names are never reused).
     Safe to run again after a timeout. Moved jobs get new ids.
     """
-    config, paths, state = _running(config_file, data_dir)
+    config, paths, state = running(config_file, data_dir)
     _known(state, name)
     if [n for n in state["nodes"] if n != name] == []:
         raise click.ClickException(f"{name} is the only node; `bscluster down` stops it")
@@ -278,10 +273,10 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
         click.echo(f"{name} drained")
     moved = _empty_node(config_file, data_dir, name, timeout, rate)
     click.echo(f"{name} is empty ({moved} jobs moved; they have new ids)")
-    running = control.running_config(paths)
-    if running is not None:
-        write_json(paths.wanted, {**running.to_dict(),
-                                  "nodes": [n.to_dict() for n in running.nodes if n.name != name]})
+    wanted = control.running_config(paths)
+    if wanted is not None:
+        write_json(paths.wanted, {**wanted.to_dict(),
+                                  "nodes": [n.to_dict() for n in wanted.nodes if n.name != name]})
     os.kill(control.supervisor_pid(state), signal.SIGHUP)
     wait_for(paths, lambda s: name not in s.get("nodes", {}), STOP_TIMEOUT + 5,
              f"stopping {name}")

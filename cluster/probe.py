@@ -104,6 +104,14 @@ def node_report(host: str, port: int, timeout: float = PROBE_TIMEOUT,
         return NodeReport(up=False, error=_describe(e))
 
 
+def presented_certificate(host: str, port: int, ssl_context: ssl.SSLContext,
+                          timeout: float = PROBE_TIMEOUT) -> bytes:
+    """The certificate (DER) the TLS node at host:port presents to a new connection
+    now; raises OSError."""
+    with _open(connect_host(host), port, timeout, ssl_context) as sock:
+        return sock.getpeercert(binary_form=True)
+
+
 def _open(host: str, port: int, timeout: float, ssl_context) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=timeout)
     return sock if ssl_context is None else tls.wrap(sock, ssl_context, host)

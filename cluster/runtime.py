@@ -200,6 +200,16 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19]) if len(fields) > 19 else None
 
 
+def process_args(pid: int) -> list[str] | None:
+    """The command line ``pid`` runs (None when /proc cannot say)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
+
+
 def pid_state(pid: int | None, start_time: int | None = None) -> Liveness:
     """Is ``pid`` a live (non-zombie) process, and the same one that started at
     ``start_time`` when that is given?  UNKNOWN when the process exists but

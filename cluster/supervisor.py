@@ -10,7 +10,8 @@ each turn:
 1. handles queued signals: TERM/INT/QUIT stop everything (a second one
    kills), HUP re-reads ``wanted.json`` and the request mailbox (that is how
    `bscluster up` adds nodes, `bscluster remove` takes one away, and
-   `restart`, `drain` and `undrain` reach one; a changed ``wanted.json`` is
+   `restart`, `drain` and `undrain` reach one, and `reload` every node
+   serving TLS, the proxy and the dashboard; a changed ``wanted.json`` is
    passed on to the proxy, if one runs, with a SIGHUP), CHLD only wakes us;
 2. reaps every exited child with ``waitpid(-1, WNOHANG)`` and checks adopted
    nodes (not our children) by pid and start time;
@@ -51,13 +52,14 @@ import re
 import select
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TextIO
 
-from bscluster.config import ClusterConfig, NodeSpec
+from bscluster.config import ClusterConfig, ConfigError, NodeSpec
 from bscluster.nodeproc import NodeProc
 from bscluster.probe import connectable
 from bscluster.proxy_proc import ProxyProc
@@ -127,6 +129,7 @@ class Supervisor:
         self._pid_start = process_start_time(os.getpid())
         self.lock = Lock(self.paths.lock)
         self._published: dict | None = None
+        self.tls_reload: dict | None = None  # what the last `bscluster reload` did
         self._wake_r = self._wake_w = -1
         self._old_wakeup = -1
         self._old_handlers: dict = {}
@@ -535,6 +538,33 @@ class Supervisor:
                     self._restart(request.get("node", ""))
                 elif op in ("drain", "undrain"):
                     self._drain(request.get("node", ""), op == "drain")
+                elif op == "reload-tls":
+                    self._reload_tls(request.get("id"))
+
+    def _reload_tls(self, ask: str | None) -> None:
+        """Certificate files rewritten in place (`bscluster reload`, tls_reload.py):
+        every node serving TLS, the proxy and the dashboard read them again."""
+        told = []
+        for name, node in self.nodes.items():
+            if node.state is State.RUNNING and node.serves_tls():
+                node.send(signal.SIGHUP)
+                told.append(name)
+        proxy = self.proxy is not None and self.proxy.alive()
+        if proxy:
+            self.proxy.reload()
+        dashboard = None
+        if self.web is not None:
+            dashboard = "reloaded"
+            try:
+                self.web.reload_tls(self.config)
+            except (ConfigError, OSError, ssl.SSLError) as e:
+                dashboard = f"not reloaded, it keeps the old files: {e}"
+        told_to = told + (["the proxy"] if proxy else [])
+        self.say(f"TLS reload: SIGHUP to {', '.join(told_to)}" if told_to else
+                 "TLS reload: no node or proxy here serves TLS")
+        if dashboard is not None:
+            self.say(f"dashboard: TLS files {'read again' if dashboard == 'reloaded' else dashboard}")
+        self.tls_reload = {"id": ask, "nodes": told, "proxy": proxy, "dashboard": dashboard}
 
     def _drain(self, name: str, on: bool) -> None:
         """Drain a node (SIGUSR1 now and after every start), or stop draining it:
@@ -621,6 +651,7 @@ class Supervisor:
                              "progress": self.progress.get(name)
                              if n.state is State.STARTING else None}
                       for name, n in self.nodes.items()},
+            "tls_reload": self.tls_reload,
         }
 
     def _publish(self) -> None:

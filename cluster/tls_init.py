@@ -130,8 +130,8 @@ TRIAL_TABLE = """
 # only and require a client certificate signed by ca (mutual TLS); clients,
 # ClusterClient.from_config() and every bscluster command use cert and key.
 # Environment: BSCLUSTER_TLS_CA, BSCLUSTER_TLS_CERT, BSCLUSTER_TLS_KEY,
-# BSCLUSTER_TLS_VERIFY. Rotate: replace node.pem/node.key and send the nodes
-# SIGHUP (docs/SECURITY.md). THESE ARE TRIAL CERTIFICATES from a private CA:
+# BSCLUSTER_TLS_VERIFY. Rotate: replace node.pem/node.key, then run
+# `bscluster reload` (docs/SECURITY.md). THESE ARE TRIAL CERTIFICATES from a private CA:
 # a real deployment brings its own.
 [tls]
 ca = "{dir}/ca.pem"

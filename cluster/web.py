@@ -31,6 +31,7 @@ import json
 import mimetypes
 import secrets
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -479,14 +480,25 @@ def make_server(dashboard: Dashboard, host: str, port: int, quiet: bool = True,
     ``ssl_context`` it serves HTTPS (the handshake runs in each request's thread)."""
     loopback = is_loopback(host)
     handler = type("DashboardHandler", (Handler,), {"dashboard": dashboard, "quiet": quiet})
-    server = BoundedServer((host, port), handler, log=log)
-    if ssl_context is not None:
-        server.socket = ssl_context.wrap_socket(server.socket, server_side=True,
-                                                do_handshake_on_connect=False)
+    server = BoundedServer((host, port), handler, log=log, ssl_context=ssl_context)
     if loopback:
         bound = server.server_address[1]
         handler.allowed_hosts = frozenset(f"{h}:{bound}" for h in LOOPBACK_HOSTS)
     return server
+
+
+def reload_tls(monitor: Monitor, server: BoundedServer, config) -> None:
+    """Read [tls] again (`bscluster reload`, SIGHUP to `bscluster web`): new connections
+    to the nodes present its client certificate, new HTTPS clients are shown its
+    node certificate; open connections keep theirs.  Raises ConfigError, OSError or
+    ssl.SSLError, and changes nothing, when the files cannot be loaded."""
+    from bscluster.tls_init import dashboard_context
+
+    client = config.ssl_context()
+    https = dashboard_context(config) if server.ssl_context is not None else None
+    monitor.use_ssl_context(client)
+    if https is not None:
+        server.ssl_context = https
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -514,7 +526,8 @@ def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
         verbose) -> None:
     """Serve the dashboard, its JSON API and the cluster's /metrics.
 
-    Read-only unless a token is set; see docs/MONITORING.md.
+    Read-only unless a token is set; see docs/MONITORING.md. SIGHUP reads the
+    [tls] files again (rotated certificates); open connections keep theirs.
     """
     host, port = _listen(listen)
     try:
@@ -538,6 +551,7 @@ def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
                    f"job bodies{' and, with the token, can change data' if token else ''}.",
                    err=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    signal.signal(signal.SIGHUP, lambda *_: _reload_on_hup(monitor, server, config_file))
     try:
         dashboard.start()  # the first poll: the URL below is ready when printed
         bound_host, bound_port = server.server_address[:2]
@@ -554,6 +568,21 @@ def web(config_file, data_dir, node_flags, listen, token, interval, max_tubes,
     finally:
         dashboard.stop()
         server.server_close()
+
+
+def _reload_on_hup(monitor: Monitor, server: BoundedServer, config_file: str | None) -> None:
+    from bscluster.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_file, {})
+        if config.tls is None:
+            _log_stderr("SIGHUP: no [tls] in the config: nothing to read again")
+            return
+        reload_tls(monitor, server, config)
+    except (ConfigError, OSError, ssl.SSLError) as e:
+        _log_stderr(f"SIGHUP: TLS files not reloaded, keeping the old ones: {e}")
+    else:
+        _log_stderr("SIGHUP: TLS files read again; new connections use them")
 
 
 def _log_stderr(message: str) -> None:

@@ -26,7 +26,7 @@ from bsclient.address import connect_host
 from bsclient.config import NodeAddress
 from bscluster.config import DEFAULT_WEB_MAX_TUBES, NodeSpec, parse_listen
 from bscluster.monitor import Monitor
-from bscluster.web import Dashboard, handler_open_to_others, make_server
+from bscluster.web import Dashboard, handler_open_to_others, make_server, reload_tls
 
 SHUTDOWN_POLL = 0.5  # how often serve_forever looks for a shutdown request
 
@@ -82,6 +82,10 @@ class WebHost:
     @property
     def exposed(self) -> bool:
         return handler_open_to_others(parse_listen(self.listen)[0])
+
+    def reload_tls(self, config) -> None:
+        """New contexts from ``config``'s [tls] files (web.reload_tls; raises as it does)."""
+        reload_tls(self.monitor, self.server, config)
 
     def set_nodes(self, specs: Iterable[NodeSpec]) -> None:
         self.monitor.set_nodes(node_addresses(specs))

@@ -100,8 +100,11 @@ class BoundedServer:
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
                  workers: int = WORKERS, max_connections: int = MAX_CONNECTIONS,
                  idle_timeout: float = IDLE_TIMEOUT,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, ssl_context=None) -> None:
         self.socket = _listen(*address)
+        # HTTPS when set: each connection is wrapped as a worker takes it (the handshake
+        # runs in that thread); replacing it serves new connections a new certificate
+        self.ssl_context = ssl_context
         self.server_address = self.socket.getsockname()
         self.RequestHandlerClass = handler
         self.max_connections = max_connections
@@ -235,6 +238,9 @@ class BoundedServer:
             conn, addr = item
             try:
                 conn.setblocking(True)
+                ctx = self.ssl_context
+                if ctx is not None:
+                    conn = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
                 self.RequestHandlerClass(conn, addr, self)
             except OSError:
                 pass  # the client went away

@@ -248,3 +248,16 @@ def test_memory_stays_flat_with_20000_tubes_nobody_uses():
     # histories: ~1,000,000 blocks in 20 polls
     assert grown < 20_000, grown
     assert len(mon.tracked_tubes()) == 1
+
+
+def test_a_replaced_ssl_context_is_used_from_the_next_poll_on(monkeypatch):
+    """`bscluster reload`: the monitor's polls (and actions) connect with the new context."""
+    used = []
+    monkeypatch.setattr(M, "probe_all", lambda addrs, timeout, ctx: used.append(ctx) or
+                        {name: _rep() for name in addrs})
+    old, new = object(), object()
+    m = M.Monitor(NODES, ssl_context=old)
+    m.poll()
+    m.use_ssl_context(new)
+    m.poll()
+    assert used == [old, new] and m.ssl_context is new
