@@ -246,6 +246,8 @@ def _p_bury(rest):
 
 
 def _p_reserve_timeout(rest):
+    if rest.isdigit() and len(rest) < 10:  # fast path: fits C's int as it is
+        return (CMD_RESERVE_WITH_TIMEOUT, int(rest))
     # beanstalkd 1.12 reads this with strtol: no digits means 0, a negative
     # value waits forever, trailing bytes are ignored, overflow is an error.
     value, ok, _ = _strtol(rest)
@@ -312,15 +314,18 @@ _BARE_WORDS = {op.encode(): (op,) for op in _NO_ARGS}
 _BARE_WORDS[b"quit"] = (CMD_QUIT,)
 
 
-# A client sends the same put line ("put 1024 0 60 100") again and again: its
-# parse is cached (bounded), which also makes jobs share their pri/ttr ints.
-_PUT_LINES: dict = {}
-_PUT_LINES_MAX = 4096
+# A client sends the same put line ("put 1024 0 60 100") and the same
+# "reserve-with-timeout 0" again and again: their parses are cached (bounded),
+# which also makes jobs share their pri/ttr ints.  (Not lines naming a job id:
+# each is new.)
+_SAME_LINES: dict = {}
+_SAME_LINES_MAX = 4096
+_SAME_OPS = frozenset({CMD_PUT, CMD_RESERVE_WITH_TIMEOUT})
 
 
 def parse_command(line: bytes) -> tuple:
     """Parse one command line (without its CRLF) into an event tuple."""
-    ev = _PUT_LINES.get(line)
+    ev = _SAME_LINES.get(line)
     if ev is not None:
         return ev
     sp = line.find(b" ")
@@ -333,10 +338,10 @@ def parse_command(line: bytes) -> tuple:
         # (0, not b"\0": bytes.__contains__ raises and clears a TypeError for a bytes one)
         if op is not None and 0 not in line:
             ev = _ARG_PARSERS[op](line[sp + 1:] if op != CMD_PAUSE_TUBE else line[sp:])
-            if ev[0] is CMD_PUT:
-                if len(_PUT_LINES) >= _PUT_LINES_MAX:
-                    _PUT_LINES.clear()
-                _PUT_LINES[line] = ev
+            if ev[0] in _SAME_OPS:
+                if len(_SAME_LINES) >= _SAME_LINES_MAX:
+                    _SAME_LINES.clear()
+                _SAME_LINES[line] = ev
             return ev
     return _parse_slow(line)
 

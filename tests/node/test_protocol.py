@@ -384,6 +384,17 @@ def test_reserve_with_timeout_reads_like_strtol(arg, value):
     assert parse_command(b"reserve-with-timeout " + arg) == (P.CMD_RESERVE_WITH_TIMEOUT, value)
 
 
+@given(st.integers(0, 2**63 - 1), st.integers(0, 3))
+def test_reserve_with_timeout_digits_read_as_c_would_also_when_cached(value, zeros):
+    """The fast path (plain digits) and the line cache give what strtol and C's int cast
+    give: the low 32 bits, signed."""
+    line = b"reserve-with-timeout " + b"0" * zeros + b"%d" % value
+    low = value & 0xFFFFFFFF
+    want = (P.CMD_RESERVE_WITH_TIMEOUT, low - (1 << 32) if low >= 1 << 31 else low)
+    assert parse_command(line) == want
+    assert parse_command(line) == want  # (from the cache)
+
+
 def test_reserve_with_timeout_overflow_is_bad_format():
     assert parse_command(b"reserve-with-timeout 99999999999999999999") == BAD
     assert parse_command(b"reserve-with-timeout") == BAD  # a malformed "reserve"
