@@ -18,7 +18,10 @@ target before delete on the source: a crash duplicates, never loses).
 
 Reserved jobs are left where they are until their worker lets go; a
 target that does not answer leaves its tubes alone (reported, never moved to
-a third node).  Moved jobs get new ids.
+a third node).  A node that does not answer cannot be looked at: its jobs
+may be misplaced too, so it is reported (``Survey.unreachable``) and, as for
+a tube left behind, the command exits 1 (``finished`` is that rule; the dry
+run follows it too).  Moved jobs get new ids.
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ class Survey:
     ring: Ring
     leaving: set[str]  # nodes that own nothing: leaving in the config, or not in it
     spread: dict[str, int] = field(default_factory=dict)  # hot tube -> how many nodes share it
+
+    def unreachable(self) -> dict[str, str]:
+        """The nodes that did not answer the survey, and why: their jobs were not looked at."""
+        return {name: rep.error or "no answer" for name, rep in self.reports.items()
+                if not rep.up}
 
     def draining(self, name: str) -> bool:
         rep = self.reports.get(name)
@@ -164,6 +172,13 @@ def _pipe(name: str, addresses: dict[str, tuple[str, int]], ssl_context=None) ->
 
 def run(view: ClusterView, rate: float | None, progress: bool) -> tuple[list[Move], float]:
     """Survey, plan and move once; returns the moves and the seconds it took."""
+    _, moves, seconds = survey_and_move(view, rate, progress)
+    return moves, seconds
+
+
+def survey_and_move(view: ClusterView, rate: float | None,
+                    progress: bool) -> tuple[Survey, list[Move], float]:
+    """``run``, also returning the survey (which nodes did not answer)."""
     started = time.monotonic()
     s = survey(view)
     moves = plan(s)
@@ -174,11 +189,20 @@ def run(view: ClusterView, rate: float | None, progress: bool) -> tuple[list[Mov
             execute(moves, s.addresses, rate, bar.update, view.config.ssl_context())
     else:
         execute(moves, s.addresses, rate, ssl_context=view.config.ssl_context())
-    return moves, time.monotonic() - started
+    return s, moves, time.monotonic() - started
 
 
 # --- reporting ---------------------------------------------------------------------
-def summary(moves: list[Move], seconds: float | None) -> dict:
+def finished(moves: list[Move], unreachable: dict[str, str]) -> bool:
+    """Did rebalance do what it was asked: every node looked at, and every tube
+    with jobs to move moved (none skipped, none failed)?  False means exit 1."""
+    return not unreachable and not any(m.error or (m.skipped and m.movable) for m in moves)
+
+
+def summary(moves: list[Move], seconds: float | None,
+            unreachable: dict[str, str] | None = None) -> dict:
+    """The report (`--json` prints it); ``ok`` is ``finished``, the exit status's rule."""
+    unreachable = unreachable or {}
     moved = dict.fromkeys(MOVED_STATES, 0)
     for m in moves:
         for k, v in m.moved.items():
@@ -189,19 +213,27 @@ def summary(moves: list[Move], seconds: float | None) -> dict:
         "left_reserved": sum(m.reserved for m in moves),
         "skipped": [f"{m.source} {m.tube}: {m.skipped}" for m in moves if m.skipped],
         "errors": [f"{m.source} -> {m.target} {m.tube}: {m.error}" for m in moves if m.error],
+        "unreachable": [{"node": n, "error": why} for n, why in unreachable.items()],
+        "ok": finished(moves, unreachable),
         "moves": [asdict(m) for m in moves],
     }
 
 
-def render_plan(moves: list[Move]) -> str:
+def render_plan(moves: list[Move], unreachable: dict[str, str] | None = None) -> str:
     from bscluster.report import table
 
+    lines = _unreachable_lines(unreachable or {})
     if not moves:
-        return "every job is on its tube's node: nothing to move"
+        return "\n".join(lines or ["every job is on its tube's node: nothing to move"])
     rows = [[m.source, m.tube, m.target or "-", m.ready, m.delayed, m.buried, m.reserved,
              m.skipped or ""] for m in moves]
-    return table(["FROM", "TUBE", "TO", "READY", "DELAYED", "BURIED", "RESERVED (stay)", ""],
-                 rows)
+    return "\n".join([table(["FROM", "TUBE", "TO", "READY", "DELAYED", "BURIED",
+                             "RESERVED (stay)", ""], rows), *lines])
+
+
+def _unreachable_lines(unreachable: dict[str, str]) -> list[str]:
+    return [f"{name} could not be asked: {why}; its jobs were not looked at"
+            for name, why in unreachable.items()]
 
 
 def render_summary(result: dict) -> str:
@@ -218,6 +250,7 @@ def render_summary(result: dict) -> str:
                      f"once their workers release them (run rebalance again)")
     lines += [f"not moved: {s}" for s in result["skipped"]]
     lines += [f"error: {e}" for e in result["errors"]]
+    lines += _unreachable_lines({u["node"]: u["error"] for u in result["unreachable"]})
     return "\n".join(lines)
 
 
@@ -241,20 +274,23 @@ def rebalance(config_file, data_dir, dry_run, rate, as_json) -> None:
     no worker gets it mid-move, and a crash duplicates at most a batch.
 
     \b
-    Exit status: 0 done (or nothing to do); 1 some tube could not be moved
-    (the errors say why; what moved stays moved).
+    Exit status: 0 done (or nothing to do); 1 some tube could not be moved,
+    or some node did not answer, so its jobs were not looked at (the report
+    says which; what moved stays moved; --json: "ok" is false). --dry-run
+    exits 1 in the same cases.
     """
     config = load(config_file, {"data_dir": data_dir})
     view = cluster_view(config)
     if dry_run:
-        moves = plan(survey(view))
-        if as_json:
-            click.echo(json.dumps(summary(moves, None), indent=2))
-        else:
-            click.echo(render_plan(moves))
-        return
-    moves, seconds = run(view, rate, progress=not as_json and sys.stderr.isatty())
-    result = summary(moves, seconds)
-    click.echo(json.dumps(result, indent=2) if as_json else render_summary(result))
-    if result["errors"]:
+        s = survey(view)
+        moves = plan(s)
+        result = summary(moves, None, s.unreachable())
+        click.echo(json.dumps(result, indent=2) if as_json
+                   else render_plan(moves, s.unreachable()))
+    else:
+        s, moves, seconds = survey_and_move(view, rate,
+                                            progress=not as_json and sys.stderr.isatty())
+        result = summary(moves, seconds, s.unreachable())
+        click.echo(json.dumps(result, indent=2) if as_json else render_summary(result))
+    if not result["ok"]:
         sys.exit(EXIT_ERROR)
