@@ -49,7 +49,7 @@ from bscluster.options import (
     proxy_option,
     web_option,
 )
-from bscluster.probe import probe_all
+from bscluster.probe import connectable, probe_all
 from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
 from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
@@ -203,19 +203,22 @@ def up(config_file, detach, **flags) -> None:
         pid = control.start_detached(config)
         try:
             state = control.wait_settled(paths, pid, since=since, on_poll=_ProgressShown())
+            if config.proxy:
+                control.wait_proxy(paths, config.proxy, since=since)
         except control.ClusterError as e:
             _fail(e)
         click.echo(banner(config, state))
         if any(e["state"] == State.FATAL.value for e in state["nodes"].values()):
             sys.exit(1)
         return
+    from bscluster.proxy_proc import ProxyError
     from bscluster.supervisor import AlreadyRunning, Supervisor
     from bscluster.webhost import WebError
 
     supervisor = Supervisor(config, on_settled=lambda s: click.echo(banner(config, s.snapshot())))
     try:
         sys.exit(supervisor.run())
-    except (AlreadyRunning, WebError) as e:
+    except (AlreadyRunning, WebError, ProxyError) as e:
         _fail(e)
 
 
@@ -248,6 +251,8 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
                        "running supervisor (and its proxy)")
         click.echo(f"the cluster is already running (supervisor pid {state['supervisor']['pid']})")
         click.echo(banner(config, state))
+        if any(entry["state"] == State.FATAL.value for entry in state["nodes"].values()):
+            sys.exit(1)  # as the first `up -d` would: a script may rerun it to make sure
         return
     added = control.grow(paths, state, config)
     click.echo(f"adding {', '.join(added)} to the running cluster")
@@ -403,6 +408,24 @@ def _look_status(view: ClusterView, up: list[bool]) -> int:
     return EXIT_OK if all(up) else EXIT_NODES_DOWN
 
 
+def _proxy_row(state: dict | None) -> dict | None:
+    """The supervisor's proxy (`up --proxy`), and whether it accepts connections now."""
+    entry = (state or {}).get("proxy")
+    if not entry:
+        return None
+    host, port = parse_listen(entry["listen"])
+    return {**entry, "up": connectable(host, port, timeout=1.0)}
+
+
+def _proxy_line(row: dict) -> str:
+    if row["up"]:
+        return f"proxy: {row['listen']}, pid {row['pid']}, accepting connections"
+    why = (f"; it exited {control.counted(row['exits'], 'time')}, last {row['last_exit']}"
+           if row["exits"] else "")
+    return (f"proxy: {row['listen']}: NOT ANSWERING{why} (the supervisor restarts it; "
+            f"`bscluster logs` says why)")
+
+
 def _orphan_note(view: ClusterView) -> str:
     return (f"supervisor: GONE (killed?) for {view.config.data_dir}; its nodes run "
             f"unsupervised: `bscluster up -d` adopts them, `bscluster down` stops them")
@@ -422,10 +445,11 @@ def status(config_file, data_dir, as_json) -> None:
     view, nodes, reports = _look(config_file, data_dir)
     config, state = view.config, view.state
     rows = status_rows(nodes, reports, {n.name for n in config.nodes if n.leaving})
-    code = _look_status(view, [r["up"] for r in rows])
+    proxy = _proxy_row(state)
+    code = _look_status(view, [r["up"] for r in rows] + ([proxy["up"]] if proxy else []))
     if as_json:
         click.echo(json.dumps({"supervisor": state["supervisor"] if state else None,
-                               "orphaned": view.orphaned, "nodes": rows,
+                               "orphaned": view.orphaned, "nodes": rows, "proxy": proxy,
                                "pending": view.pending, "exit": code}, indent=2))
     else:
         if view.orphaned:
@@ -439,6 +463,8 @@ def status(config_file, data_dir, as_json) -> None:
                        f"{human_duration(time.time() - sup['started'])}"
                        + (f", log {sup['log']}" if sup.get("log") else "")
                        + (f", dashboard {sup['web']}" if sup.get("web") else ""))
+            if proxy:
+                click.echo(_proxy_line(proxy))
         click.echo(render_status(rows))
         for note in view.pending:
             click.echo(f"pending: {note}")
@@ -603,13 +629,14 @@ def supervise(data_dir) -> None:
     doc = read_json(paths.wanted)
     if doc is None:
         raise click.ClickException(f"{paths.wanted} is missing: start with `bscluster up -d`")
+    from bscluster.proxy_proc import ProxyError
     from bscluster.supervisor import AlreadyRunning, Supervisor
     from bscluster.webhost import WebError
 
     os.umask(0o077)
     try:
         sys.exit(Supervisor(ClusterConfig.from_dict(doc), detached=True).run())
-    except (AlreadyRunning, WebError) as e:
+    except (AlreadyRunning, WebError, ProxyError) as e:
         _fail(e)
 
 

@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bsclient.address import parse_listen
 from bscluster.config import ClusterConfig
+from bscluster.probe import connectable
 from bscluster.runtime import (
     Paths,
     make_private_dir,
@@ -35,6 +37,7 @@ from bscluster.runtime import (
 from bscluster.states import SETTLED, START_TIMEOUT, STOP_TIMEOUT, State
 
 SETTLE_TIMEOUT = START_TIMEOUT + 15.0
+PROXY_TIMEOUT = 15.0  # seconds `up -d` waits for its proxy to listen, once the nodes run
 POLL = 0.05
 # what `up` says when every node is FATAL, under the nodes' reasons
 NONE_RUNNING_HINT = "no node is running: fix what each line above names, then run `bscluster up` again"
@@ -133,6 +136,19 @@ def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = No
         time.sleep(POLL)
 
 
+def wait_proxy(paths: Paths, listen: str, timeout: float = PROXY_TIMEOUT,
+               since: int = 0) -> None:
+    """Poll until the proxy of `up --proxy` accepts connections; ClusterError with
+    the log's last lines if it does not within ``timeout``."""
+    host, port = parse_listen(listen)
+    deadline = time.monotonic() + timeout
+    while not connectable(host, port):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the proxy does not accept connections on {listen} after "
+                               f"{timeout:g}s" + log_tail(paths, since=since))
+        time.sleep(POLL)
+
+
 def log_tail(paths: Paths, lines: int = 8, since: int = 0) -> str:
     """Why it failed, from the supervisor's log after offset ``since``: each
     node's FATAL reason if there are any, else the last lines."""
@@ -197,8 +213,20 @@ def request_restart(paths: Paths, state: dict, name: str, timeout: float) -> dic
 
 # --- stopping ------------------------------------------------------------------
 def node_pids(state: dict | None) -> dict[int, int | None]:
+    """{pid: start time} of the nodes the supervisor ran."""
     return {e["pid"]: e.get("pid_start") for e in (state or {}).get("nodes", {}).values()
             if e.get("pid")}
+
+
+def proxy_pid(state: dict | None) -> dict[int, int | None]:
+    """{pid: start time} of the proxy it ran (``up --proxy``), if one."""
+    entry = (state or {}).get("proxy") or {}
+    return {entry["pid"]: entry.get("pid_start")} if entry.get("pid") else {}
+
+
+def counted(n: int, what: str) -> str:
+    """``1 node``, ``2 nodes``: for messages."""
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def down(paths: Paths) -> str:
@@ -209,6 +237,7 @@ def down(paths: Paths) -> str:
         raise ClusterError(f"a supervisor holds {paths.lock} but has written no state yet; "
                            f"try again in a moment")
     pids = node_pids(state)
+    proxy = proxy_pid(state)
     if alive_supervisor and state:
         sup = supervisor_pid(state)
         os.kill(sup, signal.SIGTERM)
@@ -217,17 +246,21 @@ def down(paths: Paths) -> str:
                 and wait_gone({sup: sup_start}, STOP_TIMEOUT)):
             raise ClusterError(f"the supervisor (pid {sup}) did not stop; "
                                f"kill it with: kill -9 {sup}")
-        leftover = {p: t for p, t in pids.items() if pid_alive(p, t)}
+        leftover = {p: t for p, t in {**pids, **proxy}.items() if pid_alive(p, t)}
         stop_pids(leftover, STOP_TIMEOUT)  # only if it failed to: it should have
         wait_gone(pids, STOP_TIMEOUT)
-        return f"stopped {len(state['nodes'])} nodes and the supervisor (pid {sup})"
+        return (f"stopped {counted(len(pids), 'node')}"
+                + (", the proxy" if proxy else "") + f" and the supervisor (pid {sup})")
     alive = {p: t for p, t in pids.items() if pid_alive(p, t)}
-    if alive:  # the supervisor died (kill -9) and left its nodes
-        stop_pids(alive, STOP_TIMEOUT)
+    alive_proxy = {p: t for p, t in proxy.items() if pid_alive(p, t)}
+    if alive or alive_proxy:  # the supervisor died (kill -9) and left them running
+        stop_pids({**alive, **alive_proxy}, STOP_TIMEOUT)
         for path in (paths.state, paths.wanted):
             path.unlink(missing_ok=True)
         return (f"the supervisor was not running; stopped {len(alive)} leftover "
-                f"node process(es): {', '.join(map(str, alive))}")
+                f"node process(es)" + (f" and the proxy (pid {next(iter(alive_proxy))})"
+                                       if alive_proxy else "")
+                + (f": {', '.join(map(str, alive))}" if alive else ""))
     for path in (paths.state, paths.wanted):
         path.unlink(missing_ok=True)
     return f"no cluster is running in {paths.data_dir}"

@@ -39,6 +39,7 @@ LINE_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[0-9:.+-]+ ")  # a log line's time: n
 TAIL_LINES = 20
 REASON_LINES = 3
 _READ = 65536
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)  # sent to the node's process group
 
 
 class NodeProc:
@@ -112,9 +113,17 @@ class NodeProc:
         self.fire(Event.ADOPT)
 
     def send(self, sig: int) -> None:
+        """Signal the node.  SIGTERM and SIGKILL go to its whole process group (it was
+        started in a session of its own): a ``node_command`` wrapper that does not
+        ``exec`` stops with the server it runs (supervisord's stopasgroup).  Drain
+        (SIGUSR1) and reload (SIGHUP) go to the process itself, which must be the
+        server: a wrapper has to ``exec`` it (docs/CLUSTER.md)."""
         if self.pid and pid_alive(self.pid, self.pid_start):
             try:
-                os.kill(self.pid, sig)
+                if sig in GROUP_SIGNALS and os.getpgid(self.pid) == self.pid:
+                    os.killpg(self.pid, sig)
+                else:
+                    os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
 

@@ -92,6 +92,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
 IDLE_INTERVAL = 1.0
+ADOPTED_POLL = 0.2  # how often an adopted node's (or proxy's) pid is looked at
 # what bsnode writes while it replays a large binlog (node/binlog/replay.py's
 # progress lines): "binlog: replayed 40% (123 records, 1.0 s)"
 REPLAY_PROGRESS = re.compile(r"binlog: (replay(?:ing|ed) [^(]*?)\s*(\(.*\))?$")
@@ -154,6 +155,9 @@ class Supervisor:
             self._start_web()
             if self.config.proxy:
                 self.proxy = ProxyProc(self.config.proxy, self.paths.wanted, self.say, self.clock)
+                old = (read_json(self.paths.state) or {}).get("proxy")
+                if not (old and self.proxy.adopt(old)):
+                    self.proxy.check_address()  # (raises ProxyError before anything starts)
             self._adopt_leftovers()
             self.say(f"supervising {len(self.nodes)} nodes (pid {os.getpid()}, "
                      f"data in {self.config.data_dir})")
@@ -242,6 +246,8 @@ class Supervisor:
             if node.adopted and node.pid and \
                     pid_state(node.pid, node.pid_start) is Liveness.DEAD:
                 self._on_exit(node, None)
+        if self.proxy is not None:
+            self.proxy.check_adopted()
 
     def _on_exit(self, node: NodeProc, code: int | None) -> None:
         self._echo_output(node, node.exited(code))
@@ -651,6 +657,7 @@ class Supervisor:
                              "progress": self.progress.get(name)
                              if n.state is State.STARTING else None}
                       for name, n in self.nodes.items()},
+            "proxy": self.proxy.to_dict() if self.proxy is not None else None,
             "tls_reload": self.tls_reload,
         }
 
@@ -694,9 +701,11 @@ class Supervisor:
         timeout = IDLE_INTERVAL
         for node in self.nodes.values():
             if node.state is State.STARTING or node.adopted:
-                timeout = min(timeout, PROBE_INTERVAL if not node.adopted else 0.2)
+                timeout = min(timeout, PROBE_INTERVAL if not node.adopted else ADOPTED_POLL)
             if node.wake_at is not None:
                 timeout = min(timeout, max(0.0, node.wake_at - now))
+        if self.proxy is not None and self.proxy.adopted is not None:
+            timeout = min(timeout, ADOPTED_POLL)
         return timeout
 
     def _sleep(self, timeout: float) -> None:

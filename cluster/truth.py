@@ -29,8 +29,8 @@ EXIT_ERROR = 1
 EXIT_NODES_DOWN = 3  # some node does not answer (as systemctl status)
 EXIT_NO_CLUSTER = 4  # no supervisor runs for the data dir, or no node answers
 EXIT_CODES_HELP = (
-    "\b\nExit status: 0 every node answers; 1 error; 2 usage; "
-    f"{EXIT_NODES_DOWN} some node does not answer;\n"
+    "\b\nExit status: 0 every node answers; 1 error; 2 usage;\n"
+    f"{EXIT_NODES_DOWN} some node does not answer (status: or the proxy of `up --proxy`);\n"
     f"{EXIT_NO_CLUSTER} no cluster: the supervisor is gone (its nodes may still run), or\n"
     "none runs and no node of the config answers."
 )

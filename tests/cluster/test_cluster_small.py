@@ -47,7 +47,7 @@ def test_shell_completion_lists_commands():
     env = {**os.environ, "COMP_WORDS": "bscluster re", "COMP_CWORD": "1",
            "_BSCLUSTER_COMPLETE": "bash_complete"}
     r = run("-m", "bscluster", env=env)
-    assert r.stdout.split() == ["plain,rebalance", "plain,remove", "plain,restart"]
+    assert r.stdout.split() == ["plain,rebalance", "plain,reload", "plain,remove", "plain,restart"]
 
 
 # --- bsnode-dump ------------------------------------------------------------------------

@@ -232,3 +232,23 @@ def test_second_supervisor_for_the_same_data_dir_is_refused(fake):
     c.run("up", "-d", check=True)
     r = c.run("supervise", "--data-dir", str(c.data_dir))
     assert r.returncode == 1 and "already running" in r.stderr
+
+
+def test_down_stops_the_server_a_wrapper_runs_without_exec(tmp_path):
+    """A node_command that is a shell script running bsnode as its child (no exec):
+    SIGTERM goes to the node's process group, so `down` leaves no server behind and
+    the next `up` finds its ports free."""
+    wrapper = tmp_path / "wrap.sh"
+    wrapper.write_text(f'#!/bin/sh\n{sys.executable} -m bsnode "$@"\n')
+    wrapper.chmod(0o755)
+    c = Cluster(tmp_path, str(wrapper), 2)
+    try:
+        c.run("up", "-d", check=True)
+        ports = [e["port"] for e in c.state()["nodes"].values()]
+        assert not any(port_free(p) for p in ports)
+        c.run("down", check=True)
+        poll(lambda: all(port_free(p) for p in ports) or None, 10, "the servers to stop")
+        c.run("up", "-d", check=True)  # (it failed: "already in use by another program")
+    finally:
+        c.run("down")
+        c.cleanup()

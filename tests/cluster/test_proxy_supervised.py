@@ -5,9 +5,11 @@ Real bsnodes (this interpreter's ``-m bsnode``) under a foreground `up`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import sys
 
 import greenstalk
@@ -57,5 +59,45 @@ def test_up_runs_restarts_and_stops_the_proxy(tmp_path):
         assert up.wait(30) == 0
         assert not pid_alive(second) and port_free(port)
         assert "proxy stopped" in cluster.output()
+    finally:
+        cluster.cleanup()
+
+
+def test_a_taken_proxy_address_stops_up_before_any_node_starts(tmp_path):
+    port = free_port()
+    taken = socket.create_server(("127.0.0.1", port))
+    cluster = Cluster(tmp_path, f"{sys.executable} -m bsnode", nodes=2)
+    try:
+        r = cluster.run("up", "-d", "--proxy", f"127.0.0.1:{port}")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"cannot serve the proxy on 127.0.0.1:{port}: Address already in use" in r.stderr
+        assert cluster.state() is None  # nothing started, nothing left
+    finally:
+        taken.close()
+        cluster.cleanup()
+
+
+def test_a_killed_supervisors_proxy_keeps_serving_and_is_adopted(tmp_path):
+    """As its nodes are: the proxy outlives a supervisor killed with SIGKILL, the next
+    `up -d` takes it over (no second proxy that could not bind), `status` shows it and
+    `down` stops it, with or without a supervisor."""
+    port = free_port()
+    cluster = Cluster(tmp_path, f"{sys.executable} -m bsnode", nodes=2)
+    try:
+        cluster.run("up", "-d", "--proxy", f"127.0.0.1:{port}", check=True)
+        proxy = cluster.state()["proxy"]
+        cluster.seen_pids.add(proxy["pid"])
+        os.kill(cluster.state()["supervisor"]["pid"], signal.SIGKILL)
+        assert _served(port) is not None  # still serving, unsupervised
+        cluster.run("up", "-d", "--proxy", f"127.0.0.1:{port}", check=True)
+        status = json.loads(cluster.run("status", "--json", check=True).stdout)
+        assert status["proxy"]["pid"] == proxy["pid"] and status["proxy"]["up"] is True
+        assert "proxy adopted" in (cluster.data_dir / "bscluster.log").read_text()
+        assert f"proxy: 127.0.0.1:{port}, pid {proxy['pid']}, accepting connections" in \
+            cluster.run("status").stdout
+        os.kill(cluster.state()["supervisor"]["pid"], signal.SIGKILL)
+        r = cluster.run("down", check=True)
+        assert f"and the proxy (pid {proxy['pid']})" in r.stdout
+        assert not pid_alive(proxy["pid"], proxy["pid_start"]) and port_free(port)
     finally:
         cluster.cleanup()

@@ -70,3 +70,15 @@ def test_the_proxy_routes_with_the_configs_ring(tmp_path):
     tubes = [f"t{i}" for i in range(200)]
     assert [cc.node_for(t) for t in tubes] == [placement.node_for(t) for t in tubes]
     assert "node3" in cc.nodes and "node3" not in {cc.node_for(t) for t in tubes}
+
+
+def test_status_names_a_proxy_that_does_not_answer():
+    from bscluster.cli import _proxy_line, _proxy_row
+    from servers import free_port
+
+    entry = {"listen": f"127.0.0.1:{free_port()}", "pid": 5, "pid_start": 1, "exits": 3,
+             "last_exit": "exit 1"}
+    row = _proxy_row({"proxy": entry})
+    assert row["up"] is False
+    assert "NOT ANSWERING; it exited 3 times, last exit 1" in _proxy_line(row)
+    assert _proxy_row({"proxy": None}) is None
