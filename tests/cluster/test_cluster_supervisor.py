@@ -104,6 +104,8 @@ def test_port_in_use_is_fatal_with_the_reason_and_others_keep_running(fake):
         status = c.run("status")
         assert status.returncode == 3  # node2 does not answer... as ours
         assert "FATAL" in status.stdout and "already in use" in status.stdout
+        again = c.run("up", "-d")  # a script making sure the cluster is up: not while FATAL
+        assert again.returncode == 1 and "already running" in again.stdout, again.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(DEADLINE) == 0
     assert spawns(c.dir) == [str(c.base_port)]  # node2 was never even tried
