@@ -390,8 +390,8 @@ def _nodes_to_probe(config: ClusterConfig, state: dict | None) -> dict[str, dict
 
 
 def _look(config_file, data_dir):
-    config = _load(config_file, {"data_dir": data_dir})
-    view = cluster_view(config)
+    view = cluster_view(_load(config_file, {"data_dir": data_dir}))
+    config = view.config
     nodes = _nodes_to_probe(config, view.state)
     try:
         ctx = config.ssl_context()  # [tls]: TLS to the nodes
@@ -505,8 +505,8 @@ def route(config_file, tubes, ketama, as_json, **flags) -> None:
     Needs no running cluster; when one runs, ADDRESS is where its node was
     started.
     """
-    config = _load(config_file, flags)
-    view = cluster_view(config)
+    view = cluster_view(_load(config_file, flags))
+    config = view.config  # (the running cluster's, when no file or flag says otherwise)
     for tube in tubes:
         if not is_tube_name(tube):
             raise click.UsageError(f"{tube!r} is not a valid tube name ({TUBE_NAME_RULE})")

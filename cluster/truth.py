@@ -77,15 +77,27 @@ class ClusterView:
 
 
 def cluster_view(config: ClusterConfig) -> ClusterView:
+    """The view of ``config``'s data dir.  A config that says nothing of its own (no
+    file, no flag, no environment: every setting a default) stands for the cluster
+    that runs there, as it was started (``up -n 2 --base-port ...`` with no file):
+    its nodes, ports and ring, not the defaults'."""
     paths = Paths(config.data_dir)
     state = control.running_state(paths)
-    running = control.running_config(paths) if state is not None else None
     orphaned = state is None and not supervisor_alive(paths) and \
         bool((read_json(paths.state) or {}).get("nodes"))
-    view = ClusterView(config, state, running, orphaned)
+    running = control.running_config(paths) if state is not None or orphaned else None
+    if running is not None and says_nothing(config):
+        config = running
+    view = ClusterView(config, state, running if state is not None else None, orphaned)
     if state is not None:
         view.pending = differences(config, running, state)
     return view
+
+
+def says_nothing(config: ClusterConfig) -> bool:
+    """No file, and every setting but where the data dir is from the defaults."""
+    return config.path is None and config.tls is None and all(
+        source == "default" for key, source in config.sources.items() if key != "data_dir")
 
 
 def differences(config: ClusterConfig, running: ClusterConfig | None, state: dict) -> list[str]:

@@ -256,3 +256,40 @@ def test_fatal_reason_quotes_the_node_without_its_timestamps(tmp_path):
         assert any(re.match(ISO + r".* bsnode\[", ln) for ln in lines), lines  # the log keeps them
     finally:
         c.cleanup()
+
+
+def test_a_cluster_started_from_flags_alone_is_what_the_looking_commands_see(tmp_path):
+    """`up -d -n 2 --base-port P` with no file and no BSCLUSTER_*: status, route and
+    rebalance see its two nodes where they listen (not the defaults' four at 11300,
+    nor 'pending' advice about them), also after the supervisor was killed."""
+    from clusters import free_base_port
+
+    base = free_base_port(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BSCLUSTER_")}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "bscluster", *args], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=90)
+
+    pids = []
+    try:
+        assert run("up", "-d", "-n", "2", "--base-port", str(base)).returncode == 0
+        status = json.loads(run("status", "--json").stdout)
+        pids = [row["pid"] for row in status["nodes"]]
+        assert [(r["node"], r["address"], r["up"]) for r in status["nodes"]] == \
+            [("node1", f"127.0.0.1:{base}", True), ("node2", f"127.0.0.1:{base + 1}", True)]
+        assert status["pending"] == [] and status["exit"] == 0
+        routes = json.loads(run("route", "--json", *[f"t{i}" for i in range(8)]).stdout)
+        assert {(r["node"], r["address"]) for r in routes} == \
+            {("node1", f"127.0.0.1:{base}"), ("node2", f"127.0.0.1:{base + 1}")}
+        r = run("rebalance", "--dry-run")
+        assert r.returncode == 0 and "nothing to move" in r.stdout, r.stdout + r.stderr
+        os.kill(status["supervisor"]["pid"], signal.SIGKILL)
+        orphaned = json.loads(run("status", "--json").stdout)
+        assert [(r["node"], r["address"], r["up"]) for r in orphaned["nodes"]] == \
+            [("node1", f"127.0.0.1:{base}", True), ("node2", f"127.0.0.1:{base + 1}", True)]
+    finally:
+        run("down")
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
