@@ -16,7 +16,13 @@ and merges (docs/CLIENT.md, "Fan-out commands"):
 * list-tubes: the union; pause-tube: every node that has the tube.
 
 Under the failover policy a node that cannot be reached is left out; under
-fail_fast it raises.  A node without the tube (NOT_FOUND) is left out.
+fail_fast it raises.  A node without the tube (NOT_FOUND) is left out.  An
+answer that a node left out could make false is not given: a peek that found
+nothing, a kick that kicked nothing, a stats-tube of a tube no answering
+node has raise ``NoNodeAvailableError`` instead of NOT_FOUND / 0, and
+pause-tube raises it after pausing the nodes that answered (pausing again is
+harmless).  stats and stats-tube say which members did not answer
+(``nodes-unavailable``); list-tubes is the union of the answering nodes'.
 """
 
 from __future__ import annotations
@@ -58,9 +64,16 @@ def with_used(tube: str, fn: Callable) -> Callable:
     return run
 
 
+def unanswered(missed: list[str], what: str) -> NoNodeAvailableError:
+    """The error for a fan-out whose answer the members in ``missed`` could change."""
+    return NoNodeAvailableError(",".join(missed), f"{what} without them would be a guess")
+
+
 def peek_best(pool: NodePool, tube: str, fn: Callable, rank: Callable[[dict], tuple]) -> Job:
-    """Each node's ``fn`` peek in ``tube``; the lowest ``rank`` wins (NotFoundError if none)."""
-    found = pool.each(with_used(tube, fn), skip=(NotFoundError,))
+    """Each node's ``fn`` peek in ``tube``; the lowest ``rank`` wins (NotFoundError if none,
+    NoNodeAvailableError if none of the nodes that answered has one and some did not)."""
+    missed: list[str] = []
+    found = pool.each(with_used(tube, fn), skip=(NotFoundError,), missed=missed)
     best, best_key = None, None
     for index, (name, job) in enumerate(found.items()):
         try:
@@ -71,13 +84,15 @@ def peek_best(pool: NodePool, tube: str, fn: Callable, rank: Callable[[dict], tu
         if best_key is None or key < best_key:
             best, best_key = job, key
     if best is None:
-        raise NotFoundError()
+        raise unanswered(missed, "NOT_FOUND") if missed else NotFoundError()
     return best
 
 
 def kick(pool: NodePool, tube: str, bound: int) -> int:
-    """Kick up to ``bound`` jobs of ``tube``: buried ones if any node has some, else delayed."""
-    stats = pool.each(Client.stats_tube, tube, skip=(NotFoundError,))
+    """Kick up to ``bound`` jobs of ``tube``: buried ones if any node has some, else delayed
+    (NoNodeAvailableError when none was kicked and some node did not answer)."""
+    missed: list[str] = []
+    stats = pool.each(Client.stats_tube, tube, skip=(NotFoundError,), missed=missed)
     buried = {n: s["current-jobs-buried"] for n, s in stats.items()}
     counts = buried if any(buried.values()) else {
         n: s["current-jobs-delayed"] for n, s in stats.items()
@@ -89,27 +104,35 @@ def kick(pool: NodePool, tube: str, bound: int) -> int:
         except NoNodeAvailableError:
             if pool.policy == FAIL_FAST:
                 raise
+            missed.append(name)
+    if not kicked and missed:
+        raise unanswered(missed, "KICKED 0")
     return kicked
 
 
 def stats(pool: NodePool) -> dict:
     """Server stats summed over nodes, with ``nodes`` and ``nodes-unavailable``."""
-    per_node = pool.each(Client.stats)
+    missed: list[str] = []
+    per_node = pool.each(Client.stats, missed=missed)
     merged = merge_stats(per_node.values(), NON_ADDITIVE_STATS, frozenset())
     merged["draining"] = any(s.get("draining") for s in per_node.values())
     merged["nodes"] = per_node
-    merged["nodes-unavailable"] = [n for n in pool.order if n not in per_node]
+    merged["nodes-unavailable"] = missed
     return merged
 
 
 def stats_tube(pool: NodePool, tube: str) -> dict:
-    """A tube's stats summed over the nodes that have it (NotFoundError if none)."""
-    per_node = pool.each(Client.stats_tube, tube, skip=(NotFoundError,))
+    """A tube's stats summed over the nodes that have it, with ``nodes-unavailable``
+    (NotFoundError if none has it, NoNodeAvailableError if none that answered has it
+    and some did not)."""
+    missed: list[str] = []
+    per_node = pool.each(Client.stats_tube, tube, skip=(NotFoundError,), missed=missed)
     if not per_node:
-        raise NotFoundError()
+        raise unanswered(missed, "NOT_FOUND") if missed else NotFoundError()
     merged = merge_stats(per_node.values(), frozenset(), MAX_TUBE_STATS)
     merged["name"] = tube
     merged["nodes"] = per_node
+    merged["nodes-unavailable"] = missed
     return merged
 
 
@@ -122,8 +145,13 @@ def list_tubes(pool: NodePool) -> list[str]:
 
 
 def pause_tube(pool: NodePool, tube: str, delay: int) -> None:
-    """Pause ``tube`` on every node that has it (NotFoundError if none)."""
-    if not pool.each(Client.pause_tube, tube, delay, skip=(NotFoundError,)):
+    """Pause ``tube`` on every node that has it (NotFoundError if none; NoNodeAvailableError,
+    after pausing the others, if some node did not answer: it may have the tube)."""
+    missed: list[str] = []
+    paused = pool.each(Client.pause_tube, tube, delay, skip=(NotFoundError,), missed=missed)
+    if missed:
+        raise unanswered(missed, "PAUSED" if paused else "NOT_FOUND")
+    if not paused:
         raise NotFoundError()
 
 

@@ -229,13 +229,17 @@ class NodePool:
         live = [m for m in members if self.available(m)]
         return live or members  # all marked dead: try them all rather than none
 
-    def each(self, fn: Callable, *args, skip: tuple = ()) -> dict:
+    def each(self, fn: Callable, *args, skip: tuple = (),
+             missed: list[str] | None = None) -> dict:
         """``{name: fn(client, *args)}`` over live nodes; ``skip`` errors are left out.
 
         Failover drops nodes that fail; fail_fast raises for the first one.
+        ``missed`` (a list) gets the members that did not answer: marked dead and
+        not asked, or failed now, so a caller can tell "no node has it" from "no
+        node that answered has it".
         """
         out = {}
-        answered = False
+        answered: set[str] = set()
         for member in self.live():
             try:
                 out[member.name] = self.call(member, fn, *args)
@@ -245,9 +249,11 @@ class NodePool:
                 if self.policy == FAIL_FAST:
                     raise
                 continue
-            answered = True
+            answered.add(member.name)
         if not answered:
             self.raise_none_available()
+        if missed is not None:
+            missed.extend(name for name in self.order if name not in answered)
         return out
 
     def raise_none_available(self):

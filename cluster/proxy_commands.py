@@ -318,18 +318,18 @@ class ProxyCommands:
         except NotFoundError:
             if tube not in set(self._local_tubes()):
                 raise
-            merged, per = {"name": tube}, {"": dict.fromkeys(P.STATS_TUBE_FIELDS, 0)}
+            merged, per = {"name": tube, "nodes-unavailable": []}, \
+                {"": dict.fromkeys(P.STATS_TUBE_FIELDS, 0)}
         local = {
             "current-using": sum(1 for s in self.clients if s.using == tube),
             "current-watching": sum(1 for s in self.clients if tube in s.watching),
             "current-waiting": sum(1 for s in self.clients if s.waiting and tube in s.watching),
         }
-        return _yaml(self._merge(per, merged, local).items())
+        return _yaml(_unavailable(self._merge(per, merged, local), merged).items())
 
     def _cmd_stats(self, c, ev) -> bytes:
         merged = self.cc.stats()
         per = merged.pop("nodes")
-        merged.pop("nodes-unavailable", None)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         u = os.uname()
         local = {f"cmd-{op}": n for op, n in self.counts.items()}
@@ -347,7 +347,7 @@ class ProxyCommands:
             "id": self.instance_id, "hostname": u.nodename, "os": u.version,
             "platform": u.machine,
         })
-        return _yaml(self._merge(per, merged, local).items())
+        return _yaml(_unavailable(self._merge(per, merged, local), merged).items())
 
     @staticmethod
     def _merge(per: dict, merged: dict, local: dict) -> dict:
@@ -369,6 +369,15 @@ _COUNTED = (
     P.CMD_LIST_TUBES_WATCHED, P.CMD_PAUSE_TUBE, P.CMD_RESERVE_JOB, P.CMD_KICK_JOB, P.CMD_QUIT,
 )
 _HANDLED = _COUNTED
+
+
+def _unavailable(fields: dict, merged: dict) -> dict:
+    """stats and stats-tube summed without some node: a last field says how many
+    (beanstalkd's fields only when every node answered)."""
+    missed = merged["nodes-unavailable"]
+    if missed:
+        fields["nodes-unavailable"] = len(missed)
+    return fields
 
 
 def _value(v) -> str:

@@ -25,7 +25,6 @@ taken by another program, as the dashboard's bind does.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -176,6 +175,6 @@ class ProxyProc:
             signal_pid(pid, sig, start)
         elif self.alive():
             try:
-                os.kill(self.popen.pid, sig)  # (our child: its pid is ours until reaped)
+                self.popen.send_signal(sig)
             except ProcessLookupError:
                 pass

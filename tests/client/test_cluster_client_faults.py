@@ -146,3 +146,37 @@ def test_a_draining_node_sends_puts_to_the_next_node_and_still_gets_emptied(clus
             got.add(job.body)
             cc.delete(job)
         assert got == {b"before-%d" % i for i in range(3)} | {b"after-%d" % i for i in range(3)}
+
+
+def test_fan_outs_do_not_answer_for_a_node_that_does_not_answer(cluster3):
+    """Jobs only on the hung node: a peek or kick that found nothing on the others raises
+    NoNodeAvailableError naming it (NOT_FOUND or 0 would be a guess); pause-tube raises
+    after pausing the others; stats and stats-tube name it."""
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        t2, t1 = tube_owned_by(cc, "node2"), tube_owned_by(cc, "node1")
+        cc.use(t2)
+        cc.put(b"ready")
+        cc.put(b"delayed", delay=60)
+        cc.watch(t2)
+        cc.bury(cc.reserve(timeout=1))
+        cc.use(t1)
+        cc.put(b"elsewhere")
+        with stopped(servers[1]):
+            cc.use(t2)
+            for call in (cc.peek_ready, cc.peek_delayed, cc.peek_buried, lambda: cc.kick(5),
+                         lambda: cc.pause_tube(t2, 1)):
+                with pytest.raises(NoNodeAvailableError) as e:
+                    call()
+                assert e.value.node == "node2"
+            # (the peeks' `use` made the tube on the others: their zeros, and who is missing)
+            assert cc.stats_tube(t2)["nodes-unavailable"] == ["node2"]
+            cc.use(t1)  # what the answering nodes hold is still answered
+            assert cc.peek_ready().body == b"elsewhere"
+            tube_stats = cc.stats_tube(t1)
+            assert tube_stats["current-jobs-ready"] == 1
+            assert tube_stats["nodes-unavailable"] == ["node2"]
+            with pytest.raises(NoNodeAvailableError):
+                cc.pause_tube(t1, 1)  # node1 paused; node2 might have the tube too
+            assert Client(nodes["node1"]).stats_tube(t1)["pause"] == 1
+        assert cc.stats()["nodes-unavailable"] == ["node2"]  # (still marked dead)

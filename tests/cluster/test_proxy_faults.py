@@ -154,6 +154,43 @@ def test_hung_node_costs_a_waiting_client_no_more_than_its_timeout(tmp_path):
                 stopped.signal(signal.SIGCONT)
 
 
+def _ask(sock: socket.socket, line: str) -> bytes:
+    """One command, its whole reply (a stats body included)."""
+    sock.sendall(line.encode() + b"\r\n")
+    data = b""
+    while not data.endswith(b"\r\n") or (data.startswith(b"OK ") and data.count(b"\r\n") < 2):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data
+
+
+def test_fan_outs_through_a_hung_node_answer_internal_error_not_a_guess(tmp_path):
+    """The tube's jobs are all on node2, which hangs: peeks, kick and pause-tube answer
+    INTERNAL_ERROR (NOT_FOUND, KICKED 0 or PAUSED on the others would be false);
+    stats and stats-tube end with nodes-unavailable: 1."""
+    with ProxiedCluster(tmp_path, 3) as cluster:
+        tube = _tube_on("node2")
+        with greenstalk.Client(cluster.address, use=tube, watch=tube) as c:
+            c.put("buried")
+            c.bury(c.reserve(timeout=1))
+            c.put("delayed", delay=60)
+            c.put("ready")
+        cluster.nodes[1].signal(signal.SIGSTOP)
+        try:
+            with socket.create_connection(cluster.address, timeout=10) as sock:
+                assert _ask(sock, f"use {tube}") == f"USING {tube}\r\n".encode()
+                start = time.monotonic()
+                for line in ("peek-ready", "peek-delayed", "peek-buried", "kick 10",
+                             f"pause-tube {tube} 1"):
+                    assert _ask(sock, line) == b"INTERNAL_ERROR\r\n", line
+                assert time.monotonic() - start < OP_TIMEOUT + 1.5  # one timeout, then dead
+                for line in (f"stats-tube {tube}", "stats"):
+                    assert _ask(sock, line).endswith(b"\nnodes-unavailable: 1\n\r\n"), line
+        finally:
+            cluster.nodes[1].signal(signal.SIGCONT)
+
+
 def test_a_client_that_does_not_read_stalls_no_one_else(tmp_path):
     with ProxiedCluster(tmp_path, 3) as cluster:
         big = "x" * 60000
