@@ -37,7 +37,7 @@ from bscluster.runtime import pid_alive, process_start_time, signal_pid
 
 RESTART_FIRST = 0.5
 RESTART_MAX = 30.0
-RESTART_RESET = 60.0
+RESTART_RESET = 10.0  # a proxy that ran this long restarts after RESTART_FIRST again
 
 
 class ProxyError(RuntimeError):

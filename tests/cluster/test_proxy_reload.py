@@ -24,7 +24,7 @@ from bsclient.config import ClusterLayout
 from bsclient.ring import placement
 from bscluster.config import DEFAULT_PROXY_LISTEN, ConfigError, load_config
 from bscluster.proxy_ids import decode
-from bscluster.proxy_proc import ProxyProc
+from bscluster.proxy_proc import RESTART_RESET, ProxyProc
 from bscluster.proxy_reload import Change, Reloader, reader
 from bscluster.runtime import write_json
 from bscluster.supervisor import Supervisor
@@ -481,3 +481,23 @@ def test_up_proxy_follows_grow_and_remove(tmp_path):
         assert decode(_put(proxy_port, tube))[0] != "node3"
     finally:
         cluster.cleanup()
+
+
+def test_proxy_restart_back_off_grows_only_while_it_keeps_dying_young(tmp_path):
+    """0.5 s, doubling while the proxy dies within RESTART_RESET of starting; one that
+    ran that long (a sidecar killed after serving a while) is back after 0.5 s."""
+    now = [0.0]
+
+    class Popen:
+        pid, returncode = 4242, None
+
+    proc = ProxyProc("127.0.0.1:0", tmp_path / "wanted.json", lambda _: None, lambda: now[0])
+    waits = []
+    for ran in (1.0, 1.0, 1.0, RESTART_RESET, 1.0):
+        proc.popen, proc.started_at = Popen(), now[0]
+        now[0] += ran
+        assert proc.exited(4242, 1)
+        waits.append(proc.restart_at - now[0])
+        now[0] = proc.restart_at
+    assert waits == [0.5, 1.0, 2.0, 0.5, 1.0]
+    assert proc.exits == 5 and proc.last_exit == "exit 1"
