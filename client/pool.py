@@ -33,6 +33,7 @@ node a command goes to.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable
@@ -42,6 +43,8 @@ from .client import DEFAULT_TUBE, Client
 from .errors import ConnectionLostError, NoNodeAvailableError, SocketTimeoutError
 from .ring import natural_key
 from .session import Conn, Session
+
+log = logging.getLogger("bsclient")
 
 FAILOVER = "failover"
 FAIL_FAST = "fail_fast"
@@ -120,6 +123,7 @@ class NodePool:
         self._local.session = session
         with self._sessions_lock:
             self._sessions.add(session)
+        weakref.finalize(session, _thread_ended, session.conns).atexit = False
         return session
 
     def sessions(self) -> list[Session]:
@@ -258,3 +262,17 @@ class NodePool:
 
     def raise_none_available(self):
         raise NoNodeAvailableError(",".join(self.order), "no node could be reached")
+
+
+def _thread_ended(conns: dict[str, list[Conn]]) -> None:
+    """A thread (greenlet) that used the client ended: close its connections now.  Jobs
+    it still held go back to ready on their nodes, as at any hang-up: said, since a
+    job handed to another thread is then no longer reserved (docs/CLIENT.md)."""
+    held = [f"{name}/{job_id}" for name, cs in conns.items() for c in cs for job_id in c.held]
+    for cs in conns.values():
+        for c in cs:
+            c.client.close()
+    if held:
+        log.warning("a thread ended holding %d reserved job(s) (%s): its connections closed, "
+                    "so the nodes made them ready again; delete, release or bury a job "
+                    "before the thread that reserved it ends", len(held), ", ".join(held[:5]))

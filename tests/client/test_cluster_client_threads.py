@@ -194,3 +194,29 @@ def test_greenlets_sharing_one_cluster_client(nodes4):
     assert result["count"] == result["unique"] == 2 * n * per
     assert all(tubes == [tube] for tube, tubes in result["tubes"].items())
     assert result["woke"] == "woken" and result["dead"] == []
+
+
+def test_a_thread_that_ends_holding_a_job_gives_it_back_and_says_so(caplog):
+    """A thread's connections close when it ends: a job it reserved and handed on is
+    ready again on its node (as at any hang-up), and the client logs a warning naming
+    it.  A thread that settled its job before ending is not warned about."""
+    with running_nodes(2) as (_, nodes), ClusterClient(nodes, use="handoff",
+                                                      watch="handoff") as cc:
+        cc.put(b"handed on")
+        cc.put(b"settled")
+        got = []
+        first = threading.Thread(target=lambda: got.append(cc.reserve(timeout=2)))
+        first.start()
+        first.join()
+        job = got[0]
+        node, job_id = job.handle.split("/")
+        assert Client(nodes[node]).stats_job(int(job_id))["state"] == "ready"
+        assert [r.getMessage() for r in caplog.records if r.name == "bsclient"] == [
+            f"a thread ended holding 1 reserved job(s) ({job.handle}): its connections "
+            f"closed, so the nodes made them ready again; delete, release or bury a job "
+            f"before the thread that reserved it ends"]
+        caplog.clear()
+        second = threading.Thread(target=lambda: cc.delete(cc.reserve(timeout=2)))
+        second.start()
+        second.join()
+        assert not [r for r in caplog.records if r.name == "bsclient"]
