@@ -50,7 +50,14 @@ from bscluster.options import (
     web_option,
 )
 from bscluster.probe import connectable, probe_all
-from bscluster.report import cluster_stats, human_duration, render_stats, render_status, status_rows
+from bscluster.report import (
+    cluster_stats,
+    counted,
+    human_duration,
+    render_stats,
+    render_status,
+    status_rows,
+)
 from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
 from bscluster.template import render_config
@@ -420,7 +427,7 @@ def _proxy_row(state: dict | None) -> dict | None:
 def _proxy_line(row: dict) -> str:
     if row["up"]:
         return f"proxy: {row['listen']}, pid {row['pid']}, accepting connections"
-    why = (f"; it exited {control.counted(row['exits'], 'time')}, last {row['last_exit']}"
+    why = (f"; it exited {counted(row['exits'], 'time')}, last {row['last_exit']}"
            if row["exits"] else "")
     return (f"proxy: {row['listen']}: NOT ANSWERING{why} (the supervisor restarts it; "
             f"`bscluster logs` says why)")
@@ -571,7 +578,7 @@ def restart(config_file, data_dir, names, force) -> None:
         except control.ClusterError as e:
             _fail(e)
         click.echo(f"{name} restarted on {new['host']}:{new['port']} "
-                   f"(pid {old['pid'] or '-'} -> {new['pid']})")
+                   + (f"(pid {old['pid']} -> {new['pid']})" if old["pid"] else f"(pid {new['pid']})"))
 
 
 @cli.command()

@@ -23,6 +23,7 @@ from pathlib import Path
 from bsclient.address import parse_listen
 from bscluster.config import ClusterConfig
 from bscluster.probe import connectable
+from bscluster.report import counted
 from bscluster.runtime import (
     Paths,
     make_private_dir,
@@ -222,11 +223,6 @@ def proxy_pid(state: dict | None) -> dict[int, int | None]:
     """{pid: start time} of the proxy it ran (``up --proxy``), if one."""
     entry = (state or {}).get("proxy") or {}
     return {entry["pid"]: entry.get("pid_start")} if entry.get("pid") else {}
-
-
-def counted(n: int, what: str) -> str:
-    """``1 node``, ``2 nodes``: for messages."""
-    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def down(paths: Paths) -> str:

@@ -41,6 +41,7 @@ from bscluster.options import config_option, data_dir_option, load
 from bscluster.probe import node_report
 from bscluster.rebalance import run as rebalance_once
 from bscluster.rebalance import summary
+from bscluster.report import counted
 from bscluster.runtime import Paths, read_json, write_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
 from bscluster.truth import cluster_view
@@ -119,8 +120,11 @@ def drain(config_file, data_dir, name) -> None:
     config, paths, state = running(config_file, data_dir)
     _known(state, name)
     drain_node(paths, state, name, config.ssl_context())
+    back = (f"`bscluster undrain {name}` takes it back" if state["nodes"][name].get("binlog", True)
+            else f"`bscluster undrain --force {name}` takes it back: a restart, which loses "
+                 f"the jobs of a node without a binlog")
     click.echo(f"{name} is draining: it refuses new jobs, its jobs stay until `bscluster "
-               f"rebalance` moves them (`bscluster undrain {name}` takes it back)")
+               f"rebalance` moves them ({back})")
 
 
 @click.command()
@@ -272,7 +276,7 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
         drain_node(paths, state, name, config.ssl_context())
         click.echo(f"{name} drained")
     moved = _empty_node(config_file, data_dir, name, timeout, rate)
-    click.echo(f"{name} is empty ({moved} jobs moved; they have new ids)")
+    click.echo(f"{name} is empty ({counted(moved, 'job')} moved; they have new ids)")
     wanted = control.running_config(paths)
     if wanted is not None:
         write_json(paths.wanted, {**wanted.to_dict(),

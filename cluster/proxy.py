@@ -46,6 +46,7 @@ from bscluster.proxy_commands import ProxyCommands
 from bscluster.proxy_engine import ClientConn
 from bscluster.proxy_fast import FastPath
 from bscluster.proxy_reload import Reloader, reader
+from bscluster.runtime import StampFormatter
 from gevent.event import Event
 from gevent.server import StreamServer
 
@@ -199,8 +200,9 @@ def proxy(listen, config_file, wanted, **tls_flags) -> None:
     the supervisor sends the SIGHUP itself when `up` or `remove` changes the
     cluster.  SIGUSR1: drain mode (puts get DRAINING).
     """
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s bscluster proxy: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StampFormatter("%(asctime)s bscluster proxy: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     read = reader(config_file, wanted)
     try:
         config = read()

@@ -29,6 +29,11 @@ SUMMED_TUBE_STATS = (
 )
 
 
+def counted(n: int, what: str) -> str:
+    """``1 node``, ``2 nodes``: a count in a message."""
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def human_duration(seconds: float | int | None) -> str:
     if seconds is None:
         return "-"

@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import resource
 import signal
@@ -127,9 +128,19 @@ def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     return os.open(path, flags, FILE_MODE)
 
 
-def log_stamp() -> str:
-    """The time that starts every line bscluster writes to a log (ISO 8601, ms)."""
-    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+def log_stamp(when: float | None = None) -> str:
+    """The time that starts every line bscluster writes to a log (ISO 8601, ms): now,
+    or ``when`` (a time.time())."""
+    moment = datetime.now() if when is None else datetime.fromtimestamp(when)
+    return moment.astimezone().isoformat(timespec="milliseconds")
+
+
+class StampFormatter(logging.Formatter):
+    """``%(asctime)s`` as ``log_stamp`` writes it, for processes that log through
+    ``logging`` (the proxy), so their lines in the supervisor's log read alike."""
+
+    def formatTime(self, record, datefmt=None) -> str:  # noqa: N802 - logging's name
+        return log_stamp(record.created)
 
 
 # --- the supervisor lock -----------------------------------------------------

@@ -63,6 +63,7 @@ from bscluster.config import ClusterConfig, ConfigError, NodeSpec
 from bscluster.nodeproc import NodeProc
 from bscluster.probe import connectable
 from bscluster.proxy_proc import ProxyProc
+from bscluster.report import counted
 from bscluster.runtime import (
     STATE_VERSION,
     Liveness,
@@ -159,7 +160,7 @@ class Supervisor:
                 if not (old and self.proxy.adopt(old)):
                     self.proxy.check_address()  # (raises ProxyError before anything starts)
             self._adopt_leftovers()
-            self.say(f"supervising {len(self.nodes)} nodes (pid {os.getpid()}, "
+            self.say(f"supervising {counted(len(self.nodes), 'node')} (pid {os.getpid()}, "
                      f"data in {self.config.data_dir})")
             if fd_limit[1] > fd_limit[0]:
                 self.say(f"raised the descriptor limit from {fd_limit[0]} to {fd_limit[1]}")

@@ -35,6 +35,7 @@ from bscluster.monitor import (
     watch_options,
 )
 from bscluster.report import human_duration
+from bscluster.truth import EXIT_NO_CLUSTER, EXIT_NODES_DOWN, EXIT_OK
 
 # key -> (label, sort key for tube rows)
 SORTS = {
@@ -215,6 +216,9 @@ def top(config_file, data_dir, node_flags, sort, interval, once) -> None:
     Keys: q quit; a attention (default: buried jobs first, then ready jobs no
     worker watches, then paused tubes), r ready, u reserved, d delayed,
     b buried, w waiting, o ops/s, n name.
+
+    With --once (or no terminal), the exit status says what it saw: 0 every
+    node answers, 3 some does not, 4 none does.
     """
     try:
         monitor = Monitor(resolve_nodes(config_file, data_dir, node_flags), interval=interval,
@@ -223,7 +227,9 @@ def top(config_file, data_dir, node_flags, sort, interval, once) -> None:
         raise click.ClickException(str(e)) from None
     if once or not (sys.stdin.isatty() and sys.stdout.isatty()):
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 10_000
-        click.echo("\n".join(render(monitor.poll(), sort, width, 10_000, color=False,
+        view = monitor.poll()
+        click.echo("\n".join(render(view, sort, width, 10_000, color=False,
                                     message=" ")).rstrip())
-        return
+        up = [node["up"] for node in view["nodes"]]
+        sys.exit(EXIT_OK if all(up) else EXIT_NODES_DOWN if any(up) else EXIT_NO_CLUSTER)
     run(monitor, sort, interval)

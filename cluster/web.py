@@ -386,8 +386,9 @@ class Handler(BoundedHandler):
     def _post(self, seg: list[str], query: dict) -> None:
         d = self.dashboard
         if d.token is None:
-            raise ApiError(403, "actions are disabled: start `bscluster web` with --token "
-                                f"(or set {ENV_TOKEN}) to enable them")
+            raise ApiError(403, f"actions are disabled: set {ENV_TOKEN} in the environment of "
+                                f"`bscluster up --web` (or start `bscluster web` with --token) "
+                                f"to enable them")
         if not d.authorized(self.headers.get("Authorization")):
             raise ApiError(401, "wrong or missing token (Authorization: Bearer TOKEN)")
         args = self._body()

@@ -16,7 +16,7 @@ import time
 import pytest
 from bsclient import Client
 from bscluster.top import HOME_CLEAR, LEAVE, render
-from servers import bscluster_command, start_bsnode
+from servers import bscluster_command, free_port, start_bsnode
 
 
 def _view(**over) -> dict:
@@ -252,6 +252,18 @@ def test_top_once_without_a_terminal(two_nodes):
     assert "\x1b" not in r.stdout
     assert re.search(r"^printed +node2 +1 ", r.stdout, re.M), r.stdout
     assert "2/2 nodes up" in r.stdout
+
+
+def test_top_once_exit_status_says_what_it_saw(two_nodes):
+    a, _ = two_nodes
+    nobody = free_port()
+    runs = {name: subprocess.run(_bscluster() + ["top", "--once", *flags],
+                                 capture_output=True, text=True, timeout=20)
+            for name, flags in (("some", ["--node", f"{a.host}:{a.port}",
+                                          "--node", f"127.0.0.1:{nobody}"]),
+                                ("none", ["--node", f"127.0.0.1:{nobody}"]))}
+    assert (runs["some"].returncode, runs["none"].returncode) == (3, 4)
+    assert "1/2 nodes up" in runs["some"].stdout
 
 
 def test_top_bad_node_flag_is_a_clear_error():
