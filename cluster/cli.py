@@ -555,12 +555,9 @@ def restart(config_file, data_dir, names, force) -> None:
     Each node is stopped and started again by the supervisor; with its binlog
     it comes back with every job it held.
     """
-    config = _load(config_file, {"data_dir": data_dir})
-    paths = Paths(config.data_dir)
-    state = control.running_state(paths)
-    if state is None:
-        raise click.ClickException(f"no cluster is running for {config.data_dir}; start it "
-                                   f"with `bscluster up`")
+    from bscluster.ops import running
+
+    _, paths, state = running(config_file, data_dir)
     known = list(state["nodes"])
     targets = list(names) or known
     for name in targets:

@@ -58,6 +58,11 @@ def running(config_file, data_dir) -> tuple[ClusterConfig, Paths, dict]:
     state = control.running_state(paths)
     if state is None:
         command = click.get_current_context().info_name
+        if cluster_view(config).orphaned:
+            raise click.ClickException(
+                f"the supervisor for {config.data_dir} is gone (killed?) and its nodes run "
+                f"unsupervised: `bscluster up -d` adopts them, then run `bscluster "
+                f"{command}` again")
         raise click.ClickException(f"no cluster is running for {config.data_dir}; start it "
                                    f"with `bscluster up -d` (`bscluster {command}` needs "
                                    f"its supervisor)")
