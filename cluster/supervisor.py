@@ -47,6 +47,7 @@ socket to try it.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import select
@@ -54,6 +55,7 @@ import signal
 import socket
 import ssl
 import sys
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -225,7 +227,11 @@ class Supervisor:
             if sig in STOP_SIGNALS:
                 self._stop_all(kill=self.stopping)
             elif sig == signal.SIGHUP and not self.stopping:
-                self._reload()
+                if not self.detached and _terminal_hung_up(self.out):
+                    _to_nowhere(self.out)  # (nobody reads it now; writes would fail)
+                    self._stop_all(kill=False)
+                else:
+                    self._reload()
 
     # --- reaping -----------------------------------------------------------------
     def _reap(self) -> None:
@@ -724,6 +730,26 @@ class Supervisor:
                     pass
             except BlockingIOError:
                 pass
+
+
+def _terminal_hung_up(out) -> bool:
+    """Is ``out`` a terminal that has hung up (closed)?  Then a foreground `up` got its
+    SIGHUP from the kernel, not from a bscluster command asking it to reload."""
+    try:
+        termios.tcgetattr(out.fileno())
+    except termios.error as e:
+        return e.args[0] == errno.EIO  # (ENOTTY: not a terminal at all)
+    except (OSError, ValueError):
+        return False  # no descriptor (a test's stream), or closed
+    return False
+
+
+def _to_nowhere(out) -> None:
+    """Point the hung-up terminal's descriptors (``out``, stderr) at /dev/null."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for fd in {out.fileno(), 2}:
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _can_probe() -> bool:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -257,3 +258,37 @@ def test_down_stops_the_server_a_wrapper_runs_without_exec(tmp_path):
     finally:
         c.run("down")
         c.cleanup()
+
+
+def test_closing_the_terminal_of_a_foreground_up_stops_the_cluster(fake):
+    """The kernel's SIGHUP when the terminal goes away ends a foreground `up` (as Ctrl-C
+    does) instead of being taken for a reload: no headless cluster with no log."""
+    import fcntl
+    import pty
+    import termios
+
+    c = fake(nodes=2)
+    master, slave = pty.openpty()
+
+    def own_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    up = subprocess.Popen([sys.executable, "-m", "bscluster", "up"], env=c.env, cwd=c.dir,
+                          stdin=slave, stdout=slave, stderr=slave, preexec_fn=own_terminal)
+    os.close(slave)
+    try:
+        c.wait_state("node1", "RUNNING")
+        state = c.wait_state("node2", "RUNNING") and c.state()
+        pids = [e["pid"] for e in state["nodes"].values()]
+        os.close(master)  # the terminal closes
+        master = None
+        assert up.wait(DEADLINE) == 0
+        assert not any(pid_alive(p) for p in pids)
+        assert port_free(c.base_port) and port_free(c.base_port + 1)
+    finally:
+        if master is not None:
+            os.close(master)
+        if up.poll() is None:
+            up.kill()
+            up.wait()
