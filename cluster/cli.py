@@ -205,6 +205,9 @@ def up(config_file, detach, **flags) -> None:
     if state is not None:
         _up_running(config_file, flags, config, paths, state)
         return
+    left = control.running_config(paths) if cluster_view(config).orphaned else None
+    if left is not None:  # a killed supervisor's nodes (and proxy) run on: resume as they run
+        config = _keeping(config_file, flags, config, left)
     if detach:
         since = control.log_size(paths)  # reasons come from this run's lines only
         pid = control.start_detached(config)
@@ -229,14 +232,18 @@ def up(config_file, detach, **flags) -> None:
         _fail(e)
 
 
+def _keeping(config_file, flags, config: ClusterConfig, current: ClusterConfig) -> ClusterConfig:
+    """``config`` with the running cluster's value for every setting the user did not set
+    (by file, environment or flag): `up` again keeps --web, --proxy, --nodes..."""
+    kept = {k: _flag_value(current, k) for k, src in config.sources.items() if src == "default"}
+    return _load(config_file, {**kept, **{k: v for k, v in flags.items() if v is not None}})
+
+
 def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: dict) -> None:
     running = list(state["nodes"])
     current = control.running_config(paths)
     if current is not None:
-        # what the user did not set keeps the running cluster's value
-        kept = {k: _flag_value(current, k) for k, src in config.sources.items()
-                if src == "default"}
-        config = _load(config_file, {**kept, **{k: v for k, v in flags.items() if v is not None}})
+        config = _keeping(config_file, flags, config, current)
     gone = [n for n in running if n not in {spec.name for spec in config.nodes}]
     if gone:
         raise click.ClickException(

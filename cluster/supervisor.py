@@ -74,6 +74,7 @@ from bscluster.runtime import (
     RateLimitedLog,
     log_stamp,
     make_private_dir,
+    pid_alive,
     pid_state,
     process_start_time,
     raise_fd_limit,
@@ -156,11 +157,15 @@ class Supervisor:
             write_json(self.paths.wanted, self.config.to_dict())
             self._set_nodes(self.config)
             self._start_web()
+            old = (read_json(self.paths.state) or {}).get("proxy")
             if self.config.proxy:
                 self.proxy = ProxyProc(self.config.proxy, self.paths.wanted, self.say, self.clock)
-                old = (read_json(self.paths.state) or {}).get("proxy")
                 if not (old and self.proxy.adopt(old)):
                     self.proxy.check_address()  # (raises ProxyError before anything starts)
+            elif old and old.get("pid") and pid_alive(old["pid"], old.get("pid_start")):
+                self.say(f"the proxy (pid {old['pid']}) from an earlier run still serves "
+                         f"{old.get('listen')} but is not in this configuration; stop it "
+                         f"with: kill {old['pid']}")
             self._adopt_leftovers()
             self.say(f"supervising {counted(len(self.nodes), 'node')} (pid {os.getpid()}, "
                      f"data in {self.config.data_dir})")

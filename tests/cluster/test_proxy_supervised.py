@@ -79,8 +79,9 @@ def test_a_taken_proxy_address_stops_up_before_any_node_starts(tmp_path):
 
 def test_a_killed_supervisors_proxy_keeps_serving_and_is_adopted(tmp_path):
     """As its nodes are: the proxy outlives a supervisor killed with SIGKILL, the next
-    `up -d` takes it over (no second proxy that could not bind), `status` shows it and
-    `down` stops it, with or without a supervisor."""
+    `up -d` (flags left out: it resumes the cluster as it ran) takes it over (no second
+    proxy that could not bind), `status` shows it and `down` stops it, with or without a
+    supervisor."""
     port = free_port()
     cluster = Cluster(tmp_path, f"{sys.executable} -m bsnode", nodes=2)
     try:
@@ -89,7 +90,7 @@ def test_a_killed_supervisors_proxy_keeps_serving_and_is_adopted(tmp_path):
         cluster.seen_pids.add(proxy["pid"])
         os.kill(cluster.state()["supervisor"]["pid"], signal.SIGKILL)
         assert _served(port) is not None  # still serving, unsupervised
-        cluster.run("up", "-d", "--proxy", f"127.0.0.1:{port}", check=True)
+        cluster.run("up", "-d", check=True)  # (no --proxy: it resumes the cluster as it ran)
         status = json.loads(cluster.run("status", "--json", check=True).stdout)
         assert status["proxy"]["pid"] == proxy["pid"] and status["proxy"]["up"] is True
         assert "proxy adopted" in (cluster.data_dir / "bscluster.log").read_text()
