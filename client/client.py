@@ -418,6 +418,11 @@ class Client:
         self.nonblocking()
         return sock.recv, sock.send, feed
 
+    def use_ssl_context(self, ssl_context: ssl.SSLContext | None) -> None:
+        """The next connection uses ``ssl_context`` (None: plain TCP); an open one keeps
+        what it was opened with (as ``ClusterClient.use_ssl_context``)."""
+        self.ssl_context = ssl_context
+
     def nonblocking(self) -> None:
         """Make the socket's calls never wait (again, after a blocking command)."""
         if self._sock is not None and self._sock_timeout != 0.0:

@@ -102,6 +102,13 @@ class QueueClient(Protocol):
 
 
 @runtime_checkable
+class TakesSslContext(Protocol):
+    """A client whose next connections can use another TLS context (Client, ClusterClient)."""
+
+    def use_ssl_context(self, ssl_context) -> None: ...
+
+
+@runtime_checkable
 class ReservesAhead(Protocol):
     """A client that may hold jobs reserved ahead of its caller (``ClusterClient``)."""
 
@@ -129,6 +136,14 @@ def client_factory(source: Source) -> Callable[[], QueueClient]:
         return source
     raise TypeError("source must be a client factory, a config file path or a node mapping, "
                     f"not {type(source).__name__}")
+
+
+def _tls_loader(path) -> Callable[[], object]:
+    """Reads ``path``'s [tls] (and BSCLUSTER_TLS_*) again; a context, or None: plain."""
+    def load():
+        tls = read_tls_settings(path)
+        return tls.client_context() if tls else None
+    return load
 
 
 class Lease:
@@ -418,6 +433,10 @@ class Worker:
         self.runtime: Runtime = make_runtime(mode)
         self.mode = mode
         self._factory = client_factory(source)
+        # SIGHUP under run(): the [tls] files of a config path source, read again
+        self.tls_loader: Callable[[], object] | None = (
+            _tls_loader(source) if isinstance(source, (str, os.PathLike)) else None)
+        self._ssl: tuple | None = None  # (context,) once use_ssl_context replaced it
         self._made: list[QueueClient] = []  # every client made, to refuse a shared one
         self.stopping = self.runtime.event()
         self.forced = False
@@ -431,7 +450,19 @@ class Worker:
             raise ValueError("the worker's client factory returned a client it had returned "
                              "before: each slot needs its own (return a new one per call)")
         self._made.append(client)
+        if self._ssl is not None and isinstance(client, TakesSslContext):
+            client.use_ssl_context(self._ssl[0])
         return client
+
+    def use_ssl_context(self, ssl_context) -> None:
+        """Every slot's client, and each made from now on, opens its next connections with
+        ``ssl_context`` (certificates rotated while the worker runs); open connections,
+        and the jobs reserved on them, stay as they are."""
+        self._ssl = (ssl_context,)
+        for slot in self.slots:
+            client = slot.client
+            if isinstance(client, TakesSslContext):
+                client.use_ssl_context(ssl_context)
 
     @property
     def counts(self) -> Counter:
@@ -478,11 +509,14 @@ class Worker:
         """Start, serve until stopped, return True if every handler finished.
 
         With ``signals`` (main thread only), SIGTERM/SIGINT stop gracefully and a
-        second one stops now.  ``grace`` seconds after a graceful stop began,
-        the stop becomes ``stop(now=True)``.
+        second one stops now; with a ``tls_loader`` (set for a config path source:
+        it reads [tls] again), SIGHUP hands its context to ``use_ssl_context``.
+        ``grace`` seconds after a graceful stop began, the stop becomes
+        ``stop(now=True)``.
         """
+        handled = (*STOP_SIGNALS, signal.SIGHUP) if self.tls_loader else STOP_SIGNALS
         undo = [self.runtime.on_signal(sig, self._signals.append)
-                for sig in (STOP_SIGNALS if signals else ())]
+                for sig in (handled if signals else ())]
         try:
             self.start()
             self._serve(grace)
@@ -505,7 +539,22 @@ class Worker:
             if self.forced:
                 break  # thread handlers may still run; their jobs are back in the queue
 
+    def reload_tls(self) -> bool:
+        """Read the TLS files again (``tls_loader``) and use them; False, logged, and
+        nothing changed if they cannot be loaded."""
+        try:
+            context = self.tls_loader()
+        except (ValueError, OSError) as e:  # (TlsConfigError is a ValueError)
+            log.error("SIGHUP: TLS files not reloaded, keeping the old ones: %s", e)
+            return False
+        self.use_ssl_context(context)
+        log.info("SIGHUP: TLS files read again; new connections use them")
+        return True
+
     def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_tls()
+            return
         name = signal.Signals(signum).name
         busy = self.busy()
         if not self.stopping.is_set():

@@ -52,7 +52,8 @@ reserved with `touch`.
 The first SIGTERM or Ctrl-C stops taking jobs and waits for running handlers
 to finish; a second one (or --grace running out) hands their jobs back to the
 queue at once. Exit status: 0 after a graceful stop, {EXIT_FORCED} after a
-forced one, 1 if the worker could not start.
+forced one, 1 if the worker could not start. SIGHUP reads the [tls] files
+again (rotated certificates): connections opened from then on use them.
 
 Jobs come from the cluster that `bscluster up` would run with the same
 --config and BSCLUSTER_* environment, or from one beanstalkd or bsnode given
@@ -97,17 +98,18 @@ def _import_failed(module_name: str, e: Exception) -> click.ClickException:
 
 
 def _source(server: str | None, config_file: str | None):
-    """The worker's client factory and a description of where jobs come from."""
+    """The worker's client factory, a description of where jobs come from, and what
+    reads the TLS files again on SIGHUP."""
     if server is not None:
         if config_file is not None:
             raise click.UsageError("give --server or --config, not both")
         try:
             Client(server, lazy=True)
-            tls = read_tls_settings(None)  # BSCLUSTER_TLS_* (and BSCLUSTER_CONFIG's [tls])
-            ctx = tls.client_context() if tls else None
+            ctx = _context(read_tls_settings(None))  # BSCLUSTER_TLS_*, BSCLUSTER_CONFIG's [tls]
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--server") from None
-        return (lambda: Client(server, lazy=True, ssl_context=ctx)), server
+        return (lambda: Client(server, lazy=True, ssl_context=ctx)), server, \
+            lambda: _context(read_tls_settings(None))
     try:
         config = load_config(config_file, {})
     except ConfigError as e:
@@ -120,7 +122,11 @@ def _source(server: str | None, config_file: str | None):
         raise click.ClickException(str(e)) from None
     layout = cluster_view(config).layout()  # where the nodes listen; the config's ring
     return (lambda: ClusterClient.from_layout(layout, ssl_context=ctx)), \
-        f"{names[0]}..{names[-1]} ({where})"
+        f"{names[0]}..{names[-1]} ({where})", lambda: load_config(config_file, {}).ssl_context()
+
+
+def _context(tls):
+    return tls.client_context() if tls else None
 
 
 @click.command("work", help=HELP)
@@ -157,7 +163,7 @@ def _source(server: str | None, config_file: str | None):
               help="Failures log at warning, starts and stops at info.")
 def work(target, tubes, concurrency, mode, config_file, server, max_attempts, on_exhausted,
          backoff, backoff_max, grace, tracebacks, log_level) -> None:
-    source, where = _source(server, config_file)
+    source, where, tls_loader = _source(server, config_file)
     if mode == "gevent":
         from gevent import monkey
 
@@ -170,6 +176,7 @@ def work(target, tubes, concurrency, mode, config_file, server, max_attempts, on
                         backoff=retry.Backoff(backoff, backoff_max), tracebacks=tracebacks)
     except (ValueError, TypeError, BeanstalkError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
+    worker.tls_loader = tls_loader  # SIGHUP: read [tls] again (rotated certificates)
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("bscluster.work").info(
         "working: %s on tube(s) %s of %s, %d %s slot(s), pid %d; SIGTERM or Ctrl-C stops",

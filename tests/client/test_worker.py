@@ -610,6 +610,24 @@ def test_second_signal_stops_now_and_hands_the_job_back(node, project, mode):
     assert (st["reserves"], st["releases"], st["pri"]) == (2, 0, 9)
 
 
+def test_sighup_makes_bscluster_work_read_tls_again_and_keep_working(node, project):
+    """SIGHUP (whose default action would end the process) reads [tls] again; the worker
+    goes on, and SIGTERM still stops it gracefully."""
+    addr = f"127.0.0.1:{node.port}"
+    cfg = project / "cluster.toml"
+    cfg.write_text(f'[cluster]\nnodes = 1\nhost = "127.0.0.1"\nbase_port = {node.port}\n')
+    worker = WorkProcess(project, addr, "handlers:slow", "--tube", "work", "--config", str(cfg))
+    try:
+        worker.wait_line("1 thread slot(s)")
+        worker.proc.send_signal(signal.SIGHUP)
+        worker.wait_line("SIGHUP: TLS files read again; new connections use them")
+        assert worker.proc.poll() is None
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(WAIT) == 0, "\n".join(worker.lines)
+    finally:
+        worker.close()
+
+
 # --- the command's errors -------------------------------------------------------------
 @pytest.fixture
 def in_project(project, monkeypatch):
@@ -645,3 +663,36 @@ def test_work_command_refuses_a_bad_tube_name(in_project):
 def test_work_command_refuses_server_and_config_together():
     result = CliRunner().invoke(work, ["m:f", "--server", "127.0.0.1:1", "--config", "x.toml"])
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_use_ssl_context_reaches_every_slots_client_and_the_ones_made_later(tmp_path):
+    """Rotated certificates (`bscluster work` on SIGHUP): each slot's client, and each
+    client made from then on, opens its next connections with the new context."""
+    from types import SimpleNamespace
+
+    from bsclient import Client, Worker
+
+    made = []
+
+    def factory():
+        made.append(Client("127.0.0.1:1", lazy=True))
+        return made[-1]
+
+    w = Worker(factory, lambda job: None, "t")
+    w.slots = [SimpleNamespace(client=w.new_client()), SimpleNamespace(client=None)]
+    new = object()
+    w.use_ssl_context(new)
+    later = w.new_client()
+    assert [c.ssl_context for c in made] == [new, new] and later is made[-1]
+
+
+def test_sighup_reads_the_config_files_tls_again_or_keeps_the_old(tmp_path, caplog):
+    from bsclient import Worker
+
+    config = tmp_path / "c.toml"
+    config.write_text("[cluster]\nnodes = 1\n")
+    w = Worker(str(config), lambda job: None, "t")
+    assert w.reload_tls() and w._ssl == (None,)  # no [tls]: plain TCP
+    config.write_text('[cluster]\nnodes = 1\n[tls]\nca = "missing.pem"\n')
+    assert not w.reload_tls() and w._ssl == (None,)
+    assert "SIGHUP: TLS files not reloaded, keeping the old ones" in caplog.text
