@@ -33,7 +33,6 @@ from bscluster import control
 from bscluster.config import ConfigError
 from bscluster.options import config_option, data_dir_option, json_option
 from bscluster.probe import presented_certificate
-from bscluster.runtime import Paths
 from bscluster.states import State
 
 OP = "reload-tls"  # the supervisor's request
@@ -101,17 +100,17 @@ def reload(config_file, data_dir, as_json) -> None:
     ask = control.send_request(paths, state, OP)
     done = wait_for(paths, lambda s: (s.get("tls_reload") or {}).get("id") == ask,
                     REPLY_TIMEOUT, "the supervisor's reload")
-    report = _report(paths, done, config)
+    report = _report(done, config)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         _print(report, tls.node_cert)
-    failed = [n for n, r in report["nodes"].items() if r.get("reloaded") is False]
-    if failed or report["dashboard"] not in (None, "reloaded"):
+    if any(r["reloaded"] is False for r in report["nodes"].values()) or \
+            report["dashboard"] not in (None, "reloaded"):
         raise SystemExit(1)
 
 
-def _report(paths: Paths, state: dict, config) -> dict:
+def _report(state: dict, config) -> dict:
     answer = state["tls_reload"]
     nodes: dict[str, dict] = {}
     want = None
