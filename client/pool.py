@@ -244,7 +244,12 @@ class NodePool:
         """
         out = {}
         answered: set[str] = set()
-        for member in self.live():
+        members = self.live()
+        if self.policy != FAIL_FAST and not any(self.available(m) for m in members):
+            # every member marked dead: ask the one dead longest, not each in turn (each
+            # hung one costs op_timeout, so k of them would cost every fan-out k of those)
+            members = [min(members, key=lambda m: m.dead_until)]
+        for member in members:
             try:
                 out[member.name] = self.call(member, fn, *args)
             except skip:

@@ -180,3 +180,19 @@ def test_fan_outs_do_not_answer_for_a_node_that_does_not_answer(cluster3):
                 cc.pause_tube(t1, 1)  # node1 paused; node2 might have the tube too
             assert Client(nodes["node1"]).stats_tube(t1)["pause"] == 1
         assert cc.stats()["nodes-unavailable"] == ["node2"]  # (still marked dead)
+
+
+def test_with_every_node_hung_a_fan_out_waits_one_timeout_not_one_per_node(cluster3):
+    """The first fan-out finds each hung node in turn (one op_timeout each) and marks
+    them dead; while all are dead, the next asks one of them, not each again."""
+    from contextlib import ExitStack
+
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc, ExitStack() as hung:
+        cc.stats()  # connected to every node
+        for server in servers:
+            hung.enter_context(stopped(server))
+        _, first = timed(lambda: pytest.raises(NoNodeAvailableError, cc.stats))
+        _, again = timed(lambda: pytest.raises(NoNodeAvailableError, cc.list_tubes))
+        assert first >= 3 * OP_TIMEOUT * 0.9
+        assert again < 1.5 * OP_TIMEOUT
