@@ -46,7 +46,7 @@ from .config import (
     layout_from_env,
     nodes_from_mapping,
     read_layout,
-    read_tls_settings,
+    read_tls_context,
 )
 from .consume import (  # noqa: F401 - re-exported
     HOLD_TOUCH_AFTER,
@@ -77,10 +77,6 @@ from .pool import (  # noqa: F401 - re-exported
 from .ring import OWNER_CACHE_SIZE, RING_KETAMA, RING_MD5, Ring, placement
 
 JobHandle = Job | str
-
-
-def _context(settings) -> ssl.SSLContext | None:
-    return None if settings is None else settings.client_context()
 
 
 class ClusterClient:
@@ -151,7 +147,7 @@ class ClusterClient:
         BSCLUSTER_TLS_* unless ``ssl_context`` is given.
         """
         if "ssl_context" not in kwargs:
-            kwargs["ssl_context"] = _context(read_tls_settings(path))
+            kwargs["ssl_context"] = read_tls_context(path)
         return cls.from_layout(read_layout(path), **kwargs)
 
     @classmethod
@@ -159,7 +155,7 @@ class ClusterClient:
         """Nodes from ``BSCLUSTER_NODES`` (or the ``BSCLUSTER_CONFIG`` file);
         TLS from BSCLUSTER_TLS_* (and that file's [tls]) unless ``ssl_context`` is given."""
         if "ssl_context" not in kwargs:
-            kwargs["ssl_context"] = _context(read_tls_settings(None, env))
+            kwargs["ssl_context"] = read_tls_context(None, env)
         return cls.from_layout(layout_from_env(env), **kwargs)
 
     @classmethod

@@ -328,6 +328,14 @@ def read_tls_settings(path: str | os.PathLike | None = None,
     return settings_from(data.get("tls"), env, base, f"{path} [tls]")
 
 
+def read_tls_context(path: str | os.PathLike | None = None,
+                     env: Mapping[str, str] | None = None):
+    """The client ``ssl.SSLContext`` of ``read_tls_settings(path, env)``; None: plain TCP.
+    Raises TlsConfigError (a ValueError) when the files cannot be loaded."""
+    settings = read_tls_settings(path, env)
+    return None if settings is None else settings.client_context()
+
+
 def nodes_from_env(env: Mapping[str, str] | None = None) -> tuple[NodeAddress, ...]:
     """The nodes the environment names; see the module comment for the two forms."""
     return layout_from_env(env).nodes

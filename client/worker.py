@@ -62,12 +62,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 from . import retry
 from .client import DEFAULT_TUBE, Job
 from .cluster import ClusterClient
-from .config import read_layout, read_tls_settings
+from .config import read_layout, read_tls_context
 from .consume import check_tube
 from .errors import ConnectionLostError, DeadlineSoonError, NotFoundError, TimedOutError
 from .retry import Policy
@@ -127,8 +128,7 @@ def client_factory(source: Source) -> Callable[[], QueueClient]:
     """
     if isinstance(source, (str, os.PathLike)):
         layout = read_layout(source)  # nodes, ring and spread tubes, as the file says
-        tls = read_tls_settings(source)  # [tls] and BSCLUSTER_TLS_*
-        ctx = tls.client_context() if tls else None
+        ctx = read_tls_context(source)  # [tls] and BSCLUSTER_TLS_*
         return lambda: ClusterClient.from_layout(layout, ssl_context=ctx)
     if isinstance(source, Mapping):
         return lambda: ClusterClient(source)
@@ -136,14 +136,6 @@ def client_factory(source: Source) -> Callable[[], QueueClient]:
         return source
     raise TypeError("source must be a client factory, a config file path or a node mapping, "
                     f"not {type(source).__name__}")
-
-
-def _tls_loader(path) -> Callable[[], object]:
-    """Reads ``path``'s [tls] (and BSCLUSTER_TLS_*) again; a context, or None: plain."""
-    def load():
-        tls = read_tls_settings(path)
-        return tls.client_context() if tls else None
-    return load
 
 
 class Lease:
@@ -435,7 +427,8 @@ class Worker:
         self._factory = client_factory(source)
         # SIGHUP under run(): the [tls] files of a config path source, read again
         self.tls_loader: Callable[[], object] | None = (
-            _tls_loader(source) if isinstance(source, (str, os.PathLike)) else None)
+            partial(read_tls_context, source) if isinstance(source, (str, os.PathLike))
+            else None)
         self._ssl: tuple | None = None  # (context,) once use_ssl_context replaced it
         self._made: list[QueueClient] = []  # every client made, to refuse a shared one
         self.stopping = self.runtime.event()

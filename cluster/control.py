@@ -234,6 +234,7 @@ def down(paths: Paths) -> str:
                            f"try again in a moment")
     pids = node_pids(state)
     proxy = proxy_pid(state)
+    everything = {**pids, **proxy}
     if alive_supervisor and state:
         sup = supervisor_pid(state)
         os.kill(sup, signal.SIGTERM)
@@ -242,21 +243,20 @@ def down(paths: Paths) -> str:
                 and wait_gone({sup: sup_start}, STOP_TIMEOUT)):
             raise ClusterError(f"the supervisor (pid {sup}) did not stop; "
                                f"kill it with: kill -9 {sup}")
-        leftover = {p: t for p, t in {**pids, **proxy}.items() if pid_alive(p, t)}
+        leftover = {p: t for p, t in everything.items() if pid_alive(p, t)}
         stop_pids(leftover, STOP_TIMEOUT)  # only if it failed to: it should have
-        wait_gone(pids, STOP_TIMEOUT)
+        wait_gone(everything, STOP_TIMEOUT)
         return (f"stopped {counted(len(pids), 'node')}"
                 + (", the proxy" if proxy else "") + f" and the supervisor (pid {sup})")
-    alive = {p: t for p, t in pids.items() if pid_alive(p, t)}
-    alive_proxy = {p: t for p, t in proxy.items() if pid_alive(p, t)}
-    if alive or alive_proxy:  # the supervisor died (kill -9) and left them running
-        stop_pids({**alive, **alive_proxy}, STOP_TIMEOUT)
+    alive = {p: t for p, t in everything.items() if pid_alive(p, t)}
+    if alive:  # the supervisor died (kill -9) and left them running
+        stop_pids(alive, STOP_TIMEOUT)
         for path in (paths.state, paths.wanted):
             path.unlink(missing_ok=True)
-        return (f"the supervisor was not running; stopped {len(alive)} leftover "
-                f"node process(es)" + (f" and the proxy (pid {next(iter(alive_proxy))})"
-                                       if alive_proxy else "")
-                + (f": {', '.join(map(str, alive))}" if alive else ""))
+        nodes = [str(p) for p in alive if p in pids]
+        said = [f"{len(nodes)} leftover node process(es): {', '.join(nodes)}"] if nodes else []
+        said += [f"the proxy (pid {p})" for p in alive if p in proxy]
+        return f"the supervisor was not running; stopped {' and '.join(said)}"
     for path in (paths.state, paths.wanted):
         path.unlink(missing_ok=True)
     return f"no cluster is running in {paths.data_dir}"

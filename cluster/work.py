@@ -26,7 +26,7 @@ import click
 from bsclient import retry
 from bsclient.client import Client
 from bsclient.cluster import ClusterClient
-from bsclient.config import read_tls_settings
+from bsclient.config import read_tls_context
 from bsclient.errors import BeanstalkError
 from bsclient.worker import DEFAULT_CONCURRENCY, MODES, Worker
 from bscluster.config import ConfigError, load_config
@@ -105,11 +105,11 @@ def _source(server: str | None, config_file: str | None):
             raise click.UsageError("give --server or --config, not both")
         try:
             Client(server, lazy=True)
-            ctx = _context(read_tls_settings(None))  # BSCLUSTER_TLS_*, BSCLUSTER_CONFIG's [tls]
+            ctx = read_tls_context()  # BSCLUSTER_TLS_*, BSCLUSTER_CONFIG's [tls]
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--server") from None
         return (lambda: Client(server, lazy=True, ssl_context=ctx)), server, \
-            lambda: _context(read_tls_settings(None))
+            read_tls_context
     try:
         config = load_config(config_file, {})
     except ConfigError as e:
@@ -123,10 +123,6 @@ def _source(server: str | None, config_file: str | None):
     layout = cluster_view(config).layout()  # where the nodes listen; the config's ring
     return (lambda: ClusterClient.from_layout(layout, ssl_context=ctx)), \
         f"{names[0]}..{names[-1]} ({where})", lambda: load_config(config_file, {}).ssl_context()
-
-
-def _context(tls):
-    return tls.client_context() if tls else None
 
 
 @click.command("work", help=HELP)

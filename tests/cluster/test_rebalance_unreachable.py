@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from bsclient import Client
@@ -46,6 +47,31 @@ def misplace(c: Cluster, node: str, tube: str) -> None:
         client.put(b"on the wrong node")
 
 
+@contextmanager
+def misplaced_job_and_hung(tmp_path, hung: str):
+    """A started cluster with one job on node1 in a tube node2 owns, and ``hung``
+    SIGSTOPped; yields (cluster, tube, resume), resume() sending the SIGCONT.  At the
+    end: SIGCONT if still due, then down."""
+    c = start(tmp_path)
+    stopped = []
+    try:
+        tube = tube_owned_by(c, "node2")
+        misplace(c, "node1", tube)
+        pid = c.node(hung)["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+        def resume() -> None:
+            os.kill(stopped.pop(), signal.SIGCONT)
+
+        yield c, tube, resume
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        c.run("down")
+        c.cleanup()
+
+
 def ready_on(c: Cluster, node: str, tube: str) -> int:
     with Client(("127.0.0.1", c.node(node)["port"])) as client:
         try:
@@ -63,13 +89,7 @@ def timed(c: Cluster, *args: str):
 
 
 def test_owner_that_does_not_answer_leaves_the_tube_and_exits_1(tmp_path):
-    c = start(tmp_path)
-    pid = None
-    try:
-        tube = tube_owned_by(c, "node2")
-        misplace(c, "node1", tube)
-        pid = c.node("node2")["pid"]
-        os.kill(pid, signal.SIGSTOP)
+    with misplaced_job_and_hung(tmp_path, "node2") as (c, tube, resume):
 
         r = timed(c, "rebalance")
         out = r.stdout + r.stderr
@@ -88,28 +108,16 @@ def test_owner_that_does_not_answer_leaves_the_tube_and_exits_1(tmp_path):
         r = timed(c, "rebalance", "--dry-run")
         assert r.returncode == 1 and "nothing to move" not in r.stdout, r.stdout + r.stderr
 
-        os.kill(pid, signal.SIGCONT)
-        pid = None
+        resume()
         r = c.run("rebalance", "--json")
         assert r.returncode == 0, r.stdout + r.stderr
         doc = json.loads(r.stdout)
         assert doc["ok"] is True and doc["moved_total"] == 1 and doc["unreachable"] == [], doc
         assert ready_on(c, "node2", tube) == 1 and ready_on(c, "node1", tube) == 0
-    finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)
-        c.run("down")
-        c.cleanup()
 
 
 def test_source_that_does_not_answer_is_named_and_exits_1(tmp_path):
-    c = start(tmp_path)
-    pid = None
-    try:
-        tube = tube_owned_by(c, "node2")
-        misplace(c, "node1", tube)
-        pid = c.node("node1")["pid"]
-        os.kill(pid, signal.SIGSTOP)
+    with misplaced_job_and_hung(tmp_path, "node1") as (c, tube, resume):
 
         r = timed(c, "rebalance", "--dry-run")
         out = r.stdout + r.stderr
@@ -127,19 +135,13 @@ def test_source_that_does_not_answer_is_named_and_exits_1(tmp_path):
         assert r.returncode == 1, r.stdout + r.stderr
         assert "node1 could not be asked" in r.stdout, r.stdout + r.stderr
 
-        os.kill(pid, signal.SIGCONT)
-        pid = None
+        resume()
         r = c.run("rebalance")
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.startswith("moved 1 jobs") and "could not be asked" not in r.stdout
         assert ready_on(c, "node2", tube) == 1 and ready_on(c, "node1", tube) == 0
         r = c.run("rebalance", "--dry-run")
         assert r.returncode == 0 and "nothing to move" in r.stdout, r.stdout + r.stderr
-    finally:
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)
-        c.run("down")
-        c.cleanup()
 
 
 def test_no_node_answers_exits_1_naming_each(tmp_path):
