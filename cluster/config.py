@@ -24,6 +24,7 @@ The file's shape (clients read the same file, so it stays this shape)::
     web = "127.0.0.1:11380"        # `up` serves the dashboard here ("" = off)
     proxy = "127.0.0.1:11400"      # `up` runs `bscluster proxy` here ("" = off)
     proxy_tls = false      # the proxy serves TLS with [tls] node_cert (docs/PROXY.md, "TLS")
+    proxy_busy_poll = 50   # us the proxy polls after traffic before sleeping (0 = off)
     web_max_tubes = 1000           # tubes the dashboard lists and keeps history for
     metrics_base_port = 9311       # nodeI gets --metrics metrics_host:9311+I-1 (0 = off)
     metrics_host = "127.0.0.1"
@@ -84,6 +85,8 @@ NODE_COMMAND_HELP = "this installation's bsnode, run by bscluster's own Python"
 DEFAULT_WEIGHT = 1
 DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
 DEFAULT_PROXY_LISTEN = "127.0.0.1:11400"  # `bscluster proxy`, `up --proxy`
+DEFAULT_PROXY_BUSY_POLL = 50  # microseconds (proxy_poll.py; docs/PROXY.md, "Performance")
+MAX_PROXY_BUSY_POLL = 10000
 DEFAULT_WEB_MAX_TUBES = 1000  # tubes the dashboard lists and keeps a history for
 MAX_WEB_MAX_TUBES = 1_000_000
 WEB_OFF = ("", "off")  # values of `web` that mean: no dashboard
@@ -110,6 +113,7 @@ CLUSTER_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "web": "",
     "proxy": "",
     "proxy_tls": False,  # the proxy's listener serves [tls] node_cert/node_key (proxy_tls.py)
+    "proxy_busy_poll": DEFAULT_PROXY_BUSY_POLL,
     "web_max_tubes": DEFAULT_WEB_MAX_TUBES,
     "metrics_base_port": METRICS_OFF,
     "metrics_host": DEFAULT_HOST,
@@ -226,6 +230,7 @@ class ClusterConfig:
     web: str = ""  # ADDR:PORT where `up` serves the dashboard; "" = off
     proxy: str = ""  # ADDR:PORT where `up` runs `bscluster proxy`; "" = off
     proxy_tls: bool = False  # the proxy serves TLS as the nodes do ([tls] node_cert, client_auth)
+    proxy_busy_poll: int = DEFAULT_PROXY_BUSY_POLL  # us of polling after traffic (proxy_poll)
     web_max_tubes: int = DEFAULT_WEB_MAX_TUBES
     metrics_base_port: int = METRICS_OFF
     metrics_host: str = DEFAULT_HOST
@@ -286,7 +291,7 @@ class ClusterConfig:
             "binlog_size": self.binlog_size, "node_command": list(self.node_command),
             "crash_limit": self.crash_limit, "crash_window": self.crash_window,
             "web": self.web, "web_max_tubes": self.web_max_tubes, "proxy": self.proxy,
-            "proxy_tls": self.proxy_tls,
+            "proxy_tls": self.proxy_tls, "proxy_busy_poll": self.proxy_busy_poll,
             "metrics_base_port": self.metrics_base_port,
             "metrics_host": self.metrics_host, "ring": self.ring, "spread": dict(self.spread),
             "path": str(self.path) if self.path else None,
@@ -306,6 +311,7 @@ class ClusterConfig:
             crash_window=d.get("crash_window", CRASH_WINDOW),
             web=d.get("web", ""), web_max_tubes=d.get("web_max_tubes", DEFAULT_WEB_MAX_TUBES),
             proxy=d.get("proxy", ""), proxy_tls=d.get("proxy_tls", False),
+            proxy_busy_poll=d.get("proxy_busy_poll", DEFAULT_PROXY_BUSY_POLL),
             metrics_base_port=d.get("metrics_base_port", METRICS_OFF),
             metrics_host=d.get("metrics_host", DEFAULT_HOST), ring=d.get("ring", RING_MD5),
             spread=d.get("spread", {}), path=Path(d["path"]) if d.get("path") else None,
@@ -446,7 +452,8 @@ def _build(values: dict, node_tables: Mapping, sources: dict, base: Path,
         **{k: values[k] for k in ("host", "base_port", "binlog", "fsync_ms", "max_job_size",
                                   "binlog_size", "crash_limit", "crash_window",
                                   "web_max_tubes", "metrics_base_port", "metrics_host",
-                                  "ring", "max_jobs", "max_job_bytes", "proxy_tls")},
+                                  "ring", "max_jobs", "max_job_bytes", "proxy_tls",
+                                  "proxy_busy_poll")},
     )
 
 
@@ -581,6 +588,8 @@ _RULES = {
     "proxy": (str, _listen_ok,
               "ADDR:PORT for `bscluster proxy` (e.g. 127.0.0.1:11400), or \"\" for none"),
     "proxy_tls": (bool, lambda v: True, "true or false"),
+    "proxy_busy_poll": (int, lambda v: 0 <= v <= MAX_PROXY_BUSY_POLL,
+                        f"microseconds from 0 (off) to {MAX_PROXY_BUSY_POLL}"),
     "web_max_tubes": (int, lambda v: 1 <= v <= MAX_WEB_MAX_TUBES,
                       f"a number of tubes from 1 to {MAX_WEB_MAX_TUBES}"),
     "metrics_base_port": (int, lambda v: v == METRICS_OFF or _port_ok(v),

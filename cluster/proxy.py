@@ -38,13 +38,17 @@ from bsclient.protocol import CommandReader
 from bscluster import proxy_cluster as pc
 from bscluster import proxy_tls
 from bscluster.config import (
+    DEFAULT_PROXY_BUSY_POLL,
     DEFAULT_PROXY_LISTEN,
+    MAX_PROXY_BUSY_POLL,
     ConfigError,
     parse_listen,
 )
 from bscluster.proxy_commands import ProxyCommands
 from bscluster.proxy_engine import ClientConn
 from bscluster.proxy_fast import FastPath
+from bscluster import proxy_poll
+from bscluster.proxy_poll import BusyPoll
 from bscluster.proxy_reload import Reloader, reader
 from bscluster.runtime import StampFormatter
 from gevent.event import Event
@@ -58,12 +62,14 @@ LISTEN_BACKLOG = 1024
 class ProxyServer:
     """The listening socket and one ``ClientConn`` per client connection."""
 
-    def __init__(self, cc, max_job_size: int, tls: proxy_tls.ProxyTLS | None = None) -> None:
+    def __init__(self, cc, max_job_size: int, tls: proxy_tls.ProxyTLS | None = None,
+                 busy_poll_us: int = 0) -> None:
         self.cc = cc
         self.tls = tls  # TLS on this listener or beside it (proxy_tls.py); None: plain TCP
         self.max_job_size = max_job_size
         self.commands = ProxyCommands(cc, max_job_size)
-        self.fast = FastPath(self.commands)
+        self.poll = BusyPoll(busy_poll_us)  # proxy_poll.py: the reads poke it
+        self.fast = FastPath(self.commands, self.poll.poke)
         self.server = None
 
     def start(self, host: str, port: int) -> tuple[str, int]:
@@ -77,6 +83,7 @@ class ProxyServer:
             self.server.stop(timeout=1)
             self.server = None
         self.fast.close()
+        self.poll.close()
         self.cc.close()
 
     def handle(self, sock, addr) -> None:
@@ -121,10 +128,12 @@ def build(config):
     return cc, min(n.max_job_size for n in config.nodes)
 
 
-def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=None) -> None:
+def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=None,
+          busy_poll_us: int | None = None) -> None:
     """Run the proxy until SIGTERM/SIGINT (patches this process for gevent); SIGHUP
     applies ``read()``, the config read again (``proxy_reload``), and re-reads the
-    listener's TLS certificate files."""
+    listener's TLS certificate files.  ``busy_poll_us``: the config's
+    proxy_busy_poll unless given."""
     from gevent import monkey
 
     monkey.patch_all()
@@ -132,7 +141,9 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
     limit = raise_nofile()
     tls = proxy_tls.load(tls_plan)  # after patching: its sockets are gevent's
     cc, max_job_size = build(config)
-    server = ProxyServer(cc, max_job_size, tls)
+    window, polling = proxy_poll.window_for(
+        config.proxy_busy_poll if busy_poll_us is None else busy_poll_us, proxy_poll.cpu_limit())
+    server = ProxyServer(cc, max_job_size, tls, window)
     try:
         bound = server.start(host, port)
     except OSError as e:
@@ -150,9 +161,9 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
     # a supervisor starts its proxy with SIGHUP blocked (proxy_proc): one sent meanwhile
     # is delivered now, to the handler
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    log.info("listening on %s:%d (%s; %d nodes: %s; %d descriptors)", bound[0], bound[1],
+    log.info("listening on %s:%d (%s; %d nodes: %s; %d descriptors; %s)", bound[0], bound[1],
              tls.describe() if tls is not None and tls.on_listen else "plain TCP",
-             len(cc.nodes), ", ".join(cc.nodes), limit)
+             len(cc.nodes), ", ".join(cc.nodes), limit, polling)
     stop.wait()
     log.info("stopping")
     if tls is not None:
@@ -167,10 +178,16 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
 @click.option("--config", "-c", "config_file", metavar="PATH",
               help="Config file naming the nodes [env BSCLUSTER_CONFIG; default "
                    "./bscluster.toml if present].")
+@click.option("--busy-poll", "busy_poll", type=click.IntRange(0, MAX_PROXY_BUSY_POLL),
+              metavar="USEC",
+              help=f"After each read, poll this many microseconds for more before sleeping "
+                   f"(lower latency per hop, CPU while traffic flows; 0: off; never where "
+                   f"the proxy may use one CPU or less) [config proxy_busy_poll; default "
+                   f"{DEFAULT_PROXY_BUSY_POLL}].")
 @click.option("--wanted", metavar="PATH", hidden=True,
               help="The supervisor's wanted.json (how `up --proxy` starts the proxy).")
 @proxy_tls.options
-def proxy(listen, config_file, wanted, **tls_flags) -> None:
+def proxy(listen, config_file, wanted, busy_poll, **tls_flags) -> None:
     """Serve beanstalkd's protocol on one address, routed over the whole cluster.
 
     Any beanstalkd client (PHP, Ruby, Node, Go, ...) connects to the proxy as
@@ -213,4 +230,4 @@ def proxy(listen, config_file, wanted, **tls_flags) -> None:
         parse_listen(listen)
     except ValueError as e:
         raise click.ClickException(f"--listen: {e}") from None
-    serve(listen, config, proxy_tls.plan(tls_flags, config), read)
+    serve(listen, config, proxy_tls.plan(tls_flags, config), read, busy_poll)

@@ -93,6 +93,7 @@ class ClientConn:
         # Python frame per read and write (a TLS client's TlsSocket is used as it is)
         raw = getattr(sock, "_sock", sock)
         self.recv, self.send = raw.recv, raw.send
+        self.poke = server.poll.poke
         loop = gevent.get_hub().loop
         fd = sock.fileno()
         self.reader = loop.io(fd, READ)
@@ -194,6 +195,7 @@ class ClientConn:
                 return
             except OSError:
                 data = b""
+            self.poke()
             if data:
                 self.queue.extend(self.codec.feed(data))
             else:

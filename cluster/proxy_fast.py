@@ -123,8 +123,9 @@ class Link:
 class FastPath:
     """Dispatch and reply reading for every proxy client (one per ProxyServer)."""
 
-    def __init__(self, commands) -> None:
+    def __init__(self, commands, poke) -> None:
         self.commands = commands
+        self.poke = poke  # called for each read from a node (proxy_poll.BusyPoll)
         self.cc = commands.cc
         self.pool = commands.cc._pool
         self.clock = self.pool.clock
@@ -325,6 +326,7 @@ class FastPath:
             return
         except OSError:
             data = b""  # (as an end of stream: lost)
+        self.poke()
         if not data:  # (an EOF with replies due: the node died or closed it)
             self._lost(link)
             client.after_io()

@@ -30,8 +30,8 @@ every SIGHUP.  ``Reloader.reload`` then:
 6. logs one line saying what changed ("reload: +node4, node2 leaving").
 
 Settings the proxy reads only at start (proxy_tls and the [tls] files its
-own listener serves under it, the job size limit) are named in that line
-as applying after a restart.
+own listener serves under it, the job size limit, proxy_busy_poll) are named
+in that line as applying after a restart.
 
 Under gevent nothing here yields: a reload happens between two commands of
 every client, never in the middle of one.
@@ -159,6 +159,8 @@ def restart_only(old: ClusterConfig, new: ClusterConfig) -> tuple[str, ...]:
         changed.append("the [tls] files the proxy serves (proxy_tls)")
     if _job_size(old) != _job_size(new):
         changed.append(f"max_job_size ({_job_size(old)}->{_job_size(new)})")
+    if old.proxy_busy_poll != new.proxy_busy_poll:
+        changed.append(f"proxy_busy_poll ({old.proxy_busy_poll}->{new.proxy_busy_poll})")
     return tuple(changed)
 
 

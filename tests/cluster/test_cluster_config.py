@@ -173,6 +173,7 @@ def test_node_lookup_suggests():
     ("[cluster]\nbinlog = 1\n", r"binlog = 1 .* expected true or false"),
     ("[cluster]\nfsync_ms = -2\n", r"fsync_ms = -2 .* -1 to never fsync"),
     ("[cluster]\nmax_job_size = 2000000000\n", r"max_job_size .* between 1 and 1073741824"),
+    ("[cluster]\nproxy_busy_poll = -1\n", r"proxy_busy_poll = -1 .* microseconds from 0 \(off\) to 10000"),
     ("[cluster]\nbase_port = 65534\n", r"node3 would listen on port 65536"),
     ("[cluster]\nhost = \"unix:/tmp/s\"\n", r"host = 'unix:/tmp/s' .* IP address"),
     ("[nodes.node2]\nport = 11300\n", r"node1 and node2 would both listen on 127.0.0.1:11300"),

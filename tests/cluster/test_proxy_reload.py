@@ -88,6 +88,9 @@ def test_settings_read_only_at_start_are_named_not_applied(tmp_path):
     change = Change.between(old, new)
     assert change and not change.routing
     assert str(change) == "max_job_size (65535->1000) changed: applies when the proxy restarts"
+    polling = load_config(write(tmp_path / "c.toml", [1, 2], extra="proxy_busy_poll = 0"), env={})
+    assert str(Change.between(old, polling)) == (
+        "proxy_busy_poll (50->0) changed: applies when the proxy restarts")
 
 
 def test_tls_files_for_the_nodes_apply_at_once_those_the_proxy_serves_at_restart(tmp_path):
