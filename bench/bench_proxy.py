@@ -27,6 +27,10 @@ With ``--forwarder`` a bare TCP forwarder to the same node
 rounds: the second hop alone, which any proxy must make, under the proxy's
 own work.
 
+The proxy polls for ``--busy-poll`` microseconds after each read (its
+default unless given; cluster/proxy_poll.py).  With ``--unpolled`` a second
+proxy with polling off (``--busy-poll 0``) is measured in the same rounds.
+
 With ``--tls`` the nodes serve mutual TLS (a trial CA made for the run) and
 the proxy talks TLS to them while serving its clients plain TCP, as a sidecar
 on 127.0.0.1 does (docs/PROXY.md, "Deployment"); direct clients (and the
@@ -36,6 +40,7 @@ then: the load generator has no TLS.
     python bench/bench_proxy.py --pipeline 1 --pipeline 16 --seconds 5 --rounds 3
     python bench/bench_proxy.py --client python --forwarder --json ...
     python bench/bench_proxy.py --tls --clients 2 --clients 8
+    python bench/bench_proxy.py --unpolled --forwarder --clients 2 --clients 8 --clients 32
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from pathlib import Path
 
 from bsclient import Ring
 from bsclient.tls import client_context
-from bscluster.procs import ProxiedCluster, Server, free_port, wait_connectable
+from bscluster.procs import ProxiedCluster, Server, free_port, start_proxy, wait_connectable
 from bscluster.tls_init import make_trial
 from harness import cpu_seconds, find_forwarder, find_loadgen, median, run_loadgen
 
@@ -143,6 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--forwarder", action="store_true",
                     help="also measure a bare TCP forwarder to the node (bench/forwarder.c, "
                          "built with cc): the cost of the second hop alone")
+    ap.add_argument("--busy-poll", type=int, metavar="USEC",
+                    help="the proxy's proxy_busy_poll (default: the proxy's own)")
+    ap.add_argument("--unpolled", action="store_true",
+                    help="also measure a second proxy with its busy poll off (--busy-poll 0)")
     ap.add_argument("--tls", action="store_true",
                     help="nodes serve mutual TLS; the proxy talks TLS to them and serves "
                          "plain TCP (a sidecar); direct clients use TLS (implies --client "
@@ -155,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     counts = args.clients or [2, 8]
     tube = TUBE if args.client == "python" else "default"
     owner = Ring({f"node{i}": 1 for i in range(1, 4)}).node_for(tube)
-    report: dict = {"client": args.client, "tls": args.tls, "seconds": args.seconds,
+    report: dict = {"client": args.client, "tls": args.tls, "busy_poll": args.busy_poll,
+                    "seconds": args.seconds,
                     "rounds": args.rounds, "tube": tube, "tube_owner": owner, "runs": []}
     if args.client == "python":
         load = run
@@ -177,18 +187,23 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {r['clients']} connections, pipeline {r['pipeline']:>3}: direct "
                   f"{r['direct_cycles_per_s']} cycles/s, proxy {r['proxy_cycles_per_s']}; "
                   f"ratio {r['ratio']:.2f}; proxy CPU {r['proxy_cpu_us_per_command']} us/command")
-            if "forwarder_ratio" in r:
-                print(f"      bare forwarder {r['forwarder_cycles_per_s']}; ratio "
-                      f"{r['forwarder_ratio']:.2f}; its CPU "
-                      f"{r['forwarder_cpu_us_per_command']} us/command")
+            for name, label in (("unpolled", "proxy, busy poll off"),
+                                ("forwarder", "bare forwarder")):
+                if f"{name}_ratio" in r:
+                    print(f"      {label} {r[f'{name}_cycles_per_s']}; ratio "
+                          f"{r[f'{name}_ratio']:.2f}; its CPU "
+                          f"{r[f'{name}_cpu_us_per_command']} us/command")
     return report
 
 
-def _compare(load, cluster, direct_port: int, forwarder, clients: int, pipeline: int,
-             args, tls: tuple | None) -> dict:
-    """Rounds of direct, proxied (and forwarded): the rates, median ratios, CPU per command."""
+def _compare(load, cluster, direct_port: int, unpolled, forwarder, clients: int,
+             pipeline: int, args, tls: tuple | None) -> dict:
+    """Rounds of direct, proxied (and unpolled, forwarded): the rates, median ratios,
+    CPU per command."""
     # name -> (port, pid, its clients' TLS files: the proxy's are plain, a sidecar's)
     targets = {"proxy": (cluster.port, cluster.proxy.pid, None)}
+    if unpolled is not None:
+        targets["unpolled"] = (unpolled.port, unpolled.pid, None)
     if forwarder is not None:
         targets["forwarder"] = (forwarder.port, forwarder.pid, tls)  # (TLS end to end)
     rows: dict = {"direct": [], **{name: [] for name in targets}}
@@ -226,17 +241,21 @@ def _measure(load, trial, owner: str, counts, pipelines, args, report: dict,
                  "--tls-client-ca", str(trial.ca.cert))
         tls = (str(trial.ca.cert), str(trial.client.cert), str(trial.client.key))
         table = f'[tls]\nca = "{tls[0]}"\ncert = "{tls[1]}"\nkey = "{tls[2]}"\n'
+    if args.busy_poll is not None:  # ([cluster], before any table)
+        table = f"proxy_busy_poll = {args.busy_poll}\n{table}"
     with ProxiedCluster(tmp, 3, *flags, extra=table) as cluster:
         direct_port = cluster.nodes[int(owner[4:]) - 1].port
+        unpolled = start_proxy(cluster.config, "--busy-poll", "0") if args.unpolled else None
         forwarder = _start_forwarder(direct_port) if args.forwarder else None
         try:
             for clients in counts:
                 for pipeline in pipelines:
-                    report["runs"].append(_compare(load, cluster, direct_port, forwarder,
-                                                   clients, pipeline, args, tls))
+                    report["runs"].append(_compare(load, cluster, direct_port, unpolled,
+                                                   forwarder, clients, pipeline, args, tls))
         finally:
-            if forwarder is not None:
-                forwarder.kill()
+            for server in (unpolled, forwarder):
+                if server is not None:
+                    server.kill()
 
 
 def _start_forwarder(node_port: int) -> Server:
