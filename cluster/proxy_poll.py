@@ -6,9 +6,9 @@ Every command through the proxy makes two hops, client to proxy and proxy to
 node, and its reply two more.  A process that sleeps in ``epoll_wait`` between
 them must be woken for each, and the wakeup is the dearest part of a hop: on
 a virtual machine an idle CPU is woken through the hypervisor.  (On the 2-core
-VM of docs/BENCHMARKS.md a bare C forwarder that sleeps keeps 0.42-0.46 of a
+VM of docs/BENCHMARKS.md a bare C forwarder that sleeps keeps 0.42-0.54 of a
 direct connection's rate at pipeline 1; the same forwarder polling for ~100 us
-before it sleeps keeps 0.7-1.0.)
+before it sleeps keeps 0.70-1.01.)
 
 So each read from a client or a node (``poke``) starts a libev idle watcher:
 while one is active the loop polls with a zero timeout, and the watcher's
@@ -78,7 +78,8 @@ class BusyPoll:
 
 def cpu_limit(root: Path = CGROUP, proc: Path = Path("/proc/self")) -> float:
     """How many CPUs this process may use: its CPU affinity, or a cgroup quota if lower."""
-    affinity = float(len(os.sched_getaffinity(0)))
+    affinity = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else os.cpu_count() or 1)  # (Linux has the first)
     quota = _quota(root, proc)
     return affinity if quota is None else min(affinity, quota)
 
