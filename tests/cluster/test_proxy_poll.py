@@ -27,13 +27,15 @@ def turns_until(done, seconds: float = 2.0) -> bool:
     return True
 
 
-def test_a_read_starts_the_poll_reads_keep_it_and_the_window_without_reads_ends_it():
+def test_dense_reads_start_the_poll_and_a_window_without_reads_ends_it():
     poll = BusyPoll(3000)
     try:
+        poll.poke()  # one read after a quiet spell: no poll
         assert not poll.polling
-        poll.poke()
+        for _ in range(40):  # reads microseconds apart: their average falls below 3 ms
+            poll.poke()
         assert poll.polling
-        end = perf_counter() + 0.02  # reads for 20 ms: far longer than the window
+        end = perf_counter() + 0.02  # reads for 20 ms, far longer than the window
         while perf_counter() < end:
             poll.poke()
             gevent.sleep(TURN)
@@ -44,7 +46,19 @@ def test_a_read_starts_the_poll_reads_keep_it_and_the_window_without_reads_ends_
         before = CPU_SECONDS()
         gevent.sleep(0.1)  # the loop sleeps again: no CPU spent meanwhile
         assert CPU_SECONDS() - before < 0.03
-        poll.poke()  # and the next read polls again
+    finally:
+        poll.close()
+
+
+def test_reads_further_apart_than_the_window_never_start_the_poll():
+    poll = BusyPoll(3000)
+    try:
+        for _ in range(20):
+            poll.poke()
+            assert not poll.polling
+            gevent.sleep(0.005)  # (at least 5 ms: longer than the window)
+        for _ in range(40):  # and a burst after them does
+            poll.poke()
         assert poll.polling
     finally:
         poll.close()
