@@ -10,9 +10,9 @@ VM of docs/BENCHMARKS.md a bare C forwarder that sleeps keeps 0.42-0.54 of a
 direct connection's rate at pipeline 1; the same forwarder polling for ~100 us
 before it sleeps keeps 0.70-1.01.)
 
-So while reads come densely (on average less than ``window`` apart, over the
-last eight or so; a longer gap counts as ``LONG_GAP`` windows, so a pause is
-soon forgotten) each read starts a libev idle watcher: while one is active
+So while reads come densely (more than half of the last eight or so came
+within ``window`` of the read before: a poll would mostly catch the next
+one) each read starts a libev idle watcher: while one is active
 the loop polls with a zero timeout, and the watcher's callback runs each time
 a turn of the loop found nothing to do.  When ``window`` seconds pass without
 a read it stops itself and the loop sleeps as before.  Each empty turn yields
@@ -39,30 +39,29 @@ from time import perf_counter
 from gevent import get_hub
 
 CGROUP = Path("/sys/fs/cgroup")
-GAP_WEIGHT = 1 / 8  # of the newest time between reads in their average
-LONG_GAP = 4  # (windows) a longer time between reads counts as this long
+WEIGHT = 1 / 8  # of the newest read in ``BusyPoll.dense``, a moving average
+DENSE = 0.5  # poll while more than this share of recent reads came within the window
 
 
 class BusyPoll:
     """Keep the event loop polling for ``window_us`` microseconds after each read, while
-    reads come on average less than that far apart (0: never)."""
+    most reads come within that time of the one before (0: never)."""
 
-    __slots__ = ("idle", "window", "longest", "gap", "last_read")
+    __slots__ = ("idle", "window", "dense", "last_read")
 
     def __init__(self, window_us: int) -> None:
         self.window = window_us / 1e6
         self.idle = get_hub().loop.idle() if window_us > 0 else None  # None: off
-        self.longest = LONG_GAP * self.window  # a longer time between reads counts as this
-        self.gap = self.longest  # the time between reads, averaged
+        self.dense = 0.0  # the share of recent reads that came within ``window`` of the last
         self.last_read = perf_counter()
 
     def poke(self) -> None:
         """A read happened (the read callbacks call this)."""
         now = perf_counter()
-        self.gap += (min(now - self.last_read, self.longest) - self.gap) * GAP_WEIGHT
+        self.dense += ((now - self.last_read < self.window) - self.dense) * WEIGHT
         self.last_read = now
         idle = self.idle
-        if idle is not None and self.gap < self.window and not idle.active:
+        if idle is not None and self.dense > DENSE and not idle.active:
             idle.start(self._empty_turn)
 
     def _empty_turn(self) -> None:
