@@ -23,7 +23,8 @@ The cost is CPU, and only under dense traffic: an idle proxy never polls, nor
 does one whose clients send a command now and then (a poll after each of
 their reads would mostly wait out its window: one client sending 5,000 puts a
 second, each waited for, cost the proxy 69 % of a core polled at every read
-against 38 % unpolled); under load the loop is busy anyway.  HAProxy's
+against 38 % unpolled; gated so, 44 % against 40 %); under load the loop is
+busy anyway.  HAProxy's
 ``busy-polling`` is the same trade, always on.  Never where the proxy may use
 one CPU or less (``window_for``): under a cgroup quota such as a Kubernetes
 CPU limit polling would spend the quota and get the proxy throttled, and on
