@@ -36,7 +36,7 @@ import click
 import gevent
 from bsclient.protocol import CommandReader
 from bscluster import proxy_cluster as pc
-from bscluster import proxy_tls
+from bscluster import proxy_poll, proxy_tls
 from bscluster.config import (
     DEFAULT_PROXY_BUSY_POLL,
     DEFAULT_PROXY_LISTEN,
@@ -47,8 +47,6 @@ from bscluster.config import (
 from bscluster.proxy_commands import ProxyCommands
 from bscluster.proxy_engine import ClientConn
 from bscluster.proxy_fast import FastPath
-from bscluster import proxy_poll
-from bscluster.proxy_poll import BusyPoll
 from bscluster.proxy_reload import Reloader, reader
 from bscluster.runtime import StampFormatter
 from gevent.event import Event
@@ -68,7 +66,7 @@ class ProxyServer:
         self.tls = tls  # TLS on this listener or beside it (proxy_tls.py); None: plain TCP
         self.max_job_size = max_job_size
         self.commands = ProxyCommands(cc, max_job_size)
-        self.poll = BusyPoll(busy_poll_us)  # proxy_poll.py: the reads poke it
+        self.poll = proxy_poll.BusyPoll(busy_poll_us)  # proxy_poll.py: the reads poke it
         self.fast = FastPath(self.commands, self.poll.poke)
         self.server = None
 
@@ -180,10 +178,10 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
                    "./bscluster.toml if present].")
 @click.option("--busy-poll", "busy_poll", type=click.IntRange(0, MAX_PROXY_BUSY_POLL),
               metavar="USEC",
-              help=f"After each read, poll this many microseconds for more before sleeping "
-                   f"(lower latency per hop, CPU while traffic flows; 0: off; never where "
-                   f"the proxy may use one CPU or less) [config proxy_busy_poll; default "
-                   f"{DEFAULT_PROXY_BUSY_POLL}].")
+              help=f"While clients keep it busy, poll this many microseconds after each "
+                   f"read before sleeping: lower latency per hop for some CPU (0: off; never "
+                   f"where the proxy may use one CPU or less; docs/PROXY.md, \"Busy poll\") "
+                   f"[config proxy_busy_poll; default {DEFAULT_PROXY_BUSY_POLL}].")
 @click.option("--wanted", metavar="PATH", hidden=True,
               help="The supervisor's wanted.json (how `up --proxy` starts the proxy).")
 @proxy_tls.options

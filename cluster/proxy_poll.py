@@ -48,17 +48,18 @@ class BusyPoll:
     """Keep the event loop polling for ``window_us`` microseconds after each read, while
     most reads come within that time of the one before (0: never)."""
 
-    __slots__ = ("idle", "window", "dense", "last_read")
+    __slots__ = ("idle", "window", "clock", "dense", "last_read")
 
-    def __init__(self, window_us: int) -> None:
+    def __init__(self, window_us: int, clock=perf_counter) -> None:
         self.window = window_us / 1e6
+        self.clock = clock
         self.idle = get_hub().loop.idle() if window_us > 0 else None  # None: off
         self.dense = 0.0  # the share of recent reads that came within ``window`` of the last
-        self.last_read = perf_counter()
+        self.last_read = clock()
 
     def poke(self) -> None:
         """A read happened (the read callbacks call this)."""
-        now = perf_counter()
+        now = self.clock()
         self.dense += ((now - self.last_read < self.window) - self.dense) * WEIGHT
         self.last_read = now
         idle = self.idle
@@ -66,7 +67,7 @@ class BusyPoll:
             idle.start(self._empty_turn)
 
     def _empty_turn(self) -> None:
-        if perf_counter() - self.last_read > self.window:
+        if self.clock() - self.last_read > self.window:
             self.idle.stop()  # (the next read that finds reads dense starts it again)
         else:
             os.sched_yield()

@@ -87,10 +87,10 @@ binlog_size = {binlog_size}
 # speaks plain TCP, as beanstalkd clients do: keep it on 127.0.0.1 (docs/PROXY.md).
 # proxy_tls = false
 
-# After each read the proxy polls this many microseconds for more before it
-# sleeps: a hop's wakeup costs more than the hop (docs/PROXY.md, "Performance"),
-# so a few clients get about twice the rate, for CPU while traffic flows. Never
-# where the proxy may use one CPU or less (a one-CPU machine, a CPU quota); 0: off.
+# While its clients keep it busy, the proxy polls this many microseconds after
+# each read before it sleeps: waking costs more than the hop (docs/PROXY.md,
+# "Busy poll"), so a few busy clients get about twice the rate, for some CPU.
+# Never where the proxy may use one CPU or less (one CPU, a CPU quota); 0: off.
 # proxy_busy_poll = 50
 
 # Per-node overrides. Any of host, port, weight (share of tubes in the

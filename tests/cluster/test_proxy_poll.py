@@ -17,6 +17,14 @@ CPU_SECONDS = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_utime  # noqa:
 TURN = 0.0005  # (a timer: sleep(0) would schedule a callback, and no turn would be empty)
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def turns_until(done, seconds: float = 2.0) -> bool:
     """Let the event loop run until ``done()`` (False: not within ``seconds``)."""
     end = perf_counter() + seconds
@@ -28,38 +36,44 @@ def turns_until(done, seconds: float = 2.0) -> bool:
 
 
 def test_dense_reads_start_the_poll_and_a_window_without_reads_ends_it():
-    poll = BusyPoll(3000)
+    clock = FakeClock()
+    poll = BusyPoll(50, clock)
     try:
+        clock.now += 1
         poll.poke()  # one read after a quiet spell: no poll
         assert not poll.polling
-        for _ in range(40):  # reads microseconds apart: their average falls below 3 ms
+        for _ in range(6):  # reads 10 us apart: more than half of the recent ones are dense
+            clock.now += 10e-6
             poll.poke()
         assert poll.polling
-        end = perf_counter() + 0.02  # reads for 20 ms, far longer than the window
-        while perf_counter() < end:
-            poll.poke()
+        for _ in range(20):  # empty turns within the window keep it
             gevent.sleep(TURN)
-            assert poll.polling
-        last_read = perf_counter()
+        assert poll.polling
+        clock.now += 51e-6  # the window passes without a read
         assert turns_until(lambda: not poll.polling)
-        assert perf_counter() - last_read >= 0.003  # not before the window
         before = CPU_SECONDS()
         gevent.sleep(0.1)  # the loop sleeps again: no CPU spent meanwhile
         assert CPU_SECONDS() - before < 0.03
+        for _ in range(2):  # dense reads again (the first came after the gap: not dense)
+            clock.now += 10e-6
+            poll.poke()
+        assert poll.polling
     finally:
         poll.close()
 
 
 def test_reads_further_apart_than_the_window_never_start_the_poll():
-    poll = BusyPoll(3000)
+    clock = FakeClock()
+    poll = BusyPoll(50, clock)
     try:
-        for _ in range(20):
+        for _ in range(50):
+            clock.now += 60e-6
             poll.poke()
             assert not poll.polling
-            gevent.sleep(0.005)  # (at least 5 ms: longer than the window)
-        for _ in range(40):  # and a burst after them does
+        for dense in range(1, 7):  # then dense ones: polled once they weigh more than half
+            clock.now += 10e-6
             poll.poke()
-        assert poll.polling
+            assert poll.polling == (dense == 6)  # (1 - (7/8)^6 = 0.55)
     finally:
         poll.close()
 
