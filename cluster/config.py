@@ -618,4 +618,6 @@ def _check_value(key: str, value: Any, where: str) -> None:
         value = os.fspath(value)
     type_ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not type_ok or not ok(value):
-        raise ConfigError(f"{key} = {value!r} (from {where}) is not valid: expected {want}")
+        quoted = kind is int and isinstance(value, str)  # (TOML: nodes = "4")
+        hint = " (a whole number, without quotes)" if quoted else ""
+        raise ConfigError(f"{key} = {value!r} (from {where}) is not valid: expected {want}{hint}")
