@@ -586,7 +586,7 @@ def test_sigterm_finishes_the_running_handler_and_takes_nothing_new(node, projec
         assert (st["releases"], st["timeouts"]) == (0, 0)
     last = worker.wait_line("stopped: ")
     assert "stopped: done 1," in last  # the handler's job, and no other
-    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", last)
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d INFO ", last)  # ISO 8601
 
 
 @pytest.mark.parametrize("mode", ["thread", "gevent"])
