@@ -30,7 +30,6 @@ import logging
 import resource
 import signal
 import socket
-import sys
 
 import click
 import gevent
@@ -48,7 +47,7 @@ from bscluster.proxy_commands import ProxyCommands
 from bscluster.proxy_engine import ClientConn
 from bscluster.proxy_fast import FastPath
 from bscluster.proxy_reload import Reloader, reader
-from bscluster.runtime import StampFormatter
+from bscluster.runtime import log_to_stderr
 from gevent.event import Event
 from gevent.server import StreamServer
 
@@ -215,9 +214,7 @@ def proxy(listen, config_file, wanted, busy_poll, **tls_flags) -> None:
     the supervisor sends the SIGHUP itself when `up` or `remove` changes the
     cluster.  SIGUSR1: drain mode (puts get DRAINING).
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(StampFormatter("%(asctime)s bscluster proxy: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    log_to_stderr("%(asctime)s bscluster proxy: %(message)s", logging.INFO)
     read = reader(config_file, wanted)
     try:
         config = read()

@@ -39,6 +39,7 @@ import logging
 import os
 import resource
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -137,10 +138,17 @@ def log_stamp(when: float | None = None) -> str:
 
 class StampFormatter(logging.Formatter):
     """``%(asctime)s`` as ``log_stamp`` writes it, for processes that log through
-    ``logging`` (the proxy), so their lines in the supervisor's log read alike."""
+    ``logging`` (the proxy, `bscluster work`), so their lines read like the supervisor's."""
 
     def formatTime(self, record, datefmt=None) -> str:  # noqa: N802 - logging's name
         return log_stamp(record.created)
+
+
+def log_to_stderr(line_format: str, level: int | str) -> None:
+    """Configure ``logging`` for a bscluster command: stderr, lines stamped by ``log_stamp``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StampFormatter(line_format))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 # --- the supervisor lock -----------------------------------------------------

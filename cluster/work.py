@@ -30,7 +30,7 @@ from bsclient.config import read_tls_context
 from bsclient.errors import BeanstalkError
 from bsclient.worker import DEFAULT_CONCURRENCY, MODES, Worker
 from bscluster.config import ConfigError, load_config
-from bscluster.runtime import StampFormatter
+from bscluster.runtime import log_to_stderr
 from bscluster.truth import cluster_view
 
 EXIT_FORCED = 3  # a forced stop handed back jobs whose handlers had not finished
@@ -174,9 +174,7 @@ def work(target, tubes, concurrency, mode, config_file, server, max_attempts, on
     except (ValueError, TypeError, BeanstalkError, RuntimeError) as e:
         raise click.ClickException(str(e)) from None
     worker.tls_loader = tls_loader  # SIGHUP: read [tls] again (rotated certificates)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(StampFormatter(LOG_FORMAT))  # (ISO 8601, as every bscluster log)
-    logging.basicConfig(level=log_level.upper(), handlers=[handler])
+    log_to_stderr(LOG_FORMAT, log_level.upper())  # (ISO 8601, as every bscluster log)
     logging.getLogger("bscluster.work").info(
         "working: %s on tube(s) %s of %s, %d %s slot(s), pid %d; SIGTERM or Ctrl-C stops",
         target, ", ".join(tubes), where, concurrency, mode, os.getpid())
