@@ -201,6 +201,12 @@ class NodePool:
         member.failures = 0
         member.dead_until = 0.0
 
+    def new_client(self, name: str, address: str) -> Client:
+        """A connection (not opened yet) with this pool's timeouts, encoding and TLS."""
+        return Client(address, name=name, connect_timeout=self.connect_timeout,
+                      timeout=self.op_timeout, encoding=self.encoding, lazy=True,
+                      ssl_context=self.ssl_context)
+
     def conn(self, member: Member) -> Conn:
         """This thread's connection to ``member`` for a command."""
         return self.session().conn(member.name, member.address)

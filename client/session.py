@@ -71,11 +71,7 @@ class Session:
 
     # --- connections ----------------------------------------------------------
     def _new(self, name: str, address: str) -> Conn:
-        s = self.settings
-        client = Client(address, name=name, connect_timeout=s.connect_timeout,
-                        timeout=s.op_timeout, encoding=s.encoding, lazy=True,
-                        ssl_context=s.ssl_context)
-        conn = Conn(client)
+        conn = Conn(self.settings.new_client(name, address))
         self.conns.setdefault(name, []).append(conn)
         return conn
 

@@ -77,6 +77,8 @@ class ClientConn:
         self.links: dict = {}  # session Conn -> proxy_fast.Link
         self.dirty: set = set()  # links with commands to write this turn
         self.inflight = 0  # runs sent to nodes whose replies are not all in (proxy_fast)
+        self.shared = 0  # of them, puts on a shared connection (nothing passes them)
+        self.pipelines = False  # it sent a command before the last reply: no shared puts
         self.reserve_redone = False  # a fast reserve found no job: the rest go slow
         self.seq = 0
         self.turn = 0  # pump rounds (a link checked once per round: proxy_fast)
@@ -197,7 +199,10 @@ class ClientConn:
                 data = b""
             self.poke()
             if data:
-                self.queue.extend(self.codec.feed(data))
+                queue = self.queue
+                queue.extend(self.codec.feed(data))
+                if len(queue) > 1 or self.slots:  # (a lone command: a reply awaited)
+                    self.pipelines = True
             else:
                 self.reader.stop()
                 self.eof = True
@@ -220,7 +225,7 @@ class ClientConn:
         count, state, handlers = self.commands.count, self.state, self.fast.handlers
         seq = self.seq
         self.turn += 1
-        while queue and not lane and not self.closing:
+        while queue and not lane and not self.closing and not self.shared:
             ev = queue.popleft()
             count(state, ev)
             seq += 1

@@ -38,6 +38,30 @@ connection is the node's failure (``NodePool.failed``; a reply overdue by the
 operation timeout marks a hung node dead at once), and a command that may
 have run answers INTERNAL_ERROR, as the slow lane does.
 
+Shared put connections
+----------------------
+A client that waits for each reply before sending its next command (most
+PHP, Ruby and Python clients do) gives the proxy one command per read, so
+each of its commands costs the proxy a write and a read on a node connection
+of its own.  Its puts therefore go on one connection per node shared by all
+such clients (``Shared``; twemproxy shares its server connections the same
+way): every lone put read in one turn of the loop goes to its node in one
+write at the end of the turn (``_flush_shared``), and the replies come back in
+one read.  Only puts: a job reserved on a shared connection would be every
+client's (a delete from another client would succeed, a hang-up would not
+release it).  The rules:
+
+* a put goes shared only if its client has nothing in flight and has never
+  sent a command before the reply to the last one (``ClientConn.pipelines``:
+  a pipelining client batches its own commands, and keeps its connections);
+* while its shared put is in flight, a client's later commands wait in its
+  queue (``ClientConn.shared``), so none can pass it on another connection;
+* the shared connection is opened in a greenlet of its own the first time a
+  put needs it (that put, and any until it is open, go the client's way), and
+  again after it fails or the node closes it while idle (a restart); failures
+  answer as on a client's own connection: REDO if never written, else
+  INTERNAL_ERROR; a hung node is found by the same reaper.
+
 TLS node connections take this path too (``Client.nowait_io``: OpenSSL's
 buffered records are read with the rest).  A connection is made non-blocking
 again in each turn it is used, since the slow lane's blocking commands set
@@ -51,7 +75,10 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 
+import gevent
 from bsclient import protocol as P
+from bsclient.errors import ConnectionLostError
+from bsclient.session import Conn
 from gevent import get_hub
 
 from . import proxy_ids
@@ -80,7 +107,8 @@ class Run:
     def __init__(self) -> None:
         # per command: (its reply slot, or None for a use/watch sent ahead of one;
         # reader(link, job, reply) -> reply bytes or REDO; the node's job id of a
-        # by-job command, else 0; offset of its first byte in the link's stream)
+        # by-job command, else 0 (on a shared link: the put's client, given to
+        # reader as ``job``); offset of its first byte in the link's stream)
         self.items: list[tuple] = []
         self.done = 0  # replies read so far
 
@@ -90,10 +118,10 @@ class Link:
 
     __slots__ = ("client", "conn", "member", "digits", "name", "expect", "out", "queued",
                  "written", "reader", "writer", "connects", "recv", "send", "feed", "since",
-                 "used", "turn", "run")
+                 "used", "turn", "run", "on_read")
 
-    def __init__(self, client, conn, member, number: int) -> None:
-        self.client = client  # the proxy client (proxy_engine.ClientConn)
+    def __init__(self, client, conn, member, number: int, on_read) -> None:
+        self.client = client  # the proxy client (proxy_engine.ClientConn), or ``Shared``
         self.conn = conn
         self.member = member
         self.digits = proxy_ids.digits(number)  # its job ids + these: proxy ids
@@ -112,12 +140,37 @@ class Link:
         self.used = 0.0  # when a command was last dispatched on it
         self.turn = -1  # the client's dispatch turn it was last checked in
         self.run: Run | None = None  # this turn's commands, until ``flush``
+        self.on_read = on_read  # the read watcher's callback
 
     def stop(self) -> None:
         self.reader.stop()
         self.writer.stop()
         self.reader.close()
         self.writer.close()
+
+
+class Shared:
+    """The owner of the shared put connections (one per node, for every client): it
+    stands in for a ClientConn where a ``Link`` asks its client for something."""
+
+    __slots__ = ("links", "dirty", "inflight", "flushing", "opening", "retry_at")
+
+    def __init__(self) -> None:
+        self.links: dict[str, Link] = {}  # node name -> its shared link
+        self.dirty: set[Link] = set()  # links with puts to write at the end of this turn
+        self.inflight = 0  # (counted by ``_send``; each client counts its own puts)
+        self.flushing = False  # a write of ``dirty`` is scheduled
+        self.opening: set[str] = set()  # nodes a connection is being opened to
+        self.retry_at: dict[str, float] = {}  # node -> no new connection before then
+
+    def guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("proxy: shared put connection failed")
+
+    def after_io(self) -> None:
+        pass  # (its clients are told one by one: ``FastPath._tell``)
 
 
 class FastPath:
@@ -131,7 +184,9 @@ class FastPath:
         self.clock = self.pool.clock
         self.numbers = commands.numbers
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
-        self.reaper = get_hub().loop.timer(REAP_EVERY, REAP_EVERY)
+        self.shared = Shared()
+        self.loop = get_hub().loop
+        self.reaper = self.loop.timer(REAP_EVERY, REAP_EVERY)
         self.reaper.start(self._reap)
         # op -> handler(client, slot) -> bool: sends the command to its node now if
         # nothing unusual can happen (False otherwise); an op not here: the slow lane's
@@ -142,6 +197,8 @@ class FastPath:
     def close(self) -> None:
         self.reaper.stop()
         self.reaper.close()
+        for link in list(self.shared.links.values()):
+            self._drop(link)
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -164,7 +221,8 @@ class FastPath:
             link.stop()
             link = None
         if link is None:
-            link = client.links[conn] = Link(client, conn, member, self.numbers[member.name])
+            link = client.links[conn] = Link(client, conn, member, self.numbers[member.name],
+                                             self._readable)
         now = self.clock()
         if not link.expect and now - link.used > STALE_AFTER and not c.still_open():
             return None
@@ -189,6 +247,20 @@ class FastPath:
 
     def _put(self, client, slot) -> bool:
         tube = client.state.using
+        if not (client.pipelines or client.inflight):  # a lone put: the shared connection
+            link = self._shared_link(tube)
+            if link is not None:
+                ev = slot[EV]
+                self._send(link, b"put %d %d %d %d\r\n%s\r\n" % (
+                    ev[1], ev[2], ev[3], len(ev[4]), ev[4]), slot, self._read_put, client)
+                client.inflight += 1
+                client.shared += 1
+                client.state.producer = True
+                shared = self.shared
+                if not shared.flushing:
+                    shared.flushing = True
+                    self.loop.run_callback(self._flush_shared)
+                return True
         route = client.put_route  # (turn, tube, link): the last put's, this turn
         if route[0] == client.turn and route[1] is tube:
             link = route[2]
@@ -217,6 +289,69 @@ class FastPath:
             self._send(link, link.conn.client.use_command(tube), None, self._read_prefix)
         client.state.producer = True
         return link
+
+    def _shared_link(self, tube: str) -> Link | None:
+        """The shared link a lone put to ``tube`` goes on now (its ``use`` sent ahead if
+        needed), or None: the client's own connection then (one is being opened)."""
+        cc, pool, shared = self.cc, self.pool, self.shared
+        if cc.is_spread(tube) or self.commands.draining:
+            return None
+        member = pool.members[cc.node_for(tube)]
+        if member.dead_until or member.draining_until:
+            return None
+        link = shared.links.get(member.name)
+        now = self.clock()
+        if link is not None:
+            c = link.conn.client
+            if link.member is not member or link.connects != c.connects:  # moved, reopened
+                self._drop(link)
+                link = None
+            elif not link.expect and now - link.used > STALE_AFTER and not c.still_open():
+                self._drop(link)  # the node closed it (a restart)
+                link = None
+        if link is None:
+            self._open(member, now)
+            return None
+        link.used = now
+        c = link.conn.client
+        if c.using != tube:
+            self._send(link, c.use_command(tube), None, self._read_prefix)
+        return link
+
+    def _open(self, member, now: float) -> None:
+        """Open the shared connection to ``member`` in a greenlet of its own (a connect
+        may wait; a callback never does)."""
+        shared, name = self.shared, member.name
+        if name in shared.opening or now < shared.retry_at.get(name, 0.0):
+            return
+        shared.opening.add(name)
+        gevent.spawn(self._connect, member)
+
+    def _connect(self, member) -> None:
+        shared, name = self.shared, member.name
+        client = self.pool.new_client(name, member.address)
+        try:
+            client.connect()
+        except ConnectionLostError:  # (the slow lane meets it too, and says so)
+            shared.retry_at[name] = self.clock() + STALE_AFTER
+            return
+        finally:
+            shared.opening.discard(name)
+        if self.pool.members.get(name) is not member or name in shared.links:
+            client.close()  # removed or moved meanwhile
+            return
+        link = shared.links[name] = Link(shared, Conn(client), member, self.numbers[name],
+                                         self._readable_shared)
+        link.used = self.clock()
+        link.reader.start(link.on_read, link)  # (a close while idle is seen at once)
+
+    def _flush_shared(self) -> None:
+        """The end of a loop turn: every client's lone puts go out, one write per node."""
+        shared = self.shared
+        shared.flushing = False
+        dirty, shared.dirty = shared.dirty, set()
+        for link in dirty:
+            self.flush(link)
 
     def _by_job(self, client, slot) -> bool:
         ev = slot[EV]
@@ -283,7 +418,7 @@ class FastPath:
         link.out = []
         self._write(link, out[0] if len(out) == 1 else b"".join(out))
         if link.expect and not link.reader.active:
-            link.reader.start(self._readable, link)
+            link.reader.start(link.on_read, link)
 
     def _write(self, link: Link, data: bytes) -> None:
         try:
@@ -365,6 +500,70 @@ class FastPath:
             self.pool.ok(link.member)
         client.after_io()
 
+    def _readable_shared(self, link: Link) -> None:
+        """A shared link's read watcher: replies go to the slots of many clients."""
+        try:
+            self._read_shared(link)
+        except Exception:
+            log.exception("proxy: shared put connection failed")
+            self._lost(link)
+
+    def _read_shared(self, link: Link) -> None:
+        if not link.expect:  # the node closed it while idle (a restart), or out of step
+            self._drop(link)
+            return
+        try:
+            data = link.recv(RECV_SIZE)
+        except TRY_LATER:
+            return
+        except OSError:
+            data = b""
+        self.poke()
+        if not data:
+            self._lost(link)
+            return
+        expect = link.expect
+        told = {}
+        for reply in link.feed(data):
+            if not expect:  # a reply nobody asked for: out of step
+                self._lost(link)
+                break
+            run = expect[0]
+            items, i = run.items, run.done
+            slot, reader, client, _ = items[i]
+            try:
+                result = reader(link, client, reply)
+            except Exception:  # a bug: it ends that client's connection, not the others'
+                if slot is None:
+                    raise
+                client.failed()
+                result = None
+            if link.expect is not expect:
+                break  # ``_lost`` answered every put still due
+            if slot is not None:
+                client.inflight -= 1
+                client.shared -= 1
+                if result is not None:
+                    client.answer(slot, result)
+                    told[client] = True
+            run.done = i = i + 1
+            if i == len(items):
+                expect.popleft()
+        if link.expect is expect:
+            if expect:
+                link.since = self.clock()
+            else:
+                self.busy.discard(link)
+            if link.member.failures:
+                self.pool.ok(link.member)
+        self._tell(told)
+
+    def _tell(self, clients) -> None:
+        """Clients whose shared puts were answered: replies out, the next commands in."""
+        for client in clients:
+            if not client.closing:  # (a gone client's puts still ran, as beanstalkd's)
+                client.guard(client.pump)
+
     def _read_put(self, link: Link, job: int, reply: tuple):
         words = reply[0]
         word = words[0]
@@ -416,6 +615,9 @@ class FastPath:
         """The connection failed: the node is told failed, every command in flight
         answered (REDO if never written, else as a lost command)."""
         client = link.client
+        if client is self.shared:
+            self._lost_shared(link, hung)
+            return
         if client.links.get(link.conn) is link:
             del client.links[link.conn]
         link.stop()
@@ -435,6 +637,32 @@ class FastPath:
                 redo = start >= link.written or reader == self._read_reserve
                 client.answer(slot, REDO if redo else P.INTERNAL_ERROR)
 
+    def _lost_shared(self, link: Link, hung: bool) -> None:
+        self._drop(link)
+        self.pool.failed(link.member, hung=hung)
+        expect, link.expect = link.expect, deque()
+        told = {}
+        for run in expect:
+            for slot, _, client, start in run.items[run.done:]:
+                if slot is None:
+                    continue
+                client.inflight -= 1
+                client.shared -= 1
+                client.answer(slot, REDO if start >= link.written else P.INTERNAL_ERROR)
+                told[client] = True
+        self._tell(told)
+
+    def _drop(self, link: Link) -> None:
+        """Close a shared link (its puts still due: ``_lost_shared``)."""
+        shared = self.shared
+        if shared.links.get(link.name) is link:
+            del shared.links[link.name]
+        link.stop()
+        self.busy.discard(link)
+        shared.dirty.discard(link)
+        link.run = None
+        link.conn.client.close()
+
     def _idle_closed(self, link: Link) -> None:
         """Readable with no reply expected: a node restart closed it (the slow lane will
         reconnect; the node is not failed for that), or it is out of step."""
@@ -445,7 +673,12 @@ class FastPath:
             link.client.session.lost(link.conn)
 
     def _reap(self) -> None:
-        """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition)."""
+        """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition).
+        Idle shared links to a node removed or moved (a reload) are closed."""
+        members = self.pool.members
+        for link in [lk for lk in self.shared.links.values()
+                     if members.get(lk.name) is not lk.member and not lk.expect]:
+            self._drop(link)
         if not self.busy or not self.pool.op_timeout:
             return
         limit = self.clock() - self.pool.op_timeout
@@ -475,7 +708,7 @@ class FastPath:
             c = conn.client
             if (not link.reader.active and not conn.pending and c.connected
                     and link.connects == c.connects):
-                link.reader.start(self._readable, link)
+                link.reader.start(link.on_read, link)
 
     def forget(self, client) -> None:
         """The client is gone: stop its links (its greenlet closes the connections)."""

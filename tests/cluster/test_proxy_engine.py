@@ -255,7 +255,8 @@ def buggy_put(self, client, slot):
     return put(self, client, slot)
 
 def buggy_read_put(self, link, job, reply):
-    if link.client.state.using == "bug-in-reply":
+    client = job if link.client is self.shared else link.client  # (a shared link: many)
+    if client.state.using == "bug-in-reply":
         raise RuntimeError("planted bug in reply reading")
     return read_put(self, link, job, reply)
 
