@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import time
 
 import pytest
@@ -101,6 +102,8 @@ def test_a_command_after_a_lone_put_waits_for_it(tmp_path):
     with ProxiedCluster(tmp_path, 3) as cluster:
         node2 = cluster.nodes[1]
         c, other = Raw(cluster.address), Raw(cluster.address)
+        # (else Nagle holds the second command back until the first one's reply)
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             for command in (b"use %s\r\n" % tube, b"watch %s\r\n" % tube,
                             b"ignore default\r\n"):
@@ -186,5 +189,23 @@ def test_a_restarted_node_gets_a_new_shared_connection_and_no_put_fails(tmp_path
             replies = [_lone(c, _put(b"after%d" % i)) for i in range(5)]
             assert all(r.startswith(b"INSERTED ") for r in replies), replies
             assert {decode(_id(r))[0] for r in replies} == {"node1"}
+        finally:
+            c.close()
+
+
+def test_lone_puts_to_a_draining_node_fail_over(tmp_path):
+    tube = _tube_on("node1").encode()
+    with ProxiedCluster(tmp_path, 3) as cluster:
+        c = Raw(cluster.address)
+        try:
+            _lone(c, b"use %s\r\n" % tube)
+            for _ in range(3):  # the shared connection to node1 open and in use
+                assert decode(_id(_lone(c, _put(b"before"))))[0] == "node1"
+            cluster.nodes[0].signal(signal.SIGUSR1)  # node1 drains: it refuses puts
+            with Client(cluster.nodes[0].address) as n1:
+                poll(lambda: n1.stats()["draining"], what="node1 draining")
+            replies = [_lone(c, _put(b"after%d" % i)) for i in range(5)]
+            assert all(r.startswith(b"INSERTED ") for r in replies), replies
+            assert "node1" not in {decode(_id(r))[0] for r in replies}
         finally:
             c.close()
