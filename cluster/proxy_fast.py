@@ -92,6 +92,7 @@ RECV_SIZE = 65536
 TRY_LATER = (BlockingIOError, InterruptedError)
 REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
 STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
+REOPEN_AFTER = 1.0  # seconds before a shared connection that could not open is tried again
 # A command's reply slot: [seq, event, reply].  Slots are lists (one is made per
 # command, so they must be cheap), ordered by their unique seq, so the slow lane
 # (proxy_engine) can keep them sorted.  ``reply`` is None until the reply is in;
@@ -333,7 +334,7 @@ class FastPath:
         try:
             client.connect()
         except ConnectionLostError:  # (the slow lane meets it too, and says so)
-            shared.retry_at[name] = self.clock() + STALE_AFTER
+            shared.retry_at[name] = self.clock() + REOPEN_AFTER
             return
         finally:
             shared.opening.discard(name)
