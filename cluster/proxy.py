@@ -66,7 +66,7 @@ class ProxyServer:
         self.max_job_size = max_job_size
         self.commands = ProxyCommands(cc, max_job_size)
         self.poll = proxy_poll.BusyPoll(busy_poll_us)  # proxy_poll.py: the reads poke it
-        self.fast = FastPath(self.commands, self.poll.poke)
+        self.fast = FastPath(self.commands, self.poll)
         self.server = None
 
     def start(self, host: str, port: int) -> tuple[str, int]:

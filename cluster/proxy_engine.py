@@ -95,7 +95,7 @@ class ClientConn:
         # Python frame per read and write (a TLS client's TlsSocket is used as it is)
         raw = getattr(sock, "_sock", sock)
         self.recv, self.send = raw.recv, raw.send
-        self.poke = server.poll.poke
+        self.poke, self.done = server.poll.poke, server.poll.done  # (proxy_poll.BusyPoll)
         loop = gevent.get_hub().loop
         fd = sock.fileno()
         self.reader = loop.io(fd, READ)
@@ -209,6 +209,7 @@ class ClientConn:
                 if self.in_reserve:
                     self.greenlet.kill(ClientGone, block=False)
             self.pump()  # (its after_io throttles the reading)
+            self.done()
         except Exception:
             self.failed()
 

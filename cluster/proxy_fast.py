@@ -177,9 +177,10 @@ class Shared:
 class FastPath:
     """Dispatch and reply reading for every proxy client (one per ProxyServer)."""
 
-    def __init__(self, commands, poke) -> None:
+    def __init__(self, commands, poll) -> None:
         self.commands = commands
-        self.poke = poke  # called for each read from a node (proxy_poll.BusyPoll)
+        # told of each read from a node, and when its work ended (proxy_poll.BusyPoll)
+        self.poke, self.done = poll.poke, poll.done
         self.cc = commands.cc
         self.pool = commands.cc._pool
         self.clock = self.pool.clock
@@ -251,9 +252,7 @@ class FastPath:
         if not (client.pipelines or client.inflight):  # a lone put: the shared connection
             link = self._shared_link(tube)
             if link is not None:
-                ev = slot[EV]
-                self._send(link, b"put %d %d %d %d\r\n%s\r\n" % (
-                    ev[1], ev[2], ev[3], len(ev[4]), ev[4]), slot, self._read_put, client)
+                self._send(link, _put_command(slot[EV]), slot, self._read_put, client)
                 client.inflight += 1
                 client.shared += 1
                 client.state.producer = True
@@ -270,20 +269,15 @@ class FastPath:
             if link is None:
                 return False
             client.put_route = (client.turn, tube, link)
-        ev = slot[EV]
-        self._send(link, b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4]),
-                   slot, self._read_put)
+        self._send(link, _put_command(slot[EV]), slot, self._read_put)
         return True
 
     def _put_link(self, client, tube: str) -> Link | None:
         """The link a put to ``tube`` goes on now (its ``use`` sent ahead if needed)."""
-        cc, pool, s = self.cc, self.pool, client.session
-        if cc.is_spread(tube) or self.commands.draining:
+        member = self._put_member(tube)
+        if member is None:
             return None
-        member = pool.members[cc.node_for(tube)]
-        if member.dead_until or member.draining_until:
-            return None
-        link = self._link(client, _idle_conn(s, member.name), member)
+        link = self._link(client, _idle_conn(client.session, member.name), member)
         if link is None:
             return None
         if link.conn.client.using != tube:
@@ -291,16 +285,24 @@ class FastPath:
         client.state.producer = True
         return link
 
+    def _put_member(self, tube: str):
+        """The node a put to ``tube`` goes to from the fast path, or None: the slow lane's
+        (a spread tube, the proxy draining, the owner dead or draining: failover)."""
+        cc = self.cc
+        if cc.is_spread(tube) or self.commands.draining:
+            return None
+        member = self.pool.members[cc.node_for(tube)]
+        if member.dead_until or member.draining_until:
+            return None
+        return member
+
     def _shared_link(self, tube: str) -> Link | None:
         """The shared link a lone put to ``tube`` goes on now (its ``use`` sent ahead if
         needed), or None: the client's own connection then (one is being opened)."""
-        cc, pool, shared = self.cc, self.pool, self.shared
-        if cc.is_spread(tube) or self.commands.draining:
+        member = self._put_member(tube)
+        if member is None:
             return None
-        member = pool.members[cc.node_for(tube)]
-        if member.dead_until or member.draining_until:
-            return None
-        link = shared.links.get(member.name)
+        link = self.shared.links.get(member.name)
         now = self.clock()
         if link is not None:
             c = link.conn.client
@@ -500,6 +502,7 @@ class FastPath:
         if link.member.failures:
             self.pool.ok(link.member)
         client.after_io()
+        self.done()
 
     def _readable_shared(self, link: Link) -> None:
         """A shared link's read watcher: replies go to the slots of many clients."""
@@ -558,6 +561,7 @@ class FastPath:
             if link.member.failures:
                 self.pool.ok(link.member)
         self._tell(told)
+        self.done()
 
     def _tell(self, clients) -> None:
         """Clients whose shared puts were answered: replies out, the next commands in."""
@@ -718,6 +722,11 @@ class FastPath:
             self.busy.discard(link)
         client.links.clear()
         client.inflight = 0
+
+
+def _put_command(ev: tuple) -> bytes:
+    """A put event as written for the node: (op, pri, delay, ttr, body)."""
+    return b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4])
 
 
 def _idle_conn(session, name: str):

@@ -11,11 +11,15 @@ direct connection's rate at pipeline 1; the same forwarder polling for ~100 us
 before it sleeps keeps 0.70-1.01.)
 
 So while reads come densely (more than half of the last eight or so came
-within ``window`` of the read before: a poll would mostly catch the next
-one) each read starts a libev idle watcher: while one is active
+within ``window`` of the end of the work before: a poll would mostly catch
+the next one) each read starts a libev idle watcher: while one is active
 the loop polls with a zero timeout, and the watcher's callback runs each time
-a turn of the loop found nothing to do.  When ``window`` seconds pass without
-a read it stops itself and the loop sleeps as before.  Each empty turn yields
+a turn of the loop found nothing to do.  When ``window`` seconds pass after
+the last read's work ended (``done``) without another read, it stops itself
+and the loop sleeps as before.  Both are timed from the end of the work, not
+from the read: a client pipelining 16 commands gives the proxy reads whose
+work takes longer than the window, and timed from the read the poll would end
+before it began.  Each empty turn yields
 the CPU (``sched_yield``), so a node or client process waiting to run on
 this core is not kept from it.
 
@@ -48,26 +52,30 @@ class BusyPoll:
     """Keep the event loop polling for ``window_us`` microseconds after each read, while
     most reads come within that time of the one before (0: never)."""
 
-    __slots__ = ("idle", "window", "clock", "dense", "last_read")
+    __slots__ = ("idle", "window", "clock", "dense", "last_done")
 
     def __init__(self, window_us: int, clock=perf_counter) -> None:
         self.window = window_us / 1e6
         self.clock = clock
         self.idle = get_hub().loop.idle() if window_us > 0 else None  # None: off
         self.dense = 0.0  # the share of recent reads that came within ``window`` of the last
-        self.last_read = clock()
+        self.last_done = clock()  # when the work of the last read ended
 
     def poke(self) -> None:
-        """A read happened (the read callbacks call this)."""
+        """A read happened (the read callbacks call this after each read)."""
         now = self.clock()
-        self.dense += ((now - self.last_read < self.window) - self.dense) * WEIGHT
-        self.last_read = now
+        self.dense += ((now - self.last_done < self.window) - self.dense) * WEIGHT
+        self.last_done = now  # (until ``done`` says when its work ended)
         idle = self.idle
         if idle is not None and self.dense > DENSE and not idle.active:
             idle.start(self._empty_turn)
 
+    def done(self) -> None:
+        """The work of a read ended (its callback calls this last)."""
+        self.last_done = self.clock()
+
     def _empty_turn(self) -> None:
-        if self.clock() - self.last_read > self.window:
+        if self.clock() - self.last_done > self.window:
             self.idle.stop()  # (the next read that finds reads dense starts it again)
         else:
             os.sched_yield()

@@ -35,16 +35,22 @@ def turns_until(done, seconds: float = 2.0) -> bool:
     return True
 
 
+def _read(poll: BusyPoll, clock: FakeClock, gap: float, work: float = 0.0) -> None:
+    """A read ``gap`` seconds after the last one's work ended, then its own ``work``."""
+    clock.now += gap
+    poll.poke()
+    clock.now += work
+    poll.done()
+
+
 def test_dense_reads_start_the_poll_and_a_window_without_reads_ends_it():
     clock = FakeClock()
     poll = BusyPoll(50, clock)
     try:
-        clock.now += 1
-        poll.poke()  # one read after a quiet spell: no poll
+        _read(poll, clock, 1)  # one read after a quiet spell: no poll
         assert not poll.polling
         for _ in range(6):  # reads 10 us apart: more than half of the recent ones are dense
-            clock.now += 10e-6
-            poll.poke()
+            _read(poll, clock, 10e-6)
         assert poll.polling
         for _ in range(20):  # empty turns within the window keep it
             gevent.sleep(TURN)
@@ -55,8 +61,7 @@ def test_dense_reads_start_the_poll_and_a_window_without_reads_ends_it():
         gevent.sleep(0.1)  # the loop sleeps again: no CPU spent meanwhile
         assert CPU_SECONDS() - before < 0.03
         for _ in range(2):  # dense reads again (the first came after the gap: not dense)
-            clock.now += 10e-6
-            poll.poke()
+            _read(poll, clock, 10e-6)
         assert poll.polling
     finally:
         poll.close()
@@ -67,13 +72,28 @@ def test_reads_further_apart_than_the_window_never_start_the_poll():
     poll = BusyPoll(50, clock)
     try:
         for _ in range(50):
-            clock.now += 60e-6
-            poll.poke()
+            _read(poll, clock, 60e-6)
             assert not poll.polling
         for dense in range(1, 7):  # then dense ones: polled once they weigh more than half
-            clock.now += 10e-6
-            poll.poke()
+            _read(poll, clock, 10e-6)
             assert poll.polling == (dense == 6)  # (1 - (7/8)^6 = 0.55)
+    finally:
+        poll.close()
+
+
+def test_the_window_runs_from_the_end_of_a_reads_work_not_from_the_read():
+    clock = FakeClock()
+    poll = BusyPoll(50, clock)
+    try:  # a pipelining client: each read's work (16 commands) outlasts the window
+        for _ in range(6):
+            _read(poll, clock, 10e-6, work=80e-6)
+        assert poll.polling
+        for _ in range(20):  # 30 us after the work ended: still within the window
+            clock.now += 30e-6 / 20
+            gevent.sleep(TURN)
+        assert poll.polling
+        clock.now += 21e-6
+        assert turns_until(lambda: not poll.polling)
     finally:
         poll.close()
 

@@ -35,10 +35,22 @@ def _put(body: bytes) -> bytes:
     return b"put 10 0 60 %d\r\n%s\r\n" % (len(body), body)
 
 
+def _id(reply: bytes) -> int:
+    return int(reply.split(b" ")[1])
+
+
 def _lone(client: Raw, data: bytes) -> bytes:
     """Send one command and wait for its reply (as a client that does not pipeline)."""
     client.send(data)
     return client.replies(1)[0]
+
+
+def _lone_puts_to(c: Raw, tube: bytes, node: str, count: int = 3) -> None:
+    """``use tube``, then ``count`` lone puts, all landing on ``node``: the first opens the
+    shared connection to it (and goes the client's own way), the rest take it."""
+    _lone(c, b"use %s\r\n" % tube)
+    for _ in range(count):
+        assert decode(_id(_lone(c, _put(b"warm"))))[0] == node
 
 
 def _total_connections(node) -> int:
@@ -137,9 +149,6 @@ def test_a_command_after_a_lone_put_waits_for_it(tmp_path):
             other.close()
 
 
-def _id(reply: bytes) -> int:
-    return int(reply.split(b" ")[1])
-
 
 def test_a_hung_node_answers_every_shared_put_within_the_reply_timeout(tmp_path):
     hung, other = _tube_on("node3").encode(), _tube_on("node1").encode()
@@ -149,9 +158,7 @@ def test_a_hung_node_answers_every_shared_put_within_the_reply_timeout(tmp_path)
         bystander = Raw(cluster.address)
         try:
             for c in clients:
-                _lone(c, b"use %s\r\n" % hung)
-                for _ in range(2):
-                    assert _lone(c, _put(b"warm")).startswith(b"INSERTED ")
+                _lone_puts_to(c, hung, "node3", 2)
             _lone(bystander, b"use %s\r\n" % other)
             before = sum("no reply within" in line for line in cluster.proxy.lines)
             node3.signal(signal.SIGSTOP)
@@ -180,9 +187,7 @@ def test_a_restarted_node_gets_a_new_shared_connection_and_no_put_fails(tmp_path
     with ProxiedCluster(tmp_path, 3) as cluster:
         c = Raw(cluster.address)
         try:
-            _lone(c, b"use %s\r\n" % tube)
-            for _ in range(3):
-                assert _lone(c, _put(b"before")).startswith(b"INSERTED ")
+            _lone_puts_to(c, tube, "node1")
             port = cluster.nodes[0].port
             cluster.nodes[0].stop()  # a restart on the same port: the idle connection closes
             cluster.nodes[0] = start_bsnode("-p", str(port))
@@ -198,9 +203,7 @@ def test_lone_puts_to_a_draining_node_fail_over(tmp_path):
     with ProxiedCluster(tmp_path, 3) as cluster:
         c = Raw(cluster.address)
         try:
-            _lone(c, b"use %s\r\n" % tube)
-            for _ in range(3):  # the shared connection to node1 open and in use
-                assert decode(_id(_lone(c, _put(b"before"))))[0] == "node1"
+            _lone_puts_to(c, tube, "node1")
             cluster.nodes[0].signal(signal.SIGUSR1)  # node1 drains: it refuses puts
             with Client(cluster.nodes[0].address) as n1:
                 poll(lambda: n1.stats()["draining"], what="node1 draining")
