@@ -177,8 +177,8 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
                    "./bscluster.toml if present].")
 @click.option("--busy-poll", "busy_poll", type=click.IntRange(0, MAX_PROXY_BUSY_POLL),
               metavar="USEC",
-              help=f"While clients keep it busy, poll this many microseconds after each "
-                   f"read before sleeping: lower latency per hop for some CPU (0: off; never "
+              help=f"While clients keep it busy, poll this many microseconds after the work "
+                   f"of each read before sleeping: lower latency per hop for some CPU (0: off; never "
                    f"where the proxy may use one CPU or less; docs/PROXY.md, \"Busy poll\") "
                    f"[config proxy_busy_poll; default {DEFAULT_PROXY_BUSY_POLL}].")
 @click.option("--wanted", metavar="PATH", hidden=True,
