@@ -45,7 +45,7 @@ from gevent.event import Event
 
 from . import proxy_cluster as pc
 from .proxy_commands import CLOSE
-from .proxy_fast import EV, READ, RECV_SIZE, REDO, REPLY, TRY_LATER, WRITE
+from .proxy_link import EV, READ, RECV_SIZE, REDO, REPLY, TRY_LATER, WRITE
 
 log = logging.getLogger("bscluster.proxy")
 

@@ -38,29 +38,8 @@ connection is the node's failure (``NodePool.failed``; a reply overdue by the
 operation timeout marks a hung node dead at once), and a command that may
 have run answers INTERNAL_ERROR, as the slow lane does.
 
-Shared put connections
-----------------------
-A client that waits for each reply before sending its next command (most
-PHP, Ruby and Python clients do) gives the proxy one command per read, so
-each of its commands costs the proxy a write and a read on a node connection
-of its own.  Its puts therefore go on one connection per node shared by all
-such clients (``Shared``; twemproxy shares its server connections the same
-way): every lone put read in one turn of the loop goes to its node in one
-write at the end of the turn (``_flush_shared``), and the replies come back in
-one read.  Only puts: a job reserved on a shared connection would be every
-client's (a delete from another client would succeed, a hang-up would not
-release it).  The rules:
-
-* a put goes shared only if its client has nothing in flight and has never
-  sent a command before the reply to the last one (``ClientConn.pipelines``:
-  a pipelining client batches its own commands, and keeps its connections);
-* while its shared put is in flight, a client's later commands wait in its
-  queue (``ClientConn.shared``), so none can pass it on another connection;
-* the shared connection is opened in a greenlet of its own the first time a
-  put needs it (that put, and any until it is open, go the client's way), and
-  again after it fails or the node closes it while idle (a restart); failures
-  answer as on a client's own connection: REDO if never written, else
-  INTERNAL_ERROR; a hung node is found by the same reaper.
+Lone puts of clients that wait for each reply go on a connection per node
+that all such clients share instead (``proxy_shared``).
 
 TLS node connections take this path too (``Client.nowait_io``: OpenSSL's
 buffered records are read with the rest).  A connection is made non-blocking
@@ -75,103 +54,16 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 
-import gevent
 from bsclient import protocol as P
-from bsclient.errors import ConnectionLostError
-from bsclient.session import Conn
 from gevent import get_hub
 
 from . import proxy_ids
+from .proxy_link import EV, RECV_SIZE, REDO, REPLY, STALE_AFTER, TRY_LATER, Link, Run, put_command
+from .proxy_shared import SharedPuts
 
 log = logging.getLogger("bscluster.proxy")
 
-REDO = object()  # a reply meaning: run this command on the slow lane after all
-READ, WRITE = 1, 2
-RECV_SIZE = 65536
-# a socket not ready after all (a TLS client's socket says so too: proxy_tls.TlsSocket)
-TRY_LATER = (BlockingIOError, InterruptedError)
 REAP_EVERY = 0.25  # seconds between looks for overdue replies (a hung node)
-STALE_AFTER = 1.0  # seconds idle after which a connection is checked before use
-REOPEN_AFTER = 1.0  # seconds before a shared connection that could not open is tried again
-# A command's reply slot: [seq, event, reply].  Slots are lists (one is made per
-# command, so they must be cheap), ordered by their unique seq, so the slow lane
-# (proxy_engine) can keep them sorted.  ``reply`` is None until the reply is in;
-# then bytes (maybe empty: no reply), or proxy_commands.CLOSE.
-SEQ, EV, REPLY = 0, 1, 2
-
-
-class Run:
-    """The commands sent on one link in one turn, in order, and how far their replies are."""
-
-    __slots__ = ("items", "done")
-
-    def __init__(self) -> None:
-        # per command: (its reply slot, or None for a use/watch sent ahead of one;
-        # reader(link, job, reply) -> reply bytes or REDO; the node's job id of a
-        # by-job command, else 0 (on a shared link: the put's client, given to
-        # reader as ``job``); offset of its first byte in the link's stream)
-        self.items: list[tuple] = []
-        self.done = 0  # replies read so far
-
-
-class Link:
-    """The fast path's side of one session ``Conn``: runs in flight, bytes to write."""
-
-    __slots__ = ("client", "conn", "member", "digits", "name", "expect", "out", "queued",
-                 "written", "reader", "writer", "connects", "recv", "send", "feed", "since",
-                 "used", "turn", "run", "on_read")
-
-    def __init__(self, client, conn, member, number: int, on_read) -> None:
-        self.client = client  # the proxy client (proxy_engine.ClientConn), or ``Shared``
-        self.conn = conn
-        self.member = member
-        self.digits = proxy_ids.digits(number)  # its job ids + these: proxy ids
-        self.name = member.name
-        self.expect: deque[Run] = deque()  # runs whose replies are still (partly) due
-        self.out: list[bytes] = []  # dispatched this turn, not yet written
-        self.queued = 0  # bytes dispatched so far (``Run.start`` offsets)
-        self.written = 0  # bytes the socket took so far
-        self.connects = conn.client.connects
-        self.recv, self.send, self.feed = conn.client.nowait_io()
-        loop = get_hub().loop
-        fd = conn.client.fileno()
-        self.reader = loop.io(fd, READ)
-        self.writer = loop.io(fd, WRITE)
-        self.since = 0.0  # when the oldest reply expected was asked for
-        self.used = 0.0  # when a command was last dispatched on it
-        self.turn = -1  # the client's dispatch turn it was last checked in
-        self.run: Run | None = None  # this turn's commands, until ``flush``
-        self.on_read = on_read  # the read watcher's callback
-
-    def stop(self) -> None:
-        self.reader.stop()
-        self.writer.stop()
-        self.reader.close()
-        self.writer.close()
-
-
-class Shared:
-    """The owner of the shared put connections (one per node, for every client): it
-    stands in for a ClientConn where a ``Link`` asks its client for something."""
-
-    __slots__ = ("links", "dirty", "inflight", "flushing", "opening", "retry_at")
-
-    def __init__(self) -> None:
-        self.links: dict[str, Link] = {}  # node name -> its shared link
-        self.dirty: set[Link] = set()  # links with puts to write at the end of this turn
-        self.inflight = 0  # (counted by ``_send``; each client counts its own puts)
-        self.flushing = False  # a write of ``dirty`` is scheduled
-        self.opening: set[str] = set()  # nodes a connection is being opened to
-        self.retry_at: dict[str, float] = {}  # node -> no new connection before then
-
-    def guard(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("proxy: shared put connection failed")
-
-    def after_io(self) -> None:
-        pass  # (its clients are told one by one: ``FastPath._tell``)
 
 
 class FastPath:
@@ -186,8 +78,8 @@ class FastPath:
         self.clock = self.pool.clock
         self.numbers = commands.numbers
         self.busy: set[Link] = set()  # links with replies outstanding (for the reaper)
-        self.shared = Shared()
         self.loop = get_hub().loop
+        self.shared = SharedPuts(self)  # proxy_shared.py
         self.reaper = self.loop.timer(REAP_EVERY, REAP_EVERY)
         self.reaper.start(self._reap)
         # op -> handler(client, slot) -> bool: sends the command to its node now if
@@ -199,8 +91,7 @@ class FastPath:
     def close(self) -> None:
         self.reaper.stop()
         self.reaper.close()
-        for link in list(self.shared.links.values()):
-            self._drop(link)
+        self.shared.close()
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -233,7 +124,7 @@ class FastPath:
         link.turn = client.turn
         return link
 
-    def _send(self, link: Link, data: bytes, slot, reader, job: int = 0) -> None:
+    def send(self, link: Link, data: bytes, slot, reader, job: int = 0) -> None:
         run = link.run
         if run is None:  # the link's first command this turn
             if not link.expect:
@@ -249,17 +140,10 @@ class FastPath:
 
     def _put(self, client, slot) -> bool:
         tube = client.state.using
-        if not (client.pipelines or client.inflight):  # a lone put: the shared connection
-            link = self._shared_link(tube)
-            if link is not None:
-                self._send(link, _put_command(slot[EV]), slot, self._read_put, client)
-                client.inflight += 1
-                client.shared += 1
+        if not (client.pipelines or client.inflight):  # a lone put: a shared connection
+            member = self._put_member(tube)
+            if member is not None and self.shared.put(client, slot, member):
                 client.state.producer = True
-                shared = self.shared
-                if not shared.flushing:
-                    shared.flushing = True
-                    self.loop.run_callback(self._flush_shared)
                 return True
         route = client.put_route  # (turn, tube, link): the last put's, this turn
         if route[0] == client.turn and route[1] is tube:
@@ -269,7 +153,7 @@ class FastPath:
             if link is None:
                 return False
             client.put_route = (client.turn, tube, link)
-        self._send(link, _put_command(slot[EV]), slot, self._read_put)
+        self.send(link, put_command(slot[EV]), slot, self.read_put)
         return True
 
     def _put_link(self, client, tube: str) -> Link | None:
@@ -281,7 +165,7 @@ class FastPath:
         if link is None:
             return None
         if link.conn.client.using != tube:
-            self._send(link, link.conn.client.use_command(tube), None, self._read_prefix)
+            self.send(link, link.conn.client.use_command(tube), None, self.read_prefix)
         client.state.producer = True
         return link
 
@@ -295,66 +179,6 @@ class FastPath:
         if member.dead_until or member.draining_until:
             return None
         return member
-
-    def _shared_link(self, tube: str) -> Link | None:
-        """The shared link a lone put to ``tube`` goes on now (its ``use`` sent ahead if
-        needed), or None: the client's own connection then (one is being opened)."""
-        member = self._put_member(tube)
-        if member is None:
-            return None
-        link = self.shared.links.get(member.name)
-        now = self.clock()
-        if link is not None:
-            c = link.conn.client
-            if link.member is not member or link.connects != c.connects:  # moved, reopened
-                self._drop(link)
-                link = None
-            elif not link.expect and now - link.used > STALE_AFTER and not c.still_open():
-                self._drop(link)  # the node closed it (a restart)
-                link = None
-        if link is None:
-            self._open(member, now)
-            return None
-        link.used = now
-        c = link.conn.client
-        if c.using != tube:
-            self._send(link, c.use_command(tube), None, self._read_prefix)
-        return link
-
-    def _open(self, member, now: float) -> None:
-        """Open the shared connection to ``member`` in a greenlet of its own (a connect
-        may wait; a callback never does)."""
-        shared, name = self.shared, member.name
-        if name in shared.opening or now < shared.retry_at.get(name, 0.0):
-            return
-        shared.opening.add(name)
-        gevent.spawn(self._connect, member)
-
-    def _connect(self, member) -> None:
-        shared, name = self.shared, member.name
-        client = self.pool.new_client(name, member.address)
-        try:
-            client.connect()
-        except ConnectionLostError:  # (the slow lane meets it too, and says so)
-            shared.retry_at[name] = self.clock() + REOPEN_AFTER
-            return
-        finally:
-            shared.opening.discard(name)
-        if self.pool.members.get(name) is not member or name in shared.links:
-            client.close()  # removed or moved meanwhile
-            return
-        link = shared.links[name] = Link(shared, Conn(client), member, self.numbers[name],
-                                         self._readable_shared)
-        link.used = self.clock()
-        link.reader.start(link.on_read, link)  # (a close while idle is seen at once)
-
-    def _flush_shared(self) -> None:
-        """The end of a loop turn: every client's lone puts go out, one write per node."""
-        shared = self.shared
-        shared.flushing = False
-        dirty, shared.dirty = shared.dirty, set()
-        for link in dirty:
-            self.flush(link)
 
     def _by_job(self, client, slot) -> bool:
         ev = slot[EV]
@@ -370,7 +194,7 @@ class FastPath:
         if link is None:
             return False
         reader = self._read_done if ev[0] in _ENDS_RESERVATION else self._read_job
-        self._send(link, _BY_JOB[ev[0]](job_id, ev), slot, reader, job_id)
+        self.send(link, _BY_JOB[ev[0]](job_id, ev), slot, reader, job_id)
         return True
 
     def _reserve(self, client, slot) -> bool:
@@ -382,7 +206,7 @@ class FastPath:
             if link is None:
                 return False
             client.reserve_route = (client.turn, link)
-        self._send(link, b"reserve-with-timeout 0\r\n", slot, self._read_reserve)
+        self.send(link, b"reserve-with-timeout 0\r\n", slot, self._read_reserve)
         return True
 
     def _reserve_link(self, client) -> Link | None:
@@ -409,7 +233,7 @@ class FastPath:
             data, count = conn.client.watch_commands(s.watching)
             conn.watch_gen = s.watch_gen
             for i in range(count):  # one reply each; the bytes go with the first
-                self._send(link, data if i == 0 else b"", None, self._read_prefix)
+                self.send(link, data if i == 0 else b"", None, self.read_prefix)
         client.state.worker = True
         return link
 
@@ -504,72 +328,7 @@ class FastPath:
         client.after_io()
         self.done()
 
-    def _readable_shared(self, link: Link) -> None:
-        """A shared link's read watcher: replies go to the slots of many clients."""
-        try:
-            self._read_shared(link)
-        except Exception:
-            log.exception("proxy: shared put connection failed")
-            self._lost(link)
-
-    def _read_shared(self, link: Link) -> None:
-        if not link.expect:  # the node closed it while idle (a restart), or out of step
-            self._drop(link)
-            return
-        try:
-            data = link.recv(RECV_SIZE)
-        except TRY_LATER:
-            return
-        except OSError:
-            data = b""
-        self.poke()
-        if not data:
-            self._lost(link)
-            return
-        expect = link.expect
-        told = {}
-        for reply in link.feed(data):
-            if not expect:  # a reply nobody asked for: out of step
-                self._lost(link)
-                break
-            run = expect[0]
-            items, i = run.items, run.done
-            slot, reader, client, _ = items[i]
-            try:
-                result = reader(link, client, reply)
-            except Exception:  # a bug: it ends that client's connection, not the others'
-                if slot is None:
-                    raise
-                client.failed()
-                result = None
-            if link.expect is not expect:
-                break  # ``_lost`` answered every put still due
-            if slot is not None:
-                client.inflight -= 1
-                client.shared -= 1
-                if result is not None:
-                    client.answer(slot, result)
-                    told[client] = True
-            run.done = i = i + 1
-            if i == len(items):
-                expect.popleft()
-        if link.expect is expect:
-            if expect:
-                link.since = self.clock()
-            else:
-                self.busy.discard(link)
-            if link.member.failures:
-                self.pool.ok(link.member)
-        self._tell(told)
-        self.done()
-
-    def _tell(self, clients) -> None:
-        """Clients whose shared puts were answered: replies out, the next commands in."""
-        for client in clients:
-            if not client.closing:  # (a gone client's puts still ran, as beanstalkd's)
-                client.guard(client.pump)
-
-    def _read_put(self, link: Link, job: int, reply: tuple):
+    def read_put(self, link: Link, job: int, reply: tuple):
         words = reply[0]
         word = words[0]
         if word == b"INSERTED" or word == b"BURIED":
@@ -607,7 +366,7 @@ class FastPath:
             return REDO
         return b"RESERVED %d%s %d\r\n%s\r\n" % (job_id, link.digits, len(body), body)
 
-    def _read_prefix(self, link: Link, job: int, reply: tuple):
+    def read_prefix(self, link: Link, job: int, reply: tuple):
         word = reply[0][0]
         if word != b"USING" and word != b"WATCHING":
             log.warning("%s answered %r to use/watch: connection reset", link.name, word)
@@ -621,7 +380,7 @@ class FastPath:
         answered (REDO if never written, else as a lost command)."""
         client = link.client
         if client is self.shared:
-            self._lost_shared(link, hung)
+            self.shared.lost(link, hung)
             return
         if client.links.get(link.conn) is link:
             del client.links[link.conn]
@@ -642,32 +401,6 @@ class FastPath:
                 redo = start >= link.written or reader == self._read_reserve
                 client.answer(slot, REDO if redo else P.INTERNAL_ERROR)
 
-    def _lost_shared(self, link: Link, hung: bool) -> None:
-        self._drop(link)
-        self.pool.failed(link.member, hung=hung)
-        expect, link.expect = link.expect, deque()
-        told = {}
-        for run in expect:
-            for slot, _, client, start in run.items[run.done:]:
-                if slot is None:
-                    continue
-                client.inflight -= 1
-                client.shared -= 1
-                client.answer(slot, REDO if start >= link.written else P.INTERNAL_ERROR)
-                told[client] = True
-        self._tell(told)
-
-    def _drop(self, link: Link) -> None:
-        """Close a shared link (its puts still due: ``_lost_shared``)."""
-        shared = self.shared
-        if shared.links.get(link.name) is link:
-            del shared.links[link.name]
-        link.stop()
-        self.busy.discard(link)
-        shared.dirty.discard(link)
-        link.run = None
-        link.conn.client.close()
-
     def _idle_closed(self, link: Link) -> None:
         """Readable with no reply expected: a node restart closed it (the slow lane will
         reconnect; the node is not failed for that), or it is out of step."""
@@ -680,10 +413,7 @@ class FastPath:
     def _reap(self) -> None:
         """Replies overdue by the operation timeout: the node hangs (SIGSTOP, a partition).
         Idle shared links to a node removed or moved (a reload) are closed."""
-        members = self.pool.members
-        for link in [lk for lk in self.shared.links.values()
-                     if members.get(lk.name) is not lk.member and not lk.expect]:
-            self._drop(link)
+        self.shared.drop_moved()
         if not self.busy or not self.pool.op_timeout:
             return
         limit = self.clock() - self.pool.op_timeout
@@ -722,11 +452,6 @@ class FastPath:
             self.busy.discard(link)
         client.links.clear()
         client.inflight = 0
-
-
-def _put_command(ev: tuple) -> bytes:
-    """A put event as written for the node: (op, pri, delay, ttr, body)."""
-    return b"put %d %d %d %d\r\n%s\r\n" % (ev[1], ev[2], ev[3], len(ev[4]), ev[4])
 
 
 def _idle_conn(session, name: str):

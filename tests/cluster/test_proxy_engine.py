@@ -247,7 +247,7 @@ import sys
 from bscluster import proxy_fast
 from bscluster.cli import main
 
-put, read_put = proxy_fast.FastPath._put, proxy_fast.FastPath._read_put
+put, read_put = proxy_fast.FastPath._put, proxy_fast.FastPath.read_put
 
 def buggy_put(self, client, slot):
     if client.state.using == "bug-in-dispatch":
@@ -260,7 +260,7 @@ def buggy_read_put(self, link, job, reply):
         raise RuntimeError("planted bug in reply reading")
     return read_put(self, link, job, reply)
 
-proxy_fast.FastPath._put, proxy_fast.FastPath._read_put = buggy_put, buggy_read_put
+proxy_fast.FastPath._put, proxy_fast.FastPath.read_put = buggy_put, buggy_read_put
 main()
 """
 
