@@ -639,3 +639,35 @@ def test_sighup_reloads_the_listeners_certificate_and_keeps_connections(certs, c
         finally:
             old.close()
 
+
+
+def test_lone_puts_of_many_clients_share_one_tls_connection_to_their_node(certs, tmp_path):
+    """A plain sidecar's clients that wait for each reply: their puts (bodies of two TLS
+    records) go on one TLS connection to the node, opened once (docs/PROXY.md, "Shared
+    put connections")."""
+    n1 = start_tls_node(certs)
+    try:
+        config = write_config(tmp_path / "proxy.toml", [n1.port], tls_table(certs))
+        with start_proxy(config) as proxy:
+            def lone_put(c: Raw, body: bytes) -> bytes:
+                c.send(b"put 0 0 60 %d\r\n%s\r\n" % (len(body), body))
+                return c.replies(1)[0]
+
+            first = Raw(proxy.address)
+            try:  # its first put opens the shared connection, the others take it
+                for _ in range(3):
+                    assert lone_put(first, b"warm").startswith(b"INSERTED ")
+            finally:
+                first.close()
+            with Client(n1.address, ssl_context=certs.good(), timeout=10) as direct:
+                before = int(direct.stats()["total-connections"])
+                for i in range(10):
+                    c = Raw(proxy.address)
+                    try:
+                        assert lone_put(c, b"%d" % i * 20000).startswith(b"INSERTED ")
+                    finally:
+                        c.close()
+                assert int(direct.stats()["total-connections"]) == before
+                assert int(direct.stats_tube("default")["current-jobs-ready"]) == 13
+    finally:
+        n1.stop()
