@@ -256,7 +256,7 @@ def buggy_put(self, client, slot):
 
 def buggy_read_put(self, link, job, reply):
     client = job if link.client is self.shared else link.client  # (a shared link: many)
-    if client.state.using == "bug-in-reply":
+    if client.state.using.startswith("bug-in-reply"):
         raise RuntimeError("planted bug in reply reading")
     return read_put(self, link, job, reply)
 
@@ -295,7 +295,19 @@ def test_a_bug_in_a_callback_ends_that_connection_only_and_is_logged(tmp_path):
         # a new connection's first put opens its link to the node on the slow lane: the
         # second takes the fast lane, whose reply reading has the bug
         victim("bug-in-reply", "planted bug in reply reading", 1)
-        assert sum("proxy connection failed" in line for line in proxy.lines) == 2
+        # a lone put, on the connection to its node that the bystander's puts share
+        # (opened by its first put): only the victim's connection ends
+        ring = Ring({f"node{i}": 1 for i in (1, 2, 3)})
+        shared_tube = next(f"bug-in-reply-{i}" for i in range(1000)
+                           if ring.node_for(f"bug-in-reply-{i}") == ring.node_for("default"))
+        victim(shared_tube, "planted bug in reply reading", 0)
+        poll(lambda: sum("proxy connection failed" in line for line in proxy.lines) == 3,
+             what="three connections ended, each logged")
+        assert any("proxy_shared.py" in line for line in proxy.lines)  # (its traceback)
+        after = Raw(address)  # the shared connection serves on
+        after.send(_put(b"lone"))
+        assert after.replies(1)[0].startswith(b"INSERTED ")
+        after.close()
     finally:
         if proxy is not None:
             proxy.stop()
