@@ -19,7 +19,9 @@ greenlet switch on the way of an ordinary command:
 The lanes never overlap: the slow lane runs only when no fast command is in
 flight (so the two never share a node connection, and a command sees the
 effects of every command before it), and nothing is dispatched while the
-slow lane has work.  A fast command whose reply says it needs the slow lane
+slow lane has work.  A client that waits for each reply has its puts sent on
+a node connection every such client shares (``proxy_shared``); nothing of
+its own is dispatched while one is in flight, so nothing passes it.  A fast command whose reply says it needs the slow lane
 after all (``proxy_fast.REDO``) is queued there in its place.
 
 Flow control: the client's commands are read ahead only up to ``BACKLOG``
@@ -74,7 +76,7 @@ class ClientConn:
         self.queue: deque = deque()  # commands read, not yet dispatched
         self.slots: deque[list] = deque()  # dispatched, in order, answered or not
         self.lane: list[list] = []  # slots waiting for the slow lane, in order
-        self.links: dict = {}  # session Conn -> proxy_fast.Link
+        self.links: dict = {}  # session Conn -> proxy_link.Link
         self.dirty: set = set()  # links with commands to write this turn
         self.inflight = 0  # runs sent to nodes whose replies are not all in (proxy_fast)
         self.shared = 0  # of them, puts on a shared connection (nothing passes them)
