@@ -52,7 +52,7 @@ class SharedPuts:
         self.pool, self.clock = fast.pool, fast.clock
         self.links: dict[str, Link] = {}  # node name -> its shared link
         self.dirty: set[Link] = set()  # links with puts to write at the end of this turn
-        self.inflight = 0  # (counted by ``FastPath.send``; each client counts its own puts)
+        self.inflight = 0  # runs in flight, as a ClientConn counts them (clients: their puts)
         self.flushing = False  # a write of ``dirty`` is scheduled
         self.opening: set[str] = set()  # nodes a connection is being opened to
         self.retry_at: dict[str, float] = {}  # node -> no new connection before then
@@ -185,6 +185,7 @@ class SharedPuts:
             run.done = i = i + 1
             if i == len(items):
                 expect.popleft()
+                self.inflight -= 1
         if link.expect is expect:
             if expect:
                 link.since = self.clock()
@@ -207,6 +208,7 @@ class SharedPuts:
         self.drop(link)
         self.pool.failed(link.member, hung=hung)
         expect, link.expect = link.expect, deque()
+        self.inflight -= len(expect)
         told = {}
         for run in expect:
             for slot, _, client, start in run.items[run.done:]:
