@@ -224,12 +224,16 @@ class NodePool:
             with conn.client.exclusive(self.op_timeout):  # another thread may be touching
                 result = fn(conn.client, *args)
         except ConnectionLostError as e:
-            self.failed(member, hung=isinstance(e, SocketTimeoutError))
-            self.session().lost(conn)
-            raise NoNodeAvailableError(member.name, str(e), sent=e.sent) from e
+            raise self._lost(member, conn, e) from e
         if member.failures:
             self.ok(member)
         return result
+
+    def _lost(self, member: Member, conn: Conn, e: ConnectionLostError) -> NoNodeAvailableError:
+        """Count a lost connection against ``member``; the error naming the node."""
+        self.failed(member, hung=isinstance(e, SocketTimeoutError))
+        self.session().lost(conn)
+        return NoNodeAvailableError(member.name, str(e), sent=e.sent)
 
     def live(self) -> list[Member]:
         """Members to visit for fan-out and reserve, in natural order."""
@@ -243,7 +247,9 @@ class NodePool:
              missed: list[str] | None = None) -> dict:
         """``{name: fn(client, *args)}`` over live nodes; ``skip`` errors are left out.
 
-        Failover drops nodes that fail; fail_fast raises for the first one.
+        The nodes are asked at once (``_at_once``), so k hung nodes cost one
+        operation timeout, not k.  Failover drops nodes that fail; fail_fast
+        raises for the first one in member order (the others were asked too).
         ``missed`` (a list) gets the members that did not answer: marked dead and
         not asked, or failed now, so a caller can tell "no node has it" from "no
         node that answered has it".
@@ -252,18 +258,24 @@ class NodePool:
         answered: set[str] = set()
         members = self.live()
         if self.policy != FAIL_FAST and not any(self.available(m) for m in members):
-            # every member marked dead: ask the one dead longest, not each in turn (each
-            # hung one costs op_timeout, so k of them would cost every fan-out k of those)
+            # every member marked dead: ask the one dead longest, not each again (a
+            # hung one costs op_timeout and a connection on every fan-out)
             members = [min(members, key=lambda m: m.dead_until)]
-        for member in members:
-            try:
-                out[member.name] = self.call(member, fn, *args)
-            except skip:
-                pass
-            except NoNodeAvailableError:
+        session = self.session()
+        conns = [session.conn(m.name, m.address) for m in members]
+        outcomes = _at_once([(c.client, fn, args, self.op_timeout) for c in conns])
+        for member, conn, (result, error) in zip(members, conns, outcomes):
+            if isinstance(error, ConnectionLostError):
+                lost = self._lost(member, conn, error)
                 if self.policy == FAIL_FAST:
-                    raise
+                    raise lost from error
                 continue
+            if error is None:
+                out[member.name] = result
+                if member.failures:
+                    self.ok(member)
+            elif not isinstance(error, skip):
+                raise error
             answered.add(member.name)
         if not answered:
             self.raise_none_available()
@@ -273,6 +285,31 @@ class NodePool:
 
     def raise_none_available(self):
         raise NoNodeAvailableError(",".join(self.order), "no node could be reached")
+
+
+def _one(client: Client, fn: Callable, args: tuple, timeout: float | None, into: list) -> None:
+    """Run ``fn(client, *args)`` holding the client; its (result, error) goes in ``into``."""
+    try:
+        with client.exclusive(timeout):
+            into[:] = (fn(client, *args), None)
+    except Exception as e:  # (handed to the caller's thread, which raises it)
+        into[:] = (None, e)
+
+
+def _at_once(calls: list[tuple]) -> list[list]:
+    """Each (client, fn, args, timeout) of ``calls`` run in a thread of its own (the
+    first in this one), waited for together: ``[result, error]`` per call, in order.
+    Under gevent's patching the threads are greenlets."""
+    outcomes = [[None, None] for _ in calls]
+    threads = [threading.Thread(target=_one, args=(*call, into), daemon=True)
+               for call, into in zip(calls[1:], outcomes[1:])]
+    for t in threads:
+        t.start()
+    if calls:
+        _one(*calls[0], outcomes[0])
+    for t in threads:
+        t.join()
+    return outcomes
 
 
 def _thread_ended(conns: dict[str, list[Conn]]) -> None:

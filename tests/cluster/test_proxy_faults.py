@@ -191,6 +191,24 @@ def test_fan_outs_through_a_hung_node_answer_internal_error_not_a_guess(tmp_path
             cluster.nodes[1].signal(signal.SIGCONT)
 
 
+def test_a_fan_out_asks_two_hung_nodes_at_once(tmp_path):
+    """Two of three nodes hang: `stats` answers with the third's figures after one reply
+    timeout, not one per hung node (the nodes are asked at once)."""
+    with ProxiedCluster(tmp_path, 3) as cluster:
+        for node in (cluster.nodes[0], cluster.nodes[2]):
+            node.signal(signal.SIGSTOP)
+        try:
+            with socket.create_connection(cluster.address, timeout=10) as sock:
+                start = time.monotonic()
+                reply = _ask(sock, "stats")
+                took = time.monotonic() - start
+            assert reply.endswith(b"\nnodes-unavailable: 2\n\r\n")
+            assert OP_TIMEOUT * 0.9 <= took < OP_TIMEOUT * 1.6  # (one at a time: 2 x 2 s)
+        finally:
+            for node in (cluster.nodes[0], cluster.nodes[2]):
+                node.signal(signal.SIGCONT)
+
+
 def test_a_client_that_does_not_read_stalls_no_one_else(tmp_path):
     with ProxiedCluster(tmp_path, 3) as cluster:
         big = "x" * 60000
