@@ -264,7 +264,7 @@ class NodePool:
         session = self.session()
         conns = [session.conn(m.name, m.address) for m in members]
         outcomes = _at_once([(c.client, fn, args, self.op_timeout) for c in conns])
-        for member, conn, (result, error) in zip(members, conns, outcomes):
+        for member, conn, (result, error) in zip(members, conns, outcomes, strict=True):
             if isinstance(error, ConnectionLostError):
                 lost = self._lost(member, conn, error)
                 if self.policy == FAIL_FAST:
@@ -302,7 +302,7 @@ def _at_once(calls: list[tuple]) -> list[list]:
     Under gevent's patching the threads are greenlets."""
     outcomes = [[None, None] for _ in calls]
     threads = [threading.Thread(target=_one, args=(*call, into), daemon=True)
-               for call, into in zip(calls[1:], outcomes[1:])]
+               for call, into in zip(calls[1:], outcomes[1:], strict=True)]
     for t in threads:
         t.start()
     if calls:
