@@ -54,6 +54,7 @@ DEFAULT_DEAD_TIMEOUT = 10.0
 DEFAULT_OP_TIMEOUT = 2.0  # seconds to wait for any reply (a reserve: its own wait longer)
 DEFAULT_TIMEOUT = DEFAULT_OP_TIMEOUT  # the old name
 DRAIN_RECHECK = 5.0  # seconds puts skip a node that answered DRAINING
+FAN_OUT_THREADS = 16  # nodes a fan-out asks at the same time (``_at_once``)
 
 
 @dataclass(eq=False)
@@ -248,7 +249,7 @@ class NodePool:
         """``{name: fn(client, *args)}`` over live nodes; ``skip`` errors are left out.
 
         The nodes are asked at once (``_at_once``), so k hung nodes cost one
-        operation timeout, not k.  Failover drops nodes that fail; fail_fast
+        operation timeout, not k (up to ``FAN_OUT_THREADS`` of them).  Failover drops nodes that fail; fail_fast
         raises for the first one in member order (the others were asked too).
         ``missed`` (a list) gets the members that did not answer: marked dead and
         not asked, or failed now, so a caller can tell "no node has it" from "no
@@ -287,26 +288,32 @@ class NodePool:
         raise NoNodeAvailableError(",".join(self.order), "no node could be reached")
 
 
-def _one(client: Client, fn: Callable, args: tuple, timeout: float | None, into: list) -> None:
-    """Run ``fn(client, *args)`` holding the client; its (result, error) goes in ``into``."""
+def _one(client: Client, fn: Callable, args: tuple, timeout: float | None) -> list:
+    """``fn(client, *args)`` holding the client: ``[result, None]`` or ``[None, error]``."""
     try:
         with client.exclusive(timeout):
-            into[:] = (fn(client, *args), None)
+            return [fn(client, *args), None]
     except Exception as e:  # (handed to the caller's thread, which raises it)
-        into[:] = (None, e)
+        return [None, e]
 
 
 def _at_once(calls: list[tuple]) -> list[list]:
-    """Each (client, fn, args, timeout) of ``calls`` run in a thread of its own (the
-    first in this one), waited for together: ``[result, error]`` per call, in order.
-    Under gevent's patching the threads are greenlets."""
-    outcomes = [[None, None] for _ in calls]
-    threads = [threading.Thread(target=_one, args=(*call, into), daemon=True)
-               for call, into in zip(calls[1:], outcomes[1:], strict=True)]
+    """Each (client, fn, args, timeout) of ``calls`` run at once: ``[result, error]`` per
+    call, in order.  Up to ``FAN_OUT_THREADS`` threads (this one among them) take the
+    calls in turn, so up to that many hung nodes cost one timeout together.  Under
+    gevent's patching the threads are greenlets."""
+    outcomes: list = [None] * len(calls)
+    turns = iter(range(len(calls)))  # (next() on it is atomic: the threads share it)
+
+    def work() -> None:
+        for i in turns:
+            outcomes[i] = _one(*calls[i])
+
+    threads = [threading.Thread(target=work, daemon=True)
+               for _ in range(min(len(calls), FAN_OUT_THREADS) - 1)]
     for t in threads:
         t.start()
-    if calls:
-        _one(*calls[0], outcomes[0])
+    work()
     for t in threads:
         t.join()
     return outcomes
