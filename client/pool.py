@@ -249,11 +249,12 @@ class NodePool:
         """``{name: fn(client, *args)}`` over live nodes; ``skip`` errors are left out.
 
         The nodes are asked at once (``_at_once``), so k hung nodes cost one
-        operation timeout, not k (up to ``FAN_OUT_THREADS`` of them).  Failover drops nodes that fail; fail_fast
-        raises for the first one in member order (the others were asked too).
-        ``missed`` (a list) gets the members that did not answer: marked dead and
-        not asked, or failed now, so a caller can tell "no node has it" from "no
-        node that answered has it".
+        operation timeout, not k (up to ``FAN_OUT_THREADS`` of them).  Failover
+        drops nodes that fail; fail_fast raises for the first one in member order,
+        once every node's answer is in and counted.  Any other error (a reply
+        error not in ``skip``) is raised the same way.  ``missed`` (a list) gets
+        the members that did not answer: marked dead and not asked, or failed now,
+        so a caller can tell "no node has it" from "no node that answered has it".
         """
         out = {}
         answered: set[str] = set()
@@ -265,19 +266,23 @@ class NodePool:
         session = self.session()
         conns = [session.conn(m.name, m.address) for m in members]
         outcomes = _at_once([(c.client, fn, args, self.op_timeout) for c in conns])
+        first_error = None  # (the error to raise, its cause)
         for member, conn, (result, error) in zip(members, conns, outcomes, strict=True):
             if isinstance(error, ConnectionLostError):
-                lost = self._lost(member, conn, error)
-                if self.policy == FAIL_FAST:
-                    raise lost from error
+                lost = self._lost(member, conn, error)  # (every lost one counted and reset)
+                if self.policy == FAIL_FAST and first_error is None:
+                    first_error = (lost, error)
                 continue
             if error is None:
                 out[member.name] = result
                 if member.failures:
                     self.ok(member)
             elif not isinstance(error, skip):
-                raise error
+                first_error = first_error or (error, error.__cause__)
+                continue
             answered.add(member.name)
+        if first_error is not None:
+            raise first_error[0] from first_error[1]
         if not answered:
             self.raise_none_available()
         if missed is not None:

@@ -204,3 +204,18 @@ def test_a_fan_out_asks_hung_nodes_at_once_one_timeout_not_one_per_node(cluster3
         assert OP_TIMEOUT * 0.9 <= first < 1.6 * OP_TIMEOUT
         assert again < 1.5 * OP_TIMEOUT
         assert fresh.dead_nodes() == ["node1", "node2", "node3"]
+
+
+def test_fail_fast_fan_out_raises_for_the_first_node_after_counting_every_failure(cluster3):
+    """fail_fast, node1 and node3 hung: stats raises naming node1 (member order) after one
+    op_timeout, and node3's failure was counted too (both were asked at once)."""
+    servers, nodes = cluster3
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT, policy="fail_fast") as cc:
+        cc.stats()
+        with stopped(servers[0]), stopped(servers[2]):
+            error, took = timed(lambda: pytest.raises(NoNodeAvailableError, cc.stats))
+        assert error.value.node == "node1"
+        assert OP_TIMEOUT * 0.9 <= took < 1.6 * OP_TIMEOUT
+        failures = [cc._pool.members[n].failures for n in ("node1", "node2", "node3")]
+        assert failures[0] == failures[2] > 0 == failures[1]  # (hung: counted as such)
+        assert cc.stats()["nodes-unavailable"] == []  # both back: reconnected
