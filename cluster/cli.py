@@ -62,6 +62,7 @@ from bscluster.runtime import Paths, read_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
 from bscluster.template import render_config
 from bscluster.truth import (
+    ASKING_EXIT_HELP,
     EXIT_CODES_HELP,
     EXIT_NO_CLUSTER,
     EXIT_NODES_DOWN,
@@ -551,7 +552,7 @@ def route(config_file, tubes, ketama, as_json, **flags) -> None:
 
 
 # --- changing ------------------------------------------------------------------------
-@cli.command()
+@cli.command(epilog=ASKING_EXIT_HELP)
 @config_option
 @data_dir_option
 @click.argument("names", nargs=-1, metavar="[NODE]...")

@@ -117,7 +117,11 @@ def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = No
                  on_poll: Callable[[dict], None] | None = None) -> dict:
     """Poll until every node (or ``names``) is RUNNING or FATAL; errors quote the
     supervisor log from offset ``since`` (this run) on.  ``on_poll`` sees each
-    state read meanwhile (to show a replay's progress)."""
+    state read meanwhile (to show a replay's progress).
+
+    A new supervisor (``names`` None) none of whose nodes could start gives up
+    and exits (supervisor.py), so seeing them all FATAL or seeing it gone is one
+    outcome, answered one way: its exit is awaited, then ClusterError."""
     deadline = time.monotonic() + timeout
     while True:
         state = read_json(paths.state)
@@ -127,7 +131,11 @@ def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = No
             nodes = state["nodes"]
             want = names if names is not None else list(nodes)
             if all(n in nodes and nodes[n]["state"] in SETTLED for n in want):
-                return state
+                if names is not None or sup_pid is None or any(
+                        e["state"] == State.RUNNING.value for e in nodes.values()):
+                    return state
+                if not wait_gone({sup_pid: None}, STOP_TIMEOUT + 5):
+                    return state  # (it stayed up after all: its FATAL nodes are the answer)
         if sup_pid is not None and not pid_alive(sup_pid):
             raise ClusterError("the supervisor exited before the cluster was up"
                                + log_tail(paths, since=since))

@@ -44,26 +44,33 @@ from bscluster.rebalance import summary
 from bscluster.report import counted
 from bscluster.runtime import Paths, read_json, write_json
 from bscluster.states import START_TIMEOUT, STOP_TIMEOUT, State
-from bscluster.truth import cluster_view
+from bscluster.truth import ASKING_EXIT_HELP, EXIT_NO_CLUSTER, cluster_view
 
 REMOVE_TIMEOUT = 300.0  # seconds `remove` waits for reserved jobs to come back
 POLL = 0.1
 DRAIN_TIMEOUT = 10.0
 
 
+class NoCluster(click.ClickException):
+    """No supervisor runs for the data dir: exit status 4, as `status` gives."""
+
+    exit_code = EXIT_NO_CLUSTER
+
+
 def running(config_file, data_dir) -> tuple[ClusterConfig, Paths, dict]:
-    """The config, paths and state of the cluster whose supervisor a command asks."""
+    """The config, paths and state of the cluster whose supervisor a command asks
+    (NoCluster if none runs)."""
     config = load(config_file, {"data_dir": data_dir})
     paths = Paths(config.data_dir)
     state = control.running_state(paths)
     if state is None:
         command = click.get_current_context().info_name
         if cluster_view(config).orphaned:
-            raise click.ClickException(
+            raise NoCluster(
                 f"the supervisor for {config.data_dir} is gone (killed?) and its nodes run "
                 f"unsupervised: `bscluster up -d` adopts them, then run `bscluster "
                 f"{command}` again")
-        raise click.ClickException(f"no cluster is running for {config.data_dir}; start it "
+        raise NoCluster(f"no cluster is running for {config.data_dir}; start it "
                                    f"with `bscluster up -d` (`bscluster {command}` needs "
                                    f"its supervisor)")
     return config, paths, state
@@ -109,7 +116,7 @@ def drain_node(paths: Paths, state: dict, name: str, ssl_context=None) -> None:
         time.sleep(POLL)
 
 
-@click.command()
+@click.command(epilog=ASKING_EXIT_HELP)
 @config_option
 @data_dir_option
 @click.argument("name", metavar="NODE")
@@ -132,7 +139,7 @@ def drain(config_file, data_dir, name) -> None:
                f"rebalance` moves them ({back})")
 
 
-@click.command()
+@click.command(epilog=ASKING_EXIT_HELP)
 @config_option
 @data_dir_option
 @click.argument("name", metavar="NODE")
@@ -240,7 +247,7 @@ def _empty_node(config_file, data_dir, name: str, timeout: float, rate) -> int:
         time.sleep(0.5 if left["reserved"] else POLL)
 
 
-@click.command()
+@click.command(epilog=ASKING_EXIT_HELP)
 @config_option
 @data_dir_option
 @click.argument("name", metavar="NODE")

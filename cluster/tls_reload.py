@@ -34,6 +34,7 @@ from bscluster.config import ConfigError
 from bscluster.options import config_option, data_dir_option, json_option
 from bscluster.probe import presented_certificate
 from bscluster.states import State
+from bscluster.truth import ASKING_EXIT_HELP
 
 OP = "reload-tls"  # the supervisor's request
 REPLY_TIMEOUT = 10.0  # seconds for the supervisor to act on the request
@@ -72,7 +73,7 @@ def check_node(host: str, port: int, want: bytes, ssl_context,
         time.sleep(POLL)
 
 
-@click.command()
+@click.command(epilog=ASKING_EXIT_HELP)
 @config_option
 @data_dir_option
 @json_option

@@ -34,6 +34,11 @@ EXIT_CODES_HELP = (
     f"{EXIT_NO_CLUSTER} no cluster: the supervisor is gone (its nodes may still run), or\n"
     "none runs and no node of the config answers."
 )
+# and of the commands that ask the supervisor (drain, undrain, remove, restart, reload)
+ASKING_EXIT_HELP = (
+    "\b\nExit status: 0 done; 1 error; 2 usage;\n"
+    f"{EXIT_NO_CLUSTER} no cluster: no supervisor runs for the data dir."
+)
 
 # NodeSpec fields that a running node was started with and `up` cannot change
 STARTED_WITH = ("host", "port", "data_dir", "binlog", "fsync_ms", "max_job_size",

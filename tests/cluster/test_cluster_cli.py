@@ -215,7 +215,7 @@ def test_down_and_restart_with_nothing_running(runner, tmp_path):
     r = runner.invoke(cli, ["down"])
     assert r.exit_code == 0 and "no cluster is running in" in r.output
     r = runner.invoke(cli, ["restart", "node1"])
-    assert r.exit_code == 1 and "no cluster is running" in r.output and "bscluster up" in r.output
+    assert r.exit_code == 4 and "no cluster is running" in r.output and "bscluster up" in r.output
 
 
 def test_help_lists_every_command(runner):

@@ -187,7 +187,7 @@ def test_down_after_supervisor_was_killed_stops_the_orphans(fake):
     os.kill(state["supervisor"]["pid"], signal.SIGKILL)
     poll(lambda: not pid_alive(state["supervisor"]["pid"]), what="supervisor gone")
     r = c.run("restart", "node1")  # needs a supervisor: says what to do, not "no cluster"
-    assert r.returncode == 1 and "is gone (killed?) and its nodes run unsupervised: " \
+    assert r.returncode == 4 and "is gone (killed?) and its nodes run unsupervised: " \
         "`bscluster up -d` adopts them, then run `bscluster restart` again" in r.stderr, r.stderr
     r = c.run("down")
     assert "stopped 2 leftover node process(es)" in r.stdout
