@@ -4,7 +4,8 @@ How this works
 --------------
 Each function takes the ``NodePool`` (and the used tube where the command
 works on it), sends one command per live node through ``NodePool.each``
-and merges (docs/CLIENT.md, "Fan-out commands"):
+(the nodes asked at once; so are a peek's and a kick's follow-up commands,
+through ``NodePool.call_all``) and merges (docs/CLIENT.md, "Fan-out commands"):
 
 * stats and stats-tube: numeric fields summed, except the per-process ones
   (``NON_ADDITIVE_STATS``) and the pause fields (``MAX_TUBE_STATS``, max);
@@ -74,12 +75,14 @@ def peek_best(pool: NodePool, tube: str, fn: Callable, rank: Callable[[dict], tu
     NoNodeAvailableError if none of the nodes that answered has one and some did not)."""
     missed: list[str] = []
     found = pool.each(with_used(tube, fn), skip=(NotFoundError,), missed=missed)
+    ranked = pool.call_all([(pool.members[name], Client.stats_job, (job.id,))
+                            for name, job in found.items()])
     best, best_key = None, None
-    for index, (name, job) in enumerate(found.items()):
-        try:
-            stats = pool.call(pool.members[name], Client.stats_job, job.id)
-        except (NotFoundError, NoNodeAvailableError):
+    for index, (job, (stats, error)) in enumerate(zip(found.values(), ranked, strict=True)):
+        if isinstance(error, (NotFoundError, NoNodeAvailableError)):
             continue  # gone meanwhile
+        if error is not None:
+            raise error
         key = (*rank(stats), index)
         if best_key is None or key < best_key:
             best, best_key = job, key
@@ -97,14 +100,17 @@ def kick(pool: NodePool, tube: str, bound: int) -> int:
     counts = buried if any(buried.values()) else {
         n: s["current-jobs-delayed"] for n, s in stats.items()
     }
+    shares = spread(bound, counts)
+    outcomes = pool.call_all([(pool.members[name], with_used(tube, Client.kick), (share,))
+                              for name, share in shares.items()])
     kicked = 0
-    for name, share in spread(bound, counts).items():
-        try:
-            kicked += pool.call(pool.members[name], with_used(tube, Client.kick), share)
-        except NoNodeAvailableError:
-            if pool.policy == FAIL_FAST:
-                raise
+    for name, (count, error) in zip(shares, outcomes, strict=True):
+        if error is None:
+            kicked += count
+        elif isinstance(error, NoNodeAvailableError) and pool.policy != FAIL_FAST:
             missed.append(name)
+        else:
+            raise error
     if not kicked and missed:
         raise unanswered(missed, "KICKED 0")
     return kicked

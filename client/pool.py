@@ -244,11 +244,29 @@ class NodePool:
         live = [m for m in members if self.available(m)]
         return live or members  # all marked dead: try them all rather than none
 
+    def call_all(self, calls: list[tuple[Member, Callable, tuple]]) -> list[list]:
+        """Each ``(member, fn, args)`` run at once (``_at_once``) on this thread's
+        connections: ``[result, error]`` per call, in order.  As ``call`` does, a lost
+        connection is counted against its node and comes back as the
+        NoNodeAvailableError naming it; a success makes its node healthy."""
+        session = self.session()
+        conns = [session.conn(m.name, m.address) for m, _, _ in calls]
+        outcomes = _at_once([(conn.client, fn, args, self.op_timeout)
+                             for conn, (_, fn, args) in zip(conns, calls, strict=True)])
+        for (member, _, _), conn, outcome in zip(calls, conns, outcomes, strict=True):
+            error = outcome[1]
+            if isinstance(error, ConnectionLostError):
+                outcome[1] = self._lost(member, conn, error)
+                outcome[1].__cause__ = error
+            elif error is None and member.failures:
+                self.ok(member)
+        return outcomes
+
     def each(self, fn: Callable, *args, skip: tuple = (),
              missed: list[str] | None = None) -> dict:
         """``{name: fn(client, *args)}`` over live nodes; ``skip`` errors are left out.
 
-        The nodes are asked at once (``_at_once``), so k hung nodes cost one
+        The nodes are asked at once (``call_all``), so k hung nodes cost one
         operation timeout, not k (up to ``FAN_OUT_THREADS`` of them).  Failover
         drops nodes that fail; fail_fast raises for the first one in member order,
         once every node's answer is in and counted.  Any other error (a reply
@@ -263,26 +281,21 @@ class NodePool:
             # every member marked dead: ask the one dead longest, not each again (a
             # hung one costs op_timeout and a connection on every fan-out)
             members = [min(members, key=lambda m: m.dead_until)]
-        session = self.session()
-        conns = [session.conn(m.name, m.address) for m in members]
-        outcomes = _at_once([(c.client, fn, args, self.op_timeout) for c in conns])
-        first_error = None  # (the error to raise, its cause)
-        for member, conn, (result, error) in zip(members, conns, outcomes, strict=True):
-            if isinstance(error, ConnectionLostError):
-                lost = self._lost(member, conn, error)  # (every lost one counted and reset)
-                if self.policy == FAIL_FAST and first_error is None:
-                    first_error = (lost, error)
+        outcomes = self.call_all([(m, fn, args) for m in members])
+        first_error = None
+        for member, (result, error) in zip(members, outcomes, strict=True):
+            if isinstance(error, NoNodeAvailableError):
+                if self.policy == FAIL_FAST:
+                    first_error = first_error or error
                 continue
             if error is None:
                 out[member.name] = result
-                if member.failures:
-                    self.ok(member)
             elif not isinstance(error, skip):
-                first_error = first_error or (error, error.__cause__)
+                first_error = first_error or error
                 continue
             answered.add(member.name)
         if first_error is not None:
-            raise first_error[0] from first_error[1]
+            raise first_error
         if not answered:
             self.raise_none_available()
         if missed is not None:

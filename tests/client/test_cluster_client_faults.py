@@ -219,3 +219,61 @@ def test_fail_fast_fan_out_raises_for_the_first_node_after_counting_every_failur
         failures = [cc._pool.members[n].failures for n in ("node1", "node2", "node3")]
         assert failures[0] == failures[2] > 0 == failures[1]  # (hung: counted as such)
         assert cc.stats()["nodes-unavailable"] == []  # both back: reconnected
+
+
+def _buried_on_every_node(nodes: dict, tube: str) -> None:
+    for address in nodes.values():
+        with Client(address, use=tube, watch=tube) as c:
+            c.put(b"buried")
+            c.put(b"ready")
+            c.bury(c.reserve(timeout=0))
+
+
+def test_a_kicks_follow_up_commands_go_to_the_nodes_at_once(cluster3, monkeypatch):
+    """Two nodes hang between kick's look (stats-tube everywhere) and its kicks: the kick
+    answers within one op_timeout with the third node's job (one after another: two)."""
+    from bsclient import fanout
+
+    servers, nodes = cluster3
+    _buried_on_every_node(nodes, "kicked")
+    real_spread = fanout.spread
+
+    def spread_then_hang(bound, counts):  # (between the look and the kicks)
+        servers[0].signal(signal.SIGSTOP)
+        servers[2].signal(signal.SIGSTOP)
+        return real_spread(bound, counts)
+
+    monkeypatch.setattr(fanout, "spread", spread_then_hang)
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        cc.use("kicked")
+        kicked, took = timed(lambda: cc.kick(10))
+    assert kicked == 1
+    assert OP_TIMEOUT * 0.9 <= took < 1.6 * OP_TIMEOUT
+    assert cc.dead_nodes() == ["node1", "node3"]
+
+
+def test_a_peeks_follow_up_commands_go_to_the_nodes_at_once(cluster3, monkeypatch):
+    """Two nodes hang right after answering peek-ready: their stats-job (to rank the
+    candidates) is asked of all at once, so the peek answers within one op_timeout."""
+    from bsclient import fanout
+
+    servers, nodes = cluster3
+    _buried_on_every_node(nodes, "peeked")
+    real_with_used = fanout.with_used
+
+    def with_used_then_hang(tube, fn):
+        run = real_with_used(tube, fn)
+
+        def peek_then_hang(client, *args):
+            job = run(client, *args)
+            if client.name in ("node1", "node3"):
+                servers[int(client.name[4:]) - 1].signal(signal.SIGSTOP)
+            return job
+        return peek_then_hang
+
+    monkeypatch.setattr(fanout, "with_used", with_used_then_hang)
+    with ClusterClient(nodes, op_timeout=OP_TIMEOUT) as cc:
+        cc.use("peeked")
+        job, took = timed(cc.peek_ready)
+    assert job.node == "node2" and job.body == b"ready"
+    assert OP_TIMEOUT * 0.9 <= took < 1.6 * OP_TIMEOUT
