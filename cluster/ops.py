@@ -70,9 +70,8 @@ def running(config_file, data_dir) -> tuple[ClusterConfig, Paths, dict]:
                 f"the supervisor for {config.data_dir} is gone (killed?) and its nodes run "
                 f"unsupervised: `bscluster up -d` adopts them, then run `bscluster "
                 f"{command}` again")
-        raise NoCluster(f"no cluster is running for {config.data_dir}; start it "
-                                   f"with `bscluster up -d` (`bscluster {command}` needs "
-                                   f"its supervisor)")
+        raise NoCluster(f"no cluster is running for {config.data_dir}; start it with "
+                        f"`bscluster up -d` (`bscluster {command}` needs its supervisor)")
     return config, paths, state
 
 
