@@ -223,6 +223,7 @@ def _empty_node(config_file, data_dir, name: str, timeout: float, rate) -> int:
     """Rebalance until ``name`` holds no job; returns how many moved."""
     deadline = time.monotonic() + timeout
     moved = 0
+    told: set[str] = set()  # what was said already (each pass may meet it again)
     while True:
         config = load(config_file, {"data_dir": data_dir})
         view = cluster_view(config)
@@ -235,6 +236,11 @@ def _empty_node(config_file, data_dir, name: str, timeout: float, rate) -> int:
         left = _left_on(name, view.state["nodes"][name], config.ssl_context())
         if not any(left.values()):
             return moved
+        _tell_once(told, [f"warning: {e}; trying again" for e in result["errors"]]
+                   + [f"warning: not moved: {s}; trying again" for s in result["skipped"]]
+                   + ([f"waiting for the {counted(left['reserved'], 'job')} reserved on {name} "
+                       f"to be released or deleted (--timeout {timeout:g}s)"]
+                      if left["reserved"] else []))
         if time.monotonic() > deadline:
             raise click.ClickException(
                 f"{name} still holds {left['reserved']} reserved, {left['ready']} ready, "
@@ -244,6 +250,14 @@ def _empty_node(config_file, data_dir, name: str, timeout: float, rate) -> int:
                 + f"; nothing was lost: it stays drained and leaving. Run `bscluster remove "
                   f"{name}` again once its workers let go (or with a longer --timeout)")
         time.sleep(0.5 if left["reserved"] else POLL)
+
+
+def _tell_once(told: set[str], lines: list[str]) -> None:
+    """Say each line on stderr the first time it comes up (``remove`` waits in passes)."""
+    for line in lines:
+        if line not in told:
+            told.add(line)
+            click.echo(line, err=True)
 
 
 @click.command(epilog=ASKING_EXIT_HELP)

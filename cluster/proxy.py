@@ -30,6 +30,7 @@ import logging
 import resource
 import signal
 import socket
+import sys
 
 import click
 import gevent
@@ -47,7 +48,7 @@ from bscluster.proxy_commands import ProxyCommands
 from bscluster.proxy_engine import ClientConn
 from bscluster.proxy_fast import FastPath
 from bscluster.proxy_reload import Reloader, reader
-from bscluster.runtime import log_to_stderr
+from bscluster.runtime import log_to_stderr, os_error_text
 from gevent.event import Event
 from gevent.server import StreamServer
 
@@ -145,7 +146,7 @@ def serve(listen: str, config, tls_plan: proxy_tls.TlsPlan | None = None, read=N
         bound = server.start(host, port)
     except OSError as e:
         raise click.ClickException(
-            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another address with "
+            f"cannot listen on {host}:{port}: {os_error_text(e)}; choose another address with "
             f"--listen ADDR:PORT (or proxy in the config file)") from None
     if tls is not None:
         tls.start_port(host, server.handle)
@@ -215,14 +216,18 @@ def proxy(listen, config_file, wanted, busy_poll, **tls_flags) -> None:
     cluster.  SIGUSR1: drain mode (puts get DRAINING).
     """
     log_to_stderr("%(asctime)s bscluster proxy: %(message)s", logging.INFO)
-    read = reader(config_file, wanted)
     try:
-        config = read()
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-    listen = listen or config.proxy or DEFAULT_PROXY_LISTEN
-    try:
-        parse_listen(listen)
-    except ValueError as e:
-        raise click.ClickException(f"--listen: {e}") from None
-    serve(listen, config, proxy_tls.plan(tls_flags, config), read, busy_poll)
+        read = reader(config_file, wanted)
+        try:
+            config = read()
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+        listen = listen or config.proxy or DEFAULT_PROXY_LISTEN
+        try:
+            parse_listen(listen)
+        except ValueError as e:
+            raise click.ClickException(f"--listen: {e}") from None
+        serve(listen, config, proxy_tls.plan(tls_flags, config), read, busy_poll)
+    except click.ClickException as e:  # a line stamped like the rest (a supervisor's log)
+        log.error("error: %s", e.format_message())
+        sys.exit(e.exit_code)

@@ -46,6 +46,7 @@ from typing import Any
 
 import click
 from bsclient.tls import TlsSettings, nowait_calls
+from bscluster.runtime import os_error_text
 from bsnode import tls as node_tls
 from gevent.server import StreamServer
 
@@ -185,7 +186,7 @@ class ProxyTLS:
         except OSError as e:
             self.server = None
             raise click.ClickException(
-                f"cannot listen on {host}:{self.plan.port} (--tls-port): {e.strerror or e}; "
+                f"cannot listen on {host}:{self.plan.port} (--tls-port): {os_error_text(e)}; "
                 f"choose another port") from None
         self.server.start()
         bound = self.server.address[:2]

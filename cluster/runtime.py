@@ -144,6 +144,12 @@ class StampFormatter(logging.Formatter):
         return log_stamp(record.created)
 
 
+def os_error_text(e: OSError) -> str:
+    """An OSError as a person reads it: its errno's text ("Address already in use"),
+    without what a library appended (gevent adds the address it tried)."""
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
 def log_to_stderr(line_format: str, level: int | str) -> None:
     """Configure ``logging`` for a bscluster command: stderr, lines stamped by ``log_stamp``."""
     handler = logging.StreamHandler(sys.stderr)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -263,6 +264,8 @@ def test_grow_rebalance_and_remove_with_producers_and_consumers(tmp_path, kind):
         out, _ = remove.communicate(timeout=60)
         assert remove.returncode == 0, out
         assert "[nodes.node2] removed = true" in out, out
+        # it said what it waited for while the worker held them
+        assert re.search(r"waiting for the \d+ jobs? reserved on node2 to be released", out), out
 
         # 4 -> 3 -> 2: node4 is the last node, so `nodes` goes down
         assert "nodes = 3" in bscluster(c, "remove", "node4")

@@ -10,12 +10,14 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 
 import greenstalk
 import pytest
 from bscluster.runtime import pid_alive
 from clusters import Cluster, port_free
+from proxyrun import write_config
 from servers import free_port, poll
 
 pytestmark = pytest.mark.integration
@@ -75,6 +77,24 @@ def test_a_taken_proxy_address_stops_up_before_any_node_starts(tmp_path):
     finally:
         taken.close()
         cluster.cleanup()
+
+
+def test_the_proxys_own_start_error_is_a_stamped_line_and_exit_1(tmp_path):
+    """`bscluster proxy` on a taken address: one line on stderr, stamped like the
+    proxy's other lines (under a supervisor it lands in the log as is)."""
+    port = free_port()
+    taken = socket.create_server(("127.0.0.1", port))
+    config = write_config(tmp_path / "proxy.toml", [free_port()])
+    try:
+        r = subprocess.run([sys.executable, "-m", "bscluster", "proxy", "-l",
+                            f"127.0.0.1:{port}", "-c", str(config)],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert r.returncode == 1, r.stderr
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\dT[\d:.]+[+-]\d\d:\d\d bscluster proxy: error: cannot "
+                        rf"listen on 127\.0\.0\.1:{port}: Address already in use; .*\n",
+                        r.stderr), r.stderr
 
 
 def test_a_killed_supervisors_proxy_keeps_serving_and_is_adopted(tmp_path):
