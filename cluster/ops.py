@@ -293,7 +293,8 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
     if any(n.name == name for n in config.nodes):
         click.echo(_mark_leaving(config, name))
         check = load_config(config_file, {"data_dir": data_dir})
-        if any(n.name == name and not n.leaving for n in check.nodes):
+        if config.path is not None and any(n.name == name and not n.leaving
+                                           for n in check.nodes):
             raise click.ClickException(f"{name} is still a full member after editing the file "
                                        f"(flags or BSCLUSTER_* settings decide the nodes?)")
         _running_leaving(paths, state, name)

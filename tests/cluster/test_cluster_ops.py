@@ -297,3 +297,22 @@ def _only_reserved_left(c: Cluster, name: str, held: int) -> bool:
     stats = node_report("127.0.0.1", entry["port"]).stats
     return stats.get("current-jobs-reserved") == held and not any(
         stats.get(f"current-jobs-{k}") for k in ("ready", "delayed", "buried"))
+
+
+def test_the_last_node_is_removed_without_a_config_file(tmp_path):
+    """Nodes from flags and BSCLUSTER_* only: `remove` takes out the last node (its jobs
+    moved first) and says the file could not record it."""
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
+    try:
+        bscluster(c, "up", "-d")
+        tube = next(r["tube"] for r in json.loads(bscluster(
+            c, "route", "--json", *(f"t{i}" for i in range(64)))) if r["node"] == "node2")
+        with Client(addresses(c)["node2"], use=tube, timeout=10) as cl:
+            cl.put(b"moves to node1")
+        out = bscluster(c, "remove", "node2")
+        assert "is empty (1 job moved" in out and "no config file" in out, out
+        assert sorted(c.state()["nodes"]) == ["node1"]
+        with Client(addresses(c)["node1"], watch=[tube], timeout=10) as cl:
+            assert cl.reserve(timeout=0).body == b"moves to node1"
+    finally:
+        c.cleanup()

@@ -157,3 +157,27 @@ def test_no_node_answers_exits_1_naming_each(tmp_path):
     finally:
         c.run("down")
         c.cleanup()
+
+
+def test_remove_says_at_once_why_a_job_cannot_move_then_stops_at_its_timeout(tmp_path):
+    """`remove node2` while node1, the only place its job can go, hangs: the reason is on
+    stderr after the first pass (once, though every pass meets it), not only at the end."""
+    c = start(tmp_path)
+    stopped = []
+    try:
+        tube = tube_owned_by(c, "node2")
+        misplace(c, "node2", tube)  # (its own tube: it must move once node2 drains)
+        stopped.append(c.node("node1")["pid"])
+        os.kill(stopped[0], signal.SIGSTOP)
+        r = timed(c, "remove", "node2", "--timeout", "3")
+        assert r.returncode == 1, r.stdout + r.stderr
+        warning = f"warning: not moved: node2 {tube}: its target node1 does not answer"
+        assert r.stderr.count(warning) == 1, r.stderr
+        assert r.stderr.index(warning) < r.stderr.index("still holds 0 reserved, 1 ready"), r.stderr
+        os.kill(stopped.pop(), signal.SIGCONT)
+        assert ready_on(c, "node2", tube) == 1  # nothing lost; `remove` again moves it
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        c.run("down")
+        c.cleanup()
