@@ -236,7 +236,8 @@ def up(config_file, detach, **flags) -> None:
 def _keeping(config_file, flags, config: ClusterConfig, current: ClusterConfig) -> ClusterConfig:
     """``config`` with the running cluster's value for every setting the user did not set
     (by file, environment or flag): `up` again keeps --web, --proxy, --nodes..."""
-    kept = {k: _flag_value(current, k) for k, src in config.sources.items() if src == "default"}
+    kept = {k: _flag_value(current, k) for k, src in config.sources.items()
+            if src == "default" and k != "data_dir"}  # (the same: it was found there)
     return _load(config_file, {**kept, **{k: v for k, v in flags.items() if v is not None}})
 
 
