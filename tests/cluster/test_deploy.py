@@ -138,6 +138,20 @@ def test_supervisor_unit_and_its_config(bsnode_flags):
     assert re.search(r"^u bscluster ", sysusers, re.M)
 
 
+def test_proxy_unit_serves_the_cluster_of_the_clients_config():
+    unit = SYSTEMD / "bscluster-proxy.service"
+    (exec_start,) = unit_values(unit, "ExecStart")
+    argv = shlex.split(exec_start)
+    assert argv[0] == "/opt/bscluster/bin/bscluster" and argv[1:] == ["proxy"]
+    # the same file as the supervisor's and every client's: one list of nodes
+    assert unit_values(unit, "Environment") == \
+        unit_values(SYSTEMD / "bscluster.service", "Environment")
+    (reload,) = unit_values(unit, "ExecReload")
+    assert shlex.split(reload)[1:] == ["-HUP", "$MAINPID"]  # the proxy's config reload
+    assert unit_values(unit, "DynamicUser") == ["yes"] and not unit_values(unit, "StateDirectory")
+    assert unit_values(unit, "ProtectSystem") == ["strict"]
+
+
 needs_systemd_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 
@@ -159,7 +173,8 @@ def units_for_verify(tmp_path) -> Path:
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("unit", ["bsnode@node1.service", "bscluster.service"])
+@pytest.mark.parametrize("unit", ["bsnode@node1.service", "bscluster.service",
+                                  "bscluster-proxy.service"])
 def test_systemd_analyze_verify(units_for_verify, unit):
     r = subprocess.run(["systemd-analyze", "verify", str(units_for_verify / unit)],
                        capture_output=True, text=True, timeout=60)
@@ -167,7 +182,8 @@ def test_systemd_analyze_verify(units_for_verify, unit):
 
 
 @needs_systemd_analyze
-@pytest.mark.parametrize("unit", ["bsnode@node1.service", "bscluster.service"])
+@pytest.mark.parametrize("unit", ["bsnode@node1.service", "bscluster.service",
+                                  "bscluster-proxy.service"])
 def test_systemd_hardening_score(units_for_verify, unit):
     """`systemd-analyze security` rates exposure 0 (locked) .. 10; keep it under 2.5."""
     r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=25",
@@ -203,7 +219,8 @@ def test_dockerfile(bsnode_flags):
 def test_compose(bsnode_flags):
     import yaml
     doc = yaml.safe_load((DOCKER / "compose.yaml").read_text())
-    services = doc["services"]
+    services = dict(doc["services"])
+    proxy = services.pop("proxy")
     assert sorted(services) == ["node1", "node2", "node3", "node4"]
     clients = load_config(DOCKER / "bscluster.toml", env={})
     assert [n.name for n in clients.nodes] == sorted(services)
@@ -222,6 +239,43 @@ def test_compose(bsnode_flags):
         assert f"{host}:{host_port}" == node.address  # what clients are told
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
     assert len(volumes) == 4  # one binlog volume per node
+    _check_compose_proxy(proxy, services, bsnode_flags)
+
+
+def _check_compose_proxy(proxy: dict, nodes: dict, bsnode_flags) -> None:
+    """The proxy service routes over the node services by their names on the compose
+    network, and is published on loopback like them."""
+    assert proxy["entrypoint"] == ["/opt/bscluster/bin/bscluster", "proxy"]
+    assert proxy["command"] == ["--config", "/etc/bscluster/bscluster.toml"]
+    (volume,) = proxy["volumes"]
+    source, target, mode = volume.split(":")
+    assert (source, target, mode) == ("./proxy.toml", "/etc/bscluster/bscluster.toml", "ro")
+    config = load_config(DOCKER / source, env={})
+    assert [n.name for n in config.nodes] == sorted(nodes) == sorted(proxy["depends_on"])
+    for node in config.nodes:
+        seen = check_argv(["bsnode", *nodes[node.name]["command"]], bsnode_flags, node.name)
+        assert (node.host, str(node.port)) == (node.name, seen["-p"])
+    (port,) = proxy["ports"]
+    host, host_port, container_port = port.split(":")
+    assert host == "127.0.0.1" and config.proxy == f"0.0.0.0:{container_port}"
+    assert proxy["read_only"] is True and proxy["cap_drop"] == ["ALL"]
+    assert f'("127.0.0.1", {container_port})' in proxy["healthcheck"]["test"][-1]
+
+
+def test_compose_proxy_healthcheck_tells_a_serving_proxy_from_none(tmp_path):
+    """The healthcheck's probe, run as compose runs it but on this test's ports."""
+    import yaml
+    from bscluster.procs import start_proxy, write_config
+    from servers import free_port
+    probe = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["proxy"]
+    code = probe["healthcheck"]["test"][-1]
+    with start_proxy(write_config(tmp_path / "p.toml", [free_port()])) as proxy:
+        served = subprocess.run([sys.executable, "-c", code.replace("11400", str(proxy.port))],
+                                capture_output=True, timeout=30)
+    assert served.returncode == 0, served.stderr
+    nobody = subprocess.run([sys.executable, "-c", code.replace("11400", str(free_port()))],
+                            capture_output=True, timeout=30)
+    assert nobody.returncode != 0
 
 
 # --- Kubernetes ----------------------------------------------------------------------------
@@ -279,6 +333,7 @@ def test_network_policy_limits_who_connects(k8s):
 def test_every_deploy_file_is_checked():
     checked = {"systemd/bsnode@.service", "systemd/bsnode.env", "systemd/bsnode-node1.env",
                "systemd/bscluster.service", "systemd/bscluster.toml",
+               "systemd/bscluster-proxy.service", "docker/proxy.toml",
                "systemd/bscluster.sysusers", "docker/Dockerfile",
                "docker/Dockerfile.dockerignore", "docker/compose.yaml",
                "docker/bscluster.toml", "kubernetes/bscluster.yaml"}
