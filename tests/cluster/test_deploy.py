@@ -330,6 +330,26 @@ def test_network_policy_limits_who_connects(k8s):
     assert policy["ingress"][0]["from"], "ingress must name who may connect"
 
 
+def test_proxy_sidecar_in_the_docs_fits_the_manifest(k8s):
+    """docs/DEPLOY.md's sidecar: the ConfigMap it mounts, the label the policy admits."""
+    import yaml
+    text = (ROOT / "docs" / "DEPLOY.md").read_text()
+    (block,) = re.findall(r"```yaml\n(# in the application's Deployment.*?)```", text, re.S)
+    template = yaml.safe_load(block)
+    policy = k8s["NetworkPolicy"]["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert policy["matchLabels"].items() <= template["metadata"]["labels"].items()
+    proxy = next(c for c in template["spec"]["containers"] if c["name"] == "bscluster-proxy")
+    argv = proxy["command"]
+    assert argv[:2] == ["/opt/bscluster/bin/bscluster", "proxy"] and argv[2] == "--config"
+    (mount,) = proxy["volumeMounts"]
+    assert Path(argv[3]).parent == Path(mount["mountPath"])
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+    config_map = k8s["ConfigMap"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert Path(argv[3]).name in config_map["data"]
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True
+
+
 def test_every_deploy_file_is_checked():
     checked = {"systemd/bsnode@.service", "systemd/bsnode.env", "systemd/bsnode-node1.env",
                "systemd/bscluster.service", "systemd/bscluster.toml",
