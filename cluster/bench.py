@@ -43,7 +43,6 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import click
 from bsclient.address import DEFAULT_HOST, format_address, parse_address
@@ -52,7 +51,7 @@ from bsclient.protocol import DEFAULT_PORT
 from bsclient.ring import Ring
 from bsclient.tls import TlsSettings
 from bsclient.tls import wrap as wrap_tls
-from bscluster.config import DEFAULT_CONFIG_PATH, ENV_CONFIG, load_config
+from bscluster.config import load_config
 from bscluster.truth import cluster_view
 
 MODES = ("put", "put-reserve-delete", "produce-consume")
@@ -406,7 +405,8 @@ def run_load(load: Load, target: Target, label: str | None = None) -> Result:
             except queue.Empty:
                 problem = "a load process did not report back"
             if problem:
-                raise click.ClickException(f"cannot set up connections: {problem}")
+                raise click.ClickException(f"cannot set up connections to "
+                                           f"{target.describe()}: {problem}")
         go.set()
         started = time.monotonic()
         merged = []
@@ -494,21 +494,20 @@ def clean_up(load: Load, target: Target) -> int:
 
 # --- targets and output --------------------------------------------------------------
 def resolve_nodes(host: str | None, port: int | None, config: str | None) -> Target:
-    """The nodes named by --host/--port, --config, $BSCLUSTER_CONFIG or ./bscluster.toml."""
-    if config is None and host is None and port is None:
-        env = os.environ.get(ENV_CONFIG)
-        if env or Path(DEFAULT_CONFIG_PATH).exists():
-            config = env or DEFAULT_CONFIG_PATH
-    if config is not None:
-        if host is not None or port is not None:
-            raise click.UsageError("give --config or --host/--port, not both")
+    """The nodes named by --host/--port, --config, $BSCLUSTER_CONFIG or ./bscluster.toml,
+    else those of the cluster `bscluster up` runs from this directory (if one does)."""
+    if config is not None and (host is not None or port is not None):
+        raise click.UsageError("give --config or --host/--port, not both")
+    if host is None and port is None:
         try:
-            loaded = load_config(config, {})
+            loaded = load_config(config, {})  # (None: $BSCLUSTER_CONFIG, ./bscluster.toml)
         except ValueError as e:  # a bad file, environment or [tls] table
             raise click.ClickException(str(e)) from None
-        found = cluster_view(loaded).layout().nodes
-        return Target({n.name: n.address for n in found}, {n.name: n.weight for n in found},
-                      loaded.tls)
+        view = cluster_view(loaded)
+        if loaded.path is not None or view.state is not None:
+            found = view.layout().nodes
+            return Target({n.name: n.address for n in found},
+                          {n.name: n.weight for n in found}, view.config.tls)
     try:
         tls = read_tls_settings(None, {k: v for k, v in os.environ.items()
                                        if k.startswith("BSCLUSTER_TLS_")})
@@ -537,10 +536,11 @@ Modes: put; put-reserve-delete (each slot puts, reserves, deletes); produce-cons
 (half the connections put, half reserve and delete).  Every reply counts as one op.
 The target is --host/--port, or the nodes of --config (a bscluster TOML file; tubes
 are spread over the nodes by the cluster's hash ring, so use --tubes of several
-times the node count), else $BSCLUSTER_CONFIG or ./bscluster.toml, else
-127.0.0.1:11300.  --compare HOST:PORT runs the same load against a second server
-in the same run (alternating, --rounds times) and prints the ratio.  Jobs left in
-the bench.* tubes are deleted afterwards unless --keep-jobs.
+times the node count), else $BSCLUSTER_CONFIG or ./bscluster.toml, else the
+cluster `bscluster up` runs from this directory, else 127.0.0.1:11300.  --compare
+HOST:PORT runs the same load against a second server in the same run (alternating,
+--rounds times) and prints the ratio.  Jobs left in the bench.* tubes are deleted
+afterwards unless --keep-jobs.
 
 Short options mean what they mean in the other bscluster commands: -c is --config;
 --conns, --pipeline and --seconds have none (-d is --detach in `up`, and -p is

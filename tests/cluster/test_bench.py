@@ -164,9 +164,30 @@ def test_a_cluster_config_spreads_tubes_over_its_nodes(tmp_path):
 
 @pytest.mark.integration
 def test_an_unreachable_server_is_a_clear_error():
-    result = CliRunner().invoke(bench, ["--port", str(free_port()), *TINY])
+    port = free_port()
+    result = CliRunner().invoke(bench, ["--port", str(port), *TINY])
     assert result.exit_code != 0
-    assert "cannot set up connections" in result.output
+    assert f"cannot set up connections to 127.0.0.1:{port}: ConnectionRefusedError" \
+        in result.output
+
+
+@pytest.mark.integration
+def test_with_no_target_given_it_loads_the_cluster_running_here(tmp_path):
+    """`bscluster up --nodes 2 --base-port P -d` with no file, then `bscluster bench` in
+    the same directory: the load goes to those nodes, not to 127.0.0.1:11300."""
+    from clusters import Cluster
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
+    for key in ("BSCLUSTER_NODES", "BSCLUSTER_BASE_PORT", "BSCLUSTER_DATA_DIR"):
+        del c.env[key]  # flags only, as a person types them
+    c.data_dir = tmp_path / "bscluster-data"  # the default, where `down` finds it
+    try:
+        c.run("up", "-d", "--nodes", "2", "--base-port", str(c.base_port), check=True)
+        r = c.run("bench", "--mode", "put", "--tubes", "8", "--conns", "8", "--seconds", "0.3",
+                  "--procs", "1", check=True)
+        ports = (c.base_port, c.base_port + 1)
+        assert f"cluster of 2 nodes (127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]})" in r.stdout
+    finally:
+        c.cleanup()
 
 
 # --- bench/ helpers ------------------------------------------------------------------
