@@ -115,13 +115,16 @@ def _source(server: str | None, config_file: str | None):
         config = load_config(config_file, {})
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    where = f"config {config.path}" if config.path else "the default cluster"
-    names = [n.name for n in config.nodes]
     try:
         ctx = config.ssl_context()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    layout = cluster_view(config).layout()  # where the nodes listen; the config's ring
+    view = cluster_view(config)
+    layout = view.layout()  # where the nodes listen; the config's ring
+    where = (f"config {config.path}" if config.path else
+             f"the cluster running from {config.data_dir}" if view.state is not None else
+             "the default cluster")
+    names = [n.name for n in layout.nodes]
     return (lambda: ClusterClient.from_layout(layout, ssl_context=ctx)), \
         f"{names[0]}..{names[-1]} ({where})", lambda: load_config(config_file, {}).ssl_context()
 

@@ -665,6 +665,32 @@ def test_work_command_refuses_server_and_config_together():
     assert result.exit_code == 2 and "not both" in result.output
 
 
+def test_work_names_and_serves_the_cluster_running_here(tmp_path):
+    """A cluster started with flags only (`up --nodes 2 --base-port P`): `bscluster work`
+    in its directory takes its jobs, and its first line says whose they are."""
+    from clusters import Cluster
+    c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
+    for key in ("BSCLUSTER_NODES", "BSCLUSTER_BASE_PORT", "BSCLUSTER_DATA_DIR"):
+        del c.env[key]
+    c.data_dir = tmp_path / "bscluster-data"  # the default, where `down` finds it
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    worker = None
+    try:
+        c.run("up", "-d", "--nodes", "2", "--base-port", str(c.base_port), check=True)
+        addr = f"127.0.0.1:{c.base_port}"
+        with Client(f"127.0.0.1:{c.base_port + 1}", use="work") as producer_:
+            producer_.put(b"on node2")
+        worker = WorkProcess(tmp_path, addr, "handlers:slow", "--tube", "work")
+        line = worker.wait_line("working: ")
+        assert f"of node1..node2 (the cluster running from {c.data_dir})" in line, line
+        with Client(addr, watch="started") as started:
+            assert started.reserve(timeout=WAIT).body == b"on node2"  # taken from node2
+    finally:
+        if worker is not None:
+            worker.close()
+        c.cleanup()
+
+
 def test_use_ssl_context_reaches_every_slots_client_and_the_ones_made_later(tmp_path):
     """Rotated certificates (`bscluster work` on SIGHUP): each slot's client, and each
     client made from then on, opens its next connections with the new context."""
