@@ -170,9 +170,8 @@ class NoNodeAvailableError(ConnectionLostError):
     def __init__(self, node: str, reason: str = "", *, sent: bool = False) -> None:
         self.node = node
         self.reason = reason
-        super().__init__(
-            f"node {node} is not available" + (f": {reason}" if reason else ""), sent=sent
-        )
+        what = f"node {node} is" if "," not in node else f"nodes {node.replace(',', ', ')} are"
+        super().__init__(f"{what} not available" + (f": {reason}" if reason else ""), sent=sent)
 
 
 def reply_error(words: list[bytes]) -> BeanstalkError:

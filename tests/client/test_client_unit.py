@@ -170,6 +170,15 @@ def test_buried_carries_the_job_id_when_present():
         assert info.value.job_id is None
 
 
+def test_no_node_available_names_one_node_or_several_in_plain_words():
+    from bsclient.errors import NoNodeAvailableError
+    one = NoNodeAvailableError("node2", "cannot connect")
+    assert str(one) == "node node2 is not available: cannot connect" and one.node == "node2"
+    every = NoNodeAvailableError("node1,node2,node3", "no node could be reached")
+    assert str(every) == "nodes node1, node2, node3 are not available: no node could be reached"
+    assert every.node == "node1,node2,node3"  # (the attribute keeps its documented form)
+
+
 def test_unexpected_reply_closes_the_connection():
     with FakeServer(always(b"WAT 1\r\n")) as srv, Client(srv.address) as c:
         with pytest.raises(UnexpectedReplyError):
