@@ -26,13 +26,13 @@ from pathlib import Path
 from bsclient.tls import NODE_CERT_FLAG
 from bscluster.config import NodeSpec
 from bscluster.runtime import (
-    log_stamp,
     open_private,
     pid_alive,
     process_args,
     process_start_time,
 )
 from bscluster.states import HAS_PROCESS, MAX_CRASH_LIMIT, Event, State, next_state
+from bsnode.logstamp import log_stamp
 
 START_MARK = "--- bscluster: starting"  # the line written to a node's log at each start
 LINE_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[0-9:.+-]+ ")  # a log line's time: not in reasons

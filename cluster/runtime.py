@@ -44,9 +44,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
+
+from bsnode.logstamp import StampFormatter
 
 STATE_FILE = "bscluster.json"
 LOCK_FILE = "bscluster.lock"
@@ -129,21 +130,6 @@ def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     return os.open(path, flags, FILE_MODE)
 
 
-def log_stamp(when: float | None = None) -> str:
-    """The time that starts every line bscluster writes to a log (ISO 8601, ms): now,
-    or ``when`` (a time.time())."""
-    moment = datetime.now() if when is None else datetime.fromtimestamp(when)
-    return moment.astimezone().isoformat(timespec="milliseconds")
-
-
-class StampFormatter(logging.Formatter):
-    """``%(asctime)s`` as ``log_stamp`` writes it, for processes that log through
-    ``logging`` (the proxy, `bscluster work`), so their lines read like the supervisor's."""
-
-    def formatTime(self, record, datefmt=None) -> str:  # noqa: N802 - logging's name
-        return log_stamp(record.created)
-
-
 def os_error_text(e: OSError) -> str:
     """An OSError as a person reads it: its errno's text ("Address already in use"),
     without what a library appended (gevent adds the address it tried)."""
@@ -151,7 +137,8 @@ def os_error_text(e: OSError) -> str:
 
 
 def log_to_stderr(line_format: str, level: int | str) -> None:
-    """Configure ``logging`` for a bscluster command: stderr, lines stamped by ``log_stamp``."""
+    """Configure ``logging`` for a bscluster command: stderr, lines stamped as every log
+    line of the project is (bsnode.logstamp)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(StampFormatter(line_format))
     logging.basicConfig(level=level, handlers=[handler])

@@ -72,7 +72,6 @@ from bscluster.runtime import (
     Lock,
     Paths,
     RateLimitedLog,
-    log_stamp,
     make_private_dir,
     pid_alive,
     pid_state,
@@ -91,6 +90,7 @@ from bscluster.states import (
     launch_retry_delay,
     start_retry_delay,
 )
+from bsnode.logstamp import log_stamp
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)

@@ -53,6 +53,7 @@ from .commands import CLOSE, Commands, wake_reply
 from .gc_policy import freeze_survivors
 from .lifecycle import Outcome
 from .limits import AcceptBrake, ReplyBudget
+from .logstamp import StampFormatter
 from .ratelog import Complaints
 from .store import Store
 from .wal import GroupSync
@@ -472,8 +473,6 @@ def install_signal_handlers(server: NodeServer) -> None:
 
 
 def setup_logging(verbose: int) -> None:
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO,
-        # every line starts with its time (ISO 8601), as bscluster's own log lines do
-        format="%(asctime)s bsnode[%(process)d]: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z",
-    )
+    handler = logging.StreamHandler(sys.stderr)  # every line starts with its time (logstamp)
+    handler.setFormatter(StampFormatter("%(asctime)s bsnode[%(process)d]: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -165,7 +165,7 @@ def readiness_wait(port: int) -> str:
 
 # what may differ in bsnode's log lines: the time, the pid, how long replay took, and
 # how many records the binlog holds (the format's business; the jobs restored are checked)
-_VARIES = (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", r"bsnode\[\d+\]", r"\(\d+\.\d+ s\)",
+_VARIES = (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", r"bsnode\[\d+\]", r"\(\d+\.\d+ s\)",
            r"\d+ records")
 
 

@@ -352,3 +352,15 @@ def test_the_node_loads_the_codec_not_the_client_stack():
     loaded = set(json.loads(out))
     assert not loaded & {"bsclient.client", "bsclient.cluster", "bsclient.worker",
                          "bsclient.pool"}, loaded
+
+
+def test_log_lines_start_with_the_time_bscluster_stamps_its_own_with():
+    """One format in `bscluster logs NODE`, where the node's lines and the supervisor's
+    interleave: ISO 8601, local time, milliseconds, offset with a colon."""
+    from bsnode.logstamp import log_stamp
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+    assert re.fullmatch(stamp, log_stamp())
+    with Launched(bsnode_command() + ["-l", "127.0.0.1", "-p", "0"]) as node:
+        node.wait_listening()
+        line = next(ln for ln in node.lines if "listening on" in ln)
+    assert re.fullmatch(rf"{stamp} bsnode\[\d+\]: listening on 127\.0\.0\.1:\d+", line), line
