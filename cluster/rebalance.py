@@ -41,6 +41,8 @@ from bscluster.options import config_option, data_dir_option, json_option, load
 from bscluster.probe import NodeReport, probe_all
 from bscluster.truth import EXIT_ERROR, ClusterView, cluster_view
 
+NOT_STARTED = "in the config but not started (`bscluster up` starts it)"
+
 
 @dataclass
 class Move:
@@ -67,11 +69,12 @@ class Survey:
     ring: Ring
     leaving: set[str]  # nodes that own nothing: leaving in the config, or not in it
     spread: dict[str, int] = field(default_factory=dict)  # hot tube -> how many nodes share it
+    not_started: set[str] = field(default_factory=set)  # configured; the running cluster lacks
 
     def unreachable(self) -> dict[str, str]:
         """The nodes that did not answer the survey, and why: their jobs were not looked at."""
-        return {name: rep.error or "no answer" for name, rep in self.reports.items()
-                if not rep.up}
+        return {name: (NOT_STARTED if name in self.not_started else rep.error or "no answer")
+                for name, rep in self.reports.items() if not rep.up}
 
     def draining(self, name: str) -> bool:
         rep = self.reports.get(name)
@@ -88,7 +91,8 @@ class Survey:
             rep = self.reports.get(name)
             if rep is None or not rep.up:
                 if not found:
-                    return [], f"its target {name} does not answer"
+                    return [], f"its target {name} " + ("is not started" if name in
+                                                        self.not_started else "does not answer")
                 break
             if not self.draining(name):
                 found.append(name)
@@ -104,6 +108,7 @@ def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
     [tubes.*] tables unless given), so ``plan`` keeps a spread tube's jobs on any of
     its first k nodes."""
     addresses = view.addresses()
+    not_started = {spec.name for spec in view.config.nodes if spec.name not in addresses}
     for spec in view.config.nodes:  # configured but not (yet) running: still a possible owner
         addresses.setdefault(spec.name, (spec.host, spec.port))
     configured = {n.name for n in view.config.nodes}
@@ -114,7 +119,8 @@ def survey(view: ClusterView, spread: dict[str, int] | None = None) -> Survey:
         raise click.ClickException(str(e)) from None
     spread = dict(view.config.spread if spread is None else spread)
     ctx = view.config.ssl_context()  # [tls]: the nodes speak TLS
-    return Survey(addresses, probe_all(addresses, ssl_context=ctx), ring, leaving, spread)
+    return Survey(addresses, probe_all(addresses, ssl_context=ctx), ring, leaving, spread,
+                  not_started)
 
 
 def plan(s: Survey) -> list[Move]:
@@ -232,7 +238,8 @@ def render_plan(moves: list[Move], unreachable: dict[str, str] | None = None) ->
 
 
 def _unreachable_lines(unreachable: dict[str, str]) -> list[str]:
-    return [f"{name} could not be asked: {why}; its jobs were not looked at"
+    return [f"{name} is {why}: the tubes it owns stay where they are" if why == NOT_STARTED
+            else f"{name} could not be asked: {why}; its jobs were not looked at"
             for name, why in unreachable.items()]
 
 

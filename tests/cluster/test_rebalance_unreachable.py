@@ -181,3 +181,26 @@ def test_remove_says_at_once_why_a_job_cannot_move_then_stops_at_its_timeout(tmp
             os.kill(pid, signal.SIGCONT)
         c.run("down")
         c.cleanup()
+
+
+def test_a_node_in_the_config_but_not_started_is_named_as_such(tmp_path):
+    """`nodes` raised in the config and `up` not run yet: the new node is not "down" and
+    nothing on it was skipped; rebalance says to start it, leaves its tubes, exits 1."""
+    c = start(tmp_path)
+    try:
+        c.env["BSCLUSTER_NODES"] = "3"  # the config now; the running cluster has two
+        tube = tube_owned_by(c, "node3")
+        misplace(c, "node1", tube)
+        r = timed(c, "rebalance", "--json")
+        assert r.returncode == 1, r.stdout + r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["unreachable"] == [
+            {"node": "node3", "error": "in the config but not started (`bscluster up` starts it)"}]
+        assert f"node1 {tube}: its target node3 is not started" in doc["skipped"], doc
+        r = timed(c, "rebalance", "--dry-run")
+        assert "node3 is in the config but not started (`bscluster up` starts it)" in r.stdout
+        assert "could not be asked" not in r.stdout, r.stdout
+        assert ready_on(c, "node1", tube) == 1
+    finally:
+        c.run("down")
+        c.cleanup()
