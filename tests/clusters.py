@@ -61,6 +61,16 @@ class Cluster:
         self.seen_pids: set[int] = set()
         self.foreground: subprocess.Popen | None = None
 
+    def by_hand(self) -> tuple[str, ...]:
+        """Drop the BSCLUSTER_* settings this harness gives every command; returns the
+        `up` flags that start the same nodes as a person types them.  Commands then find
+        the cluster as they find such a one: in ./bscluster-data of the directory."""
+        flags = ("--nodes", self.env.pop("BSCLUSTER_NODES"),
+                 "--base-port", self.env.pop("BSCLUSTER_BASE_PORT"))
+        del self.env["BSCLUSTER_DATA_DIR"]
+        self.data_dir = self.dir / "bscluster-data"
+        return flags
+
     def run(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
         r = subprocess.run([sys.executable, "-m", "bscluster", *args], env=self.env,
                            cwd=self.dir, capture_output=True, text=True, timeout=90)

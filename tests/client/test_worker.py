@@ -670,13 +670,11 @@ def test_work_names_and_serves_the_cluster_running_here(tmp_path):
     in its directory takes its jobs, and its first line says whose they are."""
     from clusters import Cluster
     c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
-    for key in ("BSCLUSTER_NODES", "BSCLUSTER_BASE_PORT", "BSCLUSTER_DATA_DIR"):
-        del c.env[key]
-    c.data_dir = tmp_path / "bscluster-data"  # the default, where `down` finds it
+    flags = c.by_hand()
     (tmp_path / "handlers.py").write_text(HANDLERS)
     worker = None
     try:
-        c.run("up", "-d", "--nodes", "2", "--base-port", str(c.base_port), check=True)
+        c.run("up", "-d", *flags, check=True)
         addr = f"127.0.0.1:{c.base_port}"
         with Client(f"127.0.0.1:{c.base_port + 1}", use="work") as producer_:
             producer_.put(b"on node2")

@@ -177,11 +177,9 @@ def test_with_no_target_given_it_loads_the_cluster_running_here(tmp_path):
     the same directory: the load goes to those nodes, not to 127.0.0.1:11300."""
     from clusters import Cluster
     c = Cluster(tmp_path, f"{sys.executable} -m bsnode", 2)
-    for key in ("BSCLUSTER_NODES", "BSCLUSTER_BASE_PORT", "BSCLUSTER_DATA_DIR"):
-        del c.env[key]  # flags only, as a person types them
-    c.data_dir = tmp_path / "bscluster-data"  # the default, where `down` finds it
+    flags = c.by_hand()
     try:
-        c.run("up", "-d", "--nodes", "2", "--base-port", str(c.base_port), check=True)
+        c.run("up", "-d", *flags, check=True)
         r = c.run("bench", "--mode", "put", "--tubes", "8", "--conns", "8", "--seconds", "0.3",
                   "--procs", "1", check=True)
         ports = (c.base_port, c.base_port + 1)

@@ -199,10 +199,9 @@ def test_up_again_in_the_default_data_dir_hints_commands_without_flags(fake):
     """The banner of a second `up` names the same commands as the first: `status`, not
     `status --data-dir ...` (the running cluster's settings it keeps are not flags)."""
     c = fake(nodes=2)
-    del c.env["BSCLUSTER_DATA_DIR"]
-    c.data_dir = c.dir / "bscluster-data"  # the default, where `down` finds it
-    first = c.run("up", "-d", check=True).stdout
-    again = c.run("up", "-d", "--nodes", "3", check=True).stdout
+    flags = c.by_hand()
+    first = c.run("up", "-d", *flags, check=True).stdout
+    again = c.run("up", "-d", "--nodes", "3", *flags[2:], check=True).stdout
     for out in (first, again):
         assert "look: bscluster status | bscluster stats | bscluster top\n" in out, out
         assert "stop: bscluster down\n" in out, out
