@@ -105,8 +105,8 @@ def drain_node(paths: Paths, state: dict, name: str, ssl_context=None) -> None:
     while True:
         rep = node_report(entry["host"], entry["port"], ssl_context=ssl_context)
         if not rep.up:
-            raise click.ClickException(f"{name} does not answer ({rep.error}); it drains as "
-                                       f"soon as it runs again (`bscluster restart {name}`)")
+            raise click.ClickException(f"{name}: {rep.error}; it drains as soon as it runs "
+                                       f"again (`bscluster restart {name}`)")
         if str(rep.stats.get("draining")) == "true":
             return
         if time.monotonic() > deadline:
@@ -171,7 +171,7 @@ def _left_on(name: str, entry: dict, ssl_context=None) -> dict[str, int]:
     rep = node_report(entry["host"], entry["port"], ssl_context=ssl_context)
     if not rep.up:
         raise click.ClickException(
-            f"{name} does not answer ({rep.error}), so its jobs cannot be moved or counted; "
+            f"{name}: {rep.error}, so its jobs cannot be moved or counted; "
             f"start it again (`bscluster restart {name}`), then run `bscluster remove {name}` "
             f"again")
     return {k: int(rep.stats.get(f"current-jobs-{k}", 0) or 0)
