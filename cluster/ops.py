@@ -292,11 +292,12 @@ def remove(config_file, data_dir, name, timeout, rate) -> None:
                                    f"({list(state['nodes'])[-1]}) can be removed")
     if any(n.name == name for n in config.nodes):
         click.echo(_mark_leaving(config, name))
-        check = load_config(config_file, {"data_dir": data_dir})
-        if config.path is not None and any(n.name == name and not n.leaving
-                                           for n in check.nodes):
-            raise click.ClickException(f"{name} is still a full member after editing the file "
-                                       f"(flags or BSCLUSTER_* settings decide the nodes?)")
+        if config.path is not None:  # the file was edited: did the edit take?
+            check = load_config(config_file, {"data_dir": data_dir})
+            if any(n.name == name and not n.leaving for n in check.nodes):
+                raise click.ClickException(f"{name} is still a full member after editing the "
+                                           f"file (flags or BSCLUSTER_* settings decide the "
+                                           f"nodes?)")
         _running_leaving(paths, state, name)
     if not state["nodes"][name].get("draining"):
         drain_node(paths, state, name, config.ssl_context())
