@@ -48,7 +48,8 @@ from bscluster.proxy_commands import ProxyCommands
 from bscluster.proxy_engine import ClientConn
 from bscluster.proxy_fast import FastPath
 from bscluster.proxy_reload import Reloader, reader
-from bscluster.runtime import log_to_stderr, os_error_text
+from bscluster.runtime import os_error_text
+from bsnode.logstamp import log_to_stderr
 from gevent.event import Event
 from gevent.server import StreamServer
 

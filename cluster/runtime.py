@@ -35,19 +35,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
 import resource
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-
-from bsnode.logstamp import StampFormatter
 
 STATE_FILE = "bscluster.json"
 LOCK_FILE = "bscluster.lock"
@@ -134,14 +130,6 @@ def os_error_text(e: OSError) -> str:
     """An OSError as a person reads it: its errno's text ("Address already in use"),
     without what a library appended (gevent adds the address it tried)."""
     return os.strerror(e.errno) if e.errno else str(e)
-
-
-def log_to_stderr(line_format: str, level: int | str) -> None:
-    """Configure ``logging`` for a bscluster command: stderr, lines stamped as every log
-    line of the project is (bsnode.logstamp)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(StampFormatter(line_format))
-    logging.basicConfig(level=level, handlers=[handler])
 
 
 # --- the supervisor lock -----------------------------------------------------

@@ -30,8 +30,8 @@ from bsclient.config import read_tls_context
 from bsclient.errors import BeanstalkError
 from bsclient.worker import DEFAULT_CONCURRENCY, MODES, Worker
 from bscluster.config import ConfigError, load_config
-from bscluster.runtime import log_to_stderr
 from bscluster.truth import cluster_view
+from bsnode.logstamp import log_to_stderr
 
 EXIT_FORCED = 3  # a forced stop handed back jobs whose handlers had not finished
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -9,6 +9,7 @@ bscluster's supervisor, proxy and workers take it from here.
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import datetime
 
 
@@ -24,3 +25,11 @@ class StampFormatter(logging.Formatter):
 
     def formatTime(self, record, datefmt=None) -> str:  # noqa: N802 - logging's name
         return log_stamp(record.created)
+
+
+def log_to_stderr(line_format: str, level: int | str) -> None:
+    """Configure ``logging`` for a program of the project (bsnode, `bscluster proxy`,
+    `bscluster work`): stderr, each line stamped by ``log_stamp``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StampFormatter(line_format))
+    logging.basicConfig(level=level, handlers=[handler])

@@ -40,7 +40,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 from functools import partial
 
 import gevent
@@ -53,7 +52,7 @@ from .commands import CLOSE, Commands, wake_reply
 from .gc_policy import freeze_survivors
 from .lifecycle import Outcome
 from .limits import AcceptBrake, ReplyBudget
-from .logstamp import StampFormatter
+from .logstamp import log_to_stderr
 from .ratelog import Complaints
 from .store import Store
 from .wal import GroupSync
@@ -473,6 +472,4 @@ def install_signal_handlers(server: NodeServer) -> None:
 
 
 def setup_logging(verbose: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)  # every line starts with its time (logstamp)
-    handler.setFormatter(StampFormatter("%(asctime)s bsnode[%(process)d]: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    log_to_stderr("%(asctime)s bsnode[%(process)d]: %(message)s", logging.INFO)
