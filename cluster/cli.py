@@ -584,7 +584,8 @@ def restart(config_file, data_dir, names, force) -> None:
         except control.ClusterError as e:
             _fail(e)
         click.echo(f"{name} restarted on {new['host']}:{new['port']} "
-                   + (f"(pid {old['pid']} -> {new['pid']})" if old["pid"] else f"(pid {new['pid']})"))
+                   + (f"(pid {old['pid']} -> {new['pid']})" if old["pid"] else f"(pid {new['pid']})")
+                   + (f"; {new['last_stop']}" if new.get("last_stop") else ""))
 
 
 @cli.command()

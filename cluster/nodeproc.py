@@ -26,6 +26,7 @@ from pathlib import Path
 from bsclient.tls import NODE_CERT_FLAG
 from bscluster.config import NodeSpec
 from bscluster.runtime import (
+    ask_to_stop,
     open_private,
     pid_alive,
     process_args,
@@ -39,7 +40,7 @@ LINE_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT[0-9:.+-]+ ")  # a log line's time: n
 TAIL_LINES = 20
 REASON_LINES = 3
 _READ = 65536
-GROUP_SIGNALS = (signal.SIGTERM, signal.SIGKILL)  # sent to the node's process group
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGCONT, signal.SIGKILL)  # to the node's process group
 
 
 class NodeProc:
@@ -62,6 +63,9 @@ class NodeProc:
         self.reason: str | None = None
         self.wake_at: float | None = None  # monotonic: backoff end / deadline
         self.restart_requested = False
+        # how its last stop ended if not cleanly (killed at the stop timeout, an error
+        # status); None: it exited 0, or has not been stopped
+        self.last_stop: str | None = None
         self.fd: int | None = None
         self._buf = b""
         self._log_offset = 0
@@ -113,7 +117,7 @@ class NodeProc:
         self.fire(Event.ADOPT)
 
     def send(self, sig: int) -> None:
-        """Signal the node.  SIGTERM and SIGKILL go to its whole process group (it was
+        """Signal the node.  SIGTERM, SIGCONT and SIGKILL go to its whole process group (it was
         started in a session of its own): a ``node_command`` wrapper that does not
         ``exec`` stops with the server it runs (supervisord's stopasgroup).  Drain
         (SIGUSR1) and reload (SIGHUP) go to the process itself, which must be the
@@ -135,9 +139,10 @@ class NodeProc:
         return args is not None and NODE_CERT_FLAG in args
 
     def stop(self, deadline: float) -> None:
-        """Ask the node to exit (SIGTERM); the loop escalates after ``deadline``."""
+        """Ask the node to exit (SIGTERM, SIGCONT: a hung one too); the loop escalates
+        after ``deadline``."""
         if self.state in HAS_PROCESS:
-            self.send(signal.SIGTERM)
+            ask_to_stop(self.send)
             self.wake_at = deadline
         self.fire(Event.STOP)
 
@@ -206,7 +211,8 @@ class NodeProc:
             "pid_start": self.pid_start, "adopted": self.adopted, "started": self.started,
             "host": self.spec.host, "port": self.spec.port, "restarts": self.restarts,
             "crashes": self.crash_count, "metrics": self.spec.metrics_url,
-            "reason": self.reason, "data_dir": str(self.spec.data_dir),
+            "reason": self.reason, "last_stop": self.last_stop,
+            "data_dir": str(self.spec.data_dir),
             "binlog": self.spec.binlog,
             "log": str(self.log_path) if self.log_path else None,
         }
@@ -228,6 +234,10 @@ def _enter_running(node: NodeProc) -> None:
     node.restart_requested = False
 
 
+def _enter_stopping(node: NodeProc) -> None:
+    node.last_stop = None  # this stop's ending is told when it exits
+
+
 def _enter_settled_down(node: NodeProc) -> None:
     node.wake_at = None  # nothing is due for a node that stays down (STOPPED, FATAL)
 
@@ -235,6 +245,7 @@ def _enter_settled_down(node: NodeProc) -> None:
 ON_ENTRY = {
     State.STARTING: _enter_starting,
     State.RUNNING: _enter_running,
+    State.STOPPING: _enter_stopping,
     State.STOPPED: _enter_settled_down,
     State.FATAL: _enter_settled_down,
 }

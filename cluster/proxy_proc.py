@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bsclient.address import parse_listen
-from bscluster.runtime import pid_alive, process_start_time, signal_pid
+from bscluster.runtime import ask_to_stop, pid_alive, process_start_time, signal_pid
 
 RESTART_FIRST = 0.5
 RESTART_MAX = 30.0
@@ -167,7 +167,10 @@ class ProxyProc:
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.stopping = True
-        self._send(sig)
+        if sig == signal.SIGTERM:
+            ask_to_stop(self._send)  # (SIGCONT too: a hung proxy stops at once)
+        else:
+            self._send(sig)
 
     def _send(self, sig: int) -> None:
         if self.adopted is not None:

@@ -262,10 +262,19 @@ def signal_pid(pid: int, sig: int, start_time: int | None = None) -> bool:
         return False
 
 
+def ask_to_stop(send: Callable[[int], object]) -> None:
+    """SIGTERM, then SIGCONT, through ``send(sig)``.  A stopped process (SIGSTOP, a
+    debugger, a terminal's ^Z: a hung node in our tests) acts on SIGTERM only once it
+    runs again; continued, it stops cleanly now instead of being killed when the
+    stop timeout ends.  systemd sends the same pair."""
+    send(signal.SIGTERM)
+    send(signal.SIGCONT)
+
+
 def stop_pids(pids: dict[int, int | None], timeout: float) -> None:
-    """SIGTERM each, then SIGKILL whatever is left after ``timeout``."""
+    """SIGTERM (and SIGCONT) each, then SIGKILL whatever is left after ``timeout``."""
     for pid, start in pids.items():
-        signal_pid(pid, signal.SIGTERM, start)
+        ask_to_stop(lambda sig: signal_pid(pid, sig, start))  # noqa: B023 (called at once)
     if not wait_gone(pids, timeout):
         for pid, start in pids.items():
             signal_pid(pid, signal.SIGKILL, start)

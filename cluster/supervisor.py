@@ -72,6 +72,7 @@ from bscluster.runtime import (
     Lock,
     Paths,
     RateLimitedLog,
+    ask_to_stop,
     make_private_dir,
     pid_alive,
     pid_state,
@@ -266,6 +267,8 @@ class Supervisor:
         how = _describe_exit(code)
         now = self.clock()
         if node.state is State.STOPPING:
+            if code != 0 and node.last_stop is None:  # (the timeout's kill said so already)
+                node.last_stop = how
             node.fire(Event.EXIT)
             if not node.restart_requested:
                 self.say(f"{node.name} stopped ({how})")
@@ -339,6 +342,7 @@ class Supervisor:
                     self._spawn(node)
             elif node.state is State.STOPPING and node.wake_at is not None \
                     and now >= node.wake_at:
+                node.last_stop = f"it did not stop within {STOP_TIMEOUT:g}s of SIGTERM: killed"
                 self.say(f"{node.name} did not stop within {STOP_TIMEOUT:g}s; killing it")
                 node.send(signal.SIGKILL)
                 node.wake_at = None
@@ -453,7 +457,7 @@ class Supervisor:
         if self.proxy is not None:
             self.proxy.stop(signal.SIGKILL)
         for node in self.nodes.values():
-            node.send(signal.SIGTERM)
+            ask_to_stop(node.send)
         deadline = time.monotonic() + STOP_TIMEOUT
         while any(n.alive() for n in self.nodes.values()) and time.monotonic() < deadline:
             self._reap_quietly()

@@ -21,9 +21,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from bscluster.runtime import pid_alive
+from bscluster.states import STOP_TIMEOUT
 from clusters import Cluster
 from servers import poll
 
@@ -116,6 +118,33 @@ def test_exit_codes_for_scripts(cluster):
     r = c.run("status")
     assert r.returncode == 4 and "GONE" in r.stdout, r.stdout
     assert c.run("stats").returncode == 4
+
+
+def test_a_hung_node_restarts_and_stops_at_once_with_its_jobs(cluster):
+    """SIGSTOP stands for a hung node: SIGTERM alone would wait in its queue until
+    STOP_TIMEOUT and SIGKILL; followed by SIGCONT (as systemd does) the node wakes,
+    stops cleanly and keeps its jobs."""
+    c = cluster
+    node2 = c.node("node2")
+    for i in range(3):
+        assert put(node2["port"], b"job %d" % i).startswith(b"INSERTED")
+    os.kill(node2["pid"], signal.SIGSTOP)
+    began = time.monotonic()
+    r = c.run("restart", "node2")
+    took = time.monotonic() - began
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert took < STOP_TIMEOUT and "killed" not in r.stdout, (took, r.stdout)
+    assert c.node("node2")["pid"] != node2["pid"]
+    stats = json.loads(c.run("stats", "--json").stdout)
+    assert stats["nodes"]["node2"]["stats"]["current-jobs-ready"] == 3
+    pids = [e["pid"] for e in c.state()["nodes"].values()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    began = time.monotonic()
+    r = c.run("down")
+    assert r.returncode == 0 and time.monotonic() - began < STOP_TIMEOUT, r.stdout + r.stderr
+    assert not any(pid_alive(pid) for pid in pids)
+    assert "did not stop" not in c.run("logs").stdout
 
 
 def test_logs_have_timestamps(cluster):

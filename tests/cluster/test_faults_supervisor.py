@@ -44,7 +44,7 @@ from bsclient.config import NodeAddress
 from bscluster.config import load_config
 from bscluster.monitor import Monitor
 from bscluster.runtime import RateLimitedLog, pid_alive
-from bscluster.states import Event, State
+from bscluster.states import STOP_TIMEOUT, Event, State
 from bscluster.supervisor import Supervisor
 from bscluster.web import Dashboard, make_server
 from bscluster.webserver import MAX_CONNECTIONS, BoundedServer
@@ -452,3 +452,34 @@ def test_when_every_connection_is_busy_a_new_one_is_told_503(dashboard):
     finally:
         for s in busy:
             s.close()
+
+
+def test_a_node_that_ignores_sigterm_is_killed_at_the_timeout_and_the_state_says_so(sup,
+                                                                                     monkeypatch):
+    """A stop sends SIGTERM and SIGCONT (a hung node wakes to act on it); one that
+    still runs at STOP_TIMEOUT gets SIGKILL, and ``last_stop`` (restart's output)
+    says so.  A clean stop leaves ``last_stop`` empty."""
+    node = sup.nodes["node1"]
+    sent = []
+    monkeypatch.setattr(node, "send", sent.append)
+    for event in (Event.SPAWN, Event.READY):
+        node.fire(event)
+    node.pid = 1  # (never signalled: ``send`` is the list)
+    sup._restart("node1")
+    assert sent == [signal.SIGTERM, signal.SIGCONT] and node.state is State.STOPPING
+    sup.clock.advance(STOP_TIMEOUT - 0.1)
+    sup._tick(sup.clock())
+    assert sent[-1] == signal.SIGCONT
+    sup.clock.advance(0.2)
+    sup._tick(sup.clock())
+    assert sent[-1] == signal.SIGKILL
+    sup._on_exit(node, -signal.SIGKILL)
+    assert node.to_dict()["last_stop"] == \
+        f"it did not stop within {STOP_TIMEOUT:g}s of SIGTERM: killed"
+    node.fire(Event.SPAWN)
+    node.fire(Event.READY)
+    node.pid = 1
+    sup._restart("node1")
+    assert node.last_stop is None  # a new stop: its own ending
+    sup._on_exit(node, 0)
+    assert node.to_dict()["last_stop"] is None

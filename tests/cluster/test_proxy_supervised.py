@@ -12,10 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import greenstalk
 import pytest
 from bscluster.runtime import pid_alive
+from bscluster.states import STOP_TIMEOUT
 from clusters import Cluster, port_free
 from proxyrun import write_config
 from servers import free_port, poll
@@ -57,8 +59,11 @@ def test_up_runs_restarts_and_stops_the_proxy(tmp_path):
             assert c.peek(job_id).body == "up"  # released when the proxy died; same id
         second = _proxy_pids(cluster)[-1]
         cluster.seen_pids.add(second)
+        os.kill(second, signal.SIGSTOP)  # hung: SIGCONT follows the stop's SIGTERM
+        began = time.monotonic()
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0
+        assert time.monotonic() - began < STOP_TIMEOUT
         assert not pid_alive(second) and port_free(port)
         assert "proxy stopped" in cluster.output()
     finally:
@@ -117,8 +122,14 @@ def test_a_killed_supervisors_proxy_keeps_serving_and_is_adopted(tmp_path):
         assert f"proxy: 127.0.0.1:{port}, pid {proxy['pid']}, accepting connections" in \
             cluster.run("status").stdout
         os.kill(cluster.state()["supervisor"]["pid"], signal.SIGKILL)
+        hung = [proxy["pid"], cluster.state()["nodes"]["node1"]["pid"]]
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)  # `down` without a supervisor wakes them too
+        began = time.monotonic()
         r = cluster.run("down", check=True)
+        assert time.monotonic() - began < STOP_TIMEOUT
         assert f"and the proxy (pid {proxy['pid']})" in r.stdout
+        assert not any(pid_alive(pid) for pid in hung)
         assert not pid_alive(proxy["pid"], proxy["pid_start"]) and port_free(port)
     finally:
         cluster.cleanup()
