@@ -183,7 +183,10 @@ def fullness(s: Mapping) -> dict | None:
 
 def node_row(node: NodeAddress, cur: NodeReport, prev: NodeReport | None, dt: float) -> dict:
     s = cur.stats
-    row = {"name": node.name, "address": node.address, "up": cur.up, "error": cur.error}
+    row = {"name": node.name, "address": node.address, "up": cur.up, "error": cur.error,
+           # as top and the dashboard show it: up, draining, NO ANSWER or DOWN
+           "state": ("draining" if s.get("draining") == "true" else "up") if cur.up
+           else cur.silent_state}
     row["full"] = fullness(s) if cur.up else None  # bsnode --max-jobs/--max-job-bytes
     before = None if _restarted(prev, cur) else prev.stats
     row.update({k: (_rate(before, s, f, dt) if cur.up else None) for k, f in NODE_RATES.items()})

@@ -30,6 +30,7 @@ from bsclient.protocol import (
 
 PROBE_TIMEOUT = 2.0
 _RECV = 65536
+NO_ANSWER, DOWN = "NO ANSWER", "DOWN"  # (the words status, top and the dashboard show)
 
 
 @dataclass
@@ -38,6 +39,13 @@ class NodeReport:
     stats: dict = field(default_factory=dict)
     tubes: dict[str, dict] = field(default_factory=dict)
     error: str | None = None
+    timed_out: bool = False  # no answer in time (hung, a partition), not refused
+
+    @property
+    def silent_state(self) -> str:
+        """A node that did not answer: NO ANSWER if it timed out (a process may hold
+        its port: hung, stopped, cut off), DOWN if refused or failed at once."""
+        return NO_ANSWER if self.timed_out else DOWN
 
 
 class ProtocolError(Exception):
@@ -101,7 +109,7 @@ def node_report(host: str, port: int, timeout: float = PROBE_TIMEOUT,
                         tubes[name] = parse_yaml(reply[1])
             return NodeReport(up=True, stats=stats, tubes=tubes)
     except (OSError, ProtocolError) as e:
-        return NodeReport(up=False, error=_describe(e))
+        return NodeReport(up=False, error=_describe(e), timed_out=isinstance(e, socket.timeout))
 
 
 def presented_certificate(host: str, port: int, ssl_context: ssl.SSLContext,

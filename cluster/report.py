@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 
 from bsclient.fanout import MAX_TUBE_STATS, NON_ADDITIVE_STATS, merge_stats
-from bscluster.probe import NodeReport
+from bscluster.probe import NO_ANSWER, NodeReport
 
 JOB_STATES = ("ready", "reserved", "delayed", "buried")
 DRAINING = "DRAINING"  # status's STATE for a running node that refuses new jobs
@@ -69,7 +69,7 @@ def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport],
     rows = []
     for name, info in nodes.items():
         rep = reports[name]
-        state = info.get("state") or ("UP" if rep.up else "DOWN")
+        state = info.get("state") or ("UP" if rep.up else rep.silent_state)
         draining = rep.up and str(rep.stats.get("draining")) == "true"
         row = {
             "node": name, "address": info["address"], "up": rep.up,
@@ -109,7 +109,7 @@ def render_status(rows: list[dict]) -> str:
 def _state(row: dict) -> str:
     """STATE as printed: a running node that does not answer is NO ANSWER; a
     leaving one is LEAVING (LEAVING,DRAINING once drained; DOWN,LEAVING if down)."""
-    state = row["state"] if row["up"] or row["state"] != "RUNNING" else "NO ANSWER"
+    state = row["state"] if row["up"] or row["state"] != "RUNNING" else NO_ANSWER
     if not row.get("leaving"):
         return state
     if state in ("RUNNING", "UP"):

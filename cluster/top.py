@@ -91,11 +91,11 @@ def node_lines(view: Mapping) -> tuple[list[str], list[bool]]:
     rows, down = [], []
     for r in nodes:
         if r["up"]:
-            rows.append([r["name"], r["address"], "up", *(_n(r[s]) for s in
+            rows.append([r["name"], r["address"], r["state"], *(_n(r[s]) for s in
                          ("ready", "reserved", "delayed", "buried", "connections", "workers",
                           "waiting")), _rate(r["ops"]), human_duration(r["uptime"])])
         else:
-            rows.append([r["name"], r["address"], "DOWN", *["-"] * 8, "-"])
+            rows.append([r["name"], r["address"], r["state"], *["-"] * 8, "-"])
         down.append(not r["up"])
     lines = _table(["NODE", "ADDRESS", "STATE", "READY", "RESERVED", "DELAYED", "BURIED",
                     "CONNS", "WORKERS", "WAITING", "OPS/S", "UPTIME"], rows)

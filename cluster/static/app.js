@@ -197,13 +197,13 @@ function renderNodes(nodes) {
       return el("tr", {class: "down", data: {node: n.name}},
         el("td", {}, n.name), el("td", {}, n.address),
         el("td", {}, el("span", {class: "pill down", title: sup.state ? "supervisor: " + sup.state : ""},
-                        sup.state && sup.state !== "RUNNING" ? sup.state.toLowerCase() : "down")),
+                        (sup.state && sup.state !== "RUNNING" ? sup.state : n.state).toLowerCase())),
         el("td", {colspan: cols.length - 3}, why));
     }
     return el("tr", {data: {node: n.name}},
       el("td", {}, n.name), el("td", {}, n.address),
       el("td", {}, el("span", {class: "pill up", title: fullTitle(n.full)},
-                      (n.draining ? "draining" : "up") + (n.full ? " · " + Math.round(100 * n.full.fraction) + "% full" : ""))),
+                      n.state + (n.full ? " · " + Math.round(100 * n.full.fraction) + "% full" : ""))),
       ...STATES.map((s) => el("td", {class: "num", data: {field: s}}, fmtNum(n[s]))),
       el("td", {class: "num"}, fmtNum(n.urgent)), el("td", {class: "num"}, fmtNum(n.connections)),
       el("td", {class: "num"}, fmtNum(n.workers)), el("td", {class: "num"}, fmtNum(n.waiting)),

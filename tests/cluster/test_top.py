@@ -16,16 +16,16 @@ import time
 import pytest
 from bsclient import Client
 from bscluster.top import HOME_CLEAR, LEAVE, render
-from servers import bscluster_command, free_port, start_bsnode
+from servers import bscluster_command, free_port, poll, start_bsnode
 
 
 def _view(**over) -> dict:
-    node = {"name": "node1", "address": "127.0.0.1:11300", "up": True, "error": None,
+    node = {"name": "node1", "address": "127.0.0.1:11300", "up": True, "error": None, "state": "up",
             "ready": 7, "reserved": 1, "delayed": 2, "buried": 3, "urgent": 0,
             "connections": 4, "producers": 1, "workers": 2, "waiting": 1, "tubes": 3,
             "uptime": 65, "version": "1.12", "pid": 10, "total_jobs": 13, "draining": False,
             "ops": 12.5, "puts": 5.0, "reserves": 4.0, "deletes": 3.5}
-    down = {"name": "node2", "address": "127.0.0.1:11301", "up": False,
+    down = {"name": "node2", "address": "127.0.0.1:11301", "up": False, "state": "DOWN",
             "error": "connection refused (nothing listening)",
             **dict.fromkeys(("ready", "reserved", "delayed", "buried", "urgent", "connections",
                              "producers", "workers", "waiting", "tubes", "uptime", "version",
@@ -264,6 +264,26 @@ def test_top_once_exit_status_says_what_it_saw(two_nodes):
                                 ("none", ["--node", f"127.0.0.1:{nobody}"]))}
     assert (runs["some"].returncode, runs["none"].returncode) == (3, 4)
     assert "1/2 nodes up" in runs["some"].stdout
+
+
+def test_top_names_a_hung_node_no_answer_a_refused_one_down_as_status_does(two_nodes):
+    a, b = two_nodes
+    nobody = free_port()
+    a.signal(signal.SIGUSR1)  # drain: it refuses new jobs
+    with Client(a.address) as c:
+        poll(lambda: c.stats()["draining"] is True, 10, "node1 to drain")
+    b.signal(signal.SIGSTOP)  # hung: it holds its port and never answers
+    try:
+        r = subprocess.run(_bscluster() + ["top", "--once", "--node", f"{a.host}:{a.port}",
+                                           "--node", f"{b.host}:{b.port}",
+                                           "--node", f"127.0.0.1:{nobody}"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        b.signal(signal.SIGCONT)
+    assert r.returncode == 3, r.stdout + r.stderr
+    states = {m[0]: m[1] for m in re.findall(r"^(node\d) +\S+ +(draining|NO ANSWER|DOWN) ",
+                                             r.stdout, re.M)}
+    assert states == {"node1": "draining", "node2": "NO ANSWER", "node3": "DOWN"}, r.stdout
 
 
 def test_top_bad_node_flag_is_a_clear_error():

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from bsclient import Client, ClusterClient, TimedOutError
 from bsclient.config import NodeAddress
-from servers import bscluster_command, start_bsnode
+from servers import bscluster_command, free_port, start_bsnode
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
@@ -354,6 +354,21 @@ def test_dashboard_live_counts_kick_and_clear(browser, cluster, tmp_path):
     finally:
         stop.set()
         web.stop()
+
+
+def test_dashboard_names_hung_and_refused_nodes_as_status_does(browser, cluster):
+    gone = NodeAddress("node3", f"127.0.0.1:{free_port()}")  # nothing listens there
+    with start_bsnode() as stopped:
+        stopped.signal(signal.SIGSTOP)  # hung: it holds its port and never answers
+        hung = NodeAddress("node4", f"{stopped.host}:{stopped.port}")
+        web = WebProcess((*cluster, gone, hung), None)
+        try:
+            browser.goto(web.url)
+            browser.wait_text('#nodes tr[data-node="node3"] .pill', "down")
+            browser.wait_text('#nodes tr[data-node="node4"] .pill', "no answer")
+        finally:
+            stopped.signal(signal.SIGCONT)
+            web.stop()
 
 
 def test_dashboard_without_token_is_read_only(browser, cluster, tmp_path):
