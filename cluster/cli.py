@@ -260,12 +260,21 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
                     "the running supervisor serves no dashboard")
                    + "; a new web setting applies after `bscluster down` and `up` (or run "
                      "`bscluster web` next to it)", err=True)
+    proxy_changed = current is not None and config.proxy_settings != current.proxy_settings
+    if proxy_changed and config.proxy:
+        _check_proxy_address(config.proxy, current.proxy)
+    since = control.log_size(paths)  # (reasons come from this change's lines only)
     if len(config.nodes) == len(running):
+        if current is not None and (config.layout() != current.layout() or proxy_changed):
+            control.grow(paths, state, config)  # no new node: the routing or proxy changes
         if current is not None and config.layout() != current.layout():
-            control.grow(paths, state, config)  # no new node: only the routing changes
             click.echo("new weights, leaving nodes, ring or [tubes] spread handed to the "
                        "running supervisor (and its proxy)")
-        click.echo(f"the cluster is already running (supervisor pid {state['supervisor']['pid']})")
+        if proxy_changed:
+            _proxy_follows(paths, state, current, config, since)
+        else:
+            click.echo(f"the cluster is already running "
+                       f"(supervisor pid {state['supervisor']['pid']})")
         click.echo(banner(config, state))
         if any(entry["state"] == State.FATAL.value for entry in state["nodes"].values()):
             sys.exit(1)  # as the first `up -d` would: a script may rerun it to make sure
@@ -277,9 +286,42 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
                                      [n.name for n in config.nodes], on_poll=_ProgressShown())
     except control.ClusterError as e:
         _fail(e)
+    if proxy_changed:
+        _proxy_follows(paths, state, current, config, since)
     click.echo(banner(config, state))
     if any(state["nodes"][n]["state"] == State.FATAL.value for n in added):
         sys.exit(1)
+
+
+def _check_proxy_address(listen: str, running: str) -> None:
+    """Fail before anything changes if another program holds the port the proxy is to
+    serve (not the ``running`` proxy's own: it gives it up for the new one)."""
+    from bscluster.proxy_proc import ProxyError, check_address
+
+    if running and parse_listen(running)[1] == parse_listen(listen)[1]:
+        return
+    try:
+        check_address(listen)
+    except ProxyError as e:
+        _fail(e)
+
+
+def _proxy_follows(paths: Paths, state: dict, current: ClusterConfig, config: ClusterConfig,
+                   since: int) -> None:
+    """The running supervisor was handed new proxy settings: say what it does with its
+    proxy and wait until that is done (a new proxy accepts connections, or none runs)."""
+    old = control.proxy_pid(state)
+    try:
+        if not config.proxy:
+            click.echo(f"stopping the proxy on {current.proxy} (proxy is off now)")
+            control.wait_proxy_gone(paths)
+            return
+        click.echo(f"restarting the proxy on {config.proxy} with the new settings" if old
+                   else f"starting the proxy on {config.proxy}")
+        control.wait_proxy(paths, config.proxy, since=since,
+                           replacing=next(iter(old), None))
+    except control.ClusterError as e:
+        _fail(e)
 
 
 class _ProgressShown:

@@ -269,6 +269,11 @@ class ClusterConfig:
         """``{"node1": "host:port", ...}``: what ``ClusterClient`` takes."""
         return {n.name: n.address for n in self.nodes}
 
+    @property
+    def proxy_settings(self) -> tuple:
+        """What the proxy of `up --proxy` is started with (a change restarts it)."""
+        return (self.proxy, self.proxy_tls, self.proxy_busy_poll)
+
     def layout(self) -> ClusterLayout:
         """This config as a client reads it (``ClusterClient.from_layout``)."""
         return ClusterLayout(

@@ -146,15 +146,27 @@ def wait_settled(paths: Paths, sup_pid: int | None, names: list[str] | None = No
 
 
 def wait_proxy(paths: Paths, listen: str, timeout: float = PROXY_TIMEOUT,
-               since: int = 0) -> None:
-    """Poll until the proxy of `up --proxy` accepts connections; ClusterError with
-    the log's last lines if it does not within ``timeout``."""
+               since: int = 0, replacing: int | None = None) -> None:
+    """Poll until the proxy of `up --proxy` accepts connections (a new one, if it
+    ``replacing`` the proxy with that pid); ClusterError with the log's last lines if
+    it does not within ``timeout``."""
     host, port = parse_listen(listen)
     deadline = time.monotonic() + timeout
-    while not connectable(host, port):
+    while not (connectable(host, port) and
+               (replacing is None or proxy_pid(read_json(paths.state)).keys() - {replacing})):
         if time.monotonic() > deadline:
             raise ClusterError(f"the proxy does not accept connections on {listen} after "
                                f"{timeout:g}s" + log_tail(paths, since=since))
+        time.sleep(POLL)
+
+
+def wait_proxy_gone(paths: Paths, timeout: float = STOP_TIMEOUT + 5) -> None:
+    """Poll until the supervisor runs no proxy (it was turned off); ClusterError if it
+    still does after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while proxy_pid(read_json(paths.state)):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the proxy still runs after {timeout:g}s" + log_tail(paths))
         time.sleep(POLL)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from bsclient.address import parse_listen
 from bscluster.runtime import ask_to_stop, pid_alive, process_start_time, signal_pid
+from bscluster.states import STOP_TIMEOUT
 
 RESTART_FIRST = 0.5
 RESTART_MAX = 30.0
@@ -42,6 +43,22 @@ RESTART_RESET = 10.0  # a proxy that ran this long restarts after RESTART_FIRST 
 
 class ProxyError(RuntimeError):
     """The proxy cannot be served; the message says what to change."""
+
+
+def check_address(listen: str) -> None:
+    """Raise ProxyError if another program listens on ``listen`` now."""
+    host, port = parse_listen(listen)
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ProxyError(
+                f"cannot serve the proxy on {listen}: {e.strerror or e}; choose "
+                f"another address with --proxy ADDR:PORT (or proxy in the config file), "
+                f"or leave it off") from None
 
 
 class ProxyProc:
@@ -60,21 +77,11 @@ class ProxyProc:
         self.restart_at: float | None = 0.0  # start at the first tick
         self.exits = 0  # times it exited (or died) other than when told to stop
         self.last_exit: str | None = None
+        self.moving = False  # stopped to start again with new settings (``restart_with``)
+        self.kill_at: float | None = None  # then SIGKILL if it still runs
 
     def check_address(self) -> None:
-        """Raise ProxyError if another program listens on the address now."""
-        host, port = parse_listen(self.listen)
-        if port == 0:
-            return
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds
-            try:
-                probe.bind((host, port))
-            except OSError as e:
-                raise ProxyError(
-                    f"cannot serve the proxy on {self.listen}: {e.strerror or e}; choose "
-                    f"another address with --proxy ADDR:PORT (or proxy in the config file), "
-                    f"or leave it off") from None
+        check_address(self.listen)
 
     def adopt(self, entry: dict) -> bool:
         """Take over the proxy an earlier supervisor left (its ``to_dict``), if it is
@@ -117,7 +124,23 @@ class ProxyProc:
             pid, self.adopted = self.adopted[0], None
             self._exited(pid, None)
 
+    def restart_with(self, listen: str, now: float) -> None:
+        """The proxy settings changed (`up` on a running cluster): serve ``listen`` from
+        now on.  A running proxy is stopped (SIGKILL if it still runs after
+        STOP_TIMEOUT) and started again at once; one that is not runs at the next tick."""
+        self.listen = listen
+        self.exits, self.last_exit, self.backoff = 0, None, RESTART_FIRST
+        if self.alive():
+            self.moving, self.kill_at = True, now + STOP_TIMEOUT
+            ask_to_stop(self._send)
+        else:
+            self.restart_at = now
+
     def tick(self, now: float, env: dict) -> None:
+        if self.kill_at is not None and now >= self.kill_at and self.alive():
+            self.say(f"proxy did not stop within {STOP_TIMEOUT:g}s; killing it")
+            self._send(signal.SIGKILL)
+            self.kill_at = None  # (a restart's new proxy starts when it is gone)
         if self.stopping or self.alive() or self.restart_at is None or now < self.restart_at:
             return
         # the child starts with SIGHUP blocked and unblocks it once its handler is in
@@ -149,6 +172,10 @@ class ProxyProc:
         if self.stopping:
             self.say(f"proxy stopped ({how})")
             return
+        if self.moving:
+            self.moving, self.kill_at, self.restart_at = False, None, self.clock()
+            self.say(f"proxy stopped ({how}); starting it on {self.listen}")
+            return
         now = self.clock()
         if now - self.started_at >= RESTART_RESET:
             self.backoff = RESTART_FIRST
@@ -166,9 +193,11 @@ class ProxyProc:
             self._send(signal.SIGHUP)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.stopping = True
+        """Stop it for good (SIGTERM: then SIGKILL if it still runs after STOP_TIMEOUT)."""
+        self.stopping, self.moving = True, False
         if sig == signal.SIGTERM:
             ask_to_stop(self._send)  # (SIGCONT too: a hung proxy stops at once)
+            self.kill_at = self.clock() + STOP_TIMEOUT
         else:
             self._send(sig)
 

@@ -261,6 +261,8 @@ class Supervisor:
                 self._on_exit(node, None)
         if self.proxy is not None:
             self.proxy.check_adopted()
+            if self.proxy.stopping and not self.proxy.alive() and not self.stopping:
+                self.proxy = None  # turned off (``_apply_proxy``)
 
     def _on_exit(self, node: NodeProc, code: int | None) -> None:
         self._echo_output(node, node.exited(code))
@@ -541,11 +543,14 @@ class Supervisor:
             else:
                 added = [s.name for s in wanted.nodes if s.name not in self.nodes]
                 changed = wanted.to_dict() != self.config.to_dict()
+                proxy_changed = wanted.proxy_settings != self.config.proxy_settings
                 if wanted.web != self.config.web:
                     self.say("the dashboard setting (web) applies when the supervisor "
                              "restarts (bscluster down, then up)")
                 self._set_nodes(wanted)
-                if changed and self.proxy is not None:
+                if proxy_changed:
+                    self._apply_proxy(wanted.proxy)
+                elif changed and self.proxy is not None:
                     self.proxy.reload()  # it reads the same wanted.json
                 if added:
                     self.say(f"adding {', '.join(added)}")
@@ -562,6 +567,19 @@ class Supervisor:
                     self._drain(request.get("node", ""), op == "drain")
                 elif op == "reload-tls":
                     self._reload_tls(request.get("id"))
+
+    def _apply_proxy(self, listen: str) -> None:
+        """The proxy settings changed (`up` again with --proxy): start the proxy, start
+        it again with them (another address too), or stop it (``listen`` empty)."""
+        if self.proxy is None:
+            if listen:  # (its first tick starts it)
+                self.proxy = ProxyProc(listen, self.paths.wanted, self.say, self.clock)
+        elif listen:
+            self.say(f"new proxy settings: restarting the proxy on {listen}")
+            self.proxy.restart_with(listen, self.clock())
+        else:
+            self.say("the proxy is off in the new configuration: stopping it")
+            self.proxy.stop()
 
     def _reload_tls(self, ask: str | None) -> None:
         """Certificate files rewritten in place (`bscluster reload`, tls_reload.py):

@@ -133,3 +133,55 @@ def test_a_killed_supervisors_proxy_keeps_serving_and_is_adopted(tmp_path):
         assert not pid_alive(proxy["pid"], proxy["pid_start"]) and port_free(port)
     finally:
         cluster.cleanup()
+
+
+def test_up_again_starts_moves_and_stops_the_proxy_of_a_running_cluster(tmp_path):
+    """`up -d --proxy ADDR` on a cluster running without one starts it (it used to say the
+    proxy served ADDR and start nothing); another address or setting restarts it there;
+    `--proxy off` stops it; an address another program holds is refused before anything
+    changes."""
+    first, second = free_port(), free_port()
+    cluster = Cluster(tmp_path, f"{sys.executable} -m bsnode", nodes=2)
+    try:
+        cluster.run("up", "-d", check=True)
+        r = cluster.run("up", "-d", "--proxy", f"127.0.0.1:{first}")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"starting the proxy on 127.0.0.1:{first}" in r.stdout, r.stdout
+        assert _served(first) is not None  # at once: `up` waited for it
+        pid = cluster.state()["proxy"]["pid"]
+        cluster.seen_pids.add(pid)
+
+        r = cluster.run("up", "-d", "--proxy", f"127.0.0.1:{second}")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"restarting the proxy on 127.0.0.1:{second}" in r.stdout, r.stdout
+        assert _served(second) is not None and port_free(first) and not pid_alive(pid)
+        moved = cluster.state()["proxy"]
+        cluster.seen_pids.add(moved["pid"])
+        assert moved["listen"] == f"127.0.0.1:{second}" and moved["pid"] != pid
+
+        cluster.env["BSCLUSTER_PROXY_BUSY_POLL"] = "0"  # another setting, the same address
+        r = cluster.run("up", "-d", "--proxy", f"127.0.0.1:{second}")
+        del cluster.env["BSCLUSTER_PROXY_BUSY_POLL"]
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "with the new settings" in r.stdout and _served(second) is not None, r.stdout
+        assert not pid_alive(moved["pid"])
+        moved = cluster.state()["proxy"]
+        cluster.seen_pids.add(moved["pid"])
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            elsewhere = f"127.0.0.1:{taken.getsockname()[1]}"
+            r = cluster.run("up", "-d", "--proxy", elsewhere)
+            assert r.returncode == 1 and f"cannot serve the proxy on {elsewhere}" in r.stderr
+        assert cluster.state()["proxy"]["pid"] == moved["pid"]  # nothing changed
+
+        r = cluster.run("up", "-d", "--proxy", "off")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"stopping the proxy on 127.0.0.1:{second}" in r.stdout, r.stdout
+        assert cluster.state()["proxy"] is None and port_free(second)
+        assert not pid_alive(moved["pid"])
+        assert "proxy" not in cluster.run("status").stdout
+    finally:
+        cluster.cleanup()
+

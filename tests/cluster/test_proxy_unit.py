@@ -82,3 +82,34 @@ def test_status_names_a_proxy_that_does_not_answer():
     assert row["up"] is False
     assert "NOT ANSWERING; it exited 3 times, last exit 1" in _proxy_line(row)
     assert _proxy_row({"proxy": None}) is None
+
+
+def test_a_supervised_proxy_that_ignores_sigterm_is_killed_at_the_stop_timeout(tmp_path,
+                                                                                monkeypatch):
+    """New proxy settings (``restart_with``) and a stop send SIGTERM and SIGCONT; a proxy
+    still running STOP_TIMEOUT later gets SIGKILL, so a new one can start."""
+    import signal
+
+    from bscluster.proxy_proc import ProxyProc
+    from bscluster.states import STOP_TIMEOUT
+    from fake_clock import FakeClock
+
+    clock, said, sent = FakeClock(), [], []
+    proxy = ProxyProc("127.0.0.1:1", tmp_path / "wanted.json", said.append, clock)
+    monkeypatch.setattr(proxy, "_send", sent.append)
+    monkeypatch.setattr(proxy, "alive", lambda: True)  # it never exits
+    proxy.restart_with("127.0.0.1:2", clock())
+    assert sent == [signal.SIGTERM, signal.SIGCONT] and proxy.listen == "127.0.0.1:2"
+    clock.advance(STOP_TIMEOUT - 0.1)
+    proxy.tick(clock(), {})
+    assert sent[-1] == signal.SIGCONT
+    clock.advance(0.2)
+    proxy.tick(clock(), {})
+    assert sent[-1] == signal.SIGKILL and "did not stop within" in said[-1]
+    proxy._exited(1, -9)  # (the supervisor reaped it): the new one starts at the next tick
+    assert proxy.restart_at == clock() and not proxy.moving
+    sent.clear()
+    proxy.stop()
+    clock.advance(STOP_TIMEOUT)
+    proxy.tick(clock(), {})
+    assert sent == [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL]
