@@ -26,6 +26,7 @@ from bscluster.probe import connectable
 from bscluster.report import counted
 from bscluster.runtime import (
     Paths,
+    ask_to_stop,
     make_private_dir,
     open_private,
     pid_alive,
@@ -257,7 +258,7 @@ def down(paths: Paths) -> str:
     everything = {**pids, **proxy}
     if alive_supervisor and state:
         sup = supervisor_pid(state)
-        os.kill(sup, signal.SIGTERM)
+        ask_to_stop(lambda sig: os.kill(sup, sig))  # (a hung supervisor wakes to stop too)
         sup_start = state["supervisor"].get("pid_start")
         if not (_wait_unlocked(paths, STOP_TIMEOUT + 10.0)
                 and wait_gone({sup: sup_start}, STOP_TIMEOUT)):

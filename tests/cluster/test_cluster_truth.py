@@ -123,7 +123,8 @@ def test_exit_codes_for_scripts(cluster):
 def test_a_hung_node_restarts_and_stops_at_once_with_its_jobs(cluster):
     """SIGSTOP stands for a hung node: SIGTERM alone would wait in its queue until
     STOP_TIMEOUT and SIGKILL; followed by SIGCONT (as systemd does) the node wakes,
-    stops cleanly and keeps its jobs."""
+    stops cleanly and keeps its jobs.  `down` wakes a hung supervisor the same way (it
+    used to wait 20 s and give up)."""
     c = cluster
     node2 = c.node("node2")
     for i in range(3):
@@ -137,7 +138,7 @@ def test_a_hung_node_restarts_and_stops_at_once_with_its_jobs(cluster):
     assert c.node("node2")["pid"] != node2["pid"]
     stats = json.loads(c.run("stats", "--json").stdout)
     assert stats["nodes"]["node2"]["stats"]["current-jobs-ready"] == 3
-    pids = [e["pid"] for e in c.state()["nodes"].values()]
+    pids = [e["pid"] for e in c.state()["nodes"].values()] + [c.state()["supervisor"]["pid"]]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     began = time.monotonic()
