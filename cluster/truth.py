@@ -132,6 +132,34 @@ def differences(config: ClusterConfig, running: ClusterConfig | None, state: dic
     if running is not None and running.node_command != config.node_command:
         out.append("node_command differs from the running cluster's; it applies to nodes "
                    "started from now on")
+    if running is not None:
+        out += _service_differences(config, running)
+    return out
+
+
+def _service_differences(config: ClusterConfig, running: ClusterConfig) -> list[str]:
+    """The proxy and dashboard settings the config sets (a default is no wish: `up`
+    keeps the running value for it) that differ from what the supervisor runs."""
+    def wished(key: str) -> bool:
+        return config.sources.get(key, "default") != "default" and \
+            getattr(config, key) != getattr(running, key)
+    out = []
+    if wished("proxy") and not running.proxy:
+        out.append(f"the config runs a proxy on {config.proxy}, the cluster none: "
+                   f"`bscluster up -d` starts it")
+    elif wished("proxy") and not config.proxy:
+        out.append(f"the config turns the proxy on {running.proxy} off: "
+                   f"`bscluster up -d` stops it")
+    else:
+        changed = [f"{key} {getattr(running, key)} -> {getattr(config, key)}"
+                   for key in ("proxy", "proxy_tls", "proxy_busy_poll") if wished(key)]
+        if changed and running.proxy:
+            out.append(f"the proxy: the config changes {', '.join(changed)}; "
+                       f"`bscluster up -d` restarts it with them")
+    if wished("web"):
+        out.append(f"the dashboard: the config says {config.web or 'off'}, the supervisor "
+                   f"serves {running.web or 'none'}; it applies after `bscluster down` and "
+                   f"`up` (or run `bscluster web`)")
     return out
 
 

@@ -39,6 +39,16 @@ def _served(port: int):
         return None
 
 
+def _status(cluster: Cluster, **env) -> str:
+    """`bscluster status` with ``env`` added for this one run (the config it reads)."""
+    saved = dict(cluster.env)
+    cluster.env.update(env)
+    try:
+        return cluster.run("status").stdout
+    finally:
+        cluster.env = saved
+
+
 def test_up_runs_restarts_and_stops_the_proxy(tmp_path):
     port = free_port()
     cluster = Cluster(tmp_path, f"{sys.executable} -m bsnode", nodes=2,
@@ -144,6 +154,12 @@ def test_up_again_starts_moves_and_stops_the_proxy_of_a_running_cluster(tmp_path
     cluster = Cluster(tmp_path, f"{sys.executable} -m bsnode", nodes=2)
     try:
         cluster.run("up", "-d", check=True)
+        assert "pending" not in _status(cluster)
+        said = _status(cluster, BSCLUSTER_PROXY=f"127.0.0.1:{first}", BSCLUSTER_WEB="127.0.0.1:0")
+        assert f"pending: the config runs a proxy on 127.0.0.1:{first}, the cluster none: " \
+               f"`bscluster up -d` starts it" in said, said
+        assert "pending: the dashboard: the config says 127.0.0.1:0, the supervisor serves " \
+               "none" in said, said
         r = cluster.run("up", "-d", "--proxy", f"127.0.0.1:{first}")
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"starting the proxy on 127.0.0.1:{first}" in r.stdout, r.stdout
@@ -176,6 +192,11 @@ def test_up_again_starts_moves_and_stops_the_proxy_of_a_running_cluster(tmp_path
             assert r.returncode == 1 and f"cannot serve the proxy on {elsewhere}" in r.stderr
         assert cluster.state()["proxy"]["pid"] == moved["pid"]  # nothing changed
 
+        said = _status(cluster, BSCLUSTER_PROXY="off")
+        assert f"pending: the config turns the proxy on 127.0.0.1:{second} off" in said, said
+        said = _status(cluster, BSCLUSTER_PROXY_BUSY_POLL="50")
+        assert "pending: the proxy: the config changes proxy_busy_poll 0 -> 50; " \
+               "`bscluster up -d` restarts it with them" in said, said
         r = cluster.run("up", "-d", "--proxy", "off")
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"stopping the proxy on 127.0.0.1:{second}" in r.stdout, r.stdout
