@@ -264,6 +264,7 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
     if proxy_changed and config.proxy:
         _check_proxy_address(config.proxy, current.proxy)
     since = control.log_size(paths)  # (reasons come from this change's lines only)
+    old_proxy = next(iter(control.proxy_pid(state)), None)  # (before it may be replaced)
     if len(config.nodes) == len(running):
         if current is not None and (config.layout() != current.layout() or proxy_changed):
             control.grow(paths, state, config)  # no new node: the routing or proxy changes
@@ -271,7 +272,7 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
             click.echo("new weights, leaving nodes, ring or [tubes] spread handed to the "
                        "running supervisor (and its proxy)")
         if proxy_changed:
-            _proxy_follows(paths, state, current, config, since)
+            _proxy_follows(paths, old_proxy, current, config, since)
         else:
             click.echo(f"the cluster is already running "
                        f"(supervisor pid {state['supervisor']['pid']})")
@@ -287,7 +288,7 @@ def _up_running(config_file, flags, config: ClusterConfig, paths: Paths, state: 
     except control.ClusterError as e:
         _fail(e)
     if proxy_changed:
-        _proxy_follows(paths, state, current, config, since)
+        _proxy_follows(paths, old_proxy, current, config, since)
     click.echo(banner(config, state))
     if any(state["nodes"][n]["state"] == State.FATAL.value for n in added):
         sys.exit(1)
@@ -306,11 +307,11 @@ def _check_proxy_address(listen: str, running: str) -> None:
         _fail(e)
 
 
-def _proxy_follows(paths: Paths, state: dict, current: ClusterConfig, config: ClusterConfig,
-                   since: int) -> None:
+def _proxy_follows(paths: Paths, old: int | None, current: ClusterConfig,
+                   config: ClusterConfig, since: int) -> None:
     """The running supervisor was handed new proxy settings: say what it does with its
-    proxy and wait until that is done (a new proxy accepts connections, or none runs)."""
-    old = control.proxy_pid(state)
+    proxy (pid ``old``, if one ran) and wait until that is done (a new proxy accepts
+    connections, or none runs)."""
     try:
         if not config.proxy:
             click.echo(f"stopping the proxy on {current.proxy} (proxy is off now)")
@@ -318,8 +319,7 @@ def _proxy_follows(paths: Paths, state: dict, current: ClusterConfig, config: Cl
             return
         click.echo(f"restarting the proxy on {config.proxy} with the new settings" if old
                    else f"starting the proxy on {config.proxy}")
-        control.wait_proxy(paths, config.proxy, since=since,
-                           replacing=next(iter(old), None))
+        control.wait_proxy(paths, config.proxy, since=since, replacing=old)
     except control.ClusterError as e:
         _fail(e)
 

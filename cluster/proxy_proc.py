@@ -80,9 +80,6 @@ class ProxyProc:
         self.moving = False  # stopped to start again with new settings (``restart_with``)
         self.kill_at: float | None = None  # then SIGKILL if it still runs
 
-    def check_address(self) -> None:
-        check_address(self.listen)
-
     def adopt(self, entry: dict) -> bool:
         """Take over the proxy an earlier supervisor left (its ``to_dict``), if it is
         alive and serves this address; True if adopted."""

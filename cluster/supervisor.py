@@ -64,7 +64,7 @@ from typing import TextIO
 from bscluster.config import ClusterConfig, ConfigError, NodeSpec
 from bscluster.nodeproc import NodeProc
 from bscluster.probe import connectable
-from bscluster.proxy_proc import ProxyProc
+from bscluster.proxy_proc import ProxyProc, check_address
 from bscluster.report import counted
 from bscluster.runtime import (
     STATE_VERSION,
@@ -162,7 +162,7 @@ class Supervisor:
             if self.config.proxy:
                 self.proxy = ProxyProc(self.config.proxy, self.paths.wanted, self.say, self.clock)
                 if not (old and self.proxy.adopt(old)):
-                    self.proxy.check_address()  # (raises ProxyError before anything starts)
+                    check_address(self.config.proxy)  # (ProxyError before anything starts)
             elif old and old.get("pid") and pid_alive(old["pid"], old.get("pid_start")):
                 self.say(f"the proxy (pid {old['pid']}) from an earlier run still serves "
                          f"{old.get('listen')} but is not in this configuration; stop it "
@@ -269,7 +269,7 @@ class Supervisor:
         how = _describe_exit(code)
         now = self.clock()
         if node.state is State.STOPPING:
-            if code != 0 and node.last_stop is None:  # (the timeout's kill said so already)
+            if code not in (0, None) and node.last_stop is None:  # (a kill said so already)
                 node.last_stop = how
             node.fire(Event.EXIT)
             if not node.restart_requested:

@@ -203,6 +203,12 @@ def test_up_again_starts_moves_and_stops_the_proxy_of_a_running_cluster(tmp_path
         assert cluster.state()["proxy"] is None and port_free(second)
         assert not pid_alive(moved["pid"])
         assert "proxy" not in cluster.run("status").stdout
+
+        r = cluster.run("up", "-d", "--nodes", "3", "--proxy", f"127.0.0.1:{first}")
+        assert r.returncode == 0, r.stdout + r.stderr  # a node and the proxy at once
+        assert "adding node3" in r.stdout and "starting the proxy" in r.stdout, r.stdout
+        assert _served(first) is not None
+        cluster.seen_pids.add(cluster.state()["proxy"]["pid"])
     finally:
         cluster.cleanup()
 
