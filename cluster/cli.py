@@ -183,8 +183,9 @@ def up(config_file, detach, **flags) -> None:
     background; `status`, `stats`, `restart` and `down` find it through the
     data dir. Against a running cluster, a larger --nodes adds nodes; new
     weights, leaving flags, ring or [tubes] spread are handed to it (and to
-    its proxy); changed settings for running nodes are refused (`down`, then
-    `up`, applies them), and `bscluster remove NODE` takes a node away.
+    its proxy); --proxy starts, moves or (off) stops its proxy; changed
+    settings for running nodes are refused (`down`, then `up`, applies them),
+    and `bscluster remove NODE` takes a node away.
 
     With --web the supervisor also serves the dashboard, its JSON API and the
     cluster's /metrics (read-only unless BSCLUSTER_WEB_TOKEN is set); `down`
