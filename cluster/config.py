@@ -86,6 +86,7 @@ DEFAULT_WEIGHT = 1
 DEFAULT_WEB_LISTEN = "127.0.0.1:11380"  # the dashboard: `bscluster web`, `up --web`
 DEFAULT_PROXY_LISTEN = "127.0.0.1:11400"  # `bscluster proxy`, `up --proxy`
 DEFAULT_PROXY_BUSY_POLL = 50  # microseconds (proxy_poll.py; docs/PROXY.md, "Busy poll")
+PROXY_SETTINGS = ("proxy", "proxy_tls", "proxy_busy_poll")  # the proxy is started with these
 MAX_PROXY_BUSY_POLL = 10000
 DEFAULT_WEB_MAX_TUBES = 1000  # tubes the dashboard lists and keeps a history for
 MAX_WEB_MAX_TUBES = 1_000_000
@@ -272,7 +273,7 @@ class ClusterConfig:
     @property
     def proxy_settings(self) -> tuple:
         """What the proxy of `up --proxy` is started with (a change restarts it)."""
-        return (self.proxy, self.proxy_tls, self.proxy_busy_poll)
+        return tuple(getattr(self, key) for key in PROXY_SETTINGS)
 
     def layout(self) -> ClusterLayout:
         """This config as a client reads it (``ClusterClient.from_layout``)."""

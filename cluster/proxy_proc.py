@@ -125,7 +125,7 @@ class ProxyProc:
         """The proxy settings changed (`up` on a running cluster): serve ``listen`` from
         now on.  A running proxy is stopped (SIGKILL if it still runs after
         STOP_TIMEOUT) and started again at once; one that is not runs at the next tick."""
-        self.listen = listen
+        self.listen, self.stopping = listen, False  # (a stop under way: it starts again)
         self.exits, self.last_exit, self.backoff = 0, None, RESTART_FIRST
         if self.alive():
             self.moving, self.kill_at = True, now + STOP_TIMEOUT

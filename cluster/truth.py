@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from bsclient.address import connect_host
 from bsclient.config import ClusterLayout, NodeAddress
 from bscluster import control
-from bscluster.config import ClusterConfig, NodeSpec
+from bscluster.config import PROXY_SETTINGS, ClusterConfig, NodeSpec
 from bscluster.runtime import Paths, read_json, supervisor_alive
 
 # exit codes of the looking commands (documented in their --help)
@@ -152,7 +152,7 @@ def _service_differences(config: ClusterConfig, running: ClusterConfig) -> list[
                    f"`bscluster up -d` stops it")
     else:
         changed = [f"{key} {getattr(running, key)} -> {getattr(config, key)}"
-                   for key in ("proxy", "proxy_tls", "proxy_busy_poll") if wished(key)]
+                   for key in PROXY_SETTINGS if wished(key)]
         if changed and running.proxy:
             out.append(f"the proxy: the config changes {', '.join(changed)}; "
                        f"`bscluster up -d` restarts it with them")

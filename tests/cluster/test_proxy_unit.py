@@ -113,3 +113,6 @@ def test_a_supervised_proxy_that_ignores_sigterm_is_killed_at_the_stop_timeout(t
     clock.advance(STOP_TIMEOUT)
     proxy.tick(clock(), {})
     assert sent == [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL]
+    proxy.restart_with("127.0.0.1:3", clock())  # on again before the stopped one is gone
+    proxy._exited(1, -9)
+    assert proxy.restart_at == clock() and not proxy.stopping and proxy.listen == "127.0.0.1:3"
