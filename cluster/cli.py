@@ -649,11 +649,16 @@ def down(config_file, data_dir) -> None:
 @web_option
 def show_config(config_file, **flags) -> None:
     """Show the settings in effect and where each one came from."""
-    config = _load(config_file, flags)
-    click.echo(f"# config file: {config.path or 'none'}")
-    for key, source in config.sources.items():
-        click.echo(f"{key} = {json.dumps(_flag_value(config, key))}  # {source}")
-    view = cluster_view(config)
+    loaded = _load(config_file, flags)
+    view = cluster_view(loaded)
+    config = view.config  # (the running cluster's, as started, if nothing says otherwise)
+    click.echo(f"# config file: {loaded.path or 'none'}")
+    if config is not loaded:
+        click.echo("# no file, flag or BSCLUSTER_* variable says otherwise: these are the "
+                   "settings the running cluster was started with")
+    for key, source in loaded.sources.items():
+        click.echo(f"{key} = {json.dumps(_flag_value(config, key))}  # "
+                   + (source if config is loaded else "as started"))
     if view.supervised:
         sup = view.state["supervisor"]
         click.echo(f"# a cluster runs from {config.data_dir} (supervisor pid {sup['pid']}); "

@@ -291,8 +291,8 @@ def test_fatal_reason_quotes_the_node_without_its_timestamps(tmp_path):
 
 
 def test_a_cluster_started_from_flags_alone_is_what_the_looking_commands_see(tmp_path):
-    """`up -d -n 2 --base-port P` with no file and no BSCLUSTER_*: status, route and
-    rebalance see its two nodes where they listen (not the defaults' four at 11300,
+    """`up -d -n 2 --base-port P` with no file and no BSCLUSTER_*: status, route,
+    rebalance and config see its two nodes where they listen (not the defaults' four at 11300,
     nor 'pending' advice about them), also after the supervisor was killed."""
     from clusters import free_base_port
 
@@ -316,6 +316,9 @@ def test_a_cluster_started_from_flags_alone_is_what_the_looking_commands_see(tmp
             {("node1", f"127.0.0.1:{base}"), ("node2", f"127.0.0.1:{base + 1}")}
         r = run("rebalance", "--dry-run")
         assert r.returncode == 0 and "nothing to move" in r.stdout, r.stdout + r.stderr
+        shown = run("config").stdout
+        assert "nodes = 2  # as started" in shown and f"base_port = {base}  #" in shown, shown
+        assert f"# node2: 127.0.0.1:{base + 1} " in shown and "node3" not in shown, shown
         os.kill(status["supervisor"]["pid"], signal.SIGKILL)
         orphaned = json.loads(run("status", "--json").stdout)
         assert [(r["node"], r["address"], r["up"]) for r in orphaned["nodes"]] == \
