@@ -64,7 +64,7 @@ class NodeProc:
         self.wake_at: float | None = None  # monotonic: backoff end / deadline
         self.restart_requested = False
         # how its last stop ended if not cleanly (killed at the stop timeout, an error
-        # status); None: it exited 0, or has not been stopped
+        # status); None: it exited 0 or on SIGTERM, or has not been stopped
         self.last_stop: str | None = None
         self.fd: int | None = None
         self._buf = b""

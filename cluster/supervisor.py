@@ -94,6 +94,9 @@ from bscluster.states import (
 from bsnode.logstamp import log_stamp
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# a stopped node's exit codes that are no news: 0, SIGTERM's default action (beanstalkd's
+# way to stop), or unknown (an adopted node, not our child)
+CLEAN_STOPS = (0, -signal.SIGTERM, None)
 HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 PROBE_INTERVAL = 0.05  # how often a STARTING node is tried
 IDLE_INTERVAL = 1.0
@@ -269,7 +272,7 @@ class Supervisor:
         how = _describe_exit(code)
         now = self.clock()
         if node.state is State.STOPPING:
-            if code not in (0, None) and node.last_stop is None:  # (a kill said so already)
+            if code not in CLEAN_STOPS and node.last_stop is None:  # (a kill said so already)
                 node.last_stop = how
             node.fire(Event.EXIT)
             if not node.restart_requested:
