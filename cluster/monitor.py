@@ -185,8 +185,7 @@ def node_row(node: NodeAddress, cur: NodeReport, prev: NodeReport | None, dt: fl
     s = cur.stats
     row = {"name": node.name, "address": node.address, "up": cur.up, "error": cur.error,
            # as top and the dashboard show it: up, draining, NO ANSWER or DOWN
-           "state": ("draining" if s.get("draining") == "true" else "up") if cur.up
-           else cur.silent_state}
+           "state": ("draining" if cur.draining else "up") if cur.up else cur.silent_state}
     row["full"] = fullness(s) if cur.up else None  # bsnode --max-jobs/--max-job-bytes
     before = None if _restarted(prev, cur) else prev.stats
     row.update({k: (_rate(before, s, f, dt) if cur.up else None) for k, f in NODE_RATES.items()})
@@ -201,7 +200,7 @@ def node_row(node: NodeAddress, cur: NodeReport, prev: NodeReport | None, dt: fl
                producers=s.get("current-producers", 0), workers=s.get("current-workers", 0),
                waiting=s.get("current-waiting", 0), tubes=len(cur.tubes),
                uptime=s.get("uptime"), version=s.get("version"), pid=s.get("pid"),
-               total_jobs=s.get("total-jobs", 0), draining=s.get("draining") == "true")
+               total_jobs=s.get("total-jobs", 0), draining=cur.draining)
     return row
 
 

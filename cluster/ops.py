@@ -107,7 +107,7 @@ def drain_node(paths: Paths, state: dict, name: str, ssl_context=None) -> None:
         if not rep.up:
             raise click.ClickException(f"{name}: {rep.error}; it drains as soon as it runs "
                                        f"again (`bscluster restart {name}`)")
-        if str(rep.stats.get("draining")) == "true":
+        if rep.draining:
             return
         if time.monotonic() > deadline:
             raise click.ClickException(f"{name} does not report draining: true; is it a "

@@ -42,6 +42,11 @@ class NodeReport:
     timed_out: bool = False  # no answer in time (hung, a partition), not refused
 
     @property
+    def draining(self) -> bool:
+        """It answered, and refuses new jobs (`bscluster drain`, SIGUSR1)."""
+        return self.up and str(self.stats.get("draining")) == "true"
+
+    @property
     def silent_state(self) -> str:
         """A node that did not answer: NO ANSWER if it timed out (a process may hold
         its port: hung, stopped, cut off), DOWN if refused or failed at once."""

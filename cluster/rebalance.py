@@ -78,7 +78,7 @@ class Survey:
 
     def draining(self, name: str) -> bool:
         rep = self.reports.get(name)
-        return bool(rep and rep.up and str(rep.stats.get("draining")) == "true")
+        return rep is not None and rep.draining
 
     def targets(self, tube: str) -> tuple[list[str], str | None]:
         """(the nodes the tube's jobs belong on, None) or ([], why there are none now).

@@ -70,7 +70,7 @@ def status_rows(nodes: Mapping[str, dict], reports: Mapping[str, NodeReport],
     for name, info in nodes.items():
         rep = reports[name]
         state = info.get("state") or ("UP" if rep.up else rep.silent_state)
-        draining = rep.up and str(rep.stats.get("draining")) == "true"
+        draining = rep.draining
         row = {
             "node": name, "address": info["address"], "up": rep.up,
             # a node that refuses puts (`bscluster drain`, SIGUSR1) says so in its stats
